@@ -1,0 +1,146 @@
+"""The hfmem exception hierarchy: one class per cause, each with the fix in its message and an exit code.
+
+Nothing here imports click, torch or huggingface_hub. Errors from those libraries are translated into these
+classes in exactly one place each (`hub.py` for the Hub, `inventory.py` for transformers), with ``raise … from``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = [
+    "ExitCode",
+    "HfmemError",
+    "InvalidModelIdError",
+    "ModelNotFoundError",
+    "RevisionNotFoundError",
+    "GatedModelError",
+    "NoConfigError",
+    "OfflineError",
+    "HubError",
+    "InvalidConfigError",
+    "UnsupportedArchitectureError",
+    "RemoteCodeRequiredError",
+    "InvalidSetupError",
+]
+
+
+class ExitCode(IntEnum):
+    """Process exit codes, documented in the README."""
+
+    OK = 0
+    INTERNAL = 1  # a bug in hfmem: rerun with --debug and report it
+    USAGE = 2  # bad command-line option or argument (click's own convention)
+    DOES_NOT_FIT = 3  # reserved for `--check` (the plan does not fit the GPU)
+    MODEL_UNAVAILABLE = 4  # the Hub or the disk could not give us a config.json
+    CONFIG = 5  # a config.json was found but cannot be turned into a model
+
+
+class HfmemError(Exception):
+    """Base class. ``str(err)`` is a one-line message naming the cause and the fix."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+
+class InvalidModelIdError(HfmemError, ValueError):
+    """MODEL is neither an existing path nor a valid Hub repo id."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, model_id: str, reason: str) -> None:
+        self.model_id = model_id
+        super().__init__(
+            f"'{model_id}' is not a local path and not a valid Hub repo id ({reason}); "
+            "pass an id like 'meta-llama/Llama-2-7b-hf', a folder holding config.json, or a config.json path"
+        )
+
+
+class ModelNotFoundError(HfmemError):
+    exit_code = ExitCode.MODEL_UNAVAILABLE
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        super().__init__(
+            f"repository '{model_id}' was not found on the Hub (or it is private); check the spelling, "
+            "and for a private repo log in with `hf auth login` or pass --token"
+        )
+
+
+class RevisionNotFoundError(HfmemError):
+    exit_code = ExitCode.MODEL_UNAVAILABLE
+
+    def __init__(self, model_id: str, revision: str) -> None:
+        self.model_id = model_id
+        self.revision = revision
+        super().__init__(
+            f"revision '{revision}' does not exist in '{model_id}'; pass a branch, tag or commit sha "
+            "that exists, or drop --revision to use main"
+        )
+
+
+class GatedModelError(HfmemError):
+    exit_code = ExitCode.MODEL_UNAVAILABLE
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        super().__init__(
+            f"'{model_id}' is gated and no token grants access, and it is not in the bundled catalogue; "
+            f"accept its licence at https://huggingface.co/{model_id}, then run `hf auth login` "
+            "(or set HF_TOKEN, or pass --token)"
+        )
+
+
+class NoConfigError(HfmemError):
+    """The repo (or folder) exists but holds no transformers config.json."""
+
+    exit_code = ExitCode.MODEL_UNAVAILABLE
+
+    def __init__(self, model_id: str, found: str) -> None:
+        self.model_id = model_id
+        self.found = found
+        super().__init__(f"'{model_id}' has no config.json: {found}")
+
+
+class OfflineError(HfmemError):
+    exit_code = ExitCode.MODEL_UNAVAILABLE
+
+    def __init__(self, model_id: str, why: str) -> None:
+        self.model_id = model_id
+        super().__init__(
+            f"cannot fetch config.json of '{model_id}': {why}, it is not in the Hugging Face cache and not in the "
+            "bundled catalogue (`hfmem --list-catalogue`); connect and retry, or pass a local folder holding its "
+            "config.json, or plan with --params"
+        )
+
+
+class HubError(HfmemError):
+    """Any other Hub failure (server error, unexpected HTTP status)."""
+
+    exit_code = ExitCode.MODEL_UNAVAILABLE
+
+
+class InvalidConfigError(HfmemError):
+    """config.json exists but is not a usable transformers config (bad JSON, missing keys, bad values)."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class UnsupportedArchitectureError(HfmemError):
+    exit_code = ExitCode.CONFIG
+
+
+class RemoteCodeRequiredError(HfmemError):
+    exit_code = ExitCode.CONFIG
+
+    def __init__(self, model_id: str, what: str) -> None:
+        self.model_id = model_id
+        super().__init__(
+            f"'{model_id}' needs custom code from its repo ({what}); read that code, then rerun with "
+            "--trust-remote-code to let hfmem run it"
+        )
+
+
+class InvalidSetupError(HfmemError, ValueError):
+    """A combination of training options that cannot exist (e.g. CPU offload with ZeRO-0)."""
+
+    exit_code = ExitCode.USAGE
