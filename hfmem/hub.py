@@ -67,7 +67,8 @@ def resolve_model(model: str, *, revision: str | None = None, token: str | None 
     try:
         validate_repo_id(model)
     except hf_errors.HFValidationError as e:
-        raise InvalidModelIdError(model, str(e).split(". ")[0].rstrip(".")) from e
+        reason = str(e).replace("Use `repo_type` argument if needed.", "").strip().rstrip(".")
+        raise InvalidModelIdError(model, reason) from e
     return _resolve_hub(model, revision=revision, token=token)
 
 
@@ -183,7 +184,10 @@ def _resolve_hub(repo_id: str, *, revision: str | None, token: str | None) -> Mo
     except hf_errors.HTTPError as e:  # connection refused, DNS failure, timeout: no answer at all
         return _resolve_unreachable(repo_id, revision, token, why=f"the Hub is unreachable ({type(e).__name__})")
 
-    config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=metadata.commit_hash or revision, token=token))
+    try:
+        config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=metadata.commit_hash or revision, token=token))
+    except (hf_errors.HTTPError, hf_errors.LocalEntryNotFoundError) as e:  # the connection dropped after the HEAD
+        return _resolve_unreachable(repo_id, revision, token, why=f"downloading config.json failed ({type(e).__name__})")
     return ModelConfig(
         repo_id,
         "hub",
@@ -233,9 +237,15 @@ def _resolve_without_config(
     """The repo exists but has no top-level config.json: a PEFT adapter, or some other layout to describe."""
     try:
         files = HfApi().list_repo_files(repo_id, revision=revision, token=token)
-    except hf_errors.HfHubHTTPError as e:
-        raise NoConfigError(repo_id, "the Hub has no config.json for it") from e
+    except hf_errors.HTTPError as e:
+        raise NoConfigError(repo_id, "the Hub has no config.json for it and its file list could not be read") from e
     if ADAPTER_CONFIG_NAME in files:
-        adapter_file = Path(hf_hub_download(repo_id, ADAPTER_CONFIG_NAME, revision=revision, token=token))
+        try:
+            adapter_file = Path(hf_hub_download(repo_id, ADAPTER_CONFIG_NAME, revision=revision, token=token))
+        except (hf_errors.HTTPError, hf_errors.LocalEntryNotFoundError) as e:
+            raise HubError(
+                f"'{repo_id}' is a PEFT adapter but its adapter_config.json could not be downloaded "
+                f"({type(e).__name__}); retry, or pass its base model id"
+            ) from e
         return _resolve_adapter(repo_id, load_config_file(adapter_file), revision=revision, token=token)
     raise NoConfigError(repo_id, describe_layout(files)) from error

@@ -244,5 +244,6 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
+    """The error's text on one line (validators put the useful part on the second line), at most 300 chars."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return (text[:297] + "...") if len(text) > 300 else (text or type(error).__name__)

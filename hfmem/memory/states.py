@@ -331,6 +331,8 @@ def compute_training(inventory: ParameterInventory, setup: TrainingSetup) -> Tra
                 "with parameter offload the GPU holds no model state between uses; it gathers one layer at a time "
                 f"(largest module: {inventory.largest_module_params:,} parameters)"
             )
+    if setup.num_gpus == 1 and any(s >= 1 for s in setup.zero_stages):
+        notes.append("with 1 GPU ZeRO has nothing to shard, so every stage holds the same; pass --gpus / --nodes")
     if setup.precision == "tf32":
         notes.append(PRECISION_SPECS["tf32"].description)
     return TrainingEstimate(setup=setup, stages=stages, convention=convention, notes=tuple(notes))

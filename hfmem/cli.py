@@ -1,0 +1,214 @@
+"""The ``hfmem`` command: parse options → TrainingSetup → `hfmem.estimate` → render; errors → one line + exit code.
+
+No arithmetic here and no torch import: ``hfmem --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from hfmem import catalogue
+from hfmem.api import estimate, hfmem_version
+from hfmem.errors import ExitCode, HfmemError
+from hfmem.types import ACCOUNTINGS, OFFLOADS, OPTIMIZERS, PRECISIONS, TrainingSetup
+from hfmem.units import format_count_short, parse_count
+
+__all__ = ["cli"]
+
+
+class HfmemClickError(click.ClickException):
+    """An `HfmemError` on its way out: click prints ``Error: <message>`` on stderr and exits with its code."""
+
+    def __init__(self, error: HfmemError) -> None:
+        super().__init__(str(error))
+        self.exit_code = int(error.exit_code)
+
+
+def _debug_wanted(ctx: click.Context) -> bool:
+    return bool(ctx.params.get("debug")) or os.environ.get("HFMEM_DEBUG", "") not in ("", "0")
+
+
+class HfmemCommand(click.Command):
+    """Translates errors inside click, so `CliRunner` sees exactly what users see."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HfmemError as e:
+            if _debug_wanted(ctx):
+                traceback.print_exc()
+            raise HfmemClickError(e) from e
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if _debug_wanted(ctx) or "PYTEST_CURRENT_TEST" in os.environ:
+                raise
+            error = click.ClickException(
+                f"internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "rerun with --debug and report the traceback at the hfmem issue tracker"
+            )
+            error.exit_code = int(ExitCode.INTERNAL)
+            raise error from e
+
+
+def _parse_params(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_count(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from e
+
+
+def _list_catalogue(json_: bool) -> None:
+    rows = catalogue.entries()
+    if json_:
+        doc = [
+            {"id": e.model_id, "architecture": e.architecture, "total_params": e.total_params, "aliases": list(e.aliases)}
+            for e in rows
+        ]
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        width = max(len(e.model_id) for e in rows)
+        for e in rows:
+            line = f"{e.model_id:<{width}}  {e.total_params:>17,}  {format_count_short(e.total_params):>6}  {e.architecture}"
+            if e.aliases:
+                line += f"  (also: {', '.join(e.aliases)})"
+            click.echo(line)
+
+
+@click.command(
+    cls=HfmemCommand,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Exit codes: 0 ok, 1 internal error, 2 bad usage, 4 model unavailable (Hub, cache, catalogue), "
+    "5 config cannot be built. Docs: README.md.",
+)
+@click.argument("model", required=False)
+@click.option("--revision", help="Hub branch, tag or commit sha (default: main).")
+@click.option(
+    "--token",
+    help="Hub token for gated or private repos (default: HF_TOKEN or the saved `hf auth login`). Never printed.",
+)
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Allow a repo's own Python modelling code to run on this machine. Off by default, never implied.",
+)
+@click.option(
+    "--params",
+    "params",
+    metavar="COUNT",
+    callback=_parse_params,
+    help="Plan for a hypothetical dense model of COUNT parameters instead of MODEL: 7.5B, 7.5e9, 125M.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="bf16-mixed",
+    show_default=True,
+    help="fp32 | tf32 (fp32 storage, TF32 matmuls) | bf16-mixed / fp16-mixed (16-bit weights and gradients, "
+    "fp32 master weights and optimizer states) | bf16 / fp16 (everything 16-bit).",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(OPTIMIZERS),
+    default="adamw",
+    show_default=True,
+    help="adamw-8bit is bitsandbytes' block-wise 8-bit AdamW; adafactor is HF's factored Adafactor.",
+)
+@click.option(
+    "--zero",
+    "zero_stages",
+    type=click.IntRange(0, 3),
+    multiple=True,
+    help="ZeRO stage to report; repeat for several (default: 0 1 2 3, or the stages the offload allows).",
+)
+@click.option("--gpus", "gpus_per_node", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs per node.")
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Nodes; ZeRO shards over gpus × nodes.")
+@click.option(
+    "--offload",
+    type=click.Choice(OFFLOADS),
+    default="none",
+    show_default=True,
+    help="Move sharded states to CPU RAM (ZeRO-Offload): optimizer (ZeRO 1-3) or optimizer+params (ZeRO-3).",
+)
+@click.option(
+    "--accounting",
+    type=click.Choice(ACCOUNTINGS),
+    default="hfmem",
+    show_default=True,
+    help="hfmem: exact ZeRO-paper components. deepspeed: DeepSpeed's own estimator formulas (ZeRO-2/3, mixed Adam).",
+)
+@click.option("--json", "json_", is_flag=True, help="Print only JSON on stdout (bytes as integers).")
+@click.option(
+    "--list-catalogue",
+    is_flag=True,
+    help="List the models bundled for offline use, with their exact parameter counts, and exit.",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks (also HFMEM_DEBUG=1).")
+@click.version_option(hfmem_version(), "--version", prog_name="hfmem")
+def cli(
+    model: str | None,
+    revision: str | None,
+    token: str | None,
+    trust_remote_code: bool,
+    params: int | None,
+    precision: Any,
+    optimizer: Any,
+    zero_stages: tuple[int, ...],
+    gpus_per_node: int,
+    nodes: int,
+    offload: Any,
+    accounting: Any,
+    json_: bool,
+    list_catalogue: bool,
+    debug: bool,
+) -> None:
+    """Exact parameters and per-GPU training memory of a Hugging Face model, without downloading weights.
+
+    MODEL is a Hub repo id (meta-llama/Llama-2-7b-hf), a local folder holding config.json or a PEFT
+    adapter_config.json, or a path to a config.json. When the Hub cannot answer, hfmem uses the HF cache, then
+    its bundled catalogue (--list-catalogue), and says so on stderr.
+    """
+    if list_catalogue:
+        _list_catalogue(json_)
+        return
+    if model is None and params is None:
+        raise click.UsageError("give a MODEL (a Hub id, folder or config.json) or --params COUNT")
+    if model is not None and params is not None:
+        raise click.UsageError("give either MODEL or --params, not both")
+    if not zero_stages:
+        zero_stages = {"none": (0, 1, 2, 3), "optimizer": (1, 2, 3), "optimizer+params": (3,)}[offload]
+        if accounting == "deepspeed":
+            zero_stages = tuple(s for s in zero_stages if s in (2, 3))
+    setup = TrainingSetup(
+        precision=precision,
+        optimizer=optimizer,
+        zero_stages=tuple(sorted(set(zero_stages))),
+        gpus_per_node=gpus_per_node,
+        nodes=nodes,
+        offload=offload,
+        accounting=accounting,
+    )
+    report = estimate(model, params=params, revision=revision, token=token, trust_remote_code=trust_remote_code, setup=setup)
+    from hfmem.report import render_table, to_dict
+
+    for note in report.model.notes:
+        click.echo(f"hfmem: {note}", err=True)
+    if json_:
+        click.echo(json.dumps(to_dict(report), indent=2))
+        return
+    color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    width = shutil.get_terminal_size((100, 24)).columns
+    click.echo(render_table(report, color=color, width=width), nl=False)
+
+
+def main() -> None:
+    cli(prog_name="hfmem")

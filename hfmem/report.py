@@ -1,0 +1,186 @@
+"""Report → JSON-ready dict or a rendered table. Pure: no click, no printing, no environment reads."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from hfmem.memory.states import OPTIMIZER_DESCRIPTIONS, PRECISION_SPECS
+from hfmem.types import Report, StageMemory
+from hfmem.units import format_count_short, format_gib
+
+__all__ = ["SCHEMA_VERSION", "to_dict", "render_table", "describe_source"]
+
+#: Bumped only when a key changes meaning or disappears; new keys keep the version.
+SCHEMA_VERSION = 1
+
+
+def describe_source(report: Report) -> str:
+    """Where the config came from, in words: ``hub @ 01c7f73d`` / ``catalogue (bundled snapshot)`` / …"""
+    model = report.model
+    if model.source == "hub":
+        return f"hub @ {model.revision[:12]}" if model.revision else "hub"
+    if model.source == "catalogue":
+        return "catalogue (bundled snapshot)"
+    if model.source == "local":
+        return f"local ({model.directory})" if model.directory else "local"
+    return "--params (hypothetical dense model)"
+
+
+def _stage_dict(stage: StageMemory) -> dict[str, Any]:
+    return {
+        "zero_stage": stage.zero_stage,
+        "per_gpu_bytes": {
+            "weights": stage.weights_bytes,
+            "master_weights": stage.master_weights_bytes,
+            "gradients": stage.gradients_bytes,
+            "optimizer_states": stage.optimizer_states_bytes,
+            "total": stage.total_bytes,
+        },
+        "cpu_bytes_per_node": stage.cpu_bytes_per_node,
+    }
+
+
+def to_dict(report: Report) -> dict[str, Any]:
+    """The ``--json`` document. Keys documented in the README are never renamed; later versions only add keys."""
+    inv, training, setup = report.inventory, report.training, report.training.setup
+    moe = inv.moe
+    return {
+        "hfmem_version": report.hfmem_version,
+        "schema_version": SCHEMA_VERSION,
+        "model": {
+            "id": report.model.model_id,
+            "source": report.model.source,
+            "revision": report.model.revision,
+            "architecture": inv.architecture,
+            "model_type": inv.model_type,
+        },
+        "parameters": {
+            "total": inv.total_params,
+            "trainable": inv.trainable_params,
+            "embedding": inv.embedding_params,
+            "non_embedding": inv.non_embedding_params,
+            "buffers": inv.buffer_params,
+            "largest_module": inv.largest_module_params,
+            "active_per_token": inv.active_params_per_token,
+            "largest_module_name": inv.largest_module_name,
+            "modules": dict(inv.module_params),
+            "moe": None
+            if moe is None
+            else {
+                "num_experts": moe.num_experts,
+                "experts_per_token": moe.experts_per_token,
+                "routed_expert_params": moe.routed_expert_params,
+            },
+        },
+        "training": {
+            "settings": {
+                "precision": setup.precision,
+                "optimizer": setup.optimizer,
+                "gpus_per_node": setup.gpus_per_node,
+                "nodes": setup.nodes,
+                "offload": setup.offload,
+                "accounting": setup.accounting,
+            },
+            "convention": training.convention,
+            "stages": [_stage_dict(s) for s in training.stages],
+            "notes": list(training.notes),
+        },
+        "notes": list(report.model.notes) + list(report.notes),
+    }
+
+
+def _summary(report: Report) -> Table:
+    inv = report.inventory
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    arch = inv.architecture or "—"
+    if inv.model_type:
+        arch += f" ({inv.model_type})"
+    grid.add_row("Model", report.model.model_id)
+    grid.add_row("Config", describe_source(report))
+    if report.model.source != "params":
+        grid.add_row("Architecture", arch)
+    grid.add_row("Parameters", f"{inv.total_params:,} ({format_count_short(inv.total_params)})")
+    if report.model.source != "params":
+        grid.add_row(
+            "",
+            f"trainable {inv.trainable_params:,} · embedding {inv.embedding_params:,} · "
+            f"non-embedding {inv.non_embedding_params:,} · buffers {inv.buffer_params:,} (not trained)",
+        )
+        if inv.moe is not None:
+            grid.add_row(
+                "Active per token",
+                f"{inv.active_params_per_token:,} ({format_count_short(inv.active_params_per_token)}) — "
+                f"{inv.moe.experts_per_token} of {inv.moe.num_experts} routed experts + shared/dense parts",
+            )
+        grid.add_row("Largest module", f"{inv.largest_module_name} {inv.largest_module_params:,}")
+        grid.add_row("Modules", " · ".join(f"{name} {count:,}" for name, count in inv.module_params))
+    return grid
+
+
+def _stage_title(report: Report) -> str:
+    setup = report.training.setup
+    gpus = f"{setup.gpus_per_node} GPU{'s' if setup.gpus_per_node > 1 else ''} × {setup.nodes} node"
+    gpus += "s" if setup.nodes > 1 else ""
+    title = (
+        f"Training memory per GPU (model states) — {setup.precision}, {setup.optimizer}, {gpus}"
+        f", offload {setup.offload}"
+    )
+    if setup.accounting == "deepspeed":
+        title += ", DeepSpeed accounting"
+    return title
+
+
+def _stage_table(report: Report) -> Table:
+    training = report.training
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("ZeRO", justify="right")
+    for name in ("weights", "master weights", "gradients", "optimizer", "total"):
+        table.add_column(name, justify="right", style="bold" if name == "total" else None)
+    show_cpu = any(s.cpu_bytes_per_node for s in training.stages)
+    if show_cpu:
+        table.add_column("CPU RAM / node", justify="right")
+    for stage in training.stages:
+        row = [
+            str(stage.zero_stage),
+            format_gib(stage.weights_bytes),
+            format_gib(stage.master_weights_bytes),
+            format_gib(stage.gradients_bytes),
+            format_gib(stage.optimizer_states_bytes),
+            format_gib(stage.total_bytes),
+        ]
+        if show_cpu:
+            row.append(format_gib(stage.cpu_bytes_per_node))
+        table.add_row(*row)
+    return table
+
+
+def _footer(report: Report) -> Text:
+    setup = report.training.setup
+    lines = [
+        f"Precision: {PRECISION_SPECS[setup.precision].description}.",
+        f"Optimizer: {OPTIMIZER_DESCRIPTIONS[setup.optimizer]}.",
+        f"Convention: {report.training.convention}.",
+        "GiB = 2^30 bytes.",
+    ]
+    lines += [f"Note: {note}." for note in report.training.notes]
+    return Text("\n".join(lines), style="dim")
+
+
+def render_table(report: Report, *, color: bool = False, width: int = 100) -> str:
+    """The human report: model summary, one row per ZeRO stage, then the conventions used."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
+    console.print(_summary(report))
+    console.print()
+    console.print(Text(_stage_title(report), style="bold"))
+    console.print(_stage_table(report))
+    console.print(_footer(report))
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"

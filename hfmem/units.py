@@ -1,0 +1,52 @@
+"""Parsing and formatting of counts and sizes. Bytes are integers; GiB (2^30) is only a rendering."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+__all__ = ["GIB", "parse_count", "format_gib", "format_count_short"]
+
+GIB = 2**30
+_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+_COUNT = re.compile(r"^\s*([0-9][0-9_,]*(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*$")
+
+
+def parse_count(text: str) -> int:
+    """Parse a parameter count: ``7.5B``, ``7.5e9``, ``125M``, ``1.2T``, ``6738415616``, ``6,738,415,616``.
+
+    B and G both mean 10^9 (parameter counts are decimal). The result must be a whole number.
+
+    Raises:
+        ValueError: with a message that shows the accepted forms.
+
+    Example:
+        >>> parse_count("7.5B")
+        7500000000
+    """
+    match = _COUNT.match(text)
+    if not match:
+        raise ValueError(f"'{text}' is not a parameter count; write it like 7.5B, 125M, 7.5e9 or 6738415616")
+    number, suffix = match.groups()
+    try:
+        value = Decimal(number.replace("_", "").replace(",", "")) * _SUFFIXES[suffix.upper()]
+    except InvalidOperation as e:
+        raise ValueError(f"'{text}' is not a parameter count; write it like 7.5B, 125M or 7.5e9") from e
+    if value != value.to_integral_value():
+        raise ValueError(f"'{text}' is not a whole number of parameters")
+    if value <= 0:
+        raise ValueError(f"'{text}': the parameter count must be positive")
+    return int(value)
+
+
+def format_gib(num_bytes: int) -> str:
+    """``12.55 GiB``: bytes in binary gibibytes, two decimals."""
+    return f"{num_bytes / GIB:,.2f} GiB"
+
+
+def format_count_short(count: int) -> str:
+    """``6.74B``, ``124M``, ``671B``: three significant digits with a decimal suffix."""
+    for factor, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if count >= factor:
+            return f"{count / factor:.3g}{suffix}"
+    return str(count)

@@ -1,0 +1,53 @@
+"""Test isolation: no network, a private HF cache, a pinned terminal.
+
+pytest-env (pyproject.toml) sets HF_HUB_OFFLINE=1 and an empty HF_TOKEN before huggingface_hub reads its
+constants; the autouse fixture below also sends every cache to tmp_path and makes opening a socket fail, so a test
+that reaches for the network fails loudly instead of passing by luck.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CATALOGUE = Path(__file__).parent.parent / "hfmem" / "catalogue"
+
+
+class NetworkBlockedError(RuntimeError):
+    pass
+
+
+def _refuse(*args: object, **kwargs: object) -> None:
+    raise NetworkBlockedError("tests must not use the network")
+
+
+@pytest.fixture(autouse=True)
+def offline_and_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    monkeypatch.delenv("HFMEM_DEBUG", raising=False)
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
+    monkeypatch.setattr(socket.socket, "connect", _refuse)
+    monkeypatch.setattr(socket, "create_connection", _refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", _refuse)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def hub_online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend HF_HUB_OFFLINE is unset, so hub.py calls the (patched) Hub functions."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
