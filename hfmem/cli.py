@@ -71,14 +71,20 @@ def _list_catalogue(json_: bool) -> None:
     rows = catalogue.entries()
     if json_:
         doc = [
-            {"id": e.model_id, "architecture": e.architecture, "total_params": e.total_params, "aliases": list(e.aliases)}
+            {
+                "id": e.model_id,
+                "architecture": e.architecture,
+                "total_params": e.total_params,
+                "aliases": list(e.aliases),
+            }
             for e in rows
         ]
         click.echo(json.dumps(doc, indent=2))
     else:
         width = max(len(e.model_id) for e in rows)
         for e in rows:
-            line = f"{e.model_id:<{width}}  {e.total_params:>17,}  {format_count_short(e.total_params):>6}  {e.architecture}"
+            short = format_count_short(e.total_params)
+            line = f"{e.model_id:<{width}}  {e.total_params:>17,}  {short:>6}  {e.architecture}"
             if e.aliases:
                 line += f"  (also: {', '.join(e.aliases)})"
             click.echo(line)
@@ -130,8 +136,12 @@ def _list_catalogue(json_: bool) -> None:
     multiple=True,
     help="ZeRO stage to report; repeat for several (default: 0 1 2 3, or the stages the offload allows).",
 )
-@click.option("--gpus", "gpus_per_node", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs per node.")
-@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Nodes; ZeRO shards over gpus × nodes.")
+@click.option(
+    "--gpus", "gpus_per_node", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs per node."
+)
+@click.option(
+    "--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Nodes; ZeRO shards over gpus × nodes."
+)
 @click.option(
     "--offload",
     type=click.Choice(OFFLOADS),
@@ -197,7 +207,9 @@ def cli(
         offload=offload,
         accounting=accounting,
     )
-    report = estimate(model, params=params, revision=revision, token=token, trust_remote_code=trust_remote_code, setup=setup)
+    report = estimate(
+        model, params=params, revision=revision, token=token, trust_remote_code=trust_remote_code, setup=setup
+    )
     from hfmem.report import render_table, to_dict
 
     for note in report.model.notes:

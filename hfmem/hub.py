@@ -82,7 +82,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
         config = json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidConfigError(
-            f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); fix the file or download it again"
+            f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+            "fix the file or download it again"
         ) from e
     if not isinstance(config, dict):
         raise InvalidConfigError(f"{path} holds a JSON {type(config).__name__}, not an object; is it a config.json?")
@@ -185,9 +186,13 @@ def _resolve_hub(repo_id: str, *, revision: str | None, token: str | None) -> Mo
         return _resolve_unreachable(repo_id, revision, token, why=f"the Hub is unreachable ({type(e).__name__})")
 
     try:
-        config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=metadata.commit_hash or revision, token=token))
+        config_file = Path(
+            hf_hub_download(repo_id, CONFIG_NAME, revision=metadata.commit_hash or revision, token=token)
+        )
     except (hf_errors.HTTPError, hf_errors.LocalEntryNotFoundError) as e:  # the connection dropped after the HEAD
-        return _resolve_unreachable(repo_id, revision, token, why=f"downloading config.json failed ({type(e).__name__})")
+        return _resolve_unreachable(
+            repo_id, revision, token, why=f"downloading config.json failed ({type(e).__name__})"
+        )
     return ModelConfig(
         repo_id,
         "hub",
@@ -231,9 +236,7 @@ def _from_catalogue(repo_id: str, revision: str | None, *, why: str) -> ModelCon
     return ModelConfig(repo_id, "catalogue", entry.load_config(), directory=entry.directory, notes=(note,))
 
 
-def _resolve_without_config(
-    repo_id: str, revision: str | None, token: str | None, error: Exception
-) -> ModelConfig:
+def _resolve_without_config(repo_id: str, revision: str | None, token: str | None, error: Exception) -> ModelConfig:
     """The repo exists but has no top-level config.json: a PEFT adapter, or some other layout to describe."""
     try:
         files = HfApi().list_repo_files(repo_id, revision=revision, token=token)

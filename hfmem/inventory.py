@@ -95,7 +95,9 @@ def build_transformers_config(model: ModelConfig, *, trust_remote_code: bool = F
         )
     if model_type not in CONFIG_MAPPING:
         if "AutoConfig" in auto_map:
-            raise RemoteCodeRequiredError(model.model_id, f"model_type '{model_type}' is defined by {auto_map['AutoConfig']}")
+            raise RemoteCodeRequiredError(
+                model.model_id, f"model_type '{model_type}' is defined by {auto_map['AutoConfig']}"
+            )
         raise UnsupportedArchitectureError(
             f"model_type '{model_type}' of '{model.model_id}' is unknown to the installed transformers "
             f"{transformers.__version__}; upgrade it (`pip install -U transformers`) or check the model_type"
@@ -120,7 +122,9 @@ def _instantiate(model: ModelConfig, config: PretrainedConfig, *, trust_remote_c
     builder: Any = None
     if remote_auto is not None and (trust_remote_code or arch is None or not hasattr(transformers, arch)):
         if not trust_remote_code:
-            raise RemoteCodeRequiredError(model.model_id, f"architecture '{arch}' is defined by {auto_map[remote_auto]}")
+            raise RemoteCodeRequiredError(
+                model.model_id, f"architecture '{arch}' is defined by {auto_map[remote_auto]}"
+            )
         auto_cls = getattr(transformers, remote_auto)
         builder = lambda: auto_cls.from_config(config, trust_remote_code=True)  # noqa: E731
         name = arch or remote_auto

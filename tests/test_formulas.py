@@ -25,8 +25,12 @@ from hfmem.types import OPTIMIZERS, PRECISIONS, ParameterInfo, ParameterInventor
 def inventory_of(*shapes: tuple[int, ...]) -> ParameterInventory:
     params = [ParameterInfo(f"p{i}", shape, "float32") for i, shape in enumerate(shapes)]
     return ParameterInventory.from_parameters(
-        params, buffer_params=0, largest_module=("p0", math.prod(shapes[0])), module_params=[],
-        architecture=None, model_type=None,
+        params,
+        buffer_params=0,
+        largest_module=("p0", math.prod(shapes[0])),
+        module_params=[],
+        architecture=None,
+        model_type=None,
     )
 
 
@@ -43,7 +47,9 @@ PSI = 7_500_000_000  # Figure 1: Ψ = 7.5B, N_d = 64, K = 12, fp16 mixed precisi
 def test_zero_paper_figure_1_exact() -> None:
     # Figure 1: 120 GB, 31.4 GB, 16.6 GB, 1.9 GB per device (decimal GB).
     # By the paper's formulas: (2+2+K)Ψ, 2Ψ+2Ψ+KΨ/N, 2Ψ+(2+K)Ψ/N, (2+2+K)Ψ/N with K = 12.
-    got = totals(ParameterInventory.from_count(PSI), precision="fp16-mixed", optimizer="adamw", gpus_per_node=8, nodes=8)
+    got = totals(
+        ParameterInventory.from_count(PSI), precision="fp16-mixed", optimizer="adamw", gpus_per_node=8, nodes=8
+    )
     assert got == [120_000_000_000, 31_406_250_000, 16_640_625_000, 1_875_000_000]
     assert [round(b / 1e9, 1) for b in got] == [120.0, 31.4, 16.6, 1.9]
 
@@ -103,8 +109,12 @@ def test_frozen_parameters_have_no_gradients_or_states() -> None:
     frozen = ParameterInfo("frozen", (1000,), "float32", trainable=False)
     live = ParameterInfo("live", (10,), "float32")
     inv = ParameterInventory.from_parameters(
-        [frozen, live], buffer_params=0, largest_module=("frozen", 1000), module_params=[],
-        architecture=None, model_type=None,
+        [frozen, live],
+        buffer_params=0,
+        largest_module=("frozen", 1000),
+        module_params=[],
+        architecture=None,
+        model_type=None,
     )
     stage = compute_training(inv, TrainingSetup(zero_stages=(0,))).stages[0]
     assert (stage.weights_bytes, stage.gradients_bytes, stage.master_weights_bytes) == (1010 * 2, 10 * 2, 10 * 4)
@@ -134,7 +144,9 @@ def test_adamw_8bit_block_layout() -> None:
 def test_zero_partitions_are_flat_for_shape_aware_optimizers() -> None:
     # DeepSpeed gives the optimizer flat 1-D partitions: Adafactor cannot factor them (4 B/element).
     inv = inventory_of((1024, 1024), (1024,))
-    stage0, stage1 = compute_training(inv, TrainingSetup(optimizer="adafactor", zero_stages=(0, 1), gpus_per_node=2)).stages
+    stage0, stage1 = compute_training(
+        inv, TrainingSetup(optimizer="adafactor", zero_stages=(0, 1), gpus_per_node=2)
+    ).stages
     assert stage0.optimizer_states_bytes == (1024 + 1024) * 4 + 1024 * 4
     assert stage1.optimizer_states_bytes == math.ceil((1024 * 1024 + 1024) / 2) * 4
 
@@ -186,8 +198,12 @@ def test_impossible_setups_are_refused(setup: TrainingSetup, message: str) -> No
 # 24 layers, 32 heads, d_kv 128, vocab 32128 → 2,851,598,336 params; largest module = the shared embedding
 # 32128 × 1024 = 32,899,072.
 T5_3B = ParameterInventory(
-    total_params=2_851_598_336, trainable_params=2_851_598_336, embedding_params=0, buffer_params=0,
-    largest_module_params=32128 * 1024, active_params_per_token=2_851_598_336,
+    total_params=2_851_598_336,
+    trainable_params=2_851_598_336,
+    embedding_params=0,
+    buffer_params=0,
+    largest_module_params=32128 * 1024,
+    active_params_per_token=2_851_598_336,
 )
 
 
@@ -234,15 +250,24 @@ STATELESS_OF_SHAPE = [o for o in OPTIMIZERS if o not in ("adafactor", "adamw-8bi
 
 
 @settings(max_examples=200, deadline=None)
-@given(count=counts, gpus=gpu_counts, precision=st.sampled_from(PRECISIONS), optimizer=st.sampled_from(STATELESS_OF_SHAPE))
+@given(
+    count=counts, gpus=gpu_counts, precision=st.sampled_from(PRECISIONS), optimizer=st.sampled_from(STATELESS_OF_SHAPE)
+)
 def test_higher_stages_never_use_more_per_gpu(count: int, gpus: int, precision: str, optimizer: str) -> None:
     got = totals(ParameterInventory.from_count(count), precision=precision, optimizer=optimizer, gpus_per_node=gpus)
     assert got == sorted(got, reverse=True)
 
 
 @settings(max_examples=200, deadline=None)
-@given(count=counts, gpus=gpu_counts, precision=st.sampled_from(PRECISIONS), optimizer=st.sampled_from([o for o in OPTIMIZERS if o != "adafactor"]))
-def test_stage_0_ignores_gpu_count_and_shards_cover_the_model(count: int, gpus: int, precision: str, optimizer: str) -> None:
+@given(
+    count=counts,
+    gpus=gpu_counts,
+    precision=st.sampled_from(PRECISIONS),
+    optimizer=st.sampled_from([o for o in OPTIMIZERS if o != "adafactor"]),
+)
+def test_stage_0_ignores_gpu_count_and_shards_cover_the_model(
+    count: int, gpus: int, precision: str, optimizer: str
+) -> None:
     inv = ParameterInventory.from_count(count)
     one = totals(inv, precision=precision, optimizer=optimizer, gpus_per_node=1)
     many = totals(inv, precision=precision, optimizer=optimizer, gpus_per_node=gpus)
@@ -257,4 +282,5 @@ def test_memory_grows_with_bytes_per_element(count: int, gpus: int, optimizer: s
     pure16 = totals(inv, precision="bf16", optimizer=optimizer, gpus_per_node=gpus)
     mixed = totals(inv, precision="bf16-mixed", optimizer=optimizer, gpus_per_node=gpus)
     fp32 = totals(inv, precision="fp32", optimizer=optimizer, gpus_per_node=gpus)
-    assert all(a <= b for a, b in zip(pure16, mixed)) and all(a <= b for a, b in zip(pure16, fp32))
+    assert all(a <= b for a, b in zip(pure16, mixed, strict=True))
+    assert all(a <= b for a, b in zip(pure16, fp32, strict=True))

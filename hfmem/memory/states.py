@@ -162,9 +162,9 @@ def flat_partition_state_bytes(optimizer: Optimizer, partition_params: int, stat
     """Optimizer state for one flat 1-D ZeRO partition.
 
     With ZeRO >= 1 DeepSpeed hands the optimizer flat 1-D fp32 partitions instead of the model's tensors
-    (``single_partition_of_fp32_groups`` in ``deepspeed/runtime/zero/stage_1_and_2.py``; ``fp32_partitioned_groups_flat``
-    in ``stage3.py``). Shape-aware optimizers see one long vector: Adafactor cannot factor it, and 8-bit Adam
-    quantizes it block by block with no small-tensor exception.
+    (``single_partition_of_fp32_groups`` in ``deepspeed/runtime/zero/stage_1_and_2.py``;
+    ``fp32_partitioned_groups_flat`` in ``stage3.py``). Shape-aware optimizers see one long vector:
+    Adafactor cannot factor it, and 8-bit Adam quantizes it block by block with no small-tensor exception.
     """
     if partition_params == 0:
         return 0
@@ -323,8 +323,11 @@ def compute_training(inventory: ParameterInventory, setup: TrainingSetup) -> Tra
         if setup.optimizer in ("adafactor", "adamw-8bit") and any(s >= 1 for s in setup.zero_stages):
             notes.append(
                 "ZeRO >= 1 gives the optimizer flat 1-D partitions (DeepSpeed), so "
-                + ("Adafactor cannot factor its second moment there" if setup.optimizer == "adafactor"
-                   else "8-bit Adam quantizes every element, small tensors included")
+                + (
+                    "Adafactor cannot factor its second moment there"
+                    if setup.optimizer == "adafactor"
+                    else "8-bit Adam quantizes every element, small tensors included"
+                )
             )
         if setup.offload == "optimizer+params":
             notes.append(

@@ -1,0 +1,195 @@
+"""The CLI end to end through click's CliRunner: table, JSON, options, and every error path with its exit code."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hfmem.cli import cli
+from tests.conftest import FIXTURES
+
+GOLDEN = Path(__file__).parent / "golden"
+LLAMA2_7B = 6_738_415_616  # keras-hub llama2_7b_en "params"; GGUF general.parameter_count
+
+
+def run(runner: CliRunner, *args: str) -> tuple[int, str, str]:
+    result = runner.invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_table_golden(runner: CliRunner) -> None:
+    # Figures in the golden file, by hand: 2·P = 12.55 GiB, 4·P = 25.10 GiB, 8·P = 50.21 GiB, 16·P = 100.41 GiB;
+    # ZeRO-1 on 8 GPUs: 4·P + 12·ceil(P/8) = 34.52 GiB; ZeRO-2: 2·P + 14·ceil(P/8) = 23.53 GiB; ZeRO-3: 12.55 GiB.
+    code, out, err = run(runner, "meta-llama/Llama-2-7b-hf", "--gpus", "8")
+    assert code == 0, err
+    assert out == (GOLDEN / "llama2_7b_gpus8.txt").read_text()
+    assert err.count("\n") == 1 and "bundled catalogue" in err and "HF_HUB_OFFLINE" in err
+
+
+def test_json_contract(runner: CliRunner) -> None:
+    code, out, _ = run(runner, "meta-llama/Llama-2-7b-hf", "--gpus", "8", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["model"] == {
+        "id": "meta-llama/Llama-2-7b-hf",
+        "source": "catalogue",
+        "revision": None,
+        "architecture": "LlamaForCausalLM",
+        "model_type": "llama",
+    }
+    params = doc["parameters"]
+    assert params["total"] == params["trainable"] == params["active_per_token"] == LLAMA2_7B
+    assert params["embedding"] + params["non_embedding"] == LLAMA2_7B
+    assert params["largest_module"] == 32000 * 4096
+    assert isinstance(params["buffers"], int)
+    assert doc["training"]["settings"] == {
+        "precision": "bf16-mixed",
+        "optimizer": "adamw",
+        "gpus_per_node": 8,
+        "nodes": 1,
+        "offload": "none",
+        "accounting": "hfmem",
+    }
+    shard = math.ceil(LLAMA2_7B / 8)
+    expected_totals = [16 * LLAMA2_7B, 4 * LLAMA2_7B + 12 * shard, 2 * LLAMA2_7B + 14 * shard, 16 * shard]
+    stages = doc["training"]["stages"]
+    assert [s["zero_stage"] for s in stages] == [0, 1, 2, 3]
+    assert [s["per_gpu_bytes"]["total"] for s in stages] == expected_totals
+    for s in stages:
+        parts = s["per_gpu_bytes"]
+        assert set(parts) == {"weights", "master_weights", "gradients", "optimizer_states", "total"}
+        assert parts["total"] == sum(v for k, v in parts.items() if k != "total")
+        assert s["cpu_bytes_per_node"] == 0
+
+
+def test_params_reproduces_zero_paper(runner: CliRunner) -> None:
+    # ZeRO paper Fig. 1: Ψ = 7.5B, N = 64 → 120 / 31.4 / 16.6 / 1.9 GB.
+    code, out, err = run(
+        runner, "--params", "7.5B", "--precision", "fp16-mixed", "--gpus", "8", "--nodes", "8", "--json"
+    )
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    assert doc["model"]["source"] == "params"
+    assert [s["per_gpu_bytes"]["total"] for s in doc["training"]["stages"]] == [
+        120_000_000_000,
+        31_406_250_000,
+        16_640_625_000,
+        1_875_000_000,
+    ]
+
+
+@pytest.mark.parametrize(("text", "count"), [("7.5B", 7_500_000_000), ("7.5e9", 7_500_000_000), ("125M", 125_000_000)])
+def test_params_forms(runner: CliRunner, text: str, count: int) -> None:
+    code, out, _ = run(runner, "--params", text, "--json")
+    assert code == 0 and json.loads(out)["parameters"]["total"] == count
+
+
+def test_offload_reports_cpu_ram_and_only_valid_stages(runner: CliRunner) -> None:
+    code, out, _ = run(runner, "--params", "7.5B", "--gpus", "8", "--offload", "optimizer", "--json")
+    assert code == 0
+    stages = json.loads(out)["training"]["stages"]
+    assert [s["zero_stage"] for s in stages] == [1, 2, 3]
+    # per GPU shard ceil(7.5e9/8) × (fp32 params 4 + fp32 grads 4 + Adam 8), 8 GPUs per node.
+    assert all(s["cpu_bytes_per_node"] == 8 * math.ceil(7.5e9 / 8) * 16 for s in stages)
+    code, out, _ = run(runner, "--params", "7.5B", "--offload", "optimizer+params")
+    assert code == 0 and "CPU RAM / node" in out
+
+
+def test_deepspeed_accounting(runner: CliRunner) -> None:
+    code, out, _ = run(runner, "meta-llama/Llama-2-7b-hf", "--gpus", "8", "--accounting", "deepspeed", "--json")
+    assert code == 0
+    stages = json.loads(out)["training"]["stages"]
+    p, ll = LLAMA2_7B, 32000 * 4096
+    # estimate_zero2: 2P + int(18P/N); estimate_zero3: 4·LL + int(18P/N).
+    assert [s["per_gpu_bytes"]["total"] for s in stages] == [2 * p + int(18 * p / 8), 4 * ll + int(18 * p / 8)]
+
+
+def test_adapter_folder_resolves_to_base(runner: CliRunner) -> None:
+    code, out, err = run(runner, str(FIXTURES / "lora_adapter"), "--json")
+    assert code == 0
+    assert json.loads(out)["parameters"]["total"] == LLAMA2_7B
+    assert "LORA adapter" in err and "meta-llama/Llama-2-7b-hf" in err
+
+
+def test_list_catalogue(runner: CliRunner) -> None:
+    code, out, _ = run(runner, "--list-catalogue")
+    assert code == 0 and "meta-llama/Llama-2-7b-hf" in out and "6,738,415,616" in out
+    code, out, _ = run(runner, "--list-catalogue", "--json")
+    rows = json.loads(out)
+    assert len(rows) >= 30
+    assert {
+        "id": "meta-llama/Llama-2-7b-hf",
+        "architecture": "LlamaForCausalLM",
+        "total_params": LLAMA2_7B,
+        "aliases": [],
+    } in rows
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "fragment"),
+    [
+        ((str(FIXTURES / "malformed_json"),), 5, "is not valid JSON (Expecting property name"),
+        ((str(FIXTURES / "not_an_object"),), 5, "holds a JSON list"),
+        ((str(FIXTURES / "unknown_model_type"),), 5, "unknown to the installed transformers"),
+        ((str(FIXTURES / "remote_code"),), 5, "--trust-remote-code"),
+        ((str(FIXTURES / "gguf_only"),), 4, "GGUF files only"),
+        (("someone/not-in-the-catalogue",), 4, "HF_HUB_OFFLINE"),
+        (("bad name!",), 2, "not a valid Hub repo id"),
+        (("./no/such/folder",), 2, "no such file or directory"),
+        ((), 2, "give a MODEL"),
+        (("gpt2", "--params", "1B"), 2, "not both"),
+        (("--params", "lots"), 2, "is not a parameter count"),
+        (("--params", "1.5"), 2, "whole number"),
+        (("--params", "7B", "--offload", "optimizer", "--zero", "0"), 2, "drop --zero 0"),
+        (("--params", "7B", "--accounting", "deepspeed", "--zero", "1"), 2, "ZeRO-2 and ZeRO-3 only"),
+        (("--params", "7B", "--optimizer", "adafactor"), 2, "Adafactor"),
+        (("--params", "7B", "--zero", "4"), 2, "--zero"),
+        (("--params", "7B", "--precision", "fp8"), 2, "--precision"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code(
+    runner: CliRunner, args: tuple[str, ...], exit_code: int, fragment: str
+) -> None:
+    code, out, err = run(runner, *args)
+    assert code == exit_code
+    assert out == ""
+    assert fragment in err
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1
+
+
+def test_debug_shows_the_traceback(runner: CliRunner) -> None:
+    code, _, err = run(runner, str(FIXTURES / "malformed_json"), "--debug")
+    assert code == 5 and "Traceback" in err and "JSONDecodeError" in err
+
+
+def test_unexpected_errors_become_exit_1(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("boom")
+
+    monkeypatch.setattr("hfmem.cli.estimate", broken)
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")
+    code, _, err = run(runner, "--params", "7B")
+    assert code == 1 and "internal error (TypeError: boom)" in err and "--debug" in err
+
+
+def test_help_does_not_import_torch() -> None:
+    script = (
+        "import sys; from click.testing import CliRunner; from hfmem.cli import cli; "
+        "r = CliRunner().invoke(cli, ['--help']); assert r.exit_code == 0, r.output; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'; "
+        "from hfmem.memory import compute_training; assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def test_python_dash_m() -> None:
+    done = subprocess.run([sys.executable, "-m", "hfmem", "--version"], check=True, capture_output=True, text=True)
+    assert done.stdout.startswith("hfmem, version ")
