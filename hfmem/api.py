@@ -57,11 +57,13 @@ def estimate(
         resolved = ModelConfig(model_id=f"{params:,} parameters", source="params", config={})
         inventory = ParameterInventory.from_count(params)
     else:
-        from hfmem.hub import resolve_model
+        from hfmem.hub import fetch_remote_code, resolve_model
         from hfmem.inventory import count_parameters
 
         assert model is not None
         resolved = resolve_model(model, revision=revision, token=token)
+        if trust_remote_code:
+            resolved = fetch_remote_code(resolved, token=token)
         inventory = count_parameters(resolved, trust_remote_code=trust_remote_code)
     training = compute_training(inventory, setup)
     return Report(model=resolved, inventory=inventory, training=training, hfmem_version=hfmem_version())

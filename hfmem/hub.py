@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import validate_repo_id
 
@@ -29,7 +29,7 @@ from hfmem.errors import (
 )
 from hfmem.types import ModelConfig
 
-__all__ = ["resolve_model", "load_config_file", "describe_layout"]
+__all__ = ["resolve_model", "fetch_remote_code", "load_config_file", "describe_layout"]
 
 CONFIG_NAME = "config.json"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -70,6 +70,31 @@ def resolve_model(model: str, *, revision: str | None = None, token: str | None 
         reason = str(e).replace("Use `repo_type` argument if needed.", "").strip().rstrip(".")
         raise InvalidModelIdError(model, reason) from e
     return _resolve_hub(model, revision=revision, token=token)
+
+
+def fetch_remote_code(model: ModelConfig, *, token: str | None = None) -> ModelConfig:
+    """Download the Python files of a Hub repo whose config.json points at its own code (``auto_map``).
+
+    Called only after the user passed ``--trust-remote-code``. The files land in the same HF cache snapshot as
+    config.json, so transformers loads them from ``model.directory`` without touching the network itself.
+
+    Raises:
+        OfflineError: the code is neither downloadable nor cached.
+        HubError: the Hub refused the download.
+    """
+    if model.source != "hub" or not model.config.get("auto_map"):
+        return model
+    try:
+        snapshot = snapshot_download(
+            model.model_id, revision=model.revision, token=token, allow_patterns=["*.py", CONFIG_NAME]
+        )
+    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as e:
+        raise OfflineError(model.model_id, "its custom code files cannot be downloaded") from e
+    except hf_errors.HTTPError as e:
+        raise HubError(f"downloading the custom code of '{model.model_id}' failed ({type(e).__name__}); retry") from e
+    return ModelConfig(
+        model.model_id, model.source, model.config, revision=model.revision, directory=Path(snapshot), notes=model.notes
+    )
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

@@ -445,3 +445,45 @@ def test_cli_token_never_printed(fake: FakeHub) -> None:
             assert result.exit_code == code, (model, result.output)
             assert TOKEN not in result.stdout and TOKEN not in result.stderr
     assert {call["token"] for call in fake.metadata_calls} == {TOKEN}
+
+
+# --- custom code (--trust-remote-code) --------------------------------------------------------------------------
+
+
+def test_remote_code_is_fetched_into_the_snapshot(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tests.conftest import FIXTURES
+
+    calls: list[dict[str, Any]] = []
+
+    def fake_snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        calls.append({"repo_id": repo_id, **kwargs})
+        return str(FIXTURES / "remote_code")
+
+    monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download)
+    config = json.loads((FIXTURES / "remote_code" / "config.json").read_text())
+    model = hub.ModelConfig("org/tiny", "hub", config, revision=SHA, directory=tmp_path)
+    fetched = hub.fetch_remote_code(model, token=TOKEN)
+    assert fetched.directory == FIXTURES / "remote_code"
+    assert calls == [
+        {"repo_id": "org/tiny", "revision": SHA, "token": TOKEN, "allow_patterns": ["*.py", "config.json"]}
+    ]
+    # Nothing to fetch for configs without auto_map or from the catalogue.
+    plain = hub.ModelConfig("org/plain", "hub", TINY_LLAMA, revision=SHA)
+    assert hub.fetch_remote_code(plain) is plain
+
+
+def test_remote_code_offline_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(repo_id: str, **kwargs: Any) -> str:
+        raise hf_errors.LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(hub, "snapshot_download", offline)
+    model = hub.ModelConfig("org/tiny", "hub", {"model_type": "x", "auto_map": {"AutoConfig": "a.B"}}, revision=SHA)
+    with pytest.raises(OfflineError, match="custom code files cannot be downloaded"):
+        hub.fetch_remote_code(model)
+
+
+def test_alias_fallback_says_same_architecture() -> None:
+    # Real offline (HF_HUB_OFFLINE=1): google/gemma-2-9b is served by the -it snapshot, and says so.
+    resolved = hub.resolve_model("google/gemma-2-9b")
+    assert resolved.source == "catalogue"
+    assert "google/gemma-2-9b-it" in resolved.notes[0] and "same architecture" in resolved.notes[0]

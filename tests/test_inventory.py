@@ -141,3 +141,10 @@ def test_remote_code_runs_only_when_trusted(tmp_path: Path, monkeypatch: pytest.
     inv = inventory_of(folder, trust_remote_code=True)
     # modeling_tiny.py: V·h + L·(h·h + h) + h·V with h = 64, L = 2, V = 1000.
     assert inv.total_params == 1000 * 64 + 2 * (64 * 64 + 64) + 64 * 1000
+
+
+def test_aliases_are_unique_and_do_not_shadow_entries() -> None:
+    ids = {e.model_id.lower() for e in entries()}
+    aliases = [a.lower() for e in entries() for a in e.aliases]
+    assert len(aliases) == len(set(aliases))
+    assert not ids & set(aliases)
