@@ -127,7 +127,7 @@ def test_list_catalogue(runner: CliRunner) -> None:
         "id": "meta-llama/Llama-2-7b-hf",
         "architecture": "LlamaForCausalLM",
         "total_params": LLAMA2_7B,
-        "aliases": [],
+        "aliases": ["meta-llama/Llama-2-7b-chat-hf"],
     } in rows
 
 
