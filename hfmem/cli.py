@@ -91,6 +91,7 @@ def _list_catalogue(json_: bool) -> None:
 
 
 @click.command(
+    "hfmem",
     cls=HfmemCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Exit codes: 0 ok, 1 internal error, 2 bad usage, 4 model unavailable (Hub, cache, catalogue), "

@@ -184,6 +184,7 @@ def test_param_offload_leaves_no_model_state_on_gpu() -> None:
         (TrainingSetup(accounting="deepspeed", zero_stages=(1,)), "ZeRO-2 and ZeRO-3 only"),
         (TrainingSetup(accounting="deepspeed", zero_stages=(2,), optimizer="sgd"), "mixed precision with Adam"),
         (TrainingSetup(zero_stages=(4,)), "does not exist"),
+        (TrainingSetup(zero_stages=(2,), offload="optimizer", optimizer="adamw-8bit"), "CPU-Adam"),
     ],
 )
 def test_impossible_setups_are_refused(setup: TrainingSetup, message: str) -> None:

@@ -188,6 +188,11 @@ def check_setup(setup: TrainingSetup) -> None:
         raise InvalidSetupError(
             "--offload optimizer+params needs ZeRO stage 3 (DeepSpeed's offload_param); use --zero 3"
         )
+    if setup.offload != "none" and setup.optimizer == "adamw-8bit":
+        raise InvalidSetupError(
+            "--offload runs the optimizer step on the CPU (DeepSpeed's CPU-Adam, fp32 states), where "
+            "bitsandbytes' 8-bit GPU states do not apply; use --optimizer adamw with --offload, or --offload none"
+        )
     if setup.accounting == "deepspeed":
         if set(setup.zero_stages) - {2, 3}:
             raise InvalidSetupError(
