@@ -130,7 +130,11 @@ def _instantiate(model: ModelConfig, config: PretrainedConfig, *, trust_remote_c
         name = arch or remote_auto
     else:
         cls, name = _native_class(model, config, arch)
-        builder = lambda: cls._from_config(config)  # noqa: E731
+        # Build in the checkpoint's dtype (config `dtype` / `torch_dtype`), so each parameter's dtype is what the
+        # checkpoint stores, modules transformers keeps in fp32 (`_keep_in_fp32_modules`) included.
+        dtype = getattr(config, "dtype", None)
+        kwargs = {"dtype": dtype} if _is_floating_dtype(dtype) else {}
+        builder = lambda: cls._from_config(config, **kwargs)  # noqa: E731
     try:
         with init_empty_weights(include_buffers=True):
             return builder(), name
@@ -142,6 +146,12 @@ def _instantiate(model: ModelConfig, config: PretrainedConfig, *, trust_remote_c
             f"'{model.model_id}' ({type(e).__name__}: {_first_line(e)}); check the config values or try "
             "another transformers version"
         ) from e
+
+
+def _is_floating_dtype(dtype: object) -> bool:
+    import torch
+
+    return isinstance(dtype, torch.dtype) and dtype.is_floating_point
 
 
 def _remote_auto_class(auto_map: dict[str, Any], arch: str | None) -> str | None:

@@ -148,3 +148,13 @@ def test_aliases_are_unique_and_do_not_shadow_entries() -> None:
     aliases = [a.lower() for e in entries() for a in e.aliases]
     assert len(aliases) == len(set(aliases))
     assert not ids & set(aliases)
+
+
+def test_parameters_keep_the_checkpoint_dtype() -> None:
+    # Llama-2-7b-hf's config.json says "torch_dtype": "float16"; DeepSeek-V3's says bfloat16 but transformers keeps
+    # its MoE routers in fp32 (`_keep_in_fp32_modules`).
+    llama = inventory_of(CATALOGUE / "meta-llama__Llama-2-7b-hf")
+    assert {p.dtype for p in llama.parameters} == {"float16"}
+    deepseek = inventory_of(CATALOGUE / "deepseek-ai__DeepSeek-V3")
+    assert {p.dtype for p in deepseek.parameters} == {"bfloat16", "float32"}
+    assert all("gate" in p.name for p in deepseek.parameters if p.dtype == "float32")
