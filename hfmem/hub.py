@@ -211,9 +211,8 @@ def _resolve_hub(repo_id: str, *, revision: str | None, token: str | None) -> Mo
         return _resolve_unreachable(repo_id, revision, token, why=f"the Hub is unreachable ({type(e).__name__})")
 
     try:
-        config_file = Path(
-            hf_hub_download(repo_id, CONFIG_NAME, revision=metadata.commit_hash or revision, token=token)
-        )
+        # Download by the name the user gave (not the sha) so the cache records that ref for later offline runs.
+        config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, token=token))
     except (hf_errors.HTTPError, hf_errors.LocalEntryNotFoundError) as e:  # the connection dropped after the HEAD
         return _resolve_unreachable(
             repo_id, revision, token, why=f"downloading config.json failed ({type(e).__name__})"
@@ -222,7 +221,7 @@ def _resolve_hub(repo_id: str, *, revision: str | None, token: str | None) -> Mo
         repo_id,
         "hub",
         load_config_file(config_file),
-        revision=metadata.commit_hash,
+        revision=_snapshot_sha(config_file) or metadata.commit_hash,
         directory=config_file.parent,
     )
 
@@ -236,15 +235,19 @@ def _resolve_unreachable(repo_id: str, revision: str | None, token: str | None, 
         if fallback is None:
             raise OfflineError(repo_id, why) from None
         return fallback
-    sha = cached.parent.name if cached.parent.parent.name == "snapshots" else None
     return ModelConfig(
         repo_id,
         "hub",
         load_config_file(cached),
-        revision=sha,
+        revision=_snapshot_sha(cached),
         directory=cached.parent,
         notes=(f"{why}: using config.json of '{repo_id}' from the Hugging Face cache",),
     )
+
+
+def _snapshot_sha(cached_file: Path) -> str | None:
+    """The commit sha of a file in the HF cache: it lives at ``…/snapshots/<sha>/config.json``."""
+    return cached_file.parent.name if cached_file.parent.parent.name == "snapshots" else None
 
 
 def _from_catalogue(repo_id: str, revision: str | None, *, why: str) -> ModelConfig | None:

@@ -165,8 +165,9 @@ def test_hub_success_passes_revision_and_token(fake: FakeHub, revision: str | No
     assert meta["url"].endswith(f"/org/tiny/resolve/{revision or 'main'}/config.json")
     assert meta["token"] == TOKEN and meta["timeout"] == constants.HF_HUB_ETAG_TIMEOUT
     [download] = fake.download_calls
-    # the download is pinned to the commit the metadata call saw, so both read the same snapshot
-    assert download["revision"] == SHA and download["token"] == TOKEN and not download["local_files_only"]
+    # the download asks for the user's revision, not the sha, so the HF cache records that ref and a later
+    # offline run finds the file (tests/test_hub_mirror.py checks it through the real client)
+    assert download["revision"] == revision and download["token"] == TOKEN and not download["local_files_only"]
 
 
 def test_hub_success_without_commit_hash_downloads_requested_revision(fake: FakeHub, monkeypatch) -> None:
