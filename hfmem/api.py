@@ -5,8 +5,9 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from hfmem.errors import InvalidSetupError
-from hfmem.memory import compute_training
-from hfmem.types import ModelConfig, ParameterInventory, Report, TrainingSetup
+from hfmem.memory.activations import activation_dtype, default_seq_len
+from hfmem.memory.peak import plan_training
+from hfmem.types import ActivationProfile, ModelConfig, ParameterInventory, Report, TrainingEstimate, TrainingSetup
 
 __all__ = ["estimate", "hfmem_version"]
 
@@ -26,6 +27,7 @@ def estimate(
     token: str | None = None,
     trust_remote_code: bool = False,
     setup: TrainingSetup | None = None,
+    find_max_batch: bool = False,
 ) -> Report:
     """Estimate per-GPU training memory for a model or a hypothetical parameter count.
 
@@ -35,10 +37,12 @@ def estimate(
         revision: Hub branch, tag or commit sha.
         token: Hub token (default: ``HF_TOKEN`` or the saved login). Never printed.
         trust_remote_code: allow the repo's own modelling code to run (off by default, never implied).
-        setup: precision, optimizer, ZeRO stages, GPUs, offload; defaults to bf16-mixed AdamW, ZeRO 0-3, 1 GPU.
+        setup: precision, optimizer, ZeRO stages, GPUs, offload, micro-batch, sequence length, attention,
+            checkpointing, overheads and the GPU to fit; defaults to bf16-mixed AdamW, ZeRO 0-3, 1 GPU, batch 1.
+        find_max_batch: also search the largest micro-batch that fits ``setup.gpu`` (per stage).
 
     Returns:
-        A `Report` with the resolved model, its exact parameter inventory and per-GPU model-state memory.
+        A `Report` with the resolved model, its exact parameter inventory and per-GPU peak memory per stage.
 
     Raises:
         HfmemError: a subclass naming the cause and the fix (see `hfmem.errors`).
@@ -65,5 +69,49 @@ def estimate(
         if trust_remote_code:
             resolved = fetch_remote_code(resolved, token=token)
         inventory = count_parameters(resolved, trust_remote_code=trust_remote_code)
-    training = compute_training(inventory, setup)
+    training = _plan(resolved, inventory, setup, find_max_batch=find_max_batch, trust_remote_code=trust_remote_code)
     return Report(model=resolved, inventory=inventory, training=training, hfmem_version=hfmem_version())
+
+
+def _plan(
+    resolved: ModelConfig,
+    inventory: ParameterInventory,
+    setup: TrainingSetup,
+    *,
+    find_max_batch: bool,
+    trust_remote_code: bool,
+) -> TrainingEstimate:
+    """Measure the activations (a model only) and plan the peak of every stage."""
+    if setup.batch_size < 1 or (setup.seq_len is not None and setup.seq_len < 1):
+        raise InvalidSetupError("--batch-size and --seq-len must be at least 1")
+    if setup.dropout is not None and not 0.0 <= setup.dropout < 1.0:
+        raise InvalidSetupError(f"--dropout must be in [0, 1), got {setup.dropout}")
+    if find_max_batch and setup.gpu is None:
+        raise InvalidSetupError("--max-batch needs a GPU to fill: pass --gpu NAME or --gpu-memory SIZE")
+    if resolved.source == "params":
+        return plan_training(inventory, setup, None)
+    from hfmem.inventory import profile_activations
+
+    if setup.seq_len is not None:
+        seq_len, why = setup.seq_len, "--seq-len"
+    else:
+        seq_len, why = default_seq_len(resolved.config)
+
+    def profile(batch: int) -> ActivationProfile:
+        return profile_activations(
+            resolved,
+            batch_size=batch,
+            seq_len=seq_len,
+            attn=setup.attn,
+            dtype=activation_dtype(setup.precision),
+            dropout=setup.dropout,
+            trust_remote_code=trust_remote_code,
+        )
+
+    measured = profile(setup.batch_size)
+    pair = None
+    if find_max_batch:
+        one = measured if setup.batch_size == 1 else profile(1)
+        two = measured if setup.batch_size == 2 else profile(2)
+        pair = (one, two)
+    return plan_training(inventory, setup, measured, batch_profiles=pair, seq_len=seq_len, seq_len_source=why)

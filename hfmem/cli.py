@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import traceback
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -17,7 +18,18 @@ import click
 from hfmem import catalogue
 from hfmem.api import estimate, hfmem_version
 from hfmem.errors import ExitCode, HfmemError
-from hfmem.types import ACCOUNTINGS, OFFLOADS, OPTIMIZERS, PRECISIONS, TrainingSetup
+from hfmem.gpus import GPUS, find_gpu, parse_memory
+from hfmem.types import (
+    ACCOUNTINGS,
+    ATTENTIONS,
+    CHECKPOINTINGS,
+    OFFLOADS,
+    OPTIMIZERS,
+    PRECISIONS,
+    GpuTarget,
+    OverheadSettings,
+    TrainingSetup,
+)
 from hfmem.units import format_count_short, parse_count
 
 __all__ = ["cli"]
@@ -67,6 +79,25 @@ def _parse_params(ctx: click.Context, param: click.Parameter, value: str | None)
         raise click.BadParameter(str(e), ctx=ctx, param=param) from e
 
 
+def _parse_memory(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_memory(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from e
+
+
+def _list_gpus(json_: bool) -> None:
+    if json_:
+        doc = [{"key": g.key, "name": g.name, "usable_bytes": g.usable_bytes, "source": g.source} for g in GPUS]
+        click.echo(json.dumps(doc, indent=2))
+        return
+    width = max(len(g.key) for g in GPUS)
+    for g in GPUS:
+        click.echo(f"{g.key:<{width}}  {g.usable_bytes / 2**30:>7,.2f} GiB  {g.name}")
+
+
 def _list_catalogue(json_: bool) -> None:
     rows = catalogue.entries()
     if json_:
@@ -94,8 +125,8 @@ def _list_catalogue(json_: bool) -> None:
     "hfmem",
     cls=HfmemCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog="Exit codes: 0 ok, 1 internal error, 2 bad usage, 4 model unavailable (Hub, cache, catalogue), "
-    "5 config cannot be built. Docs: README.md.",
+    epilog="Exit codes: 0 ok, 1 internal error, 2 bad usage, 3 does not fit (--check), 4 model unavailable "
+    "(Hub, cache, catalogue), 5 config cannot be built or traced. Docs: README.md.",
 )
 @click.argument("model", required=False)
 @click.option("--revision", help="Hub branch, tag or commit sha (default: main).")
@@ -157,12 +188,72 @@ def _list_catalogue(json_: bool) -> None:
     show_default=True,
     help="hfmem: exact ZeRO-paper components. deepspeed: DeepSpeed's own estimator formulas (ZeRO-2/3, mixed Adam).",
 )
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Micro-batch per GPU. Gradient accumulation does not change activations: pass the micro-batch only.",
+)
+@click.option(
+    "--seq-len",
+    type=click.IntRange(min=1),
+    help="Tokens per sequence (default: the model's context length capped at 4096; the output says which).",
+)
+@click.option(
+    "--attn",
+    type=click.Choice(ATTENTIONS),
+    default="sdpa",
+    show_default=True,
+    help="sdpa / flash: fused kernels (no seq² scores kept); eager keeps heads × seq² scores and probabilities.",
+)
+@click.option(
+    "--grad-checkpointing",
+    type=click.Choice(CHECKPOINTINGS),
+    default="none",
+    show_default=True,
+    help="full: keep only each layer's input and recompute it; selective: recompute the attention core.",
+)
+@click.option(
+    "--dropout",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    help="Override every dropout probability (default: the config's).",
+)
+@click.option(
+    "--gpu", "gpu_name", metavar="NAME", help="Check the plan against a GPU (--list-gpus): h100-sxm, a100-40gb…"
+)
+@click.option(
+    "--gpu-memory",
+    metavar="SIZE",
+    callback=_parse_memory,
+    help="Check the plan against this much GPU memory instead: 80GiB, 79.2GiB, 24G (binary), 80GB (decimal).",
+)
+@click.option("--max-batch", is_flag=True, help="Also find the largest micro-batch that fits the GPU, per stage.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Make the verdict the exit code: 0 when every reported stage fits the GPU, 3 when one does not.",
+)
+@click.option(
+    "--cuda-context",
+    metavar="SIZE",
+    callback=_parse_memory,
+    help="CUDA context + cuBLAS workspace per GPU (default 512MiB).",
+)
+@click.option(
+    "--fragmentation",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.10,
+    show_default=True,
+    help="Allocator slack (reserved − allocated) as a fraction of the allocated peak.",
+)
 @click.option("--json", "json_", is_flag=True, help="Print only JSON on stdout (bytes as integers).")
 @click.option(
     "--list-catalogue",
     is_flag=True,
     help="List the models bundled for offline use, with their exact parameter counts, and exit.",
 )
+@click.option("--list-gpus", is_flag=True, help="List the built-in GPUs with the memory PyTorch sees, and exit.")
 @click.option("--debug", is_flag=True, help="Show tracebacks (also HFMEM_DEBUG=1).")
 @click.version_option(hfmem_version(), "--version", prog_name="hfmem")
 def cli(
@@ -178,11 +269,23 @@ def cli(
     nodes: int,
     offload: Any,
     accounting: Any,
+    batch_size: int,
+    seq_len: int | None,
+    attn: Any,
+    grad_checkpointing: Any,
+    dropout: float | None,
+    gpu_name: str | None,
+    gpu_memory: int | None,
+    max_batch: bool,
+    check: bool,
+    cuda_context: int | None,
+    fragmentation: float,
     json_: bool,
     list_catalogue: bool,
+    list_gpus: bool,
     debug: bool,
 ) -> None:
-    """Exact parameters and per-GPU training memory of a Hugging Face model, without downloading weights.
+    """Exact parameters and peak per-GPU training memory of a Hugging Face model, without downloading weights.
 
     MODEL is a Hub repo id (meta-llama/Llama-2-7b-hf), a local folder holding config.json or a PEFT
     adapter_config.json, or a path to a config.json. When the Hub cannot answer, hfmem uses the HF cache, then
@@ -191,14 +294,30 @@ def cli(
     if list_catalogue:
         _list_catalogue(json_)
         return
+    if list_gpus:
+        _list_gpus(json_)
+        return
     if model is None and params is None:
         raise click.UsageError("give a MODEL (a Hub id, folder or config.json) or --params COUNT")
     if model is not None and params is not None:
         raise click.UsageError("give either MODEL or --params, not both")
+    if gpu_name is not None and gpu_memory is not None:
+        raise click.UsageError("give either --gpu or --gpu-memory, not both")
+    gpu = None
+    if gpu_name is not None:
+        spec = find_gpu(gpu_name)
+        gpu = GpuTarget(spec.name, spec.usable_bytes)
+    elif gpu_memory is not None:
+        gpu = GpuTarget(f"a {gpu_memory / 2**30:,.2f} GiB GPU", gpu_memory)
+    if check and gpu is None:
+        raise click.UsageError("--check needs a GPU to check against: pass --gpu NAME or --gpu-memory SIZE")
     if not zero_stages:
         zero_stages = {"none": (0, 1, 2, 3), "optimizer": (1, 2, 3), "optimizer+params": (3,)}[offload]
         if accounting == "deepspeed":
             zero_stages = tuple(s for s in zero_stages if s in (2, 3))
+    overheads = OverheadSettings(fragmentation=fragmentation)
+    if cuda_context is not None:
+        overheads = replace(overheads, cuda_context_bytes=cuda_context)
     setup = TrainingSetup(
         precision=precision,
         optimizer=optimizer,
@@ -207,9 +326,22 @@ def cli(
         nodes=nodes,
         offload=offload,
         accounting=accounting,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        attn=attn,
+        grad_checkpointing=grad_checkpointing,
+        dropout=dropout,
+        overheads=overheads,
+        gpu=gpu,
     )
     report = estimate(
-        model, params=params, revision=revision, token=token, trust_remote_code=trust_remote_code, setup=setup
+        model,
+        params=params,
+        revision=revision,
+        token=token,
+        trust_remote_code=trust_remote_code,
+        setup=setup,
+        find_max_batch=max_batch,
     )
     from hfmem.report import render_table, to_dict
 
@@ -217,10 +349,12 @@ def cli(
         click.echo(f"hfmem: {note}", err=True)
     if json_:
         click.echo(json.dumps(to_dict(report), indent=2))
-        return
-    color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    width = shutil.get_terminal_size((100, 24)).columns
-    click.echo(render_table(report, color=color, width=width), nl=False)
+    else:
+        color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        width = shutil.get_terminal_size((100, 24)).columns
+        click.echo(render_table(report, color=color, width=width), nl=False)
+    if check and not all(stage.fits for stage in report.training.stages):
+        raise click.exceptions.Exit(int(ExitCode.DOES_NOT_FIT))
 
 
 def main() -> None:

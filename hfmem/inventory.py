@@ -19,13 +19,19 @@ from hfmem.errors import (
     RemoteCodeRequiredError,
     UnsupportedArchitectureError,
 )
-from hfmem.types import ModelConfig, ParameterInfo, ParameterInventory
+from hfmem.types import ActivationProfile, Attention, LayerProfile, ModelConfig, ParameterInfo, ParameterInventory
 
 if TYPE_CHECKING:
     from torch import nn
     from transformers import PretrainedConfig
 
-__all__ = ["count_parameters", "build_transformers_config", "MOE_NUM_EXPERTS_KEYS", "MOE_TOP_K_KEYS"]
+__all__ = [
+    "count_parameters",
+    "profile_activations",
+    "build_transformers_config",
+    "MOE_NUM_EXPERTS_KEYS",
+    "MOE_TOP_K_KEYS",
+]
 
 #: Config keys that name the number of routed experts (Mixtral/gpt-oss, Qwen-MoE, DeepSeek) and the experts used
 #: per token. The first key present wins.
@@ -112,7 +118,14 @@ def build_transformers_config(model: ModelConfig, *, trust_remote_code: bool = F
         ) from e
 
 
-def _instantiate(model: ModelConfig, config: PretrainedConfig, *, trust_remote_code: bool) -> tuple[nn.Module, str]:
+def _instantiate(
+    model: ModelConfig,
+    config: PretrainedConfig,
+    *,
+    trust_remote_code: bool,
+    dtype: Any = None,
+    attn_implementation: str | None = None,
+) -> tuple[nn.Module, str]:
     import transformers
     from accelerate import init_empty_weights
 
@@ -126,14 +139,20 @@ def _instantiate(model: ModelConfig, config: PretrainedConfig, *, trust_remote_c
                 model.model_id, f"architecture '{arch}' is defined by {auto_map[remote_auto]}"
             )
         auto_cls = getattr(transformers, remote_auto)
-        builder = lambda: auto_cls.from_config(config, trust_remote_code=True)  # noqa: E731
+        kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        builder = lambda: auto_cls.from_config(config, trust_remote_code=True, **kwargs)  # noqa: E731
         name = arch or remote_auto
     else:
         cls, name = _native_class(model, config, arch)
-        # Build in the checkpoint's dtype (config `dtype` / `torch_dtype`), so each parameter's dtype is what the
-        # checkpoint stores, modules transformers keeps in fp32 (`_keep_in_fp32_modules`) included.
-        dtype = getattr(config, "dtype", None)
+        # By default build in the checkpoint's dtype (config `dtype` / `torch_dtype`), so each parameter's dtype is
+        # what the checkpoint stores, modules transformers keeps in fp32 (`_keep_in_fp32_modules`) included.
+        if dtype is None:
+            dtype = getattr(config, "dtype", None)
         kwargs = {"dtype": dtype} if _is_floating_dtype(dtype) else {}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
         builder = lambda: cls._from_config(config, **kwargs)  # noqa: E731
     try:
         with init_empty_weights(include_buffers=True):
@@ -231,6 +250,227 @@ def _inventory(model: nn.Module, config: PretrainedConfig, arch: str) -> Paramet
         model_type=getattr(config, "model_type", None),
         moe_routing=_moe_routing(config),
     )
+
+
+#: The name hfmem registers in transformers' AttentionInterface for its fused-kernel emulation.
+FUSED_ATTENTION = "hfmem_fused"
+
+
+def profile_activations(
+    model: ModelConfig,
+    *,
+    batch_size: int,
+    seq_len: int,
+    attn: Attention,
+    dtype: str,
+    dropout: float | None = None,
+    trust_remote_code: bool = False,
+) -> ActivationProfile:
+    """Measure what one training micro-batch saves for backward, by running the model on the meta device.
+
+    The model's own class runs forward with labels under ``torch.autograd.graph.saved_tensors_hooks``: every
+    tensor autograd keeps is seen once (by storage), parameters excluded, and attributed to the transformer layer
+    that saved it. Meta tensors have shapes and dtypes but no storage, so this costs no memory and milliseconds
+    per layer. Attention runs through a stand-in for a fused kernel (FlashAttention / SDPA's flash and
+    memory-efficient kernels), which saves what they save: q, k and v at their own head counts, the output, and an
+    fp32 log-sum-exp of shape [batch, heads, seq]. With ``attn="eager"`` the model's eager attention runs too, and
+    its score matrices are measured as well.
+
+    Args:
+        batch_size: micro-batch per GPU.
+        seq_len: tokens per sequence (encoder–decoder models: both the encoder and the decoder length).
+        attn: ``sdpa`` and ``flash`` use the fused stand-in; ``eager`` the model's eager attention.
+        dtype: activation dtype name (``bfloat16``, ``float16``, ``float32``).
+        dropout: override every dropout probability (None: keep the config's).
+
+    Raises:
+        UnsupportedArchitectureError: the model cannot run forward on the meta device.
+    """
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    with _quiet_transformers():
+        config = build_transformers_config(model, trust_remote_code=trust_remote_code)
+        fused = _trace(model, config, FUSED_ATTENTION, torch_dtype, batch_size, seq_len, dropout, trust_remote_code)
+        if attn == "eager":
+            chosen = _trace(model, config, "eager", torch_dtype, batch_size, seq_len, dropout, trust_remote_code)
+        else:
+            chosen = fused
+    return ActivationProfile(
+        batch_size=batch_size,
+        seq_len=seq_len,
+        attn=attn,
+        dtype=dtype,
+        vocab_size=chosen.vocab_size,
+        layers=chosen.layers,
+        fused_layers=fused.layers,
+        other_bytes=chosen.other_bytes,
+        logits_saved_bytes=chosen.logits_saved_bytes,
+        logits_bytes=chosen.logits_bytes,
+        attention_calls=fused.attention_calls,
+    )
+
+
+def _register_fused_attention() -> None:
+    import torch
+    from transformers import AttentionInterface
+
+    if FUSED_ATTENTION in AttentionInterface._global_mapping:
+        return
+
+    class FusedAttention(torch.autograd.Function):
+        """Shapes and saved tensors of a fused attention kernel; no arithmetic (it only ever sees meta tensors)."""
+
+        @staticmethod
+        def forward(ctx: Any, query: Any, key: Any, value: Any) -> Any:
+            batch, heads, seq, _ = query.shape
+            # Flash / SDPA kernels return [batch, seq, heads, head_dim] memory, so the o_proj input is this tensor.
+            output = query.new_empty((batch, seq, heads, value.shape[-1]))
+            logsumexp = query.new_empty((batch, heads, seq), dtype=torch.float32)
+            ctx.save_for_backward(query, key, value, output, logsumexp)
+            return output
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:  # pragma: no cover - never called on meta traces
+            query, key, value, _, _ = ctx.saved_tensors
+            return torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)
+
+    def fused_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+        _TRACE_STATE["attention_calls"] += 1
+        _TRACE_STATE["in_attention"] = True
+        try:
+            return FusedAttention.apply(query, key, value), None
+        finally:
+            _TRACE_STATE["in_attention"] = False
+
+    AttentionInterface.register(FUSED_ATTENTION, fused_attention)
+
+
+_TRACE_STATE: dict[str, Any] = {"attention_calls": 0, "in_attention": False}
+
+
+def _trace(
+    model: ModelConfig,
+    config: PretrainedConfig,
+    attn_implementation: str,
+    dtype: Any,
+    batch_size: int,
+    seq_len: int,
+    dropout: float | None,
+    trust_remote_code: bool,
+) -> ActivationProfile:
+    import inspect
+
+    import torch
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    _register_fused_attention()
+    torch_model, _ = _instantiate(
+        model, config, trust_remote_code=trust_remote_code, dtype=dtype, attn_implementation=attn_implementation
+    )
+    torch_model.train()
+    if dropout is not None:
+        _set_dropout(torch_model, dropout)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab = int(getattr(text_config, "vocab_size", 0) or 0)
+
+    # Outermost transformer layers, in forward order.
+    layer_names: dict[int, str] = {}
+    for name, module in torch_model.named_modules():
+        if isinstance(module, GradientCheckpointingLayer) and not any(
+            name.startswith(outer + ".") for outer in layer_names.values()
+        ):
+            layer_names[id(module)] = name
+    stack: list[str] = []
+    inputs: dict[str, int] = {}
+    saved: dict[str, int] = {}
+    core: dict[str, int] = {}
+    order: list[str] = []
+
+    def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        name = layer_names[id(module)]
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if name not in inputs:
+            order.append(name)
+            inputs[name] = hidden.untyped_storage().nbytes() if isinstance(hidden, torch.Tensor) else 0
+        stack.append(name)
+
+    def post_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        stack.pop()
+
+    params = {p.untyped_storage()._cdata for p in torch_model.parameters()}
+    seen: set[int] = set()
+    totals = {"other": 0, "logits": 0}
+
+    def pack(tensor: Any) -> Any:
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key in params or key in seen:
+            return tensor
+        seen.add(key)
+        size = storage.nbytes()
+        if vocab and tensor.dim() >= 1 and tensor.shape[-1] == vocab:
+            totals["logits"] += size
+        elif stack:
+            saved[stack[-1]] = saved.get(stack[-1], 0) + size
+            if _TRACE_STATE["in_attention"]:
+                core[stack[-1]] = core.get(stack[-1], 0) + size
+        else:
+            totals["other"] += size
+        return tensor
+
+    handles = []
+    for module in torch_model.modules():
+        if id(module) in layer_names:
+            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
+    ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device="meta")
+    accepted = inspect.signature(torch_model.forward).parameters
+    kwargs: dict[str, Any] = {"input_ids": ids}
+    if "labels" in accepted:
+        kwargs["labels"] = ids
+    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in accepted:
+        kwargs["decoder_input_ids"] = ids
+    _TRACE_STATE["attention_calls"] = 0
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            output = torch_model(**kwargs)
+    except Exception as e:
+        raise UnsupportedArchitectureError(
+            f"could not trace the activations of '{model.model_id}' on the meta device "
+            f"({type(e).__name__}: {_first_line(e)}); try --attn eager, or report it"
+        ) from e
+    finally:
+        for handle in handles:
+            handle.remove()
+    logits = getattr(output, "logits", None)
+    logits_bytes = logits.untyped_storage().nbytes() if isinstance(logits, torch.Tensor) else 0
+    layers = tuple(LayerProfile(name, saved.get(name, 0), inputs.get(name, 0), core.get(name, 0)) for name in order)
+    return ActivationProfile(
+        batch_size=batch_size,
+        seq_len=seq_len,
+        attn="eager" if attn_implementation == "eager" else "sdpa",
+        dtype=str(dtype).removeprefix("torch."),
+        vocab_size=vocab,
+        layers=layers,
+        fused_layers=layers,
+        other_bytes=totals["other"],
+        logits_saved_bytes=totals["logits"],
+        logits_bytes=logits_bytes,
+        attention_calls=_TRACE_STATE["attention_calls"],
+    )
+
+
+def _set_dropout(model: nn.Module, probability: float) -> None:
+    """Override every dropout probability: nn.Dropout modules and the float rates attention modules keep."""
+    from torch import nn
+
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = probability
+        for attr in ("attention_dropout", "dropout", "attn_dropout", "dropout_rate"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, probability)
 
 
 def _moe_routing(config: PretrainedConfig) -> tuple[int, int] | None:

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from hfmem.memory.states import OPTIMIZER_DESCRIPTIONS, PRECISION_SPECS
 from hfmem.types import Report, StageMemory
-from hfmem.units import format_count_short, format_gib
+from hfmem.units import GIB, format_count_short
 
 __all__ = ["SCHEMA_VERSION", "to_dict", "render_table", "describe_source"]
 
@@ -40,9 +40,23 @@ def _stage_dict(stage: StageMemory) -> dict[str, Any]:
             "master_weights": stage.master_weights_bytes,
             "gradients": stage.gradients_bytes,
             "optimizer_states": stage.optimizer_states_bytes,
+            "activations": stage.activations_bytes,
+            "logits": stage.logits_bytes,
+            "overhead": stage.overhead_bytes,
             "total": stage.total_bytes,
         },
         "cpu_bytes_per_node": stage.cpu_bytes_per_node,
+        "peak_phase": stage.peak_phase,
+        "fits": stage.fits,
+        "headroom_bytes": stage.headroom_bytes,
+        "min_gpus": stage.min_gpus,
+        "max_batch_size": stage.max_batch_size,
+        "overhead_items": dict(stage.overhead_items),
+        "activation_detail": {
+            "saved_bytes": stage.activation_saved_bytes,
+            "recompute_bytes": stage.activation_recompute_bytes,
+            "logits_saved_bytes": stage.logits_saved_bytes,
+        },
     }
 
 
@@ -86,11 +100,20 @@ def to_dict(report: Report) -> dict[str, Any]:
                 "nodes": setup.nodes,
                 "offload": setup.offload,
                 "accounting": setup.accounting,
+                "batch_size": setup.batch_size,
+                "seq_len": training.seq_len,
+                "seq_len_source": training.seq_len_source,
+                "attn": setup.attn,
+                "grad_checkpointing": setup.grad_checkpointing,
+                "dropout": setup.dropout,
+                "cuda_context_bytes": setup.overheads.cuda_context_bytes,
+                "fragmentation": setup.overheads.fragmentation,
             },
             "convention": training.convention,
             "stages": [_stage_dict(s) for s in training.stages],
             "notes": list(training.notes),
         },
+        "gpu": None if setup.gpu is None else {"name": setup.gpu.name, "usable_bytes": setup.gpu.usable_bytes},
         "notes": list(report.model.notes) + list(report.notes),
     }
 
@@ -126,39 +149,70 @@ def _summary(report: Report) -> Table:
 
 
 def _stage_title(report: Report) -> str:
-    setup = report.training.setup
+    training, setup = report.training, report.training.setup
     gpus = f"{setup.gpus_per_node} GPU{'s' if setup.gpus_per_node > 1 else ''} × {setup.nodes} node"
     gpus += "s" if setup.nodes > 1 else ""
-    title = (
-        f"Training memory per GPU (model states) — {setup.precision}, {setup.optimizer}, {gpus}"
-        f", offload {setup.offload}"
-    )
+    title = f"Peak memory per GPU (GiB) — {setup.precision}, {setup.optimizer}, {gpus}, offload {setup.offload}"
     if setup.accounting == "deepspeed":
         title += ", DeepSpeed accounting"
+    if training.seq_len is not None:
+        title += (
+            f"\nmicro-batch {setup.batch_size} × {training.seq_len:,} tokens ({training.seq_len_source}), "
+            f"attention {setup.attn}, checkpointing {setup.grad_checkpointing}"
+        )
+        if setup.dropout is not None:
+            title += f", dropout {setup.dropout}"
     return title
+
+
+def _gib(num_bytes: int) -> str:
+    return f"{num_bytes / GIB:,.2f}"
 
 
 def _stage_table(report: Report) -> Table:
     training = report.training
-    table = Table(box=box.SIMPLE_HEAD)
-    table.add_column("ZeRO", justify="right")
-    for name in ("weights", "master weights", "gradients", "optimizer", "total"):
-        table.add_column(name, justify="right", style="bold" if name == "total" else None)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    headers = ["ZeRO", "weights", "master", "grads", "optim", "activ", "logits", "overhead", "peak", "at"]
     show_cpu = any(s.cpu_bytes_per_node for s in training.stages)
     if show_cpu:
-        table.add_column("CPU RAM / node", justify="right")
+        headers.append("CPU/node")
+    for name in headers:
+        table.add_column(name, justify="left" if name == "at" else "right", style="bold" if name == "peak" else None)
     for stage in training.stages:
         row = [
             str(stage.zero_stage),
-            format_gib(stage.weights_bytes),
-            format_gib(stage.master_weights_bytes),
-            format_gib(stage.gradients_bytes),
-            format_gib(stage.optimizer_states_bytes),
-            format_gib(stage.total_bytes),
+            _gib(stage.weights_bytes),
+            _gib(stage.master_weights_bytes),
+            _gib(stage.gradients_bytes),
+            _gib(stage.optimizer_states_bytes),
+            _gib(stage.activations_bytes),
+            _gib(stage.logits_bytes),
+            _gib(stage.overhead_bytes),
+            _gib(stage.total_bytes),
+            (stage.peak_phase or "").replace("optimizer_step", "step"),
         ]
         if show_cpu:
-            row.append(format_gib(stage.cpu_bytes_per_node))
+            row.append(_gib(stage.cpu_bytes_per_node))
         table.add_row(*row)
+    return table
+
+
+def _verdict_table(report: Report) -> Table | None:
+    gpu = report.training.setup.gpu
+    if gpu is None:
+        return None
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for name in ("ZeRO", "fits", "headroom", "smallest GPU count", "largest micro-batch"):
+        table.add_column(name, justify="left" if name == "fits" else "right")
+    for stage in report.training.stages:
+        headroom = stage.headroom_bytes or 0
+        table.add_row(
+            str(stage.zero_stage),
+            "yes" if stage.fits else "NO",
+            f"{headroom / GIB:+,.2f} GiB",
+            "—" if stage.min_gpus is None else str(stage.min_gpus),
+            "—" if stage.max_batch_size is None else str(stage.max_batch_size),
+        )
     return table
 
 
@@ -168,8 +222,13 @@ def _footer(report: Report) -> Text:
         f"Precision: {PRECISION_SPECS[setup.precision].description}.",
         f"Optimizer: {OPTIMIZER_DESCRIPTIONS[setup.optimizer]}.",
         f"Convention: {report.training.convention}.",
+        "peak = weights + master + grads + optim + activations + logits + overhead at the phase in 'at'; "
         "GiB = 2^30 bytes.",
     ]
+    for stage in report.training.stages:
+        if stage.overhead_items:
+            parts = " · ".join(f"{name} {size / GIB:,.2f}" for name, size in stage.overhead_items)
+            lines.append(f"Overhead, ZeRO-{stage.zero_stage}: {parts}.")
     lines += [f"Note: {note}." for note in report.training.notes]
     return Text("\n".join(lines), style="dim")
 
@@ -182,5 +241,11 @@ def render_table(report: Report, *, color: bool = False, width: int = 100) -> st
     console.print()
     console.print(Text(_stage_title(report), style="bold"))
     console.print(_stage_table(report))
+    verdict = _verdict_table(report)
+    if verdict is not None:
+        gpu = report.training.setup.gpu
+        assert gpu is not None
+        console.print(Text(f"Fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable by PyTorch)", style="bold"))
+        console.print(verdict)
     console.print(_footer(report))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"

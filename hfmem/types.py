@@ -26,6 +26,10 @@ __all__ = [
     "MoeInfo",
     "ParameterInventory",
     "TrainingSetup",
+    "OverheadSettings",
+    "GpuTarget",
+    "LayerProfile",
+    "ActivationProfile",
     "StageMemory",
     "TrainingEstimate",
     "Report",
@@ -36,11 +40,16 @@ Precision = Literal["fp32", "tf32", "bf16-mixed", "fp16-mixed", "bf16", "fp16"]
 Optimizer = Literal["adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 Accounting = Literal["hfmem", "deepspeed"]
+Attention = Literal["sdpa", "flash", "eager"]
+Checkpointing = Literal["none", "full", "selective"]
+PeakPhase = Literal["forward", "backward", "optimizer_step"]
 
 PRECISIONS: tuple[Precision, ...] = ("fp32", "tf32", "bf16-mixed", "fp16-mixed", "bf16", "fp16")
 OPTIMIZERS: tuple[Optimizer, ...] = ("adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion")
 OFFLOADS: tuple[Offload, ...] = ("none", "optimizer", "optimizer+params")
 ACCOUNTINGS: tuple[Accounting, ...] = ("hfmem", "deepspeed")
+ATTENTIONS: tuple[Attention, ...] = ("sdpa", "flash", "eager")
+CHECKPOINTINGS: tuple[Checkpointing, ...] = ("none", "full", "selective")
 
 
 @dataclass(frozen=True)
@@ -192,10 +201,41 @@ class ParameterInventory:
 
 
 @dataclass(frozen=True)
-class TrainingSetup:
-    """What the user plans: precision, optimizer, sharding and offload.
+class OverheadSettings:
+    """Memory that is neither a model state nor an activation, with hfmem's defaults (README: Overheads).
 
-    ``zero_stages`` lists the ZeRO stages to report (one row each).
+    Attributes:
+        cuda_context_bytes: CUDA context + cuBLAS/cuBLASLt workspaces, created on first use; not seen by
+            ``torch.cuda.memory_allocated``. PyTorch with lazy module loading measures 287 MB-430 MiB
+            (pytorch/pytorch#86509, #109888) plus a 32 MiB cuBLAS workspace on Hopper (#120925): 512 MiB.
+        fragmentation: allocator slack as a fraction of the allocated peak (reserved − allocated); reports range
+            from 5 % to 30 % (REFERENCE.md §5); 10 % by default.
+        reduce_bucket_elements: DeepSpeed ``reduce_bucket_size`` (default 5e8 elements, zero/config.py).
+        allgather_bucket_elements: DeepSpeed ``allgather_bucket_size`` (default 5e8).
+        prefetch_bucket_elements: DeepSpeed ``stage3_prefetch_bucket_size`` (default 5e7).
+    """
+
+    cuda_context_bytes: int = 512 * 2**20
+    fragmentation: float = 0.10
+    reduce_bucket_elements: int = 500_000_000
+    allgather_bucket_elements: int = 500_000_000
+    prefetch_bucket_elements: int = 50_000_000
+
+
+@dataclass(frozen=True)
+class GpuTarget:
+    """The GPU a plan must fit: its name and the bytes PyTorch can see."""
+
+    name: str
+    usable_bytes: int
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What the user plans: precision, optimizer, sharding, offload, and the micro-batch that runs.
+
+    ``zero_stages`` lists the ZeRO stages to report (one row each). ``seq_len=None`` means the model's context
+    length capped at 4096. ``dropout=None`` keeps the config's dropout probabilities.
     """
 
     precision: Precision = "bf16-mixed"
@@ -205,6 +245,13 @@ class TrainingSetup:
     nodes: int = 1
     offload: Offload = "none"
     accounting: Accounting = "hfmem"
+    batch_size: int = 1
+    seq_len: int | None = None
+    attn: Attention = "sdpa"
+    grad_checkpointing: Checkpointing = "none"
+    dropout: float | None = None
+    overheads: OverheadSettings = field(default_factory=OverheadSettings)
+    gpu: GpuTarget | None = None
 
     @property
     def num_gpus(self) -> int:
@@ -213,8 +260,59 @@ class TrainingSetup:
 
 
 @dataclass(frozen=True)
+class LayerProfile:
+    """What one transformer layer saves for backward, measured on the meta device (bytes).
+
+    Attributes:
+        name: the module path (``model.layers.0``).
+        saved_bytes: tensors autograd keeps for backward inside this layer, each storage once, parameters excluded.
+        input_bytes: the layer's hidden-state input: all that full activation checkpointing keeps.
+        attention_core_bytes: what the attention function itself saves (q, k, v, output, logsumexp for a fused
+            kernel; the score and probability matrices for eager).
+    """
+
+    name: str
+    saved_bytes: int
+    input_bytes: int
+    attention_core_bytes: int
+
+
+@dataclass(frozen=True)
+class ActivationProfile:
+    """Activations of one micro-batch of ``batch_size`` × ``seq_len`` tokens, as the real model saves them.
+
+    Measured by running the model's class on the meta device under ``saved_tensors_hooks`` (no memory used).
+    ``layers`` use the requested attention; ``fused_layers`` the fused-kernel emulation (same as ``layers``
+    unless ``attn == "eager"``), which selective checkpointing keeps.
+
+    Attributes:
+        other_bytes: saved outside the layers and not vocabulary-sized (token ids, embeddings' outputs, rotary
+            tables, the final norm, the LM head's input).
+        logits_saved_bytes: vocabulary-sized tensors autograd saves (the loss's fp32 log-softmax).
+        logits_bytes: the logits tensor the model returns (held until backward ends).
+        attention_calls: how many times the emulated attention ran (0 = the model computes attention itself).
+    """
+
+    batch_size: int
+    seq_len: int
+    attn: Attention
+    dtype: str
+    vocab_size: int
+    layers: tuple[LayerProfile, ...]
+    fused_layers: tuple[LayerProfile, ...]
+    other_bytes: int
+    logits_saved_bytes: int
+    logits_bytes: int
+    attention_calls: int = 0
+
+
+@dataclass(frozen=True)
 class StageMemory:
-    """Model-state memory of one ZeRO stage, per GPU (bytes), and CPU RAM per node when offloading."""
+    """Memory of one ZeRO stage per GPU (bytes) at its peak, and CPU RAM per node when offloading.
+
+    The four model-state components are always live. ``activations``, ``logits`` and ``overhead`` are those
+    live at ``peak_phase``; ``total_bytes`` is their sum: the predicted peak per GPU.
+    """
 
     zero_stage: int
     weights_bytes: int
@@ -222,11 +320,35 @@ class StageMemory:
     gradients_bytes: int
     optimizer_states_bytes: int
     cpu_bytes_per_node: int = 0
+    activations_bytes: int = 0
+    logits_bytes: int = 0
+    overhead_bytes: int = 0
+    overhead_items: tuple[tuple[str, int], ...] = ()
+    peak_phase: PeakPhase | None = None
+    activation_saved_bytes: int = 0
+    activation_recompute_bytes: int = 0
+    logits_saved_bytes: int = 0
+    fits: bool | None = None
+    headroom_bytes: int | None = None
+    min_gpus: int | None = None
+    max_batch_size: int | None = None
     total_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        total = self.weights_bytes + self.master_weights_bytes + self.gradients_bytes + self.optimizer_states_bytes
+        total = (
+            self.weights_bytes
+            + self.master_weights_bytes
+            + self.gradients_bytes
+            + self.optimizer_states_bytes
+            + self.activations_bytes
+            + self.logits_bytes
+            + self.overhead_bytes
+        )
         object.__setattr__(self, "total_bytes", total)
+
+    @property
+    def states_bytes(self) -> int:
+        return self.weights_bytes + self.master_weights_bytes + self.gradients_bytes + self.optimizer_states_bytes
 
 
 @dataclass(frozen=True)
@@ -237,6 +359,8 @@ class TrainingEstimate:
     stages: tuple[StageMemory, ...]
     convention: str
     notes: tuple[str, ...] = ()
+    seq_len: int | None = None
+    seq_len_source: str | None = None
 
 
 @dataclass(frozen=True)

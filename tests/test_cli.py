@@ -18,14 +18,24 @@ GOLDEN = Path(__file__).parent / "golden"
 LLAMA2_7B = 6_738_415_616  # keras-hub llama2_7b_en "params"; GGUF general.parameter_count
 
 
+STATES = ("weights", "master_weights", "gradients", "optimizer_states")
+
+
+def states_total(stage: dict) -> int:  # type: ignore[type-arg]
+    """The model-state part of a stage's per-GPU bytes (what the ZeRO paper counts)."""
+    return sum(stage["per_gpu_bytes"][key] for key in STATES)
+
+
 def run(runner: CliRunner, *args: str) -> tuple[int, str, str]:
     result = runner.invoke(cli, list(args))
     return result.exit_code, result.stdout, result.stderr
 
 
 def test_table_golden(runner: CliRunner) -> None:
-    # Figures in the golden file, by hand: 2·P = 12.55 GiB, 4·P = 25.10 GiB, 8·P = 50.21 GiB, 16·P = 100.41 GiB;
-    # ZeRO-1 on 8 GPUs: 4·P + 12·ceil(P/8) = 34.52 GiB; ZeRO-2: 2·P + 14·ceil(P/8) = 23.53 GiB; ZeRO-3: 12.55 GiB.
+    # The rendering is what this guards; its figures are checked by hand elsewhere: states 2·P = 12.55 GiB,
+    # 4·P = 25.10, 8·P = 50.21 (stage 0), 12·ceil(P/8) split 3.14 + 6.28 (stages 1-3); activations in
+    # tests/test_activations.py (22.89 GiB = 32 layers × 4096 tokens × 186,504 B + the final norm); logits
+    # 14 B × 4096 × 32000 = 1.71 GiB.
     code, out, err = run(runner, "meta-llama/Llama-2-7b-hf", "--gpus", "8")
     assert code == 0, err
     assert out == (GOLDEN / "llama2_7b_gpus8.txt").read_text()
@@ -48,24 +58,33 @@ def test_json_contract(runner: CliRunner) -> None:
     assert params["embedding"] + params["non_embedding"] == LLAMA2_7B
     assert params["largest_module"] == 32000 * 4096
     assert isinstance(params["buffers"], int)
-    assert doc["training"]["settings"] == {
+    settings = doc["training"]["settings"]
+    assert {k: settings[k] for k in ("precision", "optimizer", "gpus_per_node", "nodes", "offload")} == {
         "precision": "bf16-mixed",
         "optimizer": "adamw",
         "gpus_per_node": 8,
         "nodes": 1,
         "offload": "none",
-        "accounting": "hfmem",
     }
+    # Defaults of the peak options: micro-batch 1, Llama-2's 4096-token context (config.json
+    # max_position_embeddings), fused attention, no checkpointing, the config's dropout.
+    assert (settings["batch_size"], settings["seq_len"], settings["attn"]) == (1, 4096, "sdpa")
+    assert (settings["grad_checkpointing"], settings["dropout"]) == ("none", None)
+    assert "4,096" in settings["seq_len_source"]
+    assert doc["gpu"] is None
     shard = math.ceil(LLAMA2_7B / 8)
-    expected_totals = [16 * LLAMA2_7B, 4 * LLAMA2_7B + 12 * shard, 2 * LLAMA2_7B + 14 * shard, 16 * shard]
+    expected_states = [16 * LLAMA2_7B, 4 * LLAMA2_7B + 12 * shard, 2 * LLAMA2_7B + 14 * shard, 16 * shard]
     stages = doc["training"]["stages"]
     assert [s["zero_stage"] for s in stages] == [0, 1, 2, 3]
-    assert [s["per_gpu_bytes"]["total"] for s in stages] == expected_totals
+    assert [states_total(s) for s in stages] == expected_states
     for s in stages:
         parts = s["per_gpu_bytes"]
-        assert set(parts) == {"weights", "master_weights", "gradients", "optimizer_states", "total"}
+        assert set(parts) == {*STATES, "activations", "logits", "overhead", "total"}
         assert parts["total"] == sum(v for k, v in parts.items() if k != "total")
+        assert parts["overhead"] == sum(s["overhead_items"].values())
         assert s["cpu_bytes_per_node"] == 0
+        assert s["peak_phase"] in ("forward", "backward", "optimizer_step")
+        assert s["fits"] is None and s["headroom_bytes"] is None
 
 
 def test_params_reproduces_zero_paper(runner: CliRunner) -> None:
@@ -76,7 +95,7 @@ def test_params_reproduces_zero_paper(runner: CliRunner) -> None:
     assert code == 0 and err == ""
     doc = json.loads(out)
     assert doc["model"]["source"] == "params"
-    assert [s["per_gpu_bytes"]["total"] for s in doc["training"]["stages"]] == [
+    assert [states_total(s) for s in doc["training"]["stages"]] == [
         120_000_000_000,
         31_406_250_000,
         16_640_625_000,
@@ -98,7 +117,7 @@ def test_offload_reports_cpu_ram_and_only_valid_stages(runner: CliRunner) -> Non
     # per GPU shard ceil(7.5e9/8) × (fp32 params 4 + fp32 grads 4 + Adam 8), 8 GPUs per node.
     assert all(s["cpu_bytes_per_node"] == 8 * math.ceil(7.5e9 / 8) * 16 for s in stages)
     code, out, _ = run(runner, "--params", "7.5B", "--offload", "optimizer+params")
-    assert code == 0 and "CPU RAM / node" in out
+    assert code == 0 and "CPU/node" in out
 
 
 def test_deepspeed_accounting(runner: CliRunner) -> None:
@@ -107,7 +126,7 @@ def test_deepspeed_accounting(runner: CliRunner) -> None:
     stages = json.loads(out)["training"]["stages"]
     p, ll = LLAMA2_7B, 32000 * 4096
     # estimate_zero2: 2P + int(18P/N); estimate_zero3: 4·LL + int(18P/N).
-    assert [s["per_gpu_bytes"]["total"] for s in stages] == [2 * p + int(18 * p / 8), 4 * ll + int(18 * p / 8)]
+    assert [states_total(s) for s in stages] == [2 * p + int(18 * p / 8), 4 * ll + int(18 * p / 8)]
 
 
 def test_adapter_folder_resolves_to_base(runner: CliRunner) -> None:

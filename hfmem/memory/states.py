@@ -299,9 +299,9 @@ def deepspeed_stage_memory(inventory: ParameterInventory, setup: TrainingSetup, 
 
 
 HFMEM_CONVENTION = (
-    "ZeRO-paper accounting (Rajbhandari et al. 2020): exact bytes per GPU of model states only "
-    "(weights, fp32 master weights, gradients, optimizer states); activations, logits, buffers and the CUDA "
-    "context are not included"
+    "model states by the ZeRO paper (Rajbhandari et al. 2020): 16-bit weights and gradients, fp32 master weights "
+    "and optimizer states, sharded per stage, exact bytes; activations and logits as the model's own code saves "
+    "them (traced on the meta device); overheads as listed below"
 )
 DEEPSPEED_CONVENTION = (
     "DeepSpeed estimator accounting (estimate_zero2/zero3_model_states_mem_needs): 18 bytes per sharded "

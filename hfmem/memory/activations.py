@@ -1,0 +1,149 @@
+"""Activations and logits of one micro-batch, from the meta-device `ActivationProfile`; pure functions.
+
+The profile says what each layer of the real model saves for backward at the planned batch and sequence length
+(see `hfmem.inventory.profile_activations`); here it becomes bytes per GPU under each checkpointing policy, and
+the vocabulary-sized terms of the loss become their own component.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hfmem.types import ActivationProfile, Checkpointing, LayerProfile, Precision
+
+__all__ = [
+    "ActivationEstimate",
+    "CONTEXT_KEYS",
+    "DEFAULT_SEQ_LEN_CAP",
+    "activation_dtype",
+    "context_length",
+    "default_seq_len",
+    "estimate_activations",
+    "extrapolate_profile",
+]
+
+#: Config keys that hold the context length, most common first (Llama/Mistral/Qwen/BERT, GPT-2, others).
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx", "max_sequence_length")
+#: `--seq-len` defaults to the model's context length capped here: long contexts are rarely trained at full length.
+DEFAULT_SEQ_LEN_CAP = 4096
+
+
+def activation_dtype(precision: Precision) -> str:
+    """The dtype activations are kept in: 16-bit for mixed and pure 16-bit training, fp32 otherwise."""
+    return {"fp32": "float32", "tf32": "float32", "bf16-mixed": "bfloat16", "bf16": "bfloat16"}.get(
+        precision, "float16"
+    )
+
+
+def context_length(config: Mapping[str, Any]) -> int | None:
+    """The model's context length from its config.json, or None (e.g. T5's relative positions)."""
+    for source in (config, config.get("text_config") or {}):
+        for key in CONTEXT_KEYS:
+            value = source.get(key) if isinstance(source, Mapping) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def default_seq_len(config: Mapping[str, Any]) -> tuple[int, str]:
+    """``(seq_len, why)``: the context length capped at 4096, and a phrase saying where it came from."""
+    context = context_length(config)
+    if context is None:
+        return DEFAULT_SEQ_LEN_CAP, f"default {DEFAULT_SEQ_LEN_CAP}: the config states no context length"
+    if context > DEFAULT_SEQ_LEN_CAP:
+        return DEFAULT_SEQ_LEN_CAP, f"the model's context {context:,} capped at {DEFAULT_SEQ_LEN_CAP}"
+    return context, f"the model's context length {context:,}"
+
+
+@dataclass(frozen=True)
+class ActivationEstimate:
+    """Bytes per GPU for one micro-batch.
+
+    Attributes:
+        saved_bytes: tensors kept from forward to backward (what autograd saves), vocabulary-sized ones excluded.
+        recompute_bytes: transient during backward: one layer re-materialised (full checkpointing) or one layer's
+            attention scores (selective checkpointing with eager attention).
+        logits_saved_bytes: vocabulary-sized tensors autograd saves (the loss's log-softmax).
+        logits_forward_bytes: vocabulary-sized memory live at the loss in forward.
+        logits_backward_bytes: vocabulary-sized memory live when backward starts at the loss.
+    """
+
+    saved_bytes: int
+    recompute_bytes: int
+    logits_saved_bytes: int
+    logits_forward_bytes: int
+    logits_backward_bytes: int
+
+
+def estimate_activations(profile: ActivationProfile, checkpointing: Checkpointing) -> ActivationEstimate:
+    """Activation and logits bytes under a checkpointing policy.
+
+    * ``none``: every layer's saved tensors (Korthikanti et al. 2022 call this "no recomputation").
+    * ``full``: only each layer's input is kept (HF ``gradient_checkpointing_enable`` checkpoints every
+      `GradientCheckpointingLayer`); backward re-runs one layer at a time, so the largest layer's saved tensors
+      come back transiently (Korthikanti et al. 2022, §4: "full recomputation", 2sbh per layer stored).
+    * ``selective``: the attention core is recomputed (Korthikanti et al. 2022, §5). What stays is what a fused
+      kernel keeps (q, k, v, output, log-sum-exp); with eager attention the score matrices of one layer come back
+      transiently. With a fused kernel selective recomputation changes nothing: it already recomputes them.
+
+    Logits (``transformers/loss/loss_utils.py`` ``ForCausalLMLoss``): the model returns 16-bit logits, the loss
+    upcasts them to fp32 (``logits.float()``) and ``cross_entropy`` saves its fp32 log-softmax. At the loss in
+    forward: logits + log-softmax + the fp32 copy (10 bytes per logit in bf16). When backward starts: logits +
+    log-softmax + the dense gradient of the loss + the gradient through log-softmax (14 bytes per logit).
+    """
+    other = profile.other_bytes
+    if checkpointing == "none":
+        saved = sum(layer.saved_bytes for layer in profile.layers) + other
+        recompute = 0
+    elif checkpointing == "full":
+        saved = sum(layer.input_bytes for layer in profile.layers) + other
+        recompute = max((layer.saved_bytes for layer in profile.layers), default=0)
+    else:
+        saved = sum(layer.saved_bytes for layer in profile.fused_layers) + other
+        recompute = max(
+            (max(e.saved_bytes - f.saved_bytes, 0) for e, f in zip(profile.layers, profile.fused_layers, strict=True)),
+            default=0,
+        )
+    logits_saved = profile.logits_saved_bytes
+    upcast_copy = logits_saved if logits_saved > profile.logits_bytes else 0
+    return ActivationEstimate(
+        saved_bytes=saved,
+        recompute_bytes=recompute,
+        logits_saved_bytes=logits_saved,
+        logits_forward_bytes=profile.logits_bytes + logits_saved + upcast_copy,
+        logits_backward_bytes=profile.logits_bytes + 3 * logits_saved,
+    )
+
+
+def extrapolate_profile(one: ActivationProfile, two: ActivationProfile, batch_size: int) -> ActivationProfile:
+    """The profile at ``batch_size`` from profiles measured at batch 1 and 2.
+
+    Every saved tensor is either per-sample (grows linearly with the batch) or shared by the batch (rotary
+    tables: constant), so ``bytes(b) = bytes(1) + (b − 1)·(bytes(2) − bytes(1))`` holds exactly.
+    """
+
+    def line(a: int, b: int) -> int:
+        return a + (batch_size - 1) * (b - a)
+
+    def layers(xs: tuple[LayerProfile, ...], ys: tuple[LayerProfile, ...]) -> tuple[LayerProfile, ...]:
+        return tuple(
+            LayerProfile(
+                x.name,
+                line(x.saved_bytes, y.saved_bytes),
+                line(x.input_bytes, y.input_bytes),
+                line(x.attention_core_bytes, y.attention_core_bytes),
+            )
+            for x, y in zip(xs, ys, strict=True)
+        )
+
+    return replace(
+        one,
+        batch_size=batch_size,
+        layers=layers(one.layers, two.layers),
+        fused_layers=layers(one.fused_layers, two.fused_layers),
+        other_bytes=line(one.other_bytes, two.other_bytes),
+        logits_saved_bytes=line(one.logits_saved_bytes, two.logits_saved_bytes),
+        logits_bytes=line(one.logits_bytes, two.logits_bytes),
+    )

@@ -1,0 +1,216 @@
+"""Peak memory per GPU: model states + activations + logits + overheads at the moment that is largest; pure.
+
+Three moments of a training step are compared (README: "Peak, not a sum"):
+
+* ``forward``: at the loss. States, every saved activation, the logits with the loss's fp32 copies.
+* ``backward``: as backward starts at the loss, with the loss gradients, or (checkpointing) while a layer is
+  re-materialised; communication buffers are live.
+* ``optimizer_step``: activations are gone; the step's transients (DeepSpeed's fp32 gradient copy, the
+  parameter all-gather bucket, Adafactor's fp32 upcast) are live.
+
+Gradients are counted as live at every moment. That is exact with gradient accumulation (they persist between
+micro-batches) and conservative by at most the gradient term otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hfmem.memory.activations import ActivationEstimate, estimate_activations, extrapolate_profile
+from hfmem.memory.states import PRECISION_SPECS, compute_training, shard_count
+from hfmem.types import (
+    ActivationProfile,
+    ParameterInventory,
+    PeakPhase,
+    StageMemory,
+    TrainingEstimate,
+    TrainingSetup,
+)
+
+__all__ = ["plan_training", "overhead_items", "MAX_GPUS_SEARCHED", "MAX_BATCH_SEARCHED"]
+
+MAX_GPUS_SEARCHED = 4096
+MAX_BATCH_SEARCHED = 1 << 20
+FP32_BYTES = 4
+
+
+def overhead_items(
+    inventory: ParameterInventory, setup: TrainingSetup, states: StageMemory, phase: PeakPhase
+) -> list[tuple[str, int]]:
+    """Named overheads live at ``phase`` (before allocator fragmentation, which `plan_training` adds on top).
+
+    Sources: the CUDA context figure in `OverheadSettings`; DDP's bucket copy of the gradients
+    (``gradient_as_bucket_view=False`` by default, "the saved memory size will be equal to the total gradients
+    size" — torch ``DistributedDataParallel`` docs); DeepSpeed's ``reduce_bucket_size``,
+    ``allgather_bucket_size`` and ``stage3_prefetch_bucket_size`` defaults (``deepspeed/runtime/zero/config.py``);
+    DeepSpeed's fp32 copy of the gradient partition at ``step()`` (docs ``memory.rst``); the gathered largest
+    module at ZeRO-3 (DeepSpeed's estimator, 16-bit params + grads of the largest layer).
+    """
+    spec = PRECISION_SPECS[setup.precision]
+    settings = setup.overheads
+    stage = states.zero_stage
+    total, trainable = inventory.total_params, inventory.trainable_params
+    hfmem_accounting = setup.accounting == "hfmem"
+    items = [("CUDA context + cuBLAS workspace", settings.cuda_context_bytes)]
+    if stage == 0 and setup.num_gpus > 1:
+        items.append(("DDP gradient buckets", trainable * spec.grad_bytes))
+    if stage >= 1 and setup.num_gpus > 1:
+        items.append(("DeepSpeed reduce bucket", min(settings.reduce_bucket_elements, trainable) * spec.grad_bytes))
+    if phase in ("forward", "backward") and stage == 3 and hfmem_accounting:
+        gathered = inventory.largest_module_params * (spec.weight_bytes + spec.grad_bytes)
+        gathered += min(settings.prefetch_bucket_elements, total) * spec.weight_bytes
+        items.append(("ZeRO-3 gathered parameters + prefetch", gathered))
+    if phase == "optimizer_step" and setup.offload == "none":
+        if stage >= 1 and hfmem_accounting:
+            items.append(("fp32 gradient partition at step", shard_count(trainable, setup.num_gpus) * FP32_BYTES))
+        if stage in (1, 2) and setup.num_gpus > 1:
+            items.append(
+                ("parameter all-gather bucket", min(settings.allgather_bucket_elements, total) * spec.weight_bytes)
+            )
+        if setup.optimizer == "adafactor":
+            largest_tensor = (
+                shard_count(trainable, setup.num_gpus)
+                if stage >= 1
+                else max((p.numel for p in inventory.parameters if p.trainable), default=0)
+            )
+            items.append(("Adafactor fp32 upcast of one tensor", largest_tensor * FP32_BYTES))
+    return [(name, size) for name, size in items if size]
+
+
+def _phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tuple[int, int]:
+    """``(activations, logits)`` live at ``phase``."""
+    if activations is None or phase == "optimizer_step":
+        return 0, 0
+    if phase == "forward":
+        return activations.saved_bytes, activations.logits_forward_bytes
+    # Backward: the loss gradients come first; the recompute of a checkpointed layer happens later, when the
+    # vocabulary-sized tensors are gone, so the two do not add up.
+    if activations.recompute_bytes > activations.logits_backward_bytes:
+        return activations.saved_bytes + activations.recompute_bytes, 0
+    return activations.saved_bytes, activations.logits_backward_bytes
+
+
+def _peak(
+    inventory: ParameterInventory, setup: TrainingSetup, states: StageMemory, activations: ActivationEstimate | None
+) -> StageMemory:
+    best: StageMemory | None = None
+    for phase in ("forward", "backward", "optimizer_step"):
+        acts, logits = _phase_bytes(activations, phase)  # type: ignore[arg-type]
+        items = overhead_items(inventory, setup, states, phase)  # type: ignore[arg-type]
+        allocated = (
+            states.states_bytes + acts + logits + sum(size for name, size in items if "CUDA context" not in name)
+        )
+        fragmentation = int(allocated * setup.overheads.fragmentation)
+        if fragmentation:
+            items.append((f"allocator fragmentation ({setup.overheads.fragmentation:.0%})", fragmentation))
+        candidate = replace(
+            states,
+            activations_bytes=acts,
+            logits_bytes=logits,
+            overhead_bytes=sum(size for _, size in items),
+            overhead_items=tuple(items),
+            peak_phase=phase,  # type: ignore[arg-type]
+            activation_saved_bytes=activations.saved_bytes if activations else 0,
+            activation_recompute_bytes=activations.recompute_bytes if activations else 0,
+            logits_saved_bytes=activations.logits_saved_bytes if activations else 0,
+        )
+        if best is None or candidate.total_bytes > best.total_bytes:
+            best = candidate
+    assert best is not None
+    if setup.gpu is not None:
+        headroom = setup.gpu.usable_bytes - best.total_bytes
+        best = replace(best, fits=headroom >= 0, headroom_bytes=headroom)
+    return best
+
+
+def _stage_peak(
+    inventory: ParameterInventory, setup: TrainingSetup, stage: int, activations: ActivationEstimate | None
+) -> StageMemory:
+    states = compute_training(inventory, replace(setup, zero_stages=(stage,))).stages[0]
+    return _peak(inventory, setup, states, activations)
+
+
+def _min_gpus(
+    inventory: ParameterInventory, setup: TrainingSetup, stage: int, activations: ActivationEstimate | None
+) -> int | None:
+    """The fewest GPUs (one data-parallel group) on which this stage fits, if any up to 4096.
+
+    Per-GPU memory only falls as ZeRO >= 1 shards over more GPUs (the communication buckets appear once, from
+    2 GPUs on), so 2..4096 is searched by bisection. ZeRO-0 replicates everything: more GPUs never help.
+    """
+
+    def fits(gpus: int) -> bool:
+        trial = replace(setup, gpus_per_node=gpus, nodes=1)
+        return bool(_stage_peak(inventory, trial, stage, activations).fits)
+
+    if fits(1):
+        return 1
+    if stage == 0 or not fits(MAX_GPUS_SEARCHED):
+        return None
+    low, high = 1, MAX_GPUS_SEARCHED  # low does not fit, high fits
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
+
+
+def _max_batch(
+    inventory: ParameterInventory,
+    setup: TrainingSetup,
+    stage: int,
+    profiles: tuple[ActivationProfile, ActivationProfile],
+) -> int | None:
+    """The largest micro-batch per GPU that fits (binary search; activations grow linearly with the batch)."""
+
+    def fits(batch: int) -> bool:
+        profile = extrapolate_profile(*profiles, batch)
+        acts = estimate_activations(profile, setup.grad_checkpointing)
+        return bool(_stage_peak(inventory, replace(setup, batch_size=batch), stage, acts).fits)
+
+    if not fits(1):
+        return None
+    low, high = 1, 2
+    while high <= MAX_BATCH_SEARCHED and fits(high):
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def plan_training(
+    inventory: ParameterInventory,
+    setup: TrainingSetup,
+    profile: ActivationProfile | None,
+    *,
+    batch_profiles: tuple[ActivationProfile, ActivationProfile] | None = None,
+    seq_len: int | None = None,
+    seq_len_source: str | None = None,
+) -> TrainingEstimate:
+    """Peak memory per GPU for every requested ZeRO stage, with its phase and, given a GPU, the verdict.
+
+    Args:
+        profile: the activation profile at the planned batch and sequence length (None: a ``--params`` plan,
+            which has no model to run, so no activations or logits).
+        batch_profiles: profiles at batch 1 and 2, to search the largest micro-batch that fits (needs a GPU).
+    """
+    base = compute_training(inventory, setup)
+    activations = estimate_activations(profile, setup.grad_checkpointing) if profile is not None else None
+    stages = []
+    for states in base.stages:
+        stage = _peak(inventory, setup, states, activations)
+        if setup.gpu is not None:
+            stage = replace(
+                stage,
+                min_gpus=_min_gpus(inventory, setup, states.zero_stage, activations),
+                max_batch_size=_max_batch(inventory, setup, states.zero_stage, batch_profiles)
+                if batch_profiles is not None
+                else None,
+            )
+        stages.append(stage)
+    notes = list(base.notes)
+    if profile is None:
+        notes.append("--params has no model to run, so activations and logits are not included")
+    elif profile.attention_calls == 0 and profile.attn != "eager":
+        notes.append("this model computes attention itself, so its own implementation was measured, not a fused kernel")
+    return replace(base, stages=tuple(stages), notes=tuple(notes), seq_len=seq_len, seq_len_source=seq_len_source)
