@@ -365,9 +365,19 @@ def _trace(
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     _register_fused_attention()
-    torch_model, _ = _instantiate(
-        model, config, trust_remote_code=trust_remote_code, dtype=dtype, attn_implementation=attn_implementation
-    )
+    try:
+        torch_model, _ = _instantiate(
+            model, config, trust_remote_code=trust_remote_code, dtype=dtype, attn_implementation=attn_implementation
+        )
+    except UnsupportedArchitectureError:
+        if attn_implementation != FUSED_ATTENTION:
+            raise
+        # Models with their own attention classes (Falcon) reject registered implementations: measure their
+        # eager attention instead; `attention_calls == 0` makes the plan say so.
+        attn_implementation = "eager"
+        torch_model, _ = _instantiate(
+            model, config, trust_remote_code=trust_remote_code, dtype=dtype, attn_implementation="eager"
+        )
     torch_model.train()
     if dropout is not None:
         _set_dropout(torch_model, dropout)

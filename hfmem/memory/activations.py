@@ -121,7 +121,8 @@ def extrapolate_profile(one: ActivationProfile, two: ActivationProfile, batch_si
     """The profile at ``batch_size`` from profiles measured at batch 1 and 2.
 
     Every saved tensor is either per-sample (grows linearly with the batch) or shared by the batch (rotary
-    tables: constant), so ``bytes(b) = bytes(1) + (b − 1)·(bytes(2) − bytes(1))`` holds exactly.
+    tables: constant), so ``bytes(b) = bytes(1) + (b − 1)·(bytes(2) − bytes(1))`` holds exactly for the layers and
+    the logits (a few bytes of loss scalars aside).
     """
 
     def line(a: int, b: int) -> int:

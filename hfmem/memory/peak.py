@@ -212,5 +212,8 @@ def plan_training(
     if profile is None:
         notes.append("--params has no model to run, so activations and logits are not included")
     elif profile.attention_calls == 0 and profile.attn != "eager":
-        notes.append("this model computes attention itself, so its own implementation was measured, not a fused kernel")
+        notes.append(
+            "this model does not route attention through transformers' AttentionInterface, so its own (eager) "
+            "attention was measured, score matrices included: an over-estimate for a fused kernel"
+        )
     return replace(base, stages=tuple(stages), notes=tuple(notes), seq_len=seq_len, seq_len_source=seq_len_source)
