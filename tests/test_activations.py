@@ -21,7 +21,7 @@ from hfmem.types import GpuTarget, TrainingSetup
 from tests.conftest import CATALOGUE, FIXTURES
 
 LLAMA2 = "meta-llama/Llama-2-7b-hf"
-H, I, HEADS, LAYERS, VOCAB = 4096, 11008, 32, 32, 32000  # Llama-2-7b config.json
+H, INTER, HEADS, LAYERS, VOCAB = 4096, 11008, 32, 32, 32000  # Llama-2-7b config.json
 
 
 def llama2_layer_bytes_per_token(kv_heads: int = 32) -> int:
@@ -29,7 +29,7 @@ def llama2_layer_bytes_per_token(kv_heads: int = 32) -> int:
     head_dim = H // HEADS
     norms = 2 * (4 * H + 2 * H + 2 * H)  # fp32 upcast + normalised bf16 + output (the next linear's input)
     attention = 2 * H + 2 * 2 * kv_heads * head_dim + 2 * H + 4 * HEADS  # q, k, v, output, fp32 log-sum-exp
-    mlp = 4 * 2 * I  # gate, SiLU(gate), up, product
+    mlp = 4 * 2 * INTER  # gate, SiLU(gate), up, product
     rsqrt = 2 * 4  # one fp32 value per token per norm
     return norms + attention + mlp + rsqrt
 
@@ -185,7 +185,8 @@ def test_params_plan_has_no_activations() -> None:
 
 @pytest.mark.parametrize(("memory", "code"), [("1000GiB", 0), ("16GiB", 3)])
 def test_check_gates_on_the_verdict(memory: str, code: int) -> None:
-    result = CliRunner().invoke(cli, [LLAMA2, "--zero", "3", "--gpus", "8", "--gpu-memory", memory, "--check", "--json"])
+    args = [LLAMA2, "--zero", "3", "--gpus", "8", "--gpu-memory", memory, "--check", "--json"]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == code, result.stderr
     doc = json.loads(result.stdout)
     assert doc["gpu"]["usable_bytes"] == int(memory.removesuffix("GiB")) * 2**30
