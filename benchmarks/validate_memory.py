@@ -187,7 +187,9 @@ def write_reduced_config(model_id: str, layers: int, root: Path) -> Path:
 def build_model(folder: Path, dtype: torch.dtype, device: str = "cpu") -> nn.Module:
     """Randomly initialise the class named in ``architectures`` (the class hfmem builds), in training mode."""
     config = transformers.AutoConfig.from_pretrained(folder)
-    config.use_cache = False  # no KV cache in training
+    # NOTE: `use_cache` stays as the config says, as in a Trainer run: in train mode HF still builds a DynamicCache
+    # (unless checkpointing), whose torch.cat copies of k and v are what attention then saves. For a fused QKV
+    # projection (GPT-2's c_attn) that is 2 extra [b, heads, s, head_dim] tensors per layer over use_cache=False.
     cls = getattr(transformers, config.architectures[0])
     torch.manual_seed(SEED)
     with torch.device(device):

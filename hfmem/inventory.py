@@ -443,7 +443,7 @@ def _trace(
         kwargs["decoder_input_ids"] = ids
     _TRACE_STATE["attention_calls"] = 0
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with _cuda_style_dropout(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             output = torch_model(**kwargs)
     except Exception as e:
         raise UnsupportedArchitectureError(
@@ -469,6 +469,31 @@ def _trace(
         logits_bytes=logits_bytes,
         attention_calls=_TRACE_STATE["attention_calls"],
     )
+
+
+@contextlib.contextmanager
+def _cuda_style_dropout() -> Iterator[None]:
+    """Make ``F.dropout`` keep a 1-byte mask, as CUDA's fused kernel does (``torch.native_dropout``).
+
+    Off CUDA (on the meta device too) ATen's dropout multiplies by a noise tensor and saves it in the activation
+    dtype; on a GPU the fused kernel saves a bool mask. Models call ``nn.functional.dropout`` through the module
+    attribute, so replacing it reaches them all; it is restored on exit.
+    """
+    import torch
+    from torch import nn
+
+    original = nn.functional.dropout
+
+    def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+        if training and 0.0 < p < 1.0:
+            return torch.native_dropout(input, p, True)[0]
+        return original(input, p, training, inplace)
+
+    nn.functional.dropout = dropout
+    try:
+        yield
+    finally:
+        nn.functional.dropout = original
 
 
 def _set_dropout(model: nn.Module, probability: float) -> None:

@@ -213,6 +213,7 @@ class OverheadSettings:
         reduce_bucket_elements: DeepSpeed ``reduce_bucket_size`` (default 5e8 elements, zero/config.py).
         allgather_bucket_elements: DeepSpeed ``allgather_bucket_size`` (default 5e8).
         prefetch_bucket_elements: DeepSpeed ``stage3_prefetch_bucket_size`` (default 5e7).
+        sub_group_elements: DeepSpeed ``sub_group_size`` (default 1e9): ZeRO-3's optimizer-step tile.
     """
 
     cuda_context_bytes: int = 512 * 2**20
@@ -220,6 +221,7 @@ class OverheadSettings:
     reduce_bucket_elements: int = 500_000_000
     allgather_bucket_elements: int = 500_000_000
     prefetch_bucket_elements: int = 50_000_000
+    sub_group_elements: int = 1_000_000_000
 
 
 @dataclass(frozen=True)

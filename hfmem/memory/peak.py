@@ -62,7 +62,10 @@ def overhead_items(
         items.append(("ZeRO-3 gathered parameters + prefetch", gathered))
     if phase == "optimizer_step" and setup.offload == "none":
         if stage >= 1 and hfmem_accounting:
-            items.append(("fp32 gradient partition at step", shard_count(trainable, setup.num_gpus) * FP32_BYTES))
+            partition = shard_count(trainable, setup.num_gpus)
+            if stage == 3:  # ZeRO-3 steps over sub-groups of at most `sub_group_size` (1e9) elements at a time
+                partition = min(partition, settings.sub_group_elements)
+            items.append(("fp32 gradient partition at step", partition * FP32_BYTES))
         if stage in (1, 2) and setup.num_gpus > 1:
             items.append(
                 ("parameter all-gather bucket", min(settings.allgather_bucket_elements, total) * spec.weight_bytes)
