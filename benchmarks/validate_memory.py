@@ -4,25 +4,33 @@ Each model is a bundled catalogue config with fewer layers (2; 1 for Mixtral), w
 both sides read: hfmem predicts from it, and this script builds the same transformers class from it on the CPU
 (real tensors, ``model.train()``) and measures:
 
-* **saved activations** — one forward with labels under ``torch.autograd.graph.saved_tensors_hooks``: every
+* **saved activations**: one forward with labels under ``torch.autograd.graph.saved_tensors_hooks``. Every
   storage autograd keeps for backward is counted once (parameters and buffers excluded) and split into *logits*
   (last dimension = vocabulary size) and *activations* (the rest). Compared with
   ``activation_detail.saved_bytes`` and ``activation_detail.logits_saved_bytes``.
-* **model states after one optimizer step** (ZeRO stage 0, one process) — bytes of the parameters, their
+* **model states after one optimizer step** (ZeRO stage 0, one process): bytes of the parameters, their
   ``.grad``, the fp32 master copies and the optimizer-state tensors. Compared with ``per_gpu_bytes``.
 
-Kernel choices, so the CPU saves what a GPU would (the output repeats these notes):
+The two sides never share a process: the measurements run first, then one child process asks hfmem for every
+prediction, so nothing hfmem patches while tracing can leak into what is measured.
+
+What the CPU run does so that it saves what a GPU would (the output repeats these notes):
 
 * ``sdpa`` runs use dropout 0 on both sides. With dropout > 0, CPU SDPA falls back to the math kernel and saves
-  the s×s attention matrix, which a GPU's fused kernel does not.
+  the s×s attention matrix, which a GPU's fused kernel does not. Every SDPA call's kernel is checked: a run where
+  the CPU still took the math kernel (T5: its relative position bias needs a gradient, which only the math kernel
+  gives on a CPU; a GPU uses the memory-efficient kernel) is shown but not gated.
 * Dropout runs through ``torch.native_dropout``, the fused kernel CUDA uses (it saves a 1-byte bool mask). CPU's
   own ``F.dropout`` multiplies by a noise tensor and saves it in the activation dtype.
-* Full checkpointing is reentrant (``use_reentrant=True``): each checkpoint saves its inputs with
-  ``ctx.save_for_backward``, which the outer hook sees. The one-layer recompute during backward is not measured.
+* Full checkpointing is reentrant (``use_reentrant=True``): each checkpoint saves its positional inputs with
+  ``ctx.save_for_backward``, which the outer hook sees, and keeps its keyword tensors (attention mask, rotary
+  tables) in the function it will replay, which this script also counts. The one-layer recompute during backward
+  is not measured.
+* ``use_cache`` stays as the config says, as in a plain Trainer run.
 * ``bf16-mixed`` follows the ZeRO/DeepSpeed convention: the model in bf16 (activations bf16), fp32 master copies
   given to ``torch.optim.AdamW``, gradients copied to the masters as fp32 before the step. ``fp32`` is plain AdamW
-  on the fp32 model. AdamW's per-parameter ``step`` scalars are listed but not gated: hfmem, like the ZeRO paper,
-  counts only the per-element states.
+  on the fp32 model; one Adafactor step checks the factored states. The optimizers' 0-d scalars (AdamW's
+  ``step``, Adafactor's ``RMS``) are listed but not gated: hfmem, like the ZeRO paper, counts per-element states.
 
 Exit status 1 when an activation or logits prediction is off by more than ±5 % or a model-state component is not
 exact, so the script can gate a change. ``--cuda`` additionally runs one real training step per setting on a GPU
@@ -30,23 +38,26 @@ and compares ``torch.cuda.max_memory_allocated()`` with ``per_gpu_bytes.total`` 
 
 Usage:
     HF_HUB_OFFLINE=1 python benchmarks/validate_memory.py [--quick] [--models ID ...] [--markdown docs/validation.md]
-                                                          [--measure-only] [--cuda]
+                                                          [--precisions fp32 bf16-mixed] [--measure-only] [--cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import datetime
 import gc
 import json
+import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,14 +68,19 @@ from torch import nn
 
 import hfmem
 from hfmem import catalogue
-from hfmem.report import to_dict
 
 ACTIVATION_TOLERANCE_PCT = 5.0
 #: Config keys holding a layer count; every one present is cut down (``num_decoder_layers`` is T5's decoder).
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers")
 #: TrainingSetup fields this script needs; they arrived with hfmem's activation model.
 ACTIVATION_FIELDS = ("batch_size", "seq_len", "attn", "grad_checkpointing", "dropout")
+#: Autograd node names of SDPA's fused kernels (CPU flash, CUDA flash / memory-efficient / cuDNN).
+FUSED_SDPA_NODES = ("FlashAttention", "EfficientAttention", "CudnnAttention")
 SEED = 0
+#: Where hfmem's JSON puts what this script compares (in ``training.stages[0]``).
+ACTIVATIONS_KEY = ("activation_detail", "saved_bytes")
+LOGITS_KEY = ("activation_detail", "logits_saved_bytes")
+TOTAL_KEY = ("per_gpu_bytes", "total")
 
 
 @dataclass(frozen=True)
@@ -89,7 +105,7 @@ CASES = (
     Case("openai-community/gpt2", adafactor=True),
     Case("google-bert/bert-base-uncased"),
     Case("google-t5/t5-base"),
-    # NOTE: one Mixtral layer is 1.4B parameters (8 experts × 3 × 4096 × 14336): with embeddings 1.7B. A bf16
+    # NOTE: one Mixtral layer is 1.4B parameters (8 experts × 3 × 4096 × 14336), 1.7B with the embeddings. A bf16
     # forward fits in 24 GiB of RAM; one AdamW step does not (bf16 weights + grads, fp32 masters + their grads +
     # two Adam states = 30 GiB), so Mixtral checks activations only, in bf16.
     Case(
@@ -97,7 +113,7 @@ CASES = (
         layers=1,
         precisions=("bf16-mixed",),
         states=False,
-        note="1 layer, bf16-mixed only, activations only (an optimizer step needs ~30 GiB of RAM)",
+        note="bf16-mixed only, activations only (an optimizer step needs ~30 GiB of RAM)",
     ),
 )
 QUICK_MODELS = ("openai-community/gpt2", "Qwen/Qwen2.5-0.5B-Instruct", "google-t5/t5-base")
@@ -109,9 +125,9 @@ QUICK_PRECISIONS = ("bf16-mixed",)
 
 @dataclass(frozen=True)
 class Setting:
-    """One activation measurement: precision, micro-batch, attention kernel, checkpointing and dropout.
+    """One training configuration both sides see.
 
-    ``dropout`` is what both sides use: 0.0 (every dropout off) or None (the config's probabilities).
+    ``dropout`` is 0.0 (every dropout off) or None (the config's probabilities).
     """
 
     precision: str
@@ -129,17 +145,45 @@ class Setting:
         )
 
 
+def states_setting(precision: str) -> Setting:
+    """The setting the model-state step runs under (states do not depend on the micro-batch)."""
+    return Setting(precision, 1, 128, "sdpa", "none", dropout=0.0)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One hfmem prediction: the reduced config folder, the setting and the optimizer."""
+
+    folder: str
+    setting: Setting
+    optimizer: str = "adamw"
+
+
+def stage_value(*path: str) -> Callable[[dict[str, Any]], int]:
+    """Reads ``path`` from hfmem's ZeRO-0 stage dict: ``stage_value("per_gpu_bytes", "weights")``."""
+
+    def read(stage: dict[str, Any]) -> int:
+        value: Any = stage
+        for part in path:
+            value = value[part]
+        return int(value)
+
+    return read
+
+
 @dataclass
 class Row:
-    """One line of the result table. ``predicted`` is None with ``--measure-only`` or for unmodelled items."""
+    """One line of the result table; ``predicted`` is ``extract`` of hfmem's stage dict for ``request``."""
 
     model_id: str
     setting: str
     component: str
     measured: int
-    predicted: int | None = None
     #: "activation" rows pass within ±5 %, "state" rows only when exact, "info" rows never fail.
-    kind: str = "activation"
+    kind: str
+    request: Request | None = None
+    extract: Callable[[dict[str, Any]], int] | None = None
+    predicted: int | None = None
 
     @property
     def error_pct(self) -> float | None:
@@ -150,8 +194,12 @@ class Row:
         return 100.0 * (self.predicted - self.measured) / self.measured
 
     @property
+    def checked(self) -> bool:
+        return self.predicted is not None and self.kind != "info"
+
+    @property
     def passed(self) -> bool:
-        if self.predicted is None or self.kind == "info":
+        if not self.checked:
             return True
         if self.kind == "state":
             return self.predicted == self.measured
@@ -160,7 +208,7 @@ class Row:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The model under test: a reduced catalogue config, built for real on the CPU
+# The model under test: a reduced catalogue config, built for real
 
 
 def write_reduced_config(model_id: str, layers: int, root: Path) -> Path:
@@ -185,11 +233,12 @@ def write_reduced_config(model_id: str, layers: int, root: Path) -> Path:
 
 
 def build_model(folder: Path, dtype: torch.dtype, device: str = "cpu") -> nn.Module:
-    """Randomly initialise the class named in ``architectures`` (the class hfmem builds), in training mode."""
+    """Randomly initialise the class named in ``architectures`` (the class hfmem builds), in training mode.
+
+    ``use_cache`` stays as the config says: in train mode HF still builds a DynamicCache (unless checkpointing),
+    and attention then saves the cache's ``torch.cat`` copies of k and v rather than views of the projection.
+    """
     config = transformers.AutoConfig.from_pretrained(folder)
-    # NOTE: `use_cache` stays as the config says, as in a Trainer run: in train mode HF still builds a DynamicCache
-    # (unless checkpointing), whose torch.cat copies of k and v are what attention then saves. For a fused QKV
-    # projection (GPT-2's c_attn) that is 2 extra [b, heads, s, head_dim] tensors per layer over use_cache=False.
     cls = getattr(transformers, config.architectures[0])
     torch.manual_seed(SEED)
     with torch.device(device):
@@ -232,6 +281,30 @@ class DropoutSwitch:
             setattr(owner, name, 0.0 if zero else value)
 
 
+def configure(model: nn.Module, dropouts: DropoutSwitch, setting: Setting) -> None:
+    """Attention kernel, dropout and checkpointing of ``model`` as ``setting`` asks."""
+    model.set_attn_implementation(setting.attn)
+    if model.config._attn_implementation != setting.attn:
+        raise SystemExit(f"{type(model).__name__} did not switch to attn_implementation='{setting.attn}'")
+    dropouts.set(zero=setting.dropout == 0.0)
+    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_* (the old names still warn).
+    if setting.grad_checkpointing == "full":
+        kwargs = {"use_reentrant": True}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "activation_checkpointing_disable"):
+        if model.is_activation_checkpointing:
+            model.activation_checkpointing_disable()
+    elif model.is_gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernel adjustments, installed for the whole run and undone on exit
+
+
 @contextlib.contextmanager
 def fused_dropout_kernel() -> Iterator[None]:
     """Route ``F.dropout`` through ``torch.native_dropout`` (CUDA's kernel: it saves a bool mask).
@@ -254,50 +327,113 @@ def fused_dropout_kernel() -> Iterator[None]:
         nn.functional.dropout = cpu_dropout
 
 
-def configure(model: nn.Module, dropouts: DropoutSwitch, setting: Setting) -> None:
-    """Attention kernel, dropout and checkpointing of ``model`` as ``setting`` asks."""
-    model.set_attn_implementation(setting.attn)
-    if model.config._attn_implementation != setting.attn:
-        raise SystemExit(f"{type(model).__name__} did not switch to attn_implementation='{setting.attn}'")
-    dropouts.set(zero=setting.dropout == 0.0)
-    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_* (the old names still warn).
-    if setting.grad_checkpointing == "full":
-        kwargs = {"use_reentrant": True}
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    elif hasattr(model, "activation_checkpointing_disable"):
-        if model.is_activation_checkpointing:
-            model.activation_checkpointing_disable()
-    elif model.is_gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+@contextlib.contextmanager
+def sdpa_kernel_log(kernels: list[str]) -> Iterator[None]:
+    """Append the autograd node of every SDPA call that builds a graph to ``kernels``
+    (``ScaledDotProductFlashAttentionForCpuBackward0``, or a math-kernel op such as ``UnsafeViewBackward0``), to tell
+    the fused kernel from the math fallback."""
+    sdpa = nn.functional.scaled_dot_product_attention
+
+    def logged(*args: Any, **kwargs: Any) -> torch.Tensor:
+        output = sdpa(*args, **kwargs)
+        if output.grad_fn is not None:  # no graph (inside a reentrant checkpoint): nothing saved, any kernel will do
+            kernels.append(output.grad_fn.name())
+        return output
+
+    nn.functional.scaled_dot_product_attention = logged
+    try:
+        yield
+    finally:
+        nn.functional.scaled_dot_product_attention = sdpa
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+@contextlib.contextmanager
+def checkpoint_kwargs_log(model: nn.Module, note: Callable[[torch.Tensor], None]) -> Iterator[None]:
+    """Pass to ``note`` every keyword tensor a checkpointed layer hands its checkpoint.
+
+    transformers calls ``checkpoint(partial(forward, **kwargs), *args)``: the positional tensors are saved with
+    ``save_for_backward`` (the saved-tensor hooks see them), but the keyword ones (attention mask, rotary cos/sin)
+    live in the partial the checkpoint keeps to replay the layer, until backward, where no hook sees them.
+    """
+    wrapped = []
+    for module in model.modules():
+        checkpoint = getattr(module, "_gradient_checkpointing_func", None)
+        if not getattr(module, "gradient_checkpointing", False) or checkpoint is None:
+            continue
+
+        def noting(function: Any, *args: Any, _checkpoint: Any = checkpoint, **kwargs: Any) -> Any:
+            for value in getattr(function, "keywords", {}).values():
+                for tensor in _tensors(value):
+                    note(tensor)
+            return _checkpoint(function, *args, **kwargs)
+
+        module._gradient_checkpointing_func = noting
+        wrapped.append((module, checkpoint))
+    try:
+        yield
+    finally:
+        for module, checkpoint in wrapped:
+            module._gradient_checkpointing_func = checkpoint
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Measurements
 
 
-def measure_saved(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """Bytes autograd holds for backward after one forward: ``(activations, logits)``.
+@dataclass(frozen=True)
+class SavedBytes:
+    """What one forward left for backward, and which SDPA kernels ran."""
 
-    Each saved tensor's storage is counted once, and only if still alive when the forward ends (a storage whose
-    graph was dropped mid-forward can hand its address to a new one). Parameters and buffers are model state,
-    not activations, so their storages (and views of them, such as a transposed weight) are skipped.
+    activations: int
+    logits: int
+    sdpa_kernels: tuple[str, ...]
+
+    @property
+    def sdpa_math_fallback(self) -> bool:
+        return any(not any(node in name for node in FUSED_SDPA_NODES) for name in self.sdpa_kernels)
+
+
+def measure_saved(model: nn.Module, inputs: dict[str, torch.Tensor]) -> SavedBytes:
+    """Bytes autograd holds for backward after one forward, split into activations and logits.
+
+    Each saved storage is counted once, and only if still alive when the forward ends (a storage whose graph was
+    dropped mid-forward can hand its address to a new one). Parameters and buffers are model state, not
+    activations, so their storages (and views of them, such as a transposed weight) are skipped.
     """
     state_ptrs = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     vocab = vocab_size(model)
     seen: dict[int, list[tuple[weakref.ref[torch.Tensor], int, bool]]] = {}
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
+    def note(tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         ptr = storage.data_ptr()
         if ptr not in state_ptrs:
             is_logits = tensor.dim() > 0 and tensor.shape[-1] == vocab
             seen.setdefault(ptr, []).append((weakref.ref(tensor), storage.nbytes(), is_logits))
-        return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        # NOTE: hand autograd a detached alias, not the tensor itself: a saved output (sigmoid's, SDPA's) would
+        # otherwise hold its own grad_fn through the packed object, a C++ <-> Python cycle that the garbage
+        # collector cannot see, and every forward's activations would stay allocated. The alias shares the
+        # storage and is what the graph keeps, so its weakref tells whether the storage is still saved.
+        packed = tensor.detach()
+        note(packed)
+        return packed
+
+    kernels: list[str] = []
+    with (
+        sdpa_kernel_log(kernels),
+        checkpoint_kwargs_log(model, note),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+    ):
         output = model(**inputs)
     activations = logits = 0
     for entries in seen.values():
@@ -309,7 +445,7 @@ def measure_saved(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[in
             else:
                 activations += nbytes
     del output
-    return activations, logits
+    return SavedBytes(activations, logits, tuple(kernels))
 
 
 def tensor_bytes(tensors: Any) -> int:
@@ -319,7 +455,11 @@ def tensor_bytes(tensors: Any) -> int:
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> tuple[int, int]:
-    """``(per-element states, scalar step counters)`` held in ``optimizer.state``, each storage once."""
+    """``(per-element states, 0-d scalars)`` held in ``optimizer.state``, each storage once.
+
+    The scalars are AdamW's ``step`` and Adafactor's ``RMS``: 4 bytes per parameter tensor, which hfmem (like the
+    ZeRO paper) does not model.
+    """
     storages: dict[int, tuple[int, bool]] = {}
     for state in optimizer.state.values():
         for value in state.values():
@@ -348,7 +488,7 @@ def measure_states(
     elif optimizer_name == "adafactor":
         optimizer = transformers.optimization.Adafactor(masters, lr=1e-3, scale_parameter=False, relative_step=False)
     else:
-        raise ValueError(optimizer_name)
+        raise ValueError(f"no emulation for optimizer '{optimizer_name}'")
 
     model.zero_grad(set_to_none=True)
     model(**inputs).loss.backward()
@@ -366,13 +506,20 @@ def measure_states(
         with torch.no_grad():
             for param, master in zip(params, masters, strict=True):
                 param.copy_(master)
-    measured["optimizer_states"], measured["step_counters"] = optimizer_state_bytes(optimizer)
+    measured["optimizer_states"], measured["optimizer_scalars"] = optimizer_state_bytes(optimizer)
     model.zero_grad(set_to_none=True)
     return measured
 
 
+def release_memory() -> None:
+    """Free what Python holds and hand glibc's free heap pages back to the OS between runs."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 # ---------------------------------------------------------------------------------------------------------------
-# Predictions
+# Predictions, in a child process
 
 
 def require_activation_fields() -> None:
@@ -387,11 +534,14 @@ def require_activation_fields() -> None:
         )
 
 
-def predict(folder: Path, setting: Setting, optimizer: str = "adamw") -> dict[str, Any]:
-    """hfmem's ZeRO-0 stage document for ``folder`` under ``setting``."""
+def predict(request: Request) -> dict[str, Any]:
+    """hfmem's ZeRO-0 stage document for one request (runs in the prediction worker)."""
+    from hfmem.report import to_dict
+
+    setting = request.setting
     setup = hfmem.TrainingSetup(
         precision=setting.precision,
-        optimizer=optimizer,
+        optimizer=request.optimizer,
         zero_stages=(0,),
         batch_size=setting.batch_size,
         seq_len=setting.seq_len,
@@ -399,17 +549,56 @@ def predict(folder: Path, setting: Setting, optimizer: str = "adamw") -> dict[st
         grad_checkpointing=setting.grad_checkpointing,
         dropout=setting.dropout,
     )
-    stage: dict[str, Any] = to_dict(hfmem.estimate(str(folder), setup=setup))["training"]["stages"][0]
+    stage: dict[str, Any] = to_dict(hfmem.estimate(request.folder, setup=setup))["training"]["stages"][0]
     if "activation_detail" not in stage:
         raise SystemExit("hfmem's JSON has no training.stages[].activation_detail; update hfmem (see --measure-only)")
     return stage
+
+
+def predict_worker(requests_path: Path, results_path: Path) -> None:
+    """``--predict-worker IN OUT``: read requests (JSON), write one hfmem stage dict per request."""
+    raw = json.loads(requests_path.read_text(encoding="utf-8"))
+    requests = [Request(r["folder"], Setting(**r["setting"]), r["optimizer"]) for r in raw]
+    results_path.write_text(json.dumps([predict(r) for r in requests]), encoding="utf-8")
+
+
+class PredictionError(Exception):
+    """The prediction worker failed; the message carries the end of its stderr."""
+
+
+def predict_all(requests: list[Request], workdir: Path) -> dict[Request, dict[str, Any]]:
+    """Every prediction, from one child process (this script with ``--predict-worker``).
+
+    Raises:
+        PredictionError: the worker exited with an error.
+    """
+    requests_path, results_path = workdir / "requests.json", workdir / "predictions.json"
+    requests_path.write_text(json.dumps([dataclasses.asdict(r) for r in requests]), encoding="utf-8")
+    command = [sys.executable, __file__, "--predict-worker", str(requests_path), str(results_path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PredictionError(f"the hfmem prediction worker failed:\n{done.stderr.strip()[-3000:]}")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    return dict(zip(requests, results, strict=True))
+
+
+def fill_predictions(rows: list[Row], workdir: Path) -> None:
+    requests = list(dict.fromkeys(r.request for r in rows if r.request is not None))
+    if not requests:
+        return
+    log(f"asking hfmem for {len(requests)} predictions")
+    predictions = predict_all(requests, workdir)
+    for row in rows:
+        if row.request is not None and row.extract is not None:
+            row.predicted = row.extract(predictions[row.request])
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Driver
 
 
-def settings_for(case: Case, precision: str, matrix: dict[str, Any], *, cpu: bool = True) -> list[Setting]:
+def settings_for(precision: str, matrix: dict[str, Any], *, cpu: bool = True) -> list[Setting]:
     """The activation matrix of one precision. On the CPU ``sdpa`` runs without dropout (module docstring)."""
     return [
         Setting(precision, b, s, attn, ckpt, dropout=0.0 if cpu and attn == "sdpa" else None)
@@ -423,65 +612,72 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def validate_case(case: Case, folder: Path, args: argparse.Namespace, matrix: dict[str, Any]) -> list[Row]:
-    """Every measurement and prediction for one model, on the CPU."""
+def activation_rows(case: Case, folder: Path, setting: Setting, saved: SavedBytes, ask_hfmem: bool) -> list[Row]:
+    """The activations and logits rows of one measurement, gated unless the CPU took SDPA's math kernel."""
+    request = Request(str(folder), setting) if ask_hfmem else None
+    label, kind = setting.label(), "activation"
+    if setting.attn == "sdpa" and saved.sdpa_math_fallback:
+        # The CPU math kernel saves the score matrices a GPU's fused kernel does not: shown, not gated.
+        label, kind = f"{label} (CPU SDPA took the math kernel: not gated)", "info"
+    return [
+        Row(case.model_id, label, "activations", saved.activations, kind, request, stage_value(*ACTIVATIONS_KEY)),
+        Row(case.model_id, label, "logits", saved.logits, kind, request, stage_value(*LOGITS_KEY)),
+    ]
+
+
+def states_rows(
+    case: Case, folder: Path, model: nn.Module, dropouts: DropoutSwitch, precision: str, optimizer: str, ask_hfmem: bool
+) -> list[Row]:
+    """Measure the model states of one precision × optimizer (they do not depend on the micro-batch)."""
+    setting = states_setting(precision)
+    configure(model, dropouts, setting)
+    start = time.perf_counter()
+    measured = measure_states(model, precision, optimizer, make_inputs(model, 1, 128))
+    release_memory()
+    label = f"{precision} {optimizer} (ZeRO 0, 1 process)"
+    log(f"  {label}: {measured} ({time.perf_counter() - start:.1f} s)")
+    request = Request(str(folder), setting, optimizer) if ask_hfmem else None
+    rows = [
+        Row(case.model_id, label, name, measured[name], "state", request, stage_value("per_gpu_bytes", name))
+        for name in ("weights", "master_weights", "gradients", "optimizer_states")
+    ]
+    if measured["optimizer_scalars"]:
+        rows.append(
+            Row(case.model_id, label, "0-d optimizer scalars (not modelled)", measured["optimizer_scalars"], "info")
+        )
+    return rows
+
+
+def cpu_rows(case: Case, folder: Path, args: argparse.Namespace, matrix: dict[str, Any]) -> list[Row]:
+    """Every CPU measurement of one model (predictions are filled in later)."""
     rows: list[Row] = []
     precisions = [p for p in case.precisions if p in args.precisions]
     if not precisions:
         return rows
+    ask_hfmem = not args.measure_only
     # Build once in the first precision; fp32 runs first, then the same weights are cast to bf16.
     model = build_model(folder, torch.float32 if precisions[0] == "fp32" else torch.bfloat16)
     dropouts = DropoutSwitch(model)
     for precision in precisions:
         model.to(torch.float32 if precision == "fp32" else torch.bfloat16)
-        for setting in settings_for(case, precision, matrix):
+        release_memory()
+        for setting in settings_for(precision, matrix):
             configure(model, dropouts, setting)
             start = time.perf_counter()
-            activations, logits = measure_saved(model, make_inputs(model, setting.batch_size, setting.seq_len))
-            stage = None if args.measure_only else predict(folder, setting)
-            detail = stage["activation_detail"] if stage else {}
-            rows.append(Row(case.model_id, setting.label(), "activations", activations, detail.get("saved_bytes")))
-            rows.append(Row(case.model_id, setting.label(), "logits", logits, detail.get("logits_saved_bytes")))
+            saved = measure_saved(model, make_inputs(model, setting.batch_size, setting.seq_len))
+            rows += activation_rows(case, folder, setting, saved, ask_hfmem)
+            math = " (SDPA math kernel)" if setting.attn == "sdpa" and saved.sdpa_math_fallback else ""
             log(
-                f"  {setting.label()}: activations {activations:,} B, logits {logits:,} B "
+                f"  {setting.label()}: activations {saved.activations:,} B, logits {saved.logits:,} B{math} "
                 f"({time.perf_counter() - start:.1f} s)"
             )
-            gc.collect()
+            release_memory()
         if case.states and not args.no_states:
             optimizers = ["adamw"] + (["adafactor"] if case.adafactor and precision == "fp32" else [])
             for optimizer in optimizers:
-                rows += states_rows(case, folder, model, dropouts, precision, optimizer, args.measure_only)
+                rows += states_rows(case, folder, model, dropouts, precision, optimizer, ask_hfmem)
     del model
-    gc.collect()
-    return rows
-
-
-def states_rows(
-    case: Case,
-    folder: Path,
-    model: nn.Module,
-    dropouts: DropoutSwitch,
-    precision: str,
-    optimizer: str,
-    measure_only: bool,
-) -> list[Row]:
-    """Measure and predict the model states of one precision × optimizer (they do not depend on the batch)."""
-    setting = Setting(precision, 1, 128, "sdpa", "none", dropout=0.0)
-    configure(model, dropouts, setting)
-    start = time.perf_counter()
-    measured = measure_states(model, precision, optimizer, make_inputs(model, 1, 128))
-    gc.collect()
-    predicted = None if measure_only else predict(folder, setting, optimizer)["per_gpu_bytes"]
-    label = f"{precision} {optimizer} (ZeRO 0, 1 process)"
-    log(f"  {label}: {measured} ({time.perf_counter() - start:.1f} s)")
-    rows = [
-        Row(case.model_id, label, name, measured[name], predicted[name] if predicted else None, kind="state")
-        for name in ("weights", "master_weights", "gradients", "optimizer_states")
-    ]
-    if measured["step_counters"]:
-        rows.append(
-            Row(case.model_id, label, "optimizer step counters (not modelled)", measured["step_counters"], kind="info")
-        )
+    release_memory()
     return rows
 
 
@@ -491,12 +687,17 @@ def cuda_rows(case: Case, folder: Path, args: argparse.Namespace, matrix: dict[s
     The step is the one `measure_states` takes (bf16-mixed: bf16 model + fp32 masters; fp32: plain AdamW), on a
     freshly built model, with the GPU's own kernels and the config's dropout on both sides. The peak also holds
     what hfmem's total leaves out by design (the masters' fp32 gradients in this emulation, the optimizer's
-    temporaries), hence not gated.
+    temporaries), hence not gated. ``total`` also holds hfmem's overhead (CUDA context, allocator slack), which
+    ``max_memory_allocated`` never sees, so a second row compares with ``total - overhead``.
     """
+
+    def allocated(stage: dict[str, Any]) -> int:
+        return int(stage["per_gpu_bytes"]["total"] - stage["per_gpu_bytes"]["overhead"])
+
     rows: list[Row] = []
     for precision in (p for p in case.precisions if p in args.precisions):
-        for setting in settings_for(case, precision, matrix, cpu=False):
-            gc.collect()
+        for setting in settings_for(precision, matrix, cpu=False):
+            release_memory()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             baseline = torch.cuda.memory_allocated()
@@ -506,9 +707,12 @@ def cuda_rows(case: Case, folder: Path, args: argparse.Namespace, matrix: dict[s
             measure_states(model, precision, "adamw", inputs)
             peak = torch.cuda.max_memory_allocated() - baseline
             del model, inputs
-            predicted = None if args.measure_only else predict(folder, setting)["per_gpu_bytes"]["total"]
             label = f"{setting.label()} (GPU step)"
-            rows.append(Row(case.model_id, label, "peak allocated vs predicted total", peak, predicted, kind="info"))
+            request = None if args.measure_only else Request(str(folder), setting)
+            rows += [
+                Row(case.model_id, label, "peak allocated vs total", peak, "info", request, stage_value(*TOTAL_KEY)),
+                Row(case.model_id, label, "peak allocated vs total − overhead", peak, "info", request, allocated),
+            ]
             log(f"  {label}: peak {peak:,} B")
     return rows
 
@@ -529,12 +733,14 @@ def render_markdown(rows: list[Row], cases: list[Case], elapsed_s: float, args: 
     device = f"{cpu_name()}, {torch.get_num_threads()} threads"
     if args.cuda:
         device += f"; GPU {torch.cuda.get_device_name()}"
+    command = "benchmarks/validate_memory.py" + (" --quick" if args.quick else "")
+    checked = [r for r in rows if r.checked]
+    failed = [r for r in checked if not r.passed]
     lines = [
         "# hfmem memory validation",
         "",
-        "Generated by `benchmarks/validate_memory.py"
-        + (" --quick" if args.quick else "")
-        + "`: hfmem's predictions against measurements on small, randomly initialised real models.",
+        f"Generated by `{command}`: hfmem's predictions against measurements on small, randomly initialised real "
+        "models.",
         "",
         f"- Date: {datetime.date.today().isoformat()}",
         f"- Device: {device}",
@@ -543,17 +749,20 @@ def render_markdown(rows: list[Row], cases: list[Case], elapsed_s: float, args: 
         f"- Run time: {elapsed_s / 60:.1f} min",
         "- Models: catalogue configs with fewer layers ("
         + "; ".join(f"{c.model_id}: {c.layers}" + (f", {c.note}" if c.note else "") for c in cases)
-        + ").",
-        "- Activations: one forward with labels, storages autograd saves for backward, each once, parameters and "
-        "buffers excluded; *logits* = saved tensors whose last dimension is the vocabulary. Gate: ±"
-        f"{ACTIVATION_TOLERANCE_PCT:g} %.",
-        "- `sdpa` runs use dropout 0 on both sides (CPU SDPA with dropout falls back to the math kernel and saves "
-        "the s×s matrix, which a GPU's fused kernel does not); `eager` runs keep the config's dropout. Dropout runs "
-        "through `torch.native_dropout` (CUDA's fused kernel, a 1-byte mask) instead of CPU `F.dropout`.",
-        "- Full checkpointing: reentrant; what the checkpoints save during forward is measured, the one-layer "
-        "recompute during backward is not.",
+        + "). Random weights, random token ids as inputs and labels; `use_cache` as the config says.",
+        "- Activations: one forward with labels; the storages autograd saves for backward, each once, parameters "
+        "and buffers excluded. *logits* = saved tensors whose last dimension is the vocabulary. Gate: "
+        f"±{ACTIVATION_TOLERANCE_PCT:g} %.",
+        "- `sdpa` runs use dropout 0 on both sides (CPU SDPA with dropout falls back to the math kernel, which saves "
+        "the s×s matrix a GPU's fused kernel does not); runs where the CPU still took the math kernel are shown but "
+        "not gated. `eager` runs keep the config's dropout. Dropout runs through `torch.native_dropout` (CUDA's "
+        "fused kernel, a 1-byte mask) instead of CPU `F.dropout`.",
+        "- Full checkpointing: reentrant; what the checkpoints keep during forward (positional inputs, and the "
+        "keyword tensors held for the replay) is measured, the one-layer recompute during backward is not.",
         "- Model states: one step at ZeRO 0 on one process (bf16-mixed: bf16 model, fp32 masters in AdamW; fp32: "
-        "plain AdamW). Gate: exact. AdamW's scalar `step` tensors are listed but not modelled.",
+        "plain AdamW or Adafactor). Gate: exact. The optimizers' 0-d scalars (AdamW `step`, Adafactor `RMS`) are "
+        "listed but not modelled.",
+        "- Predictions: `hfmem.estimate` on the same config folder, ZeRO 0, in a separate process.",
         "",
         "| model | setting | component | predicted bytes | measured bytes | error |",
         "|---|---|---|---:|---:|---:|",
@@ -567,15 +776,12 @@ def render_markdown(rows: list[Row], cases: list[Case], elapsed_s: float, args: 
         lines.append(
             f"| {row.model_id} | {row.setting} | {row.component} | {predicted} | {row.measured:,} | {error_text} |"
         )
-    failed = [r for r in rows if not r.passed]
-    checked = [r for r in rows if r.predicted is not None and r.kind != "info"]
-    lines += [
-        "",
+    summary = (
         f"{len(checked) - len(failed)} of {len(checked)} checked rows pass."
         if checked
-        else "Measurements only (--measure-only): nothing checked.",
-    ]
-    return "\n".join(lines) + "\n"
+        else "Measurements only (--measure-only): nothing checked."
+    )
+    return "\n".join([*lines, "", summary]) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -589,10 +795,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--measure-only", action="store_true", help="measure without asking hfmem (no gate)")
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the table here")
     parser.add_argument(
-        "--cuda",
-        action="store_true",
-        help="also run one real step per setting on the GPU and compare peak allocated memory",
+        "--cuda", action="store_true", help="also run one real step per setting on the GPU; compare peak memory"
     )
+    parser.add_argument("--predict-worker", nargs=2, type=Path, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.precisions is None:
         args.precisions = QUICK_PRECISIONS if args.quick else ("fp32", "bf16-mixed")
@@ -601,11 +806,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    transformers.logging.set_verbosity_error()  # e.g. "loss_type=None ... using the default loss"
+    if args.predict_worker:
+        predict_worker(*args.predict_worker)
+        return 0
     if not args.measure_only:
         require_activation_fields()
     if args.cuda and not torch.cuda.is_available():
         raise SystemExit("--cuda: torch.cuda.is_available() is False on this machine")
+    transformers.logging.set_verbosity_error()  # e.g. "loss_type=None ... using the default loss"
     wanted = args.models or (QUICK_MODELS if args.quick else [c.model_id for c in CASES])
     cases = [c for c in CASES if c.model_id in wanted]
     unknown = set(wanted) - {c.model_id for c in cases}
@@ -615,15 +823,24 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="hfmem-validate-") as tmp, fused_dropout_kernel():
-        for case in cases:
-            log(f"{case.model_id} ({case.layers} layer{'s' if case.layers > 1 else ''})")
-            folder = write_reduced_config(case.model_id, case.layers, Path(tmp))
-            rows += validate_case(case, folder, args, matrix)
-            if args.cuda:
-                rows += cuda_rows(case, folder, args, matrix)
+    with tempfile.TemporaryDirectory(prefix="hfmem-validate-") as tmp:
+        with fused_dropout_kernel():
+            for case in cases:
+                log(f"{case.model_id} ({case.layers} layer{'s' if case.layers > 1 else ''})")
+                folder = write_reduced_config(case.model_id, case.layers, Path(tmp))
+                rows += cpu_rows(case, folder, args, matrix)
+                if args.cuda:
+                    rows += cuda_rows(case, folder, args, matrix)
+        try:
+            fill_predictions(rows, Path(tmp))
+        except PredictionError as e:
+            failure: str | None = str(e)
+        else:
+            failure = None
     text = render_markdown(rows, cases, time.perf_counter() - start, args)
     print(text, end="")
+    if failure:  # the measurements above still stand; no markdown file, as nothing was checked
+        raise SystemExit(failure)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text, encoding="utf-8")

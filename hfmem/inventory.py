@@ -397,12 +397,24 @@ def _trace(
     core: dict[str, int] = {}
     order: list[str] = []
 
+    held: set[int] = set()
+    # Storages are identified by address (`_cdata`); keeping a reference to each one recorded stops a freed
+    # storage's address from being reused by a new tensor during the trace.
+    keep_alive: list[Any] = []
+
     def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # A checkpointed layer keeps every tensor argument until backward: the hidden states, and the mask,
+        # rotary tables, position ids, T5's position biases, the encoder output… Shared ones count once.
         name = layer_names[id(module)]
-        hidden = args[0] if args else kwargs.get("hidden_states")
         if name not in inputs:
             order.append(name)
-            inputs[name] = hidden.untyped_storage().nbytes() if isinstance(hidden, torch.Tensor) else 0
+            inputs[name] = 0
+            for value in _tensors_in((*args, *kwargs.values())):
+                key = value.untyped_storage()._cdata
+                if key not in held and key not in params:
+                    held.add(key)
+                    keep_alive.append(value)
+                    inputs[name] += value.untyped_storage().nbytes()
         stack.append(name)
 
     def post_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
@@ -416,8 +428,9 @@ def _trace(
         storage = tensor.untyped_storage()
         key = storage._cdata
         if key in params or key in seen:
-            return tensor
+            return tensor.detach()  # a detached alias: returning `tensor` itself can form a reference cycle
         seen.add(key)
+        keep_alive.append(tensor.detach())
         size = storage.nbytes()
         if vocab and tensor.dim() >= 1 and tensor.shape[-1] == vocab:
             totals["logits"] += size
@@ -427,7 +440,7 @@ def _trace(
                 core[stack[-1]] = core.get(stack[-1], 0) + size
         else:
             totals["other"] += size
-        return tensor
+        return tensor.detach()
 
     handles = []
     for module in torch_model.modules():
@@ -469,6 +482,17 @@ def _trace(
         logits_bytes=logits_bytes,
         attention_calls=_TRACE_STATE["attention_calls"],
     )
+
+
+def _tensors_in(values: Any) -> Iterator[Any]:
+    """The tensors among a layer's arguments, looking one level into tuples and lists (rotary cos/sin)."""
+    import torch
+
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (tuple, list)):
+            yield from (item for item in value if isinstance(item, torch.Tensor))
 
 
 @contextlib.contextmanager

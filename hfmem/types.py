@@ -268,7 +268,8 @@ class LayerProfile:
     Attributes:
         name: the module path (``model.layers.0``).
         saved_bytes: tensors autograd keeps for backward inside this layer, each storage once, parameters excluded.
-        input_bytes: the layer's hidden-state input: all that full activation checkpointing keeps.
+        input_bytes: the layer's tensor arguments (hidden states, mask, rotary tables…; shared ones counted at
+            their first layer): all that full activation checkpointing keeps.
         attention_core_bytes: what the attention function itself saves (q, k, v, output, logsumexp for a fused
             kernel; the score and probability matrices for eager).
     """
