@@ -68,6 +68,7 @@ from torch import nn
 
 import hfmem
 from hfmem import catalogue
+from hfmem.inventory import cuda_style_dropout
 
 ACTIVATION_TOLERANCE_PCT = 5.0
 #: Config keys holding a layer count; every one present is cut down (``num_decoder_layers`` is T5's decoder).
@@ -305,26 +306,8 @@ def configure(model: nn.Module, dropouts: DropoutSwitch, setting: Setting) -> No
 # Kernel adjustments, installed for the whole run and undone on exit
 
 
-@contextlib.contextmanager
-def fused_dropout_kernel() -> Iterator[None]:
-    """Route ``F.dropout`` through ``torch.native_dropout`` (CUDA's kernel: it saves a bool mask).
-
-    On the CPU, ``F.dropout`` computes ``input * noise`` and autograd saves ``noise`` in the activation dtype
-    (2-4 bytes per element) where a GPU saves 1. nn.Dropout and HF's attention code call ``F.dropout`` through
-    the module attribute, so replacing it here reaches them all.
-    """
-    cpu_dropout = nn.functional.dropout
-
-    def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
-        if training and 0.0 < p < 1.0:
-            return torch.native_dropout(input, p, True)[0]
-        return cpu_dropout(input, p, training, inplace)
-
-    nn.functional.dropout = dropout
-    try:
-        yield
-    finally:
-        nn.functional.dropout = cpu_dropout
+# Dropout goes through `hfmem.inventory.cuda_style_dropout` on both sides: off CUDA, F.dropout saves its noise in
+# the activation dtype; CUDA's fused kernel (torch.native_dropout) saves a 1-byte mask, which is what a GPU keeps.
 
 
 @contextlib.contextmanager
@@ -824,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="hfmem-validate-") as tmp:
-        with fused_dropout_kernel():
+        with cuda_style_dropout():
             for case in cases:
                 log(f"{case.model_id} ({case.layers} layer{'s' if case.layers > 1 else ''})")
                 folder = write_reduced_config(case.model_id, case.layers, Path(tmp))

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "count_parameters",
     "profile_activations",
+    "cuda_style_dropout",
     "build_transformers_config",
     "MOE_NUM_EXPERTS_KEYS",
     "MOE_TOP_K_KEYS",
@@ -456,7 +457,7 @@ def _trace(
         kwargs["decoder_input_ids"] = ids
     _TRACE_STATE["attention_calls"] = 0
     try:
-        with _cuda_style_dropout(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with cuda_style_dropout(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             output = torch_model(**kwargs)
     except Exception as e:
         raise UnsupportedArchitectureError(
@@ -496,7 +497,7 @@ def _tensors_in(values: Any) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _cuda_style_dropout() -> Iterator[None]:
+def cuda_style_dropout() -> Iterator[None]:
     """Make ``F.dropout`` keep a 1-byte mask, as CUDA's fused kernel does (``torch.native_dropout``).
 
     Off CUDA (on the meta device too) ATen's dropout multiplies by a noise tensor and saves it in the activation

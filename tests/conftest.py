@@ -16,6 +16,21 @@ from click.testing import CliRunner
 FIXTURES = Path(__file__).parent / "fixtures"
 CATALOGUE = Path(__file__).parent.parent / "hfmem" / "catalogue"
 
+#: A tiny Llama config for fake Hub repos.
+TINY_LLAMA: dict[str, object] = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "vocab_size": 1000,
+    "tie_word_embeddings": False,
+}
+#: By hand: embed + untied head 2·1000·64, 2 layers × (4·64² attention + 3·64·128 MLP + 2·64 norms), final norm 64.
+TINY_LLAMA_PARAMS = 2 * 1000 * 64 + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64
+
 
 class NetworkBlockedError(RuntimeError):
     pass

@@ -30,6 +30,7 @@ from hfmem.errors import (
     OfflineError,
     RevisionNotFoundError,
 )
+from tests.conftest import TINY_LLAMA, TINY_LLAMA_PARAMS
 
 SHA = "a" * 40
 CACHED_SHA = "c" * 40
@@ -38,19 +39,6 @@ LLAMA2 = "meta-llama/Llama-2-7b-hf"
 # Exact count of Llama-2-7b: keras-team/keras-hub preset 'llama2_7b_en' and GGUF general.parameter_count
 # (also recorded in hfmem/catalogue/meta-llama__Llama-2-7b-hf/expected.json).
 LLAMA2_PARAMS = 6738415616
-TINY_LLAMA: dict[str, Any] = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "vocab_size": 1000,
-    "tie_word_embeddings": False,
-}
-# 2 × 1000·64 (embed + untied head) + 2 layers × (4·64² attn + 3·64·128 mlp + 2·64 norms) + 64 final norm
-TINY_LLAMA_PARAMS = 2 * 1000 * 64 + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64
 
 
 def http_error(cls: type[hf_errors.HfHubHTTPError], status: int, message: str = "boom") -> hf_errors.HfHubHTTPError:

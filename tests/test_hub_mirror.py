@@ -21,21 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY_LLAMA, TINY_LLAMA_PARAMS
+
 SHA = "0123456789abcdef0123456789abcdef01234567"
-TINY = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "vocab_size": 1000,
-    "tie_word_embeddings": False,
-}
-# embed + untied head 2·1000·64, 2 layers × (4·64² attention + 3·64·128 MLP + 2·64 norms), final norm 64.
-TINY_PARAMS = 2 * 1000 * 64 + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64
-FILES = {"org/tiny": {"config.json": json.dumps(TINY).encode()}}
+FILES = {"org/tiny": {"config.json": json.dumps(TINY_LLAMA).encode()}}
 TREES = {"org/gguf": ["model.Q4_K_M.gguf", "README.md"]}
 
 
@@ -114,7 +103,7 @@ def test_fetch_then_cache(mirror: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert doc["model"]["source"] == "hub" and doc["model"]["revision"] == SHA
-    assert doc["parameters"]["total"] == TINY_PARAMS
+    assert doc["parameters"]["total"] == TINY_LLAMA_PARAMS
     assert done.stderr == ""
     # Offline afterwards: the HF cache answers, with the same sha, and says so.
     again = hfmem(mirror, tmp_path, "org/tiny", "--json", offline=True)

@@ -14,6 +14,7 @@ micro-batches) and conservative by at most the gradient term otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from hfmem.memory.activations import ActivationEstimate, estimate_activations, extrapolate_profile
@@ -150,11 +151,7 @@ def _min_gpus(
         return 1
     if stage == 0 or not fits(MAX_GPUS_SEARCHED):
         return None
-    low, high = 1, MAX_GPUS_SEARCHED  # low does not fit, high fits
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if fits(middle) else (middle, high)
-    return high
+    return _bisect(fits, 1, MAX_GPUS_SEARCHED)[1]
 
 
 def _max_batch(
@@ -175,10 +172,19 @@ def _max_batch(
     low, high = 1, 2
     while high <= MAX_BATCH_SEARCHED and fits(high):
         low, high = high, high * 2
+    return _bisect(fits, low, high)[0]
+
+
+def _bisect(predicate: Callable[[int], bool], low: int, high: int) -> tuple[int, int]:
+    """Narrow ``low < high``, where ``predicate`` differs at the two ends, to two adjacent integers."""
+    at_low = predicate(low)
     while high - low > 1:
         middle = (low + high) // 2
-        low, high = (middle, high) if fits(middle) else (low, middle)
-    return low
+        if predicate(middle) == at_low:
+            low = middle
+        else:
+            high = middle
+    return low, high
 
 
 def plan_training(
