@@ -232,7 +232,8 @@ def _list_catalogue(json_: bool) -> None:
 @click.option(
     "--check",
     is_flag=True,
-    help="Make the verdict the exit code: 0 when every reported stage fits the GPU, 3 when one does not.",
+    help="Make the verdict the exit code: 0 when every reported stage fits the GPU, 3 when one does not "
+    "(pass --zero N for the stage you will launch).",
 )
 @click.option(
     "--cuda-context",
