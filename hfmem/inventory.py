@@ -338,16 +338,12 @@ def _register_fused_attention() -> None:
 
     def fused_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
         _TRACE_STATE["attention_calls"] += 1
-        _TRACE_STATE["in_attention"] = True
-        try:
-            return FusedAttention.apply(query, key, value), None
-        finally:
-            _TRACE_STATE["in_attention"] = False
+        return FusedAttention.apply(query, key, value), None
 
     AttentionInterface.register(FUSED_ATTENTION, fused_attention)
 
 
-_TRACE_STATE: dict[str, Any] = {"attention_calls": 0, "in_attention": False}
+_TRACE_STATE: dict[str, Any] = {"attention_calls": 0}
 
 
 def _trace(
@@ -395,7 +391,6 @@ def _trace(
     stack: list[str] = []
     inputs: dict[str, int] = {}
     saved: dict[str, int] = {}
-    core: dict[str, int] = {}
     order: list[str] = []
 
     held: set[int] = set()
@@ -437,8 +432,6 @@ def _trace(
             totals["logits"] += size
         elif stack:
             saved[stack[-1]] = saved.get(stack[-1], 0) + size
-            if _TRACE_STATE["in_attention"]:
-                core[stack[-1]] = core.get(stack[-1], 0) + size
         else:
             totals["other"] += size
         return tensor.detach()
@@ -469,7 +462,7 @@ def _trace(
             handle.remove()
     logits = getattr(output, "logits", None)
     logits_bytes = logits.untyped_storage().nbytes() if isinstance(logits, torch.Tensor) else 0
-    layers = tuple(LayerProfile(name, saved.get(name, 0), inputs.get(name, 0), core.get(name, 0)) for name in order)
+    layers = tuple(LayerProfile(name, saved.get(name, 0), inputs.get(name, 0)) for name in order)
     return ActivationProfile(
         batch_size=batch_size,
         seq_len=seq_len,

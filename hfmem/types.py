@@ -270,14 +270,11 @@ class LayerProfile:
         saved_bytes: tensors autograd keeps for backward inside this layer, each storage once, parameters excluded.
         input_bytes: the layer's tensor arguments (hidden states, mask, rotary tables…; shared ones counted at
             their first layer): all that full activation checkpointing keeps.
-        attention_core_bytes: what the attention function itself saves (q, k, v, output, logsumexp for a fused
-            kernel; the score and probability matrices for eager).
     """
 
     name: str
     saved_bytes: int
     input_bytes: int
-    attention_core_bytes: int
 
 
 @dataclass(frozen=True)

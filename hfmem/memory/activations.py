@@ -134,7 +134,6 @@ def extrapolate_profile(one: ActivationProfile, two: ActivationProfile, batch_si
                 x.name,
                 line(x.saved_bytes, y.saved_bytes),
                 line(x.input_bytes, y.input_bytes),
-                line(x.attention_core_bytes, y.attention_core_bytes),
             )
             for x, y in zip(xs, ys, strict=True)
         )
