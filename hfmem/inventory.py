@@ -209,8 +209,10 @@ def _native_class(model: ModelConfig, config: PretrainedConfig, arch: str | None
 
 def _inventory(model: nn.Module, config: PretrainedConfig, arch: str) -> ParameterInventory:
     from torch import nn
+    from transformers.pytorch_utils import Conv1D
 
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    linear_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, Conv1D))}
     with contextlib.suppress(Exception):  # some models implement neither accessor
         out = model.get_output_embeddings()
         if out is not None and getattr(out, "weight", None) is not None:
@@ -228,6 +230,7 @@ def _inventory(model: nn.Module, config: PretrainedConfig, arch: str) -> Paramet
                 trainable=param.requires_grad,
                 is_embedding=id(param) in embedding_ids,
                 is_routed_expert=bool(_ROUTED_EXPERT.search(name)),
+                is_linear=id(param) in linear_ids,
             )
         )
         parts = name.split(".")

@@ -88,7 +88,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ParameterInfo:
-    """One unique parameter tensor (tied weights appear once, under their first name)."""
+    """One unique parameter tensor (tied weights appear once, under their first name).
+
+    ``is_linear``: the weight of an ``nn.Linear`` or transformers ``Conv1D`` (what quantizers replace).
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -96,10 +99,16 @@ class ParameterInfo:
     trainable: bool = True
     is_embedding: bool = False
     is_routed_expert: bool = False
+    is_linear: bool = False
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def quantizable(self) -> bool:
+        """A weight quantizers replace: an nn.Linear / Conv1D weight, or a stacked routed-expert weight."""
+        return (self.is_linear or self.is_routed_expert) and len(self.shape) >= 2
 
 
 @dataclass(frozen=True)

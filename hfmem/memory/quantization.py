@@ -1,0 +1,326 @@
+"""Bytes of the weights as a serving stack holds them: a plain dtype, or a quantized format with its metadata.
+
+Pure functions over `ParameterInventory`; no torch. A `QuantScheme` says how the *quantizable* tensors are stored
+(the weights of linear layers and routed experts, `ParameterInfo.quantizable`), and every other tensor
+(embeddings, the LM head, norms, biases, routers, and modules the checkpoint lists in ``modules_to_not_convert``)
+stays in 16 bits, as the Hugging Face quantization integrations leave them. Each layout names its source.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from hfmem.errors import InvalidSetupError
+from hfmem.types import ParameterInfo, ParameterInventory
+
+__all__ = [
+    "WeightsDtype",
+    "WEIGHTS_DTYPES",
+    "DTYPE_BYTES",
+    "BNB_4BIT_BLOCKSIZE",
+    "BNB_DQ_BLOCKSIZE",
+    "QuantScheme",
+    "WeightsBreakdown",
+    "scheme_for_dtype",
+    "scheme_from_quantization_config",
+    "bnb_4bit_bytes",
+    "tensor_bytes",
+    "weights_breakdown",
+]
+
+WeightsDtype = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4", "nf4"]
+WEIGHTS_DTYPES: tuple[WeightsDtype, ...] = ("fp32", "bf16", "fp16", "fp8", "int8", "int4", "nf4")
+
+#: Bytes per element of the plain dtypes, by torch name and by safetensors name.
+DTYPE_BYTES: dict[str, int] = {
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "float64": 8,
+    "int8": 1,
+    "uint8": 1,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "int32": 4,
+    "int64": 8,
+    "bool": 1,
+}
+
+#: bitsandbytes 4-bit (NF4/FP4): one fp32 absmax per 64-element block (``quantize_4bit(blocksize=64)``,
+#: bitsandbytes ``functional.py``). With double quantization the absmax values are themselves quantized to 8 bits
+#: in blocks of 256 with one fp32 scale per block and one fp32 offset per tensor
+#: (``quantize_blockwise(absmax - offset, blocksize=256)``; Dettmers et al. 2023, QLoRA §3: 0.5 → 0.127 bits).
+BNB_4BIT_BLOCKSIZE = 64
+BNB_DQ_BLOCKSIZE = 256
+#: MXFP4 (OCP Microscaling spec v1.0, as gpt-oss ships its experts): 4-bit E2M1 values with one shared 8-bit
+#: E8M0 exponent per 32-element block: ``*_blocks`` (uint8, two values a byte) + ``*_scales`` (uint8).
+MXFP4_BLOCKSIZE = 32
+#: FP8 block-wise (DeepSeek-V3's checkpoint, transformers ``FineGrainedFP8Config``): one fp32 ``weight_scale_inv``
+#: per 128 × 128 block of the weight.
+FP8_DEFAULT_BLOCK = (128, 128)
+#: GPTQ/AWQ default group size along the input dimension (AutoGPTQ ``BaseQuantizeConfig.group_size = 128``).
+DEFAULT_GROUP_SIZE = 128
+
+Layout = Literal["plain", "bnb-int8", "bnb-4bit", "gptq", "awq", "fp8-tensor", "fp8-block", "mxfp4"]
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """How the weights are stored.
+
+    Attributes:
+        name: what the report shows (``bf16``, ``nf4``, ``fp8 block 128x128 (checkpoint)``…).
+        layout: the storage layout of quantizable tensors (``plain``: every tensor in ``plain_bytes``).
+        plain_bytes: bytes per element of the tensors that stay unquantized (all of them for ``plain``); None
+            keeps each tensor's checkpoint dtype.
+        bits: bits per quantized value (4 or 8).
+        group_size: GPTQ/AWQ input-dimension group.
+        double_quant: bitsandbytes 4-bit double quantization.
+        block: FP8 block shape (rows, cols).
+        skip_patterns: module names or globs left unquantized (``modules_to_not_convert``, ``llm_int8_skip_modules``).
+        experts_only: quantize routed experts only (MXFP4 in gpt-oss).
+        source: where the layout comes from (``--weights-dtype`` or the checkpoint's ``quantization_config``).
+    """
+
+    name: str
+    layout: Layout
+    plain_bytes: int | None = 2
+    bits: int = 16
+    group_size: int = DEFAULT_GROUP_SIZE
+    double_quant: bool = False
+    block: tuple[int, int] = FP8_DEFAULT_BLOCK
+    skip_patterns: tuple[str, ...] = ()
+    experts_only: bool = False
+    source: str = "--weights-dtype"
+
+    @property
+    def quantized(self) -> bool:
+        return self.layout != "plain"
+
+
+@dataclass(frozen=True)
+class WeightsBreakdown:
+    """The weights of one model under a scheme (whole model, before any tensor-parallel split)."""
+
+    scheme: QuantScheme
+    quantized_params: int
+    quantized_data_bytes: int
+    quantization_metadata_bytes: int
+    unquantized_params: int
+    unquantized_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.quantized_data_bytes + self.quantization_metadata_bytes + self.unquantized_bytes
+
+
+def scheme_for_dtype(
+    dtype: WeightsDtype, *, group_size: int = DEFAULT_GROUP_SIZE, double_quant: bool = False
+) -> QuantScheme:
+    """The scheme ``--weights-dtype`` names.
+
+    ``fp32``/``bf16``/``fp16`` cast every tensor. ``int8`` is bitsandbytes LLM.int8 (int8 + fp32 scale per output
+    row), ``nf4`` bitsandbytes NF4, ``int4`` GPTQ/AWQ-style 4-bit with fp16 scales and 4-bit zeros per
+    ``group_size`` inputs (AWQ's layout: no ``g_idx``), ``fp8`` E4M3 with one fp32 scale per tensor.
+    """
+    if group_size < 1:
+        raise InvalidSetupError(f"--group-size must be at least 1, got {group_size}")
+    if dtype in ("fp32", "bf16", "fp16"):
+        return QuantScheme(dtype, "plain", plain_bytes=4 if dtype == "fp32" else 2)
+    if dtype == "int8":
+        return QuantScheme("int8 (bitsandbytes LLM.int8)", "bnb-int8", bits=8)
+    if dtype == "nf4":
+        label = "nf4 (bitsandbytes" + (", double quant)" if double_quant else ")")
+        return QuantScheme(label, "bnb-4bit", bits=4, double_quant=double_quant)
+    if dtype == "int4":
+        return QuantScheme(f"int4 (group {group_size})", "awq", bits=4, group_size=group_size)
+    if dtype == "fp8":
+        return QuantScheme("fp8 e4m3 (per-tensor scale)", "fp8-tensor", bits=8)
+    raise InvalidSetupError(f"unknown --weights-dtype '{dtype}'; choose one of {', '.join(WEIGHTS_DTYPES)}")
+
+
+def scheme_from_quantization_config(qconfig: Mapping[str, Any]) -> QuantScheme | None:
+    """The scheme a pre-quantized checkpoint's ``quantization_config`` describes; None for an unknown method.
+
+    Field names are those of transformers' quantization configs (``utils/quantization_config.py``):
+    ``FineGrainedFP8Config`` (``quant_method: fp8``, ``weight_block_size``), ``Mxfp4Config``, ``GPTQConfig``
+    (``bits``, ``group_size``, ``desc_act``), ``AwqConfig``, ``BitsAndBytesConfig``.
+    """
+    method = str(qconfig.get("quant_method", "")).lower()
+    skip = tuple(
+        str(m)
+        for key in ("modules_to_not_convert", "llm_int8_skip_modules")
+        for m in (qconfig.get(key) or ())
+        if isinstance(m, str)
+    )
+    source = f"checkpoint quantization_config (quant_method: {method})"
+    if method == "fp8":
+        block = qconfig.get("weight_block_size")
+        if isinstance(block, Sequence) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block):
+            rows, cols = int(block[0]), int(block[1])
+            return QuantScheme(
+                f"fp8 e4m3, {rows}x{cols} blocks",
+                "fp8-block",
+                bits=8,
+                block=(rows, cols),
+                skip_patterns=skip,
+                source=source,
+            )
+        return QuantScheme("fp8 e4m3 (per-tensor scale)", "fp8-tensor", bits=8, skip_patterns=skip, source=source)
+    if method == "mxfp4":
+        return QuantScheme("mxfp4 experts", "mxfp4", bits=4, skip_patterns=skip, experts_only=True, source=source)
+    if method in ("gptq", "awq"):
+        bits = qconfig.get("bits", qconfig.get("w_bit", 4))
+        group = qconfig.get("group_size", qconfig.get("q_group_size", DEFAULT_GROUP_SIZE))
+        bits = bits if isinstance(bits, int) and bits in (2, 3, 4, 8) else 4
+        # group_size -1 means one group per row (AutoGPTQ): treat it as the whole input dimension.
+        group = group if isinstance(group, int) and group != 0 else DEFAULT_GROUP_SIZE
+        return QuantScheme(
+            f"{method} int{bits} (group {group})",
+            method,
+            bits=bits,
+            group_size=group,
+            skip_patterns=skip,
+            source=source,
+        )  # type: ignore[arg-type]
+    if method == "bitsandbytes":
+        if qconfig.get("load_in_4bit"):
+            dq = bool(qconfig.get("bnb_4bit_use_double_quant", False))
+            kind = str(qconfig.get("bnb_4bit_quant_type", "fp4"))
+            return QuantScheme(
+                f"{kind} (bitsandbytes{', double quant' if dq else ''})",
+                "bnb-4bit",
+                bits=4,
+                double_quant=dq,
+                skip_patterns=skip,
+                source=source,
+            )
+        if qconfig.get("load_in_8bit"):
+            return QuantScheme("int8 (bitsandbytes LLM.int8)", "bnb-int8", bits=8, skip_patterns=skip, source=source)
+    return None
+
+
+def bnb_4bit_bytes(numel: int, *, double_quant: bool) -> int:
+    """bitsandbytes 4-bit storage of one tensor: packed codes + absmax metadata.
+
+    Example (one 4096 × 4096 projection, 262,144 blocks of 64):
+        >>> bnb_4bit_bytes(4096 * 4096, double_quant=False)  # 8 MiB codes + 262,144 fp32 absmax
+        9437184
+        >>> bnb_4bit_bytes(4096 * 4096, double_quant=True)  # 8 MiB + 262,144 uint8 + 1,024 fp32 + 1 fp32 offset
+        8654852
+    """
+    return -(-numel // 2) + bnb_4bit_metadata_bytes(numel, double_quant=double_quant)
+
+
+def bnb_4bit_metadata_bytes(numel: int, *, double_quant: bool) -> int:
+    blocks = -(-numel // BNB_4BIT_BLOCKSIZE)
+    if not double_quant:
+        return 4 * blocks
+    return blocks + 4 * -(-blocks // BNB_DQ_BLOCKSIZE) + 4
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    module = name.rsplit(".", 1)[0]
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            if fnmatch.fnmatchcase(module, pattern) or fnmatch.fnmatchcase(module, pattern + ".*"):
+                return True
+        elif re.search(rf"(^|\.){re.escape(pattern)}($|\.)", module):
+            return True
+    return False
+
+
+def is_quantized(param: ParameterInfo, scheme: QuantScheme) -> bool:
+    """Whether ``scheme`` stores ``param`` quantized: a linear/expert weight that no skip rule keeps in 16 bits."""
+    if not scheme.quantized or not param.quantizable or param.is_embedding:
+        return False
+    if scheme.experts_only and not param.is_routed_expert:
+        return False
+    return not _matches(param.name, scheme.skip_patterns)
+
+
+def tensor_bytes(param: ParameterInfo, scheme: QuantScheme, *, model_is_16bit: bool = True) -> tuple[int, int]:
+    """``(data_bytes, metadata_bytes)`` of one tensor under ``scheme``.
+
+    Unquantized tensors take the scheme's plain width (the checkpoint dtype when it has none; 2 bytes beside
+    quantized ones, the 16-bit compute dtype bitsandbytes and GPTQ loaders default to), except that a tensor the
+    model keeps in fp32 inside a 16-bit model (``_keep_in_fp32_modules``) stays 4 bytes, as ``from_pretrained``
+    keeps it.
+
+    Quantized layouts (weights are ``[..., out, in]``, as nn.Linear and transformers' fused experts store them):
+
+    * ``bnb-int8``: int8 values + one fp32 ``SCB`` scale per output row (bitsandbytes ``Int8Params``).
+    * ``bnb-4bit``: see `bnb_4bit_bytes`.
+    * ``gptq`` / ``awq``: ``bits``-bit values packed in int32 + per group of ``group_size`` inputs and per output
+      column one fp16 scale and one ``bits``-bit zero point (``qweight``/``scales``/``qzeros``); GPTQ also stores an
+      int32 ``g_idx`` per input (AutoGPTQ ``QuantLinear``).
+    * ``fp8-tensor``: 1 byte per value + one fp32 scale. ``fp8-block``: 1 byte + one fp32 ``weight_scale_inv`` per
+      block (``FP8Linear``).
+    * ``mxfp4``: 4 bits per value + one uint8 exponent per 32 values.
+    """
+    numel = param.numel
+    if not is_quantized(param, scheme):
+        if param.dtype == "float32" and model_is_16bit:
+            return numel * 4, 0
+        if scheme.layout == "plain":
+            width = scheme.plain_bytes if scheme.plain_bytes is not None else DTYPE_BYTES.get(param.dtype, 2)
+        else:
+            width = 2
+        return numel * width, 0
+    in_features = param.shape[-1]
+    rows = numel // in_features
+    if scheme.layout == "bnb-int8":
+        return numel, 4 * rows
+    if scheme.layout == "bnb-4bit":
+        return -(-numel // 2), bnb_4bit_metadata_bytes(numel, double_quant=scheme.double_quant)
+    if scheme.layout in ("gptq", "awq"):
+        groups = -(-in_features // scheme.group_size) if scheme.group_size > 0 else 1
+        data = -(-numel * scheme.bits // 8)
+        meta = rows * groups * 2 + -(-rows * groups * scheme.bits // 8)
+        if scheme.layout == "gptq":
+            meta += 4 * in_features * (numel // (rows * in_features))
+        return data, meta
+    if scheme.layout == "fp8-tensor":
+        return numel, 4
+    if scheme.layout == "fp8-block":
+        block_rows, block_cols = scheme.block
+        out_features = param.shape[-2] if len(param.shape) >= 2 else 1
+        stacks = numel // (out_features * in_features)
+        return numel, 4 * stacks * -(-out_features // block_rows) * -(-in_features // block_cols)
+    if scheme.layout == "mxfp4":
+        return -(-numel // 2), -(-numel // MXFP4_BLOCKSIZE)
+    raise InvalidSetupError(f"unknown weight layout '{scheme.layout}'")
+
+
+def weights_breakdown(inventory: ParameterInventory, scheme: QuantScheme) -> WeightsBreakdown:
+    """Sum `tensor_bytes` over every parameter.
+
+    Raises:
+        InvalidSetupError: a quantized scheme for a ``--params`` plan, whose tensors (and so which are linear) are
+            unknown.
+    """
+    if not inventory.has_shapes:
+        if scheme.quantized:
+            raise InvalidSetupError(
+                "quantized weights depend on which tensors are linear layers, which --params does not know; "
+                "pass a model id or config, or use --weights-dtype fp32/bf16/fp16"
+            )
+        width = scheme.plain_bytes or 2
+        return WeightsBreakdown(scheme, 0, 0, 0, inventory.total_params, inventory.total_params * width)
+    q_params = q_data = q_meta = plain_params = plain_bytes = 0
+    sixteen = sum(p.numel for p in inventory.parameters if DTYPE_BYTES.get(p.dtype) == 2)
+    model_is_16bit = sixteen * 2 > inventory.total_params
+    for param in inventory.parameters:
+        data, meta = tensor_bytes(param, scheme, model_is_16bit=model_is_16bit)
+        if is_quantized(param, scheme):
+            q_params += param.numel
+            q_data += data
+            q_meta += meta
+        else:
+            plain_params += param.numel
+            plain_bytes += data
+    return WeightsBreakdown(scheme, q_params, q_data, q_meta, plain_params, plain_bytes)
