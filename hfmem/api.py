@@ -6,8 +6,18 @@ from importlib.metadata import PackageNotFoundError, version
 
 from hfmem.errors import InvalidSetupError
 from hfmem.memory.activations import activation_dtype, default_seq_len
+from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, default_context, plan_inference
 from hfmem.memory.peak import plan_training
-from hfmem.types import ActivationProfile, ModelConfig, ParameterInventory, Report, TrainingEstimate, TrainingSetup
+from hfmem.types import (
+    ActivationProfile,
+    InferenceEstimate,
+    InferenceSetup,
+    ModelConfig,
+    ParameterInventory,
+    Report,
+    TrainingEstimate,
+    TrainingSetup,
+)
 
 __all__ = ["estimate", "hfmem_version"]
 
@@ -28,6 +38,9 @@ def estimate(
     trust_remote_code: bool = False,
     setup: TrainingSetup | None = None,
     find_max_batch: bool = False,
+    training: bool = True,
+    inference: InferenceSetup | None = None,
+    checkpoint: bool = False,
 ) -> Report:
     """Estimate per-GPU training memory for a model or a hypothetical parameter count.
 
@@ -40,6 +53,10 @@ def estimate(
         setup: precision, optimizer, ZeRO stages, GPUs, offload, micro-batch, sequence length, attention,
             checkpointing, overheads and the GPU to fit; defaults to bf16-mixed AdamW, ZeRO 0-3, 1 GPU, batch 1.
         find_max_batch: also search the largest micro-batch that fits ``setup.gpu`` (per stage).
+        training: plan training (``False``: inference only).
+        inference: also plan serving with these settings (weights, KV cache, prefill, overheads per GPU).
+        checkpoint: read the checkpoint's safetensors headers (Hub or local folder; no weights) and compare the
+            stored tensors with the built model. Skipped with a note offline or for the bundled catalogue.
 
     Returns:
         A `Report` with the resolved model, its exact parameter inventory and per-GPU peak memory per stage.
@@ -69,8 +86,77 @@ def estimate(
         if trust_remote_code:
             resolved = fetch_remote_code(resolved, token=token)
         inventory = count_parameters(resolved, trust_remote_code=trust_remote_code)
-    training = _plan(resolved, inventory, setup, find_max_batch=find_max_batch, trust_remote_code=trust_remote_code)
-    return Report(model=resolved, inventory=inventory, training=training, hfmem_version=hfmem_version())
+    if not training and inference is None:
+        raise InvalidSetupError("nothing to plan: ask for training, inference or both")
+    plan = (
+        _plan(resolved, inventory, setup, find_max_batch=find_max_batch, trust_remote_code=trust_remote_code)
+        if training
+        else None
+    )
+    notes: list[str] = []
+    served = None
+    if inference is not None:
+        if resolved.source == "params":
+            if not training:
+                raise InvalidSetupError(
+                    "inference memory needs the model's KV-cache layout, which --params does not give; pass a model id"
+                )
+            notes.append("inference skipped: --params gives no KV-cache layout (pass a model id)")
+        else:
+            served = _serve(resolved, inventory, inference, trust_remote_code=trust_remote_code)
+    comparison = None
+    if checkpoint and resolved.source != "params":
+        comparison, note = _checkpoint(resolved, inventory, served, token=token)
+        if note:
+            notes.append(note)
+    return Report(
+        model=resolved,
+        inventory=inventory,
+        training=plan,
+        hfmem_version=hfmem_version(),
+        notes=tuple(notes),
+        inference=served,
+        checkpoint=comparison,
+    )
+
+
+def _serve(
+    resolved: ModelConfig, inventory: ParameterInventory, setup: InferenceSetup, *, trust_remote_code: bool
+) -> InferenceEstimate:
+    """Measure the cache layout and a prefill chunk on the meta device, then plan the serving memory."""
+    from hfmem.inventory import profile_inference
+
+    if setup.batch_size < 1 or (setup.prefill_chunk is not None and setup.prefill_chunk < 1):
+        raise InvalidSetupError("--batch-size and --prefill-chunk must be at least 1")
+    scheme, _ = choose_scheme(resolved.config, setup, inventory)
+    context = setup.context if setup.context is not None else default_context(resolved.config)[0]
+    chunk = setup.prefill_chunk if setup.prefill_chunk is not None else min(context, DEFAULT_PREFILL_CHUNK)
+    profile = profile_inference(
+        resolved,
+        batch_size=setup.batch_size,
+        prefill_tokens=chunk,
+        dtype=compute_dtype(scheme, inventory),
+        trust_remote_code=trust_remote_code,
+    )
+    return plan_inference(resolved.config, inventory, profile, setup)
+
+
+def _checkpoint(
+    resolved: ModelConfig, inventory: ParameterInventory, served: InferenceEstimate | None, *, token: str | None
+) -> tuple[object | None, str | None]:
+    """The stored tensors compared with the built model, or None and why it was skipped."""
+    from hfmem.hub import fetch_checkpoint
+    from hfmem.memory.checkpoint import compare_checkpoint
+
+    summary, note = fetch_checkpoint(resolved, token=token)
+    if summary is None:
+        return None, note
+    layers = resolved.config.get("num_hidden_layers")
+    scheme = served.weights.scheme if served is not None else None
+    comparison = compare_checkpoint(
+        summary, inventory, num_hidden_layers=layers if isinstance(layers, int) else None, scheme=scheme
+    )
+    return comparison, note
 
 
 def _plan(

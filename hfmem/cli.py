@@ -19,14 +19,17 @@ from hfmem import catalogue
 from hfmem.api import estimate, hfmem_version
 from hfmem.errors import ExitCode, HfmemError
 from hfmem.gpus import GPUS, find_gpu, parse_memory
+from hfmem.memory.quantization import WEIGHTS_DTYPES
 from hfmem.types import (
     ACCOUNTINGS,
     ATTENTIONS,
     CHECKPOINTINGS,
+    KV_DTYPES,
     OFFLOADS,
     OPTIMIZERS,
     PRECISIONS,
     GpuTarget,
+    InferenceSetup,
     OverheadSettings,
     TrainingSetup,
 )
@@ -232,8 +235,8 @@ def _list_catalogue(json_: bool) -> None:
 @click.option(
     "--check",
     is_flag=True,
-    help="Make the verdict the exit code: 0 when every reported stage fits the GPU, 3 when one does not "
-    "(pass --zero N for the stage you will launch).",
+    help="Make the verdict the exit code: 0 when every reported plan fits the GPU, 3 when one does not "
+    "(pass --zero N for the stage you will launch, --training-only or --inference-only for one plan).",
 )
 @click.option(
     "--cuda-context",
@@ -247,6 +250,53 @@ def _list_catalogue(json_: bool) -> None:
     default=0.10,
     show_default=True,
     help="Allocator slack (reserved − allocated) as a fraction of the allocated peak.",
+)
+@click.option("--training-only", is_flag=True, help="Plan training only (no inference section).")
+@click.option("--inference-only", is_flag=True, help="Plan inference only: weights + KV cache + prefill + overhead.")
+@click.option(
+    "--context",
+    type=click.IntRange(min=1),
+    help="Inference: tokens per sequence held in the KV cache, prompt + generated (default: the model's context "
+    "length).",
+)
+@click.option(
+    "--weights-dtype",
+    type=click.Choice(WEIGHTS_DTYPES),
+    help="Inference: store the weights as fp32/bf16/fp16, fp8 (E4M3 + scale), int8 (bitsandbytes LLM.int8), int4 "
+    "(GPTQ/AWQ groups) or nf4 (bitsandbytes). Default: the checkpoint's quantization_config, else its dtype.",
+)
+@click.option(
+    "--group-size",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="int4: inputs per scale/zero group.",
+)
+@click.option("--double-quant", is_flag=True, help="nf4: bitsandbytes double quantization of the absmax values.")
+@click.option(
+    "--kv-dtype",
+    type=click.Choice(KV_DTYPES),
+    help="Inference: KV cache element type (default: the compute dtype, bf16 for most models).",
+)
+@click.option(
+    "--tp",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Inference: tensor-parallel GPUs sharing the weights and KV heads.",
+)
+@click.option(
+    "--prefill-chunk",
+    type=click.IntRange(min=1),
+    help="Inference: prompt tokens per sequence in one forward (default: min(context, 2048); HF generate() "
+    "prefills the whole prompt).",
+)
+@click.option(
+    "--checkpoint/--no-checkpoint",
+    default=True,
+    show_default=True,
+    help="Read the checkpoint's safetensors headers (no weights) and explain how the stored tensors differ from "
+    "the built model. Skipped offline and for the bundled catalogue.",
 )
 @click.option("--json", "json_", is_flag=True, help="Print only JSON on stdout (bytes as integers).")
 @click.option(
@@ -281,12 +331,23 @@ def cli(
     check: bool,
     cuda_context: int | None,
     fragmentation: float,
+    training_only: bool,
+    inference_only: bool,
+    context: int | None,
+    weights_dtype: str | None,
+    group_size: int,
+    double_quant: bool,
+    kv_dtype: Any,
+    tp: int,
+    prefill_chunk: int | None,
+    checkpoint: bool,
     json_: bool,
     list_catalogue: bool,
     list_gpus: bool,
     debug: bool,
 ) -> None:
-    """Exact parameters and peak per-GPU training memory of a Hugging Face model, without downloading weights.
+    """Exact parameters, peak per-GPU training memory and serving memory of a Hugging Face model, without
+    downloading weights.
 
     MODEL is a Hub repo id (meta-llama/Llama-2-7b-hf), a local folder holding config.json or a PEFT
     adapter_config.json, or a path to a config.json. When the Hub cannot answer, hfmem uses the HF cache, then
@@ -310,6 +371,8 @@ def cli(
         gpu = GpuTarget(spec.name, spec.usable_bytes)
     elif gpu_memory is not None:
         gpu = GpuTarget(f"a {gpu_memory / 2**30:,.2f} GiB GPU", gpu_memory)
+    if training_only and inference_only:
+        raise click.UsageError("--training-only and --inference-only exclude each other; drop one")
     if check and gpu is None:
         raise click.UsageError("--check needs a GPU to check against: pass --gpu NAME or --gpu-memory SIZE")
     if not zero_stages:
@@ -335,6 +398,20 @@ def cli(
         overheads=overheads,
         gpu=gpu,
     )
+    serve = None
+    if not training_only and not (params is not None and not inference_only):
+        serve = InferenceSetup(
+            weights_dtype=weights_dtype,
+            group_size=group_size,
+            double_quant=double_quant,
+            kv_dtype=kv_dtype,
+            context=context,
+            batch_size=batch_size,
+            tp=tp,
+            prefill_chunk=prefill_chunk,
+            overheads=overheads,
+            gpu=gpu,
+        )
     report = estimate(
         model,
         params=params,
@@ -343,6 +420,9 @@ def cli(
         trust_remote_code=trust_remote_code,
         setup=setup,
         find_max_batch=max_batch,
+        training=not inference_only,
+        inference=serve,
+        checkpoint=checkpoint and serve is not None,
     )
     from hfmem.report import render_table, to_dict
 
@@ -354,7 +434,10 @@ def cli(
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         width = shutil.get_terminal_size((100, 24)).columns
         click.echo(render_table(report, color=color, width=width), nl=False)
-    if check and not all(stage.fits for stage in report.training.stages):
+    verdicts = [stage.fits for stage in report.training.stages] if report.training is not None else []
+    if report.inference is not None:
+        verdicts.append(report.inference.fits)
+    if check and not all(verdicts):
         raise click.exceptions.Exit(int(ExitCode.DOES_NOT_FIT))
 
 

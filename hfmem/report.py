@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hfmem.memory.states import OPTIMIZER_DESCRIPTIONS, PRECISION_SPECS
-from hfmem.types import Report, StageMemory
+from hfmem.types import InferenceEstimate, KvLayer, Report, StageMemory
 from hfmem.units import GIB, format_count_short
 
 __all__ = ["SCHEMA_VERSION", "to_dict", "render_table", "describe_source"]
@@ -60,10 +60,116 @@ def _stage_dict(stage: StageMemory) -> dict[str, Any]:
     }
 
 
+def _training_dict(report: Report) -> dict[str, Any] | None:
+    training = report.training
+    if training is None:
+        return None
+    setup = training.setup
+    return {
+        "settings": {
+            "precision": setup.precision,
+            "optimizer": setup.optimizer,
+            "gpus_per_node": setup.gpus_per_node,
+            "nodes": setup.nodes,
+            "offload": setup.offload,
+            "accounting": setup.accounting,
+            "batch_size": setup.batch_size,
+            "seq_len": training.seq_len,
+            "seq_len_source": training.seq_len_source,
+            "attn": setup.attn,
+            "grad_checkpointing": setup.grad_checkpointing,
+            "dropout": setup.dropout,
+            "cuda_context_bytes": setup.overheads.cuda_context_bytes,
+            "fragmentation": setup.overheads.fragmentation,
+        },
+        "convention": training.convention,
+        "stages": [_stage_dict(s) for s in training.stages],
+        "notes": list(training.notes),
+    }
+
+
+def kv_layer_summary(layers: tuple[KvLayer, ...]) -> list[dict[str, Any]]:
+    """Cache layers grouped by what they hold: kind, window, heads and elements per token, with a count."""
+    groups: dict[tuple[Any, ...], int] = {}
+    for layer in layers:
+        key = (layer.kind, layer.window_tokens, layer.heads, layer.elements_per_token, layer.fixed_elements)
+        groups[key] = groups.get(key, 0) + 1
+    return [
+        {
+            "kind": kind,
+            "layers": count,
+            "window_tokens": window,
+            "heads": heads,
+            "elements_per_token": per_token,
+            "fixed_elements": fixed,
+        }
+        for (kind, window, heads, per_token, fixed), count in groups.items()
+    ]
+
+
+def _inference_dict(report: Report) -> dict[str, Any] | None:
+    inference = report.inference
+    if inference is None:
+        return None
+    setup, weights = inference.setup, inference.weights
+    checkpoint = None
+    if report.checkpoint is not None:
+        from hfmem.memory.checkpoint import comparison_to_dict
+
+        checkpoint = comparison_to_dict(report.checkpoint)
+    return {
+        "settings": {
+            "weights_dtype": inference.weights_name,
+            "weights_source": inference.weights_source,
+            "group_size": setup.group_size,
+            "double_quant": setup.double_quant,
+            "kv_dtype": inference.kv_dtype,
+            "context": inference.context,
+            "context_source": inference.context_source,
+            "batch_size": setup.batch_size,
+            "tp": setup.tp,
+            "prefill_chunk": inference.prefill_tokens,
+            "cuda_context_bytes": setup.overheads.cuda_context_bytes,
+            "fragmentation": setup.overheads.fragmentation,
+        },
+        "per_gpu_bytes": {
+            "weights": inference.weights_bytes,
+            "kv_cache": inference.kv_cache_bytes,
+            "activations": inference.activations_bytes,
+            "overhead": inference.overhead_bytes,
+            "total": inference.total_bytes,
+        },
+        "kv_cache_bytes_per_token": inference.kv_cache_bytes_per_token,
+        "kv_cache_layers": kv_layer_summary(inference.kv_layers),
+        "weights": {
+            "quantized_params": weights.quantized_params,
+            "quantized_data_bytes": weights.quantized_data_bytes,
+            "quantization_metadata_bytes": weights.quantization_metadata_bytes,
+            "unquantized_params": weights.unquantized_params,
+            "unquantized_bytes": weights.unquantized_bytes,
+            "total_bytes": weights.total_bytes,
+        },
+        "overhead_items": dict(inference.overhead_items),
+        "fits": inference.fits,
+        "headroom_bytes": inference.headroom_bytes,
+        "max_context": inference.max_context,
+        "max_batch_size": inference.max_batch_size,
+        "checkpoint": checkpoint,
+        "notes": list(inference.notes),
+    }
+
+
+def _gpu(report: Report) -> Any:
+    if report.training is not None:
+        return report.training.setup.gpu
+    return report.inference.setup.gpu if report.inference is not None else None
+
+
 def to_dict(report: Report) -> dict[str, Any]:
     """The ``--json`` document. Keys documented in the README are never renamed; later versions only add keys."""
-    inv, training, setup = report.inventory, report.training, report.training.setup
+    inv = report.inventory
     moe = inv.moe
+    gpu = _gpu(report)
     return {
         "hfmem_version": report.hfmem_version,
         "schema_version": SCHEMA_VERSION,
@@ -92,28 +198,9 @@ def to_dict(report: Report) -> dict[str, Any]:
                 "routed_expert_params": moe.routed_expert_params,
             },
         },
-        "training": {
-            "settings": {
-                "precision": setup.precision,
-                "optimizer": setup.optimizer,
-                "gpus_per_node": setup.gpus_per_node,
-                "nodes": setup.nodes,
-                "offload": setup.offload,
-                "accounting": setup.accounting,
-                "batch_size": setup.batch_size,
-                "seq_len": training.seq_len,
-                "seq_len_source": training.seq_len_source,
-                "attn": setup.attn,
-                "grad_checkpointing": setup.grad_checkpointing,
-                "dropout": setup.dropout,
-                "cuda_context_bytes": setup.overheads.cuda_context_bytes,
-                "fragmentation": setup.overheads.fragmentation,
-            },
-            "convention": training.convention,
-            "stages": [_stage_dict(s) for s in training.stages],
-            "notes": list(training.notes),
-        },
-        "gpu": None if setup.gpu is None else {"name": setup.gpu.name, "usable_bytes": setup.gpu.usable_bytes},
+        "training": _training_dict(report),
+        "inference": _inference_dict(report),
+        "gpu": None if gpu is None else {"name": gpu.name, "usable_bytes": gpu.usable_bytes},
         "notes": list(report.model.notes) + list(report.notes),
     }
 
@@ -149,7 +236,9 @@ def _summary(report: Report) -> Table:
 
 
 def _stage_title(report: Report) -> str:
-    training, setup = report.training, report.training.setup
+    training = report.training
+    assert training is not None
+    setup = training.setup
     gpus = f"{setup.gpus_per_node} GPU{'s' if setup.gpus_per_node > 1 else ''} × {setup.nodes} node"
     gpus += "s" if setup.nodes > 1 else ""
     title = f"Peak memory per GPU (GiB) — {setup.precision}, {setup.optimizer}, {gpus}, offload {setup.offload}"
@@ -171,6 +260,7 @@ def _gib(num_bytes: int) -> str:
 
 def _stage_table(report: Report) -> Table:
     training = report.training
+    assert training is not None
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     headers = ["ZeRO", "weights", "master", "grads", "optim", "activ", "logits", "overhead", "peak", "at"]
     show_cpu = any(s.cpu_bytes_per_node for s in training.stages)
@@ -198,6 +288,7 @@ def _stage_table(report: Report) -> Table:
 
 
 def _verdict_table(report: Report) -> Table | None:
+    assert report.training is not None
     gpu = report.training.setup.gpu
     if gpu is None:
         return None
@@ -217,6 +308,7 @@ def _verdict_table(report: Report) -> Table | None:
 
 
 def _footer(report: Report) -> Text:
+    assert report.training is not None
     setup = report.training.setup
     lines = [
         f"Precision: {PRECISION_SPECS[setup.precision].description}.",
@@ -233,19 +325,114 @@ def _footer(report: Report) -> Text:
     return Text("\n".join(lines), style="dim")
 
 
+def _inference_title(inference: InferenceEstimate) -> str:
+    setup = inference.setup
+    gpus = f", tensor parallel {setup.tp}" if setup.tp > 1 else ""
+    return (
+        f"Inference per GPU (GiB) — weights {inference.weights_name}, KV cache {inference.kv_dtype}{gpus}\n"
+        f"batch {setup.batch_size} × {inference.context:,} tokens of context ({inference.context_source}), "
+        f"prefill chunk {inference.prefill_tokens:,} tokens"
+    )
+
+
+def _inference_table(inference: InferenceEstimate) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    headers = ["weights", "KV cache", "activ", "overhead", "total"]
+    gpu = inference.setup.gpu
+    if gpu is not None:
+        headers += ["fits", "headroom", "max context", "max batch"]
+    for name in headers:
+        table.add_column(name, justify="left" if name == "fits" else "right", style="bold" if name == "total" else None)
+    row = [
+        _gib(inference.weights_bytes),
+        _gib(inference.kv_cache_bytes),
+        _gib(inference.activations_bytes),
+        _gib(inference.overhead_bytes),
+        _gib(inference.total_bytes),
+    ]
+    if gpu is not None:
+        row += [
+            "yes" if inference.fits else "NO",
+            f"{(inference.headroom_bytes or 0) / GIB:+,.2f} GiB",
+            "—" if inference.max_context is None else f"{inference.max_context:,}",
+            "—" if inference.max_batch_size is None else f"{inference.max_batch_size:,}",
+        ]
+    table.add_row(*row)
+    return table
+
+
+def _kv_phrase(group: dict[str, Any]) -> str:
+    count, kind = group["layers"], group["kind"]
+    what = {
+        "full": "full attention",
+        "sliding": f"sliding window {group['window_tokens'] or 0:,}",
+        "cross": "cross-attention (encoder tokens)",
+        "state": "recurrent state",
+    }[kind]
+    if kind == "state":
+        return f"{count} × {what} {group['fixed_elements']:,} elements"
+    heads = f"{group['heads']} head{'s' if group['heads'] != 1 else ''}"
+    return f"{count} × {what}: {heads}, {group['elements_per_token']:,} elements/token"
+
+
+def _inference_footer(report: Report, inference: InferenceEstimate) -> Text:
+    weights = inference.weights
+    lines = [
+        "Weights: "
+        + (
+            f"{weights.quantized_params:,} parameters quantized ({weights.quantized_data_bytes / GIB:,.2f} GiB "
+            f"+ {weights.quantization_metadata_bytes / GIB:,.3f} GiB scales/zeros), "
+            f"{weights.unquantized_params:,} kept in 16/32-bit ({weights.unquantized_bytes / GIB:,.2f} GiB)"
+            if weights.quantized_params
+            else f"{weights.unquantized_params:,} parameters, {weights.total_bytes / GIB:,.2f} GiB"
+        )
+        + f"; source: {inference.weights_source}"
+        + (f"; split over {inference.setup.tp} GPUs" if inference.setup.tp > 1 else "")
+        + ".",
+        f"KV cache: {inference.kv_cache_bytes_per_token:,} bytes per token per sequence"
+        + (" (until the sliding windows fill)" if any(layer.kind == "sliding" for layer in inference.kv_layers) else "")
+        + "; "
+        + "; ".join(_kv_phrase(g) for g in kv_layer_summary(inference.kv_layers))
+        + ".",
+        "Overhead: " + " · ".join(f"{name} {size / GIB:,.2f}" for name, size in inference.overhead_items) + ".",
+        "total = weights + KV cache + activations of one prefill chunk + overhead; GiB = 2^30 bytes.",
+    ]
+    lines += [f"Note: {note}." for note in inference.notes]
+    if report.checkpoint is not None:
+        from hfmem.memory.checkpoint import render_comparison
+
+        lines += render_comparison(report.checkpoint)
+    lines += [f"Note: {note}." for note in report.notes]
+    return Text("\n".join(lines), style="dim")
+
+
 def render_table(report: Report, *, color: bool = False, width: int = 100) -> str:
-    """The human report: model summary, one row per ZeRO stage, then the conventions used."""
+    """The human report: model summary, one row per ZeRO stage, the inference plan, then the conventions used."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
     console.print(_summary(report))
-    console.print()
-    console.print(Text(_stage_title(report), style="bold"))
-    console.print(_stage_table(report))
-    verdict = _verdict_table(report)
-    if verdict is not None:
-        gpu = report.training.setup.gpu
-        assert gpu is not None
-        console.print(Text(f"Fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable by PyTorch)", style="bold"))
-        console.print(verdict)
-    console.print(_footer(report))
+    if report.training is not None:
+        console.print()
+        console.print(Text(_stage_title(report), style="bold"))
+        console.print(_stage_table(report))
+        verdict = _verdict_table(report)
+        if verdict is not None:
+            gpu = report.training.setup.gpu
+            assert gpu is not None
+            console.print(
+                Text(f"Fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable by PyTorch)", style="bold")
+            )
+            console.print(verdict)
+        console.print(_footer(report))
+    inference = report.inference
+    if inference is not None:
+        console.print()
+        console.print(Text(_inference_title(inference), style="bold"))
+        if inference.setup.gpu is not None:
+            gpu = inference.setup.gpu
+            console.print(Text(f"on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable by PyTorch)"))
+        console.print(_inference_table(inference))
+        console.print(_inference_footer(report, inference))
+    elif report.notes:
+        console.print(Text("\n".join(f"Note: {note}." for note in report.notes), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"

@@ -32,6 +32,10 @@ __all__ = [
     "ActivationProfile",
     "StageMemory",
     "TrainingEstimate",
+    "KvLayer",
+    "InferenceProfile",
+    "InferenceSetup",
+    "InferenceEstimate",
     "Report",
 ]
 
@@ -43,6 +47,9 @@ Accounting = Literal["hfmem", "deepspeed"]
 Attention = Literal["sdpa", "flash", "eager"]
 Checkpointing = Literal["none", "full", "selective"]
 PeakPhase = Literal["forward", "backward", "optimizer_step"]
+KvKind = Literal["full", "sliding", "cross", "state"]
+KvDtype = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
+KV_DTYPES: tuple[KvDtype, ...] = ("fp32", "bf16", "fp16", "fp8", "int8")
 
 PRECISIONS: tuple[Precision, ...] = ("fp32", "tf32", "bf16-mixed", "fp16-mixed", "bf16", "fp16")
 OPTIMIZERS: tuple[Optimizer, ...] = ("adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion")
@@ -373,11 +380,112 @@ class TrainingEstimate:
 
 
 @dataclass(frozen=True)
+class KvLayer:
+    """What one layer's KV cache holds, per sequence (batch row), measured from the model's own ``DynamicCache``.
+
+    Attributes:
+        name: the cache layer (``"0"``…; encoder–decoders ``self.N`` / ``cross.N``).
+        kind: ``full`` (grows with every token), ``sliding`` (holds at most ``window_tokens``), ``cross``
+            (cross-attention over the encoder's tokens) or ``state`` (Mamba / linear attention: a fixed-size state).
+        elements_per_token: cached elements per token (keys + values of every head; MLA: the compressed latent).
+        fixed_elements: elements that do not grow with the tokens (recurrent / convolution states).
+        heads: heads of the cached tensors, which tensor parallelism divides (1 for MLA's shared latent, so every
+            tensor-parallel rank holds it whole).
+        window_tokens: the sliding window (``sliding`` only).
+        element_bytes: bytes per element as the model caches them (before ``--kv-dtype``).
+    """
+
+    name: str
+    kind: KvKind
+    elements_per_token: int
+    fixed_elements: int = 0
+    heads: int = 1
+    window_tokens: int | None = None
+    element_bytes: int = 2
+
+
+@dataclass(frozen=True)
+class InferenceProfile:
+    """The KV cache layout and one prefill chunk's transient memory, measured on the meta device.
+
+    Attributes:
+        activation_peak_bytes: peak of the tensors live during the chunk's forward, parameters and cache excluded.
+        logits_bytes: the next-token logits generate() keeps (fp32).
+        attention_calls: 0 when the model computes attention itself (no fused-kernel stand-in).
+    """
+
+    layers: tuple[KvLayer, ...]
+    batch_size: int
+    prefill_tokens: int
+    dtype: str
+    activation_peak_bytes: int
+    logits_bytes: int
+    attention_calls: int = 0
+
+
+@dataclass(frozen=True)
+class InferenceSetup:
+    """What the user plans to serve.
+
+    ``weights_dtype=None`` uses the checkpoint: its ``quantization_config`` if it has one, else its dtype.
+    ``kv_dtype=None`` caches in the compute dtype. ``context=None`` means the model's context length.
+    ``prefill_chunk=None`` means min(context, 2048) tokens per sequence.
+    """
+
+    weights_dtype: str | None = None
+    group_size: int = 128
+    double_quant: bool = False
+    kv_dtype: KvDtype | None = None
+    context: int | None = None
+    batch_size: int = 1
+    tp: int = 1
+    prefill_chunk: int | None = None
+    overheads: OverheadSettings = field(default_factory=OverheadSettings)
+    gpu: GpuTarget | None = None
+
+
+@dataclass(frozen=True)
+class InferenceEstimate:
+    """Per-GPU serving memory: weights + KV cache + a prefill chunk's activations + overheads.
+
+    ``weights`` is the whole model's `hfmem.memory.quantization.WeightsBreakdown`; the ``*_bytes`` fields are per GPU.
+    """
+
+    setup: InferenceSetup
+    context: int
+    context_source: str
+    prefill_tokens: int
+    weights_name: str
+    weights_source: str
+    weights: Any
+    kv_dtype: str
+    kv_layers: tuple[KvLayer, ...]
+    weights_bytes: int
+    kv_cache_bytes: int
+    kv_cache_bytes_per_token: int
+    activations_bytes: int
+    overhead_bytes: int
+    overhead_items: tuple[tuple[str, int], ...] = ()
+    fits: bool | None = None
+    headroom_bytes: int | None = None
+    max_context: int | None = None
+    max_batch_size: int | None = None
+    notes: tuple[str, ...] = ()
+    total_bytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        total = self.weights_bytes + self.kv_cache_bytes + self.activations_bytes + self.overhead_bytes
+        object.__setattr__(self, "total_bytes", total)
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything `hfmem.estimate` found: the model, its inventory and the training memory."""
 
     model: ModelConfig
     inventory: ParameterInventory
-    training: TrainingEstimate
+    training: TrainingEstimate | None
     hfmem_version: str
     notes: tuple[str, ...] = ()
+    inference: InferenceEstimate | None = None
+    checkpoint: Any = None

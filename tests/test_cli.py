@@ -35,7 +35,8 @@ def test_table_golden(runner: CliRunner) -> None:
     # The rendering is what this guards; its figures are checked by hand elsewhere: states 2·P = 12.55 GiB,
     # 4·P = 25.10, 8·P = 50.21 (stage 0), 12·ceil(P/8) split 3.14 + 6.28 (stages 1-3); activations in
     # tests/test_activations.py (22.89 GiB = 32 layers × 4096 tokens × 186,504 B + the final norm); logits
-    # 14 B × 4096 × 32000 = 1.71 GiB.
+    # 14 B × 4096 × 32000 = 1.71 GiB. Inference: fp16 weights 2·P = 12.55 GiB, KV cache 524,288 B/token
+    # (REFERENCE.md §4.2) × 4,096 tokens = 2.00 GiB.
     code, out, err = run(runner, "meta-llama/Llama-2-7b-hf", "--gpus", "8")
     assert code == 0, err
     assert out == (GOLDEN / "llama2_7b_gpus8.txt").read_text()

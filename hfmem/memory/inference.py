@@ -1,0 +1,347 @@
+"""Per-GPU serving memory: weights + KV cache + one prefill chunk's activations + overheads; pure functions.
+
+The KV cache layout and the prefill working set come from the model's own code, measured on the meta device
+(`hfmem.inventory.profile_inference`); the weights from the inventory and a `QuantScheme`
+(`hfmem.memory.quantization`). Everything here is arithmetic on those, so a sweep over contexts or batches costs
+microseconds.
+
+What is modelled (README: "Inference"):
+
+* **KV cache** as transformers' ``DynamicCache`` holds it after ``context`` tokens: a full layer keeps every token,
+  a sliding layer at most its window (it keeps ``window − 1`` between steps and appends one, so ``window`` during
+  a step), cross-attention keeps the encoder's tokens, a Mamba / linear-attention layer a fixed state. Elements are
+  those the cache really stores (MLA: the compressed latent, ``kv_lora_rank + qk_rope_head_dim`` per token).
+* **Tensor parallelism** (``tp``): linear weights and embeddings split ``tp`` ways, 1-D tensors (norms, biases)
+  replicated; KV heads split ``tp`` ways, and a head count below ``tp`` is replicated so every rank holds at least
+  one head (vLLM's rule; MLA's single latent head is therefore held whole on every rank).
+* **Activations**: the peak of live tensors in one prefill forward of ``batch × prefill_chunk`` tokens (measured),
+  assumed to run while the cache is full (a serving engine prefills new requests beside running ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from hfmem.errors import InvalidSetupError
+from hfmem.memory.activations import context_length
+from hfmem.memory.quantization import (
+    QuantScheme,
+    WeightsBreakdown,
+    is_quantized,
+    scheme_for_dtype,
+    scheme_from_quantization_config,
+    tensor_bytes,
+    weights_breakdown,
+)
+from hfmem.types import (
+    InferenceEstimate,
+    InferenceProfile,
+    InferenceSetup,
+    KvLayer,
+    ParameterInventory,
+)
+
+__all__ = [
+    "KV_DTYPE_BYTES",
+    "DEFAULT_PREFILL_CHUNK",
+    "choose_scheme",
+    "compute_dtype",
+    "default_context",
+    "kv_layer_bytes",
+    "kv_cache_bytes",
+    "kv_cache_bytes_per_token",
+    "weights_per_gpu_bytes",
+    "plan_inference",
+]
+
+#: Bytes per cached element for ``--kv-dtype`` (fp8 E4M3/E5M2 and int8 caches store one byte per element; their
+#: per-tensor scales are not counted).
+KV_DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
+#: Tokens per sequence in one prefill forward unless ``--prefill-chunk`` says otherwise: a common chunked-prefill
+#: budget (vLLM's ``max_num_batched_tokens`` is tuned around 2048 for interactive serving). HF ``generate()``
+#: prefills the whole prompt in one forward: pass the prompt length.
+DEFAULT_PREFILL_CHUNK = 2048
+#: `--context` default when the config states no context length (T5's relative positions).
+FALLBACK_CONTEXT = 2048
+MAX_BATCH_SEARCHED = 1 << 20
+
+
+def choose_scheme(
+    config: Mapping[str, Any], setup: InferenceSetup, inventory: ParameterInventory
+) -> tuple[QuantScheme, list[str]]:
+    """The weight layout to plan with, and notes: ``--weights-dtype`` if given, else the checkpoint's.
+
+    A checkpoint's ``quantization_config`` is used when its method is known; an unknown one falls back to the
+    stored dtype with a note.
+    """
+    notes: list[str] = []
+    qconfig = config.get("quantization_config")
+    if setup.weights_dtype is not None:
+        scheme = scheme_for_dtype(setup.weights_dtype, group_size=setup.group_size, double_quant=setup.double_quant)  # type: ignore[arg-type]
+        if isinstance(qconfig, Mapping):
+            notes.append(
+                f"--weights-dtype {setup.weights_dtype} replaces the checkpoint's own quantization "
+                f"({qconfig.get('quant_method', 'unknown')})"
+            )
+        return scheme, notes
+    if isinstance(qconfig, Mapping):
+        scheme = scheme_from_quantization_config(qconfig)
+        if scheme is not None:
+            if scheme.layout == "mxfp4":
+                notes.append(
+                    "MXFP4 experts stay 4-bit only with the MXFP4 kernels (transformers' `kernels` integration, "
+                    "vLLM); without them transformers dequantizes them to bf16 at load: pass --weights-dtype bf16"
+                )
+            return scheme, notes
+        notes.append(
+            f"quant_method '{qconfig.get('quant_method')}' is not modelled; weights counted in the checkpoint dtype "
+            "(pass --weights-dtype to choose)"
+        )
+    dtypes = {p.dtype for p in inventory.parameters}
+    name = (
+        "checkpoint dtype ("
+        + ", ".join(sorted(d.replace("bfloat16", "bf16").replace("float", "fp") for d in dtypes))
+        + ")"
+    )
+    return QuantScheme(
+        name if dtypes else "bf16", "plain", plain_bytes=None if dtypes else 2, source="checkpoint"
+    ), notes
+
+
+def compute_dtype(scheme: QuantScheme, inventory: ParameterInventory) -> str:
+    """The dtype activations and the KV cache are computed in: fp32 for fp32 weights, else 16-bit.
+
+    Quantized weights compute in 16 bits (the loaders' default torch dtype beside bitsandbytes/GPTQ/FP8 layers);
+    checkpoint-dtype weights compute in the dtype most of their parameters have.
+    """
+    if scheme.layout == "plain" and scheme.plain_bytes == 4:
+        return "float32"
+    if scheme.layout == "plain" and scheme.plain_bytes is None and inventory.has_shapes:
+        counts: dict[str, int] = {}
+        for param in inventory.parameters:
+            counts[param.dtype] = counts.get(param.dtype, 0) + param.numel
+        dominant = max(counts, key=lambda d: counts[d])
+        if dominant in ("float32", "float16", "bfloat16"):
+            return dominant
+    return "float16" if scheme.name == "fp16" else "bfloat16"
+
+
+def default_context(config: Mapping[str, Any]) -> tuple[int, str]:
+    """``(context, why)``: the model's context length, or 2048 when the config states none."""
+    context = context_length(config)
+    if context is None:
+        return FALLBACK_CONTEXT, f"default {FALLBACK_CONTEXT}: the config states no context length"
+    return context, f"the model's context length {context:,}"
+
+
+def _kv_bytes_per_element(layer: KvLayer, kv_dtype: str | None) -> int:
+    if layer.kind == "state" or kv_dtype is None:
+        return layer.element_bytes
+    return KV_DTYPE_BYTES[kv_dtype]
+
+
+def _heads_fraction(layer: KvLayer, tp: int) -> tuple[int, int]:
+    """(heads held per rank, heads) for a tensor-parallel degree: ceil(heads / tp), at least one."""
+    return max(1, -(-layer.heads // tp)), layer.heads
+
+
+def kv_layer_bytes(layer: KvLayer, *, context: int, batch_size: int, kv_dtype: str | None = None, tp: int = 1) -> int:
+    """Bytes one layer's cache holds per GPU after ``context`` tokens of each of ``batch_size`` sequences.
+
+    Example (Llama-3-8B: 8 KV heads × 128 dims × K and V = 2,048 elements per token per layer, bf16):
+        >>> layer = KvLayer("0", "full", elements_per_token=2048, heads=8)
+        >>> kv_layer_bytes(layer, context=8192, batch_size=1)
+        33554432
+        >>> kv_layer_bytes(KvLayer("0", "sliding", 2048, heads=8, window_tokens=4096), context=8192, batch_size=1)
+        16777216
+    """
+    tokens = min(context, layer.window_tokens) if layer.kind == "sliding" and layer.window_tokens else context
+    held, heads = _heads_fraction(layer, tp)
+    growing = layer.elements_per_token * tokens * held // heads
+    fixed = layer.fixed_elements
+    return (growing + fixed) * batch_size * _kv_bytes_per_element(layer, kv_dtype)
+
+
+def kv_cache_bytes(
+    layers: tuple[KvLayer, ...], *, context: int, batch_size: int, kv_dtype: str | None = None, tp: int = 1
+) -> int:
+    """The whole cache per GPU: `kv_layer_bytes` summed over the layers."""
+    return sum(
+        kv_layer_bytes(layer, context=context, batch_size=batch_size, kv_dtype=kv_dtype, tp=tp) for layer in layers
+    )
+
+
+def kv_cache_bytes_per_token(layers: tuple[KvLayer, ...], *, kv_dtype: str | None = None, tp: int = 1) -> int:
+    """Bytes each new token adds per sequence and GPU while no sliding window is full (states excluded).
+
+    Example (DeepSeek-V3 MLA: 61 layers × (512 + 64) latent elements × 2 bytes):
+        >>> kv_cache_bytes_per_token(tuple(KvLayer(str(i), "full", 576) for i in range(61)))
+        70272
+    """
+    total = 0
+    for layer in layers:
+        held, heads = _heads_fraction(layer, tp)
+        total += layer.elements_per_token * held // heads * _kv_bytes_per_element(layer, kv_dtype)
+    return total
+
+
+def weights_per_gpu_bytes(inventory: ParameterInventory, scheme: QuantScheme, tp: int) -> int:
+    """Weights held by each of ``tp`` tensor-parallel GPUs: ≥2-D tensors split (their metadata with them), 1-D
+    tensors (norms, biases) replicated. Without shapes (``--params``) the whole is split."""
+    if not inventory.has_shapes:
+        return -(-weights_breakdown(inventory, scheme).total_bytes // tp)
+    sixteen = sum(p.numel for p in inventory.parameters if p.dtype in ("bfloat16", "float16"))
+    model_is_16bit = sixteen * 2 > inventory.total_params
+    total = 0
+    for param in inventory.parameters:
+        data, meta = tensor_bytes(param, scheme, model_is_16bit=model_is_16bit)
+        total += -(-(data + meta) // tp) if len(param.shape) >= 2 else data + meta
+    return total
+
+
+def _dequant_transient_bytes(inventory: ParameterInventory, scheme: QuantScheme, tp: int) -> int:
+    """bitsandbytes 4-bit dequantizes a whole weight to 16 bits before a prefill matmul (``bnb.matmul_4bit``
+    takes the dequantize path for inputs with more than one token): the largest quantized linear."""
+    if scheme.layout != "bnb-4bit":
+        return 0
+    largest = max((p.numel for p in inventory.parameters if is_quantized(p, scheme)), default=0)
+    return -(-largest // tp) * 2
+
+
+def plan_inference(
+    config: Mapping[str, Any],
+    inventory: ParameterInventory,
+    profile: InferenceProfile,
+    setup: InferenceSetup,
+) -> InferenceEstimate:
+    """Per-GPU serving memory for ``setup``, from the measured ``profile`` (traced at ``setup.batch_size`` and the
+    prefill chunk).
+
+    Raises:
+        InvalidSetupError: impossible settings (``--tp`` not dividing the attention heads, non-positive sizes).
+    """
+    if setup.batch_size < 1 or setup.tp < 1:
+        raise InvalidSetupError("--batch-size and --tp must be at least 1")
+    if setup.context is not None and setup.context < 1:
+        raise InvalidSetupError(f"--context must be at least 1, got {setup.context}")
+    if setup.kv_dtype is not None and setup.kv_dtype not in KV_DTYPE_BYTES:
+        raise InvalidSetupError(f"unknown --kv-dtype '{setup.kv_dtype}'; choose one of {', '.join(KV_DTYPE_BYTES)}")
+    check_tp(config, setup.tp)
+    scheme, notes = choose_scheme(config, setup, inventory)
+    if setup.context is not None:
+        context, context_source = setup.context, "--context"
+    else:
+        context, context_source = default_context(config)
+    model_context = context_length(config)
+    if model_context is not None and context > model_context:
+        notes.append(f"--context {context:,} is beyond the model's context length {model_context:,}")
+    breakdown: WeightsBreakdown = weights_breakdown(inventory, scheme)
+    weights = weights_per_gpu_bytes(inventory, scheme, setup.tp)
+    layers = profile.layers
+    kv_dtype = setup.kv_dtype
+
+    def memory(ctx: int, batch: int) -> tuple[int, int, list[tuple[str, int]]]:
+        kv = kv_cache_bytes(layers, context=ctx, batch_size=batch, kv_dtype=kv_dtype, tp=setup.tp)
+        activations = -(-profile.activation_peak_bytes * batch // profile.batch_size) + (
+            profile.logits_bytes * batch // profile.batch_size
+        )
+        items = [("CUDA context + cuBLAS workspace", setup.overheads.cuda_context_bytes)]
+        largest_layer = max(
+            (kv_layer_bytes(layer, context=ctx, batch_size=batch, kv_dtype=kv_dtype, tp=setup.tp) for layer in layers),
+            default=0,
+        )
+        if largest_layer:
+            items.append(("DynamicCache append copy (torch.cat of one layer)", largest_layer))
+        dequant = _dequant_transient_bytes(inventory, scheme, setup.tp)
+        if dequant:
+            items.append(("bitsandbytes 4-bit dequantized weight (largest linear, 16-bit)", dequant))
+        # Weights are allocated once at load; the slack grows with what is allocated and freed while serving.
+        allocated = kv + activations + sum(size for _, size in items[1:])
+        items.append(
+            (
+                f"allocator fragmentation ({setup.overheads.fragmentation:.0%})",
+                int(allocated * setup.overheads.fragmentation),
+            )
+        )
+        return kv, activations, items
+
+    kv, activations, items = memory(context, setup.batch_size)
+    overhead = sum(size for _, size in items)
+    total = weights + kv + activations + overhead
+    fits = headroom = max_context = max_batch = None
+    if setup.gpu is not None:
+        usable = setup.gpu.usable_bytes
+        fits = total <= usable
+        headroom = usable - total
+
+        def total_at(ctx: int, batch: int) -> int:
+            k, a, its = memory(ctx, batch)
+            return weights + k + a + sum(size for _, size in its)
+
+        limit = model_context or max(context, FALLBACK_CONTEXT)
+        max_context = _largest(lambda c: total_at(c, setup.batch_size) <= usable, limit)
+        max_batch = _largest(lambda b: total_at(context, b) <= usable, MAX_BATCH_SEARCHED)
+    if setup.tp > 1:
+        notes.append("activations are those of one unsplit GPU (tensor parallelism would split part of them)")
+    if profile.attention_calls == 0:
+        notes.append("this model computes attention itself; its prefill working set is measured as it runs")
+    if setup.prefill_chunk is None:
+        notes.append(
+            f"activations of a {profile.prefill_tokens:,}-token prefill chunk per sequence; HF generate() prefills "
+            "the whole prompt at once: pass --prefill-chunk <prompt tokens>"
+        )
+    return InferenceEstimate(
+        setup=setup,
+        context=context,
+        context_source=context_source,
+        prefill_tokens=profile.prefill_tokens,
+        weights_name=scheme.name,
+        weights_source=scheme.source,
+        weights=breakdown,
+        kv_dtype=kv_dtype or _DTYPE_NAMES.get(profile.dtype, profile.dtype),
+        kv_layers=layers,
+        weights_bytes=weights,
+        kv_cache_bytes=kv,
+        kv_cache_bytes_per_token=kv_cache_bytes_per_token(layers, kv_dtype=kv_dtype, tp=setup.tp),
+        activations_bytes=activations,
+        overhead_bytes=overhead,
+        overhead_items=tuple(items),
+        fits=fits,
+        headroom_bytes=headroom,
+        max_context=max_context,
+        max_batch_size=max_batch,
+        notes=tuple(notes),
+    )
+
+
+def check_tp(config: Mapping[str, Any], tp: int) -> None:
+    """Tensor parallelism splits attention heads: ``--tp`` must divide the query heads (vLLM and Megatron refuse
+    otherwise)."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else config
+    heads = next(
+        (text.get(k) for k in ("num_attention_heads", "n_head", "num_heads") if isinstance(text.get(k), int)), None
+    )
+    if tp > 1 and isinstance(heads, int) and heads % tp:
+        raise InvalidSetupError(
+            f"--tp {tp} does not divide the model's {heads} attention heads; choose a divisor of {heads}"
+        )
+
+
+_DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _largest(predicate: Callable[[int], bool], high: int) -> int | None:
+    """The largest n in [1, high] with ``predicate(n)`` (monotone), or None if even 1 fails."""
+    if not predicate(1):
+        return None
+    low = 1
+    if predicate(high):
+        return high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if predicate(middle):
+            low = middle
+        else:
+            high = middle
+    return low
