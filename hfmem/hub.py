@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
+from huggingface_hub import (
+    HfApi,
+    constants,
+    get_hf_file_metadata,
+    get_local_safetensors_metadata,
+    get_safetensors_metadata,
+    hf_hub_download,
+    hf_hub_url,
+    snapshot_download,
+)
 from huggingface_hub import errors as hf_errors
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import disable_progress_bars, validate_repo_id
 
 from hfmem import catalogue
 from hfmem.errors import (
@@ -27,12 +37,16 @@ from hfmem.errors import (
     OfflineError,
     RevisionNotFoundError,
 )
+from hfmem.memory.checkpoint import CheckpointSummary, summary_from_headers
 from hfmem.types import ModelConfig
 
-__all__ = ["resolve_model", "fetch_remote_code", "load_config_file", "describe_layout"]
+__all__ = ["resolve_model", "fetch_remote_code", "fetch_checkpoint", "load_config_file", "describe_layout"]
 
 CONFIG_NAME = "config.json"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
+#: Seconds to wait for each safetensors header request (huggingface_hub's own default, ``HF_HUB_DOWNLOAD_TIMEOUT``,
+#: is 10 s too; fixed here so a slow mirror cannot stall the cross-check for longer).
+CHECKPOINT_TIMEOUT_S = 10.0
 
 
 def resolve_model(model: str, *, revision: str | None = None, token: str | None = None) -> ModelConfig:
@@ -280,3 +294,114 @@ def _resolve_without_config(repo_id: str, revision: str | None, token: str | Non
             ) from e
         return _resolve_adapter(repo_id, load_config_file(adapter_file), revision=revision, token=token)
     raise NoConfigError(repo_id, describe_layout(files)) from error
+
+
+def fetch_checkpoint(model: ModelConfig, *, token: str | None = None) -> tuple[CheckpointSummary | None, str | None]:
+    """The tensors the model's safetensors checkpoint stores, read from the file headers only.
+
+    A Hub model is read at the commit its config came from with `huggingface_hub.get_safetensors_metadata` (ranged
+    GETs of each file's first 100 kB, never the weights); a local folder's ``*.safetensors`` headers are read from
+    disk (the 8-byte length and the JSON header, no tensor data). Nothing here raises for a checkpoint that cannot be
+    read: the cross-check is optional, so it is skipped with a one-line note saying why.
+
+    Args:
+        model: the resolved model (see `resolve_model`).
+        token: a Hub token; ``None`` lets huggingface_hub use ``HF_TOKEN`` or the saved login. Never logged.
+
+    Returns:
+        ``(summary, None)``, or ``(None, note)`` when skipped: a catalogue or ``--params`` model, offline mode, an
+        unreachable Hub, a repo without safetensors files, a gated repo without access.
+
+    Example:
+        >>> summary, note = fetch_checkpoint(resolve_model("openai-community/gpt2"))  # doctest: +SKIP
+        >>> summary.params_by_dtype  # doctest: +SKIP
+        {'F32': 137022720}
+    """
+    skipped = "checkpoint cross-check skipped"
+    if model.source == "hub":
+        return _hub_checkpoint(model, token=token, skipped=skipped)
+    if model.source == "local" and model.directory is not None:
+        return _local_checkpoint(model.directory, skipped=skipped)
+    if model.source == "catalogue":
+        return None, f"{skipped}: the config is hfmem's bundled snapshot, not a checkpoint it can read"
+    return None, f"{skipped}: there is no checkpoint for a --params plan"
+
+
+def _hub_checkpoint(
+    model: ModelConfig, *, token: str | None, skipped: str
+) -> tuple[CheckpointSummary | None, str | None]:
+    repo_id = model.model_id
+    if constants.HF_HUB_OFFLINE:
+        return None, f"{skipped}: offline mode is on (HF_HUB_OFFLINE=1)"
+    try:
+        # The per-shard progress bar would land on stderr; HF_HUB_DISABLE_PROGRESS_BARS=0 keeps it (and a warning).
+        quiet = disable_progress_bars() if constants.HF_HUB_DISABLE_PROGRESS_BARS is not False else nullcontext()
+        with quiet:
+            metadata = get_safetensors_metadata(
+                repo_id, revision=model.revision, token=token, timeout=CHECKPOINT_TIMEOUT_S
+            )
+    except hf_errors.OfflineModeIsEnabled:
+        return None, f"{skipped}: offline mode is on (HF_HUB_OFFLINE=1)"
+    except hf_errors.NotASafetensorsRepoError:
+        return None, f"{skipped}: '{repo_id}' has no safetensors weights{_other_weights(repo_id, model, token)}"
+    except hf_errors.GatedRepoError:
+        return None, f"{skipped}: '{repo_id}' is gated and no token grants access (pass --token or hf auth login)"
+    except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.RemoteEntryNotFoundError):
+        return None, f"{skipped}: the Hub has no safetensors index or file for '{repo_id}' at this revision"
+    except hf_errors.SafetensorsParsingError as e:
+        return None, f"{skipped}: a safetensors header of '{repo_id}' could not be parsed ({_first_line(e)})"
+    except hf_errors.HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        return None, f"{skipped}: the Hub answered HTTP {status} for the safetensors headers of '{repo_id}'"
+    except (hf_errors.HTTPError, hf_errors.LocalEntryNotFoundError, OSError) as e:
+        return None, f"{skipped}: the Hub is unreachable ({type(e).__name__})"
+    headers = [
+        (name, {"dtype": info.dtype, "shape": info.shape})
+        for file_metadata in metadata.files_metadata.values()
+        for name, info in file_metadata.tensors.items()
+    ]
+    at = f"@{model.revision}" if model.revision else ""
+    files = len(metadata.files_metadata)
+    return summary_from_headers(f"hub:{repo_id}{at}, {files} file{'s' if files != 1 else ''}", headers), None
+
+
+def _other_weights(repo_id: str, model: ModelConfig, token: str | None) -> str:
+    """``' (only pytorch_model.bin)'`` when the repo lists other weight files; ``''`` when that cannot be told."""
+    try:
+        files = HfApi().list_repo_files(repo_id, revision=model.revision, token=token)
+    except (hf_errors.HTTPError, hf_errors.OfflineModeIsEnabled, OSError):
+        return ""
+    weights = sorted(f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")))
+    if not weights:
+        return ""
+    return f" (only {', '.join(weights[:3])}{', …' if len(weights) > 3 else ''})"
+
+
+def _local_checkpoint(directory: Path, *, skipped: str) -> tuple[CheckpointSummary | None, str | None]:
+    single = directory / constants.SAFETENSORS_SINGLE_FILE
+    index = directory / constants.SAFETENSORS_INDEX_FILE
+    try:
+        if single.is_file() or index.is_file():
+            repo = get_local_safetensors_metadata(directory)
+            files = {name: meta.tensors for name, meta in repo.files_metadata.items()}
+        else:
+            found = sorted(directory.glob("*.safetensors"))
+            if not found:
+                others = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".gguf"))
+                what = f" (only {', '.join(others[:3])})" if others else ""
+                return None, f"{skipped}: {directory} holds no *.safetensors files{what}"
+            files = {p.name: get_local_safetensors_metadata(p).files_metadata[p.name].tensors for p in found}
+    except (hf_errors.SafetensorsParsingError, hf_errors.NotASafetensorsRepoError, OSError, ValueError) as e:
+        return None, f"{skipped}: the safetensors headers in {directory} could not be read ({_first_line(e)})"
+    headers = [
+        (name, {"dtype": info.dtype, "shape": info.shape})
+        for tensors in files.values()
+        for name, info in tensors.items()
+    ]
+    count = len(files)
+    return summary_from_headers(f"{directory}, {count} file{'s' if count != 1 else ''}", headers), None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

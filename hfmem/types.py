@@ -114,8 +114,9 @@ class ParameterInfo:
 
     @property
     def quantizable(self) -> bool:
-        """A weight quantizers replace: an nn.Linear / Conv1D weight, or a stacked routed-expert weight."""
-        return (self.is_linear or self.is_routed_expert) and len(self.shape) >= 2
+        """A weight quantizers replace: an nn.Linear / Conv1D weight, or a stacked [experts, out, in] routed-expert
+        weight (2-D routed tensors are per-expert biases)."""
+        return (self.is_linear and len(self.shape) >= 2) or (self.is_routed_expert and len(self.shape) >= 3)
 
 
 @dataclass(frozen=True)

@@ -66,3 +66,25 @@ def hub_online(monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+
+
+def safetensors_bytes(tensors: dict[str, tuple[str, list[int]]]) -> bytes:
+    """A valid safetensors file: 8-byte little-endian header length, the JSON header, zeroed tensor data.
+
+    The layout of the safetensors format (https://huggingface.co/docs/safetensors/index#format); ``tensors`` maps a
+    name to its safetensors dtype and shape.
+    """
+    import json
+    import math
+    import struct
+
+    from hfmem.memory.checkpoint import SAFETENSORS_DTYPE_BITS
+
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, (dtype, shape) in tensors.items():
+        size = -(-math.prod(shape) * SAFETENSORS_DTYPE_BITS[dtype] // 8)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + bytes(offset)

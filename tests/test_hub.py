@@ -63,7 +63,13 @@ class FakeHub:
         monkeypatch.setattr(hub, "get_hf_file_metadata", self.get_hf_file_metadata)
         monkeypatch.setattr(hub, "hf_hub_download", self.hf_hub_download)
         monkeypatch.setattr(hub, "HfApi", lambda: self)
+        monkeypatch.setattr(hub, "get_safetensors_metadata", self.get_safetensors_metadata)
         return self
+
+    def get_safetensors_metadata(self, repo_id: str, *, token: Any = None, **kwargs: Any) -> Any:
+        # The checkpoint cross-check's header read: these fake repos hold no safetensors files.
+        self.metadata_calls.append({"safetensors": repo_id, "token": token, **kwargs})
+        raise hf_errors.NotASafetensorsRepoError(f"{repo_id} has no model.safetensors")
 
     def get_hf_file_metadata(self, url: str, token: Any = None, timeout: Any = None, **kwargs: Any) -> Any:
         self.metadata_calls.append({"url": url, "token": token, "timeout": timeout, **kwargs})
@@ -106,7 +112,7 @@ class FakeHub:
 
     def list_repo_files(self, repo_id: str, *, revision: Any = None, token: Any = None, **kwargs: Any) -> list[str]:
         self.list_calls.append({"repo_id": repo_id, "revision": revision, "token": token, **kwargs})
-        listing = self.listing[repo_id]
+        listing = self.listing.get(repo_id, ["config.json", "pytorch_model.bin"])
         if isinstance(listing, Exception):
             raise listing
         return listing
