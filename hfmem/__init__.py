@@ -3,6 +3,8 @@
 from hfmem.api import estimate, hfmem_version
 from hfmem.errors import ExitCode, HfmemError
 from hfmem.types import (
+    InferenceEstimate,
+    InferenceSetup,
     ModelConfig,
     ParameterInfo,
     ParameterInventory,
@@ -18,6 +20,8 @@ __all__ = [
     "estimate",
     "ExitCode",
     "HfmemError",
+    "InferenceEstimate",
+    "InferenceSetup",
     "ModelConfig",
     "ParameterInfo",
     "ParameterInventory",
