@@ -25,6 +25,7 @@ from typing import Any
 
 from hfmem.errors import InvalidSetupError
 from hfmem.memory.activations import context_length
+from hfmem.memory.peak import bisect_boundary
 from hfmem.memory.quantization import (
     QuantScheme,
     WeightsBreakdown,
@@ -335,13 +336,6 @@ def _largest(predicate: Callable[[int], bool], high: int) -> int | None:
     """The largest n in [1, high] with ``predicate(n)`` (monotone), or None if even 1 fails."""
     if not predicate(1):
         return None
-    low = 1
     if predicate(high):
         return high
-    while high - low > 1:
-        middle = (low + high) // 2
-        if predicate(middle):
-            low = middle
-        else:
-            high = middle
-    return low
+    return bisect_boundary(predicate, 1, high)[0]

@@ -28,7 +28,7 @@ from hfmem.types import (
     TrainingSetup,
 )
 
-__all__ = ["plan_training", "overhead_items", "MAX_GPUS_SEARCHED", "MAX_BATCH_SEARCHED"]
+__all__ = ["plan_training", "overhead_items", "bisect_boundary", "MAX_GPUS_SEARCHED", "MAX_BATCH_SEARCHED"]
 
 MAX_GPUS_SEARCHED = 4096
 MAX_BATCH_SEARCHED = 1 << 20
@@ -151,7 +151,7 @@ def _min_gpus(
         return 1
     if stage == 0 or not fits(MAX_GPUS_SEARCHED):
         return None
-    return _bisect(fits, 1, MAX_GPUS_SEARCHED)[1]
+    return bisect_boundary(fits, 1, MAX_GPUS_SEARCHED)[1]
 
 
 def _max_batch(
@@ -172,10 +172,10 @@ def _max_batch(
     low, high = 1, 2
     while high <= MAX_BATCH_SEARCHED and fits(high):
         low, high = high, high * 2
-    return _bisect(fits, low, high)[0]
+    return bisect_boundary(fits, low, high)[0]
 
 
-def _bisect(predicate: Callable[[int], bool], low: int, high: int) -> tuple[int, int]:
+def bisect_boundary(predicate: Callable[[int], bool], low: int, high: int) -> tuple[int, int]:
     """Narrow ``low < high``, where ``predicate`` differs at the two ends, to two adjacent integers."""
     at_low = predicate(low)
     while high - low > 1:
