@@ -33,12 +33,16 @@ What the CPU run does so that it saves what a GPU would (the output repeats thes
   ``step``, Adafactor's ``RMS``) are listed but not gated: hfmem, like the ZeRO paper, counts per-element states.
 
 Exit status 1 when an activation or logits prediction is off by more than ±5 % or a model-state component is not
-exact, so the script can gate a change. ``--cuda`` additionally runs one real training step per setting on a GPU
-and compares ``torch.cuda.max_memory_allocated()`` with ``per_gpu_bytes.total`` (informational, not gated).
+exact, so the script can gate a change. ``--cuda`` additionally runs a real steady-state training step per setting
+on a GPU and compares ``torch.cuda.max_memory_allocated()`` / ``max_memory_reserved()`` with ``per_gpu_bytes``
+(informational, not gated; ``--cuda-only`` skips the CPU part, ``--cuda-layers 0`` keeps the config's layer count,
+``--cuda-shapes 4x1024`` sets the GPU micro-batches, ``--cuda-json`` writes every detail).
 
 Usage:
     HF_HUB_OFFLINE=1 python benchmarks/validate_memory.py [--quick] [--models ID ...] [--markdown docs/validation.md]
                                                           [--precisions fp32 bf16-mixed] [--measure-only] [--cuda]
+                                                          [--cuda-only] [--cuda-layers N] [--cuda-shapes BxS ...]
+                                                          [--cuda-json PATH]
 """
 
 from __future__ import annotations
@@ -215,15 +219,15 @@ class Row:
 def write_reduced_config(model_id: str, layers: int, root: Path) -> Path:
     """Copy the catalogue config of ``model_id`` into ``root/<org>__<name>/`` with ``layers`` layers.
 
-    Every layer-count key present is set to ``layers`` and a ``layer_types`` list is truncated to match, so
-    hfmem and the measured model read the very same file.
+    Every layer-count key present is set to ``layers`` (0 keeps the config's own count) and a ``layer_types`` list
+    is truncated to match, so hfmem and the measured model read the very same file.
     """
     found = catalogue.find(model_id)
     if found is None:
         raise SystemExit(f"'{model_id}' is not in hfmem's catalogue (hfmem --list-catalogue)")
     config = found[0].load_config()
     for key in LAYER_KEYS:
-        if key in config:
+        if key in config and layers > 0:
             config[key] = layers
     if isinstance(config.get("layer_types"), list):
         config["layer_types"] = config["layer_types"][:layers]
@@ -566,7 +570,7 @@ def predict_all(requests: list[Request], workdir: Path) -> dict[Request, dict[st
     return dict(zip(requests, results, strict=True))
 
 
-def fill_predictions(rows: list[Row], workdir: Path) -> None:
+def fill_predictions(rows: list[Row], workdir: Path, records: list[GpuRecord] | None = None) -> None:
     requests = list(dict.fromkeys(r.request for r in rows if r.request is not None))
     if not requests:
         return
@@ -575,6 +579,9 @@ def fill_predictions(rows: list[Row], workdir: Path) -> None:
     for row in rows:
         if row.request is not None and row.extract is not None:
             row.predicted = row.extract(predictions[row.request])
+    for record in records or []:
+        if record.request is not None:
+            record.predicted = predictions[record.request]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -664,40 +671,265 @@ def cpu_rows(case: Case, folder: Path, args: argparse.Namespace, matrix: dict[st
     return rows
 
 
-def cuda_rows(case: Case, folder: Path, args: argparse.Namespace, matrix: dict[str, Any]) -> list[Row]:
-    """Peak GPU memory of one real training step per setting vs ``per_gpu_bytes.total`` (informational).
+@dataclass
+class GpuRecord:
+    """One GPU training step: what was measured, and (filled in later) hfmem's ZeRO-0 stage for the same setting."""
 
-    The step is the one `measure_states` takes (bf16-mixed: bf16 model + fp32 masters; fp32: plain AdamW), on a
-    freshly built model, with the GPU's own kernels and the config's dropout on both sides. The peak also holds
-    what hfmem's total leaves out by design (the masters' fp32 gradients in this emulation, the optimizer's
-    temporaries), hence not gated. ``total`` also holds hfmem's overhead (CUDA context, allocator slack), which
-    ``max_memory_allocated`` never sees, so a second row compares with ``total - overhead``.
+    model_id: str
+    layers: int
+    setting: Setting
+    request: Request | None
+    measured: dict[str, Any]
+    predicted: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "layers": self.layers,
+            "setting": dataclasses.asdict(self.setting),
+            "label": self.setting.label(),
+            "measured": self.measured,
+            "predicted_stage": self.predicted,
+        }
+
+
+def _cuda_used_bytes() -> int:
+    free, total = torch.cuda.mem_get_info()
+    return int(total - free)
+
+
+def measure_gpu_step(model: nn.Module, precision: str, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Peak GPU memory of a steady-state training step: two steps are taken, the second is measured.
+
+    The step is the one `measure_states` emulates (bf16-mixed: bf16 model, fp32 masters in ``torch.optim.AdamW``,
+    gradients copied to the masters as fp32 before the step; fp32: plain AdamW), written as a plain training loop
+    (``loss = model(**inputs).loss; loss.backward(); optimizer.step(); optimizer.zero_grad()``). The first step
+    allocates AdamW's states lazily, so its forward and backward run without them; the second step has them live
+    throughout, as hfmem assumes. ``max_memory_allocated`` is reset at each phase boundary, which gives the peak
+    of each phase: ``forward`` (until the loss), ``backward`` and ``optimizer_step`` (fp32 copies of the gradients
+    for bf16-mixed, the update, the copy back).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    mixed = precision == "bf16-mixed"
+    masters = [p.detach().float().requires_grad_(True) for p in params] if mixed else params
+    optimizer = torch.optim.AdamW(masters, lr=1e-3)
+
+    def phase_end(phases: dict[str, int], name: str) -> None:
+        torch.cuda.synchronize()
+        phases[name] = int(torch.cuda.max_memory_allocated())
+        phases[name + "_reserved"] = int(torch.cuda.max_memory_reserved())
+        torch.cuda.reset_peak_memory_stats()
+
+    def step() -> dict[str, int]:
+        phases: dict[str, int] = {}
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        loss = model(**inputs).loss
+        phase_end(phases, "forward")
+        loss.backward()
+        del loss
+        phase_end(phases, "backward")
+        if mixed:
+            for param, master in zip(params, masters, strict=True):
+                master.grad = param.grad.float()
+                param.grad = None
+        optimizer.step()
+        if mixed:
+            with torch.no_grad():
+                for param, master in zip(params, masters, strict=True):
+                    param.copy_(master)
+        phase_end(phases, "optimizer_step")
+        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+        return phases
+
+    first = step()
+    second = step()
+    names = ("forward", "backward", "optimizer_step")
+    peak_phase = max(names, key=lambda name: second[name])
+    states, scalars = optimizer_state_bytes(optimizer)
+    measured = {
+        "peak_allocated": max(second[name] for name in names),
+        "peak_reserved": max(second[name + "_reserved"] for name in names),
+        "peak_phase": peak_phase,
+        "phase_peak_allocated": {name: second[name] for name in names},
+        "phase_peak_reserved": {name: second[name + "_reserved"] for name in names},
+        "first_step_peak_allocated": max(first[name] for name in names),
+        "first_step_phase_peak_allocated": {name: first[name] for name in names},
+        "weights": tensor_bytes(model.parameters()),
+        "master_weights": tensor_bytes(masters) if mixed else 0,
+        "optimizer_states": states,
+        "optimizer_scalars": scalars,
+        "allocated_after_step": int(torch.cuda.memory_allocated()),
+        "reserved_after_step": int(torch.cuda.memory_reserved()),
+        "device_used_after_step": _cuda_used_bytes(),
+    }
+    # What the device holds beyond PyTorch's allocator: the CUDA context, loaded kernels, library handles.
+    measured["non_pytorch_after_step"] = measured["device_used_after_step"] - measured["reserved_after_step"]
+    return measured
+
+
+def cuda_rows(
+    case: Case, folder: Path, args: argparse.Namespace, matrix: dict[str, Any], records: list[GpuRecord]
+) -> list[Row]:
+    """Peak GPU memory of a real training step per setting vs hfmem's ``per_gpu_bytes`` (informational).
+
+    Each setting builds the model afresh on the GPU (random weights, the config's dropout, the GPU's own SDPA
+    kernels) and measures a steady-state step with `measure_gpu_step`. Four comparisons per setting, none gated:
+
+    * peak allocated vs ``total``: what users compare, although ``total`` also holds the CUDA context and the
+      fragmentation allowance, which ``max_memory_allocated`` never sees;
+    * peak allocated vs ``total - overhead``: like with like (hfmem's allocated bytes);
+    * peak reserved vs ``total - CUDA context``: the allocator's footprint against hfmem's allocated bytes plus its
+      fragmentation allowance;
+    * peak reserved + non-PyTorch device memory vs ``total``: the device's footprint (what ``nvidia-smi`` shows).
+
+    The peak also holds what hfmem's ZeRO-0 total leaves out by design (the masters' fp32 gradients in this
+    emulation, AdamW's foreach temporaries), and hfmem counts gradients live at every moment, which a plain loop
+    without gradient accumulation does not: hence informational. Every detail goes to ``records`` (``--cuda-json``).
     """
 
     def allocated(stage: dict[str, Any]) -> int:
         return int(stage["per_gpu_bytes"]["total"] - stage["per_gpu_bytes"]["overhead"])
 
+    def without_context(stage: dict[str, Any]) -> int:
+        items = stage["overhead_items"]
+        context = sum(size for name, size in items.items() if "CUDA context" in name)
+        return int(stage["per_gpu_bytes"]["total"] - context)
+
+    layers = read_layers(folder)
     rows: list[Row] = []
     for precision in (p for p in case.precisions if p in args.precisions):
         for setting in settings_for(precision, matrix, cpu=False):
             release_memory()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-            baseline = torch.cuda.memory_allocated()
-            model = build_model(folder, torch.float32 if precision == "fp32" else torch.bfloat16, device="cuda")
-            configure(model, DropoutSwitch(model), setting)
-            inputs = make_inputs(model, setting.batch_size, setting.seq_len, device="cuda")
-            measure_states(model, precision, "adamw", inputs)
-            peak = torch.cuda.max_memory_allocated() - baseline
-            del model, inputs
-            label = f"{setting.label()} (GPU step)"
+            baseline = int(torch.cuda.memory_allocated())
+            label = f"{setting.label()} (GPU step, {layers} layers)"
+            start = time.perf_counter()
+            model = inputs = None
+            try:
+                model = build_model(folder, torch.float32 if precision == "fp32" else torch.bfloat16, device="cuda")
+                configure(model, DropoutSwitch(model), setting)
+                inputs = make_inputs(model, setting.batch_size, setting.seq_len, device="cuda")
+                measured = measure_gpu_step(model, precision, inputs)
+            except torch.cuda.OutOfMemoryError as e:
+                log(f"  {label}: out of memory ({str(e).splitlines()[0]})")
+                continue
+            finally:
+                del model, inputs
+            measured["baseline_allocated"] = baseline
+            measured["seconds"] = round(time.perf_counter() - start, 2)
             request = None if args.measure_only else Request(str(folder), setting)
+            records.append(GpuRecord(case.model_id, layers, setting, request, measured))
+            if args.cuda_json:  # measurements so far, in case the run is cut short (rewritten with predictions later)
+                args.cuda_json.parent.mkdir(parents=True, exist_ok=True)
+                partial = {"environment": None, "steps": [r.to_dict() for r in records]}
+                args.cuda_json.write_text(json.dumps(partial, indent=1), encoding="utf-8")
+            peak, reserved = measured["peak_allocated"], measured["peak_reserved"]
+            used = reserved + measured["non_pytorch_after_step"]
             rows += [
                 Row(case.model_id, label, "peak allocated vs total", peak, "info", request, stage_value(*TOTAL_KEY)),
                 Row(case.model_id, label, "peak allocated vs total − overhead", peak, "info", request, allocated),
+                Row(
+                    case.model_id,
+                    label,
+                    "peak reserved vs total − CUDA context",
+                    reserved,
+                    "info",
+                    request,
+                    without_context,
+                ),
+                Row(
+                    case.model_id,
+                    label,
+                    "peak reserved + non-PyTorch vs total",
+                    used,
+                    "info",
+                    request,
+                    stage_value(*TOTAL_KEY),
+                ),
             ]
-            log(f"  {label}: peak {peak:,} B")
+            log(
+                f"  {label}: peak allocated {peak:,} B at {measured['peak_phase']}, reserved {reserved:,} B, "
+                f"non-PyTorch {measured['non_pytorch_after_step']:,} B ({measured['seconds']} s)"
+            )
     return rows
+
+
+def read_layers(folder: Path) -> int:
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return next((int(config[key]) for key in LAYER_KEYS if key in config), 0)
+
+
+def gpu_environment() -> dict[str, Any]:
+    """Device, driver and library versions of the GPU run."""
+    driver = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        driver = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+    free, total = torch.cuda.mem_get_info()
+    return {
+        "device": torch.cuda.get_device_name(),
+        "driver": driver,
+        "cuda_runtime": torch.version.cuda,
+        "total_memory_bytes": int(total),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "hfmem": hfmem.__version__,
+        "python": platform.python_version(),
+        "cuda_module_loading": os.environ.get("CUDA_MODULE_LOADING", "(unset: LAZY by default)"),
+    }
+
+
+def render_cuda_markdown(records: list[GpuRecord], environment: dict[str, Any], elapsed_s: float) -> str:
+    """A compact table of the GPU steps: one line per setting, measured against hfmem's ZeRO-0 prediction."""
+
+    def gib(value: int) -> str:
+        return f"{value / 2**30:.2f}"
+
+    def pct(measured: int, predicted: int) -> str:
+        return f"{100.0 * (predicted - measured) / measured:+.1f} %" if measured else "—"
+
+    lines = [
+        f"- Device: {environment['device']}, driver {environment['driver']}, CUDA runtime "
+        f"{environment['cuda_runtime']}; torch {environment['torch']}, transformers {environment['transformers']}, "
+        f"hfmem {environment['hfmem']}, Python {environment['python']}; run time {elapsed_s / 60:.1f} min.",
+        "",
+        "GiB = 2^30 bytes. *alloc* = `max_memory_allocated()` of the second step (states live throughout), at the "
+        "phase in *at*; *resv* = `max_memory_reserved()`; *used* = resv + the device memory outside PyTorch's "
+        "allocator after the step (`mem_get_info` − `memory_reserved`). hfmem: *states* = weights + master + "
+        "grads + optim, *act*, *logits* at its peak phase, *ovh* = overhead (CUDA context + 10 % fragmentation), "
+        "*total*; *total−ovh* is its allocated bytes, compared with *alloc*; *total−ctx* with *resv*.",
+        "",
+        "| model | setting | alloc | at | hfmem states | act | logits | ovh | total−ovh | Δ alloc | resv | "
+        "total−ctx | Δ resv | used | total | Δ used | hfmem at |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for record in records:
+        m, stage = record.measured, record.predicted
+        used = m["peak_reserved"] + m["non_pytorch_after_step"]
+        if stage is None:
+            cells = [gib(m["peak_allocated"]), m["peak_phase"], *["—"] * 6, gib(m["peak_reserved"]), "—", "—"]
+            cells += [gib(used), "—", "—", "—"]
+            lines.append(
+                f"| {record.model_id} ({record.layers} layers) | {record.setting.label()} | {' | '.join(cells)} |"
+            )
+            continue
+        b = stage["per_gpu_bytes"]
+        states = b["weights"] + b["master_weights"] + b["gradients"] + b["optimizer_states"]
+        context = sum(size for name, size in stage["overhead_items"].items() if "CUDA context" in name)
+        allocated = b["total"] - b["overhead"]
+        cells = [gib(m["peak_allocated"]), m["peak_phase"], gib(states), gib(b["activations"]), gib(b["logits"])]
+        cells += [gib(b["overhead"]), gib(allocated), pct(m["peak_allocated"], allocated)]
+        cells += [gib(m["peak_reserved"]), gib(b["total"] - context), pct(m["peak_reserved"], b["total"] - context)]
+        cells += [gib(used), gib(b["total"]), pct(used, b["total"]), stage["peak_phase"]]
+        lines.append(f"| {record.model_id} ({record.layers} layers) | {record.setting.label()} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -717,6 +949,8 @@ def render_markdown(rows: list[Row], cases: list[Case], elapsed_s: float, args: 
     if args.cuda:
         device += f"; GPU {torch.cuda.get_device_name()}"
     command = "benchmarks/validate_memory.py" + (" --quick" if args.quick else "")
+    if args.cuda:  # GPU runs take many options: show them all
+        command = " ".join(["benchmarks/validate_memory.py", *sys.argv[1:]])
     checked = [r for r in rows if r.checked]
     failed = [r for r in checked if not r.passed]
     lines = [
@@ -759,11 +993,12 @@ def render_markdown(rows: list[Row], cases: list[Case], elapsed_s: float, args: 
         lines.append(
             f"| {row.model_id} | {row.setting} | {row.component} | {predicted} | {row.measured:,} | {error_text} |"
         )
-    summary = (
-        f"{len(checked) - len(failed)} of {len(checked)} checked rows pass."
-        if checked
-        else "Measurements only (--measure-only): nothing checked."
-    )
+    if checked:
+        summary = f"{len(checked) - len(failed)} of {len(checked)} checked rows pass."
+    elif args.measure_only:
+        summary = "Measurements only (--measure-only): nothing checked."
+    else:
+        summary = "GPU rows only (--cuda-only): informational, nothing gated."
     return "\n".join([*lines, "", summary]) + "\n"
 
 
@@ -780,10 +1015,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cuda", action="store_true", help="also run one real step per setting on the GPU; compare peak memory"
     )
+    parser.add_argument("--cuda-only", action="store_true", help="with --cuda: skip the CPU measurements")
+    parser.add_argument(
+        "--cuda-layers",
+        type=int,
+        metavar="N",
+        help="with --cuda: layers of the GPU models (0: the config's own count; default: as on the CPU)",
+    )
+    parser.add_argument(
+        "--cuda-shapes",
+        nargs="+",
+        metavar="BxS",
+        help="with --cuda: micro-batch x sequence length of the GPU steps, e.g. 1x1024 4x1024 (default: the matrix's)",
+    )
+    parser.add_argument("--cuda-json", type=Path, metavar="PATH", help="with --cuda: write every GPU detail here")
     parser.add_argument("--predict-worker", nargs=2, type=Path, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.precisions is None:
         args.precisions = QUICK_PRECISIONS if args.quick else ("fp32", "bf16-mixed")
+    if (args.cuda_only or args.cuda_layers is not None or args.cuda_shapes or args.cuda_json) and not args.cuda:
+        parser.error("--cuda-only, --cuda-layers, --cuda-shapes and --cuda-json need --cuda")
+    if args.cuda_shapes:
+        try:
+            args.cuda_shapes = [tuple(int(n) for n in shape.lower().split("x", 1)) for shape in args.cuda_shapes]
+        except ValueError:
+            parser.error("--cuda-shapes: write each as BxS, e.g. 4x1024")
+        if any(len(shape) != 2 or min(shape) < 1 for shape in args.cuda_shapes):
+            parser.error("--cuda-shapes: write each as BxS, e.g. 4x1024")
     return args
 
 
@@ -804,23 +1062,38 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"not in this script's model list: {', '.join(sorted(unknown))}")
     matrix = QUICK_MATRIX if args.quick else FULL_MATRIX
 
+    cuda_matrix = {**matrix, "shapes": tuple(args.cuda_shapes)} if args.cuda_shapes else matrix
+
     start = time.perf_counter()
     rows: list[Row] = []
+    records: list[GpuRecord] = []
     with tempfile.TemporaryDirectory(prefix="hfmem-validate-") as tmp:
         with cuda_style_dropout():
             for case in cases:
                 log(f"{case.model_id} ({case.layers} layer{'s' if case.layers > 1 else ''})")
                 folder = write_reduced_config(case.model_id, case.layers, Path(tmp))
-                rows += cpu_rows(case, folder, args, matrix)
+                if not args.cuda_only:
+                    rows += cpu_rows(case, folder, args, matrix)
                 if args.cuda:
-                    rows += cuda_rows(case, folder, args, matrix)
+                    gpu_folder = folder
+                    if args.cuda_layers is not None and args.cuda_layers != case.layers:
+                        gpu_folder = write_reduced_config(case.model_id, args.cuda_layers, Path(tmp) / "gpu")
+                    rows += cuda_rows(case, gpu_folder, args, cuda_matrix, records)
         try:
-            fill_predictions(rows, Path(tmp))
+            fill_predictions(rows, Path(tmp), records)
         except PredictionError as e:
             failure: str | None = str(e)
         else:
             failure = None
-    text = render_markdown(rows, cases, time.perf_counter() - start, args)
+    elapsed_s = time.perf_counter() - start
+    text = render_markdown(rows, cases, elapsed_s, args)
+    if args.cuda:
+        environment = gpu_environment()
+        text += "\n## GPU steps, one line per setting\n\n" + render_cuda_markdown(records, environment, elapsed_s)
+        if args.cuda_json:
+            args.cuda_json.parent.mkdir(parents=True, exist_ok=True)
+            document = {"environment": environment, "steps": [r.to_dict() for r in records]}
+            args.cuda_json.write_text(json.dumps(document, indent=1), encoding="utf-8")
     print(text, end="")
     if failure:  # the measurements above still stand; no markdown file, as nothing was checked
         raise SystemExit(failure)
