@@ -283,6 +283,11 @@ def plan_inference(
         limit = model_context or max(context, FALLBACK_CONTEXT)
         max_context = _largest(lambda c: total_at(c, setup.batch_size) <= usable, limit)
         max_batch = _largest(lambda b: total_at(context, b) <= usable, MAX_BATCH_SEARCHED)
+    if not layers:
+        notes.append(
+            "the model's cache held no tensor hfmem could read (e.g. Mamba's state cache), so the KV cache shows 0; "
+            "its recurrent state is not counted"
+        )
     if setup.tp > 1:
         notes.append("activations are those of one unsplit GPU (tensor parallelism would split part of them)")
     if profile.attention_calls == 0:
