@@ -59,22 +59,13 @@ def gqa_bytes_per_token(config: dict) -> int:
 )
 def test_kv_bytes_per_token_matches_hand_count(model_id: str, expected: int) -> None:
     config = config_of(model_id)
-    if model_id != "openai-community/gpt2":
-        gqa = dict(config)
-        if "n_layer" in gqa:  # pragma: no cover - only GPT-2 uses these keys here
-            gqa = {
-                "num_hidden_layers": gqa["n_layer"],
-                "num_attention_heads": gqa["n_head"],
-                "hidden_size": gqa["n_embd"],
-            }
-        if model_id == "tiiuae/falcon-7b":  # multi_query: one KV head
-            gqa = {
-                "num_hidden_layers": config["num_hidden_layers"],
-                "num_attention_heads": config["num_attention_heads"],
-                "hidden_size": config["hidden_size"],
-                "num_key_value_heads": 1,
-            }
-        assert gqa_bytes_per_token(gqa) == expected
+    if "n_layer" in config:  # GPT-2's keys; its checkpoint is fp32, so the cache is too
+        hand = 2 * config["n_layer"] * config["n_embd"] * 4
+    else:
+        if config.get("multi_query"):  # Falcon-7B: one KV head
+            config = {**config, "num_key_value_heads": 1}
+        hand = gqa_bytes_per_token(config)
+    assert hand == expected
     assert serve(model_id, context=1024).kv_cache_bytes_per_token == expected
 
 

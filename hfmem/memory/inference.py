@@ -29,6 +29,7 @@ from hfmem.memory.peak import bisect_boundary
 from hfmem.memory.quantization import (
     QuantScheme,
     WeightsBreakdown,
+    is_16bit_model,
     is_quantized,
     scheme_for_dtype,
     scheme_from_quantization_config,
@@ -192,8 +193,7 @@ def weights_per_gpu_bytes(inventory: ParameterInventory, scheme: QuantScheme, tp
     tensors (norms, biases) replicated. Without shapes (``--params``) the whole is split."""
     if not inventory.has_shapes:
         return -(-weights_breakdown(inventory, scheme).total_bytes // tp)
-    sixteen = sum(p.numel for p in inventory.parameters if p.dtype in ("bfloat16", "float16"))
-    model_is_16bit = sixteen * 2 > inventory.total_params
+    model_is_16bit = is_16bit_model(inventory)
     total = 0
     for param in inventory.parameters:
         data, meta = tensor_bytes(param, scheme, model_is_16bit=model_is_16bit)

@@ -29,6 +29,7 @@ __all__ = [
     "scheme_from_quantization_config",
     "bnb_4bit_bytes",
     "tensor_bytes",
+    "is_16bit_model",
     "weights_breakdown",
 ]
 
@@ -296,6 +297,12 @@ def tensor_bytes(param: ParameterInfo, scheme: QuantScheme, *, model_is_16bit: b
     raise InvalidSetupError(f"unknown weight layout '{scheme.layout}'")
 
 
+def is_16bit_model(inventory: ParameterInventory) -> bool:
+    """Most parameters are 16-bit, so fp32 tensors among them are ones the model keeps in fp32 on purpose."""
+    sixteen = sum(p.numel for p in inventory.parameters if DTYPE_BYTES.get(p.dtype) == 2)
+    return sixteen * 2 > inventory.total_params
+
+
 def weights_breakdown(inventory: ParameterInventory, scheme: QuantScheme) -> WeightsBreakdown:
     """Sum `tensor_bytes` over every parameter.
 
@@ -312,8 +319,7 @@ def weights_breakdown(inventory: ParameterInventory, scheme: QuantScheme) -> Wei
         width = scheme.plain_bytes or 2
         return WeightsBreakdown(scheme, 0, 0, 0, inventory.total_params, inventory.total_params * width)
     q_params = q_data = q_meta = plain_params = plain_bytes = 0
-    sixteen = sum(p.numel for p in inventory.parameters if DTYPE_BYTES.get(p.dtype) == 2)
-    model_is_16bit = sixteen * 2 > inventory.total_params
+    model_is_16bit = is_16bit_model(inventory)
     for param in inventory.parameters:
         data, meta = tensor_bytes(param, scheme, model_is_16bit=model_is_16bit)
         if is_quantized(param, scheme):
