@@ -6,6 +6,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from hfmem.errors import InvalidSetupError
 from hfmem.memory.activations import activation_dtype, default_seq_len
+from hfmem.memory.methods import check_finetune
+from hfmem.memory.parallel import check_parallel
 from hfmem.memory.peak import plan_training
 from hfmem.types import ActivationProfile, ModelConfig, ParameterInventory, Report, TrainingEstimate, TrainingSetup
 
@@ -55,6 +57,7 @@ def estimate(
     setup = setup or TrainingSetup()
     if (model is None) == (params is None):
         raise InvalidSetupError("give either a model or a parameter count (--params), not both or neither")
+    check_finetune(setup.finetune, has_model=model is not None)
     if params is not None:
         if params <= 0:
             raise InvalidSetupError(f"--params must be positive, got {params}")
@@ -68,7 +71,7 @@ def estimate(
         resolved = resolve_model(model, revision=revision, token=token)
         if trust_remote_code:
             resolved = fetch_remote_code(resolved, token=token)
-        inventory = count_parameters(resolved, trust_remote_code=trust_remote_code)
+        inventory = count_parameters(resolved, trust_remote_code=trust_remote_code, finetune=setup.finetune)
     training = _plan(resolved, inventory, setup, find_max_batch=find_max_batch, trust_remote_code=trust_remote_code)
     return Report(model=resolved, inventory=inventory, training=training, hfmem_version=hfmem_version())
 
@@ -89,6 +92,7 @@ def _plan(
     if find_max_batch and setup.gpu is None:
         raise InvalidSetupError("--max-batch needs a GPU to fill: pass --gpu NAME or --gpu-memory SIZE")
     if resolved.source == "params":
+        check_parallel(setup, inventory)
         return plan_training(inventory, setup, None)
     from hfmem.inventory import profile_activations
 
@@ -96,16 +100,22 @@ def _plan(
         seq_len, why = setup.seq_len, "--seq-len"
     else:
         seq_len, why = default_seq_len(resolved.config)
+    check_parallel(setup, inventory, resolved.config, seq_len=seq_len)
+    # Context parallelism: each GPU runs its 1/cp of the sequence (Megatron splits it into 2·cp chunks for load
+    # balance; the tokens per GPU are the same).
+    local_seq_len = seq_len // setup.parallel.cp
 
     def profile(batch: int) -> ActivationProfile:
         return profile_activations(
             resolved,
             batch_size=batch,
-            seq_len=seq_len,
+            seq_len=local_seq_len,
             attn=setup.attn,
             dtype=activation_dtype(setup.precision),
             dropout=setup.dropout,
             trust_remote_code=trust_remote_code,
+            finetune=setup.finetune,
+            tensor_parallel=setup.parallel.tp > 1,
         )
 
     measured = profile(setup.batch_size)
