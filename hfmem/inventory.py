@@ -523,10 +523,12 @@ def _tensor_parallel_mode(params: set[int], replicated: set[int]) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.split: set[int] = set()
+            self.known: set[int] = set()
+            self.keep_alive: list[Any] = []
+            self.op_split_in = False
 
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             kwargs = kwargs or {}
-            out = func(*args, **kwargs)
             inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
             weights, activations = [], []
             for tensor in inputs:
@@ -543,17 +545,27 @@ def _tensor_parallel_mode(params: set[int], replicated: set[int]) -> Any:
                 split_out = not split_in
             else:
                 split_out = split_in
+            # Tensors an op saves that are new (its output, or copies it makes inside, such as matmul's
+            # reshapes) take the side of the op's inputs.
+            self.op_split_in = split_in
+            out = func(*args, **kwargs)
             for tensor in tree_flatten(out)[0]:
                 if isinstance(tensor, torch.Tensor) and not isinstance(tensor, torch.nn.Parameter):
                     with contextlib.suppress(Exception):
                         key = tensor.untyped_storage()._cdata
                         if key in params:
                             continue
+                        self.known.add(key)
+                        self.keep_alive.append(tensor)  # a freed storage's address must not be reused
                         if split_out:
                             self.split.add(key)
                         else:
                             self.split.discard(key)
             return out
+
+        def is_split(self, key: int) -> bool:
+            """Whether a tensor saved just now (inside the current op) lies in a split region."""
+            return key in self.split if key in self.known else self.op_split_in
 
     return TensorParallelMode()
 
@@ -628,8 +640,8 @@ def _trace(
     params = {p.untyped_storage()._cdata for p in torch_model.parameters()}
     seen: set[int] = set()
     totals = {"other": 0, "logits": 0, "other_after": 0}
-    # (storage, bytes, layer) of every saved tensor, to sum the tensor-parallel split once the trace is done.
-    records: list[tuple[int, int, str]] = []
+    # Bytes each layer saves inside tensor-parallel split regions.
+    split_now: dict[str, int] = {}
     mode: Any = contextlib.nullcontext()
     if options.tensor_parallel:
         routing = _moe_routing(config)
@@ -655,7 +667,8 @@ def _trace(
             totals["logits"] += size
         elif stack:
             saved[stack[-1]] = saved.get(stack[-1], 0) + size
-            records.append((key, size, stack[-1]))
+            if options.tensor_parallel:
+                split_now[stack[-1]] = split_now.get(stack[-1], 0) + (size if mode.is_split(key) else 0)
         else:
             totals["other"] += size
             if order:
@@ -688,12 +701,9 @@ def _trace(
             handle.remove()
     logits = getattr(output, "logits", None)
     logits_bytes = logits.untyped_storage().nbytes() if isinstance(logits, torch.Tensor) else 0
-    split: dict[str, int] = {}
-    if options.tensor_parallel:
-        for key, size, name in records:
-            if key in mode.split:
-                split[name] = split.get(name, 0) + size
-    layers = tuple(LayerProfile(name, saved.get(name, 0), inputs.get(name, 0), split.get(name, 0)) for name in order)
+    layers = tuple(
+        LayerProfile(name, saved.get(name, 0), inputs.get(name, 0), split_now.get(name, 0)) for name in order
+    )
     return ActivationProfile(
         batch_size=batch_size,
         seq_len=seq_len,
