@@ -7,6 +7,8 @@ from importlib.metadata import PackageNotFoundError, version
 from hfmem.errors import InvalidSetupError
 from hfmem.memory.activations import activation_dtype, default_seq_len
 from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, default_context, plan_inference
+from hfmem.memory.methods import check_finetune
+from hfmem.memory.parallel import check_parallel
 from hfmem.memory.peak import plan_training
 from hfmem.types import (
     ActivationProfile,
@@ -72,6 +74,7 @@ def estimate(
     setup = setup or TrainingSetup()
     if (model is None) == (params is None):
         raise InvalidSetupError("give either a model or a parameter count (--params), not both or neither")
+    check_finetune(setup.finetune, has_model=model is not None)
     if params is not None:
         if params <= 0:
             raise InvalidSetupError(f"--params must be positive, got {params}")
@@ -85,7 +88,14 @@ def estimate(
         resolved = resolve_model(model, revision=revision, token=token)
         if trust_remote_code:
             resolved = fetch_remote_code(resolved, token=token)
-        inventory = count_parameters(resolved, trust_remote_code=trust_remote_code)
+        inventory = count_parameters(resolved, trust_remote_code=trust_remote_code, finetune=setup.finetune)
+    base_inventory = inventory
+    lora = setup.finetune.method in ("lora", "qlora")
+    if lora and resolved.source != "params" and (inference is not None or checkpoint):
+        # Serving and the checkpoint concern the base model; peft renames its modules and adds adapters.
+        from hfmem.inventory import count_parameters
+
+        base_inventory = count_parameters(resolved, trust_remote_code=trust_remote_code)
     if not training and inference is None:
         raise InvalidSetupError("nothing to plan: ask for training, inference or both")
     plan = (
@@ -103,10 +113,12 @@ def estimate(
                 )
             notes.append("inference skipped: --params gives no KV-cache layout (pass a model id)")
         else:
-            served = _serve(resolved, inventory, inference, trust_remote_code=trust_remote_code)
+            served = _serve(resolved, base_inventory, inference, trust_remote_code=trust_remote_code)
+            if lora:
+                notes.append("inference plans the base model with the LoRA adapters merged (unmerged, they add theirs)")
     comparison = None
     if checkpoint and resolved.source != "params":
-        comparison, note = _checkpoint(resolved, inventory, served, token=token)
+        comparison, note = _checkpoint(resolved, base_inventory, served, token=token)
         if note:
             notes.append(note)
     return Report(
@@ -175,6 +187,7 @@ def _plan(
     if find_max_batch and setup.gpu is None:
         raise InvalidSetupError("--max-batch needs a GPU to fill: pass --gpu NAME or --gpu-memory SIZE")
     if resolved.source == "params":
+        check_parallel(setup, inventory)
         return plan_training(inventory, setup, None)
     from hfmem.inventory import profile_activations
 
@@ -182,16 +195,22 @@ def _plan(
         seq_len, why = setup.seq_len, "--seq-len"
     else:
         seq_len, why = default_seq_len(resolved.config)
+    check_parallel(setup, inventory, resolved.config, seq_len=seq_len)
+    # Context parallelism: each GPU runs its 1/cp of the sequence (Megatron splits it into 2·cp chunks for load
+    # balance; the tokens per GPU are the same).
+    local_seq_len = seq_len // setup.parallel.cp
 
     def profile(batch: int) -> ActivationProfile:
         return profile_activations(
             resolved,
             batch_size=batch,
-            seq_len=seq_len,
+            seq_len=local_seq_len,
             attn=setup.attn,
             dtype=activation_dtype(setup.precision),
             dropout=setup.dropout,
             trust_remote_code=trust_remote_code,
+            finetune=setup.finetune,
+            tensor_parallel=setup.parallel.tp > 1,
         )
 
     measured = profile(setup.batch_size)

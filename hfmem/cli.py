@@ -24,13 +24,18 @@ from hfmem.types import (
     ACCOUNTINGS,
     ATTENTIONS,
     CHECKPOINTINGS,
+    FSDP_STRATEGIES,
     KV_DTYPES,
+    METHODS,
     OFFLOADS,
     OPTIMIZERS,
+    PIPELINE_SCHEDULES,
     PRECISIONS,
+    FinetuneSettings,
     GpuTarget,
     InferenceSetup,
     OverheadSettings,
+    ParallelSettings,
     TrainingSetup,
 )
 from hfmem.units import format_count_short, parse_count
@@ -89,6 +94,32 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str | None)
         return parse_memory(value)
     except ValueError as e:
         raise click.BadParameter(str(e), ctx=ctx, param=param) from e
+
+
+def _parse_names(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[str, ...] | None:
+    """Comma-separated (and/or repeated) names → a tuple; None when the option was not given."""
+    if value is None or value == ():
+        return None
+    values = value if isinstance(value, tuple) else (value,)
+    names = tuple(name.strip() for item in values for name in item.split(",") if name.strip())
+    if not names:
+        raise click.BadParameter("give at least one name", ctx=ctx, param=param)
+    return names
+
+
+#: ``--fsdp`` → the ZeRO stage with the same sharding (torch ``ShardingStrategy`` docstring; REFERENCE §2.5):
+#: FULL_SHARD = ZeRO-3, SHARD_GRAD_OP = ZeRO-2, NO_SHARD = DDP (0), HYBRID_SHARD = ZeRO-3 inside a node.
+FSDP_ZERO_STAGE = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0, "hybrid_shard": 3}
+
+#: ``--tp``, defined once: tensor parallelism splits the weights (and, for training, the activations) Megatron-style.
+tp_option = click.option(
+    "--tp",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Tensor-parallel degree: attention/MLP linears split column-/row-parallel, embeddings and LM head "
+    "vocab-parallel (Megatron); activations inside attention/MLP split too. Inference: KV heads split as well.",
+)
 
 
 def _list_gpus(json_: bool) -> None:
@@ -176,6 +207,97 @@ def _list_catalogue(json_: bool) -> None:
 )
 @click.option(
     "--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Nodes; ZeRO shards over gpus × nodes."
+)
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="full",
+    show_default=True,
+    help="full: train every parameter. lora: peft LoRA adapters on a frozen base. qlora: LoRA on a bitsandbytes "
+    "NF4 base. freeze: train only --train-modules.",
+)
+@click.option(
+    "--lora-rank", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank r (peft's default: 8)."
+)
+@click.option(
+    "--lora-alpha", type=click.IntRange(min=1), help="LoRA alpha (peft's default: 8); scales the update, not memory."
+)
+@click.option(
+    "--lora-targets",
+    metavar="NAMES",
+    callback=_parse_names,
+    help="Modules to adapt: all-linear, or a comma list (q_proj,v_proj). Default: peft's default for the architecture.",
+)
+@click.option(
+    "--modules-to-save",
+    metavar="NAMES",
+    callback=_parse_names,
+    help="Comma list of modules trained in full next to the adapters (peft modules_to_save), e.g. lm_head.",
+)
+@click.option(
+    "--dora", is_flag=True, help="DoRA: LoRA plus a trainable magnitude vector per adapted layer (peft use_dora)."
+)
+@click.option(
+    "--double-quant",
+    is_flag=True,
+    help="NF4 double quantization (--method qlora, --weights-dtype nf4): 8-bit absmax in blocks of 256 "
+    "(bitsandbytes bnb_4bit_use_double_quant).",
+)
+@click.option(
+    "--train-modules",
+    metavar="PATTERNS",
+    multiple=True,
+    callback=_parse_names,
+    help="--method freeze: comma list of module names or globs to train (lm_head, 'model.layers.3?.*'; "
+    "'re:' for a regex); everything else is frozen.",
+)
+@tp_option
+@click.option(
+    "--pp",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Pipeline-parallel degree: stages of consecutive layers; the busiest stage is reported.",
+)
+@click.option(
+    "--cp",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Context-parallel degree: splits the sequence.",
+)
+@click.option(
+    "--ep",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Expert-parallel degree (MoE): routed experts split over EP GPUs carved from data parallelism.",
+)
+@click.option("--sp", is_flag=True, help="Sequence parallelism with --tp: norms and dropouts split over the sequence.")
+@click.option(
+    "--pp-schedule",
+    type=click.Choice(PIPELINE_SCHEDULES),
+    default="1f1b",
+    show_default=True,
+    help="Pipeline schedule: 1f1b (stage k keeps pp − k micro-batches in flight) or interleaved (virtual stages).",
+)
+@click.option(
+    "--microbatches",
+    type=click.IntRange(min=1),
+    help="Micro-batches per step per pipeline (default: at least --pp). Fewer than --pp caps what is in flight.",
+)
+@click.option(
+    "--virtual-stages",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Model chunks per GPU with --pp-schedule interleaved.",
+)
+@click.option(
+    "--fsdp",
+    type=click.Choice(FSDP_STRATEGIES),
+    help="Shard with PyTorch FSDP instead of DeepSpeed: full_shard = ZeRO-3, shard_grad_op = ZeRO-2, no_shard = "
+    "DDP, hybrid_shard = ZeRO-3 within a node; FSDP's unit buffers replace DeepSpeed's buckets.",
 )
 @click.option(
     "--offload",
@@ -272,18 +394,10 @@ def _list_catalogue(json_: bool) -> None:
     show_default=True,
     help="int4: inputs per scale/zero group.",
 )
-@click.option("--double-quant", is_flag=True, help="nf4: bitsandbytes double quantization of the absmax values.")
 @click.option(
     "--kv-dtype",
     type=click.Choice(KV_DTYPES),
     help="Inference: KV cache element type (default: the compute dtype, bf16 for most models).",
-)
-@click.option(
-    "--tp",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Inference: tensor-parallel GPUs sharing the weights and KV heads.",
 )
 @click.option(
     "--prefill-chunk",
@@ -318,6 +432,23 @@ def cli(
     zero_stages: tuple[int, ...],
     gpus_per_node: int,
     nodes: int,
+    method: Any,
+    lora_rank: int,
+    lora_alpha: int | None,
+    lora_targets: tuple[str, ...] | None,
+    modules_to_save: tuple[str, ...] | None,
+    dora: bool,
+    double_quant: bool,
+    train_modules: tuple[str, ...] | None,
+    tp: int,
+    pp: int,
+    cp: int,
+    ep: int,
+    sp: bool,
+    pp_schedule: Any,
+    microbatches: int | None,
+    virtual_stages: int,
+    fsdp: Any,
     offload: Any,
     accounting: Any,
     batch_size: int,
@@ -336,9 +467,7 @@ def cli(
     context: int | None,
     weights_dtype: str | None,
     group_size: int,
-    double_quant: bool,
     kv_dtype: Any,
-    tp: int,
     prefill_chunk: int | None,
     checkpoint: bool,
     json_: bool,
@@ -375,6 +504,10 @@ def cli(
         raise click.UsageError("--training-only and --inference-only exclude each other; drop one")
     if check and gpu is None:
         raise click.UsageError("--check needs a GPU to check against: pass --gpu NAME or --gpu-memory SIZE")
+    if fsdp is not None:
+        if zero_stages:
+            raise click.UsageError("give either --fsdp or --zero, not both (--fsdp names its own sharding)")
+        zero_stages = (FSDP_ZERO_STAGE[fsdp],)
     if not zero_stages:
         zero_stages = {"none": (0, 1, 2, 3), "optimizer": (1, 2, 3), "optimizer+params": (3,)}[offload]
         if accounting == "deepspeed":
@@ -397,6 +530,27 @@ def cli(
         dropout=dropout,
         overheads=overheads,
         gpu=gpu,
+        finetune=FinetuneSettings(
+            method=method,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_targets=lora_targets,
+            modules_to_save=modules_to_save or (),
+            dora=dora,
+            double_quant=double_quant,
+            train_modules=train_modules or (),
+        ),
+        parallel=ParallelSettings(
+            tp=tp,
+            pp=pp,
+            cp=cp,
+            ep=ep,
+            sp=sp,
+            pp_schedule=pp_schedule,
+            microbatches=microbatches,
+            virtual_stages=virtual_stages,
+            fsdp=fsdp,
+        ),
     )
     serve = None
     if not training_only and not (params is not None and not inference_only):

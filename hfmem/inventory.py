@@ -8,6 +8,7 @@ shapes and dtypes but no storage. transformers' errors become hfmem errors here 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import warnings
@@ -16,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from hfmem.errors import (
     InvalidConfigError,
+    InvalidSetupError,
     RemoteCodeRequiredError,
     UnsupportedArchitectureError,
 )
+from hfmem.memory.methods import matches_patterns
 from hfmem.types import (
     ActivationProfile,
     Attention,
+    FinetuneSettings,
     InferenceProfile,
     KvLayer,
     LayerProfile,
@@ -62,7 +66,9 @@ _AUTO_MAPPINGS = (
 _AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForMaskedLM", "AutoModel")
 
 
-def count_parameters(model: ModelConfig, *, trust_remote_code: bool = False) -> ParameterInventory:
+def count_parameters(
+    model: ModelConfig, *, trust_remote_code: bool = False, finetune: FinetuneSettings | None = None
+) -> ParameterInventory:
     """Build ``model`` on the meta device and take its exact inventory.
 
     Uses the class the checkpoint names in ``architectures`` (so an untied LM head is counted), falling back
@@ -71,6 +77,9 @@ def count_parameters(model: ModelConfig, *, trust_remote_code: bool = False) -> 
     Args:
         model: a resolved config (see `hfmem.hub.resolve_model`).
         trust_remote_code: allow running the repo's own modelling code when the config needs it.
+        finetune: what is trained. ``lora``/``qlora`` wrap the meta model with peft's ``get_peft_model`` (so the
+            adapters, their shapes and ``requires_grad`` are exactly peft's); ``freeze`` trains only the parameters
+            ``train_modules`` matches. None or ``full``: every parameter is trainable.
 
     Returns:
         Unique parameters (tied weights once) with shapes and dtypes, buffers counted apart, the largest single
@@ -84,7 +93,118 @@ def count_parameters(model: ModelConfig, *, trust_remote_code: bool = False) -> 
     with _quiet_transformers():
         config = build_transformers_config(model, trust_remote_code=trust_remote_code)
         torch_model, arch = _instantiate(model, config, trust_remote_code=trust_remote_code)
+        torch_model = apply_finetune(torch_model, finetune, model.model_id)
     return _inventory(torch_model, config, arch)
+
+
+def apply_finetune(
+    torch_model: nn.Module,
+    finetune: FinetuneSettings | None,
+    model_id: str,
+    *,
+    trace_dtype: Any = None,
+) -> nn.Module:
+    """Mark what ``finetune`` trains, on a meta model; returns the model to inventory or trace.
+
+    ``lora``/``qlora``: ``peft.get_peft_model`` with a ``LoraConfig`` built from the settings, inside
+    ``init_empty_weights`` so the adapters are meta tensors too; the returned module is peft's
+    ``get_base_model()`` (the transformers model with the LoRA layers injected, names unchanged but for
+    ``base_layer`` / ``lora_A`` / ``lora_B``). QLoRA's adapters are the same as LoRA's: bitsandbytes swaps the
+    frozen base weights for 4-bit ones, which the memory model accounts for. ``freeze``: ``requires_grad`` follows
+    ``train_modules``.
+
+    Args:
+        trace_dtype: for the activation trace, a 16-bit activation dtype: emulate training under autocast
+            (HF Trainer ``bf16=True``). peft keeps the adapters in fp32 and casts each adapted layer's input to
+            fp32 (``_cast_input_dtype``); autocast then runs ``lora_A`` in 16-bit on a fresh 16-bit copy of that
+            input, which ``lora_A`` saves for backward. The trace casts the adapters to ``trace_dtype`` (the meta
+            device cannot autocast) and gives each ``lora_A`` that copy, so it is measured.
+
+    Raises:
+        InvalidSetupError: peft rejects the settings (a target module that does not exist…), or a
+            ``--train-modules`` pattern matches nothing.
+    """
+    if finetune is None or finetune.method == "full":
+        return torch_model
+    if finetune.method == "freeze":
+        names = [name for name, _ in torch_model.named_parameters()]
+        unmatched = [p for p in finetune.train_modules if not any(matches_patterns(n, (p,)) for n in names)]
+        if not finetune.train_modules or unmatched:
+            raise InvalidSetupError(
+                f"--train-modules {' '.join(unmatched) or '(none given)'} matches no parameter of '{model_id}'; "
+                f"pass module names or globs such as 'lm_head', 'model.layers.3?.*' or 're:layers\\.(30|31)\\.' "
+                f"(parameters look like '{names[0] if names else ''}')"
+            )
+        for name, param in torch_model.named_parameters():
+            param.requires_grad_(matches_patterns(name, finetune.train_modules))
+        return torch_model
+    import peft
+    from accelerate import init_empty_weights
+
+    targets: Any = None
+    if finetune.lora_targets == ("all-linear",):
+        targets = "all-linear"
+    elif finetune.lora_targets:
+        targets = list(finetune.lora_targets)
+    try:
+        lora = peft.LoraConfig(
+            r=finetune.lora_rank,
+            lora_alpha=finetune.lora_alpha if finetune.lora_alpha is not None else 8,
+            target_modules=targets,
+            modules_to_save=list(finetune.modules_to_save) or None,
+            use_dora=finetune.dora,
+        )
+        with init_empty_weights(include_buffers=True):
+            peft_model = peft.get_peft_model(torch_model, lora)
+    except Exception as e:  # peft raises ValueError / TypeError / KeyError for settings it rejects
+        raise InvalidSetupError(
+            f"peft could not add LoRA adapters to '{model_id}' ({type(e).__name__}: {_first_line(e)}); "
+            "check --lora-targets / --modules-to-save against the model's module names, or use "
+            "--lora-targets all-linear"
+        ) from e
+    base = peft_model.get_base_model()
+    if trace_dtype is not None:
+        _emulate_autocast_adapters(base, trace_dtype)
+    return base
+
+
+def _emulate_autocast_adapters(model: nn.Module, dtype: Any) -> None:
+    """Adapters in ``dtype``, each ``lora_A`` fed a fresh ``dtype`` copy of its input (see `apply_finetune`)."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    if dtype == torch.float32:
+        return
+
+    def copy_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        (x, *rest) = args
+        return (x.to(torch.float32).to(dtype), *rest)
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.lora_A.values():
+                adapter.to(dtype)
+                adapter.register_forward_pre_hook(copy_input)
+            for adapter in module.lora_B.values():
+                adapter.to(dtype)
+            for magnitude in getattr(module, "lora_magnitude_vector", {}).values():
+                magnitude.to(dtype)
+    for name, param in model.named_parameters():
+        if param.requires_grad and param.dtype == torch.float32 and "modules_to_save" in name:
+            param.data = param.data.to(dtype)
+
+
+def layer_modules(torch_model: nn.Module) -> dict[int, str]:
+    """The outermost transformer layers (`GradientCheckpointingLayer`), by module id, in registration order."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    names: dict[int, str] = {}
+    for name, module in torch_model.named_modules():
+        if isinstance(module, GradientCheckpointingLayer) and not any(
+            name.startswith(outer + ".") for outer in names.values()
+        ):
+            names[id(module)] = name
+    return names
 
 
 def build_transformers_config(model: ModelConfig, *, trust_remote_code: bool = False) -> PretrainedConfig:
@@ -222,16 +342,24 @@ def _inventory(model: nn.Module, config: PretrainedConfig, arch: str) -> Paramet
     from transformers.pytorch_utils import Conv1D
 
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    input_embedding_ids = set(embedding_ids)
     linear_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, Conv1D))}
+    output_id: int | None = None
     with contextlib.suppress(Exception):  # some models implement neither accessor
         out = model.get_output_embeddings()
         if out is not None and getattr(out, "weight", None) is not None:
             embedding_ids.add(id(out.weight))
+            output_id = id(out.weight)
+    tied = output_id is not None and output_id in input_embedding_ids
+    layer_names = list(layer_modules(model).values())
+    seen_layer = False
 
     base_prefix = getattr(model, "base_model_prefix", "") or ""
     parameters: list[ParameterInfo] = []
     per_module: dict[str, int] = {}
     for name, param in model.named_parameters():  # remove_duplicate=True: tied weights once
+        layer_index = next((i for i, layer in enumerate(layer_names) if name.startswith(layer + ".")), None)
+        seen_layer = seen_layer or layer_index is not None
         parameters.append(
             ParameterInfo(
                 name=name,
@@ -241,6 +369,9 @@ def _inventory(model: nn.Module, config: PretrainedConfig, arch: str) -> Paramet
                 is_embedding=id(param) in embedding_ids,
                 is_routed_expert=bool(_ROUTED_EXPERT.search(name)),
                 is_linear=id(param) in linear_ids,
+                is_output_embedding=id(param) == output_id and not tied,
+                layer_index=layer_index,
+                after_layers=layer_index is None and seen_layer,
             )
         )
         parts = name.split(".")
@@ -263,6 +394,8 @@ def _inventory(model: nn.Module, config: PretrainedConfig, arch: str) -> Paramet
         architecture=arch,
         model_type=getattr(config, "model_type", None),
         moe_routing=_moe_routing(config),
+        layer_names=layer_names,
+        tied_embeddings=tied,
     )
 
 
@@ -279,6 +412,8 @@ def profile_activations(
     dtype: str,
     dropout: float | None = None,
     trust_remote_code: bool = False,
+    finetune: FinetuneSettings | None = None,
+    tensor_parallel: bool = False,
 ) -> ActivationProfile:
     """Measure what one training micro-batch saves for backward, by running the model on the meta device.
 
@@ -296,6 +431,12 @@ def profile_activations(
         attn: ``sdpa`` and ``flash`` use the fused stand-in; ``eager`` the model's eager attention.
         dtype: activation dtype name (``bfloat16``, ``float16``, ``float32``).
         dropout: override every dropout probability (None: keep the config's).
+        finetune: the method: a LoRA model is traced with its adapters (in the activation dtype, as under
+            autocast) and frozen parameters, so what autograd does not need for frozen weights is not counted.
+        tensor_parallel: also measure, per layer, the bytes Megatron TP would split (``tp_split_bytes``): a
+            ``TorchFunctionMode`` follows which tensors lie between a column-parallel linear (a weight op on a
+            replicated input) and a row-parallel one (a weight op on a split input). Off by default: it slows
+            the trace.
 
     Raises:
         UnsupportedArchitectureError: the model cannot run forward on the meta device.
@@ -305,9 +446,10 @@ def profile_activations(
     torch_dtype = getattr(torch, dtype)
     with _quiet_transformers():
         config = build_transformers_config(model, trust_remote_code=trust_remote_code)
-        fused = _trace(model, config, FUSED_ATTENTION, torch_dtype, batch_size, seq_len, dropout, trust_remote_code)
+        options = _TraceOptions(dropout, trust_remote_code, finetune, tensor_parallel)
+        fused = _trace(model, config, FUSED_ATTENTION, torch_dtype, batch_size, seq_len, options)
         if attn == "eager":
-            chosen = _trace(model, config, "eager", torch_dtype, batch_size, seq_len, dropout, trust_remote_code)
+            chosen = _trace(model, config, "eager", torch_dtype, batch_size, seq_len, options)
         else:
             chosen = fused
     return ActivationProfile(
@@ -322,6 +464,7 @@ def profile_activations(
         logits_saved_bytes=chosen.logits_saved_bytes,
         logits_bytes=chosen.logits_bytes,
         attention_calls=fused.attention_calls,
+        other_after_bytes=chosen.other_after_bytes,
     )
 
 
@@ -359,6 +502,77 @@ def _register_fused_attention() -> None:
 _TRACE_STATE: dict[str, Any] = {"attention_calls": 0}
 
 
+@dataclasses.dataclass(frozen=True)
+class _TraceOptions:
+    dropout: float | None
+    trust_remote_code: bool
+    finetune: FinetuneSettings | None
+    tensor_parallel: bool
+
+
+def _tensor_parallel_mode(params: set[int], replicated: set[int]) -> Any:
+    """A TorchFunctionMode that marks the storages Megatron tensor parallelism would split.
+
+    A weight op (an op taking a ≥ 2-D parameter: linear, addmm, matmul, a routed expert's slice) toggles: on an
+    unsplit input it is column-parallel (output split), on a split input row-parallel (output all-reduced, whole).
+    Embedding lookups, the MoE router and LoRA adapters (``replicated``) give whole outputs; any other op's output
+    is split iff one of its inputs is. The mode is off inside an op, so each op is seen once, at the top level.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_flatten
+
+    class TensorParallelMode(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.split: set[int] = set()
+            self.known: set[int] = set()
+            self.keep_alive: list[Any] = []
+            self.op_split_in = False
+
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+            weights, activations = [], []
+            for tensor in inputs:
+                try:
+                    key = tensor.untyped_storage()._cdata
+                except Exception:  # noqa: BLE001 - tensors without storage (sparse, nested) are not tracked
+                    continue
+                (weights if key in params else activations).append((key, tensor))
+            split_in = any(key in self.split for key, _ in activations)
+            big = [key for key, t in weights if t.dim() >= 2]
+            if func is torch.nn.functional.embedding or (big and all(key in replicated for key in big)):
+                split_out = False
+            elif big:
+                split_out = not split_in
+            else:
+                split_out = split_in
+            # Tensors an op saves that are new (its output, or copies it makes inside, such as matmul's
+            # reshapes) take the side of the op's inputs.
+            self.op_split_in = split_in
+            out = func(*args, **kwargs)
+            for tensor in tree_flatten(out)[0]:
+                if isinstance(tensor, torch.Tensor) and not isinstance(tensor, torch.nn.Parameter):
+                    with contextlib.suppress(Exception):
+                        key = tensor.untyped_storage()._cdata
+                        if key in params:
+                            continue
+                        self.known.add(key)
+                        self.keep_alive.append(tensor)  # a freed storage's address must not be reused
+                        if split_out:
+                            self.split.add(key)
+                        else:
+                            self.split.discard(key)
+            return out
+
+        def is_split(self, key: int) -> bool:
+            """Whether a tensor saved just now (inside the current op) lies in a split region."""
+            return key in self.split if key in self.known else self.op_split_in
+
+    return TensorParallelMode()
+
+
 def _trace(
     model: ModelConfig,
     config: PretrainedConfig,
@@ -366,13 +580,13 @@ def _trace(
     dtype: Any,
     batch_size: int,
     seq_len: int,
-    dropout: float | None,
-    trust_remote_code: bool,
+    options: _TraceOptions,
 ) -> ActivationProfile:
     import inspect
 
     import torch
-    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    dropout, trust_remote_code = options.dropout, options.trust_remote_code
 
     _register_fused_attention()
     try:
@@ -388,6 +602,8 @@ def _trace(
         torch_model, _ = _instantiate(
             model, config, trust_remote_code=trust_remote_code, dtype=dtype, attn_implementation="eager"
         )
+    # Adapters in the activation dtype: under autocast their matmuls run in 16-bit like the base model's.
+    torch_model = apply_finetune(torch_model, options.finetune, model.model_id, trace_dtype=dtype)
     torch_model.train()
     if dropout is not None:
         _set_dropout(torch_model, dropout)
@@ -395,12 +611,7 @@ def _trace(
     vocab = int(getattr(text_config, "vocab_size", 0) or 0)
 
     # Outermost transformer layers, in forward order.
-    layer_names: dict[int, str] = {}
-    for name, module in torch_model.named_modules():
-        if isinstance(module, GradientCheckpointingLayer) and not any(
-            name.startswith(outer + ".") for outer in layer_names.values()
-        ):
-            layer_names[id(module)] = name
+    layer_names = layer_modules(torch_model)
     stack: list[str] = []
     inputs: dict[str, int] = {}
     saved: dict[str, int] = {}
@@ -431,7 +642,21 @@ def _trace(
 
     params = {p.untyped_storage()._cdata for p in torch_model.parameters()}
     seen: set[int] = set()
-    totals = {"other": 0, "logits": 0}
+    totals = {"other": 0, "logits": 0, "other_after": 0}
+    # Bytes each layer saves inside tensor-parallel split regions.
+    split_now: dict[str, int] = {}
+    mode: Any = contextlib.nullcontext()
+    if options.tensor_parallel:
+        routing = _moe_routing(config)
+        # Whole outputs: the MoE router (replicated in Megatron) and LoRA adapters (rank-r: lora_A's output is
+        # replicated; lora_B's output is added to the base layer's, whose split it takes).
+        replicated = {
+            p.untyped_storage()._cdata
+            for name, p in torch_model.named_parameters()
+            if (routing and p.dim() == 2 and p.shape[0] == routing[0] and not _ROUTED_EXPERT.search(name))
+            or ".lora_" in name
+        }
+        mode = _tensor_parallel_mode(params, replicated)
 
     def pack(tensor: Any) -> Any:
         storage = tensor.untyped_storage()
@@ -445,8 +670,12 @@ def _trace(
             totals["logits"] += size
         elif stack:
             saved[stack[-1]] = saved.get(stack[-1], 0) + size
+            if options.tensor_parallel:
+                split_now[stack[-1]] = split_now.get(stack[-1], 0) + (size if mode.is_split(key) else 0)
         else:
             totals["other"] += size
+            if order:
+                totals["other_after"] += size
         return tensor.detach()
 
     handles = []
@@ -463,7 +692,7 @@ def _trace(
         kwargs["decoder_input_ids"] = ids
     _TRACE_STATE["attention_calls"] = 0
     try:
-        with cuda_style_dropout(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with cuda_style_dropout(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
             output = torch_model(**kwargs)
     except Exception as e:
         raise UnsupportedArchitectureError(
@@ -475,7 +704,9 @@ def _trace(
             handle.remove()
     logits = getattr(output, "logits", None)
     logits_bytes = logits.untyped_storage().nbytes() if isinstance(logits, torch.Tensor) else 0
-    layers = tuple(LayerProfile(name, saved.get(name, 0), inputs.get(name, 0)) for name in order)
+    layers = tuple(
+        LayerProfile(name, saved.get(name, 0), inputs.get(name, 0), split_now.get(name, 0)) for name in order
+    )
     return ActivationProfile(
         batch_size=batch_size,
         seq_len=seq_len,
@@ -488,6 +719,7 @@ def _trace(
         logits_saved_bytes=totals["logits"],
         logits_bytes=logits_bytes,
         attention_calls=_TRACE_STATE["attention_calls"],
+        other_after_bytes=totals["other_after"],
     )
 
 

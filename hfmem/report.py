@@ -10,8 +10,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from hfmem.memory.methods import describe_finetune
+from hfmem.memory.parallel import in_flight_microbatches
 from hfmem.memory.states import OPTIMIZER_DESCRIPTIONS, PRECISION_SPECS
-from hfmem.types import InferenceEstimate, KvLayer, Report, StageMemory
+from hfmem.types import InferenceEstimate, KvLayer, Report, StageMemory, TrainingSetup
 from hfmem.units import GIB, format_count_short
 
 __all__ = ["SCHEMA_VERSION", "to_dict", "render_table", "describe_source"]
@@ -57,6 +59,46 @@ def _stage_dict(stage: StageMemory) -> dict[str, Any]:
             "recompute_bytes": stage.activation_recompute_bytes,
             "logits_saved_bytes": stage.logits_saved_bytes,
         },
+        "busiest_gpu": None
+        if stage.pipeline_stage is None
+        else {
+            "pipeline_stage": stage.pipeline_stage,
+            "layers": list(stage.stage_layers) if stage.stage_layers else None,
+            "holds": list(stage.stage_holds),
+        },
+    }
+
+
+def _settings_extra(setup: TrainingSetup) -> dict[str, Any]:
+    """The method, adapter and parallel settings added to ``training.settings`` (schema 1, new keys)."""
+    ft, par = setup.finetune, setup.parallel
+    return {
+        "method": ft.method,
+        "adapter": None
+        if not ft.uses_peft
+        else {
+            "lora_rank": ft.lora_rank,
+            "lora_alpha": ft.lora_alpha,
+            "lora_targets": list(ft.lora_targets) if ft.lora_targets is not None else None,
+            "modules_to_save": list(ft.modules_to_save),
+            "dora": ft.dora,
+            "double_quant": ft.double_quant,
+        },
+        "train_modules": list(ft.train_modules),
+        "parallel": {
+            "tp": par.tp,
+            "pp": par.pp,
+            "cp": par.cp,
+            "ep": par.ep,
+            "sp": par.sp,
+            "dp": setup.data_parallel_size,
+            "sharding_degree": setup.num_gpus,
+            "expert_sharding_degree": setup.expert_sharding_degree,
+            "pp_schedule": par.pp_schedule,
+            "microbatches": par.microbatches,
+            "virtual_stages": par.virtual_stages if par.pp_schedule == "interleaved" else None,
+            "fsdp": par.fsdp,
+        },
     }
 
 
@@ -81,6 +123,7 @@ def _training_dict(report: Report) -> dict[str, Any] | None:
             "dropout": setup.dropout,
             "cuda_context_bytes": setup.overheads.cuda_context_bytes,
             "fragmentation": setup.overheads.fragmentation,
+            **_settings_extra(setup),
         },
         "convention": training.convention,
         "stages": [_stage_dict(s) for s in training.stages],
@@ -244,6 +287,24 @@ def _stage_title(report: Report) -> str:
     title = f"Peak memory per GPU (GiB) — {setup.precision}, {setup.optimizer}, {gpus}, offload {setup.offload}"
     if setup.accounting == "deepspeed":
         title += ", DeepSpeed accounting"
+    if setup.method != "full":
+        title += f", method {setup.method}"
+    par = setup.parallel
+    layout = [
+        f"{name} {value}"
+        for name, value in (("tp", par.tp), ("pp", par.pp), ("cp", par.cp), ("ep", par.ep))
+        if value > 1
+    ]
+    if par.sp:
+        layout.append("sp")
+    if par.fsdp:
+        layout.append(f"FSDP {par.fsdp}")
+    if layout:
+        title += (
+            "\n"
+            + " · ".join(layout)
+            + f" · data parallel {setup.data_parallel_size}, states sharded over {setup.num_gpus}"
+        )
     if training.seq_len is not None:
         title += (
             f"\nmicro-batch {setup.batch_size} × {training.seq_len:,} tokens ({training.seq_len_source}), "
@@ -263,9 +324,14 @@ def _stage_table(report: Report) -> Table:
     assert training is not None
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     headers = ["ZeRO", "weights", "master", "grads", "optim", "activ", "logits", "overhead", "peak", "at"]
+    show_stage = any(s.pipeline_stage is not None for s in training.stages)
+    if show_stage:
+        headers.append("busiest")
     show_cpu = any(s.cpu_bytes_per_node for s in training.stages)
     if show_cpu:
         headers.append("CPU/node")
+    if show_stage and show_cpu:
+        headers[-2:] = ["busiest", "CPU/node"]
     for name in headers:
         table.add_column(name, justify="left" if name == "at" else "right", style="bold" if name == "peak" else None)
     for stage in training.stages:
@@ -281,6 +347,8 @@ def _stage_table(report: Report) -> Table:
             _gib(stage.total_bytes),
             (stage.peak_phase or "").replace("optimizer_step", "step"),
         ]
+        if show_stage:
+            row.append(f"stage {stage.pipeline_stage}")
         if show_cpu:
             row.append(_gib(stage.cpu_bytes_per_node))
         table.add_row(*row)
@@ -314,10 +382,20 @@ def _footer(report: Report) -> Text:
         f"Precision: {PRECISION_SPECS[setup.precision].description}.",
         f"Optimizer: {OPTIMIZER_DESCRIPTIONS[setup.optimizer]}.",
         f"Convention: {report.training.convention}.",
+        *([f"Method: {describe_finetune(setup.finetune)}."] if setup.method != "full" else []),
         "peak = weights + master + grads + optim + activations + logits + overhead at the phase in 'at'; "
         "GiB = 2^30 bytes.",
     ]
     for stage in report.training.stages:
+        if stage.pipeline_stage is not None:
+            first, last = stage.stage_layers or (0, -1)
+            holds = f" + {', '.join(stage.stage_holds)}" if stage.stage_holds else ""
+            in_flight = in_flight_microbatches(setup, stage.pipeline_stage)
+            lines.append(
+                f"Busiest GPU, ZeRO-{stage.zero_stage}: pipeline stage {stage.pipeline_stage} of {setup.parallel.pp} "
+                f"(layers {first}–{last}{holds}), {in_flight:g} micro-batches of activations in flight "
+                f"({setup.parallel.pp_schedule})."
+            )
         if stage.overhead_items:
             parts = " · ".join(f"{name} {size / GIB:,.2f}" for name, size in stage.overhead_items)
             lines.append(f"Overhead, ZeRO-{stage.zero_stage}: {parts}.")

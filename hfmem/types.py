@@ -26,6 +26,8 @@ __all__ = [
     "MoeInfo",
     "ParameterInventory",
     "TrainingSetup",
+    "FinetuneSettings",
+    "ParallelSettings",
     "OverheadSettings",
     "GpuTarget",
     "LayerProfile",
@@ -50,6 +52,9 @@ PeakPhase = Literal["forward", "backward", "optimizer_step"]
 KvKind = Literal["full", "sliding", "cross", "state"]
 KvDtype = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
 KV_DTYPES: tuple[KvDtype, ...] = ("fp32", "bf16", "fp16", "fp8", "int8")
+Method = Literal["full", "lora", "qlora", "freeze"]
+PipelineSchedule = Literal["1f1b", "interleaved"]
+FsdpStrategy = Literal["full_shard", "shard_grad_op", "no_shard", "hybrid_shard"]
 
 PRECISIONS: tuple[Precision, ...] = ("fp32", "tf32", "bf16-mixed", "fp16-mixed", "bf16", "fp16")
 OPTIMIZERS: tuple[Optimizer, ...] = ("adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion")
@@ -57,6 +62,9 @@ OFFLOADS: tuple[Offload, ...] = ("none", "optimizer", "optimizer+params")
 ACCOUNTINGS: tuple[Accounting, ...] = ("hfmem", "deepspeed")
 ATTENTIONS: tuple[Attention, ...] = ("sdpa", "flash", "eager")
 CHECKPOINTINGS: tuple[Checkpointing, ...] = ("none", "full", "selective")
+METHODS: tuple[Method, ...] = ("full", "lora", "qlora", "freeze")
+PIPELINE_SCHEDULES: tuple[PipelineSchedule, ...] = ("1f1b", "interleaved")
+FSDP_STRATEGIES: tuple[FsdpStrategy, ...] = ("full_shard", "shard_grad_op", "no_shard", "hybrid_shard")
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,9 @@ class ParameterInfo:
     """One unique parameter tensor (tied weights appear once, under their first name).
 
     ``is_linear``: the weight of an ``nn.Linear`` or transformers ``Conv1D`` (what quantizers replace).
+    ``is_output_embedding``: an untied LM head (output embeddings); also flagged ``is_embedding``.
+    ``layer_index``: the transformer layer holding it (index into `ParameterInventory.layer_names`), or None.
+    ``after_layers``: outside the layers and after them (final norm, LM head), as opposed to before (embeddings).
     """
 
     name: str
@@ -107,6 +118,9 @@ class ParameterInfo:
     is_embedding: bool = False
     is_routed_expert: bool = False
     is_linear: bool = False
+    is_output_embedding: bool = False
+    layer_index: int | None = None
+    after_layers: bool = False
 
     @property
     def numel(self) -> int:
@@ -147,6 +161,8 @@ class ParameterInventory:
     architecture: str | None = None
     model_type: str | None = None
     moe: MoeInfo | None = None
+    layer_names: tuple[str, ...] = ()
+    tied_embeddings: bool = False
 
     @property
     def non_embedding_params(self) -> int:
@@ -168,6 +184,8 @@ class ParameterInventory:
         architecture: str | None,
         model_type: str | None,
         moe_routing: tuple[int, int] | None = None,
+        layer_names: Sequence[str] = (),
+        tied_embeddings: bool = False,
     ) -> ParameterInventory:
         """Derive every count from the parameter list.
 
@@ -199,6 +217,8 @@ class ParameterInventory:
             architecture=architecture,
             model_type=model_type,
             moe=moe,
+            layer_names=tuple(layer_names),
+            tied_embeddings=tied_embeddings,
         )
 
     @classmethod
@@ -250,6 +270,68 @@ class GpuTarget:
 
 
 @dataclass(frozen=True)
+class FinetuneSettings:
+    """What is trained: the whole model, LoRA / QLoRA adapters (built with peft), or chosen modules.
+
+    Attributes:
+        method: ``full`` (every parameter), ``lora`` (peft LoRA adapters on a frozen base), ``qlora`` (LoRA on a
+            base whose linear weights are bitsandbytes NF4), ``freeze`` (only ``train_modules``).
+        lora_rank: LoRA ``r`` (peft's default is 8).
+        lora_alpha: LoRA ``lora_alpha`` (None: peft's default, 8); scales the update, not memory.
+        lora_targets: ``None`` (peft's default for the architecture), ``("all-linear",)`` or module names.
+        modules_to_save: modules trained in full next to the adapters (peft makes a trainable copy).
+        dora: DoRA (``use_dora=True``): adds a trainable magnitude vector per adapted layer.
+        double_quant: QLoRA double quantization (``bnb_4bit_use_double_quant``): 8-bit absmax.
+        train_modules: ``freeze``: glob patterns (``re:`` prefix for a regex) of the parameters to train.
+    """
+
+    method: Method = "full"
+    lora_rank: int = 8
+    lora_alpha: int | None = None
+    lora_targets: tuple[str, ...] | None = None
+    modules_to_save: tuple[str, ...] = ()
+    dora: bool = False
+    double_quant: bool = False
+    train_modules: tuple[str, ...] = ()
+
+    @property
+    def uses_peft(self) -> bool:
+        return self.method in ("lora", "qlora")
+
+
+@dataclass(frozen=True)
+class ParallelSettings:
+    """Model parallelism, Megatron-style, and FSDP.
+
+    Attributes:
+        tp: tensor-parallel degree (Megatron column/row-parallel linears, vocab-parallel embeddings).
+        pp: pipeline-parallel degree (stages of consecutive layers).
+        cp: context-parallel degree (the sequence split across GPUs).
+        ep: expert-parallel degree (routed experts split across GPUs, carved out of data parallelism).
+        sp: sequence parallelism with TP (Korthikanti et al. 2022): norms and dropouts split over the sequence.
+        pp_schedule: ``1f1b`` or ``interleaved`` (Narayanan et al. 2021).
+        microbatches: micro-batches per step per pipeline (None: at least ``pp``, the steady state).
+        virtual_stages: model chunks per GPU with the interleaved schedule.
+        fsdp: FSDP sharding strategy (replaces the ZeRO stages), or None.
+    """
+
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    ep: int = 1
+    sp: bool = False
+    pp_schedule: PipelineSchedule = "1f1b"
+    microbatches: int | None = None
+    virtual_stages: int = 2
+    fsdp: FsdpStrategy | None = None
+
+    @property
+    def model_parallel_size(self) -> int:
+        """GPUs one model replica spans: tp × pp × cp."""
+        return self.tp * self.pp * self.cp
+
+
+@dataclass(frozen=True)
 class TrainingSetup:
     """What the user plans: precision, optimizer, sharding, offload, and the micro-batch that runs.
 
@@ -271,11 +353,41 @@ class TrainingSetup:
     dropout: float | None = None
     overheads: OverheadSettings = field(default_factory=OverheadSettings)
     gpu: GpuTarget | None = None
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
+
+    @property
+    def method(self) -> Method:
+        return self.finetune.method
+
+    @property
+    def world_size(self) -> int:
+        """Every GPU of every node."""
+        return self.gpus_per_node * self.nodes
+
+    @property
+    def data_parallel_size(self) -> int:
+        """``gpus × nodes / (tp · pp · cp)``: the model replicas (`hfmem.memory.parallel.check_parallel` checks it)."""
+        return max(1, self.world_size // self.parallel.model_parallel_size)
 
     @property
     def num_gpus(self) -> int:
-        """The data-parallel (ZeRO sharding) degree: every GPU of every node."""
-        return self.gpus_per_node * self.nodes
+        """The ZeRO / FSDP sharding degree of the dense parameters.
+
+        Data parallel × context parallel: CP ranks hold the same weights, so Megatron's distributed optimizer
+        (``get_data_parallel_group(with_context_parallel=True)``) and torchtitan's FSDP mesh (``dp_shard_cp``) shard
+        over both. ``hybrid_shard`` shards only over the ranks inside one node (ranks ordered tp-cp-dp-pp,
+        Megatron's default ``--order``), and replicates across nodes.
+        """
+        degree = self.data_parallel_size * self.parallel.cp
+        if self.parallel.fsdp == "hybrid_shard":
+            degree = min(degree, max(1, self.gpus_per_node // self.parallel.tp))
+        return degree
+
+    @property
+    def expert_sharding_degree(self) -> int:
+        """ZeRO / FSDP degree of routed experts: the sharding group divided by ``ep`` (Megatron's expert-DP)."""
+        return max(1, self.num_gpus // self.parallel.ep)
 
 
 @dataclass(frozen=True)
@@ -287,11 +399,16 @@ class LayerProfile:
         saved_bytes: tensors autograd keeps for backward inside this layer, each storage once, parameters excluded.
         input_bytes: the layer's tensor arguments (hidden states, mask, rotary tables…; shared ones counted at
             their first layer): all that full activation checkpointing keeps.
+        tp_split_bytes: the part of ``saved_bytes`` that Megatron tensor parallelism splits across the TP group
+            (everything between a column-parallel and a row-parallel linear); the rest (norms, the linears'
+            replicated inputs, residual dropout) is replicated unless sequence parallelism splits it. Measured
+            only when asked for (``--tp`` > 1), else 0.
     """
 
     name: str
     saved_bytes: int
     input_bytes: int
+    tp_split_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -308,6 +425,8 @@ class ActivationProfile:
         logits_saved_bytes: vocabulary-sized tensors autograd saves (the loss's fp32 log-softmax).
         logits_bytes: the logits tensor the model returns (held until backward ends).
         attention_calls: how many times the emulated attention ran (0 = the model computes attention itself).
+        other_after_bytes: the part of ``other_bytes`` saved after the layers (final norm, LM head input): it
+            lives on the last pipeline stage, the rest on the first.
     """
 
     batch_size: int
@@ -321,11 +440,15 @@ class ActivationProfile:
     logits_saved_bytes: int
     logits_bytes: int
     attention_calls: int = 0
+    other_after_bytes: int = 0
 
 
 @dataclass(frozen=True)
 class StageMemory:
     """Memory of one ZeRO stage per GPU (bytes) at its peak, and CPU RAM per node when offloading.
+
+    With pipeline parallelism the row is the busiest GPU: ``pipeline_stage`` (0-based), the layers it holds
+    (``stage_layers``, first and last index, inclusive) and what else (``stage_holds``: embeddings, LM head).
 
     The four model-state components are always live. ``activations``, ``logits`` and ``overhead`` are those
     live at ``peak_phase``; ``total_bytes`` is their sum: the predicted peak per GPU.
@@ -349,6 +472,9 @@ class StageMemory:
     headroom_bytes: int | None = None
     min_gpus: int | None = None
     max_batch_size: int | None = None
+    pipeline_stage: int | None = None
+    stage_layers: tuple[int, int] | None = None
+    stage_holds: tuple[str, ...] = ()
     total_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:

@@ -14,11 +14,20 @@ micro-batches) and conservative by at most the gradient term otherwise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from hfmem.memory.activations import ActivationEstimate, estimate_activations, extrapolate_profile
-from hfmem.memory.states import PRECISION_SPECS, compute_training, shard_count
+from hfmem.memory.methods import qlora_dequant_transient_bytes
+from hfmem.memory.parallel import (
+    PipelineStage,
+    in_flight_microbatches,
+    local_inventory,
+    pipeline_stages,
+    stage_profile,
+)
+from hfmem.memory.states import PRECISION_SPECS, compute_training, shard_count, trainable_spec
 from hfmem.types import (
     ActivationProfile,
     ParameterInventory,
@@ -35,6 +44,20 @@ MAX_BATCH_SEARCHED = 1 << 20
 FP32_BYTES = 4
 
 
+def fsdp_unit_params(inventory: ParameterInventory) -> tuple[int, int]:
+    """``(params, trainable params)`` of the largest FSDP unit: one transformer layer (the usual
+    ``transformer_auto_wrap_policy``), or the root unit (embeddings, final norm, LM head) if larger."""
+    if not inventory.has_shapes:
+        return 0, 0
+    units: dict[int | None, list[int]] = {}
+    for p in inventory.parameters:
+        unit = units.setdefault(p.layer_index, [0, 0])
+        unit[0] += p.numel
+        unit[1] += p.numel if p.trainable else 0
+    largest = max(units.values(), key=lambda u: u[0], default=[0, 0])
+    return largest[0], largest[1]
+
+
 def overhead_items(
     inventory: ParameterInventory, setup: TrainingSetup, states: StageMemory, phase: PeakPhase
 ) -> list[tuple[str, int]]:
@@ -45,35 +68,57 @@ def overhead_items(
     size" — torch ``DistributedDataParallel`` docs); DeepSpeed's ``reduce_bucket_size``,
     ``allgather_bucket_size`` and ``stage3_prefetch_bucket_size`` defaults (``deepspeed/runtime/zero/config.py``);
     DeepSpeed's fp32 copy of the gradient partition at ``step()`` (docs ``memory.rst``); the gathered largest
-    module at ZeRO-3 (DeepSpeed's estimator, 16-bit params + grads of the largest layer).
+    module at ZeRO-3 (DeepSpeed's estimator, 16-bit params + grads of the largest layer). With ``--fsdp``, FSDP's
+    own buffers replace DeepSpeed's: the unsharded 16-bit unit being computed and the next one prefetched
+    (torch ``FullyShardedDataParallel`` ``forward_prefetch`` / ``backward_prefetch=BACKWARD_PRE``; REFERENCE §2.5),
+    plus that unit's unsharded gradients before the reduce-scatter. QLoRA: bitsandbytes' dequantized 16-bit copy of
+    the largest 4-bit weight during its matmul.
     """
     spec = PRECISION_SPECS[setup.precision]
+    tspec = trainable_spec(setup)
     settings = setup.overheads
     stage = states.zero_stage
+    fsdp = setup.parallel.fsdp
     total, trainable = inventory.total_params, inventory.trainable_params
+    n = setup.num_gpus
     hfmem_accounting = setup.accounting == "hfmem"
     items = [("CUDA context + cuBLAS workspace", settings.cuda_context_bytes)]
-    if stage == 0 and setup.num_gpus > 1:
-        items.append(("DDP gradient buckets", trainable * spec.grad_bytes))
-    if stage >= 1 and setup.num_gpus > 1:
-        items.append(("DeepSpeed reduce bucket", min(settings.reduce_bucket_elements, trainable) * spec.grad_bytes))
-    if phase in ("forward", "backward") and stage == 3 and hfmem_accounting:
-        gathered = inventory.largest_module_params * (spec.weight_bytes + spec.grad_bytes)
-        gathered += min(settings.prefetch_bucket_elements, total) * spec.weight_bytes
-        items.append(("ZeRO-3 gathered parameters + prefetch", gathered))
+    if fsdp is not None:
+        unit, unit_trainable = fsdp_unit_params(inventory)
+        if phase in ("forward", "backward") and fsdp in ("full_shard", "hybrid_shard") and n > 1:
+            items.append(("FSDP unsharded unit + prefetched unit (16-bit)", 2 * unit * spec.weight_bytes))
+        if phase == "backward" and n > 1 and fsdp != "no_shard":
+            items.append(("FSDP unsharded gradients of one unit", unit_trainable * tspec.grad_bytes))
+    else:
+        if stage == 0 and n > 1:
+            items.append(("DDP gradient buckets", trainable * tspec.grad_bytes))
+        if stage >= 1 and n > 1:
+            items.append(
+                ("DeepSpeed reduce bucket", min(settings.reduce_bucket_elements, trainable) * tspec.grad_bytes)
+            )
+        if phase in ("forward", "backward") and stage == 3 and hfmem_accounting:
+            grad_bytes = spec.grad_bytes if setup.method == "full" else 0
+            gathered = inventory.largest_module_params * (spec.weight_bytes + grad_bytes)
+            gathered += min(settings.prefetch_bucket_elements, total) * spec.weight_bytes
+            items.append(("ZeRO-3 gathered parameters + prefetch", gathered))
+    if phase in ("forward", "backward") and setup.method == "qlora":
+        items.append(("QLoRA dequantized weight (16-bit)", qlora_dequant_transient_bytes(inventory)))
     if phase == "optimizer_step" and setup.offload == "none":
-        if stage >= 1 and hfmem_accounting:
-            partition = shard_count(trainable, setup.num_gpus)
+        if stage >= 1 and hfmem_accounting and fsdp is None and tspec.grad_bytes < FP32_BYTES:
+            partition = shard_count(trainable, n)
             if stage == 3:  # ZeRO-3 steps over sub-groups of at most `sub_group_size` (1e9) elements at a time
                 partition = min(partition, settings.sub_group_elements)
             items.append(("fp32 gradient partition at step", partition * FP32_BYTES))
-        if stage in (1, 2) and setup.num_gpus > 1:
+        if stage in (1, 2) and n > 1 and fsdp is None:
             items.append(
-                ("parameter all-gather bucket", min(settings.allgather_bucket_elements, total) * spec.weight_bytes)
+                (
+                    "parameter all-gather bucket",
+                    min(settings.allgather_bucket_elements, trainable) * tspec.weight_bytes,
+                )
             )
         if setup.optimizer == "adafactor":
             largest_tensor = (
-                shard_count(trainable, setup.num_gpus)
+                shard_count(trainable, n)
                 if stage >= 1
                 else max((p.numel for p in inventory.parameters if p.trainable), default=0)
             )
@@ -127,31 +172,76 @@ def _peak(
     return best
 
 
-def _stage_peak(
-    inventory: ParameterInventory, setup: TrainingSetup, stage: int, activations: ActivationEstimate | None
-) -> StageMemory:
-    states = compute_training(inventory, replace(setup, zero_stages=(stage,))).stages[0]
-    return _peak(inventory, setup, states, activations)
+@dataclass(frozen=True)
+class _Rank:
+    """One GPU of one pipeline stage: what it holds before ZeRO/FSDP sharding, and its activations."""
+
+    stage: PipelineStage
+    inventory: ParameterInventory
+    activations: ActivationEstimate | None
 
 
-def _min_gpus(
-    inventory: ParameterInventory, setup: TrainingSetup, stage: int, activations: ActivationEstimate | None
-) -> int | None:
-    """The fewest GPUs (one data-parallel group) on which this stage fits, if any up to 4096.
+def _stage_activations(
+    profile: ActivationProfile | None, setup: TrainingSetup, stage: PipelineStage
+) -> ActivationEstimate | None:
+    """Activations of pipeline ``stage``: one micro-batch's (TP/SP split) × the micro-batches it keeps in flight.
 
-    Per-GPU memory only falls as ZeRO >= 1 shards over more GPUs (the communication buckets appear once, from
-    2 GPUs on), so 2..4096 is searched by bisection. ZeRO-0 replicates everything: more GPUs never help.
+    The stored activations scale with the in-flight micro-batches; the re-materialised layer of full
+    checkpointing and the logits (one micro-batch at the loss at a time) do not.
     """
-
-    def fits(gpus: int) -> bool:
-        trial = replace(setup, gpus_per_node=gpus, nodes=1)
-        return bool(_stage_peak(inventory, trial, stage, activations).fits)
-
-    if fits(1):
-        return 1
-    if stage == 0 or not fits(MAX_GPUS_SEARCHED):
+    if profile is None:
         return None
-    return bisect_boundary(fits, 1, MAX_GPUS_SEARCHED)[1]
+    estimate = estimate_activations(stage_profile(profile, setup, stage), setup.grad_checkpointing)
+    factor = in_flight_microbatches(setup, stage.index)
+    if factor != 1:
+        estimate = replace(estimate, saved_bytes=math.ceil(estimate.saved_bytes * factor))
+    return estimate
+
+
+def _ranks(inventory: ParameterInventory, setup: TrainingSetup, profile: ActivationProfile | None) -> list[_Rank]:
+    stages = pipeline_stages(len(inventory.layer_names), setup)
+    return [_Rank(s, local_inventory(inventory, setup, s), _stage_activations(profile, setup, s)) for s in stages]
+
+
+def _busiest(ranks: list[_Rank], setup: TrainingSetup, zero_stage: int) -> StageMemory:
+    """The peak of the busiest GPU over the pipeline stages (the only one without pipelining)."""
+    best: StageMemory | None = None
+    for rank in ranks:
+        states = compute_training(rank.inventory, replace(setup, zero_stages=(zero_stage,))).stages[0]
+        candidate = _peak(rank.inventory, setup, states, rank.activations)
+        if setup.parallel.pp > 1:
+            layers = rank.stage.layers
+            candidate = replace(
+                candidate,
+                pipeline_stage=rank.stage.index,
+                stage_layers=(min(layers), max(layers)) if layers else None,
+                stage_holds=rank.stage.holds,
+            )
+        if best is None or candidate.total_bytes > best.total_bytes:
+            best = candidate
+    assert best is not None
+    return best
+
+
+def _min_gpus(ranks: list[_Rank], setup: TrainingSetup, stage: int) -> int | None:
+    """The fewest GPUs on which this stage fits, if any up to 4096: whole model replicas of tp·pp·cp GPUs.
+
+    Per-GPU memory only falls as ZeRO >= 1 shards over more data-parallel replicas (the communication buckets
+    appear once, from 2 on), so 2..4096 GPUs are searched by bisection. ZeRO-0 replicates the model states: more
+    replicas never help.
+    """
+    replica = setup.parallel.model_parallel_size
+
+    def fits(replicas: int) -> bool:
+        trial = replace(setup, gpus_per_node=replicas * replica, nodes=1)
+        return bool(_busiest(ranks, trial, stage).fits)
+
+    most = max(1, MAX_GPUS_SEARCHED // replica)
+    if fits(1):
+        return replica
+    if stage == 0 or most == 1 or not fits(most):
+        return None
+    return bisect_boundary(fits, 1, most)[1] * replica
 
 
 def _max_batch(
@@ -164,8 +254,8 @@ def _max_batch(
 
     def fits(batch: int) -> bool:
         profile = extrapolate_profile(*profiles, batch)
-        acts = estimate_activations(profile, setup.grad_checkpointing)
-        return bool(_stage_peak(inventory, replace(setup, batch_size=batch), stage, acts).fits)
+        trial = replace(setup, batch_size=batch)
+        return bool(_busiest(_ranks(inventory, trial, profile), trial, stage).fits)
 
     if not fits(1):
         return None
@@ -203,15 +293,17 @@ def plan_training(
             which has no model to run, so no activations or logits).
         batch_profiles: profiles at batch 1 and 2, to search the largest micro-batch that fits (needs a GPU).
     """
-    base = compute_training(inventory, setup)
-    activations = estimate_activations(profile, setup.grad_checkpointing) if profile is not None else None
+    base = compute_training(
+        local_inventory(inventory, setup, pipeline_stages(len(inventory.layer_names), setup)[0]), setup
+    )
+    ranks = _ranks(inventory, setup, profile)
     stages = []
     for states in base.stages:
-        stage = _peak(inventory, setup, states, activations)
+        stage = _busiest(ranks, setup, states.zero_stage)
         if setup.gpu is not None:
             stage = replace(
                 stage,
-                min_gpus=_min_gpus(inventory, setup, states.zero_stage, activations),
+                min_gpus=_min_gpus(ranks, setup, states.zero_stage),
                 max_batch_size=_max_batch(inventory, setup, states.zero_stage, batch_profiles)
                 if batch_profiles is not None
                 else None,

@@ -15,11 +15,13 @@ Conventions (the README explains them at length):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hfmem.errors import InvalidSetupError
+from hfmem.memory.methods import ADAPTER_WEIGHT_BYTES, frozen_weight_bytes
 from hfmem.types import (
     Optimizer,
+    ParameterInfo,
     ParameterInventory,
     Precision,
     StageMemory,
@@ -38,6 +40,8 @@ __all__ = [
     "flat_partition_state_bytes",
     "shard_count",
     "stage_memory",
+    "trainable_spec",
+    "ADAPTER_SPEC",
     "deepspeed_stage_memory",
     "compute_training",
     "check_setup",
@@ -206,44 +210,65 @@ def check_setup(setup: TrainingSetup) -> None:
             )
 
 
-def stage_memory(inventory: ParameterInventory, setup: TrainingSetup, zero_stage: int) -> StageMemory:
-    """Per-GPU model states for one ZeRO stage under the ZeRO-paper convention (``hfmem`` accounting).
+def trainable_spec(setup: TrainingSetup) -> PrecisionSpec:
+    """Bytes per element of the trained tensors: the precision's, or fp32 adapters under LoRA/QLoRA.
 
-    Per GPU, with Ψ parameters (Ψ_T trainable), N = gpus × nodes, and bytes w / m / g per element
-    (`PRECISION_SPECS`), following ZeRO Fig. 1:
-
-    ========  ===========  =============  ============  ===========================
-    stage     weights      master         gradients     optimizer states
-    ========  ===========  =============  ============  ===========================
-    0         w·Ψ          m·Ψ_T          g·Ψ_T         per tensor, real shapes
-    1         w·Ψ          m·⌈Ψ_T/N⌉      g·Ψ_T         flat partition of ⌈Ψ_T/N⌉
-    2         w·Ψ          m·⌈Ψ_T/N⌉      g·⌈Ψ_T/N⌉     flat partition of ⌈Ψ_T/N⌉
-    3         w·⌈Ψ/N⌉      m·⌈Ψ_T/N⌉      g·⌈Ψ_T/N⌉     flat partition of ⌈Ψ_T/N⌉
-    ========  ===========  =============  ============  ===========================
-
-    Offload (ZeRO-Offload, Ren et al. 2021): ``optimizer`` moves the fp32 master, the optimizer states and the
-    gradient partition to CPU (CPU-Adam updates in fp32, so the CPU holds an fp32 parameter partition, an fp32
-    gradient partition and fp32 states whatever the precision); the GPU keeps 16-bit weights (and, at stage 1,
-    the full gradients it reduces at the step). ``optimizer+params`` (ZeRO-3) also moves the weight partition:
-    the GPU holds no model state between uses, only the layers being computed (not a model state).
+    peft keeps adapters in fp32 (`hfmem.memory.methods.ADAPTER_WEIGHT_BYTES`): the fp32 adapter is its own master
+    copy, with fp32 gradients and optimizer states (4 + 4 + 8 = 16 B per parameter with AdamW, the same total as
+    the ZeRO paper's 2 + 4 + 2 + 8).
     """
+    if setup.finetune.uses_peft:
+        return ADAPTER_SPEC
+    return PRECISION_SPECS[setup.precision]
+
+
+ADAPTER_SPEC = PrecisionSpec(
+    ADAPTER_WEIGHT_BYTES, 0, ADAPTER_WEIGHT_BYTES, ADAPTER_WEIGHT_BYTES, "fp32 adapters (peft autocast_adapter_dtype)"
+)
+
+
+def _frozen_bytes(params: list[ParameterInfo], setup: TrainingSetup) -> int:
     spec = PRECISION_SPECS[setup.precision]
-    n = setup.num_gpus
-    total, trainable = inventory.total_params, inventory.trainable_params
+    return sum(frozen_weight_bytes(p, setup.finetune, spec.weight_bytes) for p in params)
+
+
+def _group_memory(
+    inventory: ParameterInventory,
+    params: list[ParameterInfo] | None,
+    setup: TrainingSetup,
+    zero_stage: int,
+    n: int,
+) -> StageMemory:
+    """Model states of one group of parameters that shard alike over ``n`` GPUs (see `stage_memory`)."""
+    spec = PRECISION_SPECS[setup.precision]
+    tspec = trainable_spec(setup)
+    if params is None:  # --params: one flat, fully trainable model
+        trainable, frozen_params, frozen_bytes = inventory.trainable_params, 0, 0
+        trained_inventory = inventory
+    else:
+        trained = [p for p in params if p.trainable]
+        frozen = [p for p in params if not p.trainable]
+        trainable = sum(p.numel for p in trained)
+        frozen_params = sum(p.numel for p in frozen)
+        frozen_bytes = _frozen_bytes(frozen, setup)
+        trained_inventory = replace(inventory, parameters=tuple(trained), trainable_params=trainable)
     trainable_shard = shard_count(trainable, n)
 
     if zero_stage == 0:
-        weights = total * spec.weight_bytes
-        master = trainable * spec.master_bytes
-        gradients = trainable * spec.grad_bytes
-        states = model_optimizer_state_bytes(inventory, setup.optimizer, spec.state_bytes)
+        weights = frozen_bytes + trainable * tspec.weight_bytes
+        master = trainable * tspec.master_bytes
+        gradients = trainable * tspec.grad_bytes
+        states = model_optimizer_state_bytes(trained_inventory, setup.optimizer, tspec.state_bytes)
         return StageMemory(zero_stage, weights, master, gradients, states)
 
-    weights = (shard_count(total, n) if zero_stage == 3 else total) * spec.weight_bytes
-    gradients = (trainable_shard if zero_stage >= 2 else trainable) * spec.grad_bytes
+    if zero_stage == 3:
+        weights = shard_count(frozen_bytes, n) + trainable_shard * tspec.weight_bytes
+    else:
+        weights = frozen_bytes + trainable * tspec.weight_bytes
+    gradients = (trainable_shard if zero_stage >= 2 else trainable) * tspec.grad_bytes
     if setup.offload == "none":
-        master = trainable_shard * spec.master_bytes
-        states = flat_partition_state_bytes(setup.optimizer, trainable_shard, spec.state_bytes)
+        master = trainable_shard * tspec.master_bytes
+        states = flat_partition_state_bytes(setup.optimizer, trainable_shard, tspec.state_bytes)
         return StageMemory(zero_stage, weights, master, gradients, states)
 
     # CPU side of one GPU's shard: fp32 params + fp32 grads + fp32 optimizer states (CPU-Adam).
@@ -253,9 +278,55 @@ def stage_memory(inventory: ParameterInventory, setup: TrainingSetup, zero_stage
     if zero_stage >= 2:
         gradients = 0  # reduced gradient partitions stream to CPU (only the reduce buckets stay)
     if setup.offload == "optimizer+params":
-        cpu_per_gpu += shard_count(total, n) * spec.weight_bytes
+        cpu_per_gpu += shard_count(frozen_params, n) * spec.weight_bytes + trainable_shard * tspec.weight_bytes
         weights = 0
     return StageMemory(zero_stage, weights, 0, gradients, 0, cpu_bytes_per_node=cpu_per_gpu * setup.gpus_per_node)
+
+
+def stage_memory(inventory: ParameterInventory, setup: TrainingSetup, zero_stage: int) -> StageMemory:
+    """Per-GPU model states for one ZeRO stage under the ZeRO-paper convention (``hfmem`` accounting).
+
+    Per GPU, with Ψ parameters (Ψ_T trainable, Ψ_F = Ψ − Ψ_T frozen), N = the sharding degree
+    (`TrainingSetup.num_gpus`), and bytes w / m / g per element (`PRECISION_SPECS`; `trainable_spec` for the
+    trained tensors), following ZeRO Fig. 1:
+
+    ========  =====================  =============  ============  ===========================
+    stage     weights                master         gradients     optimizer states
+    ========  =====================  =============  ============  ===========================
+    0         F + w·Ψ_T              m·Ψ_T          g·Ψ_T         per tensor, real shapes
+    1         F + w·Ψ_T              m·⌈Ψ_T/N⌉      g·Ψ_T         flat partition of ⌈Ψ_T/N⌉
+    2         F + w·Ψ_T              m·⌈Ψ_T/N⌉      g·⌈Ψ_T/N⌉     flat partition of ⌈Ψ_T/N⌉
+    3         ⌈F/N⌉ + w·⌈Ψ_T/N⌉      m·⌈Ψ_T/N⌉      g·⌈Ψ_T/N⌉     flat partition of ⌈Ψ_T/N⌉
+    ========  =====================  =============  ============  ===========================
+
+    F is the frozen weights' bytes: w·Ψ_F, or NF4 + absmax for QLoRA's quantized linears
+    (`hfmem.memory.methods.frozen_weight_bytes`). With full fine-tuning F = 0 and this is the paper's table.
+    With expert parallelism the routed experts form their own group, sharded over
+    `TrainingSetup.expert_sharding_degree`.
+
+    Offload (ZeRO-Offload, Ren et al. 2021): ``optimizer`` moves the fp32 master, the optimizer states and the
+    gradient partition to CPU (CPU-Adam updates in fp32, so the CPU holds an fp32 parameter partition, an fp32
+    gradient partition and fp32 states whatever the precision); the GPU keeps 16-bit weights (and, at stage 1,
+    the full gradients it reduces at the step). ``optimizer+params`` (ZeRO-3) also moves the weight partition:
+    the GPU holds no model state between uses, only the layers being computed (not a model state).
+    """
+    if not inventory.has_shapes:
+        return _group_memory(inventory, None, setup, zero_stage, setup.num_gpus)
+    params = list(inventory.parameters)
+    if setup.parallel.ep == 1:
+        return _group_memory(inventory, params, setup, zero_stage, setup.num_gpus)
+    dense = _group_memory(inventory, [p for p in params if not p.is_routed_expert], setup, zero_stage, setup.num_gpus)
+    experts = _group_memory(
+        inventory, [p for p in params if p.is_routed_expert], setup, zero_stage, setup.expert_sharding_degree
+    )
+    return StageMemory(
+        zero_stage,
+        dense.weights_bytes + experts.weights_bytes,
+        dense.master_weights_bytes + experts.master_weights_bytes,
+        dense.gradients_bytes + experts.gradients_bytes,
+        dense.optimizer_states_bytes + experts.optimizer_states_bytes,
+        cpu_bytes_per_node=dense.cpu_bytes_per_node + experts.cpu_bytes_per_node,
+    )
 
 
 def deepspeed_stage_memory(inventory: ParameterInventory, setup: TrainingSetup, zero_stage: int) -> StageMemory:

@@ -1,0 +1,354 @@
+"""Tensor, sequence, pipeline, context and expert parallelism: what one GPU holds; pure.
+
+Megatron-LM's layout (Shoeybi et al. 2019; Narayanan et al. 2021; Korthikanti et al. 2022):
+
+* **TP** (``t``): attention and MLP linears are split column-/row-parallel, embeddings and the LM head
+  vocab-parallel, so each of those weights is ``1/t`` per GPU; norms, biases and MoE routers are replicated (a
+  column-parallel bias is split in Megatron; hfmem keeps every 1-D tensor whole, a few KB per layer). Activations:
+  what lies between a column- and a row-parallel linear is split ``1/t``; the rest (norm inputs, the linears'
+  inputs, residual dropout: ``10·s·b·h`` of a GPT layer) is replicated — Korthikanti et al. 2022, Table 2.
+* **SP** (with TP): the replicated regions are split along the sequence too, so every activation is ``1/t``.
+* **PP** (``p``): stage ``k`` holds consecutive layers (``floor(k·L/p)`` to ``floor((k+1)·L/p) − 1``), the first
+  stage the embeddings, the last the final norm and LM head (and, with tied embeddings, a copy of the word
+  embeddings, as Megatron keeps one on the last stage). With 1F1B, stage ``k`` keeps ``min(p − k, m)`` micro-batches
+  of activations in flight; with the interleaved schedule (``v`` model chunks per GPU) ``2(p − k − 1) + (v − 1)p + 1``
+  chunks (Megatron ``schedules.py`` warm-up count + 1), i.e. the first stage holds ``p·(1 + (p − 1)/(p·v))``
+  micro-batches' worth of its layers (Korthikanti et al. 2022 §4.2.3).
+* **CP** (``c``): the sequence is split, so activations are traced at ``s/c`` tokens.
+* **EP** (``e``): routed experts are split over ``e`` GPUs carved from data parallelism (Megatron's expert-DP is
+  ``dp·c/e``). With balanced routing each EP rank computes ``1/e`` of the ``e·b·s·top_k`` token-expert pairs of its
+  group: the same routed activations per GPU as without EP.
+* **DP** = ``gpus × nodes / (t·p·c)``; ZeRO / FSDP shard over ``dp·c`` (see `TrainingSetup.num_gpus`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hfmem.errors import InvalidSetupError
+from hfmem.types import ActivationProfile, LayerProfile, ParameterInfo, ParameterInventory, TrainingSetup
+
+__all__ = [
+    "PipelineStage",
+    "check_parallel",
+    "pipeline_stages",
+    "in_flight_microbatches",
+    "local_inventory",
+    "tensor_parallel_layer",
+    "stage_profile",
+    "korthikanti_layer_bytes",
+]
+
+HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads")
+KV_HEAD_KEYS = ("num_key_value_heads", "num_kv_heads", "multi_query_group_num")
+
+
+@dataclass(frozen=True)
+class PipelineStage:
+    """One pipeline rank: its index, the layers it holds (indices into the model's layers) and extras."""
+
+    index: int
+    layers: tuple[int, ...]
+    holds_embeddings: bool
+    holds_head: bool
+
+    @property
+    def holds(self) -> tuple[str, ...]:
+        return tuple(
+            name for name, held in (("embeddings", self.holds_embeddings), ("LM head", self.holds_head)) if held
+        )
+
+
+def _first_int(config: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
+    text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else None
+    for source in (config, text or {}):
+        for key in keys:
+            value = source.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
+def check_parallel(
+    setup: TrainingSetup,
+    inventory: ParameterInventory,
+    config: Mapping[str, Any] | None = None,
+    *,
+    seq_len: int | None = None,
+) -> None:
+    """Refuse parallel layouts that cannot exist, each with one line naming the fix.
+
+    Raises:
+        InvalidSetupError: GPUs not divisible by tp·pp·cp, heads not divisible by tp, ep not dividing the experts
+            or the data-parallel group, SP without TP, more stages than layers, an interleaved schedule it cannot
+            run, a sequence CP cannot split, FSDP with ZeRO options.
+    """
+    par = setup.parallel
+    for name, value in (("--tp", par.tp), ("--pp", par.pp), ("--cp", par.cp), ("--ep", par.ep)):
+        if value < 1:
+            raise InvalidSetupError(f"{name} must be at least 1, got {value}")
+    world, mp = setup.world_size, par.model_parallel_size
+    if world % mp:
+        raise InvalidSetupError(
+            f"{world} GPUs (--gpus {setup.gpus_per_node} × --nodes {setup.nodes}) cannot hold replicas of "
+            f"tp·pp·cp = {par.tp}·{par.pp}·{par.cp} = {mp} GPUs; make gpus × nodes a multiple of {mp}"
+        )
+    if par.sp and par.tp == 1:
+        raise InvalidSetupError(
+            "--sp (sequence parallelism) splits what tensor parallelism replicates; add --tp 2 or more"
+        )
+    config = config or {}
+    heads = _first_int(config, HEAD_KEYS)
+    if par.tp > 1 and heads is not None and heads % par.tp:
+        raise InvalidSetupError(
+            f"{heads} attention heads cannot be split over --tp {par.tp}; use a --tp that divides {heads}"
+        )
+    kv_heads = _first_int(config, KV_HEAD_KEYS)
+    if par.tp > 1 and kv_heads is not None and kv_heads % par.tp:
+        raise InvalidSetupError(
+            f"{kv_heads} key/value heads cannot be split over --tp {par.tp} (Megatron needs num_query_groups "
+            f"divisible by the TP size); use a --tp that divides {kv_heads}"
+        )
+    if par.ep > 1:
+        if inventory.moe is None:
+            raise InvalidSetupError("--ep splits routed experts, and this model has none; drop --ep")
+        if inventory.moe.num_experts % par.ep:
+            raise InvalidSetupError(
+                f"{inventory.moe.num_experts} experts cannot be split over --ep {par.ep}; use a --ep that divides "
+                f"{inventory.moe.num_experts}"
+            )
+        group = setup.data_parallel_size * par.cp
+        if group % par.ep:
+            raise InvalidSetupError(
+                f"--ep {par.ep} is carved out of the data-parallel × context-parallel group of {group} GPUs and "
+                f"must divide it; add GPUs or use a smaller --ep"
+            )
+    layers = len(inventory.layer_names)
+    if par.pp > 1 and inventory.has_shapes and par.pp > layers:
+        raise InvalidSetupError(
+            f"--pp {par.pp} is more pipeline stages than the model's {layers} layers; use --pp ≤ {layers}"
+        )
+    if par.pp_schedule == "interleaved":
+        if par.pp == 1:
+            raise InvalidSetupError("--pp-schedule interleaved needs --pp 2 or more")
+        if par.virtual_stages < 2:
+            raise InvalidSetupError("--pp-schedule interleaved needs --virtual-stages 2 or more")
+        if inventory.has_shapes and layers % (par.pp * par.virtual_stages):
+            raise InvalidSetupError(
+                f"the interleaved schedule splits the {layers} layers into pp × virtual stages = "
+                f"{par.pp * par.virtual_stages} equal chunks; choose --pp / --virtual-stages whose product "
+                f"divides {layers}"
+            )
+        if par.microbatches is not None and par.microbatches % par.pp:
+            raise InvalidSetupError(
+                f"Megatron's interleaved schedule needs the micro-batch count to be a multiple of --pp {par.pp}; "
+                f"got --microbatches {par.microbatches}"
+            )
+    if par.microbatches is not None and par.microbatches < 1:
+        raise InvalidSetupError(f"--microbatches must be at least 1, got {par.microbatches}")
+    if par.cp > 1 and seq_len is not None and seq_len % par.cp:
+        raise InvalidSetupError(
+            f"--seq-len {seq_len} cannot be split evenly over --cp {par.cp}; use a multiple of {par.cp}"
+        )
+    if par.cp > 1 and setup.attn == "eager":
+        raise InvalidSetupError(
+            "context parallelism runs ring attention with fused kernels; use --attn sdpa or flash with --cp"
+        )
+    if par.fsdp is not None and setup.offload != "none":
+        raise InvalidSetupError("--offload models DeepSpeed's ZeRO-Offload; drop it with --fsdp (or drop --fsdp)")
+    if setup.accounting == "deepspeed" and (mp > 1 or par.ep > 1 or par.fsdp or setup.method != "full"):
+        raise InvalidSetupError(
+            "DeepSpeed's estimator covers full fine-tuning with data parallelism only; use --accounting hfmem "
+            "with --tp/--pp/--cp/--ep, --fsdp or --method"
+        )
+
+
+def pipeline_stages(num_layers: int, setup: TrainingSetup) -> tuple[PipelineStage, ...]:
+    """The layers each pipeline rank holds.
+
+    1F1B: stage ``k`` holds layers ``floor(k·L/p) … floor((k+1)·L/p) − 1`` (earlier stages get the smaller share
+    when ``p`` does not divide ``L``). Interleaved: ``p·v`` equal chunks, chunk ``c`` on rank ``c mod p`` (Megatron's
+    virtual pipeline).
+
+    Example:
+        >>> [s.layers for s in pipeline_stages(5, TrainingSetup())]
+        [(0, 1, 2, 3, 4)]
+    """
+    par = setup.parallel
+    p = par.pp
+    if p == 1:
+        return (PipelineStage(0, tuple(range(num_layers)), True, True),)
+    if par.pp_schedule == "interleaved":
+        chunks = p * par.virtual_stages
+        size = num_layers // chunks
+        layers: list[list[int]] = [[] for _ in range(p)]
+        for chunk in range(chunks):
+            layers[chunk % p].extend(range(chunk * size, (chunk + 1) * size))
+        return tuple(PipelineStage(k, tuple(layers[k]), k == 0, k == p - 1) for k in range(p))
+    return tuple(
+        PipelineStage(k, tuple(range(k * num_layers // p, (k + 1) * num_layers // p)), k == 0, k == p - 1)
+        for k in range(p)
+    )
+
+
+def in_flight_microbatches(setup: TrainingSetup, stage: int) -> float:
+    """Micro-batches of activations pipeline rank ``stage`` holds at its peak (in units of its layers).
+
+    1F1B (Narayanan et al. 2021 §2.2; Megatron ``forward_backward_pipelining_without_interleaving``): the
+    warm-up runs ``p − k − 1`` forwards before the first backward, so ``min(p − k, m)`` are in flight.
+    Interleaved (``forward_backward_pipelining_with_interleaving``): ``2(p − k − 1) + (v − 1)·p`` warm-up chunks + 1,
+    at most ``m·v``, each ``1/v`` of the rank's layers; on the first rank that is ``p + (p − 1)/v`` micro-batches,
+    Korthikanti et al. 2022's factor ``1 + (p − 1)/(p·v)`` on ``p`` micro-batches.
+
+    Example:
+        >>> from hfmem.types import ParallelSettings
+        >>> in_flight_microbatches(TrainingSetup(parallel=ParallelSettings(pp=4)), 0)
+        4.0
+    """
+    par = setup.parallel
+    p, m = par.pp, par.microbatches
+    if p == 1:
+        return 1.0
+    if par.pp_schedule == "interleaved":
+        v = par.virtual_stages
+        chunks = 2 * (p - stage - 1) + (v - 1) * p + 1
+        if m is not None:
+            chunks = min(chunks, m * v)
+        return chunks / v
+    return float(min(p - stage, m) if m is not None else p - stage)
+
+
+def _tp_split(param: ParameterInfo, setup: TrainingSetup, moe_experts: int | None) -> int:
+    """How many ways TP (and EP) split one parameter; 1 = replicated."""
+    par = setup.parallel
+    ways = 1
+    if len(param.shape) >= 2:
+        router = moe_experts is not None and not param.is_routed_expert and param.shape[0] == moe_experts
+        if (param.quantizable or param.is_embedding) and not router:
+            ways *= par.tp
+    if param.is_routed_expert:
+        ways *= par.ep
+    return ways
+
+
+def local_inventory(inventory: ParameterInventory, setup: TrainingSetup, stage: PipelineStage) -> ParameterInventory:
+    """The parameters one GPU of pipeline ``stage`` holds before ZeRO/FSDP sharding, TP/EP splits applied.
+
+    A split tensor keeps ``ceil(dim0 / ways)`` rows (the first dimension, which holds the experts of a fused
+    expert tensor and the vocabulary of an embedding); only the element count matters, except to Adafactor.
+    A ``--params`` plan (no tensors) is divided evenly by ``tp × pp``.
+    """
+    par = setup.parallel
+    if par.tp == 1 and par.pp == 1 and par.ep == 1:
+        return inventory
+    if not inventory.has_shapes:
+        share = -(-inventory.total_params // (par.tp * par.pp))
+        return ParameterInventory.from_count(share)
+    moe_experts = inventory.moe.num_experts if inventory.moe else None
+    keep: list[ParameterInfo] = []
+    layer_set = set(stage.layers)
+    for param in inventory.parameters:
+        if param.layer_index is not None:
+            held = param.layer_index in layer_set
+        elif param.after_layers:
+            held = stage.holds_head
+        else:
+            held = stage.holds_embeddings
+        ways = _tp_split(param, setup, moe_experts)
+        if not held:
+            continue
+        if ways > 1:
+            param = replace(param, shape=(-(-param.shape[0] // ways), *param.shape[1:]))
+        keep.append(param)
+    if stage.holds_head and not stage.holds_embeddings and inventory.tied_embeddings:
+        # Megatron keeps a copy of the tied word embeddings on the last stage (`shared_embedding_or_output_weight`).
+        tied = next((p for p in inventory.parameters if p.is_embedding and not p.after_layers), None)
+        if tied is not None:
+            ways = _tp_split(tied, setup, moe_experts)
+            keep.append(replace(tied, shape=(-(-tied.shape[0] // ways), *tied.shape[1:]), after_layers=True))
+    owned: dict[str, int] = {}
+    for param in keep:
+        module = param.name.rsplit(".", 1)[0]
+        owned[module] = owned.get(module, 0) + param.numel
+    largest = max(owned.items(), key=lambda item: item[1], default=("", 0))
+    local = ParameterInventory.from_parameters(
+        keep,
+        buffer_params=inventory.buffer_params,
+        largest_module=largest,
+        module_params=inventory.module_params,
+        architecture=inventory.architecture,
+        model_type=inventory.model_type,
+        moe_routing=(inventory.moe.num_experts // par.ep, inventory.moe.experts_per_token) if inventory.moe else None,
+        layer_names=inventory.layer_names,
+        tied_embeddings=inventory.tied_embeddings,
+    )
+    return local
+
+
+def tensor_parallel_layer(layer: LayerProfile, tp: int, sp: bool) -> LayerProfile:
+    """One layer's saved bytes on one GPU of a TP group (Korthikanti et al. 2022, Table 2).
+
+    Without SP the replicated part stays whole and the split part is ``1/t``; with SP both are ``1/t``, and so is
+    the layer input that full checkpointing keeps (it is sequence-parallel).
+    """
+    if tp == 1:
+        return layer
+    if sp:
+        return LayerProfile(
+            layer.name, -(-layer.saved_bytes // tp), -(-layer.input_bytes // tp), -(-layer.tp_split_bytes // tp)
+        )
+    split = -(-layer.tp_split_bytes // tp)
+    return LayerProfile(layer.name, layer.saved_bytes - layer.tp_split_bytes + split, layer.input_bytes, split)
+
+
+def korthikanti_layer_bytes(
+    *, s: int, b: int, h: int, a: int, t: int = 1, sp: bool = False, selective: bool = False
+) -> float:
+    """Korthikanti et al. 2022 per-layer activation bytes of a GPT layer, via hfmem's TP/SP split.
+
+    The paper's own breakdown (§4.1): ``10·sbh`` replicated under TP (two LayerNorm inputs, the QKV and first MLP
+    linear inputs, two dropout masks) and ``24·sbh + 5·a·s²·b`` between the column- and row-parallel linears
+    (Q, K, V, softmax and its dropout, the output projection's input, GeLU input and output). Selective
+    recomputation drops the ``5·a·s²·b`` attention core. The result is `tensor_parallel_layer` applied to that
+    layer, so the test of this function against Table 2 checks hfmem's split rule.
+    """
+    core = 0 if selective else 5 * a * s * s * b
+    split = 24 * s * b * h + core
+    saved = 10 * s * b * h + split
+    layer = tensor_parallel_layer(LayerProfile("gpt", saved, 2 * s * b * h, split), t, sp)
+    return float(layer.saved_bytes)
+
+
+def stage_profile(profile: ActivationProfile, setup: TrainingSetup, stage: PipelineStage) -> ActivationProfile:
+    """The activation profile of one micro-batch on one GPU of pipeline ``stage``, TP/SP split.
+
+    Layers are those the stage holds; saved outside the layers: before them (token ids, embeddings) on the first
+    stage, after them (final norm, LM head input) on the last; the logits on the last stage, split ``1/t``
+    (vocab-parallel LM head and cross-entropy). With SP the embeddings' output and the final norm are
+    sequence-parallel too (``1/t``).
+    """
+    par = setup.parallel
+    if par.tp == 1 and par.pp == 1:
+        return profile
+    held = set(stage.layers)
+
+    def pick(layers: tuple[LayerProfile, ...]) -> tuple[LayerProfile, ...]:
+        return tuple(tensor_parallel_layer(layer, par.tp, par.sp) for i, layer in enumerate(layers) if i in held)
+
+    other_before = profile.other_bytes - profile.other_after_bytes
+    other = (other_before if stage.holds_embeddings else 0) + (profile.other_after_bytes if stage.holds_head else 0)
+    if par.sp:
+        other = -(-other // par.tp)
+    logits = -(-profile.logits_bytes // par.tp) if stage.holds_head else 0
+    logits_saved = -(-profile.logits_saved_bytes // par.tp) if stage.holds_head else 0
+    return replace(
+        profile,
+        layers=pick(profile.layers),
+        fused_layers=pick(profile.fused_layers),
+        other_bytes=other,
+        other_after_bytes=profile.other_after_bytes if stage.holds_head else 0,
+        logits_bytes=logits,
+        logits_saved_bytes=logits_saved,
+    )
