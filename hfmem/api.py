@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from hfmem.cache import ProfileCache, cache_key
 from hfmem.errors import InvalidSetupError
 from hfmem.memory.activations import activation_dtype, default_seq_len
 from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, default_context, plan_inference
@@ -12,7 +13,9 @@ from hfmem.memory.parallel import check_parallel
 from hfmem.memory.peak import plan_training
 from hfmem.types import (
     ActivationProfile,
+    FinetuneSettings,
     InferenceEstimate,
+    InferenceProfile,
     InferenceSetup,
     ModelConfig,
     ParameterInventory,
@@ -21,7 +24,7 @@ from hfmem.types import (
     TrainingSetup,
 )
 
-__all__ = ["estimate", "hfmem_version"]
+__all__ = ["estimate", "resolve", "Prepared", "hfmem_version"]
 
 
 def hfmem_version() -> str:
@@ -43,6 +46,7 @@ def estimate(
     training: bool = True,
     inference: InferenceSetup | None = None,
     checkpoint: bool = False,
+    cache: bool = True,
 ) -> Report:
     """Estimate per-GPU training memory for a model or a hypothetical parameter count.
 
@@ -59,6 +63,7 @@ def estimate(
         inference: also plan serving with these settings (weights, KV cache, prefill, overheads per GPU).
         checkpoint: read the checkpoint's safetensors headers (Hub or local folder; no weights) and compare the
             stored tensors with the built model. Skipped with a note offline or for the bundled catalogue.
+        cache: read and write the persistent cache of inventories and traces (`hfmem.cache`); off: always build.
 
     Returns:
         A `Report` with the resolved model, its exact parameter inventory and per-GPU peak memory per stage.
@@ -74,149 +79,205 @@ def estimate(
     setup = setup or TrainingSetup()
     if (model is None) == (params is None):
         raise InvalidSetupError("give either a model or a parameter count (--params), not both or neither")
-    check_finetune(setup.finetune, has_model=model is not None)
     if params is not None:
         if params <= 0:
             raise InvalidSetupError(f"--params must be positive, got {params}")
         resolved = ModelConfig(model_id=f"{params:,} parameters", source="params", config={})
-        inventory = ParameterInventory.from_count(params)
     else:
-        from hfmem.hub import fetch_remote_code, resolve_model
-        from hfmem.inventory import count_parameters
-
         assert model is not None
-        resolved = resolve_model(model, revision=revision, token=token)
-        if trust_remote_code:
-            resolved = fetch_remote_code(resolved, token=token)
-        inventory = count_parameters(resolved, trust_remote_code=trust_remote_code, finetune=setup.finetune)
-    base_inventory = inventory
-    lora = setup.finetune.method in ("lora", "qlora")
-    if lora and resolved.source != "params" and (inference is not None or checkpoint):
+        resolved = resolve(model, revision=revision, token=token, trust_remote_code=trust_remote_code)
+    prepared = Prepared(resolved, trust_remote_code=trust_remote_code, cache=cache, params=params)
+    return prepared.report(
+        setup, training=training, inference=inference, find_max_batch=find_max_batch, checkpoint=checkpoint, token=token
+    )
+
+
+def resolve(
+    model: str, *, revision: str | None = None, token: str | None = None, trust_remote_code: bool = False
+) -> ModelConfig:
+    """The model's config (Hub, local folder or bundled catalogue), with its code when ``trust_remote_code``."""
+    from hfmem.hub import fetch_remote_code, resolve_model
+
+    resolved = resolve_model(model, revision=revision, token=token)
+    if trust_remote_code:
+        resolved = fetch_remote_code(resolved, token=token)
+    return resolved
+
+
+class Prepared:
+    """One resolved model and everything measured on it, memoised: the plans of many setups reuse one inventory
+    and one trace per distinct (batch, sequence, …), and the persistent cache (`hfmem.cache`) keeps them for the
+    next process, so a repeat query never imports torch.
+    """
+
+    def __init__(
+        self, resolved: ModelConfig, *, trust_remote_code: bool = False, cache: bool = True, params: int | None = None
+    ) -> None:
+        self.resolved = resolved
+        self.trust_remote_code = trust_remote_code
+        self.cache = cache
+        self.params = params
+        self._memos: dict[FinetuneSettings, ProfileCache] = {}
+        self._checkpoints: dict[object, tuple[object | None, str | None]] = {}
+
+    def memo(self, finetune: FinetuneSettings) -> ProfileCache:
+        """The measurements of the model trained by ``finetune`` (in memory, and on disk unless disabled)."""
+        if finetune not in self._memos:
+            if self.resolved.source == "params":
+                self._memos[finetune] = ProfileCache(None, persistent=False)
+            else:
+                key = cache_key(self.resolved, finetune, trust_remote_code=self.trust_remote_code)
+                self._memos[finetune] = ProfileCache(key, persistent=self.cache)
+        return self._memos[finetune]
+
+    def inventory(self, finetune: FinetuneSettings) -> ParameterInventory:
+        if self.params is not None:
+            return ParameterInventory.from_count(self.params)
+
+        def build() -> ParameterInventory:
+            from hfmem.inventory import count_parameters
+
+            return count_parameters(self.resolved, trust_remote_code=self.trust_remote_code, finetune=finetune)
+
+        return self.memo(finetune).get_or_build("inventory", {}, build, ParameterInventory)
+
+    def report(
+        self,
+        setup: TrainingSetup,
+        *,
+        training: bool = True,
+        inference: InferenceSetup | None = None,
+        find_max_batch: bool = False,
+        checkpoint: bool = False,
+        token: str | None = None,
+    ) -> Report:
+        """Plan ``setup`` (and ``inference``) for this model; see `estimate`."""
+        resolved = self.resolved
+        check_finetune(setup.finetune, has_model=resolved.source != "params")
+        if not training and inference is None:
+            raise InvalidSetupError("nothing to plan: ask for training, inference or both")
+        inventory = self.inventory(setup.finetune)
         # Serving and the checkpoint concern the base model; peft renames its modules and adds adapters.
-        from hfmem.inventory import count_parameters
-
-        base_inventory = count_parameters(resolved, trust_remote_code=trust_remote_code)
-    if not training and inference is None:
-        raise InvalidSetupError("nothing to plan: ask for training, inference or both")
-    plan = (
-        _plan(resolved, inventory, setup, find_max_batch=find_max_batch, trust_remote_code=trust_remote_code)
-        if training
-        else None
-    )
-    notes: list[str] = []
-    served = None
-    if inference is not None:
-        if resolved.source == "params":
-            if not training:
-                raise InvalidSetupError(
-                    "inference memory needs the model's KV-cache layout, which --params does not give; pass a model id"
-                )
-            notes.append("inference skipped: --params gives no KV-cache layout (pass a model id)")
-        else:
-            served = _serve(resolved, base_inventory, inference, trust_remote_code=trust_remote_code)
-            if lora:
-                notes.append("inference plans the base model with the LoRA adapters merged (unmerged, they add theirs)")
-    comparison = None
-    if checkpoint and resolved.source != "params":
-        comparison, note = _checkpoint(resolved, base_inventory, served, token=token)
-        if note:
-            notes.append(note)
-    return Report(
-        model=resolved,
-        inventory=inventory,
-        training=plan,
-        hfmem_version=hfmem_version(),
-        notes=tuple(notes),
-        inference=served,
-        checkpoint=comparison,
-    )
-
-
-def _serve(
-    resolved: ModelConfig, inventory: ParameterInventory, setup: InferenceSetup, *, trust_remote_code: bool
-) -> InferenceEstimate:
-    """Measure the cache layout and a prefill chunk on the meta device, then plan the serving memory."""
-    from hfmem.inventory import profile_inference
-
-    if setup.batch_size < 1 or (setup.prefill_chunk is not None and setup.prefill_chunk < 1):
-        raise InvalidSetupError("--batch-size and --prefill-chunk must be at least 1")
-    scheme, _ = choose_scheme(resolved.config, setup, inventory)
-    context = setup.context if setup.context is not None else default_context(resolved.config)[0]
-    chunk = setup.prefill_chunk if setup.prefill_chunk is not None else min(context, DEFAULT_PREFILL_CHUNK)
-    profile = profile_inference(
-        resolved,
-        batch_size=setup.batch_size,
-        prefill_tokens=chunk,
-        dtype=compute_dtype(scheme, inventory),
-        trust_remote_code=trust_remote_code,
-    )
-    return plan_inference(resolved.config, inventory, profile, setup)
-
-
-def _checkpoint(
-    resolved: ModelConfig, inventory: ParameterInventory, served: InferenceEstimate | None, *, token: str | None
-) -> tuple[object | None, str | None]:
-    """The stored tensors compared with the built model, or None and why it was skipped."""
-    from hfmem.hub import fetch_checkpoint
-    from hfmem.memory.checkpoint import compare_checkpoint
-
-    summary, note = fetch_checkpoint(resolved, token=token)
-    if summary is None:
-        return None, note
-    layers = resolved.config.get("num_hidden_layers")
-    scheme = served.weights.scheme if served is not None else None
-    comparison = compare_checkpoint(
-        summary, inventory, num_hidden_layers=layers if isinstance(layers, int) else None, scheme=scheme
-    )
-    return comparison, note
-
-
-def _plan(
-    resolved: ModelConfig,
-    inventory: ParameterInventory,
-    setup: TrainingSetup,
-    *,
-    find_max_batch: bool,
-    trust_remote_code: bool,
-) -> TrainingEstimate:
-    """Measure the activations (a model only) and plan the peak of every stage."""
-    if setup.batch_size < 1 or (setup.seq_len is not None and setup.seq_len < 1):
-        raise InvalidSetupError("--batch-size and --seq-len must be at least 1")
-    if setup.dropout is not None and not 0.0 <= setup.dropout < 1.0:
-        raise InvalidSetupError(f"--dropout must be in [0, 1), got {setup.dropout}")
-    if find_max_batch and setup.gpu is None:
-        raise InvalidSetupError("--max-batch needs a GPU to fill: pass --gpu NAME or --gpu-memory SIZE")
-    if resolved.source == "params":
-        check_parallel(setup, inventory)
-        return plan_training(inventory, setup, None)
-    from hfmem.inventory import profile_activations
-
-    if setup.seq_len is not None:
-        seq_len, why = setup.seq_len, "--seq-len"
-    else:
-        seq_len, why = default_seq_len(resolved.config)
-    check_parallel(setup, inventory, resolved.config, seq_len=seq_len)
-    # Context parallelism: each GPU runs its 1/cp of the sequence (Megatron splits it into 2·cp chunks for load
-    # balance; the tokens per GPU are the same).
-    local_seq_len = seq_len // setup.parallel.cp
-
-    def profile(batch: int) -> ActivationProfile:
-        return profile_activations(
-            resolved,
-            batch_size=batch,
-            seq_len=local_seq_len,
-            attn=setup.attn,
-            dtype=activation_dtype(setup.precision),
-            dropout=setup.dropout,
-            trust_remote_code=trust_remote_code,
-            finetune=setup.finetune,
-            tensor_parallel=setup.parallel.tp > 1,
+        lora = setup.finetune.method in ("lora", "qlora")
+        base = FinetuneSettings() if lora else setup.finetune
+        plan = self._plan(inventory, setup, find_max_batch=find_max_batch) if training else None
+        notes: list[str] = []
+        served = None
+        if inference is not None:
+            if resolved.source == "params":
+                if not training:
+                    raise InvalidSetupError(
+                        "inference memory needs the model's KV-cache layout, which --params does not give; "
+                        "pass a model id"
+                    )
+                notes.append("inference skipped: --params gives no KV-cache layout (pass a model id)")
+            else:
+                served = self._serve(self.inventory(base), base, inference)
+                if lora:
+                    notes.append(
+                        "inference plans the base model with the LoRA adapters merged (unmerged, they add theirs)"
+                    )
+        comparison = None
+        if checkpoint and resolved.source != "params":
+            comparison, note = self._checkpoint(self.inventory(base), served, token=token)
+            if note:
+                notes.append(note)
+        return Report(
+            model=resolved,
+            inventory=inventory,
+            training=plan,
+            hfmem_version=hfmem_version(),
+            notes=tuple(notes),
+            inference=served,
+            checkpoint=comparison,
         )
 
-    measured = profile(setup.batch_size)
-    pair = None
-    if find_max_batch:
-        one = measured if setup.batch_size == 1 else profile(1)
-        two = measured if setup.batch_size == 2 else profile(2)
-        pair = (one, two)
-    return plan_training(inventory, setup, measured, batch_profiles=pair, seq_len=seq_len, seq_len_source=why)
+    def _serve(
+        self, inventory: ParameterInventory, finetune: FinetuneSettings, setup: InferenceSetup
+    ) -> InferenceEstimate:
+        """Measure the cache layout and a prefill chunk on the meta device, then plan the serving memory."""
+        resolved = self.resolved
+        if setup.batch_size < 1 or (setup.prefill_chunk is not None and setup.prefill_chunk < 1):
+            raise InvalidSetupError("--batch-size and --prefill-chunk must be at least 1")
+        scheme, _ = choose_scheme(resolved.config, setup, inventory)
+        context = setup.context if setup.context is not None else default_context(resolved.config)[0]
+        chunk = setup.prefill_chunk if setup.prefill_chunk is not None else min(context, DEFAULT_PREFILL_CHUNK)
+        args = {"batch_size": setup.batch_size, "prefill_tokens": chunk, "dtype": compute_dtype(scheme, inventory)}
+
+        def build() -> InferenceProfile:
+            from hfmem.inventory import profile_inference
+
+            return profile_inference(resolved, trust_remote_code=self.trust_remote_code, **args)
+
+        profile = self.memo(finetune).get_or_build("inference", args, build, InferenceProfile)
+        return plan_inference(resolved.config, inventory, profile, setup)
+
+    def _checkpoint(
+        self, inventory: ParameterInventory, served: InferenceEstimate | None, *, token: str | None
+    ) -> tuple[object | None, str | None]:
+        """The stored tensors compared with the built model, or None and why it was skipped."""
+        from hfmem.hub import fetch_checkpoint
+        from hfmem.memory.checkpoint import compare_checkpoint
+
+        resolved = self.resolved
+        if "summary" not in self._checkpoints:
+            self._checkpoints["summary"] = fetch_checkpoint(resolved, token=token)
+        summary, note = self._checkpoints["summary"]
+        if summary is None:
+            return None, note
+        layers = resolved.config.get("num_hidden_layers")
+        scheme = served.weights.scheme if served is not None else None
+        comparison = compare_checkpoint(
+            summary,  # type: ignore[arg-type]
+            inventory,
+            num_hidden_layers=layers if isinstance(layers, int) else None,
+            scheme=scheme,
+        )
+        return comparison, note
+
+    def _plan(self, inventory: ParameterInventory, setup: TrainingSetup, *, find_max_batch: bool) -> TrainingEstimate:
+        """Measure the activations (a model only) and plan the peak of every stage."""
+        resolved = self.resolved
+        if setup.batch_size < 1 or (setup.seq_len is not None and setup.seq_len < 1):
+            raise InvalidSetupError("--batch-size and --seq-len must be at least 1")
+        if setup.dropout is not None and not 0.0 <= setup.dropout < 1.0:
+            raise InvalidSetupError(f"--dropout must be in [0, 1), got {setup.dropout}")
+        if find_max_batch and setup.gpu is None:
+            raise InvalidSetupError("--max-batch needs a GPU to fill: pass --gpu NAME or --gpu-memory SIZE")
+        if resolved.source == "params":
+            check_parallel(setup, inventory)
+            return plan_training(inventory, setup, None)
+        if setup.seq_len is not None:
+            seq_len, why = setup.seq_len, "--seq-len"
+        else:
+            seq_len, why = default_seq_len(resolved.config)
+        check_parallel(setup, inventory, resolved.config, seq_len=seq_len)
+        # Context parallelism: each GPU runs its 1/cp of the sequence (Megatron splits it into 2·cp chunks for load
+        # balance; the tokens per GPU are the same).
+        local_seq_len = seq_len // setup.parallel.cp
+        memo = self.memo(setup.finetune)
+
+        def profile(batch: int) -> ActivationProfile:
+            args = {
+                "batch_size": batch,
+                "seq_len": local_seq_len,
+                "attn": setup.attn,
+                "dtype": activation_dtype(setup.precision),
+                "dropout": setup.dropout,
+                "tensor_parallel": setup.parallel.tp > 1,
+            }
+
+            def build() -> ActivationProfile:
+                from hfmem.inventory import profile_activations
+
+                return profile_activations(
+                    resolved, trust_remote_code=self.trust_remote_code, finetune=setup.finetune, **args
+                )
+
+            return memo.get_or_build("activations", args, build, ActivationProfile)
+
+        measured = profile(setup.batch_size)
+        pair = None
+        if find_max_batch:
+            pair = (profile(1), profile(2))
+        return plan_training(inventory, setup, measured, batch_profiles=pair, seq_len=seq_len, seq_len_source=why)

@@ -5,18 +5,21 @@ No arithmetic here and no torch import: ``hfmem --help`` stays fast.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 import click
 
 from hfmem import catalogue
-from hfmem.api import estimate, hfmem_version
+from hfmem.api import Prepared, hfmem_version, resolve
 from hfmem.errors import ExitCode, HfmemError
 from hfmem.gpus import GPUS, find_gpu, parse_memory
 from hfmem.memory.quantization import WEIGHTS_DTYPES
@@ -34,8 +37,10 @@ from hfmem.types import (
     FinetuneSettings,
     GpuTarget,
     InferenceSetup,
+    ModelConfig,
     OverheadSettings,
     ParallelSettings,
+    Report,
     TrainingSetup,
 )
 from hfmem.units import format_count_short, parse_count
@@ -56,7 +61,15 @@ def _debug_wanted(ctx: click.Context) -> bool:
 
 
 class HfmemCommand(click.Command):
-    """Translates errors inside click, so `CliRunner` sees exactly what users see."""
+    """Translates errors inside click, so `CliRunner` sees exactly what users see; ``hfmem compare …`` goes to the
+    `compare` command (a model cannot be named ``compare``: Hub ids have an owner, local paths can be ``./compare``).
+    """
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if argv[:1] == ["compare"] and self is not compare:
+            return compare.main(argv[1:], prog_name=f"{prog_name or 'hfmem'} compare", **extra)
+        return super().main(argv, prog_name=prog_name, **extra)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -107,6 +120,57 @@ def _parse_names(ctx: click.Context, param: click.Parameter, value: Any) -> tupl
     return names
 
 
+class Listed(click.ParamType):
+    """A comma list of ``inner`` values ("1,2,4"), each converted and checked by ``inner``; a tuple."""
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = f"list of {inner.name}"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        inner = self.inner.get_metavar(param, ctx) or self.inner.name.upper()
+        return f"{inner}[,…]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[Any, ...]:
+        if isinstance(value, tuple):
+            return value
+        if not isinstance(value, str):
+            return (self.inner.convert(value, param, ctx),)
+        items = [item.strip() for item in value.split(",")]
+        if not all(items):
+            self.fail(f"{value!r} has an empty item; give values separated by commas, e.g. 1,2,4", param, ctx)
+        return tuple(self.inner.convert(item, param, ctx) for item in items)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        head, _, last = incomplete.rpartition(",")
+        prefix = head + "," if head else ""
+        return [type(item)(prefix + item.value, type=item.type) for item in self.inner.shell_complete(ctx, param, last)]
+
+
+class MemorySize(click.ParamType):
+    """A memory size: 80GiB, 79.2GiB, 24G (binary), 80GB (decimal) → bytes."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_memory(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _clear_cache(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from hfmem.cache import clear_cache
+
+    folder, removed = clear_cache()
+    click.echo(f"hfmem: removed {removed} cached model{'s' if removed != 1 else ''} from {folder}")
+    ctx.exit(0)
+
+
 #: ``--fsdp`` → the ZeRO stage with the same sharding (torch ``ShardingStrategy`` docstring; REFERENCE §2.5):
 #: FULL_SHARD = ZeRO-3, SHARD_GRAD_OP = ZeRO-2, NO_SHARD = DDP (0), HYBRID_SHARD = ZeRO-3 inside a node.
 FSDP_ZERO_STAGE = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0, "hybrid_shard": 3}
@@ -114,7 +178,7 @@ FSDP_ZERO_STAGE = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0, "hybrid_s
 #: ``--tp``, defined once: tensor parallelism splits the weights (and, for training, the activations) Megatron-style.
 tp_option = click.option(
     "--tp",
-    type=click.IntRange(min=1),
+    type=Listed(click.IntRange(min=1)),
     default=1,
     show_default=True,
     help="Tensor-parallel degree: attention/MLP linears split column-/row-parallel, embeddings and LM head "
@@ -182,7 +246,7 @@ def _list_catalogue(json_: bool) -> None:
 )
 @click.option(
     "--precision",
-    type=click.Choice(PRECISIONS),
+    type=Listed(click.Choice(PRECISIONS)),
     default="bf16-mixed",
     show_default=True,
     help="fp32 | tf32 (fp32 storage, TF32 matmuls) | bf16-mixed / fp16-mixed (16-bit weights and gradients, "
@@ -190,7 +254,7 @@ def _list_catalogue(json_: bool) -> None:
 )
 @click.option(
     "--optimizer",
-    type=click.Choice(OPTIMIZERS),
+    type=Listed(click.Choice(OPTIMIZERS)),
     default="adamw",
     show_default=True,
     help="adamw-8bit is bitsandbytes' block-wise 8-bit AdamW; adafactor is HF's factored Adafactor.",
@@ -203,21 +267,29 @@ def _list_catalogue(json_: bool) -> None:
     help="ZeRO stage to report; repeat for several (default: 0 1 2 3, or the stages the offload allows).",
 )
 @click.option(
-    "--gpus", "gpus_per_node", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs per node."
+    "--gpus", "gpus_per_node", type=Listed(click.IntRange(min=1)), default=1, show_default=True, help="GPUs per node."
 )
 @click.option(
-    "--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Nodes; ZeRO shards over gpus × nodes."
+    "--nodes",
+    type=Listed(click.IntRange(min=1)),
+    default=1,
+    show_default=True,
+    help="Nodes; ZeRO shards over gpus × nodes.",
 )
 @click.option(
     "--method",
-    type=click.Choice(METHODS),
+    type=Listed(click.Choice(METHODS)),
     default="full",
     show_default=True,
     help="full: train every parameter. lora: peft LoRA adapters on a frozen base. qlora: LoRA on a bitsandbytes "
     "NF4 base. freeze: train only --train-modules.",
 )
 @click.option(
-    "--lora-rank", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank r (peft's default: 8)."
+    "--lora-rank",
+    type=Listed(click.IntRange(min=1)),
+    default=8,
+    show_default=True,
+    help="LoRA rank r (peft's default: 8).",
 )
 @click.option(
     "--lora-alpha", type=click.IntRange(min=1), help="LoRA alpha (peft's default: 8); scales the update, not memory."
@@ -254,21 +326,21 @@ def _list_catalogue(json_: bool) -> None:
 @tp_option
 @click.option(
     "--pp",
-    type=click.IntRange(min=1),
+    type=Listed(click.IntRange(min=1)),
     default=1,
     show_default=True,
     help="Pipeline-parallel degree: stages of consecutive layers; the busiest stage is reported.",
 )
 @click.option(
     "--cp",
-    type=click.IntRange(min=1),
+    type=Listed(click.IntRange(min=1)),
     default=1,
     show_default=True,
     help="Context-parallel degree: splits the sequence.",
 )
 @click.option(
     "--ep",
-    type=click.IntRange(min=1),
+    type=Listed(click.IntRange(min=1)),
     default=1,
     show_default=True,
     help="Expert-parallel degree (MoE): routed experts split over EP GPUs carved from data parallelism.",
@@ -301,7 +373,7 @@ def _list_catalogue(json_: bool) -> None:
 )
 @click.option(
     "--offload",
-    type=click.Choice(OFFLOADS),
+    type=Listed(click.Choice(OFFLOADS)),
     default="none",
     show_default=True,
     help="Move sharded states to CPU RAM (ZeRO-Offload): optimizer (ZeRO 1-3) or optimizer+params (ZeRO-3).",
@@ -315,26 +387,26 @@ def _list_catalogue(json_: bool) -> None:
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=Listed(click.IntRange(min=1)),
     default=1,
     show_default=True,
     help="Micro-batch per GPU. Gradient accumulation does not change activations: pass the micro-batch only.",
 )
 @click.option(
     "--seq-len",
-    type=click.IntRange(min=1),
+    type=Listed(click.IntRange(min=1)),
     help="Tokens per sequence (default: the model's context length capped at 4096; the output says which).",
 )
 @click.option(
     "--attn",
-    type=click.Choice(ATTENTIONS),
+    type=Listed(click.Choice(ATTENTIONS)),
     default="sdpa",
     show_default=True,
     help="sdpa / flash: fused kernels (no seq² scores kept); eager keeps heads × seq² scores and probabilities.",
 )
 @click.option(
     "--grad-checkpointing",
-    type=click.Choice(CHECKPOINTINGS),
+    type=Listed(click.Choice(CHECKPOINTINGS)),
     default="none",
     show_default=True,
     help="full: keep only each layer's input and recompute it; selective: recompute the attention core.",
@@ -345,12 +417,16 @@ def _list_catalogue(json_: bool) -> None:
     help="Override every dropout probability (default: the config's).",
 )
 @click.option(
-    "--gpu", "gpu_name", metavar="NAME", help="Check the plan against a GPU (--list-gpus): h100-sxm, a100-40gb…"
+    "--gpu",
+    "gpu_name",
+    type=Listed(click.STRING),
+    metavar="NAME[,…]",
+    help="Check the plan against a GPU (--list-gpus): h100-sxm, a100-40gb…",
 )
 @click.option(
     "--gpu-memory",
-    metavar="SIZE",
-    callback=_parse_memory,
+    type=Listed(MemorySize()),
+    metavar="SIZE[,…]",
     help="Check the plan against this much GPU memory instead: 80GiB, 79.2GiB, 24G (binary), 80GB (decimal).",
 )
 @click.option("--max-batch", is_flag=True, help="Also find the largest micro-batch that fits the GPU, per stage.")
@@ -377,13 +453,13 @@ def _list_catalogue(json_: bool) -> None:
 @click.option("--inference-only", is_flag=True, help="Plan inference only: weights + KV cache + prefill + overhead.")
 @click.option(
     "--context",
-    type=click.IntRange(min=1),
+    type=Listed(click.IntRange(min=1)),
     help="Inference: tokens per sequence held in the KV cache, prompt + generated (default: the model's context "
     "length).",
 )
 @click.option(
     "--weights-dtype",
-    type=click.Choice(WEIGHTS_DTYPES),
+    type=Listed(click.Choice(WEIGHTS_DTYPES)),
     help="Inference: store the weights as fp32/bf16/fp16, fp8 (E4M3 + scale), int8 (bitsandbytes LLM.int8), int4 "
     "(GPTQ/AWQ groups) or nf4 (bitsandbytes). Default: the checkpoint's quantization_config, else its dtype.",
 )
@@ -396,12 +472,12 @@ def _list_catalogue(json_: bool) -> None:
 )
 @click.option(
     "--kv-dtype",
-    type=click.Choice(KV_DTYPES),
+    type=Listed(click.Choice(KV_DTYPES)),
     help="Inference: KV cache element type (default: the compute dtype, bf16 for most models).",
 )
 @click.option(
     "--prefill-chunk",
-    type=click.IntRange(min=1),
+    type=Listed(click.IntRange(min=1)),
     help="Inference: prompt tokens per sequence in one forward (default: min(context, 2048); HF generate() "
     "prefills the whole prompt).",
 )
@@ -412,7 +488,29 @@ def _list_catalogue(json_: bool) -> None:
     help="Read the checkpoint's safetensors headers (no weights) and explain how the stored tensors differ from "
     "the built model. Skipped offline and for the bundled catalogue.",
 )
-@click.option("--json", "json_", is_flag=True, help="Print only JSON on stdout (bytes as integers).")
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(("table", "json", "markdown")),
+    help="table (default): for the terminal, with bars · json: bytes as integers, for scripts · markdown: for PR "
+    "comments and issues.",
+)
+@click.option("--json", "json_", is_flag=True, help="Same as --format json: only JSON on stdout.")
+@click.option(
+    "--cache/--no-cache",
+    default=True,
+    show_default=True,
+    help="Keep each model's inventory and traces in the user cache ($HFMEM_CACHE or ~/.cache/hfmem), so a repeat "
+    "query does not import torch.",
+)
+@click.option(
+    "--clear-cache",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_clear_cache,
+    help="Delete hfmem's cache and exit.",
+)
 @click.option(
     "--list-catalogue",
     is_flag=True,
@@ -421,179 +519,312 @@ def _list_catalogue(json_: bool) -> None:
 @click.option("--list-gpus", is_flag=True, help="List the built-in GPUs with the memory PyTorch sees, and exit.")
 @click.option("--debug", is_flag=True, help="Show tracebacks (also HFMEM_DEBUG=1).")
 @click.version_option(hfmem_version(), "--version", prog_name="hfmem")
-def cli(
-    model: str | None,
-    revision: str | None,
-    token: str | None,
-    trust_remote_code: bool,
-    params: int | None,
-    precision: Any,
-    optimizer: Any,
-    zero_stages: tuple[int, ...],
-    gpus_per_node: int,
-    nodes: int,
-    method: Any,
-    lora_rank: int,
-    lora_alpha: int | None,
-    lora_targets: tuple[str, ...] | None,
-    modules_to_save: tuple[str, ...] | None,
-    dora: bool,
-    double_quant: bool,
-    train_modules: tuple[str, ...] | None,
-    tp: int,
-    pp: int,
-    cp: int,
-    ep: int,
-    sp: bool,
-    pp_schedule: Any,
-    microbatches: int | None,
-    virtual_stages: int,
-    fsdp: Any,
-    offload: Any,
-    accounting: Any,
-    batch_size: int,
-    seq_len: int | None,
-    attn: Any,
-    grad_checkpointing: Any,
-    dropout: float | None,
-    gpu_name: str | None,
-    gpu_memory: int | None,
-    max_batch: bool,
-    check: bool,
-    cuda_context: int | None,
-    fragmentation: float,
-    training_only: bool,
-    inference_only: bool,
-    context: int | None,
-    weights_dtype: str | None,
-    group_size: int,
-    kv_dtype: Any,
-    prefill_chunk: int | None,
-    checkpoint: bool,
-    json_: bool,
-    list_catalogue: bool,
-    list_gpus: bool,
-    debug: bool,
-) -> None:
+def cli(**opts: Any) -> None:
     """Exact parameters, peak per-GPU training memory and serving memory of a Hugging Face model, without
     downloading weights.
 
     MODEL is a Hub repo id (meta-llama/Llama-2-7b-hf), a local folder holding config.json or a PEFT
     adapter_config.json, or a path to a config.json. When the Hub cannot answer, hfmem uses the HF cache, then
     its bundled catalogue (--list-catalogue), and says so on stderr.
+
+    Options marked LIST take comma lists (--batch-size 1,2,4 --seq-len 2048,4096): one table, a row per
+    combination. To compare models under the same settings: hfmem compare MODEL MODEL ... [OPTIONS].
     """
-    if list_catalogue:
-        _list_catalogue(json_)
+    fmt = _output_format(opts)
+    if opts["list_catalogue"]:
+        _list_catalogue(fmt == "json")
         return
-    if list_gpus:
-        _list_gpus(json_)
+    if opts["list_gpus"]:
+        _list_gpus(fmt == "json")
         return
+    model, params = opts["model"], opts["params"]
     if model is None and params is None:
         raise click.UsageError("give a MODEL (a Hub id, folder or config.json) or --params COUNT")
     if model is not None and params is not None:
         raise click.UsageError("give either MODEL or --params, not both")
-    if gpu_name is not None and gpu_memory is not None:
+    combos = _combinations(opts)
+    prepared = _prepare(model, params, opts)
+    if len(combos) == 1:
+        report = _report(prepared, combos[0][1])
+        _emit_report(report, fmt)
+        _exit_on_verdict(opts, [report])
+        return
+    from hfmem.report import render_sweep, sweep_to_dict
+
+    rows = []
+    with _spinner(fmt, f"planning {len(combos):,} combinations"):
+        for values, scalars in combos:
+            rows.append((values, _report(prepared, scalars)))
+    for note in rows[0][1].model.notes:
+        click.echo(f"hfmem: {note}", err=True)
+    if fmt == "json":
+        click.echo(json.dumps(sweep_to_dict(rows), indent=2))
+    else:
+        click.echo(render_sweep(rows, markdown=fmt == "markdown", **_console()), nl=False)
+    _exit_on_verdict(opts, [r for _, r in rows])
+
+
+#: Options that take comma lists; a sweep is the product of every one given more than one value.
+LIST_OPTIONS = (
+    "precision",
+    "optimizer",
+    "gpus_per_node",
+    "nodes",
+    "method",
+    "lora_rank",
+    "tp",
+    "pp",
+    "cp",
+    "ep",
+    "offload",
+    "batch_size",
+    "seq_len",
+    "attn",
+    "grad_checkpointing",
+    "gpu_name",
+    "gpu_memory",
+    "context",
+    "weights_dtype",
+    "kv_dtype",
+    "prefill_chunk",
+)
+
+
+def _combinations(opts: dict[str, Any]) -> list[tuple[tuple[tuple[str, str], ...], dict[str, Any]]]:
+    """Every combination of the list-valued options: (the swept options' labels and values, scalar options)."""
+    swept = [name for name in LIST_OPTIONS if isinstance(opts.get(name), tuple) and len(opts[name]) > 1]
+    lists = [opts[name] for name in swept]
+    combos = []
+    for values in itertools.product(*lists):
+        scalars = dict(opts)
+        for name in LIST_OPTIONS:
+            value = opts.get(name)
+            if isinstance(value, tuple):
+                scalars[name] = value[0]
+        scalars.update(zip(swept, values, strict=True))
+        labels = tuple(
+            (_OPTION_LABELS.get(n, "--" + n.replace("_", "-")), _label(v)) for n, v in zip(swept, values, strict=True)
+        )
+        combos.append((labels, scalars))
+        if len(combos) > MAX_COMBINATIONS:
+            raise click.UsageError(
+                f"the lists make more than {MAX_COMBINATIONS:,} combinations; shorten them or split the sweep"
+            )
+    return combos
+
+
+MAX_COMBINATIONS = 100_000
+_OPTION_LABELS = {"gpus_per_node": "--gpus", "gpu_name": "--gpu"}
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, int) and value >= 2**30:
+        return f"{value / 2**30:,.2f} GiB"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _output_format(opts: dict[str, Any]) -> str:
+    fmt = opts.get("format_") or "table"
+    if opts.get("json_"):
+        if opts.get("format_") not in (None, "json"):
+            raise click.UsageError("--json is --format json; give one of them")
+        fmt = "json"
+    return str(fmt)
+
+
+def _console() -> dict[str, Any]:
+    """Colour only on a terminal and never with NO_COLOR (https://no-color.org); the terminal's width."""
+    color = sys.stdout.isatty() and os.environ.get("NO_COLOR", "") == ""
+    return {"color": color, "width": shutil.get_terminal_size((100, 24)).columns}
+
+
+@contextmanager
+def _spinner(fmt: str, message: str) -> Iterator[None]:
+    """A spinner on stderr while fetching, building and tracing, only when stderr is a terminal."""
+    if not sys.stderr.isatty() or os.environ.get("HFMEM_NO_SPINNER"):
+        yield
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True, no_color=os.environ.get("NO_COLOR", "") != "")
+    with console.status(f"hfmem: {message}…", spinner="dots"):
+        yield
+
+
+def _prepare(model: str | None, params: int | None, opts: dict[str, Any]) -> Prepared:
+    """Resolve the model once; every combination is planned on it (one inventory, one trace per shape)."""
+    if params is not None:
+        resolved = ModelConfig(model_id=f"{params:,} parameters", source="params", config={})
+        return Prepared(resolved, cache=False, params=params)
+    assert model is not None
+    with _spinner("table", f"fetching the config of {model}"):
+        resolved = resolve(
+            model, revision=opts["revision"], token=opts["token"], trust_remote_code=opts["trust_remote_code"]
+        )
+    return Prepared(resolved, trust_remote_code=opts["trust_remote_code"], cache=opts["cache"])
+
+
+def _report(prepared: Prepared, o: dict[str, Any]) -> Report:
+    """Plan one combination of scalar options on ``prepared``."""
+    setup, serve, training = _setups(o, is_params=prepared.params is not None)
+    with _spinner("table", f"building {prepared.resolved.model_id} on the meta device and tracing it"):
+        return prepared.report(
+            setup,
+            training=training,
+            inference=serve,
+            find_max_batch=o["max_batch"],
+            checkpoint=o["checkpoint"] and serve is not None,
+            token=o["token"],
+        )
+
+
+def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, InferenceSetup | None, bool]:
+    """Scalar options → the training setup, the inference setup (or None) and whether training is planned."""
+    if o["gpu_name"] is not None and o["gpu_memory"] is not None:
         raise click.UsageError("give either --gpu or --gpu-memory, not both")
     gpu = None
-    if gpu_name is not None:
-        spec = find_gpu(gpu_name)
+    if o["gpu_name"] is not None:
+        spec = find_gpu(o["gpu_name"])
         gpu = GpuTarget(spec.name, spec.usable_bytes)
-    elif gpu_memory is not None:
-        gpu = GpuTarget(f"a {gpu_memory / 2**30:,.2f} GiB GPU", gpu_memory)
-    if training_only and inference_only:
+    elif o["gpu_memory"] is not None:
+        gpu = GpuTarget(f"a {o['gpu_memory'] / 2**30:,.2f} GiB GPU", o["gpu_memory"])
+    if o["training_only"] and o["inference_only"]:
         raise click.UsageError("--training-only and --inference-only exclude each other; drop one")
-    if check and gpu is None:
+    if o["check"] and gpu is None:
         raise click.UsageError("--check needs a GPU to check against: pass --gpu NAME or --gpu-memory SIZE")
-    if fsdp is not None:
+    zero_stages = o["zero_stages"]
+    if o["fsdp"] is not None:
         if zero_stages:
             raise click.UsageError("give either --fsdp or --zero, not both (--fsdp names its own sharding)")
-        zero_stages = (FSDP_ZERO_STAGE[fsdp],)
+        zero_stages = (FSDP_ZERO_STAGE[o["fsdp"]],)
     if not zero_stages:
-        zero_stages = {"none": (0, 1, 2, 3), "optimizer": (1, 2, 3), "optimizer+params": (3,)}[offload]
-        if accounting == "deepspeed":
+        zero_stages = {"none": (0, 1, 2, 3), "optimizer": (1, 2, 3), "optimizer+params": (3,)}[o["offload"]]
+        if o["accounting"] == "deepspeed":
             zero_stages = tuple(s for s in zero_stages if s in (2, 3))
-    overheads = OverheadSettings(fragmentation=fragmentation)
-    if cuda_context is not None:
-        overheads = replace(overheads, cuda_context_bytes=cuda_context)
+    overheads = OverheadSettings(fragmentation=o["fragmentation"])
+    if o["cuda_context"] is not None:
+        overheads = replace(overheads, cuda_context_bytes=o["cuda_context"])
     setup = TrainingSetup(
-        precision=precision,
-        optimizer=optimizer,
-        zero_stages=tuple(sorted(set(zero_stages))),
-        gpus_per_node=gpus_per_node,
-        nodes=nodes,
-        offload=offload,
-        accounting=accounting,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        attn=attn,
-        grad_checkpointing=grad_checkpointing,
-        dropout=dropout,
+        precision=o["precision"],
+        optimizer=o["optimizer"],
+        zero_stages=tuple(zero_stages),
+        gpus_per_node=o["gpus_per_node"],
+        nodes=o["nodes"],
+        offload=o["offload"],
+        accounting=o["accounting"],
+        batch_size=o["batch_size"],
+        seq_len=o["seq_len"],
+        attn=o["attn"],
+        grad_checkpointing=o["grad_checkpointing"],
+        dropout=o["dropout"],
         overheads=overheads,
         gpu=gpu,
         finetune=FinetuneSettings(
-            method=method,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_targets=lora_targets,
-            modules_to_save=modules_to_save or (),
-            dora=dora,
-            double_quant=double_quant,
-            train_modules=train_modules or (),
+            method=o["method"],
+            lora_rank=o["lora_rank"],
+            lora_alpha=o["lora_alpha"],
+            lora_targets=o["lora_targets"],
+            modules_to_save=o["modules_to_save"] or (),
+            dora=o["dora"],
+            double_quant=o["double_quant"],
+            train_modules=o["train_modules"] or (),
         ),
         parallel=ParallelSettings(
-            tp=tp,
-            pp=pp,
-            cp=cp,
-            ep=ep,
-            sp=sp,
-            pp_schedule=pp_schedule,
-            microbatches=microbatches,
-            virtual_stages=virtual_stages,
-            fsdp=fsdp,
+            tp=o["tp"],
+            pp=o["pp"],
+            cp=o["cp"],
+            ep=o["ep"],
+            sp=o["sp"],
+            pp_schedule=o["pp_schedule"],
+            microbatches=o["microbatches"],
+            virtual_stages=o["virtual_stages"],
+            fsdp=o["fsdp"],
         ),
     )
     serve = None
-    if not training_only and not (params is not None and not inference_only):
+    if not o["training_only"] and not (is_params and not o["inference_only"]):
         serve = InferenceSetup(
-            weights_dtype=weights_dtype,
-            group_size=group_size,
-            double_quant=double_quant,
-            kv_dtype=kv_dtype,
-            context=context,
-            batch_size=batch_size,
-            tp=tp,
-            prefill_chunk=prefill_chunk,
+            weights_dtype=o["weights_dtype"],
+            group_size=o["group_size"],
+            double_quant=o["double_quant"],
+            kv_dtype=o["kv_dtype"],
+            context=o["context"],
+            batch_size=o["batch_size"],
+            tp=o["tp"],
+            prefill_chunk=o["prefill_chunk"],
             overheads=overheads,
             gpu=gpu,
         )
-    report = estimate(
-        model,
-        params=params,
-        revision=revision,
-        token=token,
-        trust_remote_code=trust_remote_code,
-        setup=setup,
-        find_max_batch=max_batch,
-        training=not inference_only,
-        inference=serve,
-        checkpoint=checkpoint and serve is not None,
-    )
-    from hfmem.report import render_table, to_dict
+    return setup, serve, not o["inference_only"]
+
+
+def _emit_report(report: Report, fmt: str) -> None:
+    from hfmem.report import render_markdown, render_table, to_dict
 
     for note in report.model.notes:
         click.echo(f"hfmem: {note}", err=True)
-    if json_:
+    if fmt == "json":
         click.echo(json.dumps(to_dict(report), indent=2))
+    elif fmt == "markdown":
+        click.echo(render_markdown(report), nl=False)
     else:
-        color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-        width = shutil.get_terminal_size((100, 24)).columns
-        click.echo(render_table(report, color=color, width=width), nl=False)
-    verdicts = [stage.fits for stage in report.training.stages] if report.training is not None else []
-    if report.inference is not None:
-        verdicts.append(report.inference.fits)
-    if check and not all(verdicts):
+        click.echo(render_table(report, **_console()), nl=False)
+
+
+def _exit_on_verdict(opts: dict[str, Any], reports: list[Report]) -> None:
+    """--check: exit 3 when any reported plan does not fit."""
+    verdicts: list[bool | None] = []
+    for report in reports:
+        if report.training is not None:
+            verdicts += [stage.fits for stage in report.training.stages]
+        if report.inference is not None:
+            verdicts.append(report.inference.fits)
+    if opts["check"] and not all(verdicts):
         raise click.exceptions.Exit(int(ExitCode.DOES_NOT_FIT))
 
 
+def _compare(**opts: Any) -> None:
+    """Several models under the same settings, side by side: parameters, the training peak per ZeRO stage,
+    serving memory and a verdict. Takes every option of `hfmem MODEL` except lists (one setting per run).
+
+    Example: hfmem compare meta-llama/Llama-3.1-8B mistralai/Mistral-7B-v0.1 Qwen/Qwen2.5-7B --gpu h100-sxm
+    """
+    fmt = _output_format(opts)
+    models = opts.pop("models")
+    if len(models) < 2:
+        raise click.UsageError("compare needs at least two models; for one, run hfmem MODEL")
+    if len(set(models)) != len(models):
+        raise click.UsageError("a model is named twice; give each once")
+    opts.update(model=None, params=None, list_catalogue=False, list_gpus=False)
+    combos = _combinations(opts)
+    if len(combos) != 1:
+        raise click.UsageError("compare takes one value per option; sweep one model at a time with lists")
+    reports = []
+    for model in models:
+        report = _report(_prepare(model, None, opts), combos[0][1])
+        for note in report.model.notes:
+            click.echo(f"hfmem: {note}", err=True)
+        reports.append(report)
+    from hfmem.report import compare_to_dict, render_compare
+
+    if fmt == "json":
+        click.echo(json.dumps(compare_to_dict(reports), indent=2))
+    else:
+        click.echo(render_compare(reports, markdown=fmt == "markdown", **_console()), nl=False)
+    _exit_on_verdict(opts, reports)
+
+
+_NOT_FOR_COMPARE = {"model", "params", "list_catalogue", "list_gpus"}
+compare = HfmemCommand(
+    "compare",
+    callback=_compare,
+    params=[click.Argument(["models"], nargs=-1, required=True)]
+    + [p for p in cli.params if p.name not in _NOT_FOR_COMPARE],
+    help=_compare.__doc__,
+    context_settings=cli.context_settings,
+    epilog=cli.epilog,
+)
+
+
 def main() -> None:
-    cli(prog_name="hfmem")
+    cli.main(prog_name="hfmem")

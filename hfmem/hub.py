@@ -13,16 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import (
-    HfApi,
-    constants,
-    get_hf_file_metadata,
-    get_local_safetensors_metadata,
-    get_safetensors_metadata,
-    hf_hub_download,
-    hf_hub_url,
-    snapshot_download,
-)
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import disable_progress_bars, validate_repo_id
 
@@ -41,6 +32,33 @@ from hfmem.memory.checkpoint import CheckpointSummary, summary_from_headers
 from hfmem.types import ModelConfig
 
 __all__ = ["resolve_model", "fetch_remote_code", "fetch_checkpoint", "load_config_file", "describe_layout"]
+
+
+# huggingface_hub's HfApi module costs ~50 ms to import and only the checkpoint cross-check, remote code and error
+# diagnosis need it; a repeat query served from hfmem's cache should not pay for it. These forward to it on use.
+def HfApi(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - huggingface_hub's name
+    from huggingface_hub import HfApi as _HfApi
+
+    return _HfApi(*args, **kwargs)
+
+
+def snapshot_download(*args: Any, **kwargs: Any) -> Any:
+    from huggingface_hub import snapshot_download as _snapshot_download
+
+    return _snapshot_download(*args, **kwargs)
+
+
+def get_safetensors_metadata(*args: Any, **kwargs: Any) -> Any:
+    from huggingface_hub import get_safetensors_metadata as _get_safetensors_metadata
+
+    return _get_safetensors_metadata(*args, **kwargs)
+
+
+def get_local_safetensors_metadata(*args: Any, **kwargs: Any) -> Any:
+    from huggingface_hub import get_local_safetensors_metadata as _get_local_safetensors_metadata
+
+    return _get_local_safetensors_metadata(*args, **kwargs)
+
 
 CONFIG_NAME = "config.json"
 ADAPTER_CONFIG_NAME = "adapter_config.json"

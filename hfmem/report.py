@@ -16,7 +16,18 @@ from hfmem.memory.states import OPTIMIZER_DESCRIPTIONS, PRECISION_SPECS
 from hfmem.types import InferenceEstimate, KvLayer, Report, StageMemory, TrainingSetup
 from hfmem.units import GIB, format_count_short
 
-__all__ = ["SCHEMA_VERSION", "to_dict", "render_table", "describe_source"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "to_dict",
+    "render_table",
+    "render_markdown",
+    "render_sweep",
+    "sweep_to_dict",
+    "render_compare",
+    "compare_to_dict",
+    "describe_source",
+    "stacked_bar",
+]
 
 #: Bumped only when a key changes meaning or disappears; new keys keep the version.
 SCHEMA_VERSION = 1
@@ -319,21 +330,83 @@ def _gib(num_bytes: int) -> str:
     return f"{num_bytes / GIB:,.2f}"
 
 
-def _stage_table(report: Report) -> Table:
+#: The stacked bar's components: (label, bar letter without colour, colour), in the tables' column order.
+BAR_PARTS = (
+    ("weights", "w", "blue"),
+    ("master", "m", "cyan"),
+    ("grads", "g", "magenta"),
+    ("optim", "o", "yellow"),
+    ("activ", "a", "green"),
+    ("logits", "l", "bright_green"),
+    ("KV cache", "k", "bright_cyan"),
+    ("overhead", "x", "bright_black"),
+)
+BAR_WIDTH = 48
+
+
+def stage_parts(stage: StageMemory) -> list[tuple[str, int]]:
+    """A training row's components in bar order (what the peak is made of)."""
+    return [
+        ("weights", stage.weights_bytes),
+        ("master", stage.master_weights_bytes),
+        ("grads", stage.gradients_bytes),
+        ("optim", stage.optimizer_states_bytes),
+        ("activ", stage.activations_bytes),
+        ("logits", stage.logits_bytes),
+        ("overhead", stage.overhead_bytes),
+    ]
+
+
+def inference_parts(inference: InferenceEstimate) -> list[tuple[str, int]]:
+    return [
+        ("weights", inference.weights_bytes),
+        ("KV cache", inference.kv_cache_bytes),
+        ("activ", inference.activations_bytes),
+        ("overhead", inference.overhead_bytes),
+    ]
+
+
+def stacked_bar(parts: list[tuple[str, int]], full_bytes: int, *, capacity_bytes: int | None = None) -> Text:
+    """A bar of `BAR_WIDTH` cells: each component gets cells in proportion to its bytes (largest remainders),
+    ``full_bytes`` is the whole width; a ``|`` marks the GPU's usable memory when it falls inside the bar. Cells
+    are coloured blocks on a colour terminal and the components' letters (`BAR_PARTS`) otherwise."""
+    style = {label: (letter, colour) for label, letter, colour in BAR_PARTS}
+    full_bytes = max(full_bytes, 1)
+    exact = [(label, size * BAR_WIDTH / full_bytes) for label, size in parts if size > 0]
+    cells = {label: int(x) for label, x in exact}
+    total_cells = min(BAR_WIDTH, round(sum(x for _, x in exact)))
+    for label, _ in sorted(exact, key=lambda item: item[1] - int(item[1]), reverse=True):
+        if sum(cells.values()) >= total_cells:
+            break
+        cells[label] += 1
+    text = Text()
+    for label, _ in parts:
+        letter, colour = style[label]
+        for _ in range(cells.get(label, 0)):
+            text.append(letter, style=f"{colour} reverse")
+    text.append(" " * (BAR_WIDTH - len(text.plain)))
+    if capacity_bytes is not None and capacity_bytes < full_bytes:
+        mark = min(BAR_WIDTH - 1, round(capacity_bytes * BAR_WIDTH / full_bytes))
+        plain = text.plain
+        text = text[:mark] + Text("|", style="bold red") + text[mark + 1 :] if mark < len(plain) else text
+    return text
+
+
+def bar_legend(labels: list[str], full_bytes: int, *, gpu: bool = False) -> str:
+    letters = {label: letter for label, letter, _ in BAR_PARTS}
+    keys = " ".join(f"{letters[label]}={label}" for label in labels)
+    mark = "; | marks the GPU's usable memory" if gpu else ""
+    return f"Bar: where the memory goes, {keys}; full width {full_bytes / GIB:,.2f} GiB{mark}."
+
+
+def _stage_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     training = report.training
     assert training is not None
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     headers = ["ZeRO", "weights", "master", "grads", "optim", "activ", "logits", "overhead", "peak", "at"]
     show_stage = any(s.pipeline_stage is not None for s in training.stages)
-    if show_stage:
-        headers.append("busiest")
     show_cpu = any(s.cpu_bytes_per_node for s in training.stages)
-    if show_cpu:
-        headers.append("CPU/node")
-    if show_stage and show_cpu:
-        headers[-2:] = ["busiest", "CPU/node"]
-    for name in headers:
-        table.add_column(name, justify="left" if name == "at" else "right", style="bold" if name == "peak" else None)
+    headers += ["busiest"] * show_stage + ["CPU/node"] * show_cpu
+    rows = []
     for stage in training.stages:
         row = [
             str(stage.zero_stage),
@@ -351,28 +424,83 @@ def _stage_table(report: Report) -> Table:
             row.append(f"stage {stage.pipeline_stage}")
         if show_cpu:
             row.append(_gib(stage.cpu_bytes_per_node))
+        rows.append(row)
+    return headers, rows
+
+
+def _bar_scale(totals: list[int], gpu_bytes: int | None) -> int:
+    return max([*totals, gpu_bytes or 0, 1])
+
+
+def _rich_table(headers: list[str], rows: list[list[Any]], *, bold: str | None = None) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in headers:
+        left = name in ("at", "fits") or not name
+        table.add_column(
+            name, justify="left" if left else "right", style="bold" if name == bold else None, overflow="fold"
+        )
+    for row in rows:
         table.add_row(*row)
     return table
 
 
-def _verdict_table(report: Report) -> Table | None:
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table; text columns left-aligned, numbers right-aligned."""
+
+    def cell(value: str) -> str:
+        return value.replace("|", "\\|").replace("\n", " ")
+
+    def numeric(column: int) -> bool:
+        values = [r[column] for r in rows if r[column] not in ("", "—")]
+        return bool(values) and all(
+            v.lstrip("+-").replace(",", "").replace(".", "").split(" ")[0].isdigit() for v in values
+        )
+
+    aligns = ["---:" if numeric(i) else "---" for i in range(len(headers))]
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "|".join(aligns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _stage_table(report: Report) -> Table:
+    return _rich_table(*_stage_rows(report), bold="peak")
+
+
+def _bar_block(labels: list[str], parts: list[list[tuple[str, int]]], capacity_bytes: int | None) -> Table:
+    """One stacked bar per row, all on one scale (the largest total, or the GPU when it is larger)."""
+    scale = _bar_scale([sum(size for _, size in p) for p in parts], capacity_bytes)
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(justify="right")
+    grid.add_column(no_wrap=True)
+    for label, row in zip(labels, parts, strict=True):
+        grid.add_row(label, stacked_bar(row, scale, capacity_bytes=capacity_bytes))
+    return grid
+
+
+def _verdict_rows(report: Report) -> tuple[list[str], list[list[str]]] | None:
     assert report.training is not None
     gpu = report.training.setup.gpu
     if gpu is None:
         return None
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
-    for name in ("ZeRO", "fits", "headroom", "smallest GPU count", "largest micro-batch"):
-        table.add_column(name, justify="left" if name == "fits" else "right")
+    headers = ["ZeRO", "fits", "headroom", "smallest GPU count", "largest micro-batch"]
+    rows = []
     for stage in report.training.stages:
         headroom = stage.headroom_bytes or 0
-        table.add_row(
-            str(stage.zero_stage),
-            "yes" if stage.fits else "NO",
-            f"{headroom / GIB:+,.2f} GiB",
-            "—" if stage.min_gpus is None else str(stage.min_gpus),
-            "—" if stage.max_batch_size is None else str(stage.max_batch_size),
+        rows.append(
+            [
+                str(stage.zero_stage),
+                "yes" if stage.fits else "NO",
+                f"{headroom / GIB:+,.2f} GiB",
+                "—" if stage.min_gpus is None else str(stage.min_gpus),
+                "—" if stage.max_batch_size is None else str(stage.max_batch_size),
+            ]
         )
-    return table
+    return headers, rows
+
+
+def _verdict_table(report: Report) -> Table | None:
+    verdict = _verdict_rows(report)
+    return None if verdict is None else _rich_table(*verdict)
 
 
 def _footer(report: Report) -> Text:
@@ -385,6 +513,11 @@ def _footer(report: Report) -> Text:
         *([f"Method: {describe_finetune(setup.finetune)}."] if setup.method != "full" else []),
         "peak = weights + master + grads + optim + activations + logits + overhead at the phase in 'at'; "
         "GiB = 2^30 bytes.",
+        bar_legend(
+            ["weights", "master", "grads", "optim", "activ", "logits", "overhead"],
+            _bar_scale([s.total_bytes for s in report.training.stages], setup.gpu.usable_bytes if setup.gpu else None),
+            gpu=setup.gpu is not None,
+        ),
     ]
     for stage in report.training.stages:
         if stage.pipeline_stage is not None:
@@ -413,14 +546,8 @@ def _inference_title(inference: InferenceEstimate) -> str:
     )
 
 
-def _inference_table(inference: InferenceEstimate) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+def _inference_rows(inference: InferenceEstimate) -> tuple[list[str], list[list[str]]]:
     headers = ["weights", "KV cache", "activ", "overhead", "total"]
-    gpu = inference.setup.gpu
-    if gpu is not None:
-        headers += ["fits", "headroom", "max context", "max batch"]
-    for name in headers:
-        table.add_column(name, justify="left" if name == "fits" else "right", style="bold" if name == "total" else None)
     row = [
         _gib(inference.weights_bytes),
         _gib(inference.kv_cache_bytes),
@@ -428,15 +555,19 @@ def _inference_table(inference: InferenceEstimate) -> Table:
         _gib(inference.overhead_bytes),
         _gib(inference.total_bytes),
     ]
-    if gpu is not None:
+    if inference.setup.gpu is not None:
+        headers += ["fits", "headroom", "max context", "max batch"]
         row += [
             "yes" if inference.fits else "NO",
             f"{(inference.headroom_bytes or 0) / GIB:+,.2f} GiB",
             "—" if inference.max_context is None else f"{inference.max_context:,}",
             "—" if inference.max_batch_size is None else f"{inference.max_batch_size:,}",
         ]
-    table.add_row(*row)
-    return table
+    return headers, [row]
+
+
+def _inference_table(inference: InferenceEstimate) -> Table:
+    return _rich_table(*_inference_rows(inference), bold="total")
 
 
 def _kv_phrase(group: dict[str, Any]) -> str:
@@ -474,6 +605,11 @@ def _inference_footer(report: Report, inference: InferenceEstimate) -> Text:
         + ".",
         "Overhead: " + " · ".join(f"{name} {size / GIB:,.2f}" for name, size in inference.overhead_items) + ".",
         "total = weights + KV cache + activations of one prefill chunk + overhead; GiB = 2^30 bytes.",
+        bar_legend(
+            ["weights", "KV cache", "activ", "overhead"],
+            _bar_scale([inference.total_bytes], inference.setup.gpu.usable_bytes if inference.setup.gpu else None),
+            gpu=inference.setup.gpu is not None,
+        ),
     ]
     lines += [f"Note: {note}." for note in inference.notes]
     if report.checkpoint is not None:
@@ -493,6 +629,9 @@ def render_table(report: Report, *, color: bool = False, width: int = 100) -> st
         console.print()
         console.print(Text(_stage_title(report), style="bold"))
         console.print(_stage_table(report))
+        gpu_bytes = report.training.setup.gpu.usable_bytes if report.training.setup.gpu else None
+        stages = report.training.stages
+        console.print(_bar_block([f"ZeRO-{s.zero_stage}" for s in stages], [stage_parts(s) for s in stages], gpu_bytes))
         verdict = _verdict_table(report)
         if verdict is not None:
             gpu = report.training.setup.gpu
@@ -510,7 +649,211 @@ def render_table(report: Report, *, color: bool = False, width: int = 100) -> st
             gpu = inference.setup.gpu
             console.print(Text(f"on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable by PyTorch)"))
         console.print(_inference_table(inference))
+        gpu_bytes = inference.setup.gpu.usable_bytes if inference.setup.gpu else None
+        console.print(_bar_block(["serve"], [inference_parts(inference)], gpu_bytes))
+        console.print()
         console.print(_inference_footer(report, inference))
     elif report.notes:
         console.print(Text("\n".join(f"Note: {note}." for note in report.notes), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def _footer_lines(text: Text) -> list[str]:
+    return [line for line in text.plain.splitlines() if not line.startswith("Bar:")]
+
+
+def render_markdown(report: Report) -> str:
+    """The report as GitHub-flavoured Markdown (for PR comments and issues): the same tables and notes, no bars."""
+    inv = report.inventory
+    out = [f"### {report.model.model_id}", ""]
+    out.append(f"- Config: {describe_source(report)}")
+    if report.model.source != "params":
+        arch = (inv.architecture or "—") + (f" ({inv.model_type})" if inv.model_type else "")
+        out.append(f"- Architecture: {arch}")
+    out.append(
+        f"- Parameters: {inv.total_params:,} ({format_count_short(inv.total_params)}), "
+        f"trainable {inv.trainable_params:,}"
+    )
+    if inv.moe is not None:
+        out.append(f"- Active per token: {inv.active_params_per_token:,}")
+    if report.training is not None:
+        out += ["", "**" + _stage_title(report).replace("\n", "; ") + "**", "", markdown_table(*_stage_rows(report))]
+        verdict = _verdict_rows(report)
+        gpu = report.training.setup.gpu
+        if verdict is not None and gpu is not None:
+            out += ["", f"**Fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable by PyTorch)**", ""]
+            out.append(markdown_table(*verdict))
+        out += ["", *(f"- {line}" for line in _footer_lines(_footer(report)))]
+    if report.inference is not None:
+        inference = report.inference
+        out += ["", "**" + _inference_title(inference).replace("\n", "; ") + "**", ""]
+        out.append(markdown_table(*_inference_rows(inference)))
+        out += ["", *(f"- {line}" for line in _footer_lines(_inference_footer(report, inference)))]
+    elif report.notes:
+        out += ["", *(f"- Note: {note}." for note in report.notes)]
+    return "\n".join(out) + "\n"
+
+
+# --- sweeps: one row per combination of list-valued options ------------------------------------------------------
+
+SweepRow = tuple[tuple[tuple[str, str], ...], Report]
+
+
+def _sweep_rows(rows: list[SweepRow]) -> tuple[list[str], list[list[str]], list[list[bool | None]]]:
+    first = rows[0][1]
+    headers = [name for name, _ in rows[0][0]]
+    stages = [s.zero_stage for s in first.training.stages] if first.training is not None else []
+    headers += [f"ZeRO-{z} peak" for z in stages]
+    if first.inference is not None:
+        headers.append("serve total")
+    table: list[list[str]] = []
+    fits: list[list[bool | None]] = []
+    for values, report in rows:
+        row = [value for _, value in values]
+        marks: list[bool | None] = [None] * len(row)
+        if report.training is not None:
+            for stage in report.training.stages:
+                row.append(_gib(stage.total_bytes) + ("" if stage.fits is not False else " ✗"))
+                marks.append(stage.fits)
+        if report.inference is not None:
+            row.append(_gib(report.inference.total_bytes) + ("" if report.inference.fits is not False else " ✗"))
+            marks.append(report.inference.fits)
+        table.append(row)
+        fits.append(marks)
+    return headers, table, fits
+
+
+def _sweep_title(rows: list[SweepRow]) -> str:
+    first = rows[0][1]
+    gpu = (first.training.setup.gpu if first.training else None) or (
+        first.inference.setup.gpu if first.inference else None
+    )
+    title = f"{first.model.model_id}: {len(rows):,} combinations, per-GPU peak (GiB)"
+    if gpu is not None:
+        title += f"; ✗ = does not fit {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable)"
+    return title
+
+
+def render_sweep(rows: list[SweepRow], *, color: bool = False, width: int = 100, markdown: bool = False) -> str:
+    """One table, a row per combination of the swept options: training peak per ZeRO stage and serving total."""
+    headers, table, fits = _sweep_rows(rows)
+    if markdown:
+        return f"**{_sweep_title(rows)}**\n\n" + markdown_table(headers, table) + "\n"
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
+    console.print(Text(_sweep_title(rows), style="bold"))
+    styled = [
+        [
+            Text(cell, style="red" if mark is False else ("green" if mark else ""))
+            for cell, mark in zip(row, marks, strict=True)
+        ]
+        for row, marks in zip(table, fits, strict=True)
+    ]
+    console.print(_rich_table(headers, styled))
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def sweep_to_dict(rows: list[SweepRow]) -> dict[str, Any]:
+    """``{"schema_version", "swept": [option], "rows": [{"values": {option: value}, "report": to_dict()}]}``."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "swept": [name for name, _ in rows[0][0]],
+        "rows": [{"values": dict(values), "report": to_dict(report)} for values, report in rows],
+    }
+
+
+# --- compare: the same settings on several models, side by side --------------------------------------------------
+
+
+def _compare_rows(reports: list[Report]) -> tuple[list[str], list[list[str]]]:
+    headers = ["", *(r.model.model_id for r in reports)]
+
+    def line(label: str, cell: Any) -> list[str]:
+        return [label, *(cell(r) for r in reports)]
+
+    rows = [
+        line("parameters", lambda r: f"{r.inventory.total_params:,} ({format_count_short(r.inventory.total_params)})"),
+        line("trainable", lambda r: f"{r.inventory.trainable_params:,}"),
+        line("architecture", lambda r: r.inventory.architecture or "—"),
+    ]
+    stages = sorted({s.zero_stage for r in reports if r.training for s in r.training.stages})
+    for z in stages:
+
+        def peak(r: Report, z: int = z) -> str:
+            stage = next((s for s in r.training.stages if s.zero_stage == z), None) if r.training else None
+            if stage is None:
+                return "—"
+            mark = {True: " fits", False: " ✗", None: ""}[stage.fits]
+            return f"{_gib(stage.total_bytes)} GiB{mark}"
+
+        rows.append(line(f"train peak ZeRO-{z}", peak))
+    if any(r.inference for r in reports):
+        rows.append(
+            line(
+                "serve total",
+                lambda r: (
+                    "—"
+                    if r.inference is None
+                    else f"{_gib(r.inference.total_bytes)} GiB"
+                    + {True: " fits", False: " ✗", None: ""}[r.inference.fits]
+                ),
+            )
+        )
+        rows.append(
+            line(
+                "KV cache per token",
+                lambda r: "—" if r.inference is None else f"{r.inference.kv_cache_bytes_per_token:,} B",
+            )
+        )
+    rows.append(line("verdict", _verdict_words))
+    return headers, rows
+
+
+def _verdict_words(report: Report) -> str:
+    """What fits, in a few words: the least-sharded ZeRO stage that fits, and serving."""
+    parts = []
+    if report.training is not None:
+        if report.training.setup.gpu is None:
+            best = min(report.training.stages, key=lambda s: s.total_bytes)
+            parts.append(f"lowest peak ZeRO-{best.zero_stage}")
+        else:
+            fitting = [s.zero_stage for s in report.training.stages if s.fits]
+            parts.append(f"trains with ZeRO-{fitting[0]}" if fitting else "does not train here")
+    if report.inference is not None and report.inference.fits is not None:
+        parts.append("serves" if report.inference.fits else "does not serve")
+    return "; ".join(parts) or "—"
+
+
+def render_compare(reports: list[Report], *, color: bool = False, width: int = 100, markdown: bool = False) -> str:
+    """Several models under the same settings, one column each."""
+    headers, rows = _compare_rows(reports)
+    first = reports[0]
+    setup = first.training.setup if first.training else None
+    gpu = (setup.gpu if setup else None) or (first.inference.setup.gpu if first.inference else None)
+    title = "Same settings, side by side (per-GPU GiB)"
+    if setup is not None:
+        gpus = setup.gpus_per_node * setup.nodes
+        title += f" — {setup.precision}, {setup.optimizer}, {gpus} GPU(s), micro-batch {setup.batch_size}"
+    if gpu is not None:
+        title += f"; fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable)"
+    notes = [f"{r.model.model_id}: {n}" for r in reports for n in (*(r.training.notes if r.training else ()), *r.notes)]
+    if markdown:
+        return (
+            f"**{title}**\n\n"
+            + markdown_table(headers, rows)
+            + "\n"
+            + "".join(f"\n- Note: {n}." for n in notes)
+            + ("\n" if notes else "")
+        )
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
+    console.print(Text(title, style="bold"))
+    console.print(_rich_table(headers, rows))
+    if notes:
+        console.print(Text("\n".join(f"Note: {n}." for n in notes), style="dim"))
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def compare_to_dict(reports: list[Report]) -> dict[str, Any]:
+    """``{"schema_version", "models": [to_dict(report) per model, in the order given]}``."""
+    return {"schema_version": SCHEMA_VERSION, "models": [to_dict(r) for r in reports]}

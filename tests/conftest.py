@@ -45,6 +45,7 @@ def offline_and_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
     monkeypatch.delenv("HFMEM_DEBUG", raising=False)
+    monkeypatch.setenv("HFMEM_CACHE", str(tmp_path / "hfmem_cache"))  # never the user's cache, never shared
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))

@@ -194,7 +194,7 @@ def test_unexpected_errors_become_exit_1(runner: CliRunner, monkeypatch: pytest.
     def broken(*args: object, **kwargs: object) -> None:
         raise TypeError("boom")
 
-    monkeypatch.setattr("hfmem.cli.estimate", broken)
+    monkeypatch.setattr("hfmem.cli._report", broken)
     monkeypatch.delenv("PYTEST_CURRENT_TEST")
     code, _, err = run(runner, "--params", "7B")
     assert code == 1 and "internal error (TypeError: boom)" in err and "--debug" in err

@@ -134,6 +134,7 @@ def extrapolate_profile(one: ActivationProfile, two: ActivationProfile, batch_si
                 x.name,
                 line(x.saved_bytes, y.saved_bytes),
                 line(x.input_bytes, y.input_bytes),
+                line(x.tp_split_bytes, y.tp_split_bytes),
             )
             for x, y in zip(xs, ys, strict=True)
         )
