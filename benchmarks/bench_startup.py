@@ -120,7 +120,8 @@ def main() -> None:
         f'`python -c "import torch"`: **{torch_s:.2f} s** · `python -c "import torch, transformers"`: '
         f"**{both_s:.2f} s** · `hfmem --help`: **{help_s:.2f} s**.",
         "",
-        "| model | first query | × torch+transformers | repeat query | × import torch | floor: torch + modelling module |",
+        "| model | first query | × torch+transformers | repeat query | × import torch "
+        "| floor: torch + modelling module |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     entries = {e.model_id: e for e in catalogue.entries()}
