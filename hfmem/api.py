@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import PackageNotFoundError, version
 
 from hfmem.cache import ProfileCache, cache_key
@@ -27,6 +28,7 @@ from hfmem.types import (
 __all__ = ["estimate", "resolve", "Prepared", "hfmem_version"]
 
 
+@functools.cache
 def hfmem_version() -> str:
     try:
         return version("hfmem")

@@ -13,6 +13,7 @@ never read a half-written entry; an unreadable entry is treated as missing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -157,6 +158,11 @@ def _encode(value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, vars(hfmem_types))
+
+
 def _decode(data: Any, hint: Any) -> Any:
     """``data`` read back as ``hint``: dataclasses by their field types, tuples as tuples, optionals as either."""
     origin = typing.get_origin(hint)
@@ -175,7 +181,7 @@ def _decode(data: Any, hint: Any) -> Any:
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if not isinstance(data, dict):
             raise TypeError(f"expected an object for {hint.__name__}")
-        hints = typing.get_type_hints(hint, vars(hfmem_types))
+        hints = _hints(hint)
         kwargs = {f.name: _decode(data[f.name], hints[f.name]) for f in dataclasses.fields(hint) if f.init}
         return hint(**kwargs)
     if hint is int and (not isinstance(data, int) or isinstance(data, bool)):

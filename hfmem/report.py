@@ -754,11 +754,23 @@ def render_sweep(rows: list[SweepRow], *, color: bool = False, width: int = 100,
 
 
 def sweep_to_dict(rows: list[SweepRow]) -> dict[str, Any]:
-    """``{"schema_version", "swept": [option], "rows": [{"values": {option: value}, "report": to_dict()}]}``."""
+    """The model once, then a row per combination: ``{"schema_version", "hfmem_version", "model", "swept":
+    [option], "rows": [{"values": {option: value}, "parameters", "training", "inference", "gpu", "notes"}]}``;
+    each row's keys mean what they mean in `to_dict` (``parameters`` without the per-module counts)."""
+    first = to_dict(rows[0][1])
+    out_rows = []
+    for values, report in rows:
+        doc = to_dict(report)
+        doc["parameters"].pop("modules", None)
+        out_rows.append(
+            {"values": dict(values), **{k: doc[k] for k in ("parameters", "training", "inference", "gpu", "notes")}}
+        )
     return {
         "schema_version": SCHEMA_VERSION,
+        "hfmem_version": first["hfmem_version"],
+        "model": first["model"],
         "swept": [name for name, _ in rows[0][0]],
-        "rows": [{"values": dict(values), "report": to_dict(report)} for values, report in rows],
+        "rows": out_rows,
     }
 
 

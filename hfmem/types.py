@@ -5,6 +5,7 @@ Counts are ``*_params`` (elements), sizes are ``*_bytes`` (integers). Nothing he
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -122,7 +123,7 @@ class ParameterInfo:
     layer_index: int | None = None
     after_layers: bool = False
 
-    @property
+    @functools.cached_property
     def numel(self) -> int:
         return math.prod(self.shape)
 

@@ -64,16 +64,16 @@ def test_a_sweep_has_a_row_per_combination_equal_to_single_queries(tiny: Path) -
         )
         single = estimate(str(tiny), setup=setup, inference=InferenceSetup(batch_size=setup.batch_size), cache=False)
         assert single.training is not None and single.inference is not None
-        got = [s["per_gpu_bytes"]["total"] for s in row["report"]["training"]["stages"]]
+        got = [s["per_gpu_bytes"]["total"] for s in row["training"]["stages"]]
         assert got == [s.total_bytes for s in single.training.stages]
-        assert row["report"]["inference"]["per_gpu_bytes"]["total"] == single.inference.total_bytes
+        assert row["inference"]["per_gpu_bytes"]["total"] == single.inference.total_bytes
 
 
 def test_sweep_table_marks_what_does_not_fit(tiny: Path) -> None:
     base = [str(tiny), "--batch-size", "1,8", "--seq-len", "64", "--zero", "0", "--training-only"]
     code, out, err = invoke(*base, "--json")
     assert code == 0, err
-    small, big = (r["report"]["training"]["stages"][0]["per_gpu_bytes"]["total"] for r in json.loads(out)["rows"])
+    small, big = (r["training"]["stages"][0]["per_gpu_bytes"]["total"] for r in json.loads(out)["rows"])
     assert small < big
     between = (small + big) // 2  # a GPU that holds batch 1 and not batch 8
     code, out, err = invoke(*base, "--gpu-memory", str(between))
@@ -202,5 +202,5 @@ def test_gpu_target_in_sweep_labels(tiny: Path) -> None:
     assert code == 0, err
     rows = json.loads(out)["rows"]
     assert [r["values"]["--gpu-memory"] for r in rows] == ["24.00 GiB", "80.00 GiB"]
-    assert [r["report"]["gpu"]["usable_bytes"] for r in rows] == [24 * 2**30, 80 * 2**30]
+    assert [r["gpu"]["usable_bytes"] for r in rows] == [24 * 2**30, 80 * 2**30]
     assert GpuTarget  # the type the rows were built with

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from hfmem.memory.activations import ActivationEstimate, estimate_activations, extrapolate_profile
 from hfmem.memory.methods import qlora_dequant_transient_bytes
@@ -142,7 +143,7 @@ def _phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tu
 def _peak(
     inventory: ParameterInventory, setup: TrainingSetup, states: StageMemory, activations: ActivationEstimate | None
 ) -> StageMemory:
-    best: StageMemory | None = None
+    chosen: tuple[int, PeakPhase, int, int, list[tuple[str, int]]] | None = None
     for phase in ("forward", "backward", "optimizer_step"):
         acts, logits = _phase_bytes(activations, phase)  # type: ignore[arg-type]
         items = overhead_items(inventory, setup, states, phase)  # type: ignore[arg-type]
@@ -152,20 +153,22 @@ def _peak(
         fragmentation = int(allocated * setup.overheads.fragmentation)
         if fragmentation:
             items.append((f"allocator fragmentation ({setup.overheads.fragmentation:.0%})", fragmentation))
-        candidate = replace(
-            states,
-            activations_bytes=acts,
-            logits_bytes=logits,
-            overhead_bytes=sum(size for _, size in items),
-            overhead_items=tuple(items),
-            peak_phase=phase,  # type: ignore[arg-type]
-            activation_saved_bytes=activations.saved_bytes if activations else 0,
-            activation_recompute_bytes=activations.recompute_bytes if activations else 0,
-            logits_saved_bytes=activations.logits_saved_bytes if activations else 0,
-        )
-        if best is None or candidate.total_bytes > best.total_bytes:
-            best = candidate
-    assert best is not None
+        total = states.states_bytes + acts + logits + sum(size for _, size in items)
+        if chosen is None or total > chosen[0]:  # the first phase wins ties, as the peak is reached there first
+            chosen = (total, phase, acts, logits, items)  # type: ignore[assignment]
+    assert chosen is not None
+    _, phase, acts, logits, items = chosen
+    best = replace(
+        states,
+        activations_bytes=acts,
+        logits_bytes=logits,
+        overhead_bytes=sum(size for _, size in items),
+        overhead_items=tuple(items),
+        peak_phase=phase,
+        activation_saved_bytes=activations.saved_bytes if activations else 0,
+        activation_recompute_bytes=activations.recompute_bytes if activations else 0,
+        logits_saved_bytes=activations.logits_saved_bytes if activations else 0,
+    )
     if setup.gpu is not None:
         headroom = setup.gpu.usable_bytes - best.total_bytes
         best = replace(best, fits=headroom >= 0, headroom_bytes=headroom)
@@ -244,6 +247,30 @@ def _min_gpus(ranks: list[_Rank], setup: TrainingSetup, stage: int) -> int | Non
     return bisect_boundary(fits, 1, most)[1] * replica
 
 
+#: `_min_gpus` answers by (inventory, profile, setup without its GPU count, stage): the answer does not depend on
+#: the GPU count planned, so a sweep over --gpus searches once. Inventory and profile are kept in the value and
+#: compared by identity, so a recycled id() never answers for another model.
+_MIN_GPUS: dict[tuple[Any, ...], tuple[Any, Any, int | None]] = {}
+
+
+def _min_gpus_memo(
+    inventory: ParameterInventory,
+    profile: ActivationProfile | None,
+    ranks: list[_Rank],
+    setup: TrainingSetup,
+    stage: int,
+) -> int | None:
+    key = (id(inventory), id(profile), replace(setup, gpus_per_node=1, nodes=1), stage)
+    hit = _MIN_GPUS.get(key)
+    if hit is not None and hit[0] is inventory and hit[1] is profile:
+        return hit[2]
+    answer = _min_gpus(ranks, setup, stage)
+    if len(_MIN_GPUS) > 4096:
+        _MIN_GPUS.clear()
+    _MIN_GPUS[key] = (inventory, profile, answer)
+    return answer
+
+
 def _max_batch(
     inventory: ParameterInventory,
     setup: TrainingSetup,
@@ -303,7 +330,7 @@ def plan_training(
         if setup.gpu is not None:
             stage = replace(
                 stage,
-                min_gpus=_min_gpus(ranks, setup, states.zero_stage),
+                min_gpus=_min_gpus_memo(inventory, profile, ranks, setup, states.zero_stage),
                 max_batch_size=_max_batch(inventory, setup, states.zero_stage, batch_profiles)
                 if batch_profiles is not None
                 else None,

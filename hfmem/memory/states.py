@@ -16,6 +16,7 @@ Conventions (the README explains them at length):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from hfmem.errors import InvalidSetupError
 from hfmem.memory.methods import ADAPTER_WEIGHT_BYTES, frozen_weight_bytes
@@ -232,6 +233,52 @@ def _frozen_bytes(params: list[ParameterInfo], setup: TrainingSetup) -> int:
     return sum(frozen_weight_bytes(p, setup.finetune, spec.weight_bytes) for p in params)
 
 
+#: `_split_group` results by (inventory, group, precision, method): a sweep or a bisection plans the same model
+#: many times, and summing every tensor each time dominated its cost. The inventory is kept in the value and
+#: compared by identity, so a recycled id() can never return another model's sums.
+_SPLITS: dict[tuple[Any, ...], tuple[ParameterInventory, tuple[ParameterInventory, int, int, int]]] = {}
+
+
+def _split_group(
+    inventory: ParameterInventory, params: list[ParameterInfo], setup: TrainingSetup
+) -> tuple[ParameterInventory, int, int, int]:
+    """The trained part of ``params`` as an inventory, its element count, and the frozen elements and bytes."""
+    group = (len(params), params[0].name if params else None, params[-1].name if params else None)
+    key = (id(inventory), group, setup.precision, setup.finetune)
+    hit = _SPLITS.get(key)
+    if hit is not None and hit[0] is inventory:
+        return hit[1]
+    trained = [p for p in params if p.trainable]
+    frozen = [p for p in params if not p.trainable]
+    trainable = sum(p.numel for p in trained)
+    result = (
+        replace(inventory, parameters=tuple(trained), trainable_params=trainable),
+        trainable,
+        sum(p.numel for p in frozen),
+        _frozen_bytes(frozen, setup),
+    )
+    if len(_SPLITS) > 256:
+        _SPLITS.clear()
+    _SPLITS[key] = (inventory, result)
+    return result
+
+
+_STATE_BYTES: dict[tuple[int, str, int], tuple[ParameterInventory, int]] = {}
+
+
+def _whole_model_state_bytes(inventory: ParameterInventory, optimizer: Optimizer, state_bytes: int) -> int:
+    """`model_optimizer_state_bytes`, remembered for the (cached) trained inventory of `_split_group`."""
+    key = (id(inventory), optimizer, state_bytes)
+    hit = _STATE_BYTES.get(key)
+    if hit is not None and hit[0] is inventory:
+        return hit[1]
+    value = model_optimizer_state_bytes(inventory, optimizer, state_bytes)
+    if len(_STATE_BYTES) > 1024:
+        _STATE_BYTES.clear()
+    _STATE_BYTES[key] = (inventory, value)
+    return value
+
+
 def _group_memory(
     inventory: ParameterInventory,
     params: list[ParameterInfo] | None,
@@ -246,19 +293,14 @@ def _group_memory(
         trainable, frozen_params, frozen_bytes = inventory.trainable_params, 0, 0
         trained_inventory = inventory
     else:
-        trained = [p for p in params if p.trainable]
-        frozen = [p for p in params if not p.trainable]
-        trainable = sum(p.numel for p in trained)
-        frozen_params = sum(p.numel for p in frozen)
-        frozen_bytes = _frozen_bytes(frozen, setup)
-        trained_inventory = replace(inventory, parameters=tuple(trained), trainable_params=trainable)
+        trained_inventory, trainable, frozen_params, frozen_bytes = _split_group(inventory, params, setup)
     trainable_shard = shard_count(trainable, n)
 
     if zero_stage == 0:
         weights = frozen_bytes + trainable * tspec.weight_bytes
         master = trainable * tspec.master_bytes
         gradients = trainable * tspec.grad_bytes
-        states = model_optimizer_state_bytes(trained_inventory, setup.optimizer, tspec.state_bytes)
+        states = _whole_model_state_bytes(trained_inventory, setup.optimizer, tspec.state_bytes)
         return StageMemory(zero_stage, weights, master, gradients, states)
 
     if zero_stage == 3:
