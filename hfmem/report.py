@@ -750,7 +750,7 @@ def render_sweep(rows: list[SweepRow], *, color: bool = False, width: int = 100,
         for row, marks in zip(table, fits, strict=True)
     ]
     console.print(_rich_table(headers, styled))
-    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()).rstrip("\n") + "\n"
 
 
 def sweep_to_dict(rows: list[SweepRow]) -> dict[str, Any]:
@@ -778,7 +778,9 @@ def sweep_to_dict(rows: list[SweepRow]) -> dict[str, Any]:
 
 
 def _compare_rows(reports: list[Report]) -> tuple[list[str], list[list[str]]]:
-    headers = ["", *(r.model.model_id for r in reports)]
+    short = [r.model.model_id.rstrip("/").rsplit("/", 1)[-1] for r in reports]
+    names = short if len(set(short)) == len(short) else [r.model.model_id for r in reports]
+    headers = ["", *names]
 
     def line(label: str, cell: Any) -> list[str]:
         return [label, *(cell(r) for r in reports)]
