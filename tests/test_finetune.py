@@ -212,3 +212,22 @@ def test_lora_json_settings(runner: CliRunner) -> None:
     assert settings["adapter"]["lora_targets"] == ["c_attn", "c_proj"]
     # GPT-2: 12 layers × (c_attn 768 → 2304, attn.c_proj 768 → 768, mlp.c_proj 3072 → 768), r = 16.
     assert doc["parameters"]["trainable"] == 12 * 16 * ((768 + 2304) + (768 + 768) + (3072 + 768))
+
+
+def test_serving_plans_the_base_model_under_lora(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """LoRA trains adapters; the inference section serves the base model (adapters merged), so its weights are the
+    base model's parameters at 2 bytes each, not the peft model's (which also has the rank-8 adapters)."""
+    from hfmem.types import InferenceSetup
+    from tests.conftest import TINY_LLAMA_PARAMS
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**TINY_LLAMA, "torch_dtype": "bfloat16"}))
+    setup = TrainingSetup(seq_len=16, finetune=FinetuneSettings(method="lora"))
+    report = estimate(str(folder), setup=setup, inference=InferenceSetup(context=64))
+    assert report.inference is not None
+    # peft's default targets for llama are q_proj and v_proj: 2 layers × 2 modules × r·(64 + 64) with r = 8.
+    assert report.inventory.total_params == TINY_LLAMA_PARAMS + 2 * 2 * 8 * (64 + 64)
+    assert report.inference.weights.unquantized_params == TINY_LLAMA_PARAMS
+    assert report.inference.weights_bytes == 2 * TINY_LLAMA_PARAMS
+    assert any("LoRA adapters merged" in note for note in report.notes)
