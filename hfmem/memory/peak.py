@@ -37,7 +37,15 @@ from hfmem.types import (
     TrainingSetup,
 )
 
-__all__ = ["plan_training", "overhead_items", "bisect_boundary", "MAX_GPUS_SEARCHED", "MAX_BATCH_SEARCHED"]
+__all__ = [
+    "plan_training",
+    "overhead_items",
+    "phase_candidates",
+    "stage_activations",
+    "bisect_boundary",
+    "MAX_GPUS_SEARCHED",
+    "MAX_BATCH_SEARCHED",
+]
 
 MAX_GPUS_SEARCHED = 4096
 MAX_BATCH_SEARCHED = 1 << 20
@@ -139,10 +147,14 @@ def _phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tu
     return activations.saved_bytes, activations.logits_backward_bytes
 
 
-def _peak(
+def phase_candidates(
     inventory: ParameterInventory, setup: TrainingSetup, states: StageMemory, activations: ActivationEstimate | None
-) -> StageMemory:
-    best: StageMemory | None = None
+) -> list[StageMemory]:
+    """The memory of one GPU at each of the three moments (forward, backward, optimizer step), in that order.
+
+    The peak is the largest of them; `hfmem.explain` shows all three.
+    """
+    candidates = []
     for phase in ("forward", "backward", "optimizer_step"):
         acts, logits = _phase_bytes(activations, phase)  # type: ignore[arg-type]
         items = overhead_items(inventory, setup, states, phase)  # type: ignore[arg-type]
@@ -152,20 +164,26 @@ def _peak(
         fragmentation = int(allocated * setup.overheads.fragmentation)
         if fragmentation:
             items.append((f"allocator fragmentation ({setup.overheads.fragmentation:.0%})", fragmentation))
-        candidate = replace(
-            states,
-            activations_bytes=acts,
-            logits_bytes=logits,
-            overhead_bytes=sum(size for _, size in items),
-            overhead_items=tuple(items),
-            peak_phase=phase,  # type: ignore[arg-type]
-            activation_saved_bytes=activations.saved_bytes if activations else 0,
-            activation_recompute_bytes=activations.recompute_bytes if activations else 0,
-            logits_saved_bytes=activations.logits_saved_bytes if activations else 0,
+        candidates.append(
+            replace(
+                states,
+                activations_bytes=acts,
+                logits_bytes=logits,
+                overhead_bytes=sum(size for _, size in items),
+                overhead_items=tuple(items),
+                peak_phase=phase,  # type: ignore[arg-type]
+                activation_saved_bytes=activations.saved_bytes if activations else 0,
+                activation_recompute_bytes=activations.recompute_bytes if activations else 0,
+                logits_saved_bytes=activations.logits_saved_bytes if activations else 0,
+            )
         )
-        if best is None or candidate.total_bytes > best.total_bytes:
-            best = candidate
-    assert best is not None
+    return candidates
+
+
+def _peak(
+    inventory: ParameterInventory, setup: TrainingSetup, states: StageMemory, activations: ActivationEstimate | None
+) -> StageMemory:
+    best = max(phase_candidates(inventory, setup, states, activations), key=lambda c: c.total_bytes)
     if setup.gpu is not None:
         headroom = setup.gpu.usable_bytes - best.total_bytes
         best = replace(best, fits=headroom >= 0, headroom_bytes=headroom)
@@ -181,7 +199,7 @@ class _Rank:
     activations: ActivationEstimate | None
 
 
-def _stage_activations(
+def stage_activations(
     profile: ActivationProfile | None, setup: TrainingSetup, stage: PipelineStage
 ) -> ActivationEstimate | None:
     """Activations of pipeline ``stage``: one micro-batch's (TP/SP split) × the micro-batches it keeps in flight.
@@ -200,7 +218,7 @@ def _stage_activations(
 
 def _ranks(inventory: ParameterInventory, setup: TrainingSetup, profile: ActivationProfile | None) -> list[_Rank]:
     stages = pipeline_stages(len(inventory.layer_names), setup)
-    return [_Rank(s, local_inventory(inventory, setup, s), _stage_activations(profile, setup, s)) for s in stages]
+    return [_Rank(s, local_inventory(inventory, setup, s), stage_activations(profile, setup, s)) for s in stages]
 
 
 def _busiest(ranks: list[_Rank], setup: TrainingSetup, zero_stage: int) -> StageMemory:
@@ -317,4 +335,6 @@ def plan_training(
             "this model does not route attention through transformers' AttentionInterface, so its own (eager) "
             "attention was measured, score matrices included: an over-estimate for a fused kernel"
         )
-    return replace(base, stages=tuple(stages), notes=tuple(notes), seq_len=seq_len, seq_len_source=seq_len_source)
+    return replace(
+        base, stages=tuple(stages), notes=tuple(notes), seq_len=seq_len, seq_len_source=seq_len_source, profile=profile
+    )
