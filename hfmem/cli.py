@@ -414,6 +414,12 @@ def _list_catalogue(json_: bool) -> None:
 )
 @click.option("--json", "json_", is_flag=True, help="Print only JSON on stdout (bytes as integers).")
 @click.option(
+    "--explain",
+    is_flag=True,
+    help="After the tables, explain every number: what it is, its formula, the values substituted and the sources "
+    "of its constants, per component. With --json: an 'explanation' list in the JSON.",
+)
+@click.option(
     "--list-catalogue",
     is_flag=True,
     help="List the models bundled for offline use, with their exact parameter counts, and exit.",
@@ -471,6 +477,7 @@ def cli(
     prefill_chunk: int | None,
     checkpoint: bool,
     json_: bool,
+    explain: bool,
     list_catalogue: bool,
     list_gpus: bool,
     debug: bool,
@@ -583,11 +590,20 @@ def cli(
     for note in report.model.notes:
         click.echo(f"hfmem: {note}", err=True)
     if json_:
-        click.echo(json.dumps(to_dict(report), indent=2))
+        doc = to_dict(report)
+        if explain:
+            from hfmem.explain import explanation_records
+
+            doc["explanation"] = explanation_records(report)
+        click.echo(json.dumps(doc, indent=2))
     else:
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         width = shutil.get_terminal_size((100, 24)).columns
         click.echo(render_table(report, color=color, width=width), nl=False)
+        if explain:
+            from hfmem.explain import render_explanation
+
+            click.echo(render_explanation(report, width=width), nl=False)
     verdicts = [stage.fits for stage in report.training.stages] if report.training is not None else []
     if report.inference is not None:
         verdicts.append(report.inference.fits)
