@@ -1301,8 +1301,8 @@ def _layer_expr(layer: LayerProfile, setup: TrainingSetup, suffix: str, *, full_
     return add(sub(s, split), CeilDiv(split, t))
 
 
-def _activation_parts(report: Report, row: _Row) -> tuple[Expr, Expr | None, str]:
-    """(saved, recompute, description) for one row: `hfmem.memory.activations.estimate_activations` on the stage."""
+def _activation_parts(report: Report, row: _Row) -> tuple[Expr, Expr | None]:
+    """(saved, recompute) for one row: `hfmem.memory.activations.estimate_activations` on the stage."""
     training = report.training
     assert training is not None and training.profile is not None
     setup = training.setup
@@ -1368,7 +1368,7 @@ def _activation_parts(report: Report, row: _Row) -> tuple[Expr, Expr | None, str
                 _layer_expr(layers[biggest], setup, "e", full_ckpt=False, tag="S"),
                 _layer_expr(fused[biggest], setup, "f", full_ckpt=False, tag="S"),
             )
-    return saved, recompute, ""
+    return saved, recompute
 
 
 def _logits_exprs(report: Report, row: _Row) -> tuple[Expr, Expr, Expr, Expr]:
@@ -1408,7 +1408,7 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
     act_rows: list[tuple[int, Expr]] = []
     logit_rows: list[tuple[int, Expr]] = []
     for row in rows:
-        saved, recompute, _ = _activation_parts(report, row)
+        saved, recompute = _activation_parts(report, row)
         _, _, fwd, bwd = _logits_exprs(report, row)
         est = row.activations
         assert est is not None
@@ -1920,11 +1920,11 @@ def _training(report: Report) -> list[Explanation]:
 # Inference
 
 
-def _weights_expr(inv: ParameterInventory, scheme: QuantScheme) -> tuple[Expr, str]:
-    """The whole model's weight bytes under ``scheme`` (`hfmem.memory.quantization.weights_breakdown`), and a note."""
+def _weights_expr(inv: ParameterInventory, scheme: QuantScheme) -> Expr:
+    """The whole model's weight bytes under ``scheme``, as `hfmem.memory.quantization.weights_breakdown` sums them."""
     if not inv.has_shapes:
         width = scheme.plain_bytes or 2
-        return mul(Var("Ψ", inv.total_params, "parameters"), Var("β", width, "bytes per weight")), ""
+        return mul(Var("Ψ", inv.total_params, "parameters"), Var("β", width, "bytes per weight"))
     model_is_16bit = is_16bit_model(inv)
     plain_by_width: dict[int, int] = {}
     quantized: list[ParameterInfo] = []
@@ -1963,7 +1963,7 @@ def _weights_expr(inv: ParameterInventory, scheme: QuantScheme) -> tuple[Expr, s
                 Const(width),
             )
         )
-    return add(*terms), ""
+    return add(*terms)
 
 
 def _metadata_expr(quantized: list[ParameterInfo], scheme: QuantScheme, total: int) -> Expr:
@@ -2055,15 +2055,15 @@ def _inference(report: Report) -> list[Explanation]:
     if inf is None:
         return []
     setup = inf.setup
-    inventory = report.inventory
-    if report.training is not None and report.training.setup.finetune.uses_peft:
-        inventory = None  # type: ignore[assignment]
+    # Under LoRA the report's inventory is peft's (adapters, renamed base layers); serving was planned on the base
+    # model, whose tensors the report does not keep: its weights are shown from the breakdown.
+    lora = report.training is not None and report.training.setup.finetune.uses_peft
+    base_inv = None if lora else report.inventory
     scheme: QuantScheme = inf.weights.scheme
     out: list[Explanation] = []
     tp = Var("tp", setup.tp, "tensor-parallel GPUs")
 
     # Weights
-    base_inv = inventory
     if base_inv is None:
         whole: Expr = (
             add(
@@ -2075,7 +2075,7 @@ def _inference(report: Report) -> list[Explanation]:
             else Var("U", inf.weights.unquantized_bytes, "bytes of the base model's tensors")
         )
     else:
-        whole, _ = _weights_expr(base_inv, scheme)
+        whole = _weights_expr(base_inv, scheme)
     calcs = [Calculation("whole model", whole)]
     if setup.tp > 1:
         split = inf.weights_bytes
@@ -2253,13 +2253,10 @@ def _inference(report: Report) -> list[Explanation]:
             )
             sources_t = (SRC_CAT,)
         elif name.startswith("bitsandbytes 4-bit dequantized"):
-            base = report.inventory
-            largest = (
-                max((p.numel for p in base.parameters if is_quantized(p, scheme)), default=0) if base.has_shapes else 0
-            )
-            if report.training is not None and report.training.setup.finetune.uses_peft:
-                expr = Var("X", size, "the largest linear dequantized to 16 bits")
+            if base_inv is None:
+                expr = mul(Var("n_gpu", size // 2, "elements of the largest quantized linear on one GPU"), Const(2))
             else:
+                largest = max((p.numel for p in base_inv.parameters if is_quantized(p, scheme)), default=0)
                 expr = mul(CeilDiv(Var("n_max", largest, "elements of the largest quantized linear"), tp), Const(2))
             text = (
                 "Prefill matmuls with more than one token take bitsandbytes' dequantize path: the largest 4-bit "

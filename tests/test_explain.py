@@ -277,6 +277,12 @@ def test_nf4_inference() -> None:
     assert per_token["value"] == 32 * 2 * 8 * 128 * 2 // 2
 
 
+def test_lora_training_with_nf4_serving() -> None:
+    # Serving plans the base model (adapters merged) while the report's inventory is peft's.
+    setup = TrainingSetup(seq_len=64, zero_stages=(0,), finetune=FinetuneSettings("lora"))
+    check_all(estimate(LLAMA2, setup=setup, inference=InferenceSetup(weights_dtype="nf4", context=512)))
+
+
 def test_gemma2_sliding_window_kv() -> None:
     report = estimate("google/gemma-2-9b", training=False, inference=InferenceSetup(context=8192, kv_dtype="fp8"))
     records = check_all(report)
