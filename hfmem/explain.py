@@ -2382,7 +2382,10 @@ def render_explanation(report: Report, *, width: int = 100) -> str:
     Sources are numbered in order of first use and listed at the end.
     """
     width = max(width, 60)
-    lines = ["", "Explanation: every number, its formula, the values in it and where the constants come from."]
+    lines = [""]
+    lines += textwrap.wrap(
+        "Explanation: every number, its formula, the values in it and where the constants come from.", width
+    )
     lines += textwrap.wrap(
         "Notation: × times, ⌈a / b⌉ divided and rounded up, ⌊x⌋ rounded down; B = bytes, GiB = 2^30 bytes. "
         "[n] = the numbered sources at the end.",
