@@ -512,6 +512,12 @@ def _list_catalogue(json_: bool) -> None:
     help="Delete hfmem's cache and exit.",
 )
 @click.option(
+    "--explain",
+    is_flag=True,
+    help="After the tables, explain every number: what it is, its formula, the values substituted and the sources "
+    "of its constants, per component. With --json: an 'explanation' list in the JSON.",
+)
+@click.option(
     "--list-catalogue",
     is_flag=True,
     help="List the models bundled for offline use, with their exact parameter counts, and exit.",
@@ -546,9 +552,11 @@ def cli(**opts: Any) -> None:
     prepared = _prepare(model, params, opts)
     if len(combos) == 1:
         report = _report(prepared, combos[0][1])
-        _emit_report(report, fmt)
+        _emit_report(report, fmt, explain=opts["explain"])
         _exit_on_verdict(opts, [report])
         return
+    if opts["explain"]:
+        raise click.UsageError("--explain explains one plan; give one value per option (no lists) to use it")
     from hfmem.report import render_sweep, sweep_to_dict
 
     rows = []
@@ -758,17 +766,31 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
     return setup, serve, not o["inference_only"]
 
 
-def _emit_report(report: Report, fmt: str) -> None:
+def _emit_report(report: Report, fmt: str, *, explain: bool = False) -> None:
     from hfmem.report import render_markdown, render_table, to_dict
 
     for note in report.model.notes:
         click.echo(f"hfmem: {note}", err=True)
     if fmt == "json":
-        click.echo(json.dumps(to_dict(report), indent=2))
+        doc = to_dict(report)
+        if explain:
+            from hfmem.explain import explanation_records
+
+            doc["explanation"] = explanation_records(report)
+        click.echo(json.dumps(doc, indent=2))
     elif fmt == "markdown":
         click.echo(render_markdown(report), nl=False)
+        if explain:
+            from hfmem.explain import render_explanation
+
+            click.echo("\n```text\n" + render_explanation(report, width=100) + "```\n", nl=False)
     else:
-        click.echo(render_table(report, **_console()), nl=False)
+        console = _console()
+        click.echo(render_table(report, **console), nl=False)
+        if explain:
+            from hfmem.explain import render_explanation
+
+            click.echo(render_explanation(report, width=console["width"]), nl=False)
 
 
 def _exit_on_verdict(opts: dict[str, Any], reports: list[Report]) -> None:
@@ -799,6 +821,8 @@ def _compare(**opts: Any) -> None:
     combos = _combinations(opts)
     if len(combos) != 1:
         raise click.UsageError("compare takes one value per option; sweep one model at a time with lists")
+    if opts["explain"]:
+        raise click.UsageError("--explain explains one plan; run hfmem MODEL --explain for each model")
     reports = []
     for model in models:
         report = _report(_prepare(model, None, opts), combos[0][1])

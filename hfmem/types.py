@@ -497,7 +497,11 @@ class StageMemory:
 
 @dataclass(frozen=True)
 class TrainingEstimate:
-    """Per-GPU model-state memory for each requested ZeRO stage, with the convention used."""
+    """Per-GPU model-state memory for each requested ZeRO stage, with the convention used.
+
+    ``profile`` is the measured activation profile of the whole model at the planned micro-batch (None for a
+    ``--params`` plan): what `hfmem.explain` shows per layer.
+    """
 
     setup: TrainingSetup
     stages: tuple[StageMemory, ...]
@@ -505,6 +509,7 @@ class TrainingEstimate:
     notes: tuple[str, ...] = ()
     seq_len: int | None = None
     seq_len_source: str | None = None
+    profile: ActivationProfile | None = None
 
 
 @dataclass(frozen=True)
@@ -577,6 +582,7 @@ class InferenceEstimate:
     """Per-GPU serving memory: weights + KV cache + a prefill chunk's activations + overheads.
 
     ``weights`` is the whole model's `hfmem.memory.quantization.WeightsBreakdown`; the ``*_bytes`` fields are per GPU.
+    ``profile`` is the measured `InferenceProfile` the plan was computed from.
     """
 
     setup: InferenceSetup
@@ -599,6 +605,7 @@ class InferenceEstimate:
     max_context: int | None = None
     max_batch_size: int | None = None
     notes: tuple[str, ...] = ()
+    profile: InferenceProfile | None = None
     total_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:

@@ -318,6 +318,7 @@ def plan_inference(
         max_context=max_context,
         max_batch_size=max_batch,
         notes=tuple(notes),
+        profile=profile,
     )
 
 

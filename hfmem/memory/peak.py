@@ -15,7 +15,7 @@ micro-batches) and conservative by at most the gradient term otherwise.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,7 +38,15 @@ from hfmem.types import (
     TrainingSetup,
 )
 
-__all__ = ["plan_training", "overhead_items", "bisect_boundary", "MAX_GPUS_SEARCHED", "MAX_BATCH_SEARCHED"]
+__all__ = [
+    "plan_training",
+    "overhead_items",
+    "phase_candidates",
+    "stage_activations",
+    "bisect_boundary",
+    "MAX_GPUS_SEARCHED",
+    "MAX_BATCH_SEARCHED",
+]
 
 MAX_GPUS_SEARCHED = 4096
 MAX_BATCH_SEARCHED = 1 << 20
@@ -140,10 +148,10 @@ def _phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tu
     return activations.saved_bytes, activations.logits_backward_bytes
 
 
-def _peak(
+def _phases(
     inventory: ParameterInventory, setup: TrainingSetup, states: StageMemory, activations: ActivationEstimate | None
-) -> StageMemory:
-    chosen: tuple[int, PeakPhase, int, int, list[tuple[str, int]]] | None = None
+) -> Iterator[tuple[PeakPhase, int, int, list[tuple[str, int]]]]:
+    """``(phase, activations, logits, overhead items)`` at forward, backward and the optimizer step, in order."""
     for phase in ("forward", "backward", "optimizer_step"):
         acts, logits = _phase_bytes(activations, phase)  # type: ignore[arg-type]
         items = overhead_items(inventory, setup, states, phase)  # type: ignore[arg-type]
@@ -153,12 +161,18 @@ def _peak(
         fragmentation = int(allocated * setup.overheads.fragmentation)
         if fragmentation:
             items.append((f"allocator fragmentation ({setup.overheads.fragmentation:.0%})", fragmentation))
-        total = states.states_bytes + acts + logits + sum(size for _, size in items)
-        if chosen is None or total > chosen[0]:  # the first phase wins ties, as the peak is reached there first
-            chosen = (total, phase, acts, logits, items)  # type: ignore[assignment]
-    assert chosen is not None
-    _, phase, acts, logits, items = chosen
-    best = replace(
+        yield phase, acts, logits, items  # type: ignore[misc]
+
+
+def _at_phase(
+    states: StageMemory,
+    activations: ActivationEstimate | None,
+    phase: PeakPhase,
+    acts: int,
+    logits: int,
+    items: list[tuple[str, int]],
+) -> StageMemory:
+    return replace(
         states,
         activations_bytes=acts,
         logits_bytes=logits,
@@ -169,6 +183,28 @@ def _peak(
         activation_recompute_bytes=activations.recompute_bytes if activations else 0,
         logits_saved_bytes=activations.logits_saved_bytes if activations else 0,
     )
+
+
+def phase_candidates(
+    inventory: ParameterInventory, setup: TrainingSetup, states: StageMemory, activations: ActivationEstimate | None
+) -> list[StageMemory]:
+    """The memory of one GPU at each of the three moments (forward, backward, optimizer step), in that order.
+
+    The peak is the largest of them; `hfmem.explain` shows all three.
+    """
+    return [_at_phase(states, activations, *parts) for parts in _phases(inventory, setup, states, activations)]
+
+
+def _peak(
+    inventory: ParameterInventory, setup: TrainingSetup, states: StageMemory, activations: ActivationEstimate | None
+) -> StageMemory:
+    # The largest moment; the first wins ties (the peak is reached there first). One StageMemory is built, not
+    # three: sweeps and the GPU-count bisection call this thousands of times.
+    chosen = max(
+        _phases(inventory, setup, states, activations),
+        key=lambda parts: states.states_bytes + parts[1] + parts[2] + sum(size for _, size in parts[3]),
+    )
+    best = _at_phase(states, activations, *chosen)
     if setup.gpu is not None:
         headroom = setup.gpu.usable_bytes - best.total_bytes
         best = replace(best, fits=headroom >= 0, headroom_bytes=headroom)
@@ -184,7 +220,7 @@ class _Rank:
     activations: ActivationEstimate | None
 
 
-def _stage_activations(
+def stage_activations(
     profile: ActivationProfile | None, setup: TrainingSetup, stage: PipelineStage
 ) -> ActivationEstimate | None:
     """Activations of pipeline ``stage``: one micro-batch's (TP/SP split) × the micro-batches it keeps in flight.
@@ -203,7 +239,7 @@ def _stage_activations(
 
 def _ranks(inventory: ParameterInventory, setup: TrainingSetup, profile: ActivationProfile | None) -> list[_Rank]:
     stages = pipeline_stages(len(inventory.layer_names), setup)
-    return [_Rank(s, local_inventory(inventory, setup, s), _stage_activations(profile, setup, s)) for s in stages]
+    return [_Rank(s, local_inventory(inventory, setup, s), stage_activations(profile, setup, s)) for s in stages]
 
 
 def _busiest(ranks: list[_Rank], setup: TrainingSetup, zero_stage: int) -> StageMemory:
@@ -344,4 +380,6 @@ def plan_training(
             "this model does not route attention through transformers' AttentionInterface, so its own (eager) "
             "attention was measured, score matrices included: an over-estimate for a fused kernel"
         )
-    return replace(base, stages=tuple(stages), notes=tuple(notes), seq_len=seq_len, seq_len_source=seq_len_source)
+    return replace(
+        base, stages=tuple(stages), notes=tuple(notes), seq_len=seq_len, seq_len_source=seq_len_source, profile=profile
+    )
