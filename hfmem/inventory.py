@@ -213,7 +213,7 @@ def build_transformers_config(model: ModelConfig, *, trust_remote_code: bool = F
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    raw = dict(model.config)
+    raw = _decode_special_floats(dict(model.config))
     model_type = raw.get("model_type")
     auto_map = raw.get("auto_map") if isinstance(raw.get("auto_map"), dict) else {}
     if trust_remote_code and auto_map and "AutoConfig" in auto_map:
@@ -249,6 +249,22 @@ def build_transformers_config(model: ModelConfig, *, trust_remote_code: bool = F
         ) from e
 
 
+#: transformers writes the floats JSON cannot hold as ``{"__float__": "Infinity"}`` (``PreTrainedConfig.
+#: _encode_special_floats``), e.g. Mamba-2's ``"time_step_limit": [0.0, {"__float__": "Infinity"}]``, and decodes them
+#: when it reads a config.json; the config classes reject the tagged form.
+_SPECIAL_FLOATS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def _decode_special_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__float__"} and value["__float__"] in _SPECIAL_FLOATS:
+            return _SPECIAL_FLOATS[value["__float__"]]
+        return {k: _decode_special_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_special_floats(v) for v in value]
+    return value
+
+
 def _instantiate(
     model: ModelConfig,
     config: PretrainedConfig,
@@ -263,7 +279,6 @@ def _instantiate(
     arch = model.architecture
     auto_map: dict[str, Any] = getattr(config, "auto_map", None) or {}
     remote_auto = _remote_auto_class(auto_map, arch)
-    builder: Any = None
     if remote_auto is not None and (trust_remote_code or arch is None or not hasattr(transformers, arch)):
         if not trust_remote_code:
             raise RemoteCodeRequiredError(
@@ -273,29 +288,77 @@ def _instantiate(
         kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        builder = lambda: auto_cls.from_config(config, trust_remote_code=True, **kwargs)  # noqa: E731
         name = arch or remote_auto
-    else:
-        cls, name = _native_class(model, config, arch)
-        # By default build in the checkpoint's dtype (config `dtype` / `torch_dtype`), so each parameter's dtype is
-        # what the checkpoint stores, modules transformers keeps in fp32 (`_keep_in_fp32_modules`) included.
-        if dtype is None:
-            dtype = getattr(config, "dtype", None)
-        kwargs = {"dtype": dtype} if _is_floating_dtype(dtype) else {}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        builder = lambda: cls._from_config(config, **kwargs)  # noqa: E731
+        try:
+            with init_empty_weights(include_buffers=True):
+                return auto_cls.from_config(config, trust_remote_code=True, **kwargs), name
+        except (RemoteCodeRequiredError, UnsupportedArchitectureError):
+            raise
+        except Exception as e:
+            raise _build_error(model, name, e) from e
+
+    # By default build in the checkpoint's dtype (config `dtype` / `torch_dtype`), so each parameter's dtype is
+    # what the checkpoint stores, modules transformers keeps in fp32 (`_keep_in_fp32_modules`) included.
+    if dtype is None:
+        dtype = getattr(config, "dtype", None)
+    kwargs = {"dtype": dtype} if _is_floating_dtype(dtype) else {}
+    failed: tuple[str, Exception] | None = None
+    for cls, name in _native_classes(model, config, arch):
+        class_config = _config_for_class(cls, config)
+        try:
+            return _build_on_meta(cls, class_config, kwargs, attn_implementation), name
+        except Exception as e:
+            # A class that builds with its default attention but not with the one asked for: say so (callers fall
+            # back to eager attention) rather than switch to another class.
+            if attn_implementation and _builds(cls, class_config, kwargs):
+                raise _build_error(model, name, e) from e
+            failed = failed or (name, e)
+    assert failed is not None  # _native_classes returns at least one class or raises
+    raise _build_error(model, failed[0], failed[1]) from failed[1]
+
+
+def _build_on_meta(cls: Any, config: PretrainedConfig, kwargs: dict[str, Any], attn_implementation: str | None) -> Any:
+    from accelerate import init_empty_weights
+
+    if attn_implementation:
+        kwargs = {**kwargs, "attn_implementation": attn_implementation}
+    with init_empty_weights(include_buffers=True):
+        return cls._from_config(config, **kwargs)
+
+
+def _builds(cls: Any, config: PretrainedConfig, kwargs: dict[str, Any]) -> bool:
     try:
-        with init_empty_weights(include_buffers=True):
-            return builder(), name
-    except (RemoteCodeRequiredError, UnsupportedArchitectureError):
-        raise
-    except Exception as e:
-        raise UnsupportedArchitectureError(
-            f"transformers {transformers.__version__} could not build {name} from the config of "
-            f"'{model.model_id}' ({type(e).__name__}: {_first_line(e)}); check the config values or try "
-            "another transformers version"
-        ) from e
+        _build_on_meta(cls, config, kwargs, None)
+    except Exception:  # noqa: BLE001 - any failure means: not this class
+        return False
+    return True
+
+
+def _build_error(model: ModelConfig, name: str, error: Exception) -> UnsupportedArchitectureError:
+    import transformers
+
+    return UnsupportedArchitectureError(
+        f"transformers {transformers.__version__} could not build {name} from the config of "
+        f"'{model.model_id}' ({type(error).__name__}: {_first_line(error)}); check the config values or try "
+        "another transformers version"
+    )
+
+
+def _config_for_class(cls: Any, config: PretrainedConfig) -> PretrainedConfig:
+    """The config transformers' auto classes give ``cls``: a text-only class gets a composite config's text part.
+
+    ``AutoModelForCausalLM.from_config(Llama4Config())`` builds ``Llama4ForCausalLM`` from ``config.text_config``
+    (transformers ``_BaseAutoModelClass.from_config``); building the class from the composite config instead fails
+    (``'Llama4Config' object has no attribute 'pad_token_id'``). The parent's quantization config goes along.
+    """
+    text_class = (getattr(config, "sub_configs", None) or {}).get("text_config")
+    if text_class is None or getattr(cls, "config_class", None) is not text_class:
+        return config
+    text_config = config.get_text_config()
+    quantization = getattr(config, "quantization_config", None)
+    if quantization is not None:
+        text_config.quantization_config = quantization
+    return text_config
 
 
 def _is_floating_dtype(dtype: object) -> bool:
@@ -317,24 +380,39 @@ def _remote_auto_class(auto_map: dict[str, Any], arch: str | None) -> str | None
     return None
 
 
-def _native_class(model: ModelConfig, config: PretrainedConfig, arch: str | None) -> tuple[Any, str]:
+def _native_classes(model: ModelConfig, config: PretrainedConfig, arch: str | None) -> list[tuple[Any, str]]:
+    """The transformers classes to try, in order: the one ``architectures`` names, else the auto mappings'.
+
+    Without a class name, the model type's causal-LM, seq2seq-LM, masked-LM and base classes come first (hfmem's
+    preference), then the task classes of every other auto mapping (depth estimation, text-to-waveform…), so a
+    model that only a task class builds is still counted. The caller builds the first one that works.
+    """
     import transformers
     from transformers.models.auto import modeling_auto
 
     if arch and hasattr(transformers, arch):
-        return getattr(transformers, arch), arch
-    for mapping_name in _AUTO_MAPPINGS:
-        mapping = getattr(modeling_auto, mapping_name, {})
-        name = mapping.get(config.model_type)
-        if isinstance(name, (list, tuple)):
-            name = name[0]
-        if name and hasattr(transformers, name):
-            return getattr(transformers, name), name
-    raise UnsupportedArchitectureError(
-        f"transformers {transformers.__version__} has no model class for '{model.model_id}' "
-        f"(architectures={arch!r}, model_type={config.model_type!r}); upgrade transformers or pass "
-        "--trust-remote-code if the repo ships its own code"
+        return [(getattr(transformers, arch), arch)]
+    others = sorted(
+        name
+        for name in dir(modeling_auto)
+        if name.startswith("MODEL_") and name.endswith("_MAPPING_NAMES") and name not in _AUTO_MAPPINGS
     )
+    found: list[tuple[Any, str]] = []
+    for mapping_name in (*_AUTO_MAPPINGS, *others):
+        mapping = getattr(modeling_auto, mapping_name, None)
+        names = mapping.get(config.model_type) if isinstance(mapping, dict) else None
+        for name in names if isinstance(names, (list, tuple)) else [names]:
+            if isinstance(name, str) and hasattr(transformers, name) and name not in (n for _, n in found):
+                found.append((getattr(transformers, name), name))
+                break
+    if not found:
+        raise UnsupportedArchitectureError(
+            f"transformers {transformers.__version__} has no auto class for model_type {config.model_type!r} of "
+            f"'{model.model_id}' and the config names no class it has (architectures={arch!r}); if it is part of a "
+            'larger model pass that model\'s config, else name a transformers class in "architectures", upgrade '
+            "transformers, or pass --trust-remote-code if the repo ships its own code"
+        )
+    return found
 
 
 def _inventory(model: nn.Module, config: PretrainedConfig, arch: str) -> ParameterInventory:
@@ -607,7 +685,7 @@ def _trace(
     torch_model.train()
     if dropout is not None:
         _set_dropout(torch_model, dropout)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text_config = _text_config(config)
     vocab = int(getattr(text_config, "vocab_size", 0) or 0)
 
     # Outermost transformer layers, in forward order.
@@ -773,12 +851,24 @@ def _set_dropout(model: nn.Module, probability: float) -> None:
 
 def _moe_routing(config: PretrainedConfig) -> tuple[int, int] | None:
     """``(num_experts, experts_per_token)`` from an MoE config, else None."""
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text_config = _text_config(config)
     num = next((getattr(text_config, k) for k in MOE_NUM_EXPERTS_KEYS if getattr(text_config, k, None)), None)
     top_k = next((getattr(text_config, k) for k in MOE_TOP_K_KEYS if getattr(text_config, k, None)), None)
     if isinstance(num, int) and isinstance(top_k, int) and 0 < top_k <= num:
         return num, top_k
     return None
+
+
+def _text_config(config: PretrainedConfig) -> PretrainedConfig:
+    """The config of the text model inside a composite one (the config itself when there is no single one).
+
+    ``get_text_config`` raises when a config holds several text configs (MusicGen: ``text_encoder`` and
+    ``decoder``); the top-level config is used then.
+    """
+    try:
+        return config.get_text_config() if hasattr(config, "get_text_config") else config
+    except ValueError:
+        return config
 
 
 @contextlib.contextmanager
