@@ -82,12 +82,12 @@ def estimate(
         inventory = ParameterInventory.from_count(params)
     else:
         from hfmem.hub import fetch_remote_code, resolve_model
-        from hfmem.inventory import count_parameters
+        from hfmem.inventory import count_parameters, native_fallback
 
         assert model is not None
         resolved = resolve_model(model, revision=revision, token=token)
-        if trust_remote_code:
-            resolved = fetch_remote_code(resolved, token=token)
+        # Custom code runs only when trusted; otherwise the nearest native architecture, with a note.
+        resolved = fetch_remote_code(resolved, token=token) if trust_remote_code else native_fallback(resolved)
         inventory = count_parameters(resolved, trust_remote_code=trust_remote_code, finetune=setup.finetune)
     base_inventory = inventory
     lora = setup.finetune.method in ("lora", "qlora")
