@@ -4,9 +4,9 @@ For each ``model_type`` in ``CONFIG_MAPPING_NAMES`` the default config (``CONFIG
 through three stages, each recorded with a status and, on failure, a one-line reason:
 
 1. **transformers**: transformers' own auto classes build the model from that config on the meta device, in hfmem's
-   order of preference (causal LM, seq2seq LM, masked LM, base model, then any task class whose mapping names the
-   type), under ``torch.device("meta")`` and, if that fails, accelerate's ``init_empty_weights``. The first class that
-   builds is the reference; its unique parameters (tied weights once) are counted.
+   order of preference (causal LM, seq2seq LM, masked LM, base model, then any task class or ``AutoBackbone`` whose
+   mapping names the type), under ``torch.device("meta")`` and, if that fails, accelerate's ``init_empty_weights``.
+   The first class that builds is the reference; its unique parameters (tied weights once) are counted.
 2. **hfmem**: ``hfmem.inventory.count_parameters`` on a `ModelConfig` holding ``config.to_dict()`` (what a
    config.json with every field written out holds). The count is compared with transformers' when both built the
    same class. A failure must be a one-line `HfmemError`; anything else is a bug and is recorded as such.
@@ -43,7 +43,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 STAGES = ("transformers", "hfmem", "training", "inference")
 #: hfmem's own order (hfmem/inventory.py `_AUTO_CLASSES`); other task classes follow, by name.
 PREFERRED_AUTO = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForMaskedLM", "AutoModel")
-REASON_CHARS = 240
+#: Raw exceptions (transformers', or a crash) are cut to this length; hfmem's own one-line errors are kept whole.
+REASON_CHARS = 300
 
 
 def one_line(error: BaseException) -> str:
@@ -64,7 +65,9 @@ def auto_classes(config: Any) -> list[str]:
     others = sorted(
         name
         for name in dir(modeling_auto)
-        if name.startswith("AutoModel") and name not in PREFERRED_AUTO and hasattr(transformers, name)
+        if (name.startswith("AutoModel") or name == "AutoBackbone")
+        and name not in PREFERRED_AUTO
+        and hasattr(transformers, name)
     )
     for name in (*PREFERRED_AUTO, *others):
         mapping = getattr(getattr(transformers, name), "_model_mapping", None)
@@ -130,7 +133,7 @@ def stage_hfmem(model_type: str, config_dict: dict[str, Any]) -> dict[str, Any]:
         return {
             "status": "unsupported",
             "error": type(e).__name__,
-            "reason": message[:REASON_CHARS],
+            "reason": message,
             "one_line": "\n" not in message,
         }
     except Exception as e:  # noqa: BLE001 - a bug: hfmem should have translated it
@@ -151,7 +154,8 @@ def stage_estimate(model_type: str, config_dict: dict[str, Any], training: bool)
             else:
                 hfmem.estimate(folder, training=False, inference=InferenceSetup(context=128, prefill_chunk=64))
         except HfmemError as e:
-            return {"status": "unsupported", "error": type(e).__name__, "reason": str(e)[:REASON_CHARS]}
+            reason = str(e).replace(folder, f"default-{model_type}")  # the same text on every run
+            return {"status": "unsupported", "error": type(e).__name__, "reason": reason}
         except Exception as e:  # noqa: BLE001
             return {"status": "crash", "error": type(e).__name__, "reason": one_line(e)}
     return {"status": "ok"}
@@ -323,6 +327,17 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
         for t, e in types.items()
         if status(e, "hfmem") == "crash" or (status(e, "hfmem") == "unsupported" and not e["hfmem"].get("one_line"))
     ]
+    causes: dict[str, dict[str, int]] = {"training": {}, "inference": {}}
+    for t in inventoried:
+        for stage, counts in causes.items():
+            if status(types[t], stage) not in ("ok", "not_run"):
+                cause = estimate_cause(types[t][stage].get("reason", ""))
+                counts[cause] = counts.get(cause, 0) + 1
+    unbuilt: dict[str, int] = {}
+    for e in types.values():
+        if status(e, "transformers") != "ok":
+            cause = transformers_cause(e["transformers"])
+            unbuilt[cause] = unbuilt.get(cause, 0) + 1
     return {
         "registered": len(types),
         "transformers_ok": len(buildable),
@@ -334,7 +349,31 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
         "inference_ok": len(served),
         "estimate_ok": len(both),
         "hfmem_not_clean": unclean,
+        "transformers_failure_causes": dict(sorted(unbuilt.items(), key=lambda kv: -kv[1])),
+        "estimate_failure_causes": {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in causes.items()},
     }
+
+
+#: Why an estimate stage failed, from the fix hfmem's message names (hfmem/inventory.py `_forward_fix`).
+ESTIMATE_CAUSES = (
+    ("takes inputs other than token ids", "needs non-text inputs"),
+    ("returned no KV cache", "no KV cache"),
+    ("bfloat16 only", "fp32 MoE (grouped_mm is bf16-only)"),
+    ("reads tensor values", "data-dependent shapes"),
+    ("timeout", "timeout"),
+)
+
+
+def transformers_cause(result: dict[str, Any]) -> str:
+    if result["status"] == "no_auto_class":
+        return "component config (no auto class)"
+    if "ImportError" in result.get("reason", ""):
+        return "a package not installed"
+    return "the default config cannot build a model"
+
+
+def estimate_cause(reason: str) -> str:
+    return next((cause for key, cause in ESTIMATE_CAUSES if key in reason), "other (default config or model code)")
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -371,6 +410,10 @@ def markdown(data: dict[str, Any]) -> str:
         f"| hfmem failures that are not a one-line hfmem error | {len(s['hfmem_not_clean'])} |",
         "",
     ]
+    for stage, counts in s["estimate_failure_causes"].items():
+        if counts:
+            listed = ", ".join(f"{cause} {n}" for cause, n in counts.items())
+            lines += [f"Why the {stage} estimate fails: {listed}.", ""]
     missed = sorted(t for t, e in types.items() if status(e, "transformers") == "ok" and status(e, "hfmem") != "ok")
     lines += ["## transformers builds it, hfmem does not", ""]
     if missed:
@@ -384,13 +427,17 @@ def markdown(data: dict[str, Any]) -> str:
         for t in s["same_class_count_mismatch"]:
             lines.append(f"| `{t}` | {types[t]['transformers']['params']:,} | {types[t]['hfmem']['params']:,} |")
     failed = sorted(t for t, e in types.items() if status(e, "transformers") != "ok")
+    listed = ", ".join(f"{cause} {n}" for cause, n in s["transformers_failure_causes"].items())
     lines += [
         "",
         f"## transformers cannot build it from a default config ({len(failed)})",
         "",
-        "Mostly component configs (a vision tower, a text half, a prompt encoder) that no auto class maps, composite "
-        "configs that need their sub-configs (`encoder-decoder`, `rag`), and models whose default config is not "
-        "self-consistent. hfmem's answer for each is its one-line error.",
+        f"By cause: {listed}.",
+        "",
+        "Component configs (a vision tower, a text half, a prompt encoder) that no auto class maps, models that need "
+        "a package not installed here (timm, PIL, scipy, natten, detectron2, torchaudio), and default configs that "
+        "cannot build a model (`prediction_length` or `rope_theta` left unset). hfmem's answer for each is its "
+        "one-line error.",
         "",
         "| model_type | transformers | why | hfmem says |",
         "|---|---|---|---|",
@@ -424,6 +471,14 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_json(data: dict[str, Any]) -> str:
+    """The results as JSON with one line per model type, so a rerun's diff shows what changed."""
+    head = {k: v for k, v in data.items() if k != "types"}
+    lines = [json.dumps(head, ensure_ascii=False)[:-1] + ', "types": {']
+    rows = [f"  {json.dumps(t)}: {json.dumps(e, ensure_ascii=False)}" for t, e in data["types"].items()]
+    return "\n".join(lines) + "\n" + ",\n".join(rows) + "\n}}\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--types", nargs="*", help="model types to run (default: all); merged into the results")
@@ -440,6 +495,7 @@ def main() -> None:
     if args.markdown_only:
         data = json.loads(json_path.read_text())
         data["summary"] = summarise(data)
+        json_path.write_text(to_json(data))
         md_path.write_text(markdown(data))
         return
     sys.path.insert(0, str(ROOT))
@@ -480,7 +536,7 @@ def main() -> None:
     }
     data["summary"] = summarise(data)
     args.out.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    json_path.write_text(to_json(data))
     md_path.write_text(markdown(data))
     s = data["summary"]
     print(

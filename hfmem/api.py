@@ -51,7 +51,8 @@ def estimate(
         params: plan for a dense model of this many parameters instead (no config, no torch).
         revision: Hub branch, tag or commit sha.
         token: Hub token (default: ``HF_TOKEN`` or the saved login). Never printed.
-        trust_remote_code: allow the repo's own modelling code to run (off by default, never implied).
+        trust_remote_code: allow the repo's own modelling code to run (off by default, never implied). Off, a config
+            that needs it is estimated as the nearest native architecture, with a note (`inventory.native_fallback`).
         setup: precision, optimizer, ZeRO stages, GPUs, offload, micro-batch, sequence length, attention,
             checkpointing, overheads and the GPU to fit; defaults to bf16-mixed AdamW, ZeRO 0-3, 1 GPU, batch 1.
         find_max_batch: also search the largest micro-batch that fits ``setup.gpu`` (per stage).
