@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from hfmem.cache import ProfileCache, cache_key
 from hfmem.errors import InvalidSetupError
@@ -57,7 +59,8 @@ def estimate(
         params: plan for a dense model of this many parameters instead (no config, no torch).
         revision: Hub branch, tag or commit sha.
         token: Hub token (default: ``HF_TOKEN`` or the saved login). Never printed.
-        trust_remote_code: allow the repo's own modelling code to run (off by default, never implied).
+        trust_remote_code: allow the repo's own modelling code to run (off by default, never implied). Off, a config
+            that needs it is estimated as the nearest native architecture, with a note (`inventory.native_fallback`).
         setup: precision, optimizer, ZeRO stages, GPUs, offload, micro-batch, sequence length, attention,
             checkpointing, overheads and the GPU to fit; defaults to bf16-mixed AdamW, ZeRO 0-3, 1 GPU, batch 1.
         find_max_batch: also search the largest micro-batch that fits ``setup.gpu`` (per stage).
@@ -121,6 +124,24 @@ class Prepared:
         self.params = params
         self._memos: dict[FinetuneSettings, ProfileCache] = {}
         self._checkpoints: dict[object, tuple[object | None, str | None]] = {}
+        self._keyed_by = resolved  # the config as fetched: the cache key, whatever the fallback rewrites
+        if not trust_remote_code and resolved.source != "params":
+            self.resolved = self._native(resolved)
+
+    def _native(self, resolved: ModelConfig) -> ModelConfig:
+        """Custom code runs only when trusted; otherwise the nearest native architecture, with a note
+        (`hfmem.inventory.native_fallback`). Cached with the model, so a repeat query does not import transformers.
+        """
+
+        def build() -> dict[str, Any]:
+            from hfmem.inventory import native_fallback
+
+            native = native_fallback(resolved)
+            added = [note for note in native.notes if note not in resolved.notes]
+            return {"config": dict(native.config), "notes": added}
+
+        found = self.memo(FinetuneSettings()).get_or_build("native", {}, build, dict)
+        return replace(resolved, config=found["config"], notes=(*resolved.notes, *found["notes"]))
 
     def memo(self, finetune: FinetuneSettings) -> ProfileCache:
         """The measurements of the model trained by ``finetune`` (in memory, and on disk unless disabled)."""
@@ -128,7 +149,7 @@ class Prepared:
             if self.resolved.source == "params":
                 self._memos[finetune] = ProfileCache(None, persistent=False)
             else:
-                key = cache_key(self.resolved, finetune, trust_remote_code=self.trust_remote_code)
+                key = cache_key(self._keyed_by, finetune, trust_remote_code=self.trust_remote_code)
                 self._memos[finetune] = ProfileCache(key, persistent=self.cache)
         return self._memos[finetune]
 

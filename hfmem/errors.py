@@ -136,7 +136,7 @@ class RemoteCodeRequiredError(HfmemError):
         self.model_id = model_id
         super().__init__(
             f"'{model_id}' needs custom code from its repo ({what}); read that code, then rerun with "
-            "--trust-remote-code to let hfmem run it"
+            "--trust-remote-code to let hfmem run it, or point model_type and architectures at a transformers model"
         )
 
 

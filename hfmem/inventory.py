@@ -44,6 +44,7 @@ __all__ = [
     "profile_inference",
     "cuda_style_dropout",
     "build_transformers_config",
+    "native_fallback",
     "MOE_NUM_EXPERTS_KEYS",
     "MOE_TOP_K_KEYS",
 ]
@@ -207,13 +208,182 @@ def layer_modules(torch_model: nn.Module) -> dict[int, str]:
     return names
 
 
+#: The head a class name ends with (``SomethingLlamaForCausalLM`` → ``ForCausalLM``); the rest is its stem.
+_HEAD = re.compile(r"(For[A-Z]\w*|LMHeadModel|Model)$")
+#: Size fields a native config must read from the custom one for a fallback to give the same shapes.
+_SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
+#: Keys of other ways to size key/value heads (ChatGLM ``multi_query_group_num``, ``num_kv_heads``).
+_KV_KEYS = re.compile(r"kv_heads|key_value|query_group|kv_groups")
+
+
+def native_fallback(model: ModelConfig) -> ModelConfig:
+    """For a config that needs its repo's code, the nearest architecture transformers has, with a note saying so.
+
+    Called when ``--trust-remote-code`` is off; the repo's code never runs. Three cases:
+
+    * ``model_type`` is one transformers knows but ``architectures`` names a custom class from ``auto_map``: the
+      model type's own class with the same head (``LlamaForCausalLM`` for ``MyLlamaForCausalLM``).
+    * ``model_type`` is unknown and ``architectures`` names a transformers class: that class and its model type.
+    * ``model_type`` is unknown and ``auto_map`` points at custom code: the transformers model type whose name
+      starts or ends the architecture name, an ``auto_map`` class or the model type (``SomethingLlamaForCausalLM``,
+      ``llama_custom`` → ``llama``; the longest name wins), provided its config reads the custom config's size
+      fields under the same keys (else it would silently use its own defaults) and keeps its experts.
+
+    NOTE: a guess by name. ``Phi3SmallForCausalLM`` matches ``phi3``, but Phi-3-small's ``ff_intermediate_size`` is
+    not ``intermediate_size``, so the guess is refused; ``InternLM2ForCausalLM`` and ``ChatGLMModel`` match nothing.
+
+    Returns:
+        ``model`` itself when it needs no custom code (or an unknown model type names no transformers class and has
+        no ``auto_map``: building it says to upgrade transformers); else the rewritten config (``model_type``,
+        ``architectures``, no ``auto_map``) with a note.
+
+    Raises:
+        RemoteCodeRequiredError: the config needs custom code and no native architecture fits; says why.
+    """
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    raw = dict(model.config)
+    model_type, arch = raw.get("model_type"), model.architecture
+    auto_map = raw.get("auto_map") if isinstance(raw.get("auto_map"), dict) else {}
+    if not isinstance(model_type, str) or not model_type:
+        return model
+    native_arch = bool(arch and isinstance(getattr(transformers, arch, None), type))
+    if model_type in CONFIG_MAPPING:
+        remote = _remote_auto_class(auto_map, arch)
+        if remote is None or native_arch:
+            return model
+        target = _class_for(model_type, arch)
+        note = _custom_code_note(model, f"architecture '{arch}' is defined by {_class_ref(auto_map[remote])}", target)
+        return _rewritten(model, raw, model_type, target, note)
+    if native_arch:
+        assert arch is not None
+        target_type = getattr(getattr(getattr(transformers, arch), "config_class", None), "model_type", None)
+        if isinstance(target_type, str) and target_type in CONFIG_MAPPING:
+            note = (
+                f"model_type '{model_type}' of '{model.model_id}' is unknown to transformers "
+                f"{transformers.__version__}; its architectures name transformers' {arch}, so it is built as "
+                f"model_type '{target_type}'"
+            )
+            if auto_map:
+                note += " (its auto_map code does not run without --trust-remote-code)"
+            return _rewritten(model, raw, target_type, arch, note)
+    if not auto_map:
+        return model
+    names = [a for a in raw.get("architectures") or [] if isinstance(a, str)]
+    names += [_class_ref(ref).rsplit(".", 1)[-1] for key, ref in auto_map.items() if key.startswith("AutoModel")]
+    names.append(model_type)
+    what = f"model_type '{model_type}' is defined by {_class_ref(auto_map.get('AutoConfig', 'its repo'))}"
+    refused: list[str] = []
+    for native_type, matched in _types_named_in(names):
+        reason = _fallback_refused(raw, CONFIG_MAPPING[native_type], native_type)
+        if reason:
+            refused.append(reason)
+            continue
+        target = _class_for(native_type, arch)
+        note = _custom_code_note(model, what, target, matched)
+        return _rewritten(model, raw, native_type, target, note)
+    detail = refused[0] if refused else f"no transformers model type is named in {', '.join(sorted(set(names)))}"
+    raise RemoteCodeRequiredError(model.model_id, f"{what}; no native architecture fits: {detail}")
+
+
+def _class_ref(ref: Any) -> str:
+    """An auto_map entry's class path, without a ``repo--`` prefix (entries may be ``[slow, fast]`` lists)."""
+    ref = ref[0] if isinstance(ref, (list, tuple)) and ref else ref
+    return str(ref).split("--")[-1]
+
+
+def _types_named_in(names: list[str]) -> list[tuple[str, str]]:
+    """``(model_type, name)`` for every transformers model type whose name starts or ends one of ``names``.
+
+    Both the model type (``qwen2_moe``) and its config class's stem (``Qwen2Moe``) count, compared lower-case and
+    alphanumeric only, from 3 characters up; longest first.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    def squash(text: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", text.lower())
+
+    stems: dict[str, str] = {}
+    for native_type, config_name in CONFIG_MAPPING_NAMES.items():
+        for stem in (squash(native_type), squash(config_name.removesuffix("Config"))):
+            if len(stem) >= 3:
+                stems.setdefault(stem, native_type)
+    found: dict[str, tuple[int, str]] = {}
+    for name in names:
+        text = squash(_HEAD.sub("", name)) or squash(name)
+        for stem, native_type in stems.items():
+            if (text.startswith(stem) or text.endswith(stem)) and len(stem) > found.get(native_type, (0, ""))[0]:
+                found[native_type] = (len(stem), name)
+    return [(t, name) for t, (_, name) in sorted(found.items(), key=lambda item: -item[1][0])]
+
+
+def _fallback_refused(raw: dict[str, Any], config_class: Any, native_type: str) -> str | None:
+    """Why ``config_class`` cannot stand in for the custom config ``raw``, or None when it can."""
+    try:
+        native = config_class()
+    except Exception:  # noqa: BLE001 - composite configs that need their parts
+        return f"'{native_type}' has no default config to compare with"
+    attribute_map = getattr(native, "attribute_map", None) or {}
+    sized = [key for key in _SIZE_KEYS if hasattr(native, key)]
+    if len(sized) < 3:
+        return f"'{native_type}' is not a plain text model (its config has no {', '.join(_SIZE_KEYS[:3])})"
+    for key in sized:
+        aliases = {key, attribute_map.get(key)} | {alias for alias, target in attribute_map.items() if target == key}
+        if not any(alias in raw for alias in aliases if alias):
+            return f"'{native_type}' reads '{key}', which the config does not set"
+    experts = next((k for k in MOE_NUM_EXPERTS_KEYS if isinstance(raw.get(k), int) and raw[k] > 1), None)
+    if experts and not any(hasattr(native, k) for k in MOE_NUM_EXPERTS_KEYS):
+        return f"the config has experts ({experts}={raw[experts]}) and '{native_type}' has none"
+    unknown = [k for k in raw if _KV_KEYS.search(k) and not hasattr(native, k) and k not in attribute_map]
+    if unknown:
+        return f"'{native_type}' does not read '{unknown[0]}'"
+    return None
+
+
+def _class_for(model_type: str, arch: str | None) -> str:
+    """The transformers class of ``model_type`` with ``arch``'s head (``ForCausalLM``…), else its preferred class."""
+    import transformers
+    from transformers.models.auto import modeling_auto
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    head = _HEAD.search(arch or "")
+    if head and head.group(0).startswith("For"):
+        name = CONFIG_MAPPING_NAMES[model_type].removesuffix("Config") + head.group(0)
+        if hasattr(transformers, name):
+            return name
+    mappings = ("MODEL_MAPPING_NAMES",) if head and head.group(0) == "Model" else _AUTO_MAPPINGS
+    for mapping_name in mappings:
+        names = getattr(modeling_auto, mapping_name).get(model_type)
+        for name in names if isinstance(names, (list, tuple)) else [names]:
+            if isinstance(name, str) and hasattr(transformers, name):
+                return name
+    return CONFIG_MAPPING_NAMES[model_type].removesuffix("Config") + "Model"
+
+
+def _custom_code_note(model: ModelConfig, what: str, target: str, matched: str | None = None) -> str:
+    nearest = f"the nearest native architecture to '{matched}'" if matched else "its model type's native class"
+    return (
+        f"'{model.model_id}' needs custom code ({what}) and --trust-remote-code is off: estimating transformers' "
+        f"{target} instead ({nearest}); the repo's code may add or change modules, so review it and pass "
+        "--trust-remote-code for its exact count"
+    )
+
+
+def _rewritten(model: ModelConfig, raw: dict[str, Any], model_type: str, arch: str, note: str) -> ModelConfig:
+    """``model`` as a native ``model_type`` / ``arch`` config (no ``auto_map``), with ``note`` added."""
+    config = {k: v for k, v in raw.items() if k != "auto_map"}
+    config["model_type"], config["architectures"] = model_type, [arch]
+    return dataclasses.replace(model, config=config, notes=(*model.notes, note))
+
+
 def build_transformers_config(model: ModelConfig, *, trust_remote_code: bool = False) -> PretrainedConfig:
     """The transformers config object for ``model`` (no network: custom code is read from ``model.directory``)."""
     import transformers
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    raw = dict(model.config)
+    raw = _decode_special_floats(dict(model.config))
     model_type = raw.get("model_type")
     auto_map = raw.get("auto_map") if isinstance(raw.get("auto_map"), dict) else {}
     if trust_remote_code and auto_map and "AutoConfig" in auto_map:
@@ -249,6 +419,22 @@ def build_transformers_config(model: ModelConfig, *, trust_remote_code: bool = F
         ) from e
 
 
+#: transformers writes the floats JSON cannot hold as ``{"__float__": "Infinity"}`` (``PreTrainedConfig.
+#: _encode_special_floats``), e.g. Mamba-2's ``"time_step_limit": [0.0, {"__float__": "Infinity"}]``, and decodes them
+#: when it reads a config.json; the config classes reject the tagged form.
+_SPECIAL_FLOATS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def _decode_special_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__float__"} and value["__float__"] in _SPECIAL_FLOATS:
+            return _SPECIAL_FLOATS[value["__float__"]]
+        return {k: _decode_special_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_special_floats(v) for v in value]
+    return value
+
+
 def _instantiate(
     model: ModelConfig,
     config: PretrainedConfig,
@@ -263,7 +449,6 @@ def _instantiate(
     arch = model.architecture
     auto_map: dict[str, Any] = getattr(config, "auto_map", None) or {}
     remote_auto = _remote_auto_class(auto_map, arch)
-    builder: Any = None
     if remote_auto is not None and (trust_remote_code or arch is None or not hasattr(transformers, arch)):
         if not trust_remote_code:
             raise RemoteCodeRequiredError(
@@ -273,29 +458,82 @@ def _instantiate(
         kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        builder = lambda: auto_cls.from_config(config, trust_remote_code=True, **kwargs)  # noqa: E731
         name = arch or remote_auto
-    else:
-        cls, name = _native_class(model, config, arch)
-        # By default build in the checkpoint's dtype (config `dtype` / `torch_dtype`), so each parameter's dtype is
-        # what the checkpoint stores, modules transformers keeps in fp32 (`_keep_in_fp32_modules`) included.
-        if dtype is None:
-            dtype = getattr(config, "dtype", None)
-        kwargs = {"dtype": dtype} if _is_floating_dtype(dtype) else {}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        builder = lambda: cls._from_config(config, **kwargs)  # noqa: E731
+        try:
+            with init_empty_weights(include_buffers=True):
+                return auto_cls.from_config(config, trust_remote_code=True, **kwargs), name
+        except (RemoteCodeRequiredError, UnsupportedArchitectureError):
+            raise
+        except Exception as e:
+            raise _build_error(model, name, e) from e
+
+    # By default build in the checkpoint's dtype (config `dtype` / `torch_dtype`), so each parameter's dtype is
+    # what the checkpoint stores, modules transformers keeps in fp32 (`_keep_in_fp32_modules`) included.
+    if dtype is None:
+        dtype = getattr(config, "dtype", None)
+    kwargs = {"dtype": dtype} if _is_floating_dtype(dtype) else {}
+    failed: tuple[str, Exception] | None = None
+    for cls, name in _native_classes(model, config, arch):
+        class_config = _config_for_class(cls, config)
+        try:
+            return _build_on_meta(cls, class_config, kwargs, attn_implementation), name
+        except Exception as e:
+            # A class that builds with its default attention but not with the one asked for: say so (callers fall
+            # back to eager attention) rather than switch to another class.
+            if attn_implementation and _builds(cls, class_config, kwargs):
+                raise _build_error(model, name, e) from e
+            failed = failed or (name, e)
+    assert failed is not None  # _native_classes returns at least one class or raises
+    raise _build_error(model, failed[0], failed[1]) from failed[1]
+
+
+def _build_on_meta(cls: Any, config: PretrainedConfig, kwargs: dict[str, Any], attn_implementation: str | None) -> Any:
+    from accelerate import init_empty_weights
+
+    if attn_implementation:
+        kwargs = {**kwargs, "attn_implementation": attn_implementation}
+    with init_empty_weights(include_buffers=True):
+        return cls._from_config(config, **kwargs)
+
+
+def _builds(cls: Any, config: PretrainedConfig, kwargs: dict[str, Any]) -> bool:
     try:
-        with init_empty_weights(include_buffers=True):
-            return builder(), name
-    except (RemoteCodeRequiredError, UnsupportedArchitectureError):
-        raise
-    except Exception as e:
-        raise UnsupportedArchitectureError(
-            f"transformers {transformers.__version__} could not build {name} from the config of "
-            f"'{model.model_id}' ({type(e).__name__}: {_first_line(e)}); check the config values or try "
-            "another transformers version"
-        ) from e
+        _build_on_meta(cls, config, kwargs, None)
+    except Exception:  # noqa: BLE001 - any failure means: not this class
+        return False
+    return True
+
+
+def _build_error(model: ModelConfig, name: str, error: Exception) -> UnsupportedArchitectureError:
+    import transformers
+
+    # transformers raises ImportError naming the package a model needs (timm, PIL, scipy, natten…).
+    fix = (
+        "install the package it names and rerun"
+        if isinstance(error, ImportError)
+        else "check the config values or try another transformers version"
+    )
+    return UnsupportedArchitectureError(
+        f"transformers {transformers.__version__} could not build {name} from the config of "
+        f"'{model.model_id}' ({type(error).__name__}: {_first_line(error)}); {fix}"
+    )
+
+
+def _config_for_class(cls: Any, config: PretrainedConfig) -> PretrainedConfig:
+    """The config transformers' auto classes give ``cls``: a text-only class gets a composite config's text part.
+
+    ``AutoModelForCausalLM.from_config(Llama4Config())`` builds ``Llama4ForCausalLM`` from ``config.text_config``
+    (transformers ``_BaseAutoModelClass.from_config``); building the class from the composite config instead fails
+    (``'Llama4Config' object has no attribute 'pad_token_id'``). The parent's quantization config goes along.
+    """
+    text_class = (getattr(config, "sub_configs", None) or {}).get("text_config")
+    if text_class is None or getattr(cls, "config_class", None) is not text_class:
+        return config
+    text_config = config.get_text_config()
+    quantization = getattr(config, "quantization_config", None)
+    if quantization is not None:
+        text_config.quantization_config = quantization
+    return text_config
 
 
 def _is_floating_dtype(dtype: object) -> bool:
@@ -317,24 +555,39 @@ def _remote_auto_class(auto_map: dict[str, Any], arch: str | None) -> str | None
     return None
 
 
-def _native_class(model: ModelConfig, config: PretrainedConfig, arch: str | None) -> tuple[Any, str]:
+def _native_classes(model: ModelConfig, config: PretrainedConfig, arch: str | None) -> list[tuple[Any, str]]:
+    """The transformers classes to try, in order: the one ``architectures`` names, else the auto mappings'.
+
+    Without a class name, the model type's causal-LM, seq2seq-LM, masked-LM and base classes come first (hfmem's
+    preference), then the task classes of every other auto mapping (depth estimation, text-to-waveform…), so a
+    model that only a task class builds is still counted. The caller builds the first one that works.
+    """
     import transformers
     from transformers.models.auto import modeling_auto
 
     if arch and hasattr(transformers, arch):
-        return getattr(transformers, arch), arch
-    for mapping_name in _AUTO_MAPPINGS:
-        mapping = getattr(modeling_auto, mapping_name, {})
-        name = mapping.get(config.model_type)
-        if isinstance(name, (list, tuple)):
-            name = name[0]
-        if name and hasattr(transformers, name):
-            return getattr(transformers, name), name
-    raise UnsupportedArchitectureError(
-        f"transformers {transformers.__version__} has no model class for '{model.model_id}' "
-        f"(architectures={arch!r}, model_type={config.model_type!r}); upgrade transformers or pass "
-        "--trust-remote-code if the repo ships its own code"
+        return [(getattr(transformers, arch), arch)]
+    others = sorted(
+        name
+        for name in dir(modeling_auto)
+        if name.startswith("MODEL_") and name.endswith("_MAPPING_NAMES") and name not in _AUTO_MAPPINGS
     )
+    found: list[tuple[Any, str]] = []
+    for mapping_name in (*_AUTO_MAPPINGS, *others):
+        mapping = getattr(modeling_auto, mapping_name, None)
+        names = mapping.get(config.model_type) if isinstance(mapping, dict) else None
+        for name in names if isinstance(names, (list, tuple)) else [names]:
+            if isinstance(name, str) and hasattr(transformers, name) and name not in (n for _, n in found):
+                found.append((getattr(transformers, name), name))
+                break
+    if not found:
+        raise UnsupportedArchitectureError(
+            f"transformers {transformers.__version__} has no auto class for model_type {config.model_type!r} of "
+            f"'{model.model_id}' and the config names no class it has (architectures={arch!r}); if it is part of a "
+            'larger model pass that model\'s config, else name a transformers class in "architectures", upgrade '
+            "transformers, or pass --trust-remote-code if the repo ships its own code"
+        )
+    return found
 
 
 def _inventory(model: nn.Module, config: PretrainedConfig, arch: str) -> ParameterInventory:
@@ -607,7 +860,7 @@ def _trace(
     torch_model.train()
     if dropout is not None:
         _set_dropout(torch_model, dropout)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text_config = _text_config(config)
     vocab = int(getattr(text_config, "vocab_size", 0) or 0)
 
     # Outermost transformer layers, in forward order.
@@ -697,7 +950,7 @@ def _trace(
     except Exception as e:
         raise UnsupportedArchitectureError(
             f"could not trace the activations of '{model.model_id}' on the meta device "
-            f"({type(e).__name__}: {_first_line(e)}); try --attn eager, or report it"
+            f"({type(e).__name__}: {_first_line(e)}); {_forward_fix(e, torch_model, 'try --attn eager, or report it')}"
         ) from e
     finally:
         for handle in handles:
@@ -721,6 +974,34 @@ def _trace(
         attention_calls=_TRACE_STATE["attention_calls"],
         other_after_bytes=totals["other_after"],
     )
+
+
+#: Inputs transformers' forwards ask for when they are not text models (their ValueError / TypeError name them).
+_NON_TEXT_INPUTS = ("pixel_values", "input_features", "input_values", "image_embeddings", "bbox", "past_values")
+
+
+def _forward_fix(error: Exception, torch_model: nn.Module, otherwise: str) -> str:
+    """What to do about a forward that failed on the meta device, for the causes that recur across model types."""
+    import inspect
+
+    text = str(error)
+    if "input_ids" not in inspect.signature(torch_model.forward).parameters or any(
+        name in text for name in _NON_TEXT_INPUTS
+    ):
+        count = sum(p.numel() for p in torch_model.parameters())
+        return (
+            f"{type(torch_model).__name__} takes inputs other than token ids (images, audio, boxes, series) and hfmem "
+            f"runs models on token ids only; plan its model states alone with --params {count}"
+        )
+    if "Expected inputs of BF16 type" in text:
+        # torch.nn.functional.grouped_mm, transformers' default MoE experts kernel, is bfloat16-only.
+        return (
+            "PyTorch's grouped_mm (the MoE experts kernel) takes bfloat16 only: serve with --weights-dtype bf16, "
+            "train with --precision bf16-mixed"
+        )
+    if "meta tensors" in text or "register_meta" in text:
+        return "its forward reads tensor values (data-dependent shapes), which meta tensors do not have; report it"
+    return otherwise
 
 
 def _tensors_in(values: Any) -> Iterator[Any]:
@@ -773,12 +1054,24 @@ def _set_dropout(model: nn.Module, probability: float) -> None:
 
 def _moe_routing(config: PretrainedConfig) -> tuple[int, int] | None:
     """``(num_experts, experts_per_token)`` from an MoE config, else None."""
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text_config = _text_config(config)
     num = next((getattr(text_config, k) for k in MOE_NUM_EXPERTS_KEYS if getattr(text_config, k, None)), None)
     top_k = next((getattr(text_config, k) for k in MOE_TOP_K_KEYS if getattr(text_config, k, None)), None)
     if isinstance(num, int) and isinstance(top_k, int) and 0 < top_k <= num:
         return num, top_k
     return None
+
+
+def _text_config(config: PretrainedConfig) -> PretrainedConfig:
+    """The config of the text model inside a composite one (the config itself when there is no single one).
+
+    ``get_text_config`` raises when a config holds several text configs (MusicGen: ``text_encoder`` and
+    ``decoder``); the top-level config is used then.
+    """
+    try:
+        return config.get_text_config() if hasattr(config, "get_text_config") else config
+    except ValueError:
+        return config
 
 
 @contextlib.contextmanager
@@ -859,7 +1152,7 @@ def profile_inference(
         except Exception as e:
             raise UnsupportedArchitectureError(
                 f"could not run '{model.model_id}' with a KV cache on the meta device "
-                f"({type(e).__name__}: {_first_line(e)}); report it"
+                f"({type(e).__name__}: {_first_line(e)}); {_forward_fix(e, torch_model, 'report it')}"
             ) from e
     return InferenceProfile(
         layers=layers,
