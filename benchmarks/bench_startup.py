@@ -103,7 +103,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS), help="catalogue ids")
-    parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    parser.add_argument(
+        "--markdown", type=Path, default=Path(__file__).parent / "results" / "speed.md", help="write the tables here"
+    )
     args = parser.parse_args()
 
     from hfmem import catalogue
