@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from hfmem.errors import InvalidSetupError
+from hfmem.limits import check_params, check_setup
 from hfmem.memory.activations import activation_dtype, default_seq_len
 from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, default_context, plan_inference
 from hfmem.memory.methods import check_finetune
@@ -72,12 +73,14 @@ def estimate(
         6738415616
     """
     setup = setup or TrainingSetup()
+    check_setup(setup, inference)
     if (model is None) == (params is None):
         raise InvalidSetupError("give either a model or a parameter count (--params), not both or neither")
     check_finetune(setup.finetune, has_model=model is not None)
     if params is not None:
         if params <= 0:
             raise InvalidSetupError(f"--params must be positive, got {params}")
+        check_params(params)
         resolved = ModelConfig(model_id=f"{params:,} parameters", source="params", config={})
         inventory = ParameterInventory.from_count(params)
     else:
