@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -47,8 +48,19 @@ class HfmemClickError(click.ClickException):
     """An `HfmemError` on its way out: click prints ``Error: <message>`` on stderr and exits with its code."""
 
     def __init__(self, error: HfmemError) -> None:
-        super().__init__(str(error))
+        super().__init__(one_line(str(error)))
         self.exit_code = int(error.exit_code)
+
+
+#: Characters that end a line for a terminal or for ``str.splitlines`` (and other C0/C1 controls): escaped in messages.
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control or line-breaking character written as an escape (``\\n``, ``\\x85``), so that a
+    message quoting user input (a model id, a config key, an option value) stays one line, and lone surrogates from
+    undecodable arguments cannot break the output encoding."""
+    return _LINE_BREAKING.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def _debug_wanted(ctx: click.Context) -> bool:
@@ -58,6 +70,13 @@ def _debug_wanted(ctx: click.Context) -> bool:
 class HfmemCommand(click.Command):
     """Translates errors inside click, so `CliRunner` sees exactly what users see."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.ClickException as e:  # a bad option value, quoted in the message
+            e.message = one_line(e.message)
+            raise
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -65,14 +84,17 @@ class HfmemCommand(click.Command):
             if _debug_wanted(ctx):
                 traceback.print_exc()
             raise HfmemClickError(e) from e
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        except click.ClickException as e:
+            e.message = one_line(e.message)
+            raise
+        except (click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except Exception as e:
             if _debug_wanted(ctx) or "PYTEST_CURRENT_TEST" in os.environ:
                 raise
             error = click.ClickException(
-                f"internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                "rerun with --debug and report the traceback at the hfmem issue tracker"
+                one_line(f"internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); ")
+                + "rerun with --debug and report the traceback at the hfmem issue tracker"
             )
             error.exit_code = int(ExitCode.INTERNAL)
             raise error from e
@@ -581,7 +603,7 @@ def cli(
     from hfmem.report import render_table, to_dict
 
     for note in report.model.notes:
-        click.echo(f"hfmem: {note}", err=True)
+        click.echo(f"hfmem: {one_line(note)}", err=True)
     if json_:
         click.echo(json.dumps(to_dict(report), indent=2))
     else:
