@@ -90,7 +90,10 @@ def resolve_model(model: str, *, revision: str | None = None, token: str | None 
         >>> resolve_model("meta-llama/Llama-2-7b-hf").config["hidden_size"]  # doctest: +SKIP
         4096
     """
-    path = Path(model).expanduser()
+    try:
+        path = Path(model).expanduser()
+    except RuntimeError:  # '~name' for a user who does not exist
+        path = Path(model)
     if _exists(path):
         return _resolve_local(model, path, revision=revision, token=token)
     if _looks_like_path(model):
