@@ -47,8 +47,8 @@ __all__ = ["cli"]
 class HfmemClickError(click.ClickException):
     """An `HfmemError` on its way out: click prints ``Error: <message>`` on stderr and exits with its code."""
 
-    def __init__(self, error: HfmemError) -> None:
-        super().__init__(one_line(str(error)))
+    def __init__(self, error: HfmemError, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__(one_line(redact(str(error), secrets)))
         self.exit_code = int(error.exit_code)
 
 
@@ -61,6 +61,30 @@ def one_line(text: str) -> str:
     message quoting user input (a model id, a config key, an option value) stays one line, and lone surrogates from
     undecodable arguments cannot break the output encoding."""
     return _LINE_BREAKING.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret replaced by ``<token>``."""
+    for secret in secrets:
+        text = text.replace(secret, "<token>")
+    return text
+
+
+def _secrets(ctx: click.Context) -> tuple[str, ...]:
+    """The Hub tokens this run may send: --token, HF_TOKEN, and the saved login once huggingface_hub is loaded.
+
+    Error text from other libraries (a server's message, an exception from the HTTP client) passes through hfmem
+    only after these are cut out, tracebacks under --debug included.
+    """
+    found = {ctx.params.get("token"), os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")}
+    if "huggingface_hub" in sys.modules:  # never imported just for this (`hfmem --help` stays light)
+        from huggingface_hub import get_token
+
+        try:
+            found.add(get_token())
+        except Exception:  # an unreadable token file: nothing more to hide
+            pass
+    return tuple(sorted((t for t in found if isinstance(t, str) and len(t) >= 8), key=len, reverse=True))
 
 
 def _debug_wanted(ctx: click.Context) -> bool:
@@ -82,18 +106,22 @@ class HfmemCommand(click.Command):
             return super().invoke(ctx)
         except HfmemError as e:
             if _debug_wanted(ctx):
-                traceback.print_exc()
-            raise HfmemClickError(e) from e
+                click.echo(redact(traceback.format_exc(), _secrets(ctx)), err=True, nl=False)
+            raise HfmemClickError(e, _secrets(ctx)) from e
         except click.ClickException as e:
-            e.message = one_line(e.message)
+            e.message = one_line(redact(e.message, _secrets(ctx)))
             raise
         except (click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except Exception as e:
-            if _debug_wanted(ctx) or "PYTEST_CURRENT_TEST" in os.environ:
-                raise
+            if "PYTEST_CURRENT_TEST" in os.environ:
+                raise  # tests see the exception itself
+            secrets = _secrets(ctx)
+            if _debug_wanted(ctx):
+                click.echo(redact(traceback.format_exc(), secrets), err=True, nl=False)
+            first = str(e).splitlines()[0] if str(e) else ""
             error = click.ClickException(
-                one_line(f"internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); ")
+                one_line(redact(f"internal error ({type(e).__name__}: {first}); ", secrets))
                 + "rerun with --debug and report the traceback at the hfmem issue tracker"
             )
             error.exit_code = int(ExitCode.INTERNAL)
@@ -602,8 +630,9 @@ def cli(
     )
     from hfmem.report import render_table, to_dict
 
+    secrets = _secrets(click.get_current_context())
     for note in report.model.notes:
-        click.echo(f"hfmem: {one_line(note)}", err=True)
+        click.echo(f"hfmem: {one_line(redact(note, secrets))}", err=True)
     if json_:
         click.echo(json.dumps(to_dict(report), indent=2))
     else:

@@ -430,7 +430,8 @@ def _hub_checkpoint(
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.RemoteEntryNotFoundError):
         return None, f"{skipped}: the Hub has no safetensors index or file for '{repo_id}' at this revision"
     except hf_errors.SafetensorsParsingError as e:
-        return None, f"{skipped}: a safetensors header of '{repo_id}' could not be parsed ({_first_line(e)})"
+        why = _without_tokens(_first_line(e), token)
+        return None, f"{skipped}: a safetensors header of '{repo_id}' could not be parsed ({why})"
     except hf_errors.HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else None
         return None, f"{skipped}: the Hub answered HTTP {status} for the safetensors headers of '{repo_id}'"
@@ -481,6 +482,14 @@ def _local_checkpoint(directory: Path, *, skipped: str) -> tuple[CheckpointSumma
     ]
     count = len(files)
     return summary_from_headers(f"{directory}, {count} file{'s' if count != 1 else ''}", headers), None
+
+
+def _without_tokens(text: str, token: str | None) -> str:
+    """Text from the Hub or its client, with the token cut out (``token``, or HF_TOKEN / the saved login)."""
+    for secret in {token, get_token()}:
+        if secret and len(secret) >= 8:
+            text = text.replace(secret, "<token>")
+    return text
 
 
 def _first_line(error: BaseException) -> str:
