@@ -9,6 +9,7 @@ from typing import Any
 
 from hfmem.cache import ProfileCache, cache_key
 from hfmem.errors import InvalidSetupError
+from hfmem.limits import check_params, check_setup
 from hfmem.memory.activations import activation_dtype, default_seq_len
 from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, default_context, plan_inference
 from hfmem.memory.methods import check_finetune
@@ -82,11 +83,13 @@ def estimate(
         6738415616
     """
     setup = setup or TrainingSetup()
+    check_setup(setup, inference)
     if (model is None) == (params is None):
         raise InvalidSetupError("give either a model or a parameter count (--params), not both or neither")
     if params is not None:
         if params <= 0:
             raise InvalidSetupError(f"--params must be positive, got {params}")
+        check_params(params)
         resolved = ModelConfig(model_id=f"{params:,} parameters", source="params", config={})
     else:
         assert model is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -51,9 +52,44 @@ __all__ = ["cli"]
 class HfmemClickError(click.ClickException):
     """An `HfmemError` on its way out: click prints ``Error: <message>`` on stderr and exits with its code."""
 
-    def __init__(self, error: HfmemError) -> None:
-        super().__init__(str(error))
+    def __init__(self, error: HfmemError, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__(one_line(redact(str(error), secrets)))
         self.exit_code = int(error.exit_code)
+
+
+#: Characters that end a line for a terminal or for ``str.splitlines`` (and other C0/C1 controls): escaped in messages.
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control or line-breaking character written as an escape (``\\n``, ``\\x85``), so that a
+    message quoting user input (a model id, a config key, an option value) stays one line, and lone surrogates from
+    undecodable arguments cannot break the output encoding."""
+    return _LINE_BREAKING.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret replaced by ``<token>``."""
+    for secret in secrets:
+        text = text.replace(secret, "<token>")
+    return text
+
+
+def _secrets(ctx: click.Context) -> tuple[str, ...]:
+    """The Hub tokens this run may send: --token, HF_TOKEN, and the saved login once huggingface_hub is loaded.
+
+    Error text from other libraries (a server's message, an exception from the HTTP client) passes through hfmem
+    only after these are cut out, tracebacks under --debug included.
+    """
+    found = {ctx.params.get("token"), os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")}
+    if "huggingface_hub" in sys.modules:  # never imported just for this (`hfmem --help` stays light)
+        from huggingface_hub import get_token
+
+        try:
+            found.add(get_token())
+        except Exception:  # an unreadable token file: nothing more to hide
+            pass
+    return tuple(sorted((t for t in found if isinstance(t, str) and len(t) >= 8), key=len, reverse=True))
 
 
 def _debug_wanted(ctx: click.Context) -> bool:
@@ -71,21 +107,35 @@ class HfmemCommand(click.Command):
             return compare.main(argv[1:], prog_name=f"{prog_name or 'hfmem'} compare", **extra)
         return super().main(argv, prog_name=prog_name, **extra)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.ClickException as e:  # a bad option value, quoted in the message
+            e.message = one_line(e.message)
+            raise
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except HfmemError as e:
             if _debug_wanted(ctx):
-                traceback.print_exc()
-            raise HfmemClickError(e) from e
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+                click.echo(redact(traceback.format_exc(), _secrets(ctx)), err=True, nl=False)
+            raise HfmemClickError(e, _secrets(ctx)) from e
+        except click.ClickException as e:
+            e.message = one_line(redact(e.message, _secrets(ctx)))
+            raise
+        except (click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except Exception as e:
-            if _debug_wanted(ctx) or "PYTEST_CURRENT_TEST" in os.environ:
-                raise
+            if "PYTEST_CURRENT_TEST" in os.environ:
+                raise  # tests see the exception itself
+            secrets = _secrets(ctx)
+            if _debug_wanted(ctx):
+                click.echo(redact(traceback.format_exc(), secrets), err=True, nl=False)
+            first = str(e).splitlines()[0] if str(e) else ""
             error = click.ClickException(
-                f"internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                "rerun with --debug and report the traceback at the hfmem issue tracker"
+                one_line(redact(f"internal error ({type(e).__name__}: {first}); ", secrets))
+                + "rerun with --debug and report the traceback at the hfmem issue tracker"
             )
             error.exit_code = int(ExitCode.INTERNAL)
             raise error from e
@@ -563,8 +613,9 @@ def cli(**opts: Any) -> None:
     with _spinner(fmt, f"planning {len(combos):,} combinations"):
         for values, scalars in combos:
             rows.append((values, _report(prepared, scalars)))
+    secrets = _secrets(click.get_current_context())
     for note in rows[0][1].model.notes:
-        click.echo(f"hfmem: {note}", err=True)
+        click.echo(f"hfmem: {one_line(redact(note, secrets))}", err=True)
     if fmt == "json":
         click.echo(json.dumps(sweep_to_dict(rows), indent=2))
     else:
@@ -769,8 +820,9 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
 def _emit_report(report: Report, fmt: str, *, explain: bool = False) -> None:
     from hfmem.report import render_markdown, render_table, to_dict
 
+    secrets = _secrets(click.get_current_context())
     for note in report.model.notes:
-        click.echo(f"hfmem: {note}", err=True)
+        click.echo(f"hfmem: {one_line(redact(note, secrets))}", err=True)
     if fmt == "json":
         doc = to_dict(report)
         if explain:
@@ -826,8 +878,9 @@ def _compare(**opts: Any) -> None:
     reports = []
     for model in models:
         report = _report(_prepare(model, None, opts), combos[0][1])
+        secrets = _secrets(click.get_current_context())
         for note in report.model.notes:
-            click.echo(f"hfmem: {note}", err=True)
+            click.echo(f"hfmem: {one_line(redact(note, secrets))}", err=True)
         reports.append(report)
     from hfmem.report import compare_to_dict, render_compare
 

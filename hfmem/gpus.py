@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from hfmem.errors import InvalidSetupError
+from hfmem.limits import MAX_BYTES
 
 __all__ = ["GpuSpec", "GPUS", "find_gpu", "parse_memory"]
 
@@ -423,8 +424,10 @@ def parse_memory(text: str) -> int:
     number = match.group(1).replace("_", "").replace(",", "")
     try:
         value = Decimal(number) * _UNITS[unit]
-    except InvalidOperation as e:
+    except ArithmeticError as e:  # decimal's InvalidOperation and Overflow
         raise ValueError(f"'{text}' is not a memory size; {_FORMS}") from e
+    if value > MAX_BYTES:  # before int(): a 5,000-digit size has no float to print
+        raise ValueError(f"'{text}' is more than the 1 EiB (2^60 bytes) hfmem plans for; {_FORMS}")
     if _UNITS[unit] == 1 and value != value.to_integral_value():
         raise ValueError(f"'{text}' is a fraction of a byte; give a unit ({_FORMS})")
     size = int(value)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 from contextlib import nullcontext
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub import constants, get_hf_file_metadata, get_token, hf_hub_download, hf_hub_url
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import disable_progress_bars, validate_repo_id
 
@@ -23,6 +24,7 @@ from hfmem.errors import (
     HubError,
     InvalidConfigError,
     InvalidModelIdError,
+    InvalidSetupError,
     ModelNotFoundError,
     NoConfigError,
     OfflineError,
@@ -31,7 +33,14 @@ from hfmem.errors import (
 from hfmem.memory.checkpoint import CheckpointSummary, summary_from_headers
 from hfmem.types import ModelConfig
 
-__all__ = ["resolve_model", "fetch_remote_code", "fetch_checkpoint", "load_config_file", "describe_layout"]
+__all__ = [
+    "resolve_model",
+    "fetch_remote_code",
+    "fetch_checkpoint",
+    "load_config_file",
+    "describe_layout",
+    "check_token",
+]
 
 
 # huggingface_hub's HfApi module costs ~50 ms to import and only the checkpoint cross-check, remote code and error
@@ -62,9 +71,16 @@ def get_local_safetensors_metadata(*args: Any, **kwargs: Any) -> Any:
 
 CONFIG_NAME = "config.json"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
-#: Seconds to wait for each safetensors header request (huggingface_hub's own default, ``HF_HUB_DOWNLOAD_TIMEOUT``,
-#: is 10 s too; fixed here so a slow mirror cannot stall the cross-check for longer).
-CHECKPOINT_TIMEOUT_S = 10.0
+# NOTE: timeouts. Every request hfmem makes has one, read at call time from huggingface_hub's constants so the user's
+# HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT (seconds, 10 each by default) apply. huggingface_hub's shared HTTP
+# client has no timeout of its own, so calls that take none (`list_repo_files`, `snapshot_download` online) are not
+# used:
+#   * config.json's metadata (HEAD): get_hf_file_metadata(timeout=HF_HUB_ETAG_TIMEOUT);
+#   * config.json, adapter_config.json and custom code: hf_hub_download(etag_timeout=HF_HUB_ETAG_TIMEOUT), whose GET
+#     uses HF_HUB_DOWNLOAD_TIMEOUT (when its HEAD times out and nothing is cached, huggingface_hub retries it with
+#     60 s and backoff: bounded, but minutes);
+#   * a repo's file list: HfApi.model_info(timeout=HF_HUB_DOWNLOAD_TIMEOUT);
+#   * safetensors headers: get_safetensors_metadata(timeout=HF_HUB_DOWNLOAD_TIMEOUT) (its HEADs use the etag timeout).
 
 
 def resolve_model(model: str, *, revision: str | None = None, token: str | None = None) -> ModelConfig:
@@ -91,8 +107,11 @@ def resolve_model(model: str, *, revision: str | None = None, token: str | None 
         >>> resolve_model("meta-llama/Llama-2-7b-hf").config["hidden_size"]  # doctest: +SKIP
         4096
     """
-    path = Path(model).expanduser()
-    if path.exists():
+    try:
+        path = Path(model).expanduser()
+    except RuntimeError:  # '~name' for a user who does not exist
+        path = Path(model)
+    if _exists(path):
         return _resolve_local(model, path, revision=revision, token=token)
     if _looks_like_path(model):
         raise InvalidModelIdError(model, "no such file or directory")
@@ -116,16 +135,43 @@ def fetch_remote_code(model: ModelConfig, *, token: str | None = None) -> ModelC
     """
     if model.source != "hub" or not model.config.get("auto_map"):
         return model
+    check_token(token)
+    repo_id, revision = model.model_id, model.revision
+    code_patterns = ["*.py", CONFIG_NAME]
     try:
-        snapshot = snapshot_download(
-            model.model_id, revision=model.revision, token=token, allow_patterns=["*.py", CONFIG_NAME]
-        )
-    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as e:
-        raise OfflineError(model.model_id, "its custom code files cannot be downloaded") from e
-    except hf_errors.HTTPError as e:
-        raise HubError(f"downloading the custom code of '{model.model_id}' failed ({type(e).__name__}); retry") from e
+        names = [name for name in _list_files(repo_id, revision, token) if fnmatch(name, "*.py")]
+        # One file at a time with bounded timeouts (snapshot_download lists the repo without a timeout); they land in
+        # the snapshot folder of `revision`, config.json last so its folder is that snapshot's root.
+        paths = [_download(repo_id, name, revision, token) for name in [*names, CONFIG_NAME]]
+        snapshot = str(Path(paths[-1]).parent)
+    except hf_errors.HfHubHTTPError as e:
+        raise HubError(f"downloading the custom code of '{repo_id}' failed ({type(e).__name__}); retry") from e
+    except (hf_errors.OfflineModeIsEnabled, hf_errors.LocalEntryNotFoundError, hf_errors.HTTPError):
+        try:  # offline or no answer: the HF cache may hold the code from an earlier run (no network here)
+            snapshot = snapshot_download(
+                repo_id, revision=revision, token=token, allow_patterns=code_patterns, local_files_only=True
+            )
+        except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as e:
+            raise OfflineError(repo_id, "its custom code files cannot be downloaded") from e
     return ModelConfig(
         model.model_id, model.source, model.config, revision=model.revision, directory=Path(snapshot), notes=model.notes
+    )
+
+
+def _list_files(repo_id: str, revision: str | None, token: str | None) -> list[str]:
+    """Every file of a Hub repo, from its model info (``list_repo_files`` takes no timeout, and its client has none).
+
+    Raises:
+        huggingface_hub's HTTP errors, ``httpx`` timeouts (after ``HF_HUB_DOWNLOAD_TIMEOUT`` seconds).
+    """
+    info = HfApi().model_info(repo_id, revision=revision, token=token, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT)
+    return [sibling.rfilename for sibling in info.siblings or []]
+
+
+def _download(repo_id: str, filename: str, revision: str | None, token: str | None) -> str:
+    """``hf_hub_download`` with an explicit, bounded HEAD timeout (see the note on timeouts above)."""
+    return hf_hub_download(
+        repo_id, filename, revision=revision, token=token, etag_timeout=constants.HF_HUB_ETAG_TIMEOUT
     )
 
 
@@ -141,6 +187,11 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise InvalidConfigError(
             f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
             "fix the file or download it again"
+        ) from e
+    except RecursionError as e:
+        raise InvalidConfigError(
+            f"{path} nests JSON arrays or objects thousands deep; it is no config.json: fix the file or download it "
+            "again"
         ) from e
     if not isinstance(config, dict):
         raise InvalidConfigError(f"{path} holds a JSON {type(config).__name__}, not an object; is it a config.json?")
@@ -170,6 +221,14 @@ def describe_layout(files: list[str]) -> str:
         return f"config.json files sit in sub-folders ({', '.join(nested[:3])}); pass one of those folders"
     shown = ", ".join(names[:8]) + (", …" if len(names) > 8 else "") if names else "nothing"
     return f"found {shown}; pass a repo or folder with a transformers config.json"
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False for a name the OS refuses (too long, a NUL byte) instead of raising."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _looks_like_path(model: str) -> bool:
@@ -216,7 +275,27 @@ def _resolve_adapter(model: str, adapter: dict[str, Any], *, revision: str | Non
     )
 
 
+def check_token(token: str | None) -> None:
+    """Refuse a Hub token that no HTTP header can carry (non-ASCII or control characters), without showing it.
+
+    ``None`` checks the token huggingface_hub would use instead (``HF_TOKEN`` or the saved login). httpx would raise
+    a ``UnicodeEncodeError`` quoting the offending character while building the request.
+
+    Raises:
+        InvalidSetupError: naming where the token came from, never its value.
+    """
+    where = "--token"
+    if token is None:
+        token, where = get_token(), "the token from HF_TOKEN or `hf auth login`"
+    if token and not (token.isascii() and token.isprintable()):
+        raise InvalidSetupError(
+            f"{where} holds non-ASCII or control characters, which no HTTP header can carry; copy the token again "
+            "from https://huggingface.co/settings/tokens (it looks like hf_ followed by letters and digits)"
+        )
+
+
 def _resolve_hub(repo_id: str, *, revision: str | None, token: str | None) -> ModelConfig:
+    check_token(token)
     try:
         metadata = get_hf_file_metadata(
             hf_hub_url(repo_id, CONFIG_NAME, revision=revision), token=token, timeout=constants.HF_HUB_ETAG_TIMEOUT
@@ -244,7 +323,7 @@ def _resolve_hub(repo_id: str, *, revision: str | None, token: str | None) -> Mo
 
     try:
         # Download by the name the user gave (not the sha) so the cache records that ref for later offline runs.
-        config_file = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, token=token))
+        config_file = Path(_download(repo_id, CONFIG_NAME, revision, token))
     except (hf_errors.HTTPError, hf_errors.LocalEntryNotFoundError) as e:  # the connection dropped after the HEAD
         return _resolve_unreachable(
             repo_id, revision, token, why=f"downloading config.json failed ({type(e).__name__})"
@@ -299,12 +378,12 @@ def _from_catalogue(repo_id: str, revision: str | None, *, why: str) -> ModelCon
 def _resolve_without_config(repo_id: str, revision: str | None, token: str | None, error: Exception) -> ModelConfig:
     """The repo exists but has no top-level config.json: a PEFT adapter, or some other layout to describe."""
     try:
-        files = HfApi().list_repo_files(repo_id, revision=revision, token=token)
-    except hf_errors.HTTPError as e:
+        files = _list_files(repo_id, revision, token)
+    except (hf_errors.HTTPError, hf_errors.OfflineModeIsEnabled) as e:
         raise NoConfigError(repo_id, "the Hub has no config.json for it and its file list could not be read") from e
     if ADAPTER_CONFIG_NAME in files:
         try:
-            adapter_file = Path(hf_hub_download(repo_id, ADAPTER_CONFIG_NAME, revision=revision, token=token))
+            adapter_file = Path(_download(repo_id, ADAPTER_CONFIG_NAME, revision, token))
         except (hf_errors.HTTPError, hf_errors.LocalEntryNotFoundError) as e:
             raise HubError(
                 f"'{repo_id}' is a PEFT adapter but its adapter_config.json could not be downloaded "
@@ -351,12 +430,13 @@ def _hub_checkpoint(
     repo_id = model.model_id
     if constants.HF_HUB_OFFLINE:
         return None, f"{skipped}: offline mode is on (HF_HUB_OFFLINE=1)"
+    check_token(token)
     try:
         # The per-shard progress bar would land on stderr; HF_HUB_DISABLE_PROGRESS_BARS=0 keeps it (and a warning).
         quiet = disable_progress_bars() if constants.HF_HUB_DISABLE_PROGRESS_BARS is not False else nullcontext()
         with quiet:
             metadata = get_safetensors_metadata(
-                repo_id, revision=model.revision, token=token, timeout=CHECKPOINT_TIMEOUT_S
+                repo_id, revision=model.revision, token=token, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
             )
     except hf_errors.OfflineModeIsEnabled:
         return None, f"{skipped}: offline mode is on (HF_HUB_OFFLINE=1)"
@@ -367,7 +447,8 @@ def _hub_checkpoint(
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.RemoteEntryNotFoundError):
         return None, f"{skipped}: the Hub has no safetensors index or file for '{repo_id}' at this revision"
     except hf_errors.SafetensorsParsingError as e:
-        return None, f"{skipped}: a safetensors header of '{repo_id}' could not be parsed ({_first_line(e)})"
+        why = _without_tokens(_first_line(e), token)
+        return None, f"{skipped}: a safetensors header of '{repo_id}' could not be parsed ({why})"
     except hf_errors.HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else None
         return None, f"{skipped}: the Hub answered HTTP {status} for the safetensors headers of '{repo_id}'"
@@ -386,7 +467,7 @@ def _hub_checkpoint(
 def _other_weights(repo_id: str, model: ModelConfig, token: str | None) -> str:
     """``' (only pytorch_model.bin)'`` when the repo lists other weight files; ``''`` when that cannot be told."""
     try:
-        files = HfApi().list_repo_files(repo_id, revision=model.revision, token=token)
+        files = _list_files(repo_id, model.revision, token)
     except (hf_errors.HTTPError, hf_errors.OfflineModeIsEnabled, OSError):
         return ""
     weights = sorted(f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")))
@@ -418,6 +499,14 @@ def _local_checkpoint(directory: Path, *, skipped: str) -> tuple[CheckpointSumma
     ]
     count = len(files)
     return summary_from_headers(f"{directory}, {count} file{'s' if count != 1 else ''}", headers), None
+
+
+def _without_tokens(text: str, token: str | None) -> str:
+    """Text from the Hub or its client, with the token cut out (``token``, or HF_TOKEN / the saved login)."""
+    for secret in {token, get_token()}:
+        if secret and len(secret) >= 8:
+            text = text.replace(secret, "<token>")
+    return text
 
 
 def _first_line(error: BaseException) -> str:

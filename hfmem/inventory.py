@@ -21,6 +21,7 @@ from hfmem.errors import (
     RemoteCodeRequiredError,
     UnsupportedArchitectureError,
 )
+from hfmem.limits import check_config
 from hfmem.memory.methods import matches_patterns
 from hfmem.types import (
     ActivationProfile,
@@ -383,9 +384,15 @@ def build_transformers_config(model: ModelConfig, *, trust_remote_code: bool = F
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    check_config(model.config, model.model_id)  # before any config class loops over a size
     raw = _decode_special_floats(dict(model.config))
     model_type = raw.get("model_type")
-    auto_map = raw.get("auto_map") if isinstance(raw.get("auto_map"), dict) else {}
+    auto_map = raw.get("auto_map") or {}
+    if not isinstance(auto_map, dict):
+        raise InvalidConfigError(
+            f"config.json of '{model.model_id}' has an 'auto_map' that is a {type(auto_map).__name__}, not an object "
+            'mapping auto classes to code ({"AutoConfig": "module.Class"}); fix or remove it'
+        )
     if trust_remote_code and auto_map and "AutoConfig" in auto_map:
         if model.directory is None:
             raise RemoteCodeRequiredError(model.model_id, "its code is not on disk")
@@ -448,6 +455,8 @@ def _instantiate(
 
     arch = model.architecture
     auto_map: dict[str, Any] = getattr(config, "auto_map", None) or {}
+    if not isinstance(auto_map, dict):  # a custom config class may set anything
+        auto_map = {}
     remote_auto = _remote_auto_class(auto_map, arch)
     if remote_auto is not None and (trust_remote_code or arch is None or not hasattr(transformers, arch)):
         if not trust_remote_code:
@@ -544,9 +553,10 @@ def _is_floating_dtype(dtype: object) -> bool:
 
 def _remote_auto_class(auto_map: dict[str, Any], arch: str | None) -> str | None:
     """The auto_map key whose class is ``arch`` (or the most specific model key), if any."""
-    model_keys = [k for k in auto_map if k.startswith("AutoModel")]
+    model_keys = [k for k in auto_map if isinstance(k, str) and k.startswith("AutoModel")]
     for key in model_keys:
-        ref = auto_map[key][0] if isinstance(auto_map[key], (list, tuple)) else auto_map[key]
+        value = auto_map[key]
+        ref = value[0] if isinstance(value, (list, tuple)) and value else value
         if arch and isinstance(ref, str) and ref.rsplit(".", 1)[-1] == arch:
             return key
     for key in _AUTO_CLASSES:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
+
+from hfmem.limits import MAX_PARAMS
 
 __all__ = ["GIB", "parse_count", "format_gib", "format_count_short"]
 
@@ -30,8 +32,12 @@ def parse_count(text: str) -> int:
     number, suffix = match.groups()
     try:
         value = Decimal(number.replace("_", "").replace(",", "")) * _SUFFIXES[suffix.upper()]
-    except InvalidOperation as e:
+    except ArithmeticError as e:  # decimal's InvalidOperation, and Overflow past its exponent range (1e9999999)
         raise ValueError(f"'{text}' is not a parameter count; write it like 7.5B, 125M or 7.5e9") from e
+    if value > MAX_PARAMS:  # before int(): 1e999999999 would be a billion-digit integer
+        raise ValueError(
+            f"'{text}' is more than the {MAX_PARAMS:,} parameters hfmem plans for; write it like 7.5B or 125M"
+        )
     if value != value.to_integral_value():
         raise ValueError(f"'{text}' is not a whole number of parameters")
     if value <= 0:

@@ -106,16 +106,18 @@ class FakeHub:
         else:
             folder = self.root / "remote" / repo_id
             content = self.remote[(repo_id, filename)]
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / filename).write_text(json.dumps(content), encoding="utf-8")
+        (folder / filename).parent.mkdir(parents=True, exist_ok=True)
+        text = content if isinstance(content, str) else json.dumps(content)  # a str is a file's text (code)
+        (folder / filename).write_text(text, encoding="utf-8")
         return str(folder / filename)
 
-    def list_repo_files(self, repo_id: str, *, revision: Any = None, token: Any = None, **kwargs: Any) -> list[str]:
+    def model_info(self, repo_id: str, *, revision: Any = None, token: Any = None, **kwargs: Any) -> Any:
+        # hub.py lists a repo's files from its model info (the one listing call that takes a timeout).
         self.list_calls.append({"repo_id": repo_id, "revision": revision, "token": token, **kwargs})
         listing = self.listing.get(repo_id, ["config.json", "pytorch_model.bin"])
         if isinstance(listing, Exception):
             raise listing
-        return listing
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=name) for name in listing])
 
 
 @pytest.fixture
@@ -291,7 +293,9 @@ def test_no_config_describes_layout(fake: FakeHub, files: list[str], fragments: 
     assert str(info.value).startswith("'org/odd' has no config.json: ")
     for fragment in fragments:
         assert fragment in str(info.value)
-    assert fake.list_calls == [{"repo_id": "org/odd", "revision": "v1", "token": TOKEN}]
+    assert fake.list_calls == [
+        {"repo_id": "org/odd", "revision": "v1", "token": TOKEN, "timeout": constants.HF_HUB_DOWNLOAD_TIMEOUT}
+    ]
     assert_cli_error(invoke("org/odd"), ExitCode.MODEL_UNAVAILABLE, "'org/odd' has no config.json", fragments[0])
 
 
@@ -445,23 +449,33 @@ def test_cli_token_never_printed(fake: FakeHub) -> None:
 # --- custom code (--trust-remote-code) --------------------------------------------------------------------------
 
 
-def test_remote_code_is_fetched_into_the_snapshot(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_remote_code_is_fetched_into_the_snapshot(fake: FakeHub) -> None:
     from tests.conftest import FIXTURES
 
-    calls: list[dict[str, Any]] = []
-
-    def fake_snapshot_download(repo_id: str, **kwargs: Any) -> str:
-        calls.append({"repo_id": repo_id, **kwargs})
-        return str(FIXTURES / "remote_code")
-
-    monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download)
-    config = json.loads((FIXTURES / "remote_code" / "config.json").read_text())
-    model = hub.ModelConfig("org/tiny", "hub", config, revision=SHA, directory=tmp_path)
+    code = FIXTURES / "remote_code"
+    config = json.loads((code / "config.json").read_text())
+    fake.listing["org/tiny"] = ["README.md", "config.json", "configuration_tiny.py", "modeling_tiny.py", "w.bin"]
+    fake.remote[("org/tiny", "config.json")] = config
+    for name in ("configuration_tiny.py", "modeling_tiny.py"):
+        fake.remote[("org/tiny", name)] = (code / name).read_text()
+    model = hub.ModelConfig("org/tiny", "hub", config, revision=SHA)
     fetched = hub.fetch_remote_code(model, token=TOKEN)
-    assert fetched.directory == FIXTURES / "remote_code"
-    assert calls == [
-        {"repo_id": "org/tiny", "revision": SHA, "token": TOKEN, "allow_patterns": ["*.py", "config.json"]}
+    assert fetched.directory is not None
+    assert sorted(p.name for p in fetched.directory.iterdir()) == [
+        "config.json",
+        "configuration_tiny.py",
+        "modeling_tiny.py",
     ]
+    assert [(c["filename"], c["revision"], c["token"]) for c in fake.download_calls] == [
+        ("configuration_tiny.py", SHA, TOKEN),
+        ("modeling_tiny.py", SHA, TOKEN),
+        ("config.json", SHA, TOKEN),
+    ]
+    # Every request has a bounded timeout, huggingface_hub's own (so HF_HUB_*_TIMEOUT apply).
+    assert fake.list_calls == [
+        {"repo_id": "org/tiny", "revision": SHA, "token": TOKEN, "timeout": constants.HF_HUB_DOWNLOAD_TIMEOUT}
+    ]
+    assert all(c["etag_timeout"] == constants.HF_HUB_ETAG_TIMEOUT for c in fake.download_calls)
     # Nothing to fetch for configs without auto_map or from the catalogue.
     plain = hub.ModelConfig("org/plain", "hub", TINY_LLAMA, revision=SHA)
     assert hub.fetch_remote_code(plain) is plain

@@ -67,9 +67,13 @@ class FakeHub(BaseHTTPRequestHandler):
 
     def _serve(self, with_body: bool) -> None:
         path = self.path.split("?")[0]
-        if path.startswith("/api/models/"):
+        if path.startswith("/api/models/"):  # /api/models/{repo}[/revision/{rev}] (info) or …/tree/{rev} (listing)
             repo = "/".join(path.split("/")[3:5])
-            body = json.dumps([{"type": "file", "path": p, "oid": "0" * 40, "size": 1} for p in TREES[repo]]).encode()
+            if "/tree/" in path:
+                doc: object = [{"type": "file", "path": p, "oid": "0" * 40, "size": 1} for p in TREES[repo]]
+            else:
+                doc = {"id": repo, "sha": SHA, "siblings": [{"rfilename": p} for p in TREES[repo]]}
+            body = json.dumps(doc).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
