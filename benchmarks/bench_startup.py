@@ -32,7 +32,7 @@ from pathlib import Path
 
 DEFAULT_MODELS = (
     "meta-llama/Llama-2-7b-hf",
-    "meta-llama/Llama-3.1-70B",
+    "meta-llama/Llama-3.1-70B-Instruct",
     "mistralai/Mixtral-8x7B-v0.1",
     "google/gemma-2-9b-it",
     "Qwen/Qwen2.5-7B",
