@@ -9,7 +9,7 @@ from typing import Any
 
 from hfmem.cache import ProfileCache, cache_key
 from hfmem.errors import InvalidSetupError
-from hfmem.limits import check_params, check_setup
+from hfmem.limits import check_config, check_params, check_setup
 from hfmem.memory.activations import activation_dtype, default_seq_len
 from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, default_context, plan_inference
 from hfmem.memory.methods import check_finetune
@@ -128,6 +128,12 @@ class Prepared:
         self._memos: dict[FinetuneSettings, ProfileCache] = {}
         self._checkpoints: dict[object, tuple[object | None, str | None]] = {}
         self._keyed_by = resolved  # the config as fetched: the cache key, whatever the fallback rewrites
+        if params is not None:
+            if params <= 0:
+                raise InvalidSetupError(f"--params must be positive, got {params}")
+            check_params(params)
+        if resolved.source != "params":
+            check_config(resolved.config, resolved.model_id)  # before hashing, caching or building it
         if not trust_remote_code and resolved.source != "params":
             self.resolved = self._native(resolved)
 
@@ -179,6 +185,7 @@ class Prepared:
     ) -> Report:
         """Plan ``setup`` (and ``inference``) for this model; see `estimate`."""
         resolved = self.resolved
+        check_setup(setup, inference)  # absurd sizes are refused before anything is built
         check_finetune(setup.finetune, has_model=resolved.source != "params")
         if not training and inference is None:
             raise InvalidSetupError("nothing to plan: ask for training, inference or both")

@@ -211,14 +211,14 @@ class MemorySize(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
-def _clear_cache(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    if not value or ctx.resilient_parsing:
-        return
+def _clear_cache(fmt: str) -> None:
     from hfmem.cache import clear_cache
 
     folder, removed = clear_cache()
-    click.echo(f"hfmem: removed {removed} cached model{'s' if removed != 1 else ''} from {folder}")
-    ctx.exit(0)
+    if fmt == "json":
+        click.echo(json.dumps({"cache_dir": str(folder), "removed": removed}, indent=2))
+    else:
+        click.echo(f"removed {removed} cached model{'s' if removed != 1 else ''} from {folder}")
 
 
 #: ``--fsdp`` → the ZeRO stage with the same sharding (torch ``ShardingStrategy`` docstring; REFERENCE §2.5):
@@ -556,9 +556,6 @@ def _list_catalogue(json_: bool) -> None:
 @click.option(
     "--clear-cache",
     is_flag=True,
-    expose_value=False,
-    is_eager=True,
-    callback=_clear_cache,
     help="Delete hfmem's cache and exit.",
 )
 @click.option(
@@ -587,6 +584,9 @@ def cli(**opts: Any) -> None:
     combination. To compare models under the same settings: hfmem compare MODEL MODEL ... [OPTIONS].
     """
     fmt = _output_format(opts)
+    if opts["clear_cache"]:
+        _clear_cache(fmt)
+        return
     if opts["list_catalogue"]:
         _list_catalogue(fmt == "json")
         return
@@ -869,7 +869,7 @@ def _compare(**opts: Any) -> None:
         raise click.UsageError("compare needs at least two models; for one, run hfmem MODEL")
     if len(set(models)) != len(models):
         raise click.UsageError("a model is named twice; give each once")
-    opts.update(model=None, params=None, list_catalogue=False, list_gpus=False)
+    opts.update(model=None, params=None, list_catalogue=False, list_gpus=False, clear_cache=False)
     combos = _combinations(opts)
     if len(combos) != 1:
         raise click.UsageError("compare takes one value per option; sweep one model at a time with lists")
@@ -891,7 +891,7 @@ def _compare(**opts: Any) -> None:
     _exit_on_verdict(opts, reports)
 
 
-_NOT_FOR_COMPARE = {"model", "params", "list_catalogue", "list_gpus"}
+_NOT_FOR_COMPARE = {"model", "params", "list_catalogue", "list_gpus", "clear_cache"}
 compare = HfmemCommand(
     "compare",
     callback=_compare,

@@ -172,7 +172,7 @@ def test_internal_errors_are_one_line_too(monkeypatch: pytest.MonkeyPatch) -> No
     def broken(*args: object, **kwargs: object) -> None:
         raise KeyError("first line\nsecond line")
 
-    monkeypatch.setattr("hfmem.cli.estimate", broken)
+    monkeypatch.setattr("hfmem.cli._report", broken)
     monkeypatch.delenv("PYTEST_CURRENT_TEST")  # as users see it: no re-raise
     code, out, err = run("--params", "7B")
     assert (code, out) == (ExitCode.INTERNAL, "")
