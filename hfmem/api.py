@@ -126,7 +126,7 @@ class Prepared:
         self.cache = cache
         self.params = params
         self._memos: dict[FinetuneSettings, ProfileCache] = {}
-        self._checkpoints: dict[object, tuple[object | None, str | None]] = {}
+        self._stored: tuple[object | None, str | None] | None = None  # the checkpoint's headers, fetched once
         self._keyed_by = resolved  # the config as fetched: the cache key, whatever the fallback rewrites
         if params is not None:
             if params <= 0:
@@ -253,9 +253,9 @@ class Prepared:
         from hfmem.memory.checkpoint import compare_checkpoint
 
         resolved = self.resolved
-        if "summary" not in self._checkpoints:
-            self._checkpoints["summary"] = fetch_checkpoint(resolved, token=token)
-        summary, note = self._checkpoints["summary"]
+        if self._stored is None:
+            self._stored = fetch_checkpoint(resolved, token=token)
+        summary, note = self._stored
         if summary is None:
             return None, note
         layers = resolved.config.get("num_hidden_layers")

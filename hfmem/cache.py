@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hfmem import types as hfmem_types
-from hfmem.types import ActivationProfile, FinetuneSettings, InferenceProfile, ModelConfig, ParameterInventory
+from hfmem.types import FinetuneSettings, ModelConfig
 
 __all__ = ["ProfileCache", "cache_dir", "clear_cache", "cache_key"]
 
@@ -187,7 +187,3 @@ def _decode(data: Any, hint: Any) -> Any:
     if hint is int and (not isinstance(data, int) or isinstance(data, bool)):
         raise TypeError("expected an integer")
     return data
-
-
-#: The types the cache stores (for readers of this module: nothing else is written).
-CACHED_TYPES = (ParameterInventory, ActivationProfile, InferenceProfile)

@@ -610,7 +610,7 @@ def cli(**opts: Any) -> None:
     from hfmem.report import render_sweep, sweep_to_dict
 
     rows = []
-    with _spinner(fmt, f"planning {len(combos):,} combinations"):
+    with _spinner(f"planning {len(combos):,} combinations"):
         for values, scalars in combos:
             rows.append((values, _report(prepared, scalars)))
     secrets = _secrets(click.get_current_context())
@@ -698,7 +698,7 @@ def _console() -> dict[str, Any]:
 
 
 @contextmanager
-def _spinner(fmt: str, message: str) -> Iterator[None]:
+def _spinner(message: str) -> Iterator[None]:
     """A spinner on stderr while fetching, building and tracing, only when stderr is a terminal."""
     if not sys.stderr.isatty() or os.environ.get("HFMEM_NO_SPINNER"):
         yield
@@ -716,7 +716,7 @@ def _prepare(model: str | None, params: int | None, opts: dict[str, Any]) -> Pre
         resolved = ModelConfig(model_id=f"{params:,} parameters", source="params", config={})
         return Prepared(resolved, cache=False, params=params)
     assert model is not None
-    with _spinner("table", f"fetching the config of {model}"):
+    with _spinner(f"fetching the config of {model}"):
         resolved = resolve(
             model, revision=opts["revision"], token=opts["token"], trust_remote_code=opts["trust_remote_code"]
         )
@@ -726,7 +726,7 @@ def _prepare(model: str | None, params: int | None, opts: dict[str, Any]) -> Pre
 def _report(prepared: Prepared, o: dict[str, Any]) -> Report:
     """Plan one combination of scalar options on ``prepared``."""
     setup, serve, training = _setups(o, is_params=prepared.params is not None)
-    with _spinner("table", f"building {prepared.resolved.model_id} on the meta device and tracing it"):
+    with _spinner(f"building {prepared.resolved.model_id} on the meta device and tracing it"):
         return prepared.report(
             setup,
             training=training,

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
 
 from hfmem.memory.activations import ActivationEstimate, estimate_activations, extrapolate_profile
+from hfmem.memory.memo import IdentityMemo
 from hfmem.memory.methods import qlora_dequant_transient_bytes
 from hfmem.memory.parallel import (
     PipelineStage,
@@ -283,10 +283,9 @@ def _min_gpus(ranks: list[_Rank], setup: TrainingSetup, stage: int) -> int | Non
     return bisect_boundary(fits, 1, most)[1] * replica
 
 
-#: `_min_gpus` answers by (inventory, profile, setup without its GPU count, stage): the answer does not depend on
-#: the GPU count planned, so a sweep over --gpus searches once. Inventory and profile are kept in the value and
-#: compared by identity, so a recycled id() never answers for another model.
-_MIN_GPUS: dict[tuple[Any, ...], tuple[Any, Any, int | None]] = {}
+#: `_min_gpus` by (inventory, profile; setup without its GPU count, stage): the answer does not depend on the GPU
+#: count planned, so a sweep over --gpus searches once.
+_MIN_GPUS: IdentityMemo[int | None] = IdentityMemo(4096)
 
 
 def _min_gpus_memo(
@@ -296,15 +295,8 @@ def _min_gpus_memo(
     setup: TrainingSetup,
     stage: int,
 ) -> int | None:
-    key = (id(inventory), id(profile), replace(setup, gpus_per_node=1, nodes=1), stage)
-    hit = _MIN_GPUS.get(key)
-    if hit is not None and hit[0] is inventory and hit[1] is profile:
-        return hit[2]
-    answer = _min_gpus(ranks, setup, stage)
-    if len(_MIN_GPUS) > 4096:
-        _MIN_GPUS.clear()
-    _MIN_GPUS[key] = (inventory, profile, answer)
-    return answer
+    key = (replace(setup, gpus_per_node=1, nodes=1), stage)
+    return _MIN_GPUS.get((inventory, profile), key, lambda: _min_gpus(ranks, setup, stage))
 
 
 def _max_batch(

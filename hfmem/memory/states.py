@@ -16,9 +16,9 @@ Conventions (the README explains them at length):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 from hfmem.errors import InvalidSetupError
+from hfmem.memory.memo import IdentityMemo
 from hfmem.memory.methods import ADAPTER_WEIGHT_BYTES, frozen_weight_bytes
 from hfmem.types import (
     Optimizer,
@@ -233,50 +233,38 @@ def _frozen_bytes(params: list[ParameterInfo], setup: TrainingSetup) -> int:
     return sum(frozen_weight_bytes(p, setup.finetune, spec.weight_bytes) for p in params)
 
 
-#: `_split_group` results by (inventory, group, precision, method): a sweep or a bisection plans the same model
-#: many times, and summing every tensor each time dominated its cost. The inventory is kept in the value and
-#: compared by identity, so a recycled id() can never return another model's sums.
-_SPLITS: dict[tuple[Any, ...], tuple[ParameterInventory, tuple[ParameterInventory, int, int, int]]] = {}
+_SPLITS: IdentityMemo[tuple[ParameterInventory, int, int, int]] = IdentityMemo(256)
+_STATE_BYTES: IdentityMemo[int] = IdentityMemo(1024)
 
 
 def _split_group(
     inventory: ParameterInventory, params: list[ParameterInfo], setup: TrainingSetup
 ) -> tuple[ParameterInventory, int, int, int]:
-    """The trained part of ``params`` as an inventory, its element count, and the frozen elements and bytes."""
+    """The trained part of ``params`` as an inventory, its element count, and the frozen elements and bytes.
+
+    Remembered per inventory, group (all, dense or experts), precision and method (`IdentityMemo`).
+    """
+
+    def compute() -> tuple[ParameterInventory, int, int, int]:
+        trained = [p for p in params if p.trainable]
+        frozen = [p for p in params if not p.trainable]
+        trainable = sum(p.numel for p in trained)
+        return (
+            replace(inventory, parameters=tuple(trained), trainable_params=trainable),
+            trainable,
+            sum(p.numel for p in frozen),
+            _frozen_bytes(frozen, setup),
+        )
+
     group = (len(params), params[0].name if params else None, params[-1].name if params else None)
-    key = (id(inventory), group, setup.precision, setup.finetune)
-    hit = _SPLITS.get(key)
-    if hit is not None and hit[0] is inventory:
-        return hit[1]
-    trained = [p for p in params if p.trainable]
-    frozen = [p for p in params if not p.trainable]
-    trainable = sum(p.numel for p in trained)
-    result = (
-        replace(inventory, parameters=tuple(trained), trainable_params=trainable),
-        trainable,
-        sum(p.numel for p in frozen),
-        _frozen_bytes(frozen, setup),
-    )
-    if len(_SPLITS) > 256:
-        _SPLITS.clear()
-    _SPLITS[key] = (inventory, result)
-    return result
-
-
-_STATE_BYTES: dict[tuple[int, str, int], tuple[ParameterInventory, int]] = {}
+    return _SPLITS.get((inventory,), (group, setup.precision, setup.finetune), compute)
 
 
 def _whole_model_state_bytes(inventory: ParameterInventory, optimizer: Optimizer, state_bytes: int) -> int:
-    """`model_optimizer_state_bytes`, remembered for the (cached) trained inventory of `_split_group`."""
-    key = (id(inventory), optimizer, state_bytes)
-    hit = _STATE_BYTES.get(key)
-    if hit is not None and hit[0] is inventory:
-        return hit[1]
-    value = model_optimizer_state_bytes(inventory, optimizer, state_bytes)
-    if len(_STATE_BYTES) > 1024:
-        _STATE_BYTES.clear()
-    _STATE_BYTES[key] = (inventory, value)
-    return value
+    """`model_optimizer_state_bytes`, remembered for the (remembered) trained inventory of `_split_group`."""
+    return _STATE_BYTES.get(
+        (inventory,), (optimizer, state_bytes), lambda: model_optimizer_state_bytes(inventory, optimizer, state_bytes)
+    )
 
 
 def _group_memory(
