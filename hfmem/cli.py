@@ -340,7 +340,7 @@ def _list_catalogue(json_: bool) -> None:
     cls=HfmemCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Exit codes: 0 ok, 1 internal error, 2 bad usage, 3 does not fit (--check), 4 model unavailable "
-    "(Hub, cache, catalogue), 5 config cannot be built or traced. Docs: README.md.",
+    "(Hub, cache, catalogue), 5 config cannot be built or traced, 130 interrupted. Docs: README.md.",
 )
 @click.argument("model", required=False)
 @click.option("--revision", help="Hub branch, tag or commit sha (default: main).")

@@ -80,9 +80,12 @@ def prepare_cli_environment() -> None:
     * ``HF_HUB_DISABLE_XET=1``: every file hfmem downloads is a small JSON or Python file, so the plain HTTP download
       serves it, through the client whose deadline and size limits hfmem enforces (`hfmem.hub`); the Xet client is
       native code that would bypass both.
+    * ``HF_HUB_VERBOSITY=error`` unless set: huggingface_hub's retry warnings ("Trying to resume download...") would
+      add lines to hfmem's one-line errors (``HF_DEBUG=1`` still logs every request).
     """
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     os.environ["HF_HUB_DISABLE_XET"] = "1"
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
 
 
 def _check_timeout(name: str, value: str) -> None:

@@ -628,8 +628,9 @@ def _resolve_hub_online(repo_id: str, *, revision: str | None, token: str | None
     except hf_errors.HTTPError as e:  # connection refused, DNS failure, timeout: no answer at all
         return _resolve_unreachable(repo_id, revision, token, why=f"the Hub is unreachable ({type(e).__name__})")
 
-    if metadata.size is not None and metadata.size > MAX_CONFIG_BYTES:  # the size the Hub reports, before a GET
-        raise ConfigTooLargeError(f"config.json of '{repo_id}'", metadata.size, MAX_CONFIG_BYTES)
+    reported_bytes = getattr(metadata, "size", None)  # HfFileMetadata.size: the size the Hub reports, before a GET
+    if isinstance(reported_bytes, int) and reported_bytes > MAX_CONFIG_BYTES:
+        raise ConfigTooLargeError(f"config.json of '{repo_id}'", reported_bytes, MAX_CONFIG_BYTES)
     try:
         # Download by the name the user gave (not the sha) so the cache records that ref for later offline runs.
         with _body_limit(MAX_CONFIG_BYTES, f"config.json of '{repo_id}'"):
