@@ -22,7 +22,7 @@ import click
 
 from hfmem import catalogue
 from hfmem.api import Prepared, hfmem_version, resolve
-from hfmem.environment import check_environment, prepare_cli_environment
+from hfmem.environment import check_environment, prepare_cli_environment, switched_on
 from hfmem.errors import ExitCode, HfmemError
 from hfmem.gpus import GPUS, find_gpu, parse_memory
 from hfmem.limits import DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS, NETWORK_BUDGET, NetworkBudget
@@ -96,8 +96,7 @@ def _secrets(ctx: click.Context) -> tuple[str, ...]:
 
 
 def _debug_wanted(ctx: click.Context) -> bool:
-    switch = os.environ.get("HFMEM_DEBUG", "").strip().lower()
-    return bool(ctx.params.get("debug")) or switch not in ("", "0", "off", "no", "false")
+    return bool(ctx.params.get("debug")) or switched_on(os.environ.get("HFMEM_DEBUG"))
 
 
 #: The last resort, when even an error's own message cannot be formatted: fixed text, nothing computed.

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from hfmem.errors import EnvironmentVariableError
 from hfmem.limits import MAX_TIMEOUT_SECONDS
 
-__all__ = ["check_environment", "prepare_cli_environment", "TIMEOUT_VARIABLES"]
+__all__ = ["check_environment", "prepare_cli_environment", "switched_on", "TIMEOUT_VARIABLES"]
 
 #: huggingface_hub's per-request timeouts (seconds, whole numbers: huggingface_hub/constants.py reads them with int()).
 #: At most `MAX_TIMEOUT_SECONDS` (a day): 99999999999 s overflows the C timeval a socket timeout becomes, and
@@ -70,6 +70,12 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     for name in ("HF_HOME", "HF_HUB_CACHE"):
         if name in env:
             _check_folder(name, env[name])
+
+
+def switched_on(value: str | None) -> bool:
+    """An on/off variable's value is on (``1``, ``on``, ``yes``, ``true``, any case). Anything else is off; a value
+    that is neither is refused by `check_environment`."""
+    return value is not None and value.strip().lower() in _ON
 
 
 def prepare_cli_environment() -> None:

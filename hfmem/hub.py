@@ -95,7 +95,7 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 #   * config.json's metadata (HEAD): get_hf_file_metadata(timeout=HF_HUB_ETAG_TIMEOUT);
 #   * config.json, adapter_config.json and custom code: hf_hub_download(etag_timeout=HF_HUB_ETAG_TIMEOUT), whose GET
 #     uses HF_HUB_DOWNLOAD_TIMEOUT (when its HEAD times out and nothing is cached, huggingface_hub retries it with
-#     60 s and backoff: bounded, but minutes);
+#     60 s and backoff: bounded, and cut short by the operation's deadline below);
 #   * a repo's file list: HfApi.model_info(timeout=HF_HUB_DOWNLOAD_TIMEOUT);
 #   * safetensors headers: get_safetensors_metadata(timeout=HF_HUB_DOWNLOAD_TIMEOUT) (its HEADs use the etag timeout).
 #
@@ -309,9 +309,13 @@ def resolve_model(model: str, *, revision: str | None = None, token: str | None 
     Returns:
         The resolved `ModelConfig`.
 
+    Each Hub operation has a deadline (the run's ``NETWORK_BUDGET``, 30 s by default): past it the HF cache and the
+    catalogue answer, as for an unreachable Hub. config.json and adapter_config.json over `MAX_CONFIG_BYTES` are
+    refused before they are read or downloaded.
+
     Raises:
         InvalidModelIdError, ModelNotFoundError, RevisionNotFoundError, GatedModelError, NoConfigError,
-        OfflineError, HubError, InvalidConfigError.
+        OfflineError, HubError, InvalidConfigError (ConfigTooLargeError, AdapterCycleError among them).
 
     Example:
         >>> resolve_model("meta-llama/Llama-2-7b-hf").config["hidden_size"]  # doctest: +SKIP

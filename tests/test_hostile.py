@@ -263,3 +263,55 @@ def test_the_deadline_is_reset_after_each_run(runner: CliRunner) -> None:
 def test_the_exit_codes_table_has_interrupted() -> None:
     # 128 + SIGINT (2): the shells' convention for a process ended by Ctrl-C.
     assert ExitCode.INTERRUPTED == 128 + signal.SIGINT == 130
+
+
+def _fuzz_hostile() -> object:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "fuzz_hostile.py"
+    spec = importlib.util.spec_from_file_location("fuzz_hostile", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_fixed_subset_of_the_hostile_fuzz_ends_in_one_line_errors(tmp_path: Path) -> None:
+    """benchmarks/fuzz_hostile.py's harness on three of its cases (the full run is in benchmarks/results)."""
+    fuzz = _fuzz_hostile()
+    every = {case.label: case for case in fuzz.cases(tmp_path, generated=0, seed=0)}  # type: ignore[attr-defined]
+    picked = ["HF_HUB_ETAG_TIMEOUT='abc'", "garbage-json --timeout 5", "two adapters based on each other"]
+    outcomes = []
+    for index, label in enumerate(picked):
+        home = tmp_path / f"home{index}"
+        home.mkdir()
+        outcomes.append(fuzz.run_case(every[label], home, 60))  # type: ignore[attr-defined]
+    assert [(o.kind, o.exit_code) for o in outcomes] == [("error", 2), ("error", 4), ("error", 5)], outcomes
+
+
+def test_the_deadline_bounds_an_operation_and_the_run_does_not_wait_again(hub_online: None, monkeypatch) -> None:
+    from hfmem import hub
+    from hfmem.errors import HubTimeoutError
+    from hfmem.limits import NETWORK_BUDGET, NetworkBudget
+
+    def slow_head(*args: object, **kwargs: object) -> None:
+        time.sleep(5)  # a Hub that takes longer than the deadline, however its reads are spaced
+
+    monkeypatch.setattr(hub, "get_hf_file_metadata", slow_head)
+    budget = NetworkBudget(seconds=0.5)
+    token = NETWORK_BUDGET.set(budget)
+    try:
+        started = time.perf_counter()
+        # In the bundled catalogue: after the deadline the catalogue answers, saying why.
+        resolved = hub.resolve_model("openai-community/gpt2")
+        assert time.perf_counter() - started < 3
+        assert resolved.source == "catalogue"
+        assert "the Hub did not finish answering within 0.5 s (--timeout)" in resolved.notes[0]
+        assert budget.gave_up == "fetching config.json of 'openai-community/gpt2'"
+        started = time.perf_counter()
+        with pytest.raises(HubTimeoutError):  # a later operation of the same run gives up at once
+            hub._online("another operation", lambda: time.sleep(5))
+        assert time.perf_counter() - started < 0.5
+    finally:
+        NETWORK_BUDGET.reset(token)
