@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from hfmem.errors import EnvironmentVariableError
 from hfmem.limits import MAX_TIMEOUT_SECONDS
 
-__all__ = ["check_environment", "prepare_cli_environment", "switched_on", "TIMEOUT_VARIABLES"]
+__all__ = ["check_environment", "prepare_cli_environment", "switched_on", "header_safe", "TIMEOUT_VARIABLES"]
 
 #: huggingface_hub's per-request timeouts (seconds, whole numbers: huggingface_hub/constants.py reads them with int()).
 #: At most `MAX_TIMEOUT_SECONDS` (a day): 99999999999 s overflows the C timeval a socket timeout becomes, and
@@ -58,7 +58,7 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
             )
     for name in _TOKENS:
         token = env.get(name)
-        if token and not (token.isascii() and token.isprintable()):
+        if token and not header_safe(token):
             raise EnvironmentVariableError(
                 name,
                 None,
@@ -70,6 +70,12 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     for name in ("HF_HOME", "HF_HUB_CACHE"):
         if name in env:
             _check_folder(name, env[name])
+
+
+def header_safe(token: str) -> bool:
+    """A token an HTTP header can carry: printable ASCII (httpx raises UnicodeEncodeError, quoting the character,
+    on anything else)."""
+    return token.isascii() and token.isprintable()
 
 
 def switched_on(value: str | None) -> bool:

@@ -25,6 +25,7 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import disable_progress_bars, validate_repo_id
 
 from hfmem import catalogue
+from hfmem.environment import header_safe
 from hfmem.errors import (
     AdapterCycleError,
     ConfigTooLargeError,
@@ -587,7 +588,7 @@ def check_token(token: str | None) -> None:
     where = "--token"
     if token is None:
         token, where = get_token(), "the token from HF_TOKEN or `hf auth login`"
-    if token and not (token.isascii() and token.isprintable()):
+    if token and not header_safe(token):
         raise InvalidSetupError(
             f"{where} holds non-ASCII or control characters, which no HTTP header can carry; copy the token again "
             "from https://huggingface.co/settings/tokens (it looks like hf_ followed by letters and digits)"
