@@ -259,10 +259,8 @@ def _on_response(response: Any) -> None:
 def _too_large(what: str, size_bytes: int | None, limit_bytes: int, *, config: bool) -> HubError | ConfigTooLargeError:
     if config:
         return ConfigTooLargeError(what, size_bytes, limit_bytes)
-    size = f"{size_bytes:,} bytes" if size_bytes is not None else "larger"
-    return HubError(
-        f"{what} is {size}, more than the {limit_bytes // 2**20} MiB hfmem reads from a server; check HF_ENDPOINT"
-    )
+    size = f"is {size_bytes:,} bytes, more" if size_bytes is not None else "is larger"
+    return HubError(f"{what} {size} than the {limit_bytes // 2**20} MiB hfmem reads from a server; check HF_ENDPOINT")
 
 
 @functools.cache

@@ -34,6 +34,7 @@ MODES = {
     "drip": "answers one byte a second (each read arrives in time, the answer never completes)",
     "silent": "accepts connections and never answers",
     "garbage-json": "no config.json (EntryNotFound); the file list /api/models is not JSON",
+    "huge-file-list": "no config.json; the file list /api/models is 1.5 GB without a length",
     "wrong-json-shape": "no config.json; the file list /api/models is a JSON list of numbers",
     "huge-config": "config.json's HEAD says 2 GB",
     "lying-config": "config.json's HEAD says 600 bytes; its GET sends 1.5 GB without a length",
@@ -68,12 +69,14 @@ class HostileHub(BaseHTTPRequestHandler):
             return self._send(429, {"Retry-After": "100000", "Content-Length": "0"})
         if mode == "error-500":
             return self._send(500, {"Content-Length": "0"})
+        if path.startswith("/api/models/") and mode == "huge-file-list":
+            return self._endless(200, {"Content-Type": "application/json"})
         if path.startswith("/api/models/"):
             body = b'{"id": "org/tiny", "siblings": [' if mode == "garbage-json" else b"[1, 2, 3]"
             return self._send(200, {"Content-Type": "application/json", "Content-Length": str(len(body))}, body)
         if not path.endswith("/config.json"):
             return self._send(404, {"X-Error-Code": "EntryNotFound", "Content-Length": "0"})
-        if mode in ("garbage-json", "wrong-json-shape"):
+        if mode in ("garbage-json", "wrong-json-shape", "huge-file-list"):
             return self._send(404, {"X-Error-Code": "EntryNotFound", "Content-Length": "0"})
         hub = {"X-Repo-Commit": SHA, "ETag": '"abc123"'}
         if mode == "huge-config":
@@ -83,16 +86,19 @@ class HostileHub(BaseHTTPRequestHandler):
         if mode == "lying-config":
             if not with_body:
                 return self._send(200, {**hub, "Content-Length": "600"})
-            self._send(200, {**hub, "Connection": "close"})  # HTTP/1.0: the body ends when the connection closes
-            chunk, sent = b" " * 2**20, 0
-            try:
-                while sent < HUGE_BYTES and not self.server.stopping.is_set():
-                    self.wfile.write(chunk)
-                    sent += len(chunk)
-            except OSError:  # the client hung up: what it should do
-                pass
-            return None
+            return self._endless(200, hub)
         raise AssertionError(f"unknown mode {mode}")
+
+    def _endless(self, status: int, headers: dict[str, str]) -> None:
+        """``HUGE_BYTES`` of spaces without a length (HTTP/1.0: the body ends when the connection closes)."""
+        self._send(status, {**headers, "Connection": "close"})
+        chunk, sent = b" " * 2**20, 0
+        try:
+            while sent < HUGE_BYTES and not self.server.stopping.is_set():
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        except OSError:  # the client hung up: what it should do
+            pass
 
     def _send(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
         self.send_response(status)

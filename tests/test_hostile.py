@@ -177,6 +177,15 @@ def test_a_file_list_that_is_not_the_hubs_json_is_a_hub_error(tmp_path: Path, mo
     assert done.stderr.count("\n") == 1 and "the file list of 'org/tiny'" in done.stderr
 
 
+def test_any_other_huge_answer_stops_at_64_mib(tmp_path: Path) -> None:
+    with serve("huge-file-list") as (url, seen):
+        done, _ = run_hfmem(["org/tiny", "--timeout", "20"], tmp_path, url, limit_s=90)
+    assert done is not None and done.returncode == 4, done
+    assert "GET /api/models/org/tiny" in seen
+    assert done.stderr.count("\n") == 1
+    assert "the answer to /api/models/org/tiny is larger than the 64 MiB hfmem reads from a server" in done.stderr
+
+
 def _adapter(folder: Path, base: str) -> None:
     folder.mkdir(exist_ok=True)
     (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "peft_type": "LORA"}))
@@ -315,3 +324,20 @@ def test_the_deadline_bounds_an_operation_and_the_run_does_not_wait_again(hub_on
         assert time.perf_counter() - started < 0.5
     finally:
         NETWORK_BUDGET.reset(token)
+
+
+def test_the_checkpoint_cross_check_is_skipped_at_the_deadline(hub_online: None, monkeypatch) -> None:
+    from hfmem import hub
+    from hfmem.limits import NETWORK_BUDGET, NetworkBudget
+    from hfmem.types import ModelConfig
+
+    monkeypatch.setattr(hub, "get_safetensors_metadata", lambda *a, **k: time.sleep(5))
+    token = NETWORK_BUDGET.set(NetworkBudget(seconds=0.5))
+    try:
+        started = time.perf_counter()
+        summary, note = hub.fetch_checkpoint(ModelConfig("org/tiny", "hub", {}, revision="main"))
+        assert time.perf_counter() - started < 3
+    finally:
+        NETWORK_BUDGET.reset(token)
+    assert summary is None
+    assert note == "checkpoint cross-check skipped: the Hub did not finish answering within 0.5 s (--timeout)"
