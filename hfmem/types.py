@@ -270,6 +270,20 @@ class GpuTarget:
     usable_bytes: int
 
 
+def gpu_target(gpu: GpuTarget | str | None) -> GpuTarget | None:
+    """``gpu`` as a `GpuTarget`: a name is looked up in the GPU catalogue (`hfmem.gpus.find_gpu`).
+
+    Raises:
+        InvalidSetupError: an unknown name (the message lists the known ones).
+    """
+    if not isinstance(gpu, str):
+        return gpu
+    from hfmem.gpus import find_gpu
+
+    spec = find_gpu(gpu)
+    return GpuTarget(spec.name, spec.usable_bytes)
+
+
 @dataclass(frozen=True)
 class FinetuneSettings:
     """What is trained: the whole model, LoRA / QLoRA adapters (built with peft), or chosen modules.
@@ -336,13 +350,16 @@ class ParallelSettings:
 class TrainingSetup:
     """What the user plans: precision, optimizer, sharding, offload, and the micro-batch that runs.
 
-    ``zero_stages`` lists the ZeRO stages to report (one row each). ``seq_len=None`` means the model's context
-    length capped at 4096. ``dropout=None`` keeps the config's dropout probabilities.
+    ``zero_stages`` lists the ZeRO stages to report (one row each); ``None``: every stage the setup allows
+    (`hfmem.rules.planned_stages`: FSDP's own stage, else 0-3 less those offload or DeepSpeed's accounting exclude).
+    ``seq_len=None`` means the model's context length capped at 4096. ``dropout=None`` keeps the config's dropout
+    probabilities. ``gpu`` may be given by name (``"h100-sxm"``, any `hfmem.gpus.find_gpu` alias): it is looked up
+    when the setup is made.
     """
 
     precision: Precision = "bf16-mixed"
     optimizer: Optimizer = "adamw"
-    zero_stages: tuple[int, ...] = (0, 1, 2, 3)
+    zero_stages: tuple[int, ...] | None = None
     gpus_per_node: int = 1
     nodes: int = 1
     offload: Offload = "none"
@@ -356,6 +373,9 @@ class TrainingSetup:
     gpu: GpuTarget | None = None
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpu", gpu_target(self.gpu))
 
     @property
     def method(self) -> Method:
@@ -575,6 +595,9 @@ class InferenceSetup:
     prefill_chunk: int | None = None
     overheads: OverheadSettings = field(default_factory=OverheadSettings)
     gpu: GpuTarget | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpu", gpu_target(self.gpu))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import fnmatch
 import re
 from collections.abc import Sequence
 
-from hfmem.errors import InvalidSetupError
 from hfmem.memory.quantization import bnb_4bit_bytes, is_quantized, scheme_for_dtype
 from hfmem.types import FinetuneSettings, ParameterInfo, ParameterInventory
 
@@ -26,7 +25,6 @@ __all__ = [
     "is_qlora_quantized",
     "frozen_weight_bytes",
     "qlora_dequant_transient_bytes",
-    "check_finetune",
     "describe_finetune",
 ]
 
@@ -89,31 +87,7 @@ def qlora_dequant_transient_bytes(inventory: ParameterInventory) -> int:
     return QLORA_COMPUTE_BYTES * max((p.numel for p in inventory.parameters if is_qlora_quantized(p)), default=0)
 
 
-def check_finetune(finetune: FinetuneSettings, *, has_model: bool) -> None:
-    """Refuse settings that cannot be planned, naming the fix.
 
-    Raises:
-        InvalidSetupError: adapters or frozen modules without a model to build, a bad rank, options of another method.
-    """
-    method = finetune.method
-    if method != "full" and not has_model:
-        raise InvalidSetupError(
-            f"--method {method} needs the model's modules (peft builds the adapters on them); "
-            "pass a model id or config instead of --params"
-        )
-    if finetune.lora_rank < 1:
-        raise InvalidSetupError(f"--lora-rank must be at least 1, got {finetune.lora_rank}")
-    lora_only = finetune.lora_targets is not None or finetune.modules_to_save or finetune.dora
-    if lora_only and not finetune.uses_peft:
-        raise InvalidSetupError(
-            "--lora-targets, --modules-to-save and --dora configure LoRA adapters; add --method lora or qlora"
-        )
-    if finetune.double_quant and method != "qlora":
-        raise InvalidSetupError("--double-quant quantizes QLoRA's 4-bit base; add --method qlora")
-    if finetune.train_modules and method != "freeze":
-        raise InvalidSetupError("--train-modules chooses what --method freeze trains; add --method freeze")
-    if method == "freeze" and not finetune.train_modules:
-        raise InvalidSetupError("--method freeze needs --train-modules PATTERN (e.g. lm_head, 'model.layers.3?.*')")
 
 
 def describe_finetune(finetune: FinetuneSettings) -> str:
