@@ -25,7 +25,6 @@ __all__ = [
     "is_qlora_quantized",
     "frozen_weight_bytes",
     "qlora_dequant_transient_bytes",
-    "describe_finetune",
 ]
 
 #: peft keeps adapters in fp32 on a 16-bit base: ``get_peft_model(..., autocast_adapter_dtype=True)`` (the default)
@@ -85,28 +84,3 @@ def frozen_weight_bytes(param: ParameterInfo, finetune: FinetuneSettings, weight
 def qlora_dequant_transient_bytes(inventory: ParameterInventory) -> int:
     """The 16-bit dequantized copy of the largest 4-bit weight, live during its matmul (forward and backward)."""
     return QLORA_COMPUTE_BYTES * max((p.numel for p in inventory.parameters if is_qlora_quantized(p)), default=0)
-
-
-
-
-
-def describe_finetune(finetune: FinetuneSettings) -> str:
-    """One line for the report: the method and its settings."""
-    if finetune.method == "full":
-        return "full fine-tuning: every parameter trained"
-    if finetune.method == "freeze":
-        return f"frozen base, trained: {', '.join(finetune.train_modules)}"
-    targets = (
-        "peft's default for the architecture" if finetune.lora_targets is None else ",".join(finetune.lora_targets)
-    )
-    text = f"{'DoRA' if finetune.dora else 'LoRA'} rank {finetune.lora_rank} on {targets}"
-    if finetune.modules_to_save:
-        text += f", modules_to_save {','.join(finetune.modules_to_save)}"
-    text += "; adapters fp32 (peft autocast_adapter_dtype)"
-    if finetune.method == "qlora":
-        text += "; base linears NF4 (bitsandbytes, blocks of 64"
-        text += ", double quant)" if finetune.double_quant else ")"
-        text += ", other frozen tensors 16-bit"
-    else:
-        text += "; frozen base in the working precision"
-    return text
