@@ -24,7 +24,7 @@ from hfmem import catalogue
 from hfmem.api import Prepared, hfmem_version, resolve
 from hfmem.environment import check_environment, prepare_cli_environment, switched_on
 from hfmem.errors import ExitCode, HfmemError
-from hfmem.gpus import GPUS, find_gpu, parse_memory
+from hfmem.gpus import GPUS, parse_memory
 from hfmem.limits import DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS, NETWORK_BUDGET, NetworkBudget
 from hfmem.memory.quantization import WEIGHTS_DTYPES
 from hfmem.types import (
@@ -285,10 +285,6 @@ def _clear_cache(fmt: str) -> None:
     else:
         click.echo(f"removed {removed} cached model{'s' if removed != 1 else ''} from {folder}")
 
-
-#: ``--fsdp`` → the ZeRO stage with the same sharding (torch ``ShardingStrategy`` docstring; REFERENCE §2.5):
-#: FULL_SHARD = ZeRO-3, SHARD_GRAD_OP = ZeRO-2, NO_SHARD = DDP (0), HYBRID_SHARD = ZeRO-3 inside a node.
-FSDP_ZERO_STAGE = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0, "hybrid_shard": 3}
 
 #: ``--tp``, defined once: tensor parallelism splits the weights (and, for training, the activations) Megatron-style.
 tp_option = click.option(
@@ -815,32 +811,20 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
     """Scalar options → the training setup, the inference setup (or None) and whether training is planned."""
     if o["gpu_name"] is not None and o["gpu_memory"] is not None:
         raise click.UsageError("give either --gpu or --gpu-memory, not both")
-    gpu = None
-    if o["gpu_name"] is not None:
-        spec = find_gpu(o["gpu_name"])
-        gpu = GpuTarget(spec.name, spec.usable_bytes)
-    elif o["gpu_memory"] is not None:
+    gpu: GpuTarget | str | None = o["gpu_name"]  # a name is looked up by the setup (`hfmem.types.gpu_target`)
+    if o["gpu_memory"] is not None:
         gpu = GpuTarget(f"a {o['gpu_memory'] / 2**30:,.2f} GiB GPU", o["gpu_memory"])
     if o["training_only"] and o["inference_only"]:
         raise click.UsageError("--training-only and --inference-only exclude each other; drop one")
     if o["check"] and gpu is None:
         raise click.UsageError("--check needs a GPU to check against: pass --gpu NAME or --gpu-memory SIZE")
-    zero_stages = o["zero_stages"]
-    if o["fsdp"] is not None:
-        if zero_stages:
-            raise click.UsageError("give either --fsdp or --zero, not both (--fsdp names its own sharding)")
-        zero_stages = (FSDP_ZERO_STAGE[o["fsdp"]],)
-    if not zero_stages:
-        zero_stages = {"none": (0, 1, 2, 3), "optimizer": (1, 2, 3), "optimizer+params": (3,)}[o["offload"]]
-        if o["accounting"] == "deepspeed":
-            zero_stages = tuple(s for s in zero_stages if s in (2, 3))
     overheads = OverheadSettings(fragmentation=o["fragmentation"])
     if o["cuda_context"] is not None:
         overheads = replace(overheads, cuda_context_bytes=o["cuda_context"])
     setup = TrainingSetup(
         precision=o["precision"],
         optimizer=o["optimizer"],
-        zero_stages=tuple(zero_stages),
+        zero_stages=tuple(o["zero_stages"]) or None,  # None: the stages the setup allows (`hfmem.rules`)
         gpus_per_node=o["gpus_per_node"],
         nodes=o["nodes"],
         offload=o["offload"],
