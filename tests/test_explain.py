@@ -238,10 +238,9 @@ def test_full_zero_0_to_3_on_8_gpus(llama_zero: Report) -> None:
             TrainingSetup(
                 gpus_per_node=8,
                 seq_len=256,
-                zero_stages=(3,),
                 grad_checkpointing="selective",
                 attn="eager",
-                parallel=ParallelSettings(fsdp="full_shard"),
+                parallel=ParallelSettings(fsdp="full_shard"),  # FSDP names its own stage (ZeRO-3), as --fsdp does
             ),
             id="fsdp-selective-eager",
         ),
