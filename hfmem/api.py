@@ -8,13 +8,13 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from hfmem.cache import ProfileCache, cache_key
-from hfmem.errors import InvalidSetupError
+from hfmem.errors import InvalidSetupError, UnsupportedArchitectureError
 from hfmem.limits import check_config, check_params, check_setup
 from hfmem.memory.activations import activation_dtype, default_seq_len
 from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, default_context, plan_inference
 from hfmem.memory.methods import check_finetune
 from hfmem.memory.parallel import check_parallel
-from hfmem.memory.peak import plan_training
+from hfmem.memory.peak import NO_MODEL_NOTE, plan_training
 from hfmem.types import (
     ActivationProfile,
     FinetuneSettings,
@@ -196,6 +196,13 @@ class Prepared:
         plan = self._plan(inventory, setup, find_max_batch=find_max_batch) if training else None
         notes: list[str] = []
         served = None
+        unserved = None
+        if inventory.image_inputs and resolved.source != "params":
+            notes.append(
+                f"image tokens and the vision tower's activations are not counted: hfmem runs "
+                f"{inventory.architecture or 'this model'} on token ids only (the vision tower's parameters are "
+                "counted); add them to --context and --seq-len"
+            )
         if inference is not None:
             if resolved.source == "params":
                 if not training:
@@ -205,8 +212,12 @@ class Prepared:
                     )
                 notes.append("inference skipped: --params gives no KV-cache layout (pass a model id)")
             else:
-                served = self._serve(self.inventory(base), base, inference)
-                if lora:
+                base_inventory = self.inventory(base)
+                try:
+                    served = self._serve(base_inventory, base, inference)
+                except UnsupportedArchitectureError as e:  # built and counted, but it cannot run with a cache
+                    unserved = str(e)
+                if lora and served is not None:
                     notes.append(
                         "inference plans the base model with the LoRA adapters merged (unmerged, they add theirs)"
                     )
@@ -223,6 +234,7 @@ class Prepared:
             notes=tuple(notes),
             inference=served,
             checkpoint=comparison,
+            inference_unmeasured=unserved,
         )
 
     def _serve(
@@ -233,7 +245,8 @@ class Prepared:
         if setup.batch_size < 1 or (setup.prefill_chunk is not None and setup.prefill_chunk < 1):
             raise InvalidSetupError("--batch-size and --prefill-chunk must be at least 1")
         scheme, _ = choose_scheme(resolved.config, setup, inventory)
-        context = setup.context if setup.context is not None else default_context(resolved.config)[0]
+        built = inventory.context_tokens
+        context = setup.context if setup.context is not None else default_context(resolved.config, built)[0]
         chunk = setup.prefill_chunk if setup.prefill_chunk is not None else min(context, DEFAULT_PREFILL_CHUNK)
         args = {"batch_size": setup.batch_size, "prefill_tokens": chunk, "dtype": compute_dtype(scheme, inventory)}
 
@@ -283,7 +296,7 @@ class Prepared:
         if setup.seq_len is not None:
             seq_len, why = setup.seq_len, "--seq-len"
         else:
-            seq_len, why = default_seq_len(resolved.config)
+            seq_len, why = default_seq_len(resolved.config, inventory.context_tokens)
         check_parallel(setup, inventory, resolved.config, seq_len=seq_len)
         # Context parallelism: each GPU runs its 1/cp of the sequence (Megatron splits it into 2·cp chunks for load
         # balance; the tokens per GPU are the same).
@@ -309,8 +322,33 @@ class Prepared:
 
             return memo.get_or_build("activations", args, build, ActivationProfile)
 
-        measured = profile(setup.batch_size)
+        try:
+            measured = profile(setup.batch_size)
+        except UnsupportedArchitectureError as e:  # built and counted, but it cannot be traced
+            return _states_only(inventory, setup, str(e), seq_len=seq_len, seq_len_source=why)
         pair = None
         if find_max_batch:
             pair = (profile(1), profile(2))
         return plan_training(inventory, setup, measured, batch_profiles=pair, seq_len=seq_len, seq_len_source=why)
+
+
+def _states_only(
+    inventory: ParameterInventory, setup: TrainingSetup, reason: str, *, seq_len: int, seq_len_source: str
+) -> TrainingEstimate:
+    """The plan of a model that was built (its inventory is exact) but could not be traced: model states and
+    overheads per stage, activations unknown (``unmeasured``). A stage fits only as far as is known: ``False`` when
+    the states alone exceed the GPU, else None; headroom, smallest GPU count and largest micro-batch are unknown.
+    """
+    plan = plan_training(inventory, setup, None, seq_len=seq_len, seq_len_source=seq_len_source)
+    stages = tuple(
+        replace(
+            stage,
+            fits=False if stage.fits is False else None,
+            headroom_bytes=None,
+            min_gpus=None,
+            max_batch_size=None,
+        )
+        for stage in plan.stages
+    )
+    notes = tuple(note for note in plan.notes if note != NO_MODEL_NOTE)
+    return replace(plan, stages=stages, notes=notes, unmeasured=reason)

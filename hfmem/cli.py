@@ -21,7 +21,7 @@ import click
 
 from hfmem import catalogue
 from hfmem.api import Prepared, hfmem_version, resolve
-from hfmem.errors import ExitCode, HfmemError
+from hfmem.errors import ExitCode, HfmemError, NotMeasuredError
 from hfmem.gpus import GPUS, find_gpu, parse_memory
 from hfmem.memory.quantization import WEIGHTS_DTYPES
 from hfmem.types import (
@@ -846,14 +846,24 @@ def _emit_report(report: Report, fmt: str, *, explain: bool = False) -> None:
 
 
 def _exit_on_verdict(opts: dict[str, Any], reports: list[Report]) -> None:
-    """--check: exit 3 when any reported plan does not fit."""
+    """--check: exit 3 when any reported plan does not fit; else 5 (`NotMeasuredError`) when a plan could not be
+    measured (its fit is unknown)."""
     verdicts: list[bool | None] = []
     for report in reports:
         if report.training is not None:
             verdicts += [stage.fits for stage in report.training.stages]
         if report.inference is not None:
             verdicts.append(report.inference.fits)
-    if opts["check"] and not all(verdicts):
+    if not opts["check"]:
+        return
+    if any(verdict is False for verdict in verdicts):
+        raise click.exceptions.Exit(int(ExitCode.DOES_NOT_FIT))
+    for report in reports:
+        if report.training is not None and report.training.unmeasured is not None:
+            raise NotMeasuredError(report.model.model_id, "activations", report.training.unmeasured)
+        if report.inference_unmeasured is not None:
+            raise NotMeasuredError(report.model.model_id, "serving memory", report.inference_unmeasured)
+    if not all(verdicts):
         raise click.exceptions.Exit(int(ExitCode.DOES_NOT_FIT))
 
 

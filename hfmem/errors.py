@@ -22,6 +22,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "RemoteCodeRequiredError",
     "InvalidSetupError",
+    "NotMeasuredError",
 ]
 
 
@@ -144,3 +145,18 @@ class InvalidSetupError(HfmemError, ValueError):
     """A combination of training options that cannot exist (e.g. CPU offload with ZeRO-0)."""
 
     exit_code = ExitCode.USAGE
+
+
+class NotMeasuredError(HfmemError):
+    """``--check`` asked for a verdict that needs a number hfmem could not measure (the model was built and counted,
+    but not traced); without ``--check`` the report says what is missing and exits 0."""
+
+    exit_code = ExitCode.CONFIG
+
+    def __init__(self, model_id: str, what: str, reason: str) -> None:
+        self.model_id = model_id
+        self.reason = reason
+        super().__init__(
+            f"--check cannot give a verdict for '{model_id}': its {what} could not be measured ({reason.rstrip('.')}); "
+            "drop --check to see the exact parameters and model states"
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import re
 import warnings
@@ -22,6 +23,7 @@ from hfmem.errors import (
     UnsupportedArchitectureError,
 )
 from hfmem.limits import check_config
+from hfmem.memory.activations import CONTEXT_KEYS
 from hfmem.memory.methods import matches_patterns
 from hfmem.types import (
     ActivationProfile,
@@ -659,7 +661,25 @@ def _inventory(model: nn.Module, config: PretrainedConfig, arch: str) -> Paramet
         moe_routing=_moe_routing(config),
         layer_names=layer_names,
         tied_embeddings=tied,
+        context_tokens=_context_tokens(config),
+        image_inputs="pixel_values" in inspect.signature(model.forward).parameters,
+        attention_modules=sum("Attention" in type(m).__name__ for m in model.modules()),
     )
+
+
+def _context_tokens(config: PretrainedConfig) -> int | None:
+    """The context length of the built config: its own keys, then its text config's (`CONTEXT_KEYS`, in order).
+
+    Read from the config object, so the config class's defaults count (``Gemma3TextConfig.max_position_embeddings``
+    is 131,072 in transformers models/gemma3/configuration_gemma3.py) and attribute maps apply (GPT-2's
+    ``n_positions``).
+    """
+    for source in (config, _text_config(config)):
+        for key in CONTEXT_KEYS:
+            value = getattr(source, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
 
 
 #: The name hfmem registers in transformers' AttentionInterface for its fused-kernel emulation.
@@ -710,9 +730,22 @@ def profile_activations(
     with _quiet_transformers():
         config = build_transformers_config(model, trust_remote_code=trust_remote_code)
         options = _TraceOptions(dropout, trust_remote_code, finetune, tensor_parallel)
-        fused = _trace(model, config, FUSED_ATTENTION, torch_dtype, batch_size, seq_len, options)
+        try:
+            fused = _trace(model, config, FUSED_ATTENTION, torch_dtype, batch_size, seq_len, options)
+        except UnsupportedArchitectureError as fused_error:
+            # Only a failure of the fused-kernel stand-in is fixed by the model's own attention: try that before
+            # saying so. It measures eager attention (score matrices included); `attention_calls == 0` makes the
+            # plan say so. When eager fails too, its error stands, with no advice to pass --attn eager.
+            try:
+                fused = _trace(model, config, "eager", torch_dtype, batch_size, seq_len, options)
+            except UnsupportedArchitectureError:
+                raise fused_error from None
         if attn == "eager":
-            chosen = _trace(model, config, "eager", torch_dtype, batch_size, seq_len, options)
+            chosen = (
+                fused
+                if fused.attn == "eager"
+                else _trace(model, config, "eager", torch_dtype, batch_size, seq_len, options)
+            )
         else:
             chosen = fused
     return ActivationProfile(
@@ -960,7 +993,7 @@ def _trace(
     except Exception as e:
         raise UnsupportedArchitectureError(
             f"could not trace the activations of '{model.model_id}' on the meta device "
-            f"({type(e).__name__}: {_first_line(e)}); {_forward_fix(e, torch_model, 'try --attn eager, or report it')}"
+            f"({type(e).__name__}: {_first_line(e)}); {_forward_fix(e, torch_model, 'report it')}"
         ) from e
     finally:
         for handle in handles:
@@ -995,13 +1028,13 @@ def _forward_fix(error: Exception, torch_model: nn.Module, otherwise: str) -> st
     import inspect
 
     text = str(error)
-    if "input_ids" not in inspect.signature(torch_model.forward).parameters or any(
-        name in text for name in _NON_TEXT_INPUTS
-    ):
-        count = sum(p.numel() for p in torch_model.parameters())
+    accepted = inspect.signature(torch_model.forward).parameters
+    # CLIP-style models need their images: without pixel_values their vision tower reads `None.shape`.
+    needs_images = "pixel_values" in accepted and "'NoneType' object" in text
+    if "input_ids" not in accepted or needs_images or any(name in text for name in _NON_TEXT_INPUTS):
         return (
             f"{type(torch_model).__name__} takes inputs other than token ids (images, audio, boxes, series) and hfmem "
-            f"runs models on token ids only; plan its model states alone with --params {count}"
+            "runs models on token ids only"
         )
     if "Expected inputs of BF16 type" in text:
         # torch.nn.functional.grouped_mm, transformers' default MoE experts kernel, is bfloat16-only.
@@ -1154,7 +1187,7 @@ def profile_inference(
         try:
             one = _cache_tensors(_forward_with_cache(torch_model, config, 1, 1)[1])
             two = _cache_tensors(_forward_with_cache(torch_model, config, 1, 2)[1])
-            layers = _kv_layers(one, two)
+            layers, states = _kv_layers(one, two)
             _TRACE_STATE["attention_calls"] = 0
             peak, logits_bytes = _prefill_peak(torch_model, config, batch_size, prefill_tokens)
         except UnsupportedArchitectureError:
@@ -1172,6 +1205,7 @@ def profile_inference(
         activation_peak_bytes=peak,
         logits_bytes=logits_bytes,
         attention_calls=_TRACE_STATE["attention_calls"] if fused else 0,
+        state_layers=states,
     )
 
 
@@ -1208,8 +1242,9 @@ def _cache_tensors(cache: Any) -> list[tuple[str, str, Any, int | None]]:
     """``(layer, kind, tensor, window)`` for every tensor a cache holds, layer by layer.
 
     Walks transformers' cache objects: ``DynamicCache.layers`` (``keys``/``values`` and any state tensors a
-    layer keeps, such as conv/recurrent states), ``EncoderDecoderCache`` (its self- and cross-attention caches) and,
-    for other cache classes, tensors in their attributes. 0-d bookkeeping tensors are skipped.
+    layer keeps, such as the conv/recurrent states ``LinearAttentionLayer`` holds in dicts),
+    ``EncoderDecoderCache`` (its self- and cross-attention caches) and, for other cache classes, tensors in their
+    attributes. 0-d bookkeeping tensors are skipped.
     """
     import torch
 
@@ -1217,7 +1252,12 @@ def _cache_tensors(cache: Any) -> list[tuple[str, str, Any, int | None]]:
 
     def tensors_of(obj: Any) -> Iterator[Any]:
         for value in vars(obj).values():
-            items = value if isinstance(value, (list, tuple)) else [value]
+            # Linear-attention / Mamba layers keep their states in dicts by state index (transformers
+            # cache_utils.py `LinearAttentionCacheLayerMixin.conv_states` / `.recurrent_states`).
+            if isinstance(value, dict):
+                items = list(value.values())
+            else:
+                items = value if isinstance(value, (list, tuple)) else [value]
             for item in items:
                 if isinstance(item, torch.Tensor) and item.dim() > 0:
                     yield item
@@ -1244,25 +1284,43 @@ def _cache_tensors(cache: Any) -> list[tuple[str, str, Any, int | None]]:
 
 def _kv_layers(
     one: list[tuple[str, str, Any, int | None]], two: list[tuple[str, str, Any, int | None]]
-) -> tuple[KvLayer, ...]:
-    """Per-layer elements per token and fixed elements, from the caches after 1 and 2 tokens."""
+) -> tuple[tuple[KvLayer, ...], tuple[tuple[str, int], ...]]:
+    """The KV layers (elements per token) and the recurrent states (bytes per sequence), from the caches after 1
+    and 2 tokens of one sequence.
+
+    A tensor's growth between the two is its elements per token; what it holds beyond that does not grow with the
+    tokens: a recurrent state (Mamba's conv state, ``[1, d_inner, conv_kernel]``, and SSM state,
+    ``[1, d_inner, state_size]``, in transformers' ``LinearAttentionLayer``), counted in bytes tensor by tensor
+    because a layer's states need not share a dtype (Mamba: a 16-bit conv state, an fp32 SSM state).
+    """
     if len(one) != len(two):
         raise UnsupportedArchitectureError("the KV cache changed structure between 1 and 2 tokens; report it")
     per_layer: dict[str, dict[str, Any]] = {}
     for (name, kind, t1, window), (_, _, t2, _) in zip(one, two, strict=True):
         entry = per_layer.setdefault(
-            name, {"kind": kind, "per_token": 0, "fixed": 0, "heads": 0, "bytes": t1.element_size(), "window": window}
+            name,
+            {"kind": kind, "per_token": 0, "fixed": 0, "state_bytes": 0, "heads": 0, "bytes": 0, "window": window},
         )
         growth = t2.numel() - t1.numel()
         entry["per_token"] += growth
-        entry["fixed"] += t1.numel() - growth
+        if growth or kind == "cross":
+            entry["bytes"] = entry["bytes"] or t1.element_size()
+        if kind == "cross":
+            entry["fixed"] += t1.numel() - growth
+        else:
+            entry["state_bytes"] += (t1.numel() - growth) * t1.element_size()
         if growth and t1.dim() == 4:  # [batch, heads, tokens, head_dim]: tensor parallelism splits heads
             entry["heads"] = max(entry["heads"], int(t1.shape[1]))
     layers = []
+    states = []
     for name, e in per_layer.items():
         kind = e["kind"]
+        if e["state_bytes"]:
+            states.append((name, e["state_bytes"]))
         if kind == "self":
-            kind = "state" if not e["per_token"] else ("sliding" if e["window"] else "full")
+            if not e["per_token"]:
+                continue  # a recurrent layer: its state is all it caches
+            kind = "sliding" if e["window"] else "full"
         layers.append(
             KvLayer(
                 name=name,
@@ -1271,10 +1329,10 @@ def _kv_layers(
                 fixed_elements=e["fixed"],
                 heads=e["heads"] or 1,
                 window_tokens=e["window"] if kind == "sliding" else None,
-                element_bytes=e["bytes"],
+                element_bytes=e["bytes"] or 2,
             )
         )
-    return tuple(layers)
+    return tuple(layers), tuple(states)
 
 
 def _prefill_peak(torch_model: nn.Module, config: PretrainedConfig, batch: int, tokens: int) -> tuple[int, int]:

@@ -148,6 +148,11 @@ class ParameterInventory:
     """Every parameter of a model, with the derived counts computed once.
 
     Build it with :meth:`from_parameters` (a real model) or :meth:`from_count` (``--params``).
+
+    ``context_tokens``: the context length of the config transformers built (a composite model's text config, with
+    the config class's defaults filled in), None when it has none. ``image_inputs``: the model's forward takes images
+    (``pixel_values``) next to token ids, which the traces do not feed it. ``attention_modules``: modules whose class
+    is an attention (its name contains ``Attention``); 0 for a recurrent model (Mamba), None when unknown.
     """
 
     total_params: int
@@ -164,6 +169,9 @@ class ParameterInventory:
     moe: MoeInfo | None = None
     layer_names: tuple[str, ...] = ()
     tied_embeddings: bool = False
+    context_tokens: int | None = None
+    image_inputs: bool = False
+    attention_modules: int | None = None
 
     @property
     def non_embedding_params(self) -> int:
@@ -187,6 +195,9 @@ class ParameterInventory:
         moe_routing: tuple[int, int] | None = None,
         layer_names: Sequence[str] = (),
         tied_embeddings: bool = False,
+        context_tokens: int | None = None,
+        image_inputs: bool = False,
+        attention_modules: int | None = None,
     ) -> ParameterInventory:
         """Derive every count from the parameter list.
 
@@ -220,6 +231,9 @@ class ParameterInventory:
             moe=moe,
             layer_names=tuple(layer_names),
             tied_embeddings=tied_embeddings,
+            context_tokens=context_tokens,
+            image_inputs=image_inputs,
+            attention_modules=attention_modules,
         )
 
     @classmethod
@@ -501,6 +515,10 @@ class TrainingEstimate:
 
     ``profile`` is the measured activation profile of the whole model at the planned micro-batch (None for a
     ``--params`` plan): what `hfmem.explain` shows per layer.
+
+    ``unmeasured``: why the model could not be traced (None when it was). The rows then hold the model states and
+    overheads only: activations and logits are unknown, so each peak is a lower bound and ``fits`` is False (the
+    states alone do not fit) or None (unknown).
     """
 
     setup: TrainingSetup
@@ -510,6 +528,7 @@ class TrainingEstimate:
     seq_len: int | None = None
     seq_len_source: str | None = None
     profile: ActivationProfile | None = None
+    unmeasured: str | None = None
 
 
 @dataclass(frozen=True)
@@ -545,6 +564,9 @@ class InferenceProfile:
         activation_peak_bytes: peak of the tensors live during the chunk's forward, parameters and cache excluded.
         logits_bytes: the next-token logits generate() keeps (fp32).
         attention_calls: 0 when the model computes attention itself (no fused-kernel stand-in).
+        state_layers: ``(cache layer, bytes per sequence)`` of every layer that keeps a fixed-size recurrent state
+            (Mamba's convolution and SSM states, linear attention's), each tensor at the dtype the model caches it
+            in. It does not grow with the tokens, so it is not part of ``layers``.
     """
 
     layers: tuple[KvLayer, ...]
@@ -554,6 +576,7 @@ class InferenceProfile:
     activation_peak_bytes: int
     logits_bytes: int
     attention_calls: int = 0
+    state_layers: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -579,8 +602,10 @@ class InferenceSetup:
 
 @dataclass(frozen=True)
 class InferenceEstimate:
-    """Per-GPU serving memory: weights + KV cache + a prefill chunk's activations + overheads.
+    """Per-GPU serving memory: weights + KV cache + recurrent state + a prefill chunk's activations + overheads.
 
+    ``recurrent_state_bytes``: the fixed-size states of recurrent layers (Mamba, linear attention) for every
+    sequence of the batch, independent of the context (0 for a pure-attention model).
     ``weights`` is the whole model's `hfmem.memory.quantization.WeightsBreakdown`; the ``*_bytes`` fields are per GPU.
     ``profile`` is the measured `InferenceProfile` the plan was computed from.
     """
@@ -606,16 +631,27 @@ class InferenceEstimate:
     max_batch_size: int | None = None
     notes: tuple[str, ...] = ()
     profile: InferenceProfile | None = None
+    recurrent_state_bytes: int = 0
     total_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        total = self.weights_bytes + self.kv_cache_bytes + self.activations_bytes + self.overhead_bytes
+        total = (
+            self.weights_bytes
+            + self.kv_cache_bytes
+            + self.recurrent_state_bytes
+            + self.activations_bytes
+            + self.overhead_bytes
+        )
         object.__setattr__(self, "total_bytes", total)
 
 
 @dataclass(frozen=True)
 class Report:
-    """Everything `hfmem.estimate` found: the model, its inventory and the training memory."""
+    """Everything `hfmem.estimate` found: the model, its inventory and the training memory.
+
+    ``inference_unmeasured``: why serving was asked for but could not be planned (the model could not run with a
+    cache on the meta device); ``inference`` is None then.
+    """
 
     model: ModelConfig
     inventory: ParameterInventory
@@ -624,3 +660,4 @@ class Report:
     notes: tuple[str, ...] = ()
     inference: InferenceEstimate | None = None
     checkpoint: Any = None
+    inference_unmeasured: str | None = None
