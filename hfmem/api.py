@@ -197,12 +197,6 @@ class Prepared:
         notes: list[str] = []
         served = None
         unserved = None
-        if inventory.image_inputs and resolved.source != "params":
-            notes.append(
-                f"image tokens and the vision tower's activations are not counted: hfmem runs "
-                f"{inventory.architecture or 'this model'} on token ids only (the vision tower's parameters are "
-                "counted); add them to --context and --seq-len"
-            )
         if inference is not None:
             if resolved.source == "params":
                 if not training:
@@ -248,7 +242,13 @@ class Prepared:
         built = inventory.context_tokens
         context = setup.context if setup.context is not None else default_context(resolved.config, built)[0]
         chunk = setup.prefill_chunk if setup.prefill_chunk is not None else min(context, DEFAULT_PREFILL_CHUNK)
-        args = {"batch_size": setup.batch_size, "prefill_tokens": chunk, "dtype": compute_dtype(scheme, inventory)}
+        args: dict[str, Any] = {
+            "batch_size": setup.batch_size,
+            "prefill_tokens": chunk,
+            "dtype": compute_dtype(scheme, inventory),
+        }
+        if inventory.image_inputs:
+            args["images_per_sample"] = setup.images_per_sample
 
         def build() -> InferenceProfile:
             from hfmem.inventory import profile_inference
@@ -256,7 +256,9 @@ class Prepared:
             return profile_inference(resolved, trust_remote_code=self.trust_remote_code, **args)
 
         profile = self.memo(finetune).get_or_build("inference", args, build, InferenceProfile)
-        return plan_inference(resolved.config, inventory, profile, setup)
+        served = plan_inference(resolved.config, inventory, profile, setup)
+        note = image_note(inventory, profile, setup.images_per_sample, "prefill chunk")
+        return replace(served, notes=(*served.notes, note)) if note else served
 
     def _checkpoint(
         self, inventory: ParameterInventory, served: InferenceEstimate | None, *, token: str | None
@@ -312,6 +314,8 @@ class Prepared:
                 "dropout": setup.dropout,
                 "tensor_parallel": setup.parallel.tp > 1,
             }
+            if inventory.image_inputs:
+                args["images_per_sample"] = setup.images_per_sample
 
             def build() -> ActivationProfile:
                 from hfmem.inventory import profile_activations
@@ -329,7 +333,9 @@ class Prepared:
         pair = None
         if find_max_batch:
             pair = (profile(1), profile(2))
-        return plan_training(inventory, setup, measured, batch_profiles=pair, seq_len=seq_len, seq_len_source=why)
+        plan = plan_training(inventory, setup, measured, batch_profiles=pair, seq_len=seq_len, seq_len_source=why)
+        note = image_note(inventory, measured, setup.images_per_sample, "sample")
+        return replace(plan, notes=(*plan.notes, note)) if note else plan
 
 
 def _states_only(
@@ -352,3 +358,23 @@ def _states_only(
     )
     notes = tuple(note for note in plan.notes if note != NO_MODEL_NOTE)
     return replace(plan, stages=stages, notes=notes, unmeasured=reason)
+
+
+def image_note(
+    inventory: ParameterInventory, profile: ActivationProfile | InferenceProfile, asked: int, where: str
+) -> str | None:
+    """What a model that takes images was traced with: its images, or why its image tokens and vision tower's
+    activations are not counted. None for a text-only model."""
+    if not inventory.image_inputs:
+        return None
+    if profile.images_per_sample:
+        fills = f"; each fills {profile.image_tokens:,} of the tokens" if profile.image_tokens else ""
+        return (
+            f"{profile.images_per_sample} default image(s) per {where} traced through the vision tower (the vision "
+            f"config's image_size){fills} (--images-per-sample to change)"
+        )
+    why = "--images-per-sample 0" if asked <= 0 else (profile.images_not_traced or "it was traced on token ids only")
+    return (
+        f"image tokens and the vision tower's activations are not counted ({why}); the {where} is token ids only, "
+        "the vision tower's parameters are counted"
+    )

@@ -532,6 +532,14 @@ def _list_catalogue(json_: bool) -> None:
     "prefills the whole prompt).",
 )
 @click.option(
+    "--images-per-sample",
+    type=click.IntRange(min=0, max=64),
+    default=1,
+    show_default=True,
+    help="Models that take images (Llava, Gemma-3): default-size images per training sample and per prefill chunk, "
+    "traced through the vision tower; their tokens count in --seq-len / --context. 0: token ids only.",
+)
+@click.option(
     "--checkpoint/--no-checkpoint",
     default=True,
     show_default=True,
@@ -799,6 +807,7 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
             virtual_stages=o["virtual_stages"],
             fsdp=o["fsdp"],
         ),
+        images_per_sample=o["images_per_sample"],
     )
     serve = None
     if not o["training_only"] and not (is_params and not o["inference_only"]):
@@ -811,6 +820,7 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
             batch_size=o["batch_size"],
             tp=o["tp"],
             prefill_chunk=o["prefill_chunk"],
+            images_per_sample=o["images_per_sample"],
             overheads=overheads,
             gpu=gpu,
         )

@@ -351,7 +351,9 @@ class TrainingSetup:
     """What the user plans: precision, optimizer, sharding, offload, and the micro-batch that runs.
 
     ``zero_stages`` lists the ZeRO stages to report (one row each). ``seq_len=None`` means the model's context
-    length capped at 4096. ``dropout=None`` keeps the config's dropout probabilities.
+    length capped at 4096. ``dropout=None`` keeps the config's dropout probabilities. ``images_per_sample``: images
+    in each sample for a model that takes images (`ParameterInventory.image_inputs`): the trace feeds the vision
+    tower that many default images, whose tokens are part of ``seq_len``; ignored for text-only models.
     """
 
     precision: Precision = "bf16-mixed"
@@ -370,6 +372,7 @@ class TrainingSetup:
     gpu: GpuTarget | None = None
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
+    images_per_sample: int = 1
 
     @property
     def method(self) -> Method:
@@ -442,6 +445,9 @@ class ActivationProfile:
         attention_calls: how many times the emulated attention ran (0 = the model computes attention itself).
         other_after_bytes: the part of ``other_bytes`` saved after the layers (final norm, LM head input): it
             lives on the last pipeline stage, the rest on the first.
+        images_per_sample: images each sample fed the vision tower in the trace (0: token ids only).
+        image_tokens: the sequence positions one image fills (its features replace those tokens' embeddings).
+        images_not_traced: why a model that takes images was traced on token ids only (None: it was not).
     """
 
     batch_size: int
@@ -456,6 +462,9 @@ class ActivationProfile:
     logits_bytes: int
     attention_calls: int = 0
     other_after_bytes: int = 0
+    images_per_sample: int = 0
+    image_tokens: int = 0
+    images_not_traced: str | None = None
 
 
 @dataclass(frozen=True)
@@ -567,6 +576,8 @@ class InferenceProfile:
         state_layers: ``(cache layer, bytes per sequence)`` of every layer that keeps a fixed-size recurrent state
             (Mamba's convolution and SSM states, linear attention's), each tensor at the dtype the model caches it
             in. It does not grow with the tokens, so it is not part of ``layers``.
+        images_per_sample / image_tokens: images each sequence of the prefill chunk fed the vision tower (0: token
+            ids only) and the positions one image fills; ``images_not_traced``: why not, when it takes images.
     """
 
     layers: tuple[KvLayer, ...]
@@ -577,6 +588,9 @@ class InferenceProfile:
     logits_bytes: int
     attention_calls: int = 0
     state_layers: tuple[tuple[str, int], ...] = ()
+    images_per_sample: int = 0
+    image_tokens: int = 0
+    images_not_traced: str | None = None
 
 
 @dataclass(frozen=True)
@@ -585,7 +599,8 @@ class InferenceSetup:
 
     ``weights_dtype=None`` uses the checkpoint: its ``quantization_config`` if it has one, else its dtype.
     ``kv_dtype=None`` caches in the compute dtype. ``context=None`` means the model's context length.
-    ``prefill_chunk=None`` means min(context, 2048) tokens per sequence.
+    ``prefill_chunk=None`` means min(context, 2048) tokens per sequence. ``images_per_sample``: images in each
+    sequence's prefill chunk, for a model that takes images (the vision tower runs in the prefill).
     """
 
     weights_dtype: str | None = None
@@ -598,6 +613,7 @@ class InferenceSetup:
     prefill_chunk: int | None = None
     overheads: OverheadSettings = field(default_factory=OverheadSettings)
     gpu: GpuTarget | None = None
+    images_per_sample: int = 1
 
 
 @dataclass(frozen=True)
