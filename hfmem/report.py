@@ -803,8 +803,15 @@ def _sweep_title(rows: list[SweepRow]) -> str:
 def render_sweep(rows: list[SweepRow], *, color: bool = False, width: int = 100, markdown: bool = False) -> str:
     """One table, a row per combination of the swept options: training peak per ZeRO stage and serving total."""
     headers, table, fits = _sweep_rows(rows)
+    missing = _sweep_missing(rows)
     if markdown:
-        return f"**{_sweep_title(rows)}**\n\n" + markdown_table(headers, table) + "\n"
+        return (
+            f"**{_sweep_title(rows)}**\n\n"
+            + markdown_table(headers, table)
+            + "\n"
+            + "".join(f"\n- Note: {line}" for line in missing)
+            + ("\n" if missing else "")
+        )
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
     console.print(Text(_sweep_title(rows), style="bold"))
@@ -816,7 +823,20 @@ def render_sweep(rows: list[SweepRow], *, color: bool = False, width: int = 100,
         for row, marks in zip(table, fits, strict=True)
     ]
     console.print(_rich_table(headers, styled))
+    if missing:
+        console.print(Text("\n".join(f"Note: {line}" for line in missing), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()).rstrip("\n") + "\n"
+
+
+def _sweep_missing(rows: list[SweepRow]) -> list[str]:
+    """Why a sweep's peaks are lower bounds (``≥``) or its serving totals are missing, each reason once."""
+    lines: dict[str, None] = {}
+    for _, report in rows:
+        if report.training is not None and report.training.unmeasured is not None:
+            lines[f"≥: activations and logits not measured ({report.training.unmeasured.rstrip('.')})."] = None
+        if report.inference_unmeasured is not None:
+            lines[f"serving {NOT_MEASURED}: {report.inference_unmeasured.rstrip('.')}."] = None
+    return list(lines)
 
 
 def sweep_to_dict(rows: list[SweepRow]) -> dict[str, Any]:

@@ -418,3 +418,11 @@ def test_images_that_do_not_fit_are_left_out_with_a_note(tmp_path: Path) -> None
         "not counted (2 image(s) of 4 tokens each do not fit a sequence of 6 tokens)" in note
         for note in report.training.notes
     )
+
+
+def test_sweep_of_an_untraceable_model_says_why(tmp_path: Path, runner: CliRunner) -> None:
+    folder = write_config(tmp_path / "dbrx", TINY_UNTRACEABLE["dbrx"])
+    result = runner.invoke(cli, [folder, "--batch-size", "1,2", "--zero", "0"], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert "≥ " in result.stdout and "Note: ≥: activations and logits not measured (" in result.stdout
+    assert "Note: serving not measured: could not run" in result.stdout
