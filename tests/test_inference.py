@@ -478,3 +478,32 @@ def test_context_length_comes_from_the_built_config(tmp_path: Path) -> None:
         4096,
         "the model's context 131,072 capped at 4096",
     )
+
+
+def test_jamba_v0_1_holds_28_mamba_states(tmp_path: Path) -> None:
+    """transformers' default JambaConfig is Jamba-v0.1's shape (models/jamba/configuration_jamba.py): 32 layers, an
+    attention layer every 8 from layer 4, so 28 Mamba layers of d_inner = 2 × 4,096, conv kernel 4, SSM state 16."""
+    from transformers import JambaConfig
+
+    config = json.loads(JambaConfig(use_mamba_kernels=False).to_json_string(use_diff=False))
+    config["architectures"], config["torch_dtype"] = ["JambaForCausalLM"], "bfloat16"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    layers, per_sequence = recurrent_state_by_hand(config)
+    assert (layers, per_sequence) == (28, 28 * (8192 * 4 * 2 + 8192 * 16 * 4)) == (28, 16_515_072)
+    inference = estimate(
+        str(tmp_path), training=False, inference=InferenceSetup(context=16, prefill_chunk=8, batch_size=2)
+    ).inference
+    assert inference is not None and inference.profile is not None
+    assert len(inference.profile.state_layers) == 28
+    assert inference.recurrent_state_bytes == 2 * 16_515_072
+    # 4 attention layers × K and V × 8 KV heads × 128 head dim × bf16 per token.
+    assert inference.kv_cache_bytes_per_token == 4 * 2 * 8 * 128 * BF16
+
+
+def test_training_a_model_without_attention_has_no_attention_note(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(TINY_RECURRENT["mamba"]))
+    report = estimate(str(tmp_path), setup=TrainingSetup(zero_stages=(0,), seq_len=16))
+    assert report.inventory.attention_modules == 0
+    assert report.training is not None and not any("attention" in note for note in report.training.notes)
+    (tmp_path / "config.json").write_text(json.dumps(TINY_RECURRENT["jamba"]))
+    assert estimate(str(tmp_path), setup=TrainingSetup(zero_stages=(0,), seq_len=16)).inventory.attention_modules
