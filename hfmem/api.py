@@ -9,12 +9,11 @@ from typing import Any
 
 from hfmem.cache import ProfileCache, cache_key
 from hfmem.errors import InvalidSetupError, UnsupportedArchitectureError
-from hfmem.limits import check_config, check_params, check_setup
+from hfmem.limits import check_config, check_params
 from hfmem.memory.activations import activation_dtype, default_seq_len
 from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, default_context, plan_inference
-from hfmem.memory.methods import check_finetune
-from hfmem.memory.parallel import check_parallel
 from hfmem.memory.peak import NO_MODEL_NOTE, plan_training
+from hfmem.rules import check_parallel, check_setup
 from hfmem.types import (
     ActivationProfile,
     FinetuneSettings,
@@ -83,7 +82,8 @@ def estimate(
         6738415616
     """
     setup = setup or TrainingSetup()
-    check_setup(setup, inference)
+    # Refused before anything is fetched; `Prepared.report` checks again for callers that come through it.
+    check_setup(setup, inference, has_model=model is not None, training=training, find_max_batch=find_max_batch)
     if (model is None) == (params is None):
         raise InvalidSetupError("give either a model or a parameter count (--params), not both or neither")
     if params is not None:
@@ -185,10 +185,9 @@ class Prepared:
     ) -> Report:
         """Plan ``setup`` (and ``inference``) for this model; see `estimate`."""
         resolved = self.resolved
-        check_setup(setup, inference)  # absurd sizes are refused before anything is built
-        check_finetune(setup.finetune, has_model=resolved.source != "params")
-        if not training and inference is None:
-            raise InvalidSetupError("nothing to plan: ask for training, inference or both")
+        check_setup(  # the setup rules (`hfmem.rules`), before anything is built
+            setup, inference, has_model=resolved.source != "params", training=training, find_max_batch=find_max_batch
+        )
         inventory = self.inventory(setup.finetune)
         # Serving and the checkpoint concern the base model; peft renames its modules and adds adapters.
         lora = setup.finetune.method in ("lora", "qlora")
@@ -236,8 +235,6 @@ class Prepared:
     ) -> InferenceEstimate:
         """Measure the cache layout and a prefill chunk on the meta device, then plan the serving memory."""
         resolved = self.resolved
-        if setup.batch_size < 1 or (setup.prefill_chunk is not None and setup.prefill_chunk < 1):
-            raise InvalidSetupError("--batch-size and --prefill-chunk must be at least 1")
         scheme, _ = choose_scheme(resolved.config, setup, inventory)
         built = inventory.context_tokens
         context = setup.context if setup.context is not None else default_context(resolved.config, built)[0]
@@ -286,12 +283,6 @@ class Prepared:
     def _plan(self, inventory: ParameterInventory, setup: TrainingSetup, *, find_max_batch: bool) -> TrainingEstimate:
         """Measure the activations (a model only) and plan the peak of every stage."""
         resolved = self.resolved
-        if setup.batch_size < 1 or (setup.seq_len is not None and setup.seq_len < 1):
-            raise InvalidSetupError("--batch-size and --seq-len must be at least 1")
-        if setup.dropout is not None and not 0.0 <= setup.dropout < 1.0:
-            raise InvalidSetupError(f"--dropout must be in [0, 1), got {setup.dropout}")
-        if find_max_batch and setup.gpu is None:
-            raise InvalidSetupError("--max-batch needs a GPU to fill: pass --gpu NAME or --gpu-memory SIZE")
         if resolved.source == "params":
             check_parallel(setup, inventory)
             return plan_training(inventory, setup, None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -21,8 +22,10 @@ import click
 
 from hfmem import catalogue
 from hfmem.api import Prepared, hfmem_version, resolve
+from hfmem.environment import check_environment, prepare_cli_environment, switched_on
 from hfmem.errors import ExitCode, HfmemError, NotMeasuredError
-from hfmem.gpus import GPUS, find_gpu, parse_memory
+from hfmem.gpus import GPUS, parse_memory
+from hfmem.limits import DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS, NETWORK_BUDGET, NetworkBudget
 from hfmem.memory.quantization import WEIGHTS_DTYPES
 from hfmem.types import (
     ACCOUNTINGS,
@@ -76,24 +79,66 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
 
 
 def _secrets(ctx: click.Context) -> tuple[str, ...]:
-    """The Hub tokens this run may send: --token, HF_TOKEN, and the saved login once huggingface_hub is loaded.
+    """The Hub tokens this run may send: --token, HF_TOKEN, and the saved login once huggingface_hub has read it.
 
     Error text from other libraries (a server's message, an exception from the HTTP client) passes through hfmem
-    only after these are cut out, tracebacks under --debug included.
+    only after these are cut out, tracebacks under --debug included. Imports nothing: it runs on the error path,
+    where huggingface_hub may be the thing that failed to import.
     """
     found = {ctx.params.get("token"), os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")}
-    if "huggingface_hub" in sys.modules:  # never imported just for this (`hfmem --help` stays light)
-        from huggingface_hub import get_token
-
+    auth = sys.modules.get("huggingface_hub.utils._auth")  # loaded only if huggingface_hub read a token
+    if auth is not None:
         try:
-            found.add(get_token())
-        except Exception:  # an unreadable token file: nothing more to hide
+            found.add(auth.get_token())
+        except Exception:  # a half-imported module, an unreadable token file: nothing more to hide
             pass
     return tuple(sorted((t for t in found if isinstance(t, str) and len(t) >= 8), key=len, reverse=True))
 
 
 def _debug_wanted(ctx: click.Context) -> bool:
-    return bool(ctx.params.get("debug")) or os.environ.get("HFMEM_DEBUG", "") not in ("", "0")
+    return bool(ctx.params.get("debug")) or switched_on(os.environ.get("HFMEM_DEBUG"))
+
+
+#: The last resort, when even an error's own message cannot be formatted: fixed text, nothing computed.
+FALLBACK_MESSAGE = (
+    "hfmem failed and could not describe the error; rerun with --debug and report the traceback at the hfmem issue "
+    "tracker"
+)
+
+
+def _fallback(exit_code: int) -> click.ClickException:
+    error = click.ClickException(FALLBACK_MESSAGE)
+    error.exit_code = exit_code
+    return error
+
+
+def _interrupted() -> click.exceptions.Exit:
+    """Ctrl-C: one line on stderr and exit 130 (128 + SIGINT), not click's "Aborted!" and 1 (a bug, per the README)."""
+    try:
+        click.echo("hfmem: interrupted", err=True)
+    except Exception:  # stderr closed: the exit code still says it
+        pass
+    return click.exceptions.Exit(int(ExitCode.INTERRUPTED))
+
+
+def _translate(ctx: click.Context, error: Exception) -> click.ClickException:
+    """``error`` → the one-line `click.ClickException` the user sees (with the traceback first under --debug)."""
+    secrets = _secrets(ctx)
+    if isinstance(error, click.ClickException):
+        error.message = one_line(redact(str(error.message), secrets))
+        return error
+    if _debug_wanted(ctx):
+        click.echo(redact(traceback.format_exc(), secrets), err=True, nl=False)
+    if isinstance(error, HfmemError):
+        return HfmemClickError(error, secrets)
+    text = str(error)
+    first = text.splitlines()[0] if text else ""
+    internal = click.ClickException(
+        one_line(redact(f"internal error ({type(error).__name__}: {first}); ", secrets))
+        + "rerun with --debug and report the traceback at the hfmem issue tracker"
+    )
+    internal.exit_code = int(ExitCode.INTERNAL)
+    return internal
 
 
 class HfmemCommand(click.Command):
@@ -111,34 +156,44 @@ class HfmemCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.ClickException as e:  # a bad option value, quoted in the message
-            e.message = one_line(e.message)
+            try:
+                e.message = one_line(str(e.message))
+            except Exception:
+                raise _fallback(e.exit_code) from e
             raise
+        except KeyboardInterrupt:
+            raise _interrupted() from None
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the command behind the one error boundary: every exception leaves as one line and an exit code.
+
+        The environment is checked first (before huggingface_hub reads it), and the run's network deadline set
+        from --timeout. The handlers below import nothing and only format strings; if even that fails, a fixed
+        message goes out with the error's exit code.
+        """
+        budget = NETWORK_BUDGET.set(NetworkBudget(ctx.params.get("timeout") or DEFAULT_TIMEOUT_SECONDS))
         try:
+            check_environment()
             return super().invoke(ctx)
-        except HfmemError as e:
-            if _debug_wanted(ctx):
-                click.echo(redact(traceback.format_exc(), _secrets(ctx)), err=True, nl=False)
-            raise HfmemClickError(e, _secrets(ctx)) from e
-        except click.ClickException as e:
-            e.message = one_line(redact(e.message, _secrets(ctx)))
-            raise
-        except (click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            raise _interrupted() from None
+        except (click.exceptions.Exit, click.Abort):
             raise
         except Exception as e:
-            if "PYTEST_CURRENT_TEST" in os.environ:
+            if "PYTEST_CURRENT_TEST" in os.environ and not isinstance(e, (HfmemError, click.ClickException)):
                 raise  # tests see the exception itself
-            secrets = _secrets(ctx)
-            if _debug_wanted(ctx):
-                click.echo(redact(traceback.format_exc(), secrets), err=True, nl=False)
-            first = str(e).splitlines()[0] if str(e) else ""
-            error = click.ClickException(
-                one_line(redact(f"internal error ({type(e).__name__}: {first}); ", secrets))
-                + "rerun with --debug and report the traceback at the hfmem issue tracker"
-            )
-            error.exit_code = int(ExitCode.INTERNAL)
+            try:
+                error = _translate(ctx, e)
+            except KeyboardInterrupt:
+                raise _interrupted() from None
+            except Exception:
+                code = e.exit_code if isinstance(e, (HfmemError, click.ClickException)) else ExitCode.INTERNAL
+                raise _fallback(int(code) if isinstance(code, int) else int(ExitCode.INTERNAL)) from e
+            if error is e:
+                raise
             raise error from e
+        finally:
+            NETWORK_BUDGET.reset(budget)
 
 
 def _parse_params(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -197,6 +252,16 @@ class Listed(click.ParamType):
         return [type(item)(prefix + item.value, type=item.type) for item in self.inner.shell_complete(ctx, param, last)]
 
 
+class FiniteFloatRange(click.FloatRange):
+    """`click.FloatRange` that also refuses nan and ±inf (a range check alone lets nan through: nan < 0 is False)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number; give a decimal such as 0.1", param, ctx)
+        return super().convert(number, param, ctx)
+
+
 class MemorySize(click.ParamType):
     """A memory size: 80GiB, 79.2GiB, 24G (binary), 80GB (decimal) → bytes."""
 
@@ -220,10 +285,6 @@ def _clear_cache(fmt: str) -> None:
     else:
         click.echo(f"removed {removed} cached model{'s' if removed != 1 else ''} from {folder}")
 
-
-#: ``--fsdp`` → the ZeRO stage with the same sharding (torch ``ShardingStrategy`` docstring; REFERENCE §2.5):
-#: FULL_SHARD = ZeRO-3, SHARD_GRAD_OP = ZeRO-2, NO_SHARD = DDP (0), HYBRID_SHARD = ZeRO-3 inside a node.
-FSDP_ZERO_STAGE = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0, "hybrid_shard": 3}
 
 #: ``--tp``, defined once: tensor parallelism splits the weights (and, for training, the activations) Megatron-style.
 tp_option = click.option(
@@ -274,13 +335,22 @@ def _list_catalogue(json_: bool) -> None:
     cls=HfmemCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Exit codes: 0 ok, 1 internal error, 2 bad usage, 3 does not fit (--check), 4 model unavailable "
-    "(Hub, cache, catalogue), 5 config cannot be built or traced. Docs: README.md.",
+    "(Hub, cache, catalogue), 5 config cannot be built or traced, 130 interrupted. Docs: README.md.",
 )
 @click.argument("model", required=False)
 @click.option("--revision", help="Hub branch, tag or commit sha (default: main).")
 @click.option(
     "--token",
     help="Hub token for gated or private repos (default: HF_TOKEN or the saved `hf auth login`). Never printed.",
+)
+@click.option(
+    "--timeout",
+    type=FiniteFloatRange(0.0, MAX_TIMEOUT_SECONDS, min_open=True),
+    default=DEFAULT_TIMEOUT_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="Deadline of each network operation as a whole (config.json, custom code, safetensors headers: every "
+    "request, retry and wait of it); past it hfmem falls back to the HF cache and the catalogue, or stops.",
 )
 @click.option(
     "--trust-remote-code",
@@ -463,7 +533,7 @@ def _list_catalogue(json_: bool) -> None:
 )
 @click.option(
     "--dropout",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
+    type=FiniteFloatRange(0.0, 1.0, max_open=True),
     help="Override every dropout probability (default: the config's).",
 )
 @click.option(
@@ -494,7 +564,7 @@ def _list_catalogue(json_: bool) -> None:
 )
 @click.option(
     "--fragmentation",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloatRange(0.0, 1.0),
     default=0.10,
     show_default=True,
     help="Allocator slack (reserved − allocated) as a fraction of the allocated peak.",
@@ -749,32 +819,20 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
     """Scalar options → the training setup, the inference setup (or None) and whether training is planned."""
     if o["gpu_name"] is not None and o["gpu_memory"] is not None:
         raise click.UsageError("give either --gpu or --gpu-memory, not both")
-    gpu = None
-    if o["gpu_name"] is not None:
-        spec = find_gpu(o["gpu_name"])
-        gpu = GpuTarget(spec.name, spec.usable_bytes)
-    elif o["gpu_memory"] is not None:
+    gpu: GpuTarget | str | None = o["gpu_name"]  # a name is looked up by the setup (`hfmem.types.gpu_target`)
+    if o["gpu_memory"] is not None:
         gpu = GpuTarget(f"a {o['gpu_memory'] / 2**30:,.2f} GiB GPU", o["gpu_memory"])
     if o["training_only"] and o["inference_only"]:
         raise click.UsageError("--training-only and --inference-only exclude each other; drop one")
     if o["check"] and gpu is None:
         raise click.UsageError("--check needs a GPU to check against: pass --gpu NAME or --gpu-memory SIZE")
-    zero_stages = o["zero_stages"]
-    if o["fsdp"] is not None:
-        if zero_stages:
-            raise click.UsageError("give either --fsdp or --zero, not both (--fsdp names its own sharding)")
-        zero_stages = (FSDP_ZERO_STAGE[o["fsdp"]],)
-    if not zero_stages:
-        zero_stages = {"none": (0, 1, 2, 3), "optimizer": (1, 2, 3), "optimizer+params": (3,)}[o["offload"]]
-        if o["accounting"] == "deepspeed":
-            zero_stages = tuple(s for s in zero_stages if s in (2, 3))
     overheads = OverheadSettings(fragmentation=o["fragmentation"])
     if o["cuda_context"] is not None:
         overheads = replace(overheads, cuda_context_bytes=o["cuda_context"])
     setup = TrainingSetup(
         precision=o["precision"],
         optimizer=o["optimizer"],
-        zero_stages=tuple(zero_stages),
+        zero_stages=tuple(o["zero_stages"]) or None,  # None: the stages the setup allows (`hfmem.rules`)
         gpus_per_node=o["gpus_per_node"],
         nodes=o["nodes"],
         offload=o["offload"],
@@ -924,4 +982,7 @@ compare = HfmemCommand(
 
 
 def main() -> None:
+    """The ``hfmem`` program (console script and ``python -m hfmem``): a process of its own, so it sets what
+    hfmem's requests need before huggingface_hub is imported (`prepare_cli_environment`)."""
+    prepare_cli_environment()
     cli.main(prog_name="hfmem")

@@ -10,11 +10,18 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hfmem.memory.methods import describe_finetune
 from hfmem.memory.parallel import in_flight_microbatches
 from hfmem.memory.states import OPTIMIZER_DESCRIPTIONS, PRECISION_SPECS
-from hfmem.types import InferenceEstimate, KvLayer, Report, StageMemory, TrainingSetup
-from hfmem.units import GIB, format_count_short
+from hfmem.types import (
+    CheckpointComparison,
+    FinetuneSettings,
+    InferenceEstimate,
+    KvLayer,
+    Report,
+    StageMemory,
+    TrainingSetup,
+)
+from hfmem.units import GIB, format_count_short, format_gib
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -176,8 +183,6 @@ def _inference_dict(report: Report) -> dict[str, Any] | None:
     setup, weights = inference.setup, inference.weights
     checkpoint = None
     if report.checkpoint is not None:
-        from hfmem.memory.checkpoint import comparison_to_dict
-
         checkpoint = comparison_to_dict(report.checkpoint)
     return {
         "settings": {
@@ -664,8 +669,6 @@ def _inference_footer(report: Report, inference: InferenceEstimate) -> Text:
     ]
     lines += [f"Note: {note}." for note in inference.notes]
     if report.checkpoint is not None:
-        from hfmem.memory.checkpoint import render_comparison
-
         lines += render_comparison(report.checkpoint)
     lines += [f"Note: {note}." for note in report.notes]
     return Text("\n".join(lines), style="dim")
@@ -974,3 +977,94 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
 def compare_to_dict(reports: list[Report]) -> dict[str, Any]:
     """``{"schema_version", "models": [to_dict(report) per model, in the order given]}``."""
     return {"schema_version": SCHEMA_VERSION, "models": [to_dict(r) for r in reports]}
+
+
+# --- the checkpoint cross-check ---------------------------------------------------------------------------------
+
+
+def comparison_to_dict(comparison: CheckpointComparison) -> dict[str, Any]:
+    """The comparison as JSON-ready data: integers, stable keys."""
+    summary = comparison.summary
+    return {
+        "source": summary.source,
+        "tensors": summary.tensor_count,
+        "params_by_dtype": dict(summary.params_by_dtype),
+        "bytes_by_dtype": dict(summary.bytes_by_dtype),
+        "total_params": summary.total_params,
+        "total_bytes": summary.total_bytes,
+        "built_params": comparison.built_params,
+        "difference_params": comparison.difference_params,
+        "explained": [
+            {
+                "reason": g.reason,
+                "description": g.description,
+                "tensors": g.tensors,
+                "params": g.params,
+                "bytes": g.bytes,
+                "examples": list(g.examples),
+            }
+            for g in comparison.explained
+        ],
+        "unexplained_params": comparison.unexplained_params,
+        "unexplained_examples": list(comparison.unexplained_examples),
+        "scheme": comparison.scheme_name,
+        "scheme_metadata_bytes": comparison.scheme_metadata_bytes,
+    }
+
+
+def render_comparison(comparison: CheckpointComparison) -> list[str]:
+    """Short lines for the table output (no label column; GiB = 2^30 bytes, labelled)."""
+    summary = comparison.summary
+    lines = [
+        f"{summary.tensor_count:,} tensors, {summary.total_params:,} values, {format_gib(summary.total_bytes)} "
+        f"({summary.source})",
+        " · ".join(
+            f"{dtype} {summary.params_by_dtype[dtype]:,} ({format_gib(summary.bytes_by_dtype[dtype])})"
+            for dtype in summary.params_by_dtype
+        ),
+        f"stored − built = {summary.total_params:,} − {comparison.built_params:,} = {comparison.difference_params:+,}",
+    ]
+    for group in comparison.explained:
+        what = group.description
+        if group.reason == "extra_modules" and comparison.num_hidden_layers is not None:
+            what += f" (layer index ≥ num_hidden_layers {comparison.num_hidden_layers})"
+        shown = group.examples
+        if group.reason in ("quantization_metadata", "persistent_buffers"):  # the kinds: weight_scale_inv, inv_freq…
+            shown = tuple(dict.fromkeys(name.rsplit(".", 1)[-1] for name in group.examples))
+        examples = f": {', '.join(shown[:2])}" if shown else ""
+        lines.append(f"  {group.params:+,} {what}, {group.tensors:,} tensors{examples}")
+    if comparison.scheme_metadata_bytes is not None:
+        stored_meta = comparison.group("quantization_metadata")
+        lines.append(
+            f"  quantization metadata: stored {format_gib(stored_meta.bytes if stored_meta else 0)}, "
+            f"hfmem's {comparison.scheme_name} formula {format_gib(comparison.scheme_metadata_bytes)}"
+        )
+    if comparison.unexplained_params or comparison.unexplained_tensors:
+        names = f": {', '.join(comparison.unexplained_examples)}" if comparison.unexplained_examples else ""
+        count = comparison.unexplained_tensors
+        lines.append(f"  {comparison.unexplained_params:+,} unexplained, {count:,} tensors{names}")
+    else:
+        lines.append("  fully explained (unexplained 0)")
+    return lines
+
+
+def describe_finetune(finetune: FinetuneSettings) -> str:
+    """One line for the report: the method and its settings."""
+    if finetune.method == "full":
+        return "full fine-tuning: every parameter trained"
+    if finetune.method == "freeze":
+        return f"frozen base, trained: {', '.join(finetune.train_modules)}"
+    targets = (
+        "peft's default for the architecture" if finetune.lora_targets is None else ",".join(finetune.lora_targets)
+    )
+    text = f"{'DoRA' if finetune.dora else 'LoRA'} rank {finetune.lora_rank} on {targets}"
+    if finetune.modules_to_save:
+        text += f", modules_to_save {','.join(finetune.modules_to_save)}"
+    text += "; adapters fp32 (peft autocast_adapter_dtype)"
+    if finetune.method == "qlora":
+        text += "; base linears NF4 (bitsandbytes, blocks of 64"
+        text += ", double quant)" if finetune.double_quant else ")"
+        text += ", other frozen tensors 16-bit"
+    else:
+        text += "; frozen base in the working precision"
+    return text

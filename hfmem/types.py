@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 __all__ = [
@@ -284,6 +285,20 @@ class GpuTarget:
     usable_bytes: int
 
 
+def gpu_target(gpu: GpuTarget | str | None) -> GpuTarget | None:
+    """``gpu`` as a `GpuTarget`: a name is looked up in the GPU catalogue (`hfmem.gpus.find_gpu`).
+
+    Raises:
+        InvalidSetupError: an unknown name (the message lists the known ones).
+    """
+    if not isinstance(gpu, str):
+        return gpu
+    from hfmem.gpus import find_gpu
+
+    spec = find_gpu(gpu)
+    return GpuTarget(spec.name, spec.usable_bytes)
+
+
 @dataclass(frozen=True)
 class FinetuneSettings:
     """What is trained: the whole model, LoRA / QLoRA adapters (built with peft), or chosen modules.
@@ -350,15 +365,18 @@ class ParallelSettings:
 class TrainingSetup:
     """What the user plans: precision, optimizer, sharding, offload, and the micro-batch that runs.
 
-    ``zero_stages`` lists the ZeRO stages to report (one row each). ``seq_len=None`` means the model's context
-    length capped at 4096. ``dropout=None`` keeps the config's dropout probabilities. ``images_per_sample``: images
-    in each sample for a model that takes images (`ParameterInventory.image_inputs`): the trace feeds the vision
-    tower that many default images, whose tokens are part of ``seq_len``; ignored for text-only models.
+    ``zero_stages`` lists the ZeRO stages to report (one row each); ``None``: every stage the setup allows
+    (`hfmem.rules.planned_stages`: FSDP's own stage, else 0-3 less those offload or DeepSpeed's accounting exclude).
+    ``seq_len=None`` means the model's context length capped at 4096. ``dropout=None`` keeps the config's dropout
+    probabilities. ``gpu`` may be given by name (``"h100-sxm"``, any `hfmem.gpus.find_gpu` alias): it is looked up
+    when the setup is made. ``images_per_sample``: images in each sample for a model that takes images
+    (`ParameterInventory.image_inputs`): the trace feeds the vision tower that many default images, whose tokens are
+    part of ``seq_len``; ignored for text-only models.
     """
 
     precision: Precision = "bf16-mixed"
     optimizer: Optimizer = "adamw"
-    zero_stages: tuple[int, ...] = (0, 1, 2, 3)
+    zero_stages: tuple[int, ...] | None = None
     gpus_per_node: int = 1
     nodes: int = 1
     offload: Offload = "none"
@@ -373,6 +391,9 @@ class TrainingSetup:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
     images_per_sample: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpu", gpu_target(self.gpu))
 
     @property
     def method(self) -> Method:
@@ -615,6 +636,9 @@ class InferenceSetup:
     gpu: GpuTarget | None = None
     images_per_sample: int = 1
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpu", gpu_target(self.gpu))
+
 
 @dataclass(frozen=True)
 class InferenceEstimate:
@@ -675,5 +699,157 @@ class Report:
     hfmem_version: str
     notes: tuple[str, ...] = ()
     inference: InferenceEstimate | None = None
-    checkpoint: Any = None
+    checkpoint: CheckpointComparison | None = None
     inference_unmeasured: str | None = None
+
+
+# --- a checkpoint's stored tensors beside the built model (`hfmem.memory.checkpoint`) ---------------------------
+
+#: Bits per element of the safetensors dtypes: the names of safetensors ``Dtype`` (Rust ``safetensors/src/tensor.rs``;
+#: Python ``safetensors/torch.py`` ``_TYPES``/``_SIZE``), as `huggingface_hub.utils._safetensors.TensorInfo.dtype`
+#: reports them. F4/F6 are the sub-byte microscaling element types.
+SAFETENSORS_DTYPE_BITS: Mapping[str, int] = MappingProxyType(
+    {
+        "F64": 64,
+        "F32": 32,
+        "F16": 16,
+        "BF16": 16,
+        "I64": 64,
+        "I32": 32,
+        "I16": 16,
+        "I8": 8,
+        "U64": 64,
+        "U32": 32,
+        "U16": 16,
+        "U8": 8,
+        "BOOL": 8,
+        "C64": 64,
+        "F8_E4M3": 8,
+        "F8_E4M3FNUZ": 8,
+        "F8_E5M2": 8,
+        "F8_E5M2FNUZ": 8,
+        "F8_E8M0": 8,
+        "F6_E2M3": 6,
+        "F6_E3M2": 6,
+        "F4": 4,
+    }
+)
+
+#: Group keys, in report order, with what each says.
+DIFFERENCE_REASONS: Mapping[str, str] = MappingProxyType(
+    {
+        "extra_modules": "modules transformers does not build",
+        "quantization_metadata": "quantization metadata (scales, zeros, absmax)",
+        "packed_quantized_values": "packed quantized values (several per stored element)",
+        "persistent_buffers": "buffers stored in the checkpoint (not parameters)",
+        "tied_duplicates": "tied weights stored twice",
+        "built_not_stored": "parameters built but not stored",
+    }
+)
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor of a safetensors header: its name, safetensors dtype (``BF16``, ``F8_E4M3``…) and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)  # a scalar (shape ()) holds one element, as huggingface_hub counts it
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the data, from the dtype's width (sub-byte dtypes rounded up to whole bytes)."""
+        return -(-self.numel * SAFETENSORS_DTYPE_BITS.get(self.dtype, 8) // 8)
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """Every tensor a checkpoint stores, with per-dtype totals computed once.
+
+    Attributes:
+        source: where the headers came from (``hub:org/name@sha``, a local folder).
+        tensors: the stored tensors, in header order.
+        params_by_dtype: elements per safetensors dtype (what the Hub's ``safetensors.parameters`` shows).
+        bytes_by_dtype: data bytes per dtype.
+    """
+
+    source: str
+    tensors: tuple[StoredTensor, ...]
+    params_by_dtype: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    bytes_by_dtype: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        params: dict[str, int] = {}
+        nbytes: dict[str, int] = {}
+        for tensor in self.tensors:
+            params[tensor.dtype] = params.get(tensor.dtype, 0) + tensor.numel
+            nbytes[tensor.dtype] = nbytes.get(tensor.dtype, 0) + tensor.nbytes
+        object.__setattr__(self, "params_by_dtype", MappingProxyType(dict(sorted(params.items()))))
+        object.__setattr__(self, "bytes_by_dtype", MappingProxyType(dict(sorted(nbytes.items()))))
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.params_by_dtype.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes_by_dtype.values())
+
+    @property
+    def tensor_count(self) -> int:
+        return len(self.tensors)
+
+
+@dataclass(frozen=True)
+class DifferenceGroup:
+    """One named part of stored − built: ``params`` > 0 when the checkpoint holds more, < 0 when less.
+
+    ``tensors`` counts stored tensors (built parameters for ``built_not_stored``); ``examples`` names a few.
+    """
+
+    reason: str
+    tensors: int
+    params: int
+    bytes: int = 0
+    examples: tuple[str, ...] = ()
+
+    @property
+    def description(self) -> str:
+        return DIFFERENCE_REASONS.get(self.reason, self.reason)
+
+
+@dataclass(frozen=True)
+class CheckpointComparison:
+    """A checkpoint beside the built model: ``difference_params = Σ explained params + unexplained_params``.
+
+    Attributes:
+        summary: the stored tensors.
+        built_params: the built model's unique parameters (`ParameterInventory.total_params`).
+        explained: the named groups, in `DIFFERENCE_REASONS` order, empty ones left out.
+        unexplained_params: stored − built that no rule explains (stored tensors nothing matches, and matched
+            tensors whose element count differs without a packed dtype); ``unexplained_examples`` names them.
+        num_hidden_layers: the layer count that tells built layers from extra ones (None: not checked).
+        scheme_metadata_bytes: what hfmem's quantization formula (`weights_breakdown`) predicts for the built
+            model's quantization metadata under ``scheme``, beside ``quantization_metadata`` bytes actually stored.
+    """
+
+    summary: CheckpointSummary
+    built_params: int
+    explained: tuple[DifferenceGroup, ...]
+    unexplained_params: int
+    unexplained_tensors: int = 0
+    unexplained_examples: tuple[str, ...] = ()
+    num_hidden_layers: int | None = None
+    scheme_name: str | None = None
+    scheme_metadata_bytes: int | None = None
+
+    @property
+    def difference_params(self) -> int:
+        return self.summary.total_params - self.built_params
+
+    def group(self, reason: str) -> DifferenceGroup | None:
+        return next((g for g in self.explained if g.reason == reason), None)
