@@ -27,6 +27,7 @@ from hfmem.errors import ExitCode, HfmemError, NotMeasuredError
 from hfmem.gpus import GPUS, parse_memory
 from hfmem.limits import DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS, NETWORK_BUDGET, NetworkBudget
 from hfmem.memory.quantization import WEIGHTS_DTYPES
+from hfmem.rules import MAX_DROPOUT_EXCLUSIVE, MAX_FRAGMENTATION
 from hfmem.types import (
     ACCOUNTINGS,
     ATTENTIONS,
@@ -533,7 +534,7 @@ def _list_catalogue(json_: bool) -> None:
 )
 @click.option(
     "--dropout",
-    type=FiniteFloatRange(0.0, 1.0, max_open=True),
+    type=FiniteFloatRange(0.0, MAX_DROPOUT_EXCLUSIVE, max_open=True),
     help="Override every dropout probability (default: the config's).",
 )
 @click.option(
@@ -564,7 +565,7 @@ def _list_catalogue(json_: bool) -> None:
 )
 @click.option(
     "--fragmentation",
-    type=FiniteFloatRange(0.0, 1.0),
+    type=FiniteFloatRange(0.0, MAX_FRAGMENTATION),
     default=0.10,
     show_default=True,
     help="Allocator slack (reserved − allocated) as a fraction of the allocated peak.",

@@ -18,11 +18,24 @@ from hfmem.errors import InvalidSetupError
 from hfmem.limits import check_setup as check_bounds
 from hfmem.types import FinetuneSettings, InferenceSetup, ParameterInventory, TrainingSetup
 
-__all__ = ["FSDP_ZERO_STAGE", "planned_stages", "check_setup", "check_finetune", "check_parallel"]
+__all__ = [
+    "FSDP_ZERO_STAGE",
+    "MAX_DROPOUT_EXCLUSIVE",
+    "MAX_FRAGMENTATION",
+    "planned_stages",
+    "check_setup",
+    "check_finetune",
+    "check_parallel",
+]
 
 #: ``--fsdp`` → the ZeRO stage with the same sharding (torch ``ShardingStrategy`` docstring; REFERENCE §2.5):
 #: FULL_SHARD = ZeRO-3, SHARD_GRAD_OP = ZeRO-2, NO_SHARD = DDP (0), HYBRID_SHARD = ZeRO-3 inside a node.
 FSDP_ZERO_STAGE = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0, "hybrid_shard": 3}
+
+#: ``--dropout`` is a probability below 1 (``torch.nn.functional.dropout`` scales kept values by 1/(1 − p)).
+MAX_DROPOUT_EXCLUSIVE = 1.0
+#: ``--fragmentation``: allocator slack as a fraction of the allocated peak, at most all of it.
+MAX_FRAGMENTATION = 1.0
 
 #: config.json keys of the attention heads and the key/value heads, across architectures.
 HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads")
@@ -69,21 +82,20 @@ def check_setup(
     check_finetune(setup.finetune, has_model=has_model)
     if setup.batch_size < 1 or (setup.seq_len is not None and setup.seq_len < 1):
         raise InvalidSetupError("--batch-size and --seq-len must be at least 1")
-    if setup.dropout is not None and not 0.0 <= setup.dropout < 1.0:
-        raise InvalidSetupError(f"--dropout must be in [0, 1), got {setup.dropout}")
-    if not math.isfinite(setup.overheads.fragmentation) or not 0.0 <= setup.overheads.fragmentation <= 1.0:
-        raise InvalidSetupError(
-            f"--fragmentation must be a fraction in [0, 1], got {setup.overheads.fragmentation}"
-        )
+    if setup.dropout is not None and not 0.0 <= setup.dropout < MAX_DROPOUT_EXCLUSIVE:
+        raise InvalidSetupError(f"--dropout must be in [0, {MAX_DROPOUT_EXCLUSIVE:g}), got {setup.dropout}")
+    _check_fragmentation(setup.overheads.fragmentation)
     if training and find_max_batch and setup.gpu is None:
         raise InvalidSetupError("--max-batch needs a GPU to fill: pass --gpu NAME or --gpu-memory SIZE")
     if inference is not None:
         if inference.batch_size < 1 or (inference.prefill_chunk is not None and inference.prefill_chunk < 1):
             raise InvalidSetupError("--batch-size and --prefill-chunk must be at least 1")
-        if not math.isfinite(inference.overheads.fragmentation) or not 0.0 <= inference.overheads.fragmentation <= 1.0:
-            raise InvalidSetupError(
-                f"--fragmentation must be a fraction in [0, 1], got {inference.overheads.fragmentation}"
-            )
+        _check_fragmentation(inference.overheads.fragmentation)
+
+
+def _check_fragmentation(fraction: float) -> None:
+    if not math.isfinite(fraction) or not 0.0 <= fraction <= MAX_FRAGMENTATION:
+        raise InvalidSetupError(f"--fragmentation must be a fraction in [0, {MAX_FRAGMENTATION:g}], got {fraction}")
 
 
 def _check_stages(setup: TrainingSetup, stages: tuple[int, ...]) -> None:
@@ -120,6 +132,7 @@ def _check_stages(setup: TrainingSetup, stages: tuple[int, ...]) -> None:
                 "or fp16-mixed with --optimizer adamw, or --accounting hfmem"
             )
 
+
 def check_finetune(finetune: FinetuneSettings, *, has_model: bool) -> None:
     """Refuse settings that cannot be planned, naming the fix.
 
@@ -145,6 +158,7 @@ def check_finetune(finetune: FinetuneSettings, *, has_model: bool) -> None:
         raise InvalidSetupError("--train-modules chooses what --method freeze trains; add --method freeze")
     if method == "freeze" and not finetune.train_modules:
         raise InvalidSetupError("--method freeze needs --train-modules PATTERN (e.g. lm_head, 'model.layers.3?.*')")
+
 
 def check_parallel(
     setup: TrainingSetup,
@@ -238,6 +252,7 @@ def check_parallel(
             "DeepSpeed's estimator covers full fine-tuning with data parallelism only; use --accounting hfmem "
             "with --tp/--pp/--cp/--ep, --fsdp or --method"
         )
+
 
 def first_int(config: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
     text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else None
