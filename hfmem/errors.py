@@ -26,6 +26,7 @@ __all__ = [
     "AdapterCycleError",
     "ConfigTooLargeError",
     "HubTimeoutError",
+    "LaunchConfigError",
 ]
 
 
@@ -199,3 +200,13 @@ class HubTimeoutError(HubError):
             f"{what}: the Hub did not finish answering within {seconds:g} s; retry, raise --timeout, or set "
             "HF_HUB_OFFLINE=1 to use the Hugging Face cache"
         )
+
+
+class LaunchConfigError(HfmemError, ValueError):
+    """A ``--launch-config`` file that cannot be read, parsed or recognised, or two files that disagree."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        super().__init__(f"--launch-config {path}: {problem}")
