@@ -23,7 +23,7 @@ import click
 from hfmem import catalogue
 from hfmem.api import Prepared, hfmem_version, resolve
 from hfmem.environment import check_environment, prepare_cli_environment, switched_on
-from hfmem.errors import ExitCode, HfmemError
+from hfmem.errors import ExitCode, HfmemError, LaunchConfigError
 from hfmem.gpus import GPUS, parse_memory
 from hfmem.launch import LaunchOutcome, option_flag, read_launch_files
 from hfmem.limits import DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS, NETWORK_BUDGET, NetworkBudget
@@ -919,7 +919,8 @@ def _apply_launch_configs(ctx: click.Context, opts: dict[str, Any]) -> LaunchOut
             try:
                 opts[setting.option] = param.process_value(ctx, (setting.value,) if param.multiple else setting.value)
             except click.BadParameter as e:
-                raise click.UsageError(f"--launch-config {setting.origin}: {e.format_message()}") from e
+                problem = f"{flag} {setting.value} is refused ({e.message.rstrip('.')}); fix the file or pass {flag}"
+                raise LaunchConfigError(setting.origin, problem) from e
             applied.append(entry)
     unresolved = []
     for item in found.unresolved:

@@ -595,33 +595,34 @@ class _Run:
                 for key in keys:
                     if doc.has(f"{key}.enabled"):
                         found[name] = (doc.get(f"{key}.enabled"), doc.at(f"{key}.enabled"))
-            values = {}
+            values: dict[str, tuple[bool | None, str]] = {}
             for name in ("bf16", "fp16"):
                 value, origin = found.get(name, (None, ""))
-                if value == "auto" or value is None:
-                    # transformers integrations/deepspeed.py::trainer_config_process fills bf16.enabled ← bf16,
+                if value not in ("auto", None):
+                    values[name] = (bool(value), origin)
+                elif self.mixed is not None:
+                    # transformers integrations/deepspeed.py::trainer_config_process fills bf16.enabled ← bf16 and
                     # fp16.enabled ← fp16; accelerate DeepSpeedPlugin.set_mixed_precision from mixed_precision.
-                    if self.mixed is not None:
-                        values[name] = (self.mixed[0] == name, f"{origin or doc.label} ← {self.mixed[1]}")
-                        continue
-                    if value == "auto":
-                        values[name] = (None, origin)
-                        continue
-                    values[name] = (False, f"{doc.label}: no {name} section")
-                    continue
-                values[name] = (bool(value), origin)
+                    values[name] = (self.mixed[0] == name, f"{origin or doc.label} ← {self.mixed[1]}")
+                else:
+                    values[name] = (None, origin or f"{doc.label}: {name}")
             if values["bf16"][0]:
                 result = ("bf16-mixed", values["bf16"][1])
             elif values["fp16"][0]:
                 result = ("fp16-mixed", values["fp16"][1])
-            elif values["bf16"][0] is None or values["fp16"][0] is None:
-                auto = values["bf16"][1] if values["bf16"][0] is None else values["fp16"][1]
+            elif values["bf16"][0] is False and values["fp16"][0] is False:
+                result = ("fp32", f"{doc.label}: bf16 and fp16 disabled")
+            else:
+                name = "bf16" if values["bf16"][0] is None else "fp16"
+                auto = found.get(name, (None, ""))[0] == "auto"
                 self.out.unresolved_key(
-                    "precision", auto, "auto: no TrainingArguments bf16/fp16 or accelerate mixed_precision given"
+                    "precision",
+                    values[name][1],
+                    ("auto" if auto else "no section (DeepSpeed alone: disabled)")
+                    + ": accelerate and the HF Trainer fill it from their mixed precision, which no file gives",
+                    "auto" if auto else None,
                 )
                 return None
-            else:
-                result = ("fp32", f"{doc.label}: bf16 and fp16 disabled")
         return result
 
     # Hugging Face TrainingArguments / TRL ----------------------------------------------------------------------
@@ -668,6 +669,11 @@ class _Run:
             else:
                 out.unknown(doc, "loss_type", loss_type)
         self._attn(doc, "attn_implementation")
+        if doc.get("use_flash_attention_2") is True:
+            out.set("attn", "flash", doc.at("use_flash_attention_2"))
+        quant_type = doc.get("bnb_4bit_quant_type")
+        if quant_type not in (None, "nf4"):
+            out.unknown(doc, "bnb_4bit_quant_type", quant_type, "hfmem models NF4")
         ds = doc.get("deepspeed")
         if ds:
             self.deepspeed.append(self._load_reference(doc, "deepspeed", ds))
