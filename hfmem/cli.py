@@ -909,7 +909,10 @@ def _apply_launch_configs(ctx: click.Context, opts: dict[str, Any]) -> LaunchOut
         flag = param.opts[0] if isinstance(param, click.Option) else option_flag(setting.option)
         entry = {"option": flag, "value": setting.value, "origin": setting.origin}
         if setting.option in typed:
-            overridden.append({**entry, "flag_value": _typed_value(opts.get(setting.option, opts.get("models")))})
+            typed_value = opts.get(setting.option)
+            if setting.option == "model" and typed_value is None:  # --params, or compare's models
+                typed_value = f"--params {opts['params']:,}" if opts.get("params") else "the models compared"
+            overridden.append({**entry, "flag_value": _typed_value(typed_value)})
         elif setting.unmodelled or param is None or not _accepts(param, setting.value):
             why = setting.unmodelled or (
                 "not an option of this hfmem yet" if param is None else "not a choice of this hfmem yet"
