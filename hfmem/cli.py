@@ -25,7 +25,7 @@ from hfmem.api import Prepared, hfmem_version, resolve
 from hfmem.environment import check_environment, prepare_cli_environment, switched_on
 from hfmem.errors import ExitCode, HfmemError, LaunchConfigError
 from hfmem.gpus import GPUS, parse_memory
-from hfmem.launch import LaunchOutcome, option_flag, read_launch_files
+from hfmem.launch import LaunchOutcome, option_flag, read_launch_files, show_value
 from hfmem.limits import DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS, NETWORK_BUDGET, NetworkBudget
 from hfmem.memory.quantization import WEIGHTS_DTYPES
 from hfmem.rules import MAX_DROPOUT_EXCLUSIVE, MAX_FRAGMENTATION
@@ -924,6 +924,9 @@ def _apply_launch_configs(ctx: click.Context, opts: dict[str, Any]) -> LaunchOut
             except click.BadParameter as e:
                 problem = f"{flag} {setting.value} is refused ({e.message.rstrip('.')}); fix the file or pass {flag}"
                 raise LaunchConfigError(setting.origin, problem) from e
+            except (ValueError, TypeError, OverflowError) as e:  # click's int() of a huge float, a list…
+                problem = f"{flag} {show_value(setting.value)} is not a value it takes; fix the file or pass {flag}"
+                raise LaunchConfigError(setting.origin, problem) from e
             applied.append(entry)
     unresolved = []
     for item in found.unresolved:
@@ -968,7 +971,8 @@ def _echo_launch(launch: LaunchOutcome | None, fmt: str) -> None:
     if launch is not None:
         from hfmem.report import render_launch
 
-        click.echo(render_launch(launch, markdown=fmt == "markdown"), nl=False)
+        text = render_launch(launch, markdown=fmt == "markdown")
+        click.echo("".join(one_line(line) + "\n" for line in text.splitlines()), nl=False)  # keys quote the files
 
 
 def _emit_report(report: Report, fmt: str, *, explain: bool = False, launch: LaunchOutcome | None = None) -> None:

@@ -28,12 +28,17 @@ Precision, the one setting that depends on several keys (and files) at once, is 
 from __future__ import annotations
 
 import json
+import reprlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hfmem.errors import LaunchConfigError
+from hfmem.limits import MAX_CONFIG_BYTES, MAX_DEPTH
+
+#: Leaves a launch file may have: real ones have tens to a few hundred (torchtune's 3B recipe: 60).
+MAX_LAUNCH_KEYS = 10_000
 
 __all__ = [
     "FORMATS",
@@ -44,6 +49,7 @@ __all__ = [
     "detect_format",
     "read_launch_files",
     "option_flag",
+    "show_value",
 ]
 
 #: The formats, by the names the error message and the report use.
@@ -134,6 +140,10 @@ class LaunchOutcome:
 
 def _parse(path: Path, label: str) -> dict[str, Any]:
     try:
+        if not path.is_file():
+            raise LaunchConfigError(label, "is not a regular file; give a JSON or YAML file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise LaunchConfigError(label, f"is larger than {MAX_CONFIG_BYTES:,} bytes; give a launch config file")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise LaunchConfigError(label, f"cannot be read ({type(e).__name__}: {e}); give a readable text file") from e
@@ -142,6 +152,8 @@ def _parse(path: Path, label: str) -> dict[str, Any]:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise LaunchConfigError(label, f"is not valid JSON (line {e.lineno}: {e.msg}); fix the file") from e
+        except RecursionError as e:
+            raise LaunchConfigError(label, "is nested too deeply; give a launch config file") from e
     else:
         import yaml
 
@@ -152,9 +164,16 @@ def _parse(path: Path, label: str) -> dict[str, Any]:
             where = f"line {mark.line + 1}: " if mark is not None else ""
             problem = getattr(e, "problem", None) or type(e).__name__
             raise LaunchConfigError(label, f"is not valid YAML ({where}{problem}); fix the file") from e
-    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        except RecursionError as e:
+            raise LaunchConfigError(label, "is nested too deeply; give a launch config file") from e
+    if not isinstance(data, dict):
         kind = "an empty file" if data is None else f"a {type(data).__name__}"
         raise LaunchConfigError(label, f"holds {kind}, not a mapping of settings; give a launch config file")
+    count = 0
+    for _ in _leaves(data, label=label):  # YAML aliases can nest a structure in itself or repeat it exponentially
+        count += 1
+        if count > MAX_LAUNCH_KEYS:
+            raise LaunchConfigError(label, f"has more than {MAX_LAUNCH_KEYS:,} keys; give a launch config file")
     return data
 
 
@@ -192,17 +211,33 @@ def detect_format(data: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _leaves(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def _leaves(data: Any, prefix: str = "", depth: int = 0, *, label: str = "") -> Iterator[tuple[str, Any]]:
     """(dotted key, value) for every leaf of nested mappings; lists and scalars are leaves."""
+    if depth > MAX_DEPTH:
+        raise LaunchConfigError(label, f"nests mappings more than {MAX_DEPTH} deep; give a launch config file")
     if isinstance(data, dict) and data:
         for key, value in data.items():
-            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key), depth + 1, label=label)
     else:
         yield prefix, data
 
 
-def _show(value: Any) -> str:
-    text = json.dumps(value, default=str)
+#: Bounded ``repr`` of lists and mappings from a file (a YAML alias can make one contain itself, or repeat one).
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 40, 40
+
+
+def _text(value: Any) -> str:
+    """A value from a file as text to compare with names: itself if a string, else `show_value` (bounded)."""
+    return value if isinstance(value, str) else show_value(value)
+
+
+def show_value(value: Any) -> str:
+    """A value from a launch file, for a message: JSON for scalars, a bounded ``repr`` otherwise, ≤ 60 characters."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        text = json.dumps(value if not isinstance(value, str) else value[:100])
+    else:
+        text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "…"
 
 
@@ -261,6 +296,9 @@ class _Collector:
         self.not_understood: list[str] = []
 
     def set(self, option: str, value: Any, origin: str, unmodelled: str | None = None) -> None:
+        if not isinstance(value, (str, int, float, bool)):  # a list or mapping where a single value belongs
+            self.not_understood.append(f"{origin} = {show_value(value)} (not a single value)")
+            return
         earlier = self.settings.get(option)
         if earlier is not None:
             if earlier.value != value:
@@ -276,7 +314,7 @@ class _Collector:
         self.unresolved.append(Unresolved(option, origin, reason, value))
 
     def unknown(self, doc: _Doc, key: str, value: Any, why: str = "") -> None:
-        self.not_understood.append(f"{doc.at(key)} = {_show(value)}" + (f" ({why})" if why else ""))
+        self.not_understood.append(f"{doc.at(key)} = {show_value(value)}" + (f" ({why})" if why else ""))
 
 
 # --- shared vocabularies ------------------------------------------------------------------------------------------
@@ -427,7 +465,7 @@ class _Run:
             "deepspeed_config.zero3_save_16bit_model",
             "deepspeed_config.deepspeed_multinode_launcher",
         )
-        kind = str(doc.get("distributed_type", "NO")).upper()
+        kind = _text(doc.get("distributed_type", "NO")).upper()
         if kind in ("NO", "MULTI_GPU"):
             out.set("zero_stages", 0, doc.at("distributed_type") + f" = {kind} (DDP replicas)")
         elif kind == "FSDP":
@@ -443,9 +481,15 @@ class _Run:
         else:
             out.unknown(doc, "distributed_type", kind, "not a GPU data-parallel type hfmem models")
         mixed = doc.get("mixed_precision")
+        if mixed is False:  # YAML 1.1 reads an unquoted `no` as false
+            mixed = "no"
         if mixed is not None:
-            self.mixed = (str(mixed).lower(), doc.at("mixed_precision"))
+            self.mixed = (_text(mixed).lower(), doc.at("mixed_precision"))
         processes, machines = doc.get("num_processes"), doc.get("num_machines")
+        if isinstance(machines, bool):
+            machines = None
+        if isinstance(processes, bool):
+            processes = None
         if isinstance(machines, int) and machines >= 1:
             out.set("nodes", machines, doc.at("num_machines"))
         if isinstance(processes, int) and processes >= 1:
@@ -473,8 +517,8 @@ class _Run:
 
     def _offload(self, doc: _Doc, optimizer: Any, params: Any, opt_key: str, param_key: str) -> None:
         """DeepSpeed offload devices (``none``/``cpu``/``nvme``) → --offload; NVMe is off the GPU just as CPU is."""
-        opt_off = str(optimizer).lower() in ("cpu", "nvme")
-        param_off = str(params).lower() in ("cpu", "nvme")
+        opt_off = _text(optimizer).lower() in ("cpu", "nvme")
+        param_off = _text(params).lower() in ("cpu", "nvme")
         if opt_off and param_off:
             self.out.set("offload", "optimizer+params", f"{doc.at(opt_key)} + {param_key}")
         elif opt_off:
@@ -494,7 +538,7 @@ class _Run:
         config = doc.peek(section)
         if not isinstance(config, dict):
             config = {}
-        names = {k.removeprefix("fsdp_"): k for k in config}
+        names = {str(k).removeprefix("fsdp_"): k for k in config}
         for short in _FSDP_NO_EFFECT:
             if short in names:
                 doc.ignore(f"{section}.{names[short]}")
@@ -508,7 +552,7 @@ class _Run:
             version, version_key = doc.get("fsdp_version"), "fsdp_version"
         strategy, strategy_key = get("sharding_strategy")
         reshard, reshard_key = get("reshard_after_forward")
-        if str(version) == "2":
+        if _text(version) == "2":
             if isinstance(reshard, bool) or reshard is None:
                 full = reshard is not False  # FSDP2's default: reshard after forward (accelerate docstring)
                 where = doc.at(reshard_key if reshard is not None else version_key)
@@ -517,7 +561,7 @@ class _Run:
                 self.out.unknown(doc, reshard_key, reshard, "FSDP2 takes true or false")
         elif strategy is not None or reshard is not None:
             value, key = (strategy, strategy_key) if strategy is not None else (reshard, reshard_key)
-            name = str(value).upper()
+            name = _text(value).upper()
             if name.isdigit() and 1 <= int(name) <= len(_FSDP_BY_NUMBER):
                 name = _FSDP_BY_NUMBER[int(name) - 1]
             if name in FSDP_STRATEGY:
@@ -572,11 +616,11 @@ class _Run:
         torch_adam = doc.get("optimizer.params.torch_adam")
         if kind is None:
             return
-        name = str(kind).lower()
+        name = _text(kind).lower()
         origin = doc.at("optimizer.type")
         if name in ("adam", "adamw", "fusedadam", "cpuadam"):
             self.out.set("optimizer", "adamw", origin)
-            offloaded = str(doc.get("zero_optimization.offload_optimizer.device")).lower() in ("cpu", "nvme")
+            offloaded = _text(doc.get("zero_optimization.offload_optimizer.device")).lower() in ("cpu", "nvme")
             if not offloaded:
                 impl = "foreach" if torch_adam else "fused"
                 why = "torch_adam: torch's AdamW" if torch_adam else "DeepSpeed's FusedAdam"
@@ -653,7 +697,7 @@ class _Run:
             self.mixed = ("no", doc.at("bf16"))
         for key in ("torch_dtype", "dtype"):
             if doc.get(key) is not None:
-                self.loaded = (str(doc.get(key)), doc.at(key))
+                self.loaded = (_text(doc.get(key)), doc.at(key))
         self._hf_optimizer(doc, "optim")
         for key in ("max_length", "max_seq_length"):
             if doc.get(key) is not None:
@@ -663,7 +707,7 @@ class _Run:
             out.set("loss", "fused", doc.at("use_liger_kernel"))
         loss_type = doc.get("loss_type")
         if loss_type is not None:
-            mapped = {"chunked_nll": "chunked", "nll": "hf"}.get(str(loss_type))
+            mapped = {"chunked_nll": "chunked", "nll": "hf"}.get(_text(loss_type))
             if mapped:
                 out.set("loss", mapped, doc.at("loss_type"))
             else:
@@ -699,7 +743,13 @@ class _Run:
             out.unknown(doc, "torch_compile", True, "compiled training is not modelled")
 
     def _trainer_fsdp(self, doc: _Doc, fsdp: Any) -> None:
-        words = fsdp.split() if isinstance(fsdp, str) else [str(w) for w in fsdp] if isinstance(fsdp, list) else []
+        words = (
+            fsdp.split()
+            if isinstance(fsdp, str)
+            else [show_value(w).strip('"') for w in fsdp[:16]]
+            if isinstance(fsdp, list)
+            else []
+        )
         self.fsdp = True
         strategies = [w for w in words if w.upper() in FSDP_STRATEGY]
         if strategies:
@@ -718,10 +768,10 @@ class _Run:
         name = doc.get(key)
         if name is None:
             return
-        if str(name) not in HF_OPTIMIZERS:
+        if _text(name) not in HF_OPTIMIZERS:
             self.out.unknown(doc, key, name, "hfmem has no such optimizer")
             return
-        optimizer, impl = HF_OPTIMIZERS[str(name)]
+        optimizer, impl = HF_OPTIMIZERS[_text(name)]
         self.out.set("optimizer", optimizer, doc.at(key))
         if impl is not None:
             self.out.set("optimizer_impl", impl, doc.at(key))
@@ -730,8 +780,8 @@ class _Run:
         value = doc.get(key)
         if value is None:
             return
-        if str(value) in ATTN_IMPLEMENTATIONS:
-            self.out.set("attn", ATTN_IMPLEMENTATIONS[str(value)], doc.at(key))
+        if _text(value) in ATTN_IMPLEMENTATIONS:
+            self.out.set("attn", ATTN_IMPLEMENTATIONS[_text(value)], doc.at(key))
         else:
             self.out.unknown(doc, key, value)
 
@@ -776,12 +826,12 @@ class _Run:
         if doc.get(alpha_key) is not None:
             out.set("lora_alpha", doc.get(alpha_key), doc.at(alpha_key))
         targets = doc.get(targets_key)
-        if isinstance(targets, list) and targets:
+        if isinstance(targets, list) and targets and all(isinstance(t, (str, int)) for t in targets):
             out.set("lora_targets", ",".join(str(t) for t in targets), doc.at(targets_key))
         elif isinstance(targets, str) and targets:
             out.set("lora_targets", targets, doc.at(targets_key))
         saved = doc.get(save_key)
-        if isinstance(saved, list) and saved:
+        if isinstance(saved, list) and saved and all(isinstance(t, (str, int)) for t in saved):
             out.set("modules_to_save", ",".join(str(t) for t in saved), doc.at(save_key))
         if doc.get(dora_key):
             out.set("dora", True, doc.at(dora_key))
@@ -796,12 +846,12 @@ class _Run:
         if doc.get("revision_of_model") is not None:
             out.set("revision", doc.get("revision_of_model"), doc.at("revision_of_model"))
         adapter = doc.get("adapter")
-        if adapter is not None and str(adapter) not in ("lora", "qlora"):
+        if adapter is not None and _text(adapter) not in ("lora", "qlora"):
             out.unknown(doc, "adapter", adapter, "hfmem models lora and qlora")
             adapter = None
         self._peft(
             doc,
-            adapter=str(adapter) if adapter else None,
+            adapter=_text(adapter) if adapter else None,
             adapter_key="adapter",
             rank_key="lora_r",
             alpha_key="lora_alpha",
@@ -842,7 +892,7 @@ class _Run:
             out.set("attn", "sdpa", doc.at("sdp_attention"))
         attention = doc.get("attention")
         if attention is not None:
-            mapped = {"flash": "flash", "sdpa": "sdpa", "eager": "eager"}.get(str(attention))
+            mapped = {"flash": "flash", "sdpa": "sdpa", "eager": "eager"}.get(_text(attention))
             if mapped:
                 out.set("attn", mapped, doc.at("attention"))
             else:
@@ -859,7 +909,7 @@ class _Run:
 
     def _axolotl_plugins(self, doc: _Doc) -> None:
         plugins = doc.get("plugins") or []
-        names = [str(p) for p in plugins] if isinstance(plugins, list) else [str(plugins)]
+        names = [show_value(p).strip('"') for p in (plugins[:16] if isinstance(plugins, list) else [plugins])]
         liger = any(p.endswith("LigerPlugin") for p in names)
         cce = any(p.endswith("CutCrossEntropyPlugin") for p in names)
         for p in names:
@@ -886,8 +936,8 @@ class _Run:
             out.set("activation_offload", True, doc.at("enable_activation_offloading"))
         component = doc.get("optimizer._component_")
         if component is not None:
-            if str(component) in TORCHTUNE_OPTIMIZERS:
-                name = TORCHTUNE_OPTIMIZERS[str(component)]
+            if _text(component) in TORCHTUNE_OPTIMIZERS:
+                name = TORCHTUNE_OPTIMIZERS[_text(component)]
                 if name == "sgd" and doc.get("optimizer.momentum"):
                     name = "sgd-momentum"
                 out.set("optimizer", name, doc.at("optimizer._component_"))
@@ -904,8 +954,8 @@ class _Run:
             out.set("optimizer_in_backward", True, doc.at("optimizer_in_bwd"))
         loss = doc.get("loss._component_")
         if loss is not None:
-            if str(loss) in TORCHTUNE_LOSSES:
-                out.set("loss", TORCHTUNE_LOSSES[str(loss)], doc.at("loss._component_"))
+            if _text(loss) in TORCHTUNE_LOSSES:
+                out.set("loss", TORCHTUNE_LOSSES[_text(loss)], doc.at("loss._component_"))
             else:
                 out.unknown(doc, "loss._component_", loss)
         chunks = doc.get("loss.num_output_chunks")
@@ -913,7 +963,7 @@ class _Run:
             out.set("loss_chunks", chunks, doc.at("loss.num_output_chunks"))
         dtype = doc.get("dtype")
         if dtype is not None:
-            mapped = {"bf16": "bf16", "fp32": "fp32", "fp16": "fp16"}.get(str(dtype))
+            mapped = {"bf16": "bf16", "fp32": "fp32", "fp16": "fp16"}.get(_text(dtype))
             if mapped:
                 self.torchtune_dtype = (mapped, doc.at("dtype"))
             else:
@@ -940,7 +990,7 @@ class _Run:
         if component is None:
             return
         out = self.out
-        leaf = str(component).rsplit(".", 1)[-1]
+        leaf = _text(component).rsplit(".", 1)[-1]
         out.unknown(doc, "model._component_", component, "give the Hugging Face model as MODEL")
         if leaf.startswith("qlora_"):
             out.set("method", "qlora", doc.at("model._component_"))
@@ -950,7 +1000,7 @@ class _Run:
             if doc.get(f"model.{key}") is not None:
                 out.set(option, doc.get(f"model.{key}"), doc.at(f"model.{key}"))
         modules = doc.get("model.lora_attn_modules")
-        if isinstance(modules, list) and modules:
+        if isinstance(modules, list) and modules and all(isinstance(m, str) for m in modules):
             names = [TORCHTUNE_MODULES.get(str(m), str(m)) for m in modules]
             origin = doc.at("model.lora_attn_modules")
             if doc.get("model.apply_lora_to_mlp"):
@@ -972,14 +1022,16 @@ class _Run:
         if isinstance(value, dict):
             ref = _Doc(doc.at(key), value, "deepspeed", doc.folder)
         else:
-            path = Path(str(value))
+            if not isinstance(value, str):
+                raise LaunchConfigError(doc.label, f"{key} is {show_value(value)}, neither a path nor a mapping")
+            path = Path(value)
             candidates = [doc.folder / path, path] if not path.is_absolute() else [path]
             found = next((p for p in candidates if p.is_file()), None)
             if found is None:
                 raise LaunchConfigError(doc.label, f"{key} names {value}, which is not a file; fix the path")
-            ref = _Doc(str(value), _parse(found, str(value)), "deepspeed", found.parent)
+            ref = _Doc(value, _parse(found, value), "deepspeed", found.parent)
             if detect_format(ref.data) != "deepspeed":
-                raise LaunchConfigError(str(value), f"named by {doc.at(key)}, is not a DeepSpeed JSON")
+                raise LaunchConfigError(value, f"named by {doc.at(key)}, is not a DeepSpeed JSON")
         self.docs.append(ref)
         return ref
 

@@ -455,3 +455,25 @@ def test_the_unknown_format_error_names_every_format(runner: CliRunner, tiny: st
     result = runner.invoke(cli, [tiny, "--launch-config", str(path)])
     for name in FORMATS.values():
         assert name in result.stderr
+
+
+def test_yaml_aliases_cannot_blow_up(tmp_path: Path) -> None:
+    # A "billion laughs" list (2^30 leaves if expanded) and a list that contains itself, where a number belongs:
+    # listed as not a single value, in bounded text, without expanding them.
+    lines = ["a0: &a0 [x, x]"] + [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, 31)]
+    bomb = tmp_path / "args.yaml"
+    bomb.write_text("\n".join([*lines, "per_device_train_batch_size: *a30", "max_length: &loop [*loop]", ""]))
+    found = read_launch_files([bomb])
+    assert "batch_size" not in settings_of(bomb)
+    shown = [n for n in found.not_understood if n.endswith("(not a single value)")]
+    assert len(shown) == 2 and all(len(n) < 200 for n in shown)
+
+
+def test_nesting_beyond_the_limit_is_an_error(tmp_path: Path) -> None:
+    deep = tmp_path / "args.json"
+    nested: dict[str, Any] = {"x": 1}
+    for _ in range(40):
+        nested = {"k": nested}
+    deep.write_text(json.dumps({"per_device_train_batch_size": 1, "extra": nested}))
+    with pytest.raises(LaunchConfigError, match="more than 32 deep"):
+        read_launch_files([deep])
