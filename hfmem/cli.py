@@ -903,6 +903,8 @@ def _apply_launch_configs(ctx: click.Context, opts: dict[str, Any]) -> LaunchOut
     }
     if "params" in typed or "models" in params:  # --params, or compare's own list of models, replace MODEL
         typed.add("model")
+    if {"zero_stages", "fsdp"} & typed:  # one sharding: a typed --zero replaces a file's FSDP, and the reverse
+        typed |= {"zero_stages", "fsdp"}
     applied, overridden, unmodelled = [], [], []
     for setting in found.settings:
         param = params.get(setting.option)

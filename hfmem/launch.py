@@ -1148,6 +1148,13 @@ def read_launch_files(paths: Sequence[str | Path]) -> LaunchSettings:
     for doc in run.deepspeed:
         run.deepspeed_config(doc)
     run.precision()
+    zero, fsdp = run.out.settings.get("zero_stages"), run.out.settings.get("fsdp")
+    if zero is not None and fsdp is not None:
+        raise LaunchConfigError(
+            fsdp.origin.split(": ")[0],
+            f"{fsdp.origin} shards with FSDP but {zero.origin} with DeepSpeed ZeRO (or DDP); a run uses one: "
+            "drop one file or pass --fsdp or --zero",
+        )
     no_effect: list[str] = []
     for doc in run.docs:
         for key, value in _leaves(doc.data):

@@ -282,6 +282,13 @@ def test_files_that_disagree_are_an_error(tmp_path: Path) -> None:
         read_launch_files([args, ds])
 
 
+def test_deepspeed_and_fsdp_together_are_an_error(tmp_path: Path) -> None:
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    with pytest.raises(LaunchConfigError, match="a run uses one"):
+        read_launch_files([ACCELERATE_FSDP, ds])
+
+
 def test_unknown_keys_are_listed_and_known_ones_are_not(tmp_path: Path) -> None:
     args = tmp_path / "args.yaml"
     args.write_text("per_device_train_batch_size: 2\nlearning_rate: 1.0e-5\nmy_custom_key: 3\noptim: lomo\n")
@@ -374,6 +381,14 @@ def test_flags_typed_override_the_files(runner: CliRunner, tiny: str) -> None:
     assert launch["unresolved"] == []  # the "auto" micro-batch was resolved by --batch-size
     assert doc["training"]["settings"]["batch_size"] == 2
     assert doc["training"]["settings"]["offload"] == "optimizer"  # from the file
+
+
+def test_a_typed_sharding_replaces_the_files_other_sharding(runner: CliRunner, tiny: str) -> None:
+    # --zero typed over an FSDP launch file: the file's --fsdp is overridden too (a run shards one way).
+    doc = run_json(runner, [tiny, "--launch-config", str(ACCELERATE_FSDP), "--zero", "1"])
+    assert [stage["zero_stage"] for stage in doc["training"]["stages"]] == [1]
+    assert doc["training"]["settings"]["parallel"]["fsdp"] is None
+    assert "--fsdp" in {o["option"] for o in doc["launch"]["overridden_by_flags"]}
 
 
 def test_the_model_comes_from_the_file_when_none_is_typed(runner: CliRunner, tmp_path: Path) -> None:
