@@ -932,9 +932,10 @@ def _apply_launch_configs(ctx: click.Context, opts: dict[str, Any]) -> LaunchOut
             applied.append(entry)
     unresolved = []
     for item in found.unresolved:
-        entry = {"option": option_flag(item.option), "origin": item.origin, "reason": item.reason}
+        entry = {"option": option_flag(item.option), "value": item.value, "origin": item.origin, "reason": item.reason}
         if item.option in typed:
-            overridden.append({**entry, "value": item.value, "flag_value": _typed_value(opts.get(item.option))})
+            del entry["reason"]
+            overridden.append({**entry, "flag_value": _typed_value(opts.get(item.option))})
         else:
             unresolved.append(entry)
     return LaunchOutcome(
