@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import reprlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,7 @@ class LaunchOutcome:
     recognised_not_modelled: tuple[dict[str, Any], ...] = ()
     unresolved: tuple[dict[str, Any], ...] = ()
     not_understood: tuple[str, ...] = ()
-    no_memory_effect: tuple[str, ...] = field(default=())
+    no_memory_effect: tuple[str, ...] = ()
 
 
 # --- reading and recognising a file --------------------------------------------------------------------------------
@@ -576,8 +576,8 @@ class _Run:
         if offload is True:
             self.out.set("offload", "optimizer+params", doc.at(offload_key), _FSDP_OFFLOAD)
         checkpointing, ckpt_key = get("activation_checkpointing")
-        if checkpointing is not None:
-            self.out.set("grad_checkpointing", "full" if checkpointing else "none", doc.at(ckpt_key))
+        if checkpointing is True:  # false only means "not through FSDP": the Trainer's own may still be on
+            self.out.set("grad_checkpointing", "full", doc.at(ckpt_key))
 
     # DeepSpeed -------------------------------------------------------------------------------------------------
     def deepspeed_config(self, doc: _Doc) -> None:

@@ -102,11 +102,11 @@ def test_deepspeed_zero3_offloads_parameters_too() -> None:
 
 
 def test_accelerate_fsdp() -> None:
-    # FULL_SHARD, 2 processes on 1 machine, bf16 under FSDP (fp32 shards + bf16 compute copies), no checkpointing.
+    # FULL_SHARD, 2 processes on 1 machine, bf16 under FSDP (fp32 shards + bf16 compute copies);
+    # fsdp_activation_checkpointing: false sets nothing (the Trainer's gradient_checkpointing may still be on).
     found = read_launch_files([ACCELERATE_FSDP])
     assert settings_of(ACCELERATE_FSDP) == {
         "fsdp": "full_shard",
-        "grad_checkpointing": "none",
         "gpus_per_node": 2,
         "precision": "bf16-mixed",
     }
@@ -260,6 +260,50 @@ def test_accelerate_names_a_deepspeed_file_relative_to_itself(tmp_path: Path, mo
         "gpus_per_node": 8,  # accelerate's num_processes counts every GPU of every machine: 16 / 2
         "precision": "fp16-mixed",  # fp16.enabled auto ← mixed_precision (DeepSpeedPlugin.set_mixed_precision)
     }
+
+
+def test_trainer_arguments_with_fsdp_and_an_inline_deepspeed_mapping(tmp_path: Path) -> None:
+    fsdp = tmp_path / "fsdp_args.json"
+    fsdp.write_text(
+        json.dumps(
+            {
+                "per_device_train_batch_size": 1,
+                "fsdp": "full_shard offload auto_wrap",
+                "fsdp_config": {"activation_checkpointing": True, "sync_module_states": True},
+                "bf16": True,
+                "optim": "paged_adamw_32bit",
+            }
+        )
+    )
+    found = read_launch_files([fsdp])
+    assert settings_of(fsdp) == {
+        "batch_size": 1,
+        "optimizer": "paged-adamw",
+        "fsdp": "full_shard",
+        "offload": "optimizer+params",  # FSDP's CPU offload: reported as not modelled
+        "grad_checkpointing": "full",
+        "precision": "bf16-mixed",
+    }
+    assert next(s for s in found.settings if s.option == "offload").unmodelled is not None
+    assert "fsdp_args.json: fsdp_config.sync_module_states" in found.no_memory_effect
+    inline = tmp_path / "ds_args.json"
+    inline.write_text(
+        json.dumps(
+            {
+                "per_device_train_batch_size": 2,
+                "bf16": True,
+                "deepspeed": {
+                    "zero_optimization": {"stage": 3},
+                    "bf16": {"enabled": "auto"},
+                    "train_micro_batch_size_per_gpu": "auto",
+                },
+            }
+        )
+    )
+    found = read_launch_files([inline])
+    assert settings_of(inline) == {"batch_size": 2, "zero_stages": 3, "precision": "bf16-mixed"}
+    assert ("ds_args.json: deepspeed", "deepspeed") in found.files
+    assert found.unresolved == () and found.not_understood == ()
 
 
 def test_trainer_bf16_without_a_dtype_is_unresolved(tmp_path: Path) -> None:
