@@ -5,11 +5,13 @@ Pure: reads the named files (and the DeepSpeed files they reference), imports ne
 imported when a file needs it. The CLI applies the settings to its options, except the options the user typed
 (`hfmem.cli`). The keys each format is read by are listed in docs/techniques.md §7 with their framework sources.
 
-Precision, the one setting that depends on several keys (and files) at once, is decided in `_precision`:
+Precision, the one setting that depends on several keys (and files) at once, is decided once (``_Run.precision``):
 
 - DeepSpeed (``bf16.enabled`` / ``fp16.enabled``): 16-bit parameters and gradients with fp32 master weights and
   optimizer states in DeepSpeed's optimizer wrapper → ``bf16-mixed`` / ``fp16-mixed``; both disabled → ``fp32``.
-  Within a DeepSpeed run the Trainer's / accelerate's / axolotl's bf16/fp16 only fill these keys ("auto").
+  Within a DeepSpeed run the Trainer's / accelerate's / axolotl's bf16/fp16 only fill these keys ("auto"), and an
+  accelerate YAML with inline ``deepspeed_config`` writes them from ``mixed_precision``
+  (``DeepSpeedPlugin.set_mixed_precision``).
 - FSDP with accelerate ``mixed_precision`` or the Trainer's/axolotl's ``bf16``/``fp16``: accelerate upcasts the
   trainable parameters to fp32 whatever dtype they were loaded in (accelerate 1.15 ``accelerator.py::prepare_model``,
   ``utils/fsdp_utils.py::fsdp2_prepare_model``), FSDP keeps the fp32 shards (the masters) and optimizer states and
@@ -1120,8 +1122,9 @@ def read_launch_files(paths: Sequence[str | Path]) -> LaunchSettings:
         having no effect on memory.
 
     Raises:
-        LaunchConfigError: a file that cannot be read or parsed, is not a mapping, matches no format, names a
-            DeepSpeed file that is missing; or two files that set one option to different values.
+        LaunchConfigError: a file that cannot be read or parsed, is not a mapping, matches no format, is beyond the
+            size limits, or names a DeepSpeed file that is missing; two files that set one option to different
+            values, or that shard both with FSDP and with DeepSpeed.
 
     Example:
         >>> read_launch_files(["ds_config.json"]).settings[0]  # doctest: +SKIP
