@@ -23,7 +23,7 @@ import click
 from hfmem import catalogue
 from hfmem.api import Prepared, hfmem_version, resolve
 from hfmem.environment import check_environment, prepare_cli_environment, switched_on
-from hfmem.errors import ExitCode, HfmemError, LaunchConfigError
+from hfmem.errors import ExitCode, HfmemError, LaunchConfigError, NotMeasuredError
 from hfmem.gpus import GPUS, parse_memory
 from hfmem.launch import LaunchOutcome, option_flag, read_launch_files, show_value
 from hfmem.limits import DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS, NETWORK_BUDGET, NetworkBudget
@@ -614,6 +614,14 @@ def _list_catalogue(json_: bool) -> None:
     "prefills the whole prompt).",
 )
 @click.option(
+    "--images-per-sample",
+    type=click.IntRange(min=0, max=64),
+    default=1,
+    show_default=True,
+    help="Models that take images (Llava, Gemma-3): default-size images per training sample and per prefill chunk, "
+    "traced through the vision tower; their tokens count in --seq-len / --context. 0: token ids only.",
+)
+@click.option(
     "--checkpoint/--no-checkpoint",
     default=True,
     show_default=True,
@@ -871,6 +879,7 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
             virtual_stages=o["virtual_stages"],
             fsdp=o["fsdp"],
         ),
+        images_per_sample=o["images_per_sample"],
     )
     serve = None
     if not o["training_only"] and not (is_params and not o["inference_only"]):
@@ -883,6 +892,7 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
             batch_size=o["batch_size"],
             tp=o["tp"],
             prefill_chunk=o["prefill_chunk"],
+            images_per_sample=o["images_per_sample"],
             overheads=overheads,
             gpu=gpu,
         )
@@ -1009,14 +1019,24 @@ def _emit_report(report: Report, fmt: str, *, explain: bool = False, launch: Lau
 
 
 def _exit_on_verdict(opts: dict[str, Any], reports: list[Report]) -> None:
-    """--check: exit 3 when any reported plan does not fit."""
+    """--check: exit 3 when any reported plan does not fit; else 5 (`NotMeasuredError`) when a plan could not be
+    measured (its fit is unknown)."""
     verdicts: list[bool | None] = []
     for report in reports:
         if report.training is not None:
             verdicts += [stage.fits for stage in report.training.stages]
         if report.inference is not None:
             verdicts.append(report.inference.fits)
-    if opts["check"] and not all(verdicts):
+    if not opts["check"]:
+        return
+    if any(verdict is False for verdict in verdicts):
+        raise click.exceptions.Exit(int(ExitCode.DOES_NOT_FIT))
+    for report in reports:
+        if report.training is not None and report.training.unmeasured is not None:
+            raise NotMeasuredError(report.model.model_id, "activations", report.training.unmeasured)
+        if report.inference_unmeasured is not None:
+            raise NotMeasuredError(report.model.model_id, "serving memory", report.inference_unmeasured)
+    if not all(verdicts):
         raise click.exceptions.Exit(int(ExitCode.DOES_NOT_FIT))
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "AdapterCycleError",
     "ConfigTooLargeError",
     "HubTimeoutError",
+    "NotMeasuredError",
     "LaunchConfigError",
 ]
 
@@ -199,6 +200,21 @@ class HubTimeoutError(HubError):
         super().__init__(
             f"{what}: the Hub did not finish answering within {seconds:g} s; retry, raise --timeout, or set "
             "HF_HUB_OFFLINE=1 to use the Hugging Face cache"
+        )
+
+
+class NotMeasuredError(HfmemError):
+    """``--check`` asked for a verdict that needs a number hfmem could not measure (the model was built and counted,
+    but not traced); without ``--check`` the report says what is missing and exits 0."""
+
+    exit_code = ExitCode.CONFIG
+
+    def __init__(self, model_id: str, what: str, reason: str) -> None:
+        self.model_id = model_id
+        self.reason = reason
+        super().__init__(
+            f"--check cannot give a verdict for '{model_id}': its {what} could not be measured ({reason.rstrip('.')}); "
+            "drop --check to see the exact parameters and model states"
         )
 
 

@@ -149,6 +149,11 @@ class ParameterInventory:
     """Every parameter of a model, with the derived counts computed once.
 
     Build it with :meth:`from_parameters` (a real model) or :meth:`from_count` (``--params``).
+
+    ``context_tokens``: the context length of the config transformers built (a composite model's text config, with
+    the config class's defaults filled in), None when it has none. ``image_inputs``: the model's forward takes images
+    (``pixel_values``) next to token ids, which the traces do not feed it. ``attention_modules``: modules whose class
+    is an attention (its name contains ``Attention``); 0 for a recurrent model (Mamba), None when unknown.
     """
 
     total_params: int
@@ -165,6 +170,9 @@ class ParameterInventory:
     moe: MoeInfo | None = None
     layer_names: tuple[str, ...] = ()
     tied_embeddings: bool = False
+    context_tokens: int | None = None
+    image_inputs: bool = False
+    attention_modules: int | None = None
 
     @property
     def non_embedding_params(self) -> int:
@@ -188,6 +196,9 @@ class ParameterInventory:
         moe_routing: tuple[int, int] | None = None,
         layer_names: Sequence[str] = (),
         tied_embeddings: bool = False,
+        context_tokens: int | None = None,
+        image_inputs: bool = False,
+        attention_modules: int | None = None,
     ) -> ParameterInventory:
         """Derive every count from the parameter list.
 
@@ -221,6 +232,9 @@ class ParameterInventory:
             moe=moe,
             layer_names=tuple(layer_names),
             tied_embeddings=tied_embeddings,
+            context_tokens=context_tokens,
+            image_inputs=image_inputs,
+            attention_modules=attention_modules,
         )
 
     @classmethod
@@ -355,7 +369,9 @@ class TrainingSetup:
     (`hfmem.rules.planned_stages`: FSDP's own stage, else 0-3 less those offload or DeepSpeed's accounting exclude).
     ``seq_len=None`` means the model's context length capped at 4096. ``dropout=None`` keeps the config's dropout
     probabilities. ``gpu`` may be given by name (``"h100-sxm"``, any `hfmem.gpus.find_gpu` alias): it is looked up
-    when the setup is made.
+    when the setup is made. ``images_per_sample``: images in each sample for a model that takes images
+    (`ParameterInventory.image_inputs`): the trace feeds the vision tower that many default images, whose tokens are
+    part of ``seq_len``; ignored for text-only models.
     """
 
     precision: Precision = "bf16-mixed"
@@ -374,6 +390,7 @@ class TrainingSetup:
     gpu: GpuTarget | None = None
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
+    images_per_sample: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpu", gpu_target(self.gpu))
@@ -449,6 +466,9 @@ class ActivationProfile:
         attention_calls: how many times the emulated attention ran (0 = the model computes attention itself).
         other_after_bytes: the part of ``other_bytes`` saved after the layers (final norm, LM head input): it
             lives on the last pipeline stage, the rest on the first.
+        images_per_sample: images each sample fed the vision tower in the trace (0: token ids only).
+        image_tokens: the sequence positions one image fills (its features replace those tokens' embeddings).
+        images_not_traced: why a model that takes images was traced on token ids only (None: it was not).
     """
 
     batch_size: int
@@ -463,6 +483,9 @@ class ActivationProfile:
     logits_bytes: int
     attention_calls: int = 0
     other_after_bytes: int = 0
+    images_per_sample: int = 0
+    image_tokens: int = 0
+    images_not_traced: str | None = None
 
 
 @dataclass(frozen=True)
@@ -522,6 +545,10 @@ class TrainingEstimate:
 
     ``profile`` is the measured activation profile of the whole model at the planned micro-batch (None for a
     ``--params`` plan): what `hfmem.explain` shows per layer.
+
+    ``unmeasured``: why the model could not be traced (None when it was). The rows then hold the model states and
+    overheads only: activations and logits are unknown, so each peak is a lower bound and ``fits`` is False (the
+    states alone do not fit) or None (unknown).
     """
 
     setup: TrainingSetup
@@ -531,6 +558,7 @@ class TrainingEstimate:
     seq_len: int | None = None
     seq_len_source: str | None = None
     profile: ActivationProfile | None = None
+    unmeasured: str | None = None
 
 
 @dataclass(frozen=True)
@@ -566,6 +594,11 @@ class InferenceProfile:
         activation_peak_bytes: peak of the tensors live during the chunk's forward, parameters and cache excluded.
         logits_bytes: the next-token logits generate() keeps (fp32).
         attention_calls: 0 when the model computes attention itself (no fused-kernel stand-in).
+        state_layers: ``(cache layer, bytes per sequence)`` of every layer that keeps a fixed-size recurrent state
+            (Mamba's convolution and SSM states, linear attention's), each tensor at the dtype the model caches it
+            in. It does not grow with the tokens, so it is not part of ``layers``.
+        images_per_sample / image_tokens: images each sequence of the prefill chunk fed the vision tower (0: token
+            ids only) and the positions one image fills; ``images_not_traced``: why not, when it takes images.
     """
 
     layers: tuple[KvLayer, ...]
@@ -575,6 +608,10 @@ class InferenceProfile:
     activation_peak_bytes: int
     logits_bytes: int
     attention_calls: int = 0
+    state_layers: tuple[tuple[str, int], ...] = ()
+    images_per_sample: int = 0
+    image_tokens: int = 0
+    images_not_traced: str | None = None
 
 
 @dataclass(frozen=True)
@@ -583,7 +620,8 @@ class InferenceSetup:
 
     ``weights_dtype=None`` uses the checkpoint: its ``quantization_config`` if it has one, else its dtype.
     ``kv_dtype=None`` caches in the compute dtype. ``context=None`` means the model's context length.
-    ``prefill_chunk=None`` means min(context, 2048) tokens per sequence.
+    ``prefill_chunk=None`` means min(context, 2048) tokens per sequence. ``images_per_sample``: images in each
+    sequence's prefill chunk, for a model that takes images (the vision tower runs in the prefill).
     """
 
     weights_dtype: str | None = None
@@ -596,6 +634,7 @@ class InferenceSetup:
     prefill_chunk: int | None = None
     overheads: OverheadSettings = field(default_factory=OverheadSettings)
     gpu: GpuTarget | None = None
+    images_per_sample: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpu", gpu_target(self.gpu))
@@ -603,8 +642,10 @@ class InferenceSetup:
 
 @dataclass(frozen=True)
 class InferenceEstimate:
-    """Per-GPU serving memory: weights + KV cache + a prefill chunk's activations + overheads.
+    """Per-GPU serving memory: weights + KV cache + recurrent state + a prefill chunk's activations + overheads.
 
+    ``recurrent_state_bytes``: the fixed-size states of recurrent layers (Mamba, linear attention) for every
+    sequence of the batch, independent of the context (0 for a pure-attention model).
     ``weights`` is the whole model's `hfmem.memory.quantization.WeightsBreakdown`; the ``*_bytes`` fields are per GPU.
     ``profile`` is the measured `InferenceProfile` the plan was computed from.
     """
@@ -630,16 +671,27 @@ class InferenceEstimate:
     max_batch_size: int | None = None
     notes: tuple[str, ...] = ()
     profile: InferenceProfile | None = None
+    recurrent_state_bytes: int = 0
     total_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        total = self.weights_bytes + self.kv_cache_bytes + self.activations_bytes + self.overhead_bytes
+        total = (
+            self.weights_bytes
+            + self.kv_cache_bytes
+            + self.recurrent_state_bytes
+            + self.activations_bytes
+            + self.overhead_bytes
+        )
         object.__setattr__(self, "total_bytes", total)
 
 
 @dataclass(frozen=True)
 class Report:
-    """Everything `hfmem.estimate` found: the model, its inventory and the training memory."""
+    """Everything `hfmem.estimate` found: the model, its inventory and the training memory.
+
+    ``inference_unmeasured``: why serving was asked for but could not be planned (the model could not run with a
+    cache on the meta device); ``inference`` is None then.
+    """
 
     model: ModelConfig
     inventory: ParameterInventory
@@ -648,6 +700,7 @@ class Report:
     notes: tuple[str, ...] = ()
     inference: InferenceEstimate | None = None
     checkpoint: CheckpointComparison | None = None
+    inference_unmeasured: str | None = None
 
 
 # --- a checkpoint's stored tensors beside the built model (`hfmem.memory.checkpoint`) ---------------------------
