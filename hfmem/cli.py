@@ -23,8 +23,9 @@ import click
 from hfmem import catalogue
 from hfmem.api import Prepared, hfmem_version, resolve
 from hfmem.environment import check_environment, prepare_cli_environment, switched_on
-from hfmem.errors import ExitCode, HfmemError, NotMeasuredError
+from hfmem.errors import ExitCode, HfmemError, LaunchConfigError, NotMeasuredError
 from hfmem.gpus import GPUS, parse_memory
+from hfmem.launch import LaunchOutcome, option_flag, read_launch_files, show_value
 from hfmem.limits import DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS, NETWORK_BUDGET, NetworkBudget
 from hfmem.memory.quantization import WEIGHTS_DTYPES
 from hfmem.rules import MAX_DROPOUT_EXCLUSIVE, MAX_FRAGMENTATION
@@ -366,6 +367,16 @@ def _list_catalogue(json_: bool) -> None:
     help="Plan for a hypothetical dense model of COUNT parameters instead of MODEL: 7.5B, 7.5e9, 125M.",
 )
 @click.option(
+    "--launch-config",
+    "launch_configs",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="FILE",
+    help="Take settings from a file you launch with: DeepSpeed JSON, accelerate YAML, HF TrainingArguments/TRL "
+    "(JSON or YAML), torchtune or axolotl YAML (recognised by their keys). Repeatable; options typed here win. "
+    "The report lists each setting with its file and key, and the keys hfmem does not model.",
+)
+@click.option(
     "--precision",
     type=Listed(click.Choice(PRECISIONS)),
     default="bf16-mixed",
@@ -672,6 +683,7 @@ def cli(**opts: Any) -> None:
     if opts["list_gpus"]:
         _list_gpus(fmt == "json")
         return
+    launch = _apply_launch_configs(click.get_current_context(), opts)
     model, params = opts["model"], opts["params"]
     if model is None and params is None:
         raise click.UsageError("give a MODEL (a Hub id, folder or config.json) or --params COUNT")
@@ -681,7 +693,7 @@ def cli(**opts: Any) -> None:
     prepared = _prepare(model, params, opts)
     if len(combos) == 1:
         report = _report(prepared, combos[0][1])
-        _emit_report(report, fmt, explain=opts["explain"])
+        _emit_report(report, fmt, explain=opts["explain"], launch=launch)
         _exit_on_verdict(opts, [report])
         return
     if opts["explain"]:
@@ -696,9 +708,10 @@ def cli(**opts: Any) -> None:
     for note in rows[0][1].model.notes:
         click.echo(f"hfmem: {one_line(redact(note, secrets))}", err=True)
     if fmt == "json":
-        click.echo(json.dumps(sweep_to_dict(rows), indent=2))
+        click.echo(json.dumps(_with_launch(sweep_to_dict(rows), launch), indent=2))
     else:
         click.echo(render_sweep(rows, markdown=fmt == "markdown", **_console()), nl=False)
+        _echo_launch(launch, fmt)
     _exit_on_verdict(opts, [r for _, r in rows])
 
 
@@ -886,7 +899,96 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
     return setup, serve, not o["inference_only"]
 
 
-def _emit_report(report: Report, fmt: str, *, explain: bool = False) -> None:
+def _apply_launch_configs(ctx: click.Context, opts: dict[str, Any]) -> LaunchOutcome | None:
+    """Apply the ``--launch-config`` files to ``opts`` (in place), except options the user typed; what became of
+    each setting, for the report. Settings for options (or choices) this hfmem lacks are reported, not applied."""
+    if not opts.get("launch_configs"):
+        return None
+    from click.core import ParameterSource
+
+    found = read_launch_files(opts["launch_configs"])
+    params = {p.name: p for p in ctx.command.params if p.name}
+    typed = {
+        n for n in params if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    }
+    if "params" in typed or "models" in params:  # --params, or compare's own list of models, replace MODEL
+        typed.add("model")
+    if {"zero_stages", "fsdp"} & typed:  # one sharding: a typed --zero replaces a file's FSDP, and the reverse
+        typed |= {"zero_stages", "fsdp"}
+    applied, overridden, unmodelled = [], [], []
+    for setting in found.settings:
+        param = params.get(setting.option)
+        flag = param.opts[0] if isinstance(param, click.Option) else option_flag(setting.option)
+        entry = {"option": flag, "value": setting.value, "origin": setting.origin}
+        if setting.option in typed:
+            typed_value = opts.get(setting.option)
+            if setting.option == "model" and typed_value is None:  # --params, or compare's models
+                typed_value = f"--params {opts['params']:,}" if opts.get("params") else "the models compared"
+            overridden.append({**entry, "flag_value": _typed_value(typed_value)})
+        elif setting.unmodelled or param is None or not _accepts(param, setting.value):
+            why = setting.unmodelled or (
+                "not an option of this hfmem yet" if param is None else "not a choice of this hfmem yet"
+            )
+            unmodelled.append({**entry, "reason": why})
+        else:
+            try:
+                opts[setting.option] = param.process_value(ctx, (setting.value,) if param.multiple else setting.value)
+            except click.BadParameter as e:
+                problem = f"{flag} {setting.value} is refused ({e.message.rstrip('.')}); fix the file or pass {flag}"
+                raise LaunchConfigError(setting.origin, problem) from e
+            except (ValueError, TypeError, OverflowError) as e:  # click's int() of a huge float, a list…
+                problem = f"{flag} {show_value(setting.value)} is not a value it takes; fix the file or pass {flag}"
+                raise LaunchConfigError(setting.origin, problem) from e
+            applied.append(entry)
+    unresolved = []
+    for item in found.unresolved:
+        entry = {"option": option_flag(item.option), "value": item.value, "origin": item.origin, "reason": item.reason}
+        if item.option in typed:
+            del entry["reason"]
+            overridden.append({**entry, "flag_value": _typed_value(opts.get(item.option))})
+        else:
+            unresolved.append(entry)
+    return LaunchOutcome(
+        files=found.files,
+        applied=tuple(applied),
+        overridden_by_flags=tuple(overridden),
+        recognised_not_modelled=tuple(unmodelled),
+        unresolved=tuple(unresolved),
+        not_understood=found.not_understood,
+        no_memory_effect=found.no_memory_effect,
+    )
+
+
+def _accepts(param: click.Parameter, value: Any) -> bool:
+    """Whether ``value`` is among the choices of ``param`` (always, for options without a fixed set of choices)."""
+    kind = param.type.inner if isinstance(param.type, Listed) else param.type
+    return not isinstance(kind, click.Choice) or str(value) in kind.choices
+
+
+def _typed_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def _with_launch(doc: dict[str, Any], launch: LaunchOutcome | None) -> dict[str, Any]:
+    if launch is not None:
+        from hfmem.report import launch_to_dict
+
+        doc["launch"] = launch_to_dict(launch)
+    return doc
+
+
+def _echo_launch(launch: LaunchOutcome | None, fmt: str) -> None:
+    """The "Settings from launch files" block after a table or Markdown report."""
+    if launch is not None:
+        from hfmem.report import render_launch
+
+        text = render_launch(launch, markdown=fmt == "markdown")
+        click.echo("".join(one_line(line) + "\n" for line in text.splitlines()), nl=False)  # keys quote the files
+
+
+def _emit_report(report: Report, fmt: str, *, explain: bool = False, launch: LaunchOutcome | None = None) -> None:
     from hfmem.report import render_markdown, render_table, to_dict
 
     secrets = _secrets(click.get_current_context())
@@ -898,7 +1000,7 @@ def _emit_report(report: Report, fmt: str, *, explain: bool = False) -> None:
             from hfmem.explain import explanation_records
 
             doc["explanation"] = explanation_records(report)
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json.dumps(_with_launch(doc, launch), indent=2))
     elif fmt == "markdown":
         click.echo(render_markdown(report), nl=False)
         if explain:
@@ -912,6 +1014,8 @@ def _emit_report(report: Report, fmt: str, *, explain: bool = False) -> None:
             from hfmem.explain import render_explanation
 
             click.echo(render_explanation(report, width=console["width"]), nl=False)
+    if fmt != "json":
+        _echo_launch(launch, fmt)
 
 
 def _exit_on_verdict(opts: dict[str, Any], reports: list[Report]) -> None:
@@ -949,6 +1053,7 @@ def _compare(**opts: Any) -> None:
     if len(set(models)) != len(models):
         raise click.UsageError("a model is named twice; give each once")
     opts.update(model=None, params=None, list_catalogue=False, list_gpus=False, clear_cache=False)
+    launch = _apply_launch_configs(click.get_current_context(), opts)
     combos = _combinations(opts)
     if len(combos) != 1:
         raise click.UsageError("compare takes one value per option; sweep one model at a time with lists")
@@ -964,9 +1069,10 @@ def _compare(**opts: Any) -> None:
     from hfmem.report import compare_to_dict, render_compare
 
     if fmt == "json":
-        click.echo(json.dumps(compare_to_dict(reports), indent=2))
+        click.echo(json.dumps(_with_launch(compare_to_dict(reports), launch), indent=2))
     else:
         click.echo(render_compare(reports, markdown=fmt == "markdown", **_console()), nl=False)
+        _echo_launch(launch, fmt)
     _exit_on_verdict(opts, reports)
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "ConfigTooLargeError",
     "HubTimeoutError",
     "NotMeasuredError",
+    "LaunchConfigError",
 ]
 
 
@@ -215,3 +216,13 @@ class NotMeasuredError(HfmemError):
             f"--check cannot give a verdict for '{model_id}': its {what} could not be measured ({reason.rstrip('.')}); "
             "drop --check to see the exact parameters and model states"
         )
+
+
+class LaunchConfigError(HfmemError, ValueError):
+    """A ``--launch-config`` file that cannot be read, parsed or recognised, or two files that disagree."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        super().__init__(f"--launch-config {path}: {problem}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 from rich import box
@@ -10,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from hfmem.launch import LaunchOutcome
 from hfmem.memory.parallel import in_flight_microbatches
 from hfmem.memory.states import OPTIMIZER_DESCRIPTIONS, PRECISION_SPECS
 from hfmem.types import (
@@ -34,6 +36,8 @@ __all__ = [
     "compare_to_dict",
     "describe_source",
     "stacked_bar",
+    "launch_to_dict",
+    "render_launch",
 ]
 
 #: Bumped only when a key changes meaning or disappears; new keys keep the version.
@@ -1068,3 +1072,44 @@ def describe_finetune(finetune: FinetuneSettings) -> str:
     else:
         text += "; frozen base in the working precision"
     return text
+
+
+# --- settings taken from --launch-config files -------------------------------------------------------------------
+
+
+def launch_to_dict(outcome: LaunchOutcome) -> dict[str, Any]:
+    """The ``"launch"`` object of the JSON: the files read and what became of each of their settings."""
+    return {
+        "files": [{"path": path, "format": fmt} for path, fmt in outcome.files],
+        "applied": list(outcome.applied),
+        "overridden_by_flags": list(outcome.overridden_by_flags),
+        "recognised_not_modelled": list(outcome.recognised_not_modelled),
+        "unresolved": list(outcome.unresolved),
+        "not_understood": list(outcome.not_understood),
+        "no_memory_effect": list(outcome.no_memory_effect),
+    }
+
+
+def _launch_value(value: Any) -> str:
+    return "" if value is True else f" {value}"
+
+
+def render_launch(outcome: LaunchOutcome, *, markdown: bool = False) -> str:
+    """The short "Settings from launch files" block printed after the table: one line per setting and origin."""
+    lines = [f"{a['option']}{_launch_value(a['value'])}  ← {a['origin']}" for a in outcome.applied]
+    lines += [
+        f"{o['option']}{_launch_value(o['flag_value'])} (typed) over {json.dumps(o['value'])}  ← {o['origin']}"
+        for o in outcome.overridden_by_flags
+    ]
+    lines += [
+        f"not modelled: {n['option']}{_launch_value(n['value'])}  ← {n['origin']} ({n['reason']})"
+        for n in outcome.recognised_not_modelled
+    ]
+    lines += [f"unresolved: {u['origin']} ({u['option']}): {u['reason']}" for u in outcome.unresolved]
+    lines += [f"not understood: {key}" for key in outcome.not_understood]
+    if outcome.no_memory_effect:
+        count = len(outcome.no_memory_effect)
+        lines.append(f"{count} key{'s' if count != 1 else ''} with no effect on memory (listed by --json)")
+    if markdown:
+        return "\n**Settings from launch files**\n\n" + "".join(f"- {line}\n" for line in lines)
+    return "\nSettings from launch files\n" + "".join(f"  {line}\n" for line in lines)
