@@ -22,6 +22,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "RemoteCodeRequiredError",
     "InvalidSetupError",
+    "CacheFolderError",
 ]
 
 
@@ -144,3 +145,17 @@ class InvalidSetupError(HfmemError, ValueError):
     """A combination of training options that cannot exist (e.g. CPU offload with ZeRO-0)."""
 
     exit_code = ExitCode.USAGE
+
+
+class CacheFolderError(HfmemError):
+    """``HFMEM_CACHE`` cannot name a folder, or ``--clear-cache`` was pointed at a folder that is not hfmem's cache.
+
+    Attributes:
+        folder: the folder (or the value of ``HFMEM_CACHE``) at fault.
+    """
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, folder: str, message: str) -> None:
+        self.folder = folder
+        super().__init__(message)
