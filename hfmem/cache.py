@@ -117,6 +117,12 @@ def cache_dir() -> Path:
                 f"HFMEM_CACHE={raw!r} cannot be expanded: there is no home folder for {user!r}; set HFMEM_CACHE to "
                 "an absolute path, or unset it to use ~/.cache/hfmem",
             ) from e
+        except OSError as e:  # a relative path, and the current folder was deleted
+            raise CacheFolderError(
+                raw,
+                f"HFMEM_CACHE={raw!r} is relative and the current folder is gone ({_reason(e)}); set it to an "
+                "absolute path",
+            ) from e
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     if xdg and os.path.isabs(xdg):
         return Path(xdg) / "hfmem"
