@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -112,6 +112,14 @@ def resolve(
     return resolved
 
 
+@dataclass(frozen=True)
+class NativeFallback:
+    """What `Prepared._native` caches: the config as the nearest native architecture, and the notes it added."""
+
+    config: dict[str, Any]
+    notes: tuple[str, ...]
+
+
 class Prepared:
     """One resolved model and everything measured on it, memoised: the plans of many setups reuse one inventory
     and one trace per distinct (batch, sequence, …), and the persistent cache (`hfmem.cache`) keeps them for the
@@ -142,15 +150,15 @@ class Prepared:
         (`hfmem.inventory.native_fallback`). Cached with the model, so a repeat query does not import transformers.
         """
 
-        def build() -> dict[str, Any]:
+        def build() -> NativeFallback:
             from hfmem.inventory import native_fallback
 
             native = native_fallback(resolved)
-            added = [note for note in native.notes if note not in resolved.notes]
-            return {"config": dict(native.config), "notes": added}
+            added = tuple(note for note in native.notes if note not in resolved.notes)
+            return NativeFallback(config=dict(native.config), notes=added)
 
-        found = self.memo(FinetuneSettings()).get_or_build("native", {}, build, dict)
-        return replace(resolved, config=found["config"], notes=(*resolved.notes, *found["notes"]))
+        found = self.memo(FinetuneSettings()).get_or_build("native", {}, build, NativeFallback)
+        return replace(resolved, config=found.config, notes=(*resolved.notes, *found.notes))
 
     def memo(self, finetune: FinetuneSettings) -> ProfileCache:
         """The measurements of the model trained by ``finetune`` (in memory, and on disk unless disabled)."""

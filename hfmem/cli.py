@@ -281,11 +281,21 @@ class MemorySize(click.ParamType):
 def _clear_cache(fmt: str) -> None:
     from hfmem.cache import clear_cache
 
-    folder, removed = clear_cache()
+    done = clear_cache()
+    removed, temps = len(done.removed_entries), len(done.removed_temp_files)
     if fmt == "json":
-        click.echo(json.dumps({"cache_dir": str(folder), "removed": removed}, indent=2))
+        files = sorted((*done.removed_entries, *done.removed_temp_files))
+        click.echo(
+            json.dumps(
+                {"cache_dir": str(done.folder), "removed": removed, "removed_files": files, "skipped": done.skipped},
+                indent=2,
+            )
+        )
     else:
-        click.echo(f"removed {removed} cached model{'s' if removed != 1 else ''} from {folder}")
+        line = f"removed {removed} cached model{'s' if removed != 1 else ''}"
+        if temps:
+            line += f" and {temps} unfinished temporary file{'s' if temps != 1 else ''}"
+        click.echo(one_line(f"{line} from {done.folder}"))
 
 
 #: ``--tp``, defined once: tensor parallelism splits the weights (and, for training, the activations) Megatron-style.
@@ -646,7 +656,7 @@ def _list_catalogue(json_: bool) -> None:
 @click.option(
     "--clear-cache",
     is_flag=True,
-    help="Delete hfmem's cache and exit.",
+    help="Delete the entries hfmem wrote to its cache (nothing else) and exit.",
 )
 @click.option(
     "--explain",

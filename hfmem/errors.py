@@ -28,6 +28,7 @@ __all__ = [
     "HubTimeoutError",
     "NotMeasuredError",
     "LaunchConfigError",
+    "CacheFolderError",
 ]
 
 
@@ -226,3 +227,15 @@ class LaunchConfigError(HfmemError, ValueError):
     def __init__(self, path: str, problem: str) -> None:
         self.path = path
         super().__init__(f"--launch-config {path}: {problem}")
+class CacheFolderError(HfmemError):
+    """``HFMEM_CACHE`` cannot name a folder, or ``--clear-cache`` was pointed at a folder that is not hfmem's cache.
+
+    Attributes:
+        folder: the folder (or the value of ``HFMEM_CACHE``) at fault.
+    """
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, folder: str, message: str) -> None:
+        self.folder = folder
+        super().__init__(message)
