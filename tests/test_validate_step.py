@@ -1,0 +1,122 @@
+"""benchmarks/validate_step.py: the live-tensor tracker on a step computed by hand, and one model against hfmem.
+
+The tracker is checked on ``nn.Linear(16, 8, bias=False)`` (fp32) with an input ``x`` of shape (4, 16) that needs
+no gradient, ``loss = linear(x).sum()`` and ``SGD(momentum=0.9, nesterov=True, foreach=False)``, whose every
+allocation follows from the torch 2.13 source:
+
+* forward: ``linear`` on 2-D input without bias is ``mm(x, W.t())`` (``t`` is a view): the output ``y`` (4×8),
+  then ``sum`` (a 0-d fp32 tensor). ``mm`` saves ``x`` and ``W.t()``, not ``y``, so ``y`` dies after ``sum``.
+* backward: ``torch.autograd._make_grads`` allocates ``ones_like(loss)`` (4 B); ``SumBackward0`` expands it (a
+  view); ``mm_mat2_backward`` (``tools/autograd/templates/FunctionsManual.cpp``) computes ``grad.t().mm(x).t()``
+  for the column-major ``W.t()``: one 8×16 tensor, which ``AccumulateGrad`` takes as ``W.grad`` without a copy.
+* step: ``_single_tensor_sgd``: ``buf.mul_(momentum).add_(grad)`` in place, then for Nesterov
+  ``grad = grad.add(buf, alpha=momentum)`` (a new W-sized tensor), ``param.add_`` in place.
+
+The step measured is the second (the momentum buffer exists), so at the start: W 512 + x 256 + buffer 512 bytes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+SCRIPT = Path(__file__).parent.parent / "benchmarks" / "validate_step.py"
+
+
+@pytest.fixture(scope="module")
+def validate_step():  # noqa: ANN201 — the benchmark script, imported as a module
+    spec = importlib.util.spec_from_file_location("validate_step", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["validate_step"] = module  # dataclasses resolve their module's globals through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+FP32 = 4
+W_BYTES = 8 * 16 * FP32  # 512
+X_BYTES = 4 * 16 * FP32  # 256
+Y_BYTES = 4 * 8 * FP32  # 128
+LOSS_BYTES = FP32  # a 0-d fp32 storage
+ONES_BYTES = FP32  # the loss's ones_like gradient
+
+
+def test_tracker_matches_a_step_computed_by_hand(validate_step) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 8, bias=False)
+    x = torch.randn(4, 16)
+    params = list(linear.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, foreach=False)
+    step = validate_step.Step(
+        params=params,
+        loss_fn=lambda tracker: linear(x).sum(),
+        optimizers=[optimizer],
+        all_optimizers=[optimizer],
+        inputs=[x],
+    )
+    result = validate_step.measure_step(step)
+
+    start = W_BYTES + X_BYTES + W_BYTES  # weight, input, momentum buffer
+    assert result.boundaries["start"]["bytes"] == start
+    assert result.phases["forward"]["peak_bytes"] == start + Y_BYTES + LOSS_BYTES
+    assert result.boundaries["after_forward"]["bytes"] == start + LOSS_BYTES
+    assert result.phases["backward"]["peak_bytes"] == start + LOSS_BYTES + ONES_BYTES + W_BYTES
+    assert result.boundaries["after_backward"]["bytes"] == start + LOSS_BYTES + W_BYTES
+    assert result.phases["step"]["peak_bytes"] == start + LOSS_BYTES + W_BYTES + W_BYTES
+    assert result.boundaries["after_step"]["bytes"] == start + LOSS_BYTES + W_BYTES
+    assert result.peak_phase == "step"
+    # What is alive at the step's peak, by identity (weight, gradient, buffer) and by creation phase.
+    assert result.phases["step"]["components"] == {
+        "params": W_BYTES,
+        "inputs": X_BYTES,
+        "grads": W_BYTES,
+        "optimizer_states": W_BYTES,
+        "activations": LOSS_BYTES,
+        "step_temps": W_BYTES,
+    }
+    # At the backward peak W's gradient has just been computed and is not yet ``W.grad`` (AccumulateGrad runs
+    # next), so it is a backward temporary there; after backward it is the gradient.
+    assert result.phases["backward"]["components"]["backward_temps"] == ONES_BYTES + W_BYTES
+    assert "grads" not in result.phases["backward"]["components"]
+    assert result.boundaries["after_backward"]["components"]["grads"] == W_BYTES
+
+
+def test_tracker_counts_a_storage_once_and_releases_it(validate_step) -> None:  # noqa: ANN001
+    tracker = validate_step.LiveTensorTracker()
+    with tracker, tracker.phase("forward"):
+        a = torch.zeros(100)  # 400 bytes
+        view = a[10:20]  # same storage: not counted again
+        b = view * 2  # 40 bytes
+        del a, view  # the storage dies with its last view
+        c = torch.zeros(25)  # 100 bytes
+    assert tracker.phases["forward"]["peak_bytes"] == 440
+    assert tracker.current_bytes == 140
+    del b, c
+
+
+def test_llama_baseline_step_against_hfmem(validate_step) -> None:  # noqa: ANN001
+    """Tiny Llama, HF loss, fp32 AdamW: hfmem's allocated peak vs the measured one, under hfmem's conventions.
+
+    hfmem keeps the logits alive across backward (`outputs-kept`: a loop doing ``out = model(...)``,
+    ``out.loss.backward()``) and counts all gradients as live from the start of backward ("conservative by at most
+    the gradient term", hfmem/memory/peak.py), while at the start of the real backward no gradient exists yet.
+    So the measured backward peak + the gradient bytes must equal hfmem's backward peak within 1 %, and the
+    measured step without the foreach temporary (fused AdamW, which hfmem's step matches) its step within 1 %.
+    """
+    rows = validate_step.run(["llama"], ["outputs-kept", "adamw-fused"], True, lambda line: None)
+    kept, fused = rows
+    assert isinstance(kept.prediction, dict) and "phases" in kept.prediction, kept.prediction
+    grads_bytes = kept.prediction["components"]["gradients"]
+    # by hand: embeddings + untied head 2·2048·64, 2 layers × (q,o 2·64² + k,v 2·64·32 + MLP 3·64·176 + 2 norms
+    # 2·64), final norm 64 — fp32
+    assert grads_bytes == FP32 * (2 * 2048 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 176 + 2 * 64) + 64)
+    predicted_backward = kept.prediction["phases"]["backward"]
+    measured_backward = kept.result.phases["backward"]["peak_bytes"] + grads_bytes
+    assert abs(predicted_backward - measured_backward) / measured_backward <= 0.01
+    measured_step = fused.result.phases["step"]["peak_bytes"] - LOSS_BYTES
+    assert abs(kept.prediction["phases"]["step"] - measured_step) / measured_step <= 0.01
