@@ -18,6 +18,11 @@ Techniques (issue 13, item 4; what each one keeps is read from the framework sou
 
 * ``baseline``: transformers' own loss (labels passed to the model), no recompute, ``AdamW(foreach=True)`` (the
   CUDA default, `torch/optim/adam.py::adam`; on the CPU torch would default to the for-loop, so it is asked for).
+* ``outputs-kept`` (and ``X+kept`` for technique X): the same step in a loop that keeps the model outputs
+  (``out = model(...)``; ``out.loss.backward()``; ``optimizer.step()``), so the logits live through backward and
+  the step. hfmem's logits term follows this convention (docs/techniques.md §1.1).
+* ``eager``: the baseline with ``attn_implementation="eager"`` (hfmem's ``--attn eager``): a like-for-like
+  comparison for T5, whose SDPA calls with a position bias take the CPU math kernel.
 * ``loss-chunked``: torchtune ``CEWithChunkedOutputLoss`` (8 chunks): the output projection per chunk, all chunks'
   logits kept in a list, fp32 upcast and cross-entropy per chunk, eager (not compiled); ``del logits`` before
   backward as the recipe does (`recipes/full_finetune_single_device.py@1814feb17::_loss_step`).
@@ -741,14 +746,19 @@ TECHNIQUES = {
             hfmem="n/a (option not in this hfmem: --precision amp-bf16)",
         ),
         Technique("bf16", "pure bf16 model and AdamW", dtype=torch.bfloat16, hfmem={"precision": "bf16"}),
+        Technique("ckpt-full+kept", "ckpt-full, outputs kept across backward", hfmem={"grad_checkpointing": "full"}),
+        Technique("bf16+kept", "bf16, outputs kept across backward", dtype=torch.bfloat16, hfmem={"precision": "bf16"}),
+        Technique("eager", "baseline with eager attention", hfmem={"attn": "eager"}),
+        Technique("eager+kept", "eager attention, outputs kept across backward", hfmem={"attn": "eager"}),
     )
 }
+DECODER_TECHNIQUES = tuple(name for name in TECHNIQUES if not name.startswith("eager"))
 DEFAULT_TECHNIQUES = {
-    "llama": tuple(TECHNIQUES),
-    "mistral": tuple(TECHNIQUES),
-    "qwen2": tuple(TECHNIQUES),
-    "bert-cls": ("baseline", "ckpt-full", "adamw-fused", "adamw-loop", "optim-in-bwd", "amp-bf16", "bf16"),
-    "t5": ("baseline", "outputs-kept", "ckpt-full", "amp-bf16", "bf16"),
+    "llama": DECODER_TECHNIQUES,
+    "mistral": DECODER_TECHNIQUES,
+    "qwen2": DECODER_TECHNIQUES,
+    "bert-cls": ("baseline", "ckpt-full", "adamw-fused", "adamw-loop", "optim-in-bwd", "amp-bf16", "bf16", "eager"),
+    "t5": ("baseline", "outputs-kept", "ckpt-full", "ckpt-full+kept", "amp-bf16", "bf16", "eager", "eager+kept"),
     "t5-target": ("baseline", "ckpt-full", "amp-bf16"),
 }
 
@@ -758,7 +768,11 @@ def build_step(case: ModelCase, technique: Technique, folder: Path) -> Step:
     model = build(folder, technique.dtype)
     inputs = make_inputs(model, case)
     params = [p for p in model.parameters() if p.requires_grad]
-    name = technique.name
+    # "X+kept": technique X in a loop that keeps the model outputs (logits) across backward, hfmem's convention.
+    name = technique.name.removesuffix("+kept")
+    keep_outputs = technique.name.endswith("+kept") or name == "outputs-kept"
+    if name == "eager":
+        model.set_attn_implementation("eager")
     adamw: dict[str, Any] = {"lr": 1e-4, "foreach": True}
     if name == "adamw-fused":
         adamw = {"lr": 1e-4, "fused": True}
@@ -785,7 +799,7 @@ def build_step(case: ModelCase, technique: Technique, folder: Path) -> Step:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return hf_loss(model, inputs, tracker)
 
-    elif name == "outputs-kept":
+    elif keep_outputs:
 
         def loss_fn(tracker: LiveTensorTracker | None) -> torch.Tensor:
             with head_tags_loss(model, tracker):
@@ -895,7 +909,8 @@ def predict_worker(requests_path: Path, results_path: Path) -> None:
         try:
             results.append(predict(request["folder"], request["fields"]))
         except Exception as e:  # noqa: BLE001 — reported in the table (e.g. hfmem's exit-5 task heads)
-            results.append({"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+            message = (str(e).splitlines() or [""])[0].replace(request["folder"], "<config folder>")
+            results.append({"error": f"{type(e).__name__}: {message}"})
     results_path.write_text(json.dumps(results), encoding="utf-8")
 
 
@@ -937,6 +952,24 @@ class Row:
         predicted = self.predicted_bytes
         return None if predicted is None else 100.0 * (predicted - self.result.peak_bytes) / self.result.peak_bytes
 
+    @property
+    def grads_adjusted_bytes(self) -> int | None:
+        """The measured peak plus the gradients not yet alive at it: hfmem counts every gradient as live in
+        forward and backward ("conservative by at most the gradient term", hfmem/memory/peak.py)."""
+        if self.predicted_bytes is None:
+            return None
+        assert isinstance(self.prediction, dict)
+        missing = self.prediction["components"]["gradients"]
+        missing -= self.result.phases[self.result.peak_phase]["components"].get("grads", 0)
+        return self.result.peak_bytes + max(0, missing)
+
+    @property
+    def grads_adjusted_error_pct(self) -> float | None:
+        adjusted = self.grads_adjusted_bytes
+        if adjusted is None or self.predicted_bytes is None:
+            return None
+        return 100.0 * (self.predicted_bytes - adjusted) / adjusted
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -951,6 +984,8 @@ class Row:
             },
             "hfmem": self.prediction,
             "error_pct": self.error_pct,
+            "grads_adjusted_bytes": self.grads_adjusted_bytes,
+            "grads_adjusted_error_pct": self.grads_adjusted_error_pct,
             "setup": self.config,
         }
 
@@ -1012,6 +1047,42 @@ def environment() -> dict[str, str]:
     }
 
 
+NOTES = (
+    "## Reading the table",
+    "",
+    "- **HF loss, where the logits go.** With the outputs dropped before backward (the HF Trainer, `baseline`), "
+    "the backward peak holds the fp32 log-softmax and two logits-sized gradients (12 B/logit in fp32); a loop "
+    "that keeps `out` across `out.loss.backward()` (`outputs-kept`) adds the logits themselves. hfmem's logits "
+    "term is the second convention (G + 3Λ, docs/techniques.md §1.1), so it overshoots `baseline` by the logits; "
+    "the `+kept` rows measure hfmem's convention (summary above).",
+    "- **Optimizer step.** The `foreach` step temporary is one state-sized list of all parameters "
+    "(`_foreach_sqrt`); `fused` has none; the for-loop keeps 2 × the largest parameter. hfmem has no step "
+    "temporary, so its step phase matches `adamw-fused`. With these small models and large vocabularies the step "
+    "never holds the overall peak (the logits do), so the step temporaries show only in the step column; at 7B "
+    "scale the step peaks (issue 13, §3).",
+    "- **T5.** 4 of T5's 6 attention calls (the self-attentions, whose relative position bias needs a gradient; all "
+    "6 under checkpointing, which makes the cross-attention's zero bias require a gradient too) take "
+    "CPU SDPA's math kernel (`_safe_softmax` + matmuls) and save the s × s probabilities, which a GPU's "
+    "memory-efficient kernel does not: the measured activations exceed hfmem's there (same caveat as "
+    "`docs/validation.md`). T5's loss does not upcast (no fp32 copy of the logits).",
+    "- **BERT classifier.** This hfmem's trace passes token labels `(b, s)` to `BertForSequenceClassification`, "
+    "which expects `(b,)`, so it fails (issue 13, item 6); the measurement uses `(b,)` labels.",
+    "- **Autocast.** CPU autocast (`amp-bf16`) runs softmax and layer norm in bf16 where CUDA autocast runs them in "
+    "fp32, so the activation bytes are the CPU's; the weight-cast cache (`weight_casts`: `_to_copy` of a "
+    "parameter) is the same mechanism on both.",
+    "- **Op-level SAC.** CPU SDPA (`_scaled_dot_product_flash_attention_for_cpu`) is added to torchtitan's save "
+    "list as the stand-in for the GPU flash/efficient kernels; Qwen2's biased q/k/v projections dispatch to "
+    "`addmm`, which the `1f029641` list does not save (torchtitan HEAD saves every `addmm`).",
+    "- **Fused loss.** The re-implementation follows Liger's non-CUDA path, which is also its CUDA path for fp32: "
+    "`grad_weight += torch.mm(grad_logits_chunk.t(), input_chunk).float()` allocates a head-sized temporary per "
+    "chunk (bf16 on a GPU with compute capability ≥ 8 uses `addmm(out=grad_weight)` instead).",
+    "- **Offload.** The off-device copies are not counted (`offloaded_bytes` in the JSON); copies are synchronous, "
+    "so torchtune's 5-tensor forward stash is not reproduced. What stays: the head's saved tensors, tensors under "
+    "1 KiB and parameters.",
+    "- Not visible to a dispatch mode: scratch memory inside one ATen kernel.",
+)
+
+
 def render_markdown(rows: list[Row], env: dict[str, str], elapsed_s: float) -> str:
     lines = [
         "# One training step on the CPU, measured per technique",
@@ -1029,24 +1100,31 @@ def render_markdown(rows: list[Row], env: dict[str, str], elapsed_s: float) -> s
         "- Sizes in MiB (2^20 bytes); the JSON beside this file has the bytes and the live components at every "
         "phase boundary.",
         "",
+        "- *error*: hfmem vs the measured peak. *error, grads live*: vs the measured peak plus the gradients not yet "
+        "alive at it, since hfmem counts every gradient as live in forward and backward (`hfmem/memory/peak.py`: "
+        '"conservative by at most the gradient term"); in a real step they appear during backward.',
+        "",
         "| model | technique | fwd peak | bwd peak | step peak | peak phase | alive at the peak | hfmem peak "
-        "(phase) | error |",
-        "|---|---|---:|---:|---:|---|---|---:|---:|",
+        "(phase) | error | error, grads live |",
+        "|---|---|---:|---:|---:|---|---|---:|---:|---:|",
     ]
     for row in rows:
         phases = row.result.phases
         peak = phases[row.result.peak_phase]
+        adjusted = "—"
         if isinstance(row.prediction, dict) and "peak_bytes" in row.prediction:
             predicted = f"{_mib(row.prediction['peak_bytes'])} ({row.prediction['peak_phase']})"
             error = f"{row.error_pct:+.1f} %"
+            adjusted = f"{row.grads_adjusted_error_pct:+.1f} %"
         elif isinstance(row.prediction, dict):
-            predicted, error = f"error: {row.prediction.get('error', '?')}", "—"
+            predicted, error = f"hfmem failed: {row.prediction.get('error', '?')}", "—"
         else:
             predicted, error = row.prediction or "not asked (--no-predict)", "—"
         lines.append(
             f"| {row.model} | {row.technique} | {_mib(phases['forward']['peak_bytes'])} | "
             f"{_mib(phases['backward']['peak_bytes'])} | {_mib(phases['step']['peak_bytes'])} | "
-            f"{row.result.peak_phase} | {_components_text(peak['components'])} | {predicted} | {error} |"
+            f"{row.result.peak_phase} | {_components_text(peak['components'])} | {predicted} | {error} | "
+            f"{adjusted} |"
         )
     lines += ["", "## hfmem's phases beside the measured ones (rows hfmem can predict)", ""]
     lines += [
@@ -1061,7 +1139,25 @@ def render_markdown(rows: list[Row], env: dict[str, str], elapsed_s: float) -> s
         predicted = " / ".join(_mib(predicted_phases[p]) for p in PHASES) if predicted_phases else "—"
         parts = {k: v for k, v in row.prediction["components"].items() if v}
         lines.append(f"| {row.model} | {row.technique} | {measured} | {predicted} | {_components_text(parts)} |")
-    return "\n".join(lines) + "\n"
+    kept = [
+        row
+        for row in rows
+        if row.grads_adjusted_error_pct is not None
+        and (row.technique == "outputs-kept" or row.technique.endswith("+kept"))
+    ]
+    summary = []
+    if kept:
+        summary = [
+            "## Under hfmem's conventions",
+            "",
+            "Rows that keep the outputs across backward, compared with the gradients counted as live (the *error, "
+            "grads live* column): "
+            + ", ".join(f"{row.model} {row.technique} {row.grads_adjusted_error_pct:+.3f} %" for row in kept)
+            + ". T5's SDPA rows differ by what CPU SDPA's math kernel saves (below); its `eager+kept` row runs the "
+            "same kernel on both sides.",
+            "",
+        ]
+    return "\n".join([*lines, "", *summary, *NOTES]) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
