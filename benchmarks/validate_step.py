@@ -1056,8 +1056,10 @@ NOTES = (
     "term is the second convention (G + 3Λ, docs/techniques.md §1.1), so it overshoots `baseline` by the logits; "
     "the `+kept` rows measure hfmem's convention (summary above).",
     "- **Optimizer step.** The `foreach` step temporary is one state-sized list of all parameters "
-    "(`_foreach_sqrt`); `fused` has none; the for-loop keeps 2 × the largest parameter. hfmem has no step "
-    "temporary, so its step phase matches `adamw-fused`. With these small models and large vocabularies the step "
+    "(`_foreach_sqrt`); `fused` has none; the for-loop keeps 2 × one parameter plus the previous parameter's "
+    "`denom`, still bound to the loop variable of `_single_tensor_adam` (largest at the biggest parameter: "
+    "tests/test_validate_step.py). hfmem has no step temporary, so its step phase matches `adamw-fused`. "
+    "With these small models and large vocabularies the step "
     "never holds the overall peak (the logits do), so the step temporaries show only in the step column; at 7B "
     "scale the step peaks (issue 13, §3).",
     "- **T5.** 4 of T5's 6 attention calls (the self-attentions, whose relative position bias needs a gradient; all "

@@ -120,3 +120,51 @@ def test_llama_baseline_step_against_hfmem(validate_step) -> None:  # noqa: ANN0
     assert abs(predicted_backward - measured_backward) / measured_backward <= 0.01
     measured_step = fused.result.phases["step"]["peak_bytes"] - LOSS_BYTES
     assert abs(kept.prediction["phases"]["step"] - measured_step) / measured_step <= 0.01
+
+
+def test_fused_and_chunked_losses_compute_the_hf_loss(validate_step, tmp_path: Path) -> None:  # noqa: ANN001
+    """The re-implemented losses are the same function as transformers' (value and gradients), so what they save is
+    the only difference being measured."""
+    case = validate_step.MODELS["llama"]
+    model = validate_step.build(validate_step.write_config(case, tmp_path), torch.float32)
+    inputs = validate_step.make_inputs(model, case)
+    inputs["labels"] = inputs["labels"].clone()  # (the same tensor as input_ids)
+    inputs["labels"][0, :5] = validate_step.IGNORE_INDEX  # ignored tokens must be ignored the same way
+
+    def loss_and_grads(loss_fn) -> tuple[torch.Tensor, list[torch.Tensor]]:  # noqa: ANN001
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(None)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    reference, reference_grads = loss_and_grads(lambda _: model(**inputs).loss)
+    for fn in (validate_step.chunked_loss, validate_step.fused_loss):
+        loss, grads = loss_and_grads(lambda tracker, fn=fn: fn(model, inputs, tracker))
+        torch.testing.assert_close(loss, reference)
+        for grad, expected in zip(grads, reference_grads, strict=True):
+            torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_adamw_step_temporaries_follow_the_torch_source(validate_step) -> None:  # noqa: ANN001
+    """Extra live bytes during ``AdamW.step()`` on the tiny fp32 Llama, from torch 2.13 ``torch/optim/adam.py``:
+    foreach ``exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs)`` = one state-sized list of all parameters;
+    fused ``torch._fused_adamw_`` = none; for-loop ``denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)``
+    = two tensors the size of one parameter while the previous parameter's ``denom`` is still bound to the loop
+    variable: largest at the LM head (2048×64, the last parameter), preceded by the final norm (64);
+    optimizer-in-backward has no step phase at all. The rest of ``step()`` is in place."""
+    rows = validate_step.run(["llama"], ["baseline", "adamw-fused", "adamw-loop", "optim-in-bwd"], False, print)
+    extra = {
+        row.technique: row.result.phases["step"]["peak_bytes"] - row.result.boundaries["after_backward"]["bytes"]
+        for row in rows
+    }
+    all_params_bytes = FP32 * (2 * 2048 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 176 + 2 * 64) + 64)
+    assert extra == {
+        "baseline": all_params_bytes,
+        "adamw-fused": 0,
+        "adamw-loop": 2 * FP32 * 2048 * 64 + FP32 * 64,
+        "optim-in-bwd": 0,
+    }
+    in_bwd = rows[-1].result
+    # gradients are freed as they are applied: none is alive after backward, the states are
+    assert "grads" not in in_bwd.boundaries["after_backward"]["components"]
+    assert in_bwd.boundaries["after_backward"]["components"]["optimizer_states"] >= 2 * all_params_bytes
