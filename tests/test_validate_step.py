@@ -115,7 +115,9 @@ def test_llama_baseline_step_against_hfmem(validate_step) -> None:  # noqa: ANN0
     # by hand: embeddings + untied head 2·2048·64, 2 layers × (q,o 2·64² + k,v 2·64·32 + MLP 3·64·176 + 2 norms
     # 2·64), final norm 64 — fp32
     assert grads_bytes == FP32 * (2 * 2048 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 176 + 2 * 64) + 64)
-    predicted_backward = kept.prediction["phases"]["backward"]
+    assert kept.prediction["peak_phase"] == kept.result.peak_phase == "backward"
+    predicted_backward = kept.prediction["peak_bytes"]
+    assert predicted_backward == kept.prediction["phases"]["backward"]
     measured_backward = kept.result.phases["backward"]["peak_bytes"] + grads_bytes
     assert abs(predicted_backward - measured_backward) / measured_backward <= 0.01
     measured_step = fused.result.phases["step"]["peak_bytes"] - LOSS_BYTES
