@@ -1074,7 +1074,9 @@ NOTES = (
     "parameter) is the same mechanism on both.",
     "- **Op-level SAC.** CPU SDPA (`_scaled_dot_product_flash_attention_for_cpu`) is added to torchtitan's save "
     "list as the stand-in for the GPU flash/efficient kernels; Qwen2's biased q/k/v projections dispatch to "
-    "`addmm`, which the `1f029641` list does not save (torchtitan HEAD saves every `addmm`).",
+    "`addmm`, which the `1f029641` list neither saves nor counts (torchtitan HEAD saves every `addmm`). What "
+    "`ckpt-ops` keeps beyond `ckpt-full` equals docs/techniques.md's per-token formula exactly on Llama and Qwen2 "
+    "(tests/test_validate_step.py).",
     "- **Fused loss.** The re-implementation follows Liger's non-CUDA path, which is also its CUDA path for fp32: "
     "`grad_weight += torch.mm(grad_logits_chunk.t(), input_chunk).float()` allocates a head-sized temporary per "
     "chunk (bf16 on a GPU with compute capability ≥ 8 uses `addmm(out=grad_weight)` instead).",

@@ -170,3 +170,35 @@ def test_adamw_step_temporaries_follow_the_torch_source(validate_step) -> None: 
     # gradients are freed as they are applied: none is alive after backward, the states are
     assert "grads" not in in_bwd.boundaries["after_backward"]["components"]
     assert in_bwd.boundaries["after_backward"]["components"]["optimizer_states"] >= 2 * all_params_bytes
+
+
+def test_op_level_sac_keeps_what_torchtitans_policy_saves(validate_step) -> None:  # noqa: ANN001
+    """Beyond full checkpointing, torchtitan's op-level policy (`1f029641`) keeps the outputs of every odd-numbered
+    ``mm`` of a block (counted per block) and of SDPA (output + fp32 logsumexp per head), docs/techniques.md §2.2.
+
+    Llama block, in call order q, k, v, o, gate, up, down = mm 1..7: q (h), v (kv), gate (f), down (h) + SDPA out
+    (h) + lse (n_heads), fp32: ``4(3h + kv + f) + 4·n_heads`` bytes per token and layer. Qwen2's q/k/v have a bias
+    and dispatch to ``addmm``, which that list neither saves nor counts: o, gate, up, down are mm 1..4, so o (h)
+    and up (f) are kept: ``4(2h + f) + 4·n_heads``.
+    """
+    rows = validate_step.run(["llama", "qwen2"], ["ckpt-full", "ckpt-ops"], False, print)
+    kept = {}
+    for row in rows:
+        kept.setdefault(row.model, {})[row.technique] = row.result.boundaries["after_forward"]["components"][
+            "activations"
+        ]
+    tokens_times_layers = 2 * 128 * 2  # batch 2 × seq 128 × 2 layers
+    h, n_heads = 64, 4
+    llama = (4 * (3 * h + 2 * 16 + 176) + 4 * n_heads) * tokens_times_layers  # kv = 2 heads × 16, f = 176
+    qwen2 = (4 * (2 * h + 192) + 4 * n_heads) * tokens_times_layers  # f = 192
+    assert kept["llama"]["ckpt-ops"] - kept["llama"]["ckpt-full"] == llama
+    assert kept["qwen2"]["ckpt-ops"] - kept["qwen2"]["ckpt-full"] == qwen2
+
+
+def test_fused_loss_keeps_two_gradients_and_no_logits(validate_step) -> None:  # noqa: ANN001
+    """Liger's fused linear + cross-entropy keeps, from its forward to backward, ``grad_input`` (T × h) and
+    ``grad_weight`` (V × h) and nothing per logit (docs/techniques.md §1.4); plus the 0-d loss. Tiny Llama, fp32:
+    T = 2 × 128 tokens, h = 64, V = 2048."""
+    (row,) = validate_step.run(["llama"], ["loss-fused"], False, print)
+    loss_bytes = row.result.boundaries["after_forward"]["components"]["logits_loss"]
+    assert loss_bytes == FP32 * (2 * 128 * 64 + 2048 * 64) + FP32
