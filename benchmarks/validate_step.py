@@ -1097,19 +1097,19 @@ def render_markdown(rows: list[Row], env: dict[str, str], elapsed_s: float) -> s
         "",
         "- Measured: live bytes of every storage returned by an ATen op (each untyped storage once), plus the "
         "parameters, buffers, inputs and optimizer states that exist before the step; the second step of a "
-        "loop; loss kept, outputs dropped (HF Trainer). Peak per phase; components alive at that peak.",
+        "loop; the loss kept until the step ends, the model outputs dropped before backward (HF Trainer) except in "
+        "the `outputs-kept` and `+kept` rows. Peak per phase; components alive at that peak.",
         "- Predicted: hfmem's allocated peak (`total` less the CUDA context and allocator fragmentation, both set to "
         "0), ZeRO 0, fp32 (bf16 row: `--precision bf16`), dropout 0. `n/a` = the option does not exist in this "
         "hfmem yet.",
-        "- Sizes in MiB (2^20 bytes); the JSON beside this file has the bytes and the live components at every "
-        "phase boundary.",
-        "",
+        "- Peaks in bytes; components (and the phase comparison below) in MiB (2^20 bytes). The JSON beside this "
+        "file has every value in bytes, and the live components at every phase boundary.",
         "- *error*: hfmem vs the measured peak. *error, grads live*: vs the measured peak plus the gradients not yet "
         "alive at it, since hfmem counts every gradient as live in forward and backward (`hfmem/memory/peak.py`: "
         '"conservative by at most the gradient term"); in a real step they appear during backward.',
         "",
-        "| model | technique | fwd peak | bwd peak | step peak | peak phase | alive at the peak | hfmem peak "
-        "(phase) | error | error, grads live |",
+        "| model | technique | fwd peak B | bwd peak B | step peak B | peak phase | alive at the peak (MiB) | "
+        "hfmem peak B (phase) | error | error, grads live |",
         "|---|---|---:|---:|---:|---|---|---:|---:|---:|",
     ]
     for row in rows:
@@ -1117,16 +1117,16 @@ def render_markdown(rows: list[Row], env: dict[str, str], elapsed_s: float) -> s
         peak = phases[row.result.peak_phase]
         adjusted = "—"
         if isinstance(row.prediction, dict) and "peak_bytes" in row.prediction:
-            predicted = f"{_mib(row.prediction['peak_bytes'])} ({row.prediction['peak_phase']})"
+            predicted = f"{row.prediction['peak_bytes']:,} ({row.prediction['peak_phase']})"
             error = f"{row.error_pct:+.1f} %"
-            adjusted = f"{row.grads_adjusted_error_pct:+.1f} %"
+            adjusted = f"{row.grads_adjusted_error_pct:+.2f} %"
         elif isinstance(row.prediction, dict):
             predicted, error = f"hfmem failed: {row.prediction.get('error', '?')}", "—"
         else:
             predicted, error = row.prediction or "not asked (--no-predict)", "—"
         lines.append(
-            f"| {row.model} | {row.technique} | {_mib(phases['forward']['peak_bytes'])} | "
-            f"{_mib(phases['backward']['peak_bytes'])} | {_mib(phases['step']['peak_bytes'])} | "
+            f"| {row.model} | {row.technique} | {phases['forward']['peak_bytes']:,} | "
+            f"{phases['backward']['peak_bytes']:,} | {phases['step']['peak_bytes']:,} | "
             f"{row.result.peak_phase} | {_components_text(peak['components'])} | {predicted} | {error} | "
             f"{adjusted} |"
         )
