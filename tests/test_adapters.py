@@ -241,3 +241,14 @@ def test_issue_14_numbers() -> None:
     code, out, err = run(str(folder), "--training-only", "--zero", "0", "--json", "--lora-rank", "8")
     assert code == 0, err
     assert json.loads(out)["parameters"]["trainable"] == 32 * 8 * ((4096 + 4096) + (4096 + 1024)) == 3_407_872
+
+
+def test_a_launch_file_overrides_the_adapter_as_flags_do(tmp_path: Path) -> None:
+    adapter = make_adapter(tmp_path, r=4, target_modules=["q_proj", "v_proj"])
+    launch = tmp_path / "axolotl.yml"
+    launch.write_text("adapter: lora\nlora_r: 2\n")  # axolotl's keys (hfmem/launch.py `axolotl`)
+    code, out, err = run(str(adapter), "--training-only", "--zero", "0", "--json", "--launch-config", str(launch))
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["parameters"]["trainable"] == lora_params(2, ["q_proj", "v_proj"]) == 2 * 2 * 2 * 128
+    assert any("overridden by --lora-rank 2 (adapter: 4)" in n for n in doc["notes"])
