@@ -694,6 +694,7 @@ def cli(**opts: Any) -> None:
         _list_gpus(fmt == "json")
         return
     launch = _apply_launch_configs(click.get_current_context(), opts)
+    opts["finetune_given"] = _finetune_given(click.get_current_context(), launch)
     model, params = opts["model"], opts["params"]
     if model is None and params is None:
         raise click.UsageError("give a MODEL (a Hub id, folder or config.json) or --params COUNT")
@@ -836,7 +837,26 @@ def _report(prepared: Prepared, o: dict[str, Any]) -> Report:
             find_max_batch=o["max_batch"],
             checkpoint=o["checkpoint"] and serve is not None,
             token=o["token"],
+            finetune_given=o["finetune_given"],
         )
+
+
+def _finetune_given(ctx: click.Context, launch: LaunchOutcome | None) -> frozenset[str]:
+    """The options typed (or set by a launch file); over a PEFT adapter, those naming `FinetuneSettings` fields
+    replace the adapter's own settings (`hfmem.api.adapter_finetune`)."""
+    from click.core import ParameterSource
+
+    from_files = {entry["option"] for entry in launch.applied} if launch else set()
+    return frozenset(
+        p.name
+        for p in ctx.command.params
+        if isinstance(p, click.Option)
+        and p.name is not None
+        and (
+            ctx.get_parameter_source(p.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+            or p.opts[0] in from_files
+        )
+    )
 
 
 def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, InferenceSetup | None, bool]:
@@ -1064,6 +1084,7 @@ def _compare(**opts: Any) -> None:
         raise click.UsageError("a model is named twice; give each once")
     opts.update(model=None, params=None, list_catalogue=False, list_gpus=False, clear_cache=False)
     launch = _apply_launch_configs(click.get_current_context(), opts)
+    opts["finetune_given"] = _finetune_given(click.get_current_context(), launch)
     combos = _combinations(opts)
     if len(combos) != 1:
         raise click.UsageError("compare takes one value per option; sweep one model at a time with lists")

@@ -81,6 +81,10 @@ class ModelConfig:
         revision: the commit sha the Hub served, when known.
         directory: the folder holding config.json (custom-code models load their code from there).
         notes: one-line remarks for stderr: fallbacks taken and why, adapters resolved to their base.
+        adapter: a PEFT LoRA adapter's own settings (its adapter_config.json: ``r``, ``lora_alpha``,
+            ``target_modules``, ``modules_to_save``, ``use_dora``) when MODEL is such an adapter, else None.
+            `hfmem.estimate` plans them unless the caller gives a `FinetuneSettings` (see `adapter_finetune`).
+        adapter_origin: where ``adapter`` was read (``<folder>/adapter_config.json`` or ``<repo> adapter_config.json``).
     """
 
     model_id: str
@@ -89,6 +93,8 @@ class ModelConfig:
     revision: str | None = None
     directory: Path | None = None
     notes: tuple[str, ...] = ()
+    adapter: FinetuneSettings | None = None
+    adapter_origin: str | None = None
 
     @property
     def model_type(self) -> str | None:
