@@ -563,7 +563,7 @@ def _list_catalogue(json_: bool) -> None:
     "gpu_name",
     type=Listed(click.STRING),
     metavar="NAME[,…]",
-    help="Check the plan against a GPU (--list-gpus): h100-sxm, a100-40gb…",
+    help="Check the plan against a GPU (--list-gpus): h100-sxm, a100-40gb-pcie…",
 )
 @click.option(
     "--gpu-memory",
