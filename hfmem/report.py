@@ -624,10 +624,12 @@ def _kv_phrase(group: dict[str, Any]) -> str:
 def _kv_line(inference: InferenceEstimate) -> str:
     if not inference.kv_layers:
         return "KV cache: none (no attention layer caches keys and values)."
+    tp = inference.setup.tp
     return (
         f"KV cache: {inference.kv_cache_bytes_per_token:,} bytes per token per sequence"
+        + (f" per GPU (its share of the KV heads under tensor parallel {tp})" if tp > 1 else "")
         + (" (until the sliding windows fill)" if any(layer.kind == "sliding" for layer in inference.kv_layers) else "")
-        + "; "
+        + ("; whole layers: " if tp > 1 else "; ")
         + "; ".join(_kv_phrase(g) for g in kv_layer_summary(inference.kv_layers))
         + "."
     )
@@ -945,6 +947,13 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
     if setup is not None:
         gpus = setup.gpus_per_node * setup.nodes
         title += f" — {setup.precision}, {setup.optimizer}, {gpus} GPU(s), micro-batch {setup.batch_size}"
+        # Without --seq-len each model trains at its own default: one figure when they agree, else each model's.
+        lengths = [(r.model.model_id, r.training.seq_len) for r in reports if r.training and r.training.seq_len]
+        if lengths and len({length for _, length in lengths}) == 1:
+            title += f" × {lengths[0][1]:,} tokens ({first.training.seq_len_source if first.training else '—'})"
+        elif lengths:
+            title += " × " + " / ".join(f"{length:,}" for _, length in lengths) + " tokens (each model's, in column order)"
+        title += f", checkpointing {setup.grad_checkpointing}"
     if gpu is not None:
         title += f"; fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable)"
     notes = [
