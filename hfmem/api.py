@@ -232,7 +232,7 @@ class Prepared:
             inventory=inventory,
             training=plan,
             hfmem_version=hfmem_version(),
-            notes=tuple(notes),
+            notes=(*resolved.notes, *notes),  # the model's (fallbacks, adapters) first: all of them on the result
             inference=served,
             checkpoint=comparison,
             inference_unmeasured=unserved,
