@@ -287,7 +287,7 @@ class Prepared:
             inventory=inventory,
             training=plan,
             hfmem_version=hfmem_version(),
-            notes=tuple(notes),
+            notes=(*resolved.notes, *notes),  # the model's (fallbacks, adapters) first: all of them on the result
             inference=served,
             checkpoint=comparison,
             inference_unmeasured=unserved,
@@ -347,8 +347,10 @@ class Prepared:
         """Measure the activations (a model only) and plan the peak of every stage."""
         resolved = self.resolved
         if resolved.source == "params":
+            # A count has no model to trace: activations and logits are unknown, so no "fits" beyond "the states
+            # alone do not fit" (the same plan as a model that could not be traced).
             check_parallel(setup, inventory)
-            return plan_training(inventory, setup, None)
+            return _states_only(inventory, setup, NO_MODEL_NOTE, seq_len=None, seq_len_source=None)
         if setup.seq_len is not None:
             seq_len, why = setup.seq_len, "--seq-len"
         else:
@@ -393,7 +395,12 @@ class Prepared:
 
 
 def _states_only(
-    inventory: ParameterInventory, setup: TrainingSetup, reason: str, *, seq_len: int, seq_len_source: str
+    inventory: ParameterInventory,
+    setup: TrainingSetup,
+    reason: str,
+    *,
+    seq_len: int | None,
+    seq_len_source: str | None,
 ) -> TrainingEstimate:
     """The plan of a model that was built (its inventory is exact) but could not be traced: model states and
     overheads per stage, activations unknown (``unmeasured``). A stage fits only as far as is known: ``False`` when

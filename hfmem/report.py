@@ -281,7 +281,7 @@ def to_dict(report: Report) -> dict[str, Any]:
         "inference": _inference_dict(report),
         "inference_not_measured": report.inference_unmeasured,
         "gpu": None if gpu is None else {"name": gpu.name, "usable_bytes": gpu.usable_bytes},
-        "notes": list(report.model.notes) + list(report.notes),
+        "notes": list(dict.fromkeys([*report.model.notes, *report.notes])),  # the model's are in both: once
     }
 
 
@@ -624,10 +624,12 @@ def _kv_phrase(group: dict[str, Any]) -> str:
 def _kv_line(inference: InferenceEstimate) -> str:
     if not inference.kv_layers:
         return "KV cache: none (no attention layer caches keys and values)."
+    tp = inference.setup.tp
     return (
         f"KV cache: {inference.kv_cache_bytes_per_token:,} bytes per token per sequence"
+        + (f" per GPU (its share of the KV heads under tensor parallel {tp})" if tp > 1 else "")
         + (" (until the sliding windows fill)" if any(layer.kind == "sliding" for layer in inference.kv_layers) else "")
-        + "; "
+        + ("; whole layers: " if tp > 1 else "; ")
         + "; ".join(_kv_phrase(g) for g in kv_layer_summary(inference.kv_layers))
         + "."
     )
@@ -674,7 +676,7 @@ def _inference_footer(report: Report, inference: InferenceEstimate) -> Text:
     lines += [f"Note: {note}." for note in inference.notes]
     if report.checkpoint is not None:
         lines += render_comparison(report.checkpoint)
-    lines += [f"Note: {note}." for note in report.notes]
+    lines += [f"Note: {note}." for note in _plan_notes(report)]
     return Text("\n".join(lines), style="dim")
 
 
@@ -712,10 +714,15 @@ def render_table(report: Report, *, color: bool = False, width: int = 100) -> st
         console.print()
         console.print(_inference_footer(report, inference))
     else:
-        lines = _unmeasured_inference_lines(report) + [f"Note: {note}." for note in report.notes]
+        lines = _unmeasured_inference_lines(report) + [f"Note: {note}." for note in _plan_notes(report)]
         if lines:
             console.print(Text("\n".join(lines), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def _plan_notes(report: Report) -> list[str]:
+    """``report.notes`` less the model's own (``model.notes``), which the CLI prints on stderr before the output."""
+    return [note for note in report.notes if note not in report.model.notes]
 
 
 def _unmeasured_inference_lines(report: Report) -> list[str]:
@@ -756,7 +763,7 @@ def render_markdown(report: Report) -> str:
         out.append(markdown_table(*_inference_rows(inference)))
         out += ["", *(f"- {line}" for line in _footer_lines(_inference_footer(report, inference)))]
     else:
-        lines = _unmeasured_inference_lines(report) + [f"Note: {note}." for note in report.notes]
+        lines = _unmeasured_inference_lines(report) + [f"Note: {note}." for note in _plan_notes(report)]
         if lines:
             out += ["", *(f"- {line}" for line in lines)]
     return "\n".join(out) + "\n"
@@ -768,23 +775,31 @@ SweepRow = tuple[tuple[tuple[str, str], ...], Report]
 
 
 def _sweep_rows(rows: list[SweepRow]) -> tuple[list[str], list[list[str]], list[list[bool | None]]]:
+    """Headers, cells and fit marks of a sweep. Columns are keyed by ZeRO stage over all rows (an offload list plans
+    different stages per row: "—" where a row has no such stage), and CPU RAM per node gets a column per stage that
+    offloads in any row, as in the single report."""
     first = rows[0][1]
     headers = [name for name, _ in rows[0][0]]
-    stages = [s.zero_stage for s in first.training.stages] if first.training is not None else []
-    headers += [f"ZeRO-{z} peak" for z in stages]
+    by_row = [{s.zero_stage: s for s in report.training.stages} if report.training else {} for _, report in rows]
+    stages = sorted({z for planned in by_row for z in planned})
+    cpu_stages = [z for z in stages if any(planned.get(z) and planned[z].cpu_bytes_per_node for planned in by_row)]
+    headers += [f"ZeRO-{z} peak" for z in stages] + [f"ZeRO-{z} CPU/node" for z in cpu_stages]
     if first.inference is not None or first.inference_unmeasured is not None:
         headers.append("serve total")
     table: list[list[str]] = []
     fits: list[list[bool | None]] = []
-    for values, report in rows:
+    for (values, report), planned in zip(rows, by_row, strict=True):
         row = [value for _, value in values]
         marks: list[bool | None] = [None] * len(row)
-        if report.training is not None:
-            for stage in report.training.stages:
-                row.append(
-                    peak_cell(stage, report.training.unmeasured is None) + ("" if stage.fits is not False else " ✗")
-                )
-                marks.append(stage.fits)
+        measured = report.training is None or report.training.unmeasured is None
+        for z in stages:
+            stage = planned.get(z)
+            row.append("—" if stage is None else peak_cell(stage, measured) + ("" if stage.fits is not False else " ✗"))
+            marks.append(None if stage is None else stage.fits)
+        for z in cpu_stages:
+            stage = planned.get(z)
+            row.append("—" if stage is None else _gib(stage.cpu_bytes_per_node))
+            marks.append(None)
         if report.inference is not None:
             row.append(_gib(report.inference.total_bytes) + ("" if report.inference.fits is not False else " ✗"))
             marks.append(report.inference.fits)
@@ -945,6 +960,16 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
     if setup is not None:
         gpus = setup.gpus_per_node * setup.nodes
         title += f" — {setup.precision}, {setup.optimizer}, {gpus} GPU(s), micro-batch {setup.batch_size}"
+        # Without --seq-len each model trains at its own default: one figure when they agree, else each model's.
+        trained = [r.training for r in reports if r.training is not None and r.training.seq_len]
+        lengths = [(training.seq_len_source, training.seq_len) for training in trained]
+        if lengths and len({length for _, length in lengths}) == 1:
+            sources = {source for source, _ in lengths}
+            title += f" × {lengths[0][1]:,} tokens" + (f" ({sources.pop()})" if len(sources) == 1 else "")
+        elif lengths:
+            each = " / ".join(f"{length:,}" for _, length in lengths)
+            title += f" × {each} tokens (each model's, in column order)"
+        title += f", checkpointing {setup.grad_checkpointing}"
     if gpu is not None:
         title += f"; fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable)"
     notes = [
@@ -958,7 +983,7 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
                 else []
             ),
             *([f"inference not measured: {r.inference_unmeasured.rstrip('.')}"] if r.inference_unmeasured else []),
-            *r.notes,
+            *_plan_notes(r),
         )
     ]
     if markdown:

@@ -695,6 +695,13 @@ class InferenceEstimate:
 class Report:
     """Everything `hfmem.estimate` found: the model, its inventory and the training memory.
 
+    ``notes``: every remark on the result, one line each: first the model's (a catalogue or offline fallback, an
+    adapter resolved to its base; also in ``model.notes``, which the CLI prints on stderr), then the plan's (what was
+    skipped or assumed). ``training.notes`` and ``inference.notes`` hold the notes of each plan.
+
+    In a notebook a report shows as its table (``_repr_html_``, rich's ``__rich_console__``); ``str(report)`` is the
+    same table as plain text, as ``hfmem MODEL`` prints it.
+
     ``inference_unmeasured``: why serving was asked for but could not be planned (the model could not run with a
     cache on the meta device); ``inference`` is None then.
     """
@@ -707,6 +714,40 @@ class Report:
     inference: InferenceEstimate | None = None
     checkpoint: CheckpointComparison | None = None
     inference_unmeasured: str | None = None
+
+    # --- display: every form is the one table renderer (`hfmem.report.render_table`), the model's notes above it ---
+
+    def __str__(self) -> str:
+        """The table ``hfmem MODEL`` prints, as plain text at 100 columns, under the model's notes."""
+        from hfmem.report import render_table
+
+        return "".join(f"Note: {note}.\n" for note in self.model.notes) + render_table(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython's plain-text display: `__str__`."""
+        printer.text("Report(...)" if cycle else str(self))
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        """rich's protocol (``rich.print(report)``, rich's Jupyter display): the table in colour at the console's
+        width, under the model's notes."""
+        from rich.text import Text
+
+        from hfmem.report import render_table
+
+        for note in self.model.notes:
+            yield Text(f"Note: {note}.", style="dim")
+        yield Text.from_ansi(render_table(self, color=True, width=options.max_width).rstrip("\n"))
+
+    def _repr_html_(self) -> str:
+        """Jupyter's display: the rich rendering as an HTML ``<pre>`` block with inline styles."""
+        import io
+
+        from rich.console import Console
+        from rich.jupyter import JUPYTER_HTML_FORMAT  # rich's own <pre> for Jupyter: monospace, scrolls sideways
+
+        console = Console(record=True, file=io.StringIO(), width=100, force_terminal=True, force_jupyter=False)
+        console.print(self)
+        return console.export_html(inline_styles=True, code_format=JUPYTER_HTML_FORMAT)
 
 
 # --- a checkpoint's stored tensors beside the built model (`hfmem.memory.checkpoint`) ---------------------------
