@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 from rich import box
@@ -13,7 +14,7 @@ from rich.text import Text
 from hfmem.memory.methods import describe_finetune
 from hfmem.memory.parallel import in_flight_microbatches
 from hfmem.memory.states import OPTIMIZER_DESCRIPTIONS, PRECISION_SPECS
-from hfmem.types import InferenceEstimate, KvLayer, Report, StageMemory, TrainingSetup
+from hfmem.types import InferenceEstimate, KvLayer, OverheadItem, Report, StageMemory, TrainingSetup
 from hfmem.units import GIB, format_count_short
 
 __all__ = [
@@ -31,6 +32,12 @@ __all__ = [
 
 #: Bumped only when a key changes meaning or disappears; new keys keep the version.
 SCHEMA_VERSION = 1
+
+
+def overhead_records(items: Sequence[OverheadItem]) -> list[dict[str, Any]]:
+    """The keyed overhead lines of JSON output: ``{"key", "label", "bytes"}`` each (``overhead_items`` keeps the
+    label → bytes mapping for compatibility; its keys change with settings, ``key`` never does)."""
+    return [{"key": item.key, "label": item.label, "bytes": item.size_bytes} for item in items]
 
 
 def describe_source(report: Report) -> str:
@@ -65,6 +72,7 @@ def _stage_dict(stage: StageMemory) -> dict[str, Any]:
         "min_gpus": stage.min_gpus,
         "max_batch_size": stage.max_batch_size,
         "overhead_items": dict(stage.overhead_items),
+        "overheads": overhead_records(stage.overhead_items),
         "activation_detail": {
             "saved_bytes": stage.activation_saved_bytes,
             "recompute_bytes": stage.activation_recompute_bytes,
@@ -204,6 +212,7 @@ def _inference_dict(report: Report) -> dict[str, Any] | None:
             "total_bytes": weights.total_bytes,
         },
         "overhead_items": dict(inference.overhead_items),
+        "overheads": overhead_records(inference.overhead_items),
         "fits": inference.fits,
         "headroom_bytes": inference.headroom_bytes,
         "max_context": inference.max_context,

@@ -25,7 +25,8 @@ from typing import Any
 
 from hfmem.errors import InvalidSetupError
 from hfmem.memory.activations import context_length
-from hfmem.memory.peak import bisect_boundary
+from hfmem.memory.expr import Value, ceil_div, cite
+from hfmem.memory.peak import bisect_boundary, fragmentation_bytes
 from hfmem.memory.quantization import (
     QuantScheme,
     WeightsBreakdown,
@@ -36,11 +37,13 @@ from hfmem.memory.quantization import (
     tensor_bytes,
     weights_breakdown,
 )
+from hfmem.memory.sources import SRC_BNB_MATMUL
 from hfmem.types import (
     InferenceEstimate,
     InferenceProfile,
     InferenceSetup,
     KvLayer,
+    OverheadItem,
     ParameterInventory,
 )
 
@@ -201,13 +204,27 @@ def weights_per_gpu_bytes(inventory: ParameterInventory, scheme: QuantScheme, tp
     return total
 
 
-def _dequant_transient_bytes(inventory: ParameterInventory, scheme: QuantScheme, tp: int) -> int:
-    """bitsandbytes 4-bit dequantizes a whole weight to 16 bits before a prefill matmul (``bnb.matmul_4bit``
-    takes the dequantize path for inputs with more than one token): the largest quantized linear."""
+def dequant_largest_params(inventory: ParameterInventory, scheme: QuantScheme) -> int:
+    """Elements of the largest bitsandbytes 4-bit linear (0 for other layouts): ``bnb.matmul_4bit`` takes the
+    dequantize path for inputs with more than one token, so a prefill matmul holds a 16-bit copy of it."""
     if scheme.layout != "bnb-4bit":
         return 0
-    largest = max((p.numel for p in inventory.parameters if is_quantized(p, scheme)), default=0)
-    return -(-largest // tp) * 2
+    return max((p.numel for p in inventory.parameters if is_quantized(p, scheme)), default=0)
+
+
+def dequant_transient_bytes(largest: Value, tp: Value) -> Value:
+    """The 16-bit dequantized copy of the largest 4-bit linear on one of ``tp`` GPUs: ``⌈n_max / tp⌉ × 2``
+    (bitsandbytes ``MatMul4Bit.forward``)."""
+    return ceil_div(largest, tp) * cite(2, SRC_BNB_MATMUL, largest, tp)
+
+
+#: Stable keys and labels of the serving overhead lines (`hfmem.types.OverheadItem`).
+SERVING_OVERHEAD_LABELS = {
+    "cuda_context": "CUDA context + cuBLAS workspace",
+    "kv_append_copy": "DynamicCache append copy (torch.cat of one layer)",
+    "bnb_dequantized_weight": "bitsandbytes 4-bit dequantized weight (largest linear, 16-bit)",
+    "allocator_fragmentation": "allocator fragmentation",
+}
 
 
 def plan_inference(
@@ -242,33 +259,34 @@ def plan_inference(
     layers = profile.layers
     kv_dtype = setup.kv_dtype
 
-    def memory(ctx: int, batch: int) -> tuple[int, int, list[tuple[str, int]]]:
+    dequant_params = dequant_largest_params(inventory, scheme)
+    dequant: int = dequant_transient_bytes(dequant_params, setup.tp)  # type: ignore[assignment]
+
+    def memory(ctx: int, batch: int) -> tuple[int, int, list[OverheadItem]]:
         kv = kv_cache_bytes(layers, context=ctx, batch_size=batch, kv_dtype=kv_dtype, tp=setup.tp)
         activations = -(-profile.activation_peak_bytes * batch // profile.batch_size) + (
             profile.logits_bytes * batch // profile.batch_size
         )
-        items = [("CUDA context + cuBLAS workspace", setup.overheads.cuda_context_bytes)]
+        labels = SERVING_OVERHEAD_LABELS
+        items = [OverheadItem("cuda_context", labels["cuda_context"], setup.overheads.cuda_context_bytes)]
         largest_layer = max(
             (kv_layer_bytes(layer, context=ctx, batch_size=batch, kv_dtype=kv_dtype, tp=setup.tp) for layer in layers),
             default=0,
         )
         if largest_layer:
-            items.append(("DynamicCache append copy (torch.cat of one layer)", largest_layer))
-        dequant = _dequant_transient_bytes(inventory, scheme, setup.tp)
+            items.append(OverheadItem("kv_append_copy", labels["kv_append_copy"], largest_layer))
         if dequant:
-            items.append(("bitsandbytes 4-bit dequantized weight (largest linear, 16-bit)", dequant))
+            items.append(OverheadItem("bnb_dequantized_weight", labels["bnb_dequantized_weight"], dequant))
         # Weights are allocated once at load; the slack grows with what is allocated and freed while serving.
-        allocated = kv + activations + sum(size for _, size in items[1:])
-        items.append(
-            (
-                f"allocator fragmentation ({setup.overheads.fragmentation:.0%})",
-                int(allocated * setup.overheads.fragmentation),
-            )
-        )
+        allocated = kv + activations + sum(i.size_bytes for i in items[1:])
+        fraction = setup.overheads.fragmentation
+        label = f"{labels['allocator_fragmentation']} ({fraction:.0%})"
+        frag = fragmentation_bytes(allocated, fraction)
+        items.append(OverheadItem("allocator_fragmentation", label, frag))  # type: ignore[arg-type]
         return kv, activations, items
 
     kv, activations, items = memory(context, setup.batch_size)
-    overhead = sum(size for _, size in items)
+    overhead = sum(i.size_bytes for i in items)
     total = weights + kv + activations + overhead
     fits = headroom = max_context = max_batch = None
     if setup.gpu is not None:
@@ -278,7 +296,7 @@ def plan_inference(
 
         def total_at(ctx: int, batch: int) -> int:
             k, a, its = memory(ctx, batch)
-            return weights + k + a + sum(size for _, size in its)
+            return weights + k + a + sum(i.size_bytes for i in its)
 
         limit = model_context or max(context, FALLBACK_CONTEXT)
         max_context = _largest(lambda c: total_at(c, setup.batch_size) <= usable, limit)
@@ -319,6 +337,7 @@ def plan_inference(
         max_batch_size=max_batch,
         notes=tuple(notes),
         profile=profile,
+        dequant_params=dequant_params,
     )
 
 

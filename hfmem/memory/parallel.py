@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from hfmem.errors import InvalidSetupError
+from hfmem.memory.expr import Value, floor_div, maximum, minimum
 from hfmem.types import ActivationProfile, LayerProfile, ParameterInfo, ParameterInventory, TrainingSetup
 
 __all__ = [
@@ -163,6 +164,36 @@ def check_parallel(
             "DeepSpeed's estimator covers full fine-tuning with data parallelism only; use --accounting hfmem "
             "with --tp/--pp/--cp/--ep, --fsdp or --method"
         )
+
+
+def data_parallel_degree(world: Value, tp: Value, pp: Value, cp: Value) -> Value:
+    """``max(1, ⌊gpus × nodes / (tp · pp · cp)⌋)``: the model replicas (`check_parallel` makes it exact)."""
+    return maximum(1, floor_div(world, tp * pp * cp))
+
+
+def sharding_degree(
+    gpus_per_node: Value, nodes: Value, tp: Value, pp: Value, cp: Value, *, hybrid_shard: bool = False
+) -> Value:
+    """N, the ZeRO / FSDP sharding degree of the dense parameters: data parallel × context parallel.
+
+    CP ranks hold the same weights, so Megatron's distributed optimizer
+    (``get_data_parallel_group(with_context_parallel=True)``) and torchtitan's FSDP mesh (``dp_shard_cp``) shard
+    over both. ``hybrid_shard`` shards only over the ranks inside one node, ``max(1, ⌊gpus / tp⌋)`` (ranks ordered
+    tp-cp-dp-pp, Megatron's default ``--order``), and replicates across nodes.
+
+    Example:
+        >>> sharding_degree(4, 2, 8, 1, 1, hybrid_shard=True)  # a TP group spans the node: nothing to shard
+        1
+    """
+    degree = data_parallel_degree(gpus_per_node * nodes, tp, pp, cp) * cp
+    if hybrid_shard:
+        degree = minimum(degree, maximum(1, floor_div(gpus_per_node, tp)))
+    return degree
+
+
+def expert_sharding_degree(n: Value, ep: Value) -> Value:
+    """ZeRO / FSDP degree of routed experts: ``max(1, ⌊N / ep⌋)`` (Megatron's expert-DP)."""
+    return maximum(1, floor_div(n, ep))
 
 
 def pipeline_stages(num_layers: int, setup: TrainingSetup) -> tuple[PipelineStage, ...]:
