@@ -27,7 +27,6 @@ from hfmem.memory.expr import (
     FloorDiv,
     Number,
     Product,
-    Round,
     Sum,
     Value,
     Var,
@@ -56,6 +55,7 @@ from hfmem.memory.peak import (
     fragmentation_bytes,
     overhead_inputs,
     overhead_terms,
+    phase_bytes,
     phase_candidates,
     stage_activations,
 )
@@ -854,114 +854,57 @@ def _model_state_explanations(report: Report, rows: list[_Row], states: list[Sta
 # Training: activations and logits
 
 
-def _layer_expr(layer: LayerProfile, setup: TrainingSetup, suffix: str, *, full_ckpt: bool, tag: str = "S") -> Expr:
-    """One layer's bytes on one GPU: `hfmem.memory.parallel.tensor_parallel_layer` applied to the measured layer."""
-    par = setup.parallel
-    t = Var("t", par.tp, "tensor-parallel degree")
-    if full_ckpt:
-        i = Var(_sym("I", suffix), layer.input_bytes, "bytes of one layer's inputs (measured)")
-        return CeilDiv(i, t) if par.tp > 1 and par.sp else i
-    s = Var(_sym(tag, suffix), layer.saved_bytes, "bytes one layer saves for backward (measured)")
-    if par.tp == 1:
-        return s
-    if par.sp:
-        return CeilDiv(s, t)
-    split = Var(
-        _sym("T" if tag == "S" else f"T{tag[-1]}", suffix),
-        layer.tp_split_bytes,
-        "the part of it tensor parallelism splits",
-    )
-    return add(sub(s, split), CeilDiv(split, t))
-
-
-def _activation_parts(report: Report, row: _Row) -> tuple[Expr, Expr | None]:
-    """(saved, recompute) for one row: `hfmem.memory.activations.estimate_activations` on the stage."""
-    training = report.training
-    assert training is not None and training.profile is not None
-    setup = training.setup
-    prof = training.profile
-    ckpt = setup.grad_checkpointing
-    held = row.pstage.layers
-    layers = [prof.layers[i] for i in held]
-    fused = [prof.fused_layers[i] for i in held]
-    source = fused if ckpt == "selective" else layers
-    if ckpt == "full":
-        keys = [(layer.input_bytes,) for layer in source]
-    else:
-        keys = [(layer.saved_bytes, layer.tp_split_bytes) for layer in source]
+def _symbolic_profile(prof: ActivationProfile) -> ActivationProfile:
+    """The measured profile with its numbers as named operands: one set of symbols per group of alike layers (S, I,
+    T; the fused-kernel emulation's S_f, T_f where it differs), O and O_a outside the layers, G and Λ."""
+    keys = [
+        (a.saved_bytes, a.input_bytes, a.tp_split_bytes, b.saved_bytes, b.tp_split_bytes)
+        for a, b in zip(prof.layers, prof.fused_layers, strict=True)
+    ]
     groups = _groups(keys)
-    by_key = {}
-    for layer, key in zip(source, keys, strict=True):
-        by_key.setdefault(key, layer)
-    terms: list[Expr] = []
+    symbols: dict[tuple[Any, ...], tuple[LayerProfile, LayerProfile]] = {}
     for k, (key, count) in enumerate(groups, start=1):
-        suffix = "" if len(groups) == 1 else str(k)
-        what = ("I" if ckpt == "full" else "S") + (f"_{suffix}" if suffix else "")
-        terms.append(
-            mul(
-                Var(_sym("L", suffix), count, f"layers of {what} bytes each" if suffix else "layers on this GPU"),
-                _layer_expr(by_key[key], setup, suffix, full_ckpt=ckpt == "full"),
-            )
-        )
-    par = setup.parallel
-    before = prof.other_bytes - prof.other_after_bytes
-    if par.tp == 1 and par.pp == 1:
-        other: Expr | None = (
-            Var("O", prof.other_bytes, "bytes saved outside the layers (measured)") if prof.other_bytes else None
-        )
-    else:
-        o_terms = []
-        if row.pstage.holds_embeddings and before:
-            o_terms.append(Var("O_b", before, "bytes saved before the layers: token ids, embeddings (measured)"))
-        if row.pstage.holds_head and prof.other_after_bytes:
-            o_terms.append(
-                Var("O_a", prof.other_after_bytes, "bytes saved after the layers: final norm, LM head input")
-            )
-        other = add(*o_terms) if o_terms else None
-        if other is not None and par.sp:
-            other = CeilDiv(other, Var("t", par.tp, "tensor-parallel degree"))
-    saved = add(*terms, other)
-    factor = in_flight_microbatches(setup, row.pstage.index)
-    if factor != 1:
-        saved = Round(mul(saved, Var("f", factor, "micro-batches of activations in flight on this stage")), up=True)
-    recompute: Expr | None = None
-    if ckpt == "full" and layers:
-        split = [row.profile.layers[k].saved_bytes for k in range(len(layers))] if row.profile else []
-        biggest = max(range(len(layers)), key=lambda k: split[k])
-        recompute = _layer_expr(layers[biggest], setup, "R", full_ckpt=False)
-    elif ckpt == "selective" and layers:
-        assert row.profile is not None
-        gaps = [
-            max(e.saved_bytes - f.saved_bytes, 0)
-            for e, f in zip(row.profile.layers, row.profile.fused_layers, strict=True)
-        ]
-        biggest = max(range(len(layers)), key=lambda k: gaps[k])
-        if gaps[biggest]:
-            recompute = sub(
-                _layer_expr(layers[biggest], setup, "e", full_ckpt=False, tag="S"),
-                _layer_expr(fused[biggest], setup, "f", full_ckpt=False, tag="S"),
-            )
-    return saved, recompute
+        x = "" if len(groups) == 1 else str(k)
+        how_many = f" (group {k}: {_plural(count, 'layer')} of the model)" if x else ""
+        saved = _v(_sym("S", x), key[0], f"bytes one layer saves for backward (measured){how_many}", SRC_TRACE)
+        inputs = _v(_sym("I", x), key[1], f"bytes of one layer's inputs (measured){how_many}", SRC_TRACE)
+        split = _v(_sym("T", x), key[2], "the part of S tensor parallelism splits (measured)", SRC_TP_ACT)
+        layer = LayerProfile("", saved, inputs, split)  # type: ignore[arg-type]
+        fused = layer
+        if (key[3], key[4]) != (key[0], key[2]):
+            fused_saved = _v(_sym("S_f", x), key[3], "what it saves with a fused attention kernel (measured)", SRC_CKPT)
+            fused_split = _v(_sym("T_f", x), key[4], "the part of S_f tensor parallelism splits", SRC_TP_ACT)
+            fused = LayerProfile("", fused_saved, inputs, fused_split)  # type: ignore[arg-type]
+        symbols[key] = (layer, fused)
+    other = _v("O", prof.other_bytes, "bytes saved outside the layers (measured)", SRC_TRACE)
+    after = _v("O_a", prof.other_after_bytes, "of O, saved after the layers: final norm, LM head input", SRC_TRACE)
+    return replace(
+        prof,
+        layers=tuple(symbols[k][0] for k in keys),
+        fused_layers=tuple(symbols[k][1] for k in keys),
+        other_bytes=other,  # type: ignore[arg-type]
+        other_after_bytes=after,  # type: ignore[arg-type]
+        logits_bytes=_v("G", prof.logits_bytes, "the logits tensor the model returns (measured)", SRC_TRACE),  # type: ignore[arg-type]
+        logits_saved_bytes=_v("Λ", prof.logits_saved_bytes, "the loss's saved fp32 log-softmax (measured)", SRC_LOSS),  # type: ignore[arg-type]
+    )
 
 
-def _logits_exprs(report: Report, row: _Row) -> tuple[Expr, Expr, Expr, Expr]:
-    """(G, Λ, at the loss in forward, when backward starts) for one row, as `estimate_activations` counts them."""
+def _row_activations(report: Report, row: _Row) -> tuple[Value, Value]:
+    """(activations, logits) live at the row's peak: `hfmem.memory.peak.stage_activations` and `phase_bytes` called
+    with the measured profile as operands."""
     training = report.training
     assert training is not None and training.profile is not None
     setup = training.setup
-    prof = training.profile
     par = setup.parallel
-    g: Expr = Var("G", prof.logits_bytes, "the logits tensor the model returns (measured)")
-    lam: Expr = Var("Λ", prof.logits_saved_bytes, "the loss's saved fp32 log-softmax (measured)")
-    if not row.pstage.holds_head:
-        g, lam = Const(0), Const(0)
-    elif par.tp > 1:
-        t = Var("t", par.tp, "tensor-parallel degree")
-        g, lam = CeilDiv(g, t), CeilDiv(lam, t)
-    upcast = lam.value() > g.value()
-    forward = add(g, mul(Const(2), lam)) if upcast else add(g, lam)
-    backward = add(g, mul(Const(3), lam))
-    return g, lam, forward, backward
+    factor = in_flight_microbatches(setup, row.pstage.index)
+    estimate = stage_activations(
+        _symbolic_profile(training.profile),
+        setup,
+        row.pstage,
+        t=Var("t", par.tp, "tensor-parallel degree", SRC_TP_ACT) if par.tp > 1 else None,
+        factor=Var("f", factor, "micro-batches of activations in flight on this stage") if factor != 1 else None,
+    )
+    return phase_bytes(estimate, row.memory.peak_phase or "forward")
 
 
 def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanation]:
@@ -978,27 +921,12 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
         ]
     par = setup.parallel
     ckpt = setup.grad_checkpointing
-    act_rows: list[tuple[int, Expr]] = []
-    logit_rows: list[tuple[int, Expr]] = []
+    act_rows: list[tuple[int, Value]] = []
+    logit_rows: list[tuple[int, Value]] = []
     for row in rows:
-        saved, recompute = _activation_parts(report, row)
-        _, _, fwd, bwd = _logits_exprs(report, row)
-        est = row.activations
-        assert est is not None
-        phase = row.memory.peak_phase
-        if phase == "forward":
-            act_rows.append((row.memory.zero_stage, saved))
-            logit_rows.append((row.memory.zero_stage, fwd))
-        elif phase == "backward":
-            if est.recompute_bytes > est.logits_backward_bytes and recompute is not None:
-                act_rows.append((row.memory.zero_stage, add(saved, recompute)))
-                logit_rows.append((row.memory.zero_stage, Const(0)))
-            else:
-                act_rows.append((row.memory.zero_stage, saved))
-                logit_rows.append((row.memory.zero_stage, bwd))
-        else:
-            act_rows.append((row.memory.zero_stage, Const(0)))
-            logit_rows.append((row.memory.zero_stage, Const(0)))
+        acts, logits = _row_activations(report, row)
+        act_rows.append((row.memory.zero_stage, acts))
+        logit_rows.append((row.memory.zero_stage, logits))
     seq = training.seq_len or prof.seq_len
     sizes = [layer.saved_bytes for layer in prof.layers]
     common = max(set(sizes), key=sizes.count) if sizes else 0
@@ -1205,8 +1133,8 @@ def _overhead_and_peak(report: Report, rows: list[_Row], acts: list[Explanation]
     training = report.training
     assert training is not None
     setup = training.setup
-    act_by_stage = {c.zero_stages[i]: c.expr for c in acts[0].calculations for i in range(len(c.zero_stages))}
-    logit_by_stage = {c.zero_stages[i]: c.expr for c in acts[1].calculations for i in range(len(c.zero_stages))}
+    act_by_stage = {s: c.expr for c in acts[0].calculations for s in c.zero_stages}
+    logit_by_stage = {s: c.expr for c in acts[1].calculations for s in c.zero_stages}
     labels: dict[str, str] = {}
     per_key: dict[str, list[tuple[int, Value]]] = {}
     for row in rows:

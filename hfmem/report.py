@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich import box
@@ -34,10 +34,15 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 
-def overhead_records(items: Sequence[OverheadItem]) -> list[dict[str, Any]]:
-    """The keyed overhead lines of JSON output: ``{"key", "label", "bytes"}`` each (``overhead_items`` keeps the
-    label → bytes mapping for compatibility; its keys change with settings, ``key`` never does)."""
-    return [{"key": item.key, "label": item.label, "bytes": item.size_bytes} for item in items]
+def overhead_bytes_by_key(items: Sequence[OverheadItem]) -> dict[str, int]:
+    """``overheads`` of JSON output: bytes by the line's stable key (``overhead_items`` keeps label → bytes for
+    compatibility; its keys change with settings, these never do)."""
+    return {item.key: item.size_bytes for item in items}
+
+
+def overhead_labels(groups: Iterable[Sequence[OverheadItem]]) -> dict[str, str]:
+    """``overhead_labels`` of JSON output: each key's label for people, once per plan (in order of first use)."""
+    return {item.key: item.label for items in groups for item in items}
 
 
 def describe_source(report: Report) -> str:
@@ -72,7 +77,7 @@ def _stage_dict(stage: StageMemory) -> dict[str, Any]:
         "min_gpus": stage.min_gpus,
         "max_batch_size": stage.max_batch_size,
         "overhead_items": dict(stage.overhead_items),
-        "overheads": overhead_records(stage.overhead_items),
+        "overheads": overhead_bytes_by_key(stage.overhead_items),
         "activation_detail": {
             "saved_bytes": stage.activation_saved_bytes,
             "recompute_bytes": stage.activation_recompute_bytes,
@@ -146,6 +151,7 @@ def _training_dict(report: Report) -> dict[str, Any] | None:
         },
         "convention": training.convention,
         "stages": [_stage_dict(s) for s in training.stages],
+        "overhead_labels": overhead_labels(s.overhead_items for s in training.stages),
         "notes": list(training.notes),
     }
 
@@ -212,7 +218,8 @@ def _inference_dict(report: Report) -> dict[str, Any] | None:
             "total_bytes": weights.total_bytes,
         },
         "overhead_items": dict(inference.overhead_items),
-        "overheads": overhead_records(inference.overhead_items),
+        "overheads": overhead_bytes_by_key(inference.overhead_items),
+        "overhead_labels": overhead_labels([inference.overhead_items]),
         "fits": inference.fits,
         "headroom_bytes": inference.headroom_bytes,
         "max_context": inference.max_context,

@@ -376,13 +376,19 @@ class TrainingSetup:
 
     @property
     def num_gpus(self) -> int:
-        """The ZeRO / FSDP sharding degree of the dense parameters (`hfmem.memory.parallel.sharding_degree`)."""
-        from hfmem.memory.parallel import sharding_degree
+        """The ZeRO / FSDP sharding degree of the dense parameters (`hfmem.memory.parallel.sharding_degree`).
 
-        par = self.parallel
-        return sharding_degree(  # type: ignore[return-value]
-            self.gpus_per_node, self.nodes, par.tp, par.pp, par.cp, hybrid_shard=par.fsdp == "hybrid_shard"
-        )
+        Computed once per setup (sweeps and bisections read it thousands of times) and kept beside the fields.
+        """
+        cached = self.__dict__.get("_num_gpus")
+        if cached is None:
+            from hfmem.memory.parallel import sharding_degree
+
+            par = self.parallel
+            hybrid = par.fsdp == "hybrid_shard"
+            cached = sharding_degree(self.gpus_per_node, self.nodes, par.tp, par.pp, par.cp, hybrid_shard=hybrid)
+            object.__setattr__(self, "_num_gpus", cached)
+        return cached  # type: ignore[no-any-return]
 
     @property
     def expert_sharding_degree(self) -> int:

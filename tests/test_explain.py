@@ -545,9 +545,14 @@ def test_overhead_keys_do_not_follow_settings(runner) -> None:  # type: ignore[n
     args = [TINY, "--gpus", "2", "--zero", "1", "--seq-len", "64", "--json", "--explain"]
     a = json.loads(runner.invoke(cli, args, catch_exceptions=False).stdout)
     b = json.loads(runner.invoke(cli, [*args, "--fragmentation", "0.15"], catch_exceptions=False).stdout)
-    keys_a = [o["key"] for o in a["training"]["stages"][0]["overheads"]]
-    keys_b = [o["key"] for o in b["training"]["stages"][0]["overheads"]]
+    keys_a = list(a["training"]["stages"][0]["overheads"])
+    keys_b = list(b["training"]["stages"][0]["overheads"])
     assert keys_a == keys_b and "allocator_fragmentation" in keys_a
-    labels_b = [o["label"] for o in b["training"]["stages"][0]["overheads"]]
-    assert "allocator fragmentation (15%)" in labels_b
+    assert b["training"]["overhead_labels"]["allocator_fragmentation"] == "allocator fragmentation (15%)"
+    assert a["training"]["overhead_labels"]["allocator_fragmentation"] == "allocator fragmentation (10%)"
+    # the keyed bytes are the compatibility mapping's, line by line
+    for doc in (a, b):
+        stage = doc["training"]["stages"][0]
+        labels = doc["training"]["overhead_labels"]
+        assert {labels[k]: v for k, v in stage["overheads"].items()} == stage["overhead_items"]
     assert {r["key"] for r in a["explanation"] if r["key"]} == {r["key"] for r in b["explanation"] if r["key"]}

@@ -96,6 +96,10 @@ class Expr:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.formula} = {self.value()!r}>"
 
+    def __bool__(self) -> bool:
+        """Truth follows the value, so a formula's ``if term:`` branches alike on both paths."""
+        return bool(self.value())
+
     # Python operators: an int or float operand becomes a `Const`; adding a literal 0 changes nothing.
     def __add__(self, other: Value) -> Expr:
         return _add(self, other)
@@ -381,6 +385,8 @@ def value_of(x: Value) -> Number:
 
 def ceil_div(a: Value, b: Value) -> Value:
     """``⌈a / b⌉`` of integers: ``-(-a // b)``."""
+    if a.__class__ is int and b.__class__ is int:  # the plan's path, first
+        return -(-a // b)  # type: ignore[operator]
     if isinstance(a, Expr) or isinstance(b, Expr):
         if not isinstance(b, Expr) and b == 1:
             return a
@@ -392,6 +398,8 @@ def ceil_div(a: Value, b: Value) -> Value:
 
 def floor_div(a: Value, b: Value) -> Value:
     """``⌊a / b⌋`` of integers: ``a // b``."""
+    if a.__class__ is int and b.__class__ is int:  # the plan's path, first
+        return a // b  # type: ignore[operator]
     if isinstance(a, Expr) or isinstance(b, Expr):
         if not isinstance(b, Expr) and b == 1:
             return a
@@ -402,15 +410,30 @@ def floor_div(a: Value, b: Value) -> Value:
 
 
 def minimum(*xs: Value) -> Value:
+    """``min`` of numbers, or a ``min(…)`` node (repeated arguments once; one argument is itself)."""
+    if len(xs) == 2 and xs[0].__class__ is int and xs[1].__class__ is int:  # the plan's path, first
+        return xs[0] if xs[0] <= xs[1] else xs[1]  # type: ignore[operator]
     if is_symbolic(*xs):
-        return Call("min", tuple(lift(x) for x in xs))
+        return _call("min", xs)
     return min(xs)  # type: ignore[type-var]
 
 
 def maximum(*xs: Value) -> Value:
+    """``max`` of numbers, or a ``max(…)`` node (repeated arguments once; one argument is itself)."""
+    if len(xs) == 2 and xs[0].__class__ is int and xs[1].__class__ is int:  # the plan's path, first
+        return xs[0] if xs[0] >= xs[1] else xs[1]  # type: ignore[operator]
     if is_symbolic(*xs):
-        return Call("max", tuple(lift(x) for x in xs))
+        return _call("max", xs)
     return max(xs)  # type: ignore[type-var]
+
+
+def _call(name: str, xs: tuple[Value, ...]) -> Expr:
+    unique: dict[tuple[str, str], Expr] = {}
+    for x in xs:
+        node = lift(x)
+        unique.setdefault((node.formula, node.substituted), node)
+    args = tuple(unique.values())
+    return args[0] if len(args) == 1 else Call(name, args)
 
 
 def trunc(x: Value) -> Value:
@@ -428,11 +451,27 @@ def ceil(x: Value) -> Value:
 
 
 def total(xs: Iterable[Value]) -> Value:
-    """The sum of ``xs``, left to right (``sum`` that keeps expressions flat)."""
-    out: Value = 0
-    for x in xs:
-        out = out + x
-    return out
+    """The sum of ``xs``, left to right; in a symbolic sum, ``k`` identical terms become ``k × term`` (the layers of
+    a model, alike but for their index), in order of first appearance."""
+    items = list(xs)
+    if not is_symbolic(*items):
+        out: Value = 0
+        for x in items:
+            out = out + x
+        return out
+    groups: dict[tuple[str, str], list[Value]] = {}
+    for x in items:
+        if isinstance(x, Expr):
+            key = (x.formula, x.substituted)
+        elif x == 0:
+            continue
+        else:
+            key = ("", repr(x))
+        groups.setdefault(key, [0, x])[0] += 1  # type: ignore[operator]
+    result: Value = 0
+    for count, term in groups.values():
+        result = result + (count * term if count != 1 else term)
+    return result
 
 
 def cite(number: Number, source: str, *inputs: object) -> Value:

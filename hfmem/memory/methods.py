@@ -88,7 +88,7 @@ def is_qlora_quantized(param: ParameterInfo) -> bool:
     return not param.trainable and is_quantized(param, scheme_for_dtype("nf4"))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class FrozenCounts:
     """Sums over frozen tensors that the frozen-weight formula needs (ints, or symbols for ``--explain``).
 

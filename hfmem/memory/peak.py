@@ -14,12 +14,11 @@ micro-batches) and conservative by at most the gradient term otherwise.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from hfmem.memory.activations import ActivationEstimate, estimate_activations, extrapolate_profile
-from hfmem.memory.expr import Value, cite, minimum, trunc, value_of
+from hfmem.memory.expr import Value, ceil, cite, minimum, trunc, value_of
 from hfmem.memory.memo import IdentityMemo
 from hfmem.memory.methods import QLORA_COMPUTE_BYTES, qlora_largest_nf4_params
 from hfmem.memory.parallel import (
@@ -51,6 +50,7 @@ __all__ = [
     "fragmentation_bytes",
     "phase_candidates",
     "stage_activations",
+    "phase_bytes",
     "bisect_boundary",
     "MAX_GPUS_SEARCHED",
     "MAX_BATCH_SEARCHED",
@@ -75,7 +75,7 @@ def fsdp_unit_params(inventory: ParameterInventory) -> tuple[int, int]:
     return largest[0], largest[1]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class OverheadInputs:
     """The operands of the training overhead formulas (ints, or symbols for ``--explain``).
 
@@ -172,11 +172,13 @@ def overhead_terms(setup: TrainingSetup, stage: int, phase: PeakPhase, x: Overhe
         if setup.optimizer == "adafactor":
             largest_tensor = shard_count(x.trainable, x.n) if stage >= 1 else x.largest_trained
             items.append(("adafactor_fp32_upcast", cite(FP32_BYTES, SRC_ADAFACTOR, x.trainable) * largest_tensor))
-    return [(key, size) for key, size in items if value_of(size)]
+    return [(key, size) for key, size in items if size]
 
 
 def fragmentation_bytes(allocated: Value, fraction: Value) -> Value:
     """Allocator slack: ``int(allocated × φ)`` (REFERENCE.md §5: 5–30 % reported; `OverheadSettings`)."""
+    if allocated.__class__ is int and fraction.__class__ is float:  # the plan's path, first
+        return int(allocated * fraction)  # type: ignore[operator]
     return trunc(allocated * fraction)
 
 
@@ -217,10 +219,10 @@ def overhead_items(
     """Named overheads live at ``phase`` (before allocator fragmentation, which `plan_training` adds on top):
     `overhead_terms` over this GPU's numbers."""
     terms = overhead_terms(setup, states.zero_stage, phase, overhead_inputs(inventory, setup))
-    return [OverheadItem(key, OVERHEAD_LABELS[key], size) for key, size in terms]  # type: ignore[arg-type]
+    return list(_items(setup, terms))  # type: ignore[arg-type]
 
 
-def _phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tuple[int, int]:
+def phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tuple[Value, Value]:
     """``(activations, logits)`` live at ``phase``."""
     if activations is None or phase == "optimizer_step":
         return 0, 0
@@ -228,40 +230,52 @@ def _phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tu
         return activations.saved_bytes, activations.logits_forward_bytes
     # Backward: the loss gradients come first; the recompute of a checkpointed layer happens later, when the
     # vocabulary-sized tensors are gone, so the two do not add up.
-    if activations.recompute_bytes > activations.logits_backward_bytes:
+    if value_of(activations.recompute_bytes) > value_of(activations.logits_backward_bytes):
         return activations.saved_bytes + activations.recompute_bytes, 0
     return activations.saved_bytes, activations.logits_backward_bytes
 
 
 def _phases(
     inventory: ParameterInventory, setup: TrainingSetup, states: StageMemory, activations: ActivationEstimate | None
-) -> Iterator[tuple[PeakPhase, int, int, list[OverheadItem]]]:
-    """``(phase, activations, logits, overhead items)`` at forward, backward and the optimizer step, in order."""
+) -> Iterator[tuple[PeakPhase, int, int, list[tuple[str, int]]]]:
+    """``(phase, activations, logits, (key, bytes) of the overheads)`` at forward, backward and the optimizer step."""
+    x = overhead_inputs(inventory, setup)
     for phase in ("forward", "backward", "optimizer_step"):
-        acts, logits = _phase_bytes(activations, phase)  # type: ignore[arg-type]
-        items = overhead_items(inventory, setup, states, phase)  # type: ignore[arg-type]
-        allocated = states.states_bytes + acts + logits + sum(i.size_bytes for i in items if i.key != "cuda_context")
-        fragmentation = fragmentation_bytes(allocated, setup.overheads.fragmentation)
+        acts, logits = phase_bytes(activations, phase)  # type: ignore[arg-type]
+        terms: list[tuple[str, int]] = overhead_terms(setup, states.zero_stage, phase, x)  # type: ignore[arg-type, assignment]
+        allocated = states.states_bytes + acts + logits + sum(size for key, size in terms if key != "cuda_context")
+        fragmentation: int = fragmentation_bytes(allocated, setup.overheads.fragmentation)  # type: ignore[assignment]
         if fragmentation:
-            label = f"{OVERHEAD_LABELS['allocator_fragmentation']} ({setup.overheads.fragmentation:.0%})"
-            items.append(OverheadItem("allocator_fragmentation", label, fragmentation))  # type: ignore[arg-type]
-        yield phase, acts, logits, items  # type: ignore[misc]
+            terms.append(("allocator_fragmentation", fragmentation))
+        yield phase, acts, logits, terms  # type: ignore[misc]
+
+
+def _items(setup: TrainingSetup, terms: list[tuple[str, int]]) -> tuple[OverheadItem, ...]:
+    """The typed overhead lines of the chosen moment (the fragmentation label shows its percentage)."""
+    out = []
+    for key, size in terms:
+        label = OVERHEAD_LABELS[key]
+        if key == "allocator_fragmentation":
+            label = f"{label} ({setup.overheads.fragmentation:.0%})"
+        out.append(OverheadItem(key, label, size))
+    return tuple(out)
 
 
 def _at_phase(
+    setup: TrainingSetup,
     states: StageMemory,
     activations: ActivationEstimate | None,
     phase: PeakPhase,
     acts: int,
     logits: int,
-    items: list[OverheadItem],
+    terms: list[tuple[str, int]],
 ) -> StageMemory:
     return replace(
         states,
         activations_bytes=acts,
         logits_bytes=logits,
-        overhead_bytes=sum(i.size_bytes for i in items),
-        overhead_items=tuple(items),
+        overhead_bytes=sum(size for _, size in terms),
+        overhead_items=_items(setup, terms),
         peak_phase=phase,
         activation_saved_bytes=activations.saved_bytes if activations else 0,
         activation_recompute_bytes=activations.recompute_bytes if activations else 0,
@@ -276,7 +290,7 @@ def phase_candidates(
 
     The peak is the largest of them; `hfmem.explain` shows all three.
     """
-    return [_at_phase(states, activations, *parts) for parts in _phases(inventory, setup, states, activations)]
+    return [_at_phase(setup, states, activations, *parts) for parts in _phases(inventory, setup, states, activations)]
 
 
 def _peak(
@@ -286,9 +300,9 @@ def _peak(
     # three: sweeps and the GPU-count bisection call this thousands of times.
     chosen = max(
         _phases(inventory, setup, states, activations),
-        key=lambda parts: states.states_bytes + parts[1] + parts[2] + sum(i.size_bytes for i in parts[3]),
+        key=lambda parts: states.states_bytes + parts[1] + parts[2] + sum(size for _, size in parts[3]),
     )
-    best = _at_phase(states, activations, *chosen)
+    best = _at_phase(setup, states, activations, *chosen)
     if setup.gpu is not None:
         headroom = setup.gpu.usable_bytes - best.total_bytes
         best = replace(best, fits=headroom >= 0, headroom_bytes=headroom)
@@ -305,19 +319,26 @@ class _Rank:
 
 
 def stage_activations(
-    profile: ActivationProfile | None, setup: TrainingSetup, stage: PipelineStage
+    profile: ActivationProfile | None,
+    setup: TrainingSetup,
+    stage: PipelineStage,
+    *,
+    t: Value | None = None,
+    factor: Value | None = None,
 ) -> ActivationEstimate | None:
     """Activations of pipeline ``stage``: one micro-batch's (TP/SP split) × the micro-batches it keeps in flight.
 
-    The stored activations scale with the in-flight micro-batches; the re-materialised layer of full
-    checkpointing and the logits (one micro-batch at the loss at a time) do not.
+    The stored activations scale with the in-flight micro-batches, ``⌈saved × f⌉``; the re-materialised layer of
+    full checkpointing and the logits (one micro-batch at the loss at a time) do not. ``t`` and ``factor``: the TP
+    degree and in-flight micro-batches as operands (default: the setup's numbers).
     """
     if profile is None:
         return None
-    estimate = estimate_activations(stage_profile(profile, setup, stage), setup.grad_checkpointing)
-    factor = in_flight_microbatches(setup, stage.index)
-    if factor != 1:
-        estimate = replace(estimate, saved_bytes=math.ceil(estimate.saved_bytes * factor))
+    estimate = estimate_activations(stage_profile(profile, setup, stage, t=t), setup.grad_checkpointing)
+    if factor is None:
+        factor = in_flight_microbatches(setup, stage.index)
+    if value_of(factor) != 1:
+        estimate = replace(estimate, saved_bytes=ceil(estimate.saved_bytes * factor))
     return estimate
 
 

@@ -242,7 +242,7 @@ def bnb_4bit_metadata(c: QuantCounts, *, double_quant: bool) -> Value:
     return c.blocks + fp32 * c.blocks2 + fp32 * c.tensors
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class QuantCounts:
     """Sums over quantized tensors that the metadata formulas need (ints, or symbols for ``--explain``).
 

@@ -15,7 +15,7 @@ Conventions (the README explains them at length):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from hfmem.errors import InvalidSetupError
@@ -112,7 +112,7 @@ def shard_count(count: Value, num_shards: Value) -> Value:
     return ceil_div(count, num_shards)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TensorCounts:
     """Per-tensor sums over the trained tensors that the optimizer-state formulas need (ints or symbols).
 
@@ -156,6 +156,21 @@ def count_tensors(shapes: Iterable[tuple[int, ...]]) -> TensorCounts:
     return TensorCounts(elements, e8, b8, e32, rows, cols, ones)
 
 
+#: Optimizers whose states are whole tensors like the parameter: how many per element (torch/optim/adamw.py:
+#: exp_avg + exp_avg_sq; sgd.py: momentum_buffer only with momentum; Lion, Chen et al. 2023: one momentum).
+PER_ELEMENT_STATES = {"adamw": 2, "sgd-momentum": 1, "lion": 1, "sgd": 0}
+
+
+def per_element_state_bytes(optimizer: Optimizer, elements: Value, state_bytes: Value) -> Value:
+    """``k × n × s`` for an optimizer keeping ``k`` states shaped like its ``n`` elements (`PER_ELEMENT_STATES`)."""
+    k = PER_ELEMENT_STATES[optimizer]
+    if k == 0:
+        return 0
+    if k == 1:
+        return elements * state_bytes
+    return cite(k, SRC_ADAMW, elements, state_bytes) * elements * state_bytes
+
+
 def tensor_state_bytes(optimizer: Optimizer, counts: TensorCounts, state_bytes: Value) -> Value:
     """Optimizer state of tensors kept in their own shapes (no ZeRO), summed: one formula over `TensorCounts`.
 
@@ -167,12 +182,8 @@ def tensor_state_bytes(optimizer: Optimizer, counts: TensorCounts, state_bytes: 
     shape[:-2] + shape[-1:].
     """
     c = counts
-    if optimizer == "adamw":
-        return cite(2, SRC_ADAMW, c.elements, state_bytes) * c.elements * state_bytes
-    if optimizer in ("sgd-momentum", "lion"):
-        return c.elements * state_bytes
-    if optimizer == "sgd":
-        return 0
+    if optimizer in PER_ELEMENT_STATES:
+        return per_element_state_bytes(optimizer, c.elements, state_bytes)
     fp32 = cite(FP32_BYTES, SRC_FP32, c.elements)
     if optimizer == "adamw-8bit":
         quantized = 0
@@ -232,6 +243,8 @@ def flat_partition_state_bytes(optimizer: Optimizer, partition_params: Value, st
     Adafactor cannot factor it, and 8-bit Adam quantizes it block by block with no small-tensor exception.
     """
     n = partition_params
+    if optimizer in PER_ELEMENT_STATES:
+        return per_element_state_bytes(optimizer, n, state_bytes)
     count = value_of(n)
     if count == 0:
         return 0
@@ -295,7 +308,7 @@ ADAPTER_SPEC = PrecisionSpec(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StateInputs:
     """The operands of the model-state formulas for one group of parameters that shard alike (ints or symbols).
 
@@ -323,7 +336,7 @@ class StateInputs:
     gpus_per_node: Value
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StateBytes:
     """Model-state bytes per GPU (CPU RAM per node), ints or expressions."""
 
@@ -369,6 +382,9 @@ def group_state_bytes(setup: TrainingSetup, zero_stage: int, x: StateInputs) -> 
 
 def add_state_bytes(parts: Iterable[StateBytes]) -> StateBytes:
     """Component-wise sum (the dense group and the routed experts)."""
+    parts = parts if isinstance(parts, list) else list(parts)
+    if len(parts) == 1:
+        return parts[0]
     out = StateBytes(0, 0, 0, 0, 0)
     for p in parts:
         out = StateBytes(
@@ -386,7 +402,7 @@ _COUNTS: IdentityMemo[TensorCounts] = IdentityMemo(1024)
 
 
 def split_group(
-    inventory: ParameterInventory, params: list[ParameterInfo], setup: TrainingSetup
+    inventory: ParameterInventory, params: Sequence[ParameterInfo], setup: TrainingSetup
 ) -> tuple[ParameterInventory, int, int, FrozenCounts]:
     """The trained part of ``params`` as an inventory, its element count, the frozen elements and their counts.
 
@@ -413,13 +429,15 @@ def trained_tensor_counts(inventory: ParameterInventory, optimizer: Optimizer) -
     return _COUNTS.get((inventory,), key, lambda: model_tensor_counts(inventory, optimizer))
 
 
-def state_groups(inventory: ParameterInventory, setup: TrainingSetup) -> list[tuple[list[ParameterInfo] | None, int]]:
+def state_groups(
+    inventory: ParameterInventory, setup: TrainingSetup
+) -> list[tuple[Sequence[ParameterInfo] | None, int]]:
     """The groups of parameters that shard alike, with their sharding degree: all (or the dense ones) over
     `TrainingSetup.num_gpus`, and with expert parallelism the routed experts over
     `TrainingSetup.expert_sharding_degree`. ``None``: a ``--params`` plan (one flat, fully trainable model)."""
     if not inventory.has_shapes:
         return [(None, setup.num_gpus)]
-    params = list(inventory.parameters)
+    params = inventory.parameters
     if setup.parallel.ep == 1:
         return [(params, setup.num_gpus)]
     return [
@@ -428,34 +446,49 @@ def state_groups(inventory: ParameterInventory, setup: TrainingSetup) -> list[tu
     ]
 
 
+_OPERANDS: IdentityMemo[tuple[Value, ...]] = IdentityMemo(4096)
+
+
 def _group_inputs(
-    inventory: ParameterInventory, params: list[ParameterInfo] | None, setup: TrainingSetup, n: int, zero_stage: int
+    inventory: ParameterInventory,
+    params: Sequence[ParameterInfo] | None,
+    setup: TrainingSetup,
+    n: int,
+    zero_stage: int,
 ) -> StateInputs:
-    spec = PRECISION_SPECS[setup.precision]
-    tspec = trainable_spec(setup)
-    if params is None:
-        trained_inventory, trainable, frozen_params = inventory, inventory.trainable_params, 0
-        frozen = 0
-    else:
-        trained_inventory, trainable, frozen_params, counts = split_group(inventory, params, setup)
-        frozen = frozen_bytes(setup.finetune, counts, spec.weight_bytes)
-    tensor_states: Value = 0
-    if zero_stage == 0:
-        counts_t = trained_tensor_counts(trained_inventory, setup.optimizer)
-        tensor_states = tensor_state_bytes(setup.optimizer, counts_t, tspec.state_bytes)
-    return StateInputs(
-        trainable,
-        frozen_params,
-        frozen,
-        n,
-        tspec.weight_bytes,
-        tspec.master_bytes,
-        tspec.grad_bytes,
-        tspec.state_bytes,
-        spec.weight_bytes,
-        tensor_states,
-        setup.gpus_per_node,
-    )
+    """`StateInputs` of one group as numbers. All but N and the GPUs per node depend only on the group, precision,
+    method and optimizer, so they are remembered (`IdentityMemo`): sweeps and the GPU-count search vary N."""
+
+    def compute() -> tuple[Value, ...]:
+        spec = PRECISION_SPECS[setup.precision]
+        tspec = trainable_spec(setup)
+        if params is None:
+            trained_inventory, trainable, frozen_params = inventory, inventory.trainable_params, 0
+            frozen: Value = 0
+        else:
+            trained_inventory, trainable, frozen_params, counts = split_group(inventory, params, setup)
+            frozen = frozen_bytes(setup.finetune, counts, spec.weight_bytes)
+        tensor_states: Value = 0
+        if zero_stage == 0:
+            counts_t = trained_tensor_counts(trained_inventory, setup.optimizer)
+            tensor_states = tensor_state_bytes(setup.optimizer, counts_t, tspec.state_bytes)
+        return (
+            trainable,
+            frozen_params,
+            frozen,
+            tspec.weight_bytes,
+            tspec.master_bytes,
+            tspec.grad_bytes,
+            tspec.state_bytes,
+            spec.weight_bytes,
+            tensor_states,
+        )
+
+    group = (len(params), params[0].name, params[-1].name) if params else (0, None, None)
+    # The fine-tuning settings are compared by identity (`replace` keeps the object; hashing it costs more).
+    key = (group, setup.precision, setup.optimizer, zero_stage == 0)
+    t, f, fb, w, m, g, s, wb, ts = _OPERANDS.get((inventory, setup.finetune), key, compute)
+    return StateInputs(t, f, fb, n, w, m, g, s, wb, ts, setup.gpus_per_node)
 
 
 def stage_memory(inventory: ParameterInventory, setup: TrainingSetup, zero_stage: int) -> StageMemory:
@@ -486,8 +519,10 @@ def stage_memory(inventory: ParameterInventory, setup: TrainingSetup, zero_stage
     the GPU holds no model state between uses, only the layers being computed (not a model state).
     """
     total_ = add_state_bytes(
-        group_state_bytes(setup, zero_stage, _group_inputs(inventory, params, setup, n, zero_stage))
-        for params, n in state_groups(inventory, setup)
+        [
+            group_state_bytes(setup, zero_stage, _group_inputs(inventory, params, setup, n, zero_stage))
+            for params, n in state_groups(inventory, setup)
+        ]
     )
     return StageMemory(
         zero_stage,
