@@ -13,6 +13,7 @@ down, ``min``/``max``; integers are printed with thousands separators. Symbols a
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -20,30 +21,30 @@ from typing import Any, Literal
 
 from hfmem.memory.activations import ActivationEstimate
 from hfmem.memory.expr import (
-    CeilDiv,
     Const,
-    Div,
     Expr,
-    FloorDiv,
     Number,
-    Product,
-    Sum,
     Value,
     Var,
     lift,
-    minimum,
     total,
     value_of,
 )
 from hfmem.memory.inference import (
-    KV_DTYPE_BYTES,
     dequant_transient_bytes,
-    kv_layer_bytes,
+    kv_cache_bytes,
+    kv_cache_bytes_per_token,
+    kv_element_bytes,
+    largest_kv_layer_bytes,
+    prefill_activation_bytes,
+    weights_per_gpu_bytes,
 )
 from hfmem.memory.methods import FrozenCounts, count_frozen, frozen_bytes
 from hfmem.memory.parallel import (
     PipelineStage,
+    active_params_per_token,
     expert_sharding_degree,
+    in_flight,
     in_flight_microbatches,
     local_inventory,
     pipeline_stages,
@@ -53,6 +54,7 @@ from hfmem.memory.parallel import (
 from hfmem.memory.peak import (
     OverheadInputs,
     fragmentation_bytes,
+    headroom_bytes,
     overhead_inputs,
     overhead_terms,
     phase_bytes,
@@ -71,7 +73,6 @@ from hfmem.memory.quantization import (
     quantized_counts,
     quantized_metadata_bytes,
     sum_counts,
-    tensor_bytes,
 )
 from hfmem.memory.sources import (
     SRC_ADAFACTOR,
@@ -124,6 +125,7 @@ from hfmem.memory.sources import (
 from hfmem.memory.states import (
     BNB_BLOCKSIZE,
     BNB_MIN_8BIT_SIZE,
+    PER_ELEMENT_STATES,
     PRECISION_SPECS,
     StateBytes,
     StateInputs,
@@ -133,13 +135,13 @@ from hfmem.memory.states import (
     count_tensors,
     deepspeed_state_bytes,
     group_state_bytes,
+    per_element_state_bytes,
     state_groups,
     tensor_state_bytes,
     trainable_spec,
 )
 from hfmem.types import (
     ActivationProfile,
-    InferenceEstimate,
     KvLayer,
     LayerProfile,
     ParameterInfo,
@@ -167,28 +169,6 @@ Unit = Literal["bytes", "parameters", "GPUs", "micro-batches", "bytes per parame
 
 # ---------------------------------------------------------------------------------------------------------------
 # Expressions: one tree renders the formula, the substituted formula and the value.
-
-
-def add(*terms: Expr | None) -> Expr:
-    """The sum of the terms given (None skipped); one term stays itself."""
-    kept = [t for t in terms if t is not None]
-    if not kept:
-        return Const(0)
-    if len(kept) == 1:
-        return kept[0]
-    flat: list[tuple[int, Expr]] = []
-    for term in kept:
-        flat.extend(term.terms if isinstance(term, Sum) else [(1, term)])
-    return Sum(tuple(flat))
-
-
-def sub(a: Expr, *b: Expr) -> Expr:
-    flat = list(a.terms) if isinstance(a, Sum) else [(1, a)]
-    return Sum(tuple(flat + [(-1, x) for x in b]))
-
-
-def mul(*factors: Expr) -> Expr:
-    return factors[0] if len(factors) == 1 else Product(tuple(factors))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -317,16 +297,14 @@ def _parameters(report: Report) -> list[Explanation]:
             outside_after += p.numel
         else:
             outside_before += p.numel
-    terms: list[Expr] = []
+    terms: list[Value] = []
     groups = _groups([(per_layer[i],) for i in sorted(per_layer)])
     for k, ((size,), count) in enumerate(groups, start=1):
         suffix = "" if len(groups) == 1 else str(k)
-        terms.append(
-            mul(
-                Var(_sym("L", suffix), count, "transformer layers" + (f" of {size:,} parameters" if suffix else "")),
-                Var(_sym("P_layer", suffix), size, "parameters of one layer"),
-            )
+        layers_var = Var(
+            _sym("L", suffix), count, "transformer layers" + (f" of {size:,} parameters" if suffix else "")
         )
+        terms.append(layers_var * Var(_sym("P_layer", suffix), size, "parameters of one layer", SRC_INVENTORY))
     if outside_before:
         terms.append(Var("P_before", outside_before, "parameters before the layers (embeddings)"))
     if outside_after:
@@ -349,14 +327,15 @@ def _parameters(report: Report) -> list[Explanation]:
             "parameters",
             "Parameters",
             text.strip(),
-            (Calculation("total", add(*terms), "parameters"),),
+            (Calculation("total", lift(total(terms)), "parameters"),),
             (SRC_INVENTORY,),
         )
     )
     out.append(_trainable(report))
     embeddings = [p for p in inv.parameters if p.is_embedding]
     if embeddings and len(embeddings) <= 4:
-        expr = add(*(mul(*(Const(d) for d in p.shape)) if len(p.shape) > 1 else Const(p.numel) for p in embeddings))
+        # ParameterInfo.numel: the product of the shape
+        expr = lift(total([math.prod(Const(d) for d in p.shape) if len(p.shape) > 1 else p.numel for p in embeddings]))
         out.append(
             Explanation(
                 "parameters",
@@ -370,19 +349,13 @@ def _parameters(report: Report) -> list[Explanation]:
         )
     if inv.moe is not None:
         moe = inv.moe
-        expr = add(
-            sub(
-                Var("Ψ", inv.total_params, "all parameters"),
-                Var("R", moe.routed_expert_params, "routed-expert parameters"),
-            ),
-            FloorDiv(
-                mul(
-                    Var("R", moe.routed_expert_params, "routed-expert parameters"),
-                    Var("k", moe.experts_per_token, "experts per token"),
-                ),
-                Var("E", moe.num_experts, "routed experts"),
-            ),
+        active = active_params_per_token(
+            Var("Ψ", inv.total_params, "all parameters", SRC_INVENTORY),
+            Var("R", moe.routed_expert_params, "routed-expert parameters", SRC_INVENTORY),
+            Var("k", moe.experts_per_token, "experts per token (config)"),
+            Var("E", moe.num_experts, "routed experts (config)"),
         )
+        expr = lift(active)
         out.append(
             Explanation(
                 "parameters",
@@ -424,28 +397,21 @@ def _trainable(report: Report) -> Explanation:
         )
     rank = setup.finetune.lora_rank
     lora_sides = 0
-    lora_numel = 0
     dora = 0
     other = 0
     for p in trained:
         if ".lora_" in p.name and "magnitude" not in p.name and len(p.shape) == 2 and rank in p.shape:
-            # lora_A is [r, in], lora_B is [out, r] (embeddings: lora_embedding_A [r, vocab], _B [dim, r]).
-            lora_sides += p.shape[1] if p.shape[0] == rank and ("_A" in p.name) else p.shape[0]
-            lora_numel += p.numel
+            # lora_A is [r, in], lora_B is [out, r] (embeddings: lora_embedding_A [r, vocab], _B [dim, r]): the
+            # side that is not the rank, numel / r exactly.
+            lora_sides += p.numel // rank
         elif "magnitude" in p.name:
             dora += p.numel
         else:
             other += p.numel
-    terms: list[Expr] = []
-    if lora_sides * rank == lora_numel:
-        terms.append(
-            mul(
-                Var("r", rank, "LoRA rank (--lora-rank)"),
-                Var("Σ_io", lora_sides, "Σ over adapted linears of (inputs + outputs)"),
-            )
-        )
-    else:
-        terms.append(Var("Ψ_AB", lora_numel + 0, "LoRA A and B matrices, summed tensor by tensor"))
+    terms: list[Value] = [
+        Var("r", rank, "LoRA rank (--lora-rank)", SRC_LORA)
+        * _v("Σ_io", lora_sides, "Σ over adapted linears of (inputs + outputs)", SRC_INVENTORY)
+    ]
     if dora:
         terms.append(Var("Ψ_mag", dora, "DoRA magnitudes: one per output feature of each adapted linear"))
     if other:
@@ -462,7 +428,7 @@ def _trainable(report: Report) -> Explanation:
         "parameters",
         "Trainable parameters",
         text,
-        (Calculation("trainable", add(*terms), "parameters"),),
+        (Calculation("trainable", lift(total(terms)), "parameters"),),
         tuple(sources),
     )
 
@@ -1163,14 +1129,16 @@ def _overhead_and_peak(report: Report, rows: list[_Row], acts: list[Explanation]
     phase_notes = []
     for row in rows:
         m = row.memory
-        expr = add(
-            Var("weights", m.weights_bytes, "weights"),
-            Var("master", m.master_weights_bytes, "master weights"),
-            Var("grads", m.gradients_bytes, "gradients"),
-            Var("optim", m.optimizer_states_bytes, "optimizer states"),
-            Var("activ", m.activations_bytes, "activations live at the peak"),
-            Var("logits", m.logits_bytes, "logits live at the peak"),
-            Var("overhead", m.overhead_bytes, "the overhead lines live at the peak"),
+        expr = total(  # StageMemory.total_bytes: the components live at the peak
+            [
+                Var("weights", m.weights_bytes, "weights"),
+                Var("master", m.master_weights_bytes, "master weights"),
+                Var("grads", m.gradients_bytes, "gradients"),
+                Var("optim", m.optimizer_states_bytes, "optimizer states"),
+                Var("activ", m.activations_bytes, "activations live at the peak"),
+                Var("logits", m.logits_bytes, "logits live at the peak"),
+                Var("overhead", m.overhead_bytes, "the overhead lines live at the peak"),
+            ]
         )
         peak_rows.append((m.zero_stage, expr))
         states = compute_training(row.inventory, replace(setup, zero_stages=(m.zero_stage,))).stages[0]
@@ -1194,7 +1162,7 @@ def _overhead_and_peak(report: Report, rows: list[_Row], acts: list[Explanation]
         fit_rows = [
             (
                 r.memory.zero_stage,
-                sub(
+                headroom_bytes(
                     Var("usable", setup.gpu.usable_bytes, f"memory PyTorch sees on {setup.gpu.name}"),
                     Var("peak", r.memory.total_bytes, "the peak above"),
                 ),
@@ -1316,19 +1284,13 @@ def _layout_explanation(report: Report, rows: list[_Row]) -> Explanation:
                 )
             )
     if par.pp > 1:
-        p = Var("p", par.pp, "pipeline stages")
-        k = Var("k", rows[0].pstage.index, "this stage's index")
-        if par.pp_schedule == "interleaved":
-            v = Var("v", par.virtual_stages, "model chunks per GPU")
-            chunks = add(mul(Const(2), sub(p, k, Const(1))), mul(sub(v, Const(1)), p), Const(1))
-            if par.microbatches is not None:
-                chunks = minimum(chunks, mul(Var("m", par.microbatches, "micro-batches per step"), v))
-            f: Expr = Div(chunks, v)
-        else:
-            f = sub(p, k)
-            if par.microbatches is not None:
-                f = minimum(f, Var("m", par.microbatches, "micro-batches per step"))
-        calcs.append(Calculation(f"in flight on stage {rows[0].pstage.index}", f, "micro-batches"))
+        f = in_flight(
+            Var("p", par.pp, "pipeline stages"),
+            _v("k", rows[0].pstage.index, "this stage's index"),
+            Var("m", par.microbatches, "micro-batches per step") if par.microbatches is not None else None,
+            Var("v", par.virtual_stages, "model chunks per GPU") if par.pp_schedule == "interleaved" else None,
+        )
+        calcs.append(Calculation(f"in flight on stage {rows[0].pstage.index}", lift(f), "micro-batches"))
         sources.append(SRC_PP_INTERLEAVED if par.pp_schedule == "interleaved" else SRC_PP_1F1B)
     return Explanation("training", "GPUs and sharding", text.strip(), tuple(calcs), tuple(sources))
 
@@ -1338,30 +1300,32 @@ def _per_parameter(report: Report) -> Explanation | None:
     training = report.training
     assert training is not None
     setup = training.setup
-    states_per_param = {"adamw": 2, "sgd-momentum": 1, "lion": 1, "sgd": 0}.get(setup.optimizer)
+    states_per_param = PER_ELEMENT_STATES.get(setup.optimizer)
     if states_per_param is None or setup.method != "full" or setup.accounting != "hfmem":
         return None
     tspec = trainable_spec(setup)
-    terms: list[Expr] = [
-        Var("w", tspec.weight_bytes, "bytes per weight"),
-        Var("g", tspec.grad_bytes, "bytes per gradient"),
-    ]
-    if tspec.master_bytes:
-        terms.append(Var("m", tspec.master_bytes, "bytes per fp32 master weight"))
-    if states_per_param:
-        terms.append(
-            mul(
-                Var("k", states_per_param, "optimizer states per parameter"),
-                Var("s", tspec.state_bytes, "bytes per optimizer-state element"),
-            )
-        )
-    expr = add(*terms)
+    s = _state_var(setup)
+    one = StateInputs(  # ZeRO-0's formula for one trained parameter
+        1,
+        0,
+        0,
+        1,
+        Var("w", tspec.weight_bytes, "bytes per weight", SRC_ZERO),
+        _v("m", tspec.master_bytes, "bytes per fp32 master weight", SRC_ZERO),
+        Var("g", tspec.grad_bytes, "bytes per gradient", SRC_ZERO),
+        s,
+        0,
+        per_element_state_bytes(setup.optimizer, 1, s),
+        1,
+    )
+    parts = group_state_bytes(setup, 0, one)
+    expr = lift(parts.weights + parts.gradients + parts.master + parts.optimizer)
     text = (
         f"Before any sharding, every trained parameter costs {expr.value()} bytes of model states: its weight (w), "
         "its gradient (g)"
         + (", an fp32 master copy (m)" if tspec.master_bytes else "")
         + (
-            f" and {states_per_param} optimizer state{'s' if states_per_param > 1 else ''} (k × s)"
+            f" and {states_per_param} optimizer state{'s' if states_per_param > 1 else ''} ({states_per_param} × s)"
             if states_per_param
             else ""
         )
@@ -1460,50 +1424,36 @@ _LAYOUT_SOURCES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _kv_layer_expr(layer: KvLayer, suffix: str, inf: InferenceEstimate, count: Var | None) -> Expr:
-    """One group's cache bytes per GPU: `hfmem.memory.inference.kv_layer_bytes` × the layers in the group."""
-    setup = inf.setup
-    c = Var("c", inf.context, "tokens of context per sequence")
-    b = Var("b", setup.batch_size, "sequences (--batch-size)")
-    beta_value = (
-        layer.element_bytes if layer.kind == "state" or setup.kv_dtype is None else KV_DTYPE_BYTES[setup.kv_dtype]
-    )
-    beta = Var(_sym("β", suffix), beta_value, "bytes per cached element")
-    if layer.kind == "state":
-        core: Expr = Var(_sym("z", suffix), layer.fixed_elements, "elements of the fixed recurrent state")
-    else:
-        e = Var(_sym("e", suffix), layer.elements_per_token, "cached elements per token (K and V of every KV head)")
-        tokens: Expr = (
-            minimum(c, Var(_sym("W", suffix), layer.window_tokens, "sliding window (tokens)"))
-            if layer.kind == "sliding" and layer.window_tokens
-            else c
+def _symbolic_kv_layers(layers: Sequence[KvLayer], kv_dtype: str | None) -> tuple[KvLayer, ...]:
+    """The measured cache layout with its numbers as named operands, one set per group of alike layers (e, h, W, z
+    and β, the bytes per element `hfmem.memory.inference.kv_element_bytes` chooses)."""
+    keys = [
+        (
+            layer.kind,
+            layer.window_tokens,
+            layer.heads,
+            layer.elements_per_token,
+            layer.fixed_elements,
+            kv_element_bytes(layer, kv_dtype),
         )
-        held = max(1, -(-layer.heads // setup.tp))
-        if setup.tp > 1:
-            growing: Expr = FloorDiv(
-                mul(e, tokens, Var(_sym("h_t", suffix), held, "KV heads per GPU, ⌈h / tp⌉, at least 1")),
-                Var(_sym("h", suffix), layer.heads, "KV heads"),
-            )
-        else:
-            growing = mul(e, tokens)
-        core = (
-            add(growing, Var(_sym("z", suffix), layer.fixed_elements, "fixed elements"))
-            if layer.fixed_elements
-            else growing
+        for layer in layers
+    ]
+    groups = _groups(keys)
+    symbolic: dict[tuple[Any, ...], KvLayer] = {}
+    for k, (key, count) in enumerate(groups, start=1):
+        x = "" if len(groups) == 1 else str(k)
+        kind, window, heads, elements, fixed, beta = key
+        what = f" ({_plural(count, kind + ' layer')}" + (f", window {window:,})" if window else ")")
+        symbolic[key] = KvLayer(
+            "",
+            kind,
+            _v(_sym("e", x), elements, "cached elements per token (K and V of every KV head)" + what, SRC_KV),  # type: ignore[arg-type]
+            heads=_v(_sym("h", x), heads, "KV heads", SRC_KV),  # type: ignore[arg-type]
+            window_tokens=_v(_sym("W", x), window or 0, "sliding window (tokens)", SRC_KV) or None,  # type: ignore[arg-type]
+            fixed_elements=_v(_sym("z", x), fixed, "elements of the fixed (recurrent) state", SRC_KV),  # type: ignore[arg-type]
+            element_bytes=Var(_sym("β", x), beta, "bytes per cached element", SRC_KV_DTYPE if kv_dtype else SRC_KV),  # type: ignore[arg-type]
         )
-    per_layer = mul(core, b, beta)
-    return mul(count, per_layer) if count is not None else per_layer
-
-
-def _kv_key(layer: KvLayer) -> tuple[Any, ...]:
-    return (
-        layer.kind,
-        layer.window_tokens,
-        layer.heads,
-        layer.elements_per_token,
-        layer.fixed_elements,
-        layer.element_bytes,
-    )
+    return tuple(symbolic[key] for key in keys)
 
 
 def _inference(report: Report) -> list[Explanation]:
@@ -1522,10 +1472,12 @@ def _inference(report: Report) -> list[Explanation]:
     # Weights
     if base_inv is None:
         whole: Value = (
-            add(
-                Var("D", inf.weights.quantized_data_bytes, "quantized values"),
-                Var("M", inf.weights.quantization_metadata_bytes, "quantization metadata"),
-                Var("U", inf.weights.unquantized_bytes, "unquantized tensors"),
+            total(  # WeightsBreakdown.total_bytes
+                [
+                    Var("D", inf.weights.quantized_data_bytes, "quantized values"),
+                    Var("M", inf.weights.quantization_metadata_bytes, "quantization metadata"),
+                    Var("U", inf.weights.unquantized_bytes, "unquantized tensors"),
+                ]
             )
             if inf.weights.quantized_params
             else Var("U", inf.weights.unquantized_bytes, "bytes of the base model's tensors")
@@ -1534,26 +1486,12 @@ def _inference(report: Report) -> list[Explanation]:
         whole = _weights_expr(base_inv, scheme)
     calcs = [Calculation("whole model", lift(whole))]
     if setup.tp > 1:
-        split = inf.weights_bytes
-        replicated = 0
-        two_d = 0
-        if base_inv is not None and base_inv.has_shapes:
-            model_is_16bit = is_16bit_model(base_inv)
-            for p in base_inv.parameters:
-                data, meta = tensor_bytes(p, scheme, model_is_16bit=model_is_16bit)
-                if len(p.shape) >= 2:
-                    two_d += data + meta
-                else:
-                    replicated += data + meta
-        per_gpu: Expr = add(
-            CeilDiv(Var("W_2D", two_d, "bytes of the ≥ 2-D tensors (split)"), tp),
-            Var("W_1D", replicated, "bytes of the 1-D tensors (norms, biases: replicated)") if replicated else None,
+        per_gpu: Value = (
+            weights_per_gpu_bytes(base_inv, scheme, tp)
+            if base_inv is not None
+            else Var("W_gpu", inf.weights_bytes, "the base model's weights per GPU (the adapters' model is not kept)")
         )
-        if per_gpu.value() != split:
-            per_gpu = Var(
-                "W_gpu", split, "per GPU: each ≥ 2-D tensor ⌈bytes / tp⌉, 1-D tensors whole, summed tensor by tensor"
-            )
-        calcs.append(Calculation("per GPU", per_gpu))
+        calcs.append(Calculation("per GPU", lift(per_gpu)))
     layout = scheme.layout
     bits, group = scheme.bits, scheme.group_size
     what = {
@@ -1597,35 +1535,14 @@ def _inference(report: Report) -> list[Explanation]:
 
     # KV cache
     layers = inf.kv_layers
-    groups = _groups([_kv_key(layer) for layer in layers])
-    first: dict[tuple[Any, ...], KvLayer] = {}
-    for layer in layers:
-        first.setdefault(_kv_key(layer), layer)
-    terms = []
-    token_terms = []
-    for k, (key, count) in enumerate(groups, start=1):
-        suffix = "" if len(groups) == 1 else str(k)
-        layer = first[key]
-        n_var = Var(
-            _sym("n", suffix),
-            count,
-            f"{layer.kind} layers" + (f" (window {layer.window_tokens:,})" if layer.window_tokens else ""),
-        )
-        terms.append(_kv_layer_expr(layer, suffix, inf, n_var))
-        if layer.kind != "state":
-            beta_value = layer.element_bytes if setup.kv_dtype is None else KV_DTYPE_BYTES[setup.kv_dtype]
-            e = Var(_sym("e", suffix), layer.elements_per_token, "cached elements per token (K and V of every KV head)")
-            beta = Var(_sym("β", suffix), beta_value, "bytes per cached element")
-            if setup.tp > 1:
-                held = max(1, -(-layer.heads // setup.tp))
-                per_tok: Expr = FloorDiv(
-                    mul(e, Var(_sym("h_t", suffix), held, "KV heads per GPU")),
-                    Var(_sym("h", suffix), layer.heads, "KV heads"),
-                )
-            else:
-                per_tok = e
-            token_terms.append(mul(n_var, per_tok, beta))
-    kv_calcs = [Calculation("per GPU", add(*terms)), Calculation("per token per sequence", add(*token_terms))]
+    symbolic_layers = _symbolic_kv_layers(layers, setup.kv_dtype)
+    context = Var("c", inf.context, "tokens of context per sequence")
+    batch = Var("b", setup.batch_size, "sequences (--batch-size)")
+    kv_tp: Value = Var("tp", setup.tp, "tensor-parallel GPUs", SRC_KV_TP) if setup.tp > 1 else 1
+    kv_calcs = [
+        Calculation("per GPU", lift(kv_cache_bytes(symbolic_layers, context=context, batch_size=batch, tp=kv_tp))),
+        Calculation("per token per sequence", lift(kv_cache_bytes_per_token(symbolic_layers, tp=kv_tp))),
+    ]
     kinds = {layer.kind for layer in layers}
     head = layers[0] if layers else None
     text = (
@@ -1652,17 +1569,14 @@ def _inference(report: Report) -> list[Explanation]:
 
     # Activations of one prefill chunk
     prof = inf.profile
-    if prof is not None:
-        a = Var("A", prof.activation_peak_bytes, "peak of live tensors in one prefill forward (measured)")
-        lg = Var("Lg", prof.logits_bytes, "the next-token logits in fp32 (measured)")
-        if prof.batch_size == setup.batch_size:
-            act: Expr = add(a, lg)
-        else:
-            b = Var("b", setup.batch_size, "sequences")
-            b0 = Var("b_0", prof.batch_size, "sequences traced")
-            act = add(CeilDiv(mul(a, b), b0), FloorDiv(mul(lg, b), b0))
-    else:
-        act = Var("A", inf.activations_bytes, "activations of one prefill chunk")
+    if prof is None:
+        raise ValueError("a serving plan without its measured prefill profile cannot be explained")
+    act = prefill_activation_bytes(
+        Var("A", prof.activation_peak_bytes, "peak of live tensors in one prefill forward (measured)", SRC_PREFILL),
+        _v("Lg", prof.logits_bytes, "the next-token logits in fp32 (measured)", SRC_PREFILL),
+        batch,
+        Var("b_0", prof.batch_size, "sequences traced"),
+    )
     text = (
         f"The working memory of one prefill forward of b = {setup.batch_size} × {inf.prefill_tokens:,} prompt tokens "
         "(--prefill-chunk). Measured, not a formula: the model's own forward runs on the meta device and hfmem follows "
@@ -1672,18 +1586,15 @@ def _inference(report: Report) -> list[Explanation]:
     )
     out.append(
         Explanation(
-            "inference", "Activations (prefill)", text, (Calculation("per GPU", act),), (SRC_PREFILL, SRC_PREFILL_CHUNK)
+            "inference",
+            "Activations (prefill)",
+            text,
+            (Calculation("per GPU", lift(act)),),
+            (SRC_PREFILL, SRC_PREFILL_CHUNK),
         )
     )
 
     # Overheads
-    largest_layer = max(
-        layers,
-        key=lambda layer: kv_layer_bytes(
-            layer, context=inf.context, batch_size=setup.batch_size, kv_dtype=setup.kv_dtype, tp=setup.tp
-        ),
-        default=None,
-    )
     buffers = 0
     for item in inf.overhead_items:
         expr: Value
@@ -1691,11 +1602,7 @@ def _inference(report: Report) -> list[Explanation]:
             expr = Var("C", setup.overheads.cuda_context_bytes, "CUDA context + cuBLAS workspace per GPU", SRC_CUDA)
             text, sources_t = _OVERHEAD_TEXT["cuda_context"]
         elif item.key == "kv_append_copy":
-            assert largest_layer is not None
-            key = _kv_key(largest_layer)
-            idx = [g for g, _ in groups].index(key)
-            suffix = "" if len(groups) == 1 else str(idx + 1)
-            expr = _kv_layer_expr(largest_layer, suffix, inf, None)
+            expr = largest_kv_layer_bytes(symbolic_layers, context=context, batch_size=batch, tp=kv_tp)
             text = (
                 "When the cache grows, DynamicCache concatenates (torch.cat) the new token onto a layer's tensors, so "
                 "the grown layer is allocated beside the old one for a moment: one layer's cache, the largest."
@@ -1740,20 +1647,24 @@ def _inference(report: Report) -> list[Explanation]:
             )
         )
 
-    grand = add(
-        Var("weights", inf.weights_bytes, "weights per GPU"),
-        Var("kv", inf.kv_cache_bytes, "KV cache per GPU"),
-        Var("activ", inf.activations_bytes, "prefill activations"),
-        Var("overhead", inf.overhead_bytes, "the overhead lines"),
+    grand = total(  # InferenceEstimate.total_bytes
+        [
+            Var("weights", inf.weights_bytes, "weights per GPU"),
+            Var("kv", inf.kv_cache_bytes, "KV cache per GPU"),
+            Var("activ", inf.activations_bytes, "prefill activations"),
+            Var("overhead", inf.overhead_bytes, "the overhead lines"),
+        ]
     )
-    calcs = [Calculation("per GPU", grand)]
+    calcs = [Calculation("per GPU", lift(grand))]
     if setup.gpu is not None:
         calcs.append(
             Calculation(
                 "headroom",
-                sub(
-                    Var("usable", setup.gpu.usable_bytes, f"memory PyTorch sees on {setup.gpu.name}"),
-                    Var("total", inf.total_bytes, "the total above"),
+                lift(
+                    headroom_bytes(
+                        Var("usable", setup.gpu.usable_bytes, f"memory PyTorch sees on {setup.gpu.name}"),
+                        Var("total", inf.total_bytes, "the total above"),
+                    )
                 ),
             )
         )

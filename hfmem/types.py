@@ -204,7 +204,9 @@ class ParameterInventory:
             moe = MoeInfo(num_experts=num_experts, experts_per_token=top_k, routed_expert_params=routed)
             # Each routed tensor holds all experts stacked (transformers >= 5 fuses them) or one expert of
             # `num_experts`; either way a token uses top_k / num_experts of the routed total, exactly.
-            active = total - routed + routed * top_k // num_experts
+            from hfmem.memory.parallel import active_params_per_token
+
+            active = active_params_per_token(total, routed, top_k, num_experts)
         return cls(
             total_params=total,
             trainable_params=sum(p.numel for p in parameters if p.trainable),

@@ -113,10 +113,10 @@ class Expr:
     def __rsub__(self, other: Value) -> Expr:
         return _sub(other, self)
 
-    def __mul__(self, other: Value) -> Expr:
+    def __mul__(self, other: Value) -> Value:
         return _mul(self, other)
 
-    def __rmul__(self, other: Value) -> Expr:
+    def __rmul__(self, other: Value) -> Value:
         return _mul(other, self)
 
     def __floordiv__(self, other: Value) -> Expr:
@@ -356,7 +356,9 @@ def _sub(a: Value, b: Value) -> Expr:
     return Sum(tuple(_terms(a, 1) + [(-1, lift(b))]))
 
 
-def _mul(a: Value, b: Value) -> Expr:
+def _mul(a: Value, b: Value) -> Value:
+    if (not isinstance(a, Expr) and a == 0) or (not isinstance(b, Expr) and b == 0):
+        return 0  # a term that is 0 whatever the symbols say (an absent state, a layer with no cache)
     if not isinstance(a, Expr) and a == 1:
         return lift(b)
     if not isinstance(b, Expr) and b == 1:
@@ -460,18 +462,16 @@ def total(xs: Iterable[Value]) -> Value:
             out = out + x
         return out
     groups: dict[tuple[str, str], list[Value]] = {}
+    numbers: Value = 0  # plain numbers add up to one constant, last
     for x in items:
         if isinstance(x, Expr):
-            key = (x.formula, x.substituted)
-        elif x == 0:
-            continue
+            groups.setdefault((x.formula, x.substituted), [0, x])[0] += 1  # type: ignore[operator]
         else:
-            key = ("", repr(x))
-        groups.setdefault(key, [0, x])[0] += 1  # type: ignore[operator]
+            numbers = numbers + x
     result: Value = 0
     for count, term in groups.values():
         result = result + (count * term if count != 1 else term)
-    return result
+    return result + numbers
 
 
 def cite(number: Number, source: str, *inputs: object) -> Value:

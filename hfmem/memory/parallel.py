@@ -41,6 +41,7 @@ __all__ = [
     "stage_profile",
     "korthikanti_layer_bytes",
     "in_flight",
+    "active_params_per_token",
     "tp_saved_bytes",
     "tp_input_bytes",
     "stage_other_bytes",
@@ -196,6 +197,12 @@ def sharding_degree(
     if hybrid_shard:
         degree = minimum(degree, maximum(1, floor_div(gpus_per_node, tp)))
     return degree
+
+
+def active_params_per_token(total: Value, routed: Value, top_k: Value, num_experts: Value) -> Value:
+    """Parameters one token uses in an MoE: all but the routed experts, plus ``k / E`` of them:
+    ``Ψ − R + ⌊R × k / E⌋``."""
+    return total - routed + floor_div(routed * top_k, num_experts)
 
 
 def expert_sharding_degree(n: Value, ep: Value) -> Value:

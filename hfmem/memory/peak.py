@@ -48,6 +48,7 @@ __all__ = [
     "OverheadInputs",
     "OVERHEAD_LABELS",
     "fragmentation_bytes",
+    "headroom_bytes",
     "phase_candidates",
     "stage_activations",
     "phase_bytes",
@@ -182,6 +183,11 @@ def fragmentation_bytes(allocated: Value, fraction: Value) -> Value:
     return trunc(allocated * fraction)
 
 
+def headroom_bytes(usable: Value, peak: Value) -> Value:
+    """What is left on the GPU at the peak (negative: it does not fit): usable − peak."""
+    return usable - peak
+
+
 def overhead_inputs(inventory: ParameterInventory, setup: TrainingSetup) -> OverheadInputs:
     """The `OverheadInputs` of one GPU holding ``inventory``."""
     spec = PRECISION_SPECS[setup.precision]
@@ -304,7 +310,7 @@ def _peak(
     )
     best = _at_phase(setup, states, activations, *chosen)
     if setup.gpu is not None:
-        headroom = setup.gpu.usable_bytes - best.total_bytes
+        headroom: int = headroom_bytes(setup.gpu.usable_bytes, best.total_bytes)  # type: ignore[assignment]
         best = replace(best, fits=headroom >= 0, headroom_bytes=headroom)
     return best
 
