@@ -136,6 +136,7 @@ from hfmem.memory.states import (
     deepspeed_state_bytes,
     group_state_bytes,
     per_element_state_bytes,
+    split_group,
     state_groups,
     tensor_state_bytes,
     trainable_spec,
@@ -517,8 +518,7 @@ def _state_inputs(
         trainable = inv.trainable_params
         frozen_count = 0
     else:
-        trainable = sum(p.numel for p in params if p.trainable)
-        frozen_count = sum(p.numel for p in params if not p.trainable)
+        _, trainable, frozen_count, _ = split_group(inv, params, setup)
     psi_t = _v(_sym("Ψ_T", s), trainable, f"trainable parameters on this GPU before sharding{what}")
     w_base = Var(
         "w_B" if spec.weight_bytes != tspec.weight_bytes else "w",

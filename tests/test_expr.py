@@ -19,11 +19,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hfmem.memory import expr as E
+from hfmem.memory.activations import ActivationEstimate, logits_backward_bytes, logits_forward_bytes
 from hfmem.memory.expr import Const, Expr, Var, ceil_div, cite, floor_div, lift, maximum, minimum, total, trunc
-from hfmem.memory.inference import dequant_transient_bytes
+from hfmem.memory.inference import (
+    dequant_transient_bytes,
+    kv_cache_bytes,
+    kv_cache_bytes_per_token,
+    largest_kv_layer_bytes,
+    prefill_activation_bytes,
+)
 from hfmem.memory.methods import FrozenCounts, frozen_bytes
-from hfmem.memory.parallel import data_parallel_degree, expert_sharding_degree, sharding_degree
-from hfmem.memory.peak import OverheadInputs, fragmentation_bytes, overhead_terms
+from hfmem.memory.parallel import (
+    active_params_per_token,
+    data_parallel_degree,
+    expert_sharding_degree,
+    in_flight,
+    sharding_degree,
+    stage_other_bytes,
+    tp_input_bytes,
+    tp_saved_bytes,
+)
+from hfmem.memory.peak import OverheadInputs, fragmentation_bytes, headroom_bytes, overhead_terms, phase_bytes
 from hfmem.memory.quantization import QuantCounts, QuantScheme, bnb_4bit_metadata, quantized_metadata_bytes
 from hfmem.memory.states import (
     StateInputs,
@@ -33,13 +49,14 @@ from hfmem.memory.states import (
     group_state_bytes,
     tensor_state_bytes,
 )
-from hfmem.types import FinetuneSettings, OverheadSettings, ParallelSettings, TrainingSetup
+from hfmem.types import FinetuneSettings, KvLayer, OverheadSettings, ParallelSettings, TrainingSetup
 from tests.test_explain import _evaluate
 
 OPTIMIZERS = ("adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion")
 COUNTS = st.integers(min_value=0, max_value=10**12)
 POSITIVE = st.integers(min_value=1, max_value=4096)
 BYTES = st.sampled_from((1, 2, 4))
+PHASES = ("forward", "backward", "optimizer_step")
 
 
 def symbolic(obj: Any, prefix: str = "") -> Any:
@@ -286,3 +303,105 @@ def test_overhead_settings_have_no_formula_of_their_own() -> None:
 def test_division_by_a_symbol_of_one_still_renders(fn: Any) -> None:
     tree = fn(Var("a", 9, ""), Var("b", 1, ""))
     assert tree.value() == 9 and "b" in tree.formula
+
+
+@given(p=st.integers(1, 64), k=st.integers(0, 63), m=st.none() | POSITIVE, v=st.none() | st.integers(1, 8))
+def test_pipeline_in_flight_formula(p: int, k: int, m: int | None, v: int | None) -> None:
+    k = min(k, p - 1)
+    plain = in_flight(p, k, m, v)
+    tree = in_flight(
+        Var("p", p, ""), Var("k", k, "") if k else 0, Var("m", m, "") if m else None, Var("v", v, "") if v else None
+    )
+    assert lift(tree).value() == plain
+
+
+@given(saved=COUNTS, split=COUNTS, inputs=COUNTS, t=POSITIVE, sp=st.booleans(), before=COUNTS, after=COUNTS)
+def test_tensor_parallel_activation_formulas(
+    saved: int, split: int, inputs: int, t: int, sp: bool, before: int, after: int
+) -> None:
+    split = min(split, saved)
+    s, tt, i = Var("S", saved, ""), Var("t", t, ""), Var("I", inputs, "")
+    same(tp_saved_bytes(saved, split, t, sp), tp_saved_bytes(s, Var("T", split, "") if split else 0, tt, sp))
+    same(tp_input_bytes(inputs, t, sp), tp_input_bytes(i, tt, sp))
+    b, a = (Var("O_b", before, "") if before else 0), (Var("O_a", after, "") if after else 0)
+    same(stage_other_bytes(before, after, t, sp), stage_other_bytes(b, a, tt, sp))
+
+
+@given(logits=COUNTS, log_softmax=COUNTS, saved=COUNTS, recompute=COUNTS, phase=st.sampled_from(PHASES))
+def test_logits_and_phase_formulas(logits: int, log_softmax: int, saved: int, recompute: int, phase: str) -> None:
+    g, lam = Var("G", logits, "") if logits else 0, Var("Λ", log_softmax, "") if log_softmax else 0
+    same(logits_forward_bytes(logits, log_softmax), logits_forward_bytes(g, lam))
+    same(logits_backward_bytes(logits, log_softmax), logits_backward_bytes(g, lam))
+    plain = ActivationEstimate(
+        saved,
+        recompute,
+        log_softmax,
+        logits_forward_bytes(logits, log_softmax),
+        logits_backward_bytes(logits, log_softmax),
+    )
+    tree = ActivationEstimate(
+        Var("S", saved, "") if saved else 0,  # type: ignore[arg-type]
+        Var("R", recompute, "") if recompute else 0,  # type: ignore[arg-type]
+        lam,  # type: ignore[arg-type]
+        logits_forward_bytes(g, lam),  # type: ignore[arg-type]
+        logits_backward_bytes(g, lam),  # type: ignore[arg-type]
+    )
+    for a, b in zip(phase_bytes(plain, phase), phase_bytes(tree, phase), strict=True):  # type: ignore[arg-type]
+        same(a, b)
+
+
+kv_layers = st.builds(
+    KvLayer,
+    st.just("0"),
+    st.sampled_from(("full", "sliding", "cross", "state")),
+    st.integers(0, 10**5),
+    heads=st.integers(1, 128),
+    window_tokens=st.none() | st.integers(1, 10**5),
+    fixed_elements=st.integers(0, 10**6),
+    element_bytes=BYTES,
+)
+
+
+def _symbolic_layer(layer: KvLayer) -> KvLayer:
+    def v(name: str, x: int | None) -> Any:
+        return Var(name, x, name) if x else (None if x is None else 0)
+
+    return dataclasses.replace(
+        layer,
+        elements_per_token=v("e", layer.elements_per_token),
+        heads=v("h", layer.heads),
+        window_tokens=v("W", layer.window_tokens),
+        fixed_elements=v("z", layer.fixed_elements),
+        element_bytes=v("β", layer.element_bytes),
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(layers=st.lists(kv_layers, min_size=1, max_size=4), context=POSITIVE, batch=POSITIVE, tp=POSITIVE)
+def test_kv_cache_formulas(layers: list[KvLayer], context: int, batch: int, tp: int) -> None:
+    plain_layers, sym_layers = tuple(layers), tuple(_symbolic_layer(layer) for layer in layers)
+    c, b, t = Var("c", context, ""), Var("b", batch, ""), (Var("tp", tp, "") if tp > 1 else 1)
+    for fn in (kv_cache_bytes, largest_kv_layer_bytes):
+        same(fn(plain_layers, context=context, batch_size=batch, tp=tp), fn(sym_layers, context=c, batch_size=b, tp=t))
+    same(kv_cache_bytes_per_token(plain_layers, tp=tp), kv_cache_bytes_per_token(sym_layers, tp=t))
+
+
+@given(peak=COUNTS, logits=COUNTS, batch=POSITIVE, traced=POSITIVE, usable=COUNTS)
+def test_prefill_and_headroom_formulas(peak: int, logits: int, batch: int, traced: int, usable: int) -> None:
+    a, lg = Var("A", peak, "") if peak else 0, Var("Lg", logits, "") if logits else 0
+    same(
+        prefill_activation_bytes(peak, logits, batch, traced),
+        prefill_activation_bytes(a, lg, Var("b", batch, ""), Var("b_0", traced, "")),
+    )
+    assert lift(headroom_bytes(Var("u", usable, ""), Var("p", peak, ""))).value() == headroom_bytes(usable, peak)
+
+
+@given(total_=COUNTS, routed=COUNTS, k=POSITIVE, e=POSITIVE)
+def test_moe_active_parameters_formula(total_: int, routed: int, k: int, e: int) -> None:
+    routed = min(routed, total_)
+    same(
+        active_params_per_token(total_, routed, k, e),
+        active_params_per_token(
+            Var("Ψ", total_, ""), Var("R", routed, "") if routed else 0, Var("k", k, ""), Var("E", e, "")
+        ),
+    )
