@@ -53,6 +53,7 @@ from hfmem.memory.parallel import (
 )
 from hfmem.memory.peak import (
     OverheadInputs,
+    allocator_buffer_bytes,
     fragmentation_bytes,
     headroom_bytes,
     overhead_inputs,
@@ -225,10 +226,6 @@ class Explanation:
 # Helpers
 
 _DTYPE_WORD = {4: "fp32", 2: "16-bit", 1: "8-bit"}
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _gib(num: Number) -> str:
@@ -1069,7 +1066,7 @@ def _overhead_exprs(row: _Row, setup: TrainingSetup, activ: Expr, logits: Expr) 
     )
     terms = dict(overhead_terms(setup, memory.zero_stage, memory.peak_phase or "forward", operands))
     if "allocator_fragmentation" in {item.key for item in memory.overhead_items}:
-        buffers = sum(value_of(v) for k, v in terms.items() if k != "cuda_context")
+        buffers = allocator_buffer_bytes((k, value_of(v)) for k, v in terms.items())
         allocated = total(
             [
                 Var("weights", memory.weights_bytes, "weights"),
@@ -1595,7 +1592,10 @@ def _inference(report: Report) -> list[Explanation]:
     )
 
     # Overheads
-    buffers = 0
+    # the lines the allocator holds besides the cache and activations (fragmentation is computed on them)
+    buffers = allocator_buffer_bytes(
+        (i.key, i.size_bytes) for i in inf.overhead_items if i.key != "allocator_fragmentation"
+    )
     for item in inf.overhead_items:
         expr: Value
         if item.key == "cuda_context":
@@ -1634,8 +1634,6 @@ def _inference(report: Report) -> list[Explanation]:
             sources_t = ()
         else:
             raise ValueError(f"no explanation for the serving overhead line {item.key!r}")
-        if item.key not in ("cuda_context", "allocator_fragmentation"):
-            buffers += item.size_bytes
         out.append(
             Explanation(
                 "inference",

@@ -241,3 +241,29 @@ def _only_stage(setup: TrainingSetup):  # type: ignore[no-untyped-def]
     from hfmem.memory.parallel import pipeline_stages
 
     return pipeline_stages(2, setup)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A hand value for every serving overhead line
+
+
+def test_serving_overhead_lines_by_hand() -> None:
+    from hfmem import InferenceSetup, estimate
+
+    # Llama-2-7B (config: 32 layers, 32 KV heads × 128 dims, fp16 cache; MLP 11,008 × 4,096), NF4 weights, 1,024
+    # tokens of context, one sequence.
+    served = estimate(
+        "meta-llama/Llama-2-7b-hf", training=False, inference=InferenceSetup(weights_dtype="nf4", context=1024)
+    ).inference
+    assert served is not None
+    lines = {i.key: i.size_bytes for i in served.overhead_items}
+    layer = 2 * 32 * 128 * 1024 * 2  # K and V × heads × head dim × tokens × 2 bytes: one layer's cache
+    assert served.kv_cache_bytes == 32 * layer
+    assert lines["cuda_context"] == CUDA
+    # transformers DynamicLayer.update: torch.cat allocates the grown layer beside the old one (one layer).
+    assert lines["kv_append_copy"] == layer
+    # bitsandbytes MatMul4Bit.forward dequantizes the largest 4-bit linear (the 11,008 × 4,096 MLP) to 16 bits.
+    assert lines["bnb_dequantized_weight"] == 11008 * 4096 * 2
+    # REFERENCE.md §5: 10 % of what is allocated while serving (cache, activations, the transients above).
+    allocated = served.kv_cache_bytes + served.activations_bytes + layer + 11008 * 4096 * 2
+    assert lines["allocator_fragmentation"] == int(allocated * 0.10)

@@ -26,7 +26,7 @@ from typing import Any
 from hfmem.errors import InvalidSetupError
 from hfmem.memory.activations import context_length
 from hfmem.memory.expr import Value, ceil_div, cite, floor_div, maximum, minimum, total, value_of
-from hfmem.memory.peak import bisect_boundary, fragmentation_bytes, headroom_bytes
+from hfmem.memory.peak import allocator_buffer_bytes, bisect_boundary, fragmentation_bytes, headroom_bytes
 from hfmem.memory.quantization import (
     QuantScheme,
     WeightsBreakdown,
@@ -307,7 +307,7 @@ def plan_inference(
         if dequant:
             items.append(OverheadItem("bnb_dequantized_weight", labels["bnb_dequantized_weight"], dequant))
         # Weights are allocated once at load; the slack grows with what is allocated and freed while serving.
-        allocated = kv + activations + sum(i.size_bytes for i in items[1:])
+        allocated = kv + activations + allocator_buffer_bytes((i.key, i.size_bytes) for i in items)
         fraction = setup.overheads.fragmentation
         label = f"{labels['allocator_fragmentation']} ({fraction:.0%})"
         frag = fragmentation_bytes(allocated, fraction)

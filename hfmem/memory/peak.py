@@ -14,7 +14,7 @@ micro-batches) and conservative by at most the gradient term otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from hfmem.memory.activations import ActivationEstimate, estimate_activations, extrapolate_profile
@@ -49,6 +49,7 @@ __all__ = [
     "OVERHEAD_LABELS",
     "fragmentation_bytes",
     "headroom_bytes",
+    "allocator_buffer_bytes",
     "phase_candidates",
     "stage_activations",
     "phase_bytes",
@@ -183,6 +184,11 @@ def fragmentation_bytes(allocated: Value, fraction: Value) -> Value:
     return trunc(allocated * fraction)
 
 
+def allocator_buffer_bytes(terms: Iterable[tuple[str, int]]) -> int:
+    """The overhead lines the caching allocator holds: all but the CUDA context (not allocator memory)."""
+    return sum(size for key, size in terms if key != "cuda_context")
+
+
 def headroom_bytes(usable: Value, peak: Value) -> Value:
     """What is left on the GPU at the peak (negative: it does not fit): usable − peak."""
     return usable - peak
@@ -249,7 +255,7 @@ def _phases(
     for phase in ("forward", "backward", "optimizer_step"):
         acts, logits = phase_bytes(activations, phase)  # type: ignore[arg-type]
         terms: list[tuple[str, int]] = overhead_terms(setup, states.zero_stage, phase, x)  # type: ignore[arg-type, assignment]
-        allocated = states.states_bytes + acts + logits + sum(size for key, size in terms if key != "cuda_context")
+        allocated = states.states_bytes + acts + logits + allocator_buffer_bytes(terms)
         fragmentation: int = fragmentation_bytes(allocated, setup.overheads.fragmentation)  # type: ignore[assignment]
         if fragmentation:
             terms.append(("allocator_fragmentation", fragmentation))
