@@ -556,3 +556,40 @@ def test_overhead_keys_do_not_follow_settings(runner) -> None:  # type: ignore[n
         labels = doc["training"]["overhead_labels"]
         assert {labels[k]: v for k, v in stage["overheads"].items()} == stage["overhead_items"]
     assert {r["key"] for r in a["explanation"] if r["key"]} == {r["key"] for r in b["explanation"] if r["key"]}
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs"),
+    [
+        pytest.param("openai/gpt-oss-20b", {"training": False, "inference": InferenceSetup(context=2048)}, id="mxfp4"),
+        pytest.param(
+            "google-t5/t5-base",
+            {"setup": _t(seq_len=128, zero_stages=(0,)), "inference": InferenceSetup(context=512)},
+            id="encoder-decoder-cross-attention",
+        ),
+        pytest.param(
+            "meta-llama/Llama-3.2-1B",
+            {
+                "setup": _t(
+                    gpus_per_node=8,
+                    seq_len=128,
+                    zero_stages=(1,),
+                    batch_size=2,
+                    parallel=_p(pp=2, pp_schedule="interleaved", virtual_stages=2, microbatches=4),
+                ),
+                "training": True,
+            },
+            id="pp2-interleaved",
+        ),
+        pytest.param(
+            "meta-llama/Llama-3.2-1B",
+            {
+                "setup": _t(gpus_per_node=4, seq_len=128, zero_stages=(3,), finetune=FinetuneSettings("lora")),
+                "inference": InferenceSetup(context=512, tp=2, weights_dtype="int8"),
+            },
+            id="lora-with-int8-tp2-serving",
+        ),
+    ],
+)
+def test_other_architectures(model: str, kwargs: dict[str, Any]) -> None:
+    check_all(estimate(model, **kwargs))
