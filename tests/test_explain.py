@@ -243,10 +243,9 @@ def test_full_zero_0_to_3_on_8_gpus(llama_zero: Report) -> None:
             TrainingSetup(
                 gpus_per_node=8,
                 seq_len=256,
-                zero_stages=(3,),
                 grad_checkpointing="selective",
                 attn="eager",
-                parallel=ParallelSettings(fsdp="full_shard"),
+                parallel=ParallelSettings(fsdp="full_shard"),  # FSDP names its own stage (ZeRO-3), as --fsdp does
             ),
             id="fsdp-selective-eager",
         ),
@@ -434,14 +433,12 @@ TRAINING_SETUPS = {
         f"optimizer-{o}": _t(optimizer=o, gpus_per_node=4, zero_stages=(0, 1, 3))
         for o in ("adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion")
     },
-    "fsdp-full_shard": _t(gpus_per_node=4, zero_stages=(3,), parallel=_p(fsdp="full_shard")),
-    "fsdp-shard_grad_op": _t(gpus_per_node=4, zero_stages=(2,), parallel=_p(fsdp="shard_grad_op")),
-    "fsdp-no_shard": _t(gpus_per_node=4, zero_stages=(0,), parallel=_p(fsdp="no_shard")),
-    "fsdp-hybrid_shard": _t(gpus_per_node=4, nodes=2, zero_stages=(3,), parallel=_p(fsdp="hybrid_shard")),
-    "fsdp-hybrid_shard-tp2": _t(gpus_per_node=4, nodes=2, zero_stages=(3,), parallel=_p(fsdp="hybrid_shard", tp=2)),
-    "fsdp-hybrid_shard-tp4-nothing-to-shard": _t(
-        gpus_per_node=4, nodes=2, zero_stages=(3,), parallel=_p(fsdp="hybrid_shard", tp=4)
-    ),
+    "fsdp-full_shard": _t(gpus_per_node=4, parallel=_p(fsdp="full_shard")),
+    "fsdp-shard_grad_op": _t(gpus_per_node=4, parallel=_p(fsdp="shard_grad_op")),
+    "fsdp-no_shard": _t(gpus_per_node=4, parallel=_p(fsdp="no_shard")),
+    "fsdp-hybrid_shard": _t(gpus_per_node=4, nodes=2, parallel=_p(fsdp="hybrid_shard")),
+    "fsdp-hybrid_shard-tp2": _t(gpus_per_node=4, nodes=2, parallel=_p(fsdp="hybrid_shard", tp=2)),
+    "fsdp-hybrid_shard-tp4-nothing-to-shard": _t(gpus_per_node=4, nodes=2, parallel=_p(fsdp="hybrid_shard", tp=4)),
     "offload-optimizer": _t(gpus_per_node=4, zero_stages=(1, 2, 3), offload="optimizer"),
     "offload-optimizer+params": _t(gpus_per_node=4, zero_stages=(3,), offload="optimizer+params"),
     "offload-optimizer+params-lora": _t(
@@ -593,3 +590,28 @@ def test_overhead_keys_do_not_follow_settings(runner) -> None:  # type: ignore[n
 )
 def test_other_architectures(model: str, kwargs: dict[str, Any]) -> None:
     check_all(estimate(model, **kwargs))
+
+
+def test_recurrent_state_is_explained(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_inference import TINY_RECURRENT
+
+    (tmp_path / "config.json").write_text(json.dumps(TINY_RECURRENT["jamba"]))
+    report = estimate(str(tmp_path), training=False, inference=InferenceSetup(context=100, batch_size=3))
+    assert report.inference is not None
+    records = check_all(report)
+    state = _values([r for r in records if r["section"] == "inference"], "Recurrent state")
+    # 2 Mamba layers × (d_inner 128 × conv 4 × 2 B + 128 × state 8 × 4 B) = 10,240 B per sequence (test_inference).
+    assert state["per GPU"] == report.inference.recurrent_state_bytes == 3 * 10_240
+
+
+def test_unmeasured_activations_are_explained_as_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_architectures import TINY_UNTRACEABLE
+
+    (tmp_path / "config.json").write_text(json.dumps(TINY_UNTRACEABLE["dbrx"]))
+    gpu = GpuTarget("H100", 80 * 2**30)
+    report = estimate(str(tmp_path), setup=TrainingSetup(zero_stages=(0,), gpu=gpu))
+    records = explanation_records(report)
+    assert check_formulas(records) > 0
+    activations = next(r for r in records if r["component"] == "Activations")
+    assert activations["text"].startswith("Not measured: could not trace the activations")
+    assert not any(r["component"] == "Headroom" for r in records)  # unknown, not usable − states
