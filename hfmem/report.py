@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich import box
@@ -19,6 +20,7 @@ from hfmem.types import (
     FinetuneSettings,
     InferenceEstimate,
     KvLayer,
+    OverheadItem,
     Report,
     StageMemory,
     TrainingSetup,
@@ -42,6 +44,17 @@ __all__ = [
 
 #: Bumped only when a key changes meaning or disappears; new keys keep the version.
 SCHEMA_VERSION = 1
+
+
+def overhead_bytes_by_key(items: Sequence[OverheadItem]) -> dict[str, int]:
+    """``overheads`` of JSON output: bytes by the line's stable key (``overhead_items`` keeps label → bytes for
+    compatibility; its keys change with settings, these never do)."""
+    return {item.key: item.size_bytes for item in items}
+
+
+def overhead_labels(groups: Iterable[Sequence[OverheadItem]]) -> dict[str, str]:
+    """``overhead_labels`` of JSON output: each key's label for people, once per plan (in order of first use)."""
+    return {item.key: item.label for items in groups for item in items}
 
 
 def describe_source(report: Report) -> str:
@@ -83,6 +96,7 @@ def _stage_dict(stage: StageMemory, *, measured: bool = True) -> dict[str, Any]:
         "min_gpus": stage.min_gpus,
         "max_batch_size": stage.max_batch_size,
         "overhead_items": dict(stage.overhead_items),
+        "overheads": overhead_bytes_by_key(stage.overhead_items),
         "activation_detail": {
             "saved_bytes": stage.activation_saved_bytes,
             "recompute_bytes": stage.activation_recompute_bytes,
@@ -156,6 +170,7 @@ def _training_dict(report: Report) -> dict[str, Any] | None:
         },
         "convention": training.convention,
         "stages": [_stage_dict(s, measured=training.unmeasured is None) for s in training.stages],
+        "overhead_labels": overhead_labels(s.overhead_items for s in training.stages),
         "activations_not_measured": training.unmeasured,
         "notes": list(training.notes),
     }
@@ -223,6 +238,8 @@ def _inference_dict(report: Report) -> dict[str, Any] | None:
             "total_bytes": weights.total_bytes,
         },
         "overhead_items": dict(inference.overhead_items),
+        "overheads": overhead_bytes_by_key(inference.overhead_items),
+        "overhead_labels": overhead_labels([inference.overhead_items]),
         "fits": inference.fits,
         "headroom_bytes": inference.headroom_bytes,
         "max_context": inference.max_context,

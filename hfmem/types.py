@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -222,7 +222,9 @@ class ParameterInventory:
             moe = MoeInfo(num_experts=num_experts, experts_per_token=top_k, routed_expert_params=routed)
             # Each routed tensor holds all experts stacked (transformers >= 5 fuses them) or one expert of
             # `num_experts`; either way a token uses top_k / num_experts of the routed total, exactly.
-            active = total - routed + routed * top_k // num_experts
+            from hfmem.memory.parallel import active_params_per_token
+
+            active = active_params_per_token(total, routed, top_k, num_experts)
         return cls(
             total_params=total,
             trainable_params=sum(p.numel for p in parameters if p.trainable),
@@ -412,27 +414,34 @@ class TrainingSetup:
 
     @property
     def data_parallel_size(self) -> int:
-        """``gpus × nodes / (tp · pp · cp)``: the model replicas (`hfmem.memory.parallel.check_parallel` checks it)."""
-        return max(1, self.world_size // self.parallel.model_parallel_size)
+        """``gpus × nodes / (tp · pp · cp)``: the model replicas (`hfmem.memory.parallel.data_parallel_degree`)."""
+        from hfmem.memory.parallel import data_parallel_degree
+
+        par = self.parallel
+        return data_parallel_degree(self.world_size, par.tp, par.pp, par.cp)  # type: ignore[return-value]
 
     @property
     def num_gpus(self) -> int:
-        """The ZeRO / FSDP sharding degree of the dense parameters.
+        """The ZeRO / FSDP sharding degree of the dense parameters (`hfmem.memory.parallel.sharding_degree`).
 
-        Data parallel × context parallel: CP ranks hold the same weights, so Megatron's distributed optimizer
-        (``get_data_parallel_group(with_context_parallel=True)``) and torchtitan's FSDP mesh (``dp_shard_cp``) shard
-        over both. ``hybrid_shard`` shards only over the ranks inside one node (ranks ordered tp-cp-dp-pp,
-        Megatron's default ``--order``), and replicates across nodes.
+        Computed once per setup (sweeps and bisections read it thousands of times) and kept beside the fields.
         """
-        degree = self.data_parallel_size * self.parallel.cp
-        if self.parallel.fsdp == "hybrid_shard":
-            degree = min(degree, max(1, self.gpus_per_node // self.parallel.tp))
-        return degree
+        cached = self.__dict__.get("_num_gpus")
+        if cached is None:
+            from hfmem.memory.parallel import sharding_degree
+
+            par = self.parallel
+            hybrid = par.fsdp == "hybrid_shard"
+            cached = sharding_degree(self.gpus_per_node, self.nodes, par.tp, par.pp, par.cp, hybrid_shard=hybrid)
+            object.__setattr__(self, "_num_gpus", cached)
+        return cached  # type: ignore[no-any-return]
 
     @property
     def expert_sharding_degree(self) -> int:
-        """ZeRO / FSDP degree of routed experts: the sharding group divided by ``ep`` (Megatron's expert-DP)."""
-        return max(1, self.num_gpus // self.parallel.ep)
+        """ZeRO / FSDP degree of routed experts (`hfmem.memory.parallel.expert_sharding_degree`)."""
+        from hfmem.memory.parallel import expert_sharding_degree
+
+        return expert_sharding_degree(self.num_gpus, self.parallel.ep)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -495,6 +504,22 @@ class ActivationProfile:
 
 
 @dataclass(frozen=True)
+class OverheadItem:
+    """One overhead line: a stable ``key`` (never depends on a setting's value), a ``label`` for people, its bytes.
+
+    Iterating gives ``(label, size_bytes)``, the pair the ``overhead_items`` of JSON output has always held.
+    """
+
+    key: str
+    label: str
+    size_bytes: int
+
+    def __iter__(self) -> Iterator[str | int]:
+        yield self.label
+        yield self.size_bytes
+
+
+@dataclass(frozen=True)
 class StageMemory:
     """Memory of one ZeRO stage per GPU (bytes) at its peak, and CPU RAM per node when offloading.
 
@@ -514,7 +539,7 @@ class StageMemory:
     activations_bytes: int = 0
     logits_bytes: int = 0
     overhead_bytes: int = 0
-    overhead_items: tuple[tuple[str, int], ...] = ()
+    overhead_items: tuple[OverheadItem, ...] = ()
     peak_phase: PeakPhase | None = None
     activation_saved_bytes: int = 0
     activation_recompute_bytes: int = 0
@@ -670,7 +695,7 @@ class InferenceEstimate:
     kv_cache_bytes_per_token: int
     activations_bytes: int
     overhead_bytes: int
-    overhead_items: tuple[tuple[str, int], ...] = ()
+    overhead_items: tuple[OverheadItem, ...] = ()
     fits: bool | None = None
     headroom_bytes: int | None = None
     max_context: int | None = None
@@ -678,6 +703,8 @@ class InferenceEstimate:
     notes: tuple[str, ...] = ()
     profile: InferenceProfile | None = None
     recurrent_state_bytes: int = 0
+    #: elements of the largest bitsandbytes 4-bit linear (its dequantized copy is an overhead line), else 0
+    dequant_params: int = 0
     total_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
