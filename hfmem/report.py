@@ -14,18 +14,45 @@ from rich.text import Text
 
 from hfmem.launch import LaunchOutcome
 from hfmem.memory.parallel import in_flight_microbatches
-from hfmem.memory.states import OPTIMIZER_DESCRIPTIONS, PRECISION_SPECS
+from hfmem.memory.states import PRECISION_SPECS
 from hfmem.types import (
+    Accounting,
     CheckpointComparison,
     FinetuneSettings,
     InferenceEstimate,
     KvLayer,
+    Optimizer,
     OverheadItem,
     Report,
     StageMemory,
     TrainingSetup,
 )
 from hfmem.units import GIB, format_count_short, format_gib
+
+#: What each accounting convention counts (``--accounting``), said once per table and in JSON.
+CONVENTIONS: dict[Accounting, str] = {
+    "hfmem": (
+        "model states by the ZeRO paper (Rajbhandari et al. 2020): 16-bit weights and gradients, fp32 master weights "
+        "and optimizer states, sharded per stage, exact bytes; activations and logits as the model's own code saves "
+        "them (traced on the meta device); overheads as listed below"
+    ),
+    "deepspeed": (
+        "DeepSpeed estimator accounting (estimate_zero2/zero3_model_states_mem_needs): 18 bytes per sharded "
+        "parameter, 4 x largest module gathered at ZeRO-3, CPU x 1.5 buffer factor"
+    ),
+}
+
+#: One line per optimizer: the states it keeps and where that is read from.
+OPTIMIZER_DESCRIPTIONS: dict[Optimizer, str] = {
+    "adamw": "AdamW: exp_avg + exp_avg_sq, 2 states per parameter (torch/optim/adamw.py)",
+    "adamw-8bit": "bitsandbytes AdamW8bit: 2 uint8 states + one fp32 absmax per 256-element block; "
+    "tensors under 4096 elements keep fp32 states",
+    "sgd": "SGD without momentum: no state",
+    "sgd-momentum": "SGD with momentum: one momentum_buffer per parameter",
+    "adafactor": "HF Adafactor (beta1=None): fp32 row + column second-moment factors for >=2-D tensors, "
+    "a full fp32 second moment for 1-D tensors",
+    "lion": "Lion: one momentum per parameter (Chen et al. 2023)",
+}
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -168,7 +195,7 @@ def _training_dict(report: Report) -> dict[str, Any] | None:
             "fragmentation": setup.overheads.fragmentation,
             **_settings_extra(setup),
         },
-        "convention": training.convention,
+        "convention": CONVENTIONS[training.setup.accounting],
         "stages": [_stage_dict(s, measured=training.unmeasured is None) for s in training.stages],
         "overhead_labels": overhead_labels(s.overhead_items for s in training.stages),
         "activations_not_measured": training.unmeasured,
@@ -563,7 +590,7 @@ def _footer(report: Report) -> Text:
     lines = [
         f"Precision: {PRECISION_SPECS[setup.precision].description}.",
         f"Optimizer: {OPTIMIZER_DESCRIPTIONS[setup.optimizer]}.",
-        f"Convention: {report.training.convention}.",
+        f"Convention: {CONVENTIONS[setup.accounting]}.",
         *([f"Method: {describe_finetune(setup.finetune)}."] if setup.method != "full" else []),
         "peak = weights + master + grads + optim + activations + logits + overhead at the phase in 'at'; "
         "GiB = 2^30 bytes.",

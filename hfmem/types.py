@@ -11,7 +11,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # the quantization module imports these types; the hint needs no import at run time
+    from hfmem.memory.quantization import WeightsBreakdown
 
 __all__ = [
     "ModelSource",
@@ -572,7 +575,7 @@ class StageMemory:
 
 @dataclass(frozen=True)
 class TrainingEstimate:
-    """Per-GPU model-state memory for each requested ZeRO stage, with the convention used.
+    """Per-GPU model-state memory for each requested ZeRO stage (the accounting convention is ``setup.accounting``).
 
     ``profile`` is the measured activation profile of the whole model at the planned micro-batch (None for a
     ``--params`` plan): what `hfmem.explain` shows per layer.
@@ -584,7 +587,6 @@ class TrainingEstimate:
 
     setup: TrainingSetup
     stages: tuple[StageMemory, ...]
-    convention: str
     notes: tuple[str, ...] = ()
     seq_len: int | None = None
     seq_len_source: str | None = None
@@ -687,7 +689,7 @@ class InferenceEstimate:
     prefill_tokens: int
     weights_name: str
     weights_source: str
-    weights: Any
+    weights: WeightsBreakdown
     kv_dtype: str
     kv_layers: tuple[KvLayer, ...]
     weights_bytes: int

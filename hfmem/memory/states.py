@@ -37,7 +37,6 @@ from hfmem.types import (
 __all__ = [
     "PrecisionSpec",
     "PRECISION_SPECS",
-    "OPTIMIZER_DESCRIPTIONS",
     "BNB_BLOCKSIZE",
     "BNB_MIN_8BIT_SIZE",
     "optimizer_state_bytes",
@@ -93,17 +92,6 @@ PRECISION_SPECS: dict[Precision, PrecisionSpec] = {
     # its optimizer states in the parameter dtype and has no master copy.
     "bf16": PrecisionSpec(2, 0, 2, 2, "everything bf16: weights, gradients and optimizer states; no master copy"),
     "fp16": PrecisionSpec(2, 0, 2, 2, "everything fp16: weights, gradients and optimizer states; no master copy"),
-}
-
-OPTIMIZER_DESCRIPTIONS: dict[Optimizer, str] = {
-    "adamw": "AdamW: exp_avg + exp_avg_sq, 2 states per parameter (torch/optim/adamw.py)",
-    "adamw-8bit": "bitsandbytes AdamW8bit: 2 uint8 states + one fp32 absmax per 256-element block; "
-    "tensors under 4096 elements keep fp32 states",
-    "sgd": "SGD without momentum: no state",
-    "sgd-momentum": "SGD with momentum: one momentum_buffer per parameter",
-    "adafactor": "HF Adafactor (beta1=None): fp32 row + column second-moment factors for >=2-D tensors, "
-    "a full fp32 second moment for 1-D tensors",
-    "lion": "Lion: one momentum per parameter (Chen et al. 2023)",
 }
 
 
@@ -561,17 +549,6 @@ def deepspeed_state_bytes(
     return StateBytes(gathered, 0, gathered, 0, cpu)
 
 
-HFMEM_CONVENTION = (
-    "model states by the ZeRO paper (Rajbhandari et al. 2020): 16-bit weights and gradients, fp32 master weights "
-    "and optimizer states, sharded per stage, exact bytes; activations and logits as the model's own code saves "
-    "them (traced on the meta device); overheads as listed below"
-)
-DEEPSPEED_CONVENTION = (
-    "DeepSpeed estimator accounting (estimate_zero2/zero3_model_states_mem_needs): 18 bytes per sharded "
-    "parameter, 4 x largest module gathered at ZeRO-3, CPU x 1.5 buffer factor"
-)
-
-
 def compute_training(inventory: ParameterInventory, setup: TrainingSetup) -> TrainingEstimate:
     """Model-state memory for every requested ZeRO stage.
 
@@ -581,12 +558,10 @@ def compute_training(inventory: ParameterInventory, setup: TrainingSetup) -> Tra
     notes: list[str] = []
     if setup.accounting == "deepspeed":
         stages = tuple(deepspeed_stage_memory(inventory, setup, s) for s in zero_stages)
-        convention = DEEPSPEED_CONVENTION
         if 3 in zero_stages and not inventory.has_shapes:
             notes.append("--params gives no largest module, so DeepSpeed's ZeRO-3 term 4 x largest module is 0")
     else:
         stages = tuple(stage_memory(inventory, setup, s) for s in zero_stages)
-        convention = HFMEM_CONVENTION
         if setup.optimizer in ("adafactor", "adamw-8bit") and any(s >= 1 for s in zero_stages):
             notes.append(
                 "ZeRO >= 1 gives the optimizer flat 1-D partitions (DeepSpeed), so "
@@ -605,4 +580,4 @@ def compute_training(inventory: ParameterInventory, setup: TrainingSetup) -> Tra
         notes.append("with 1 GPU ZeRO has nothing to shard, so every stage holds the same; pass --gpus / --nodes")
     if setup.precision == "tf32":
         notes.append(PRECISION_SPECS["tf32"].description)
-    return TrainingEstimate(setup=setup, stages=stages, convention=convention, notes=tuple(notes))
+    return TrainingEstimate(setup=setup, stages=stages, notes=tuple(notes))
