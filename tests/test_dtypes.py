@@ -253,3 +253,26 @@ def test_launch_files_read_dtypes_through_the_vocabulary() -> None:
         assert _canonical_dtype(name) == expected
     for name in ("float64", "int8", "fp8", "auto", "F32"):  # not a dtype hfmem trains in (F32: no config writes it)
         assert _canonical_dtype(name) is None
+
+
+def test_checkpoint_dtype_label_uses_canonical_names() -> None:
+    """A model planned in its checkpoint dtype is labelled with the canonical names of its parameters' dtypes."""
+    from hfmem.memory.inference import choose_scheme, compute_dtype
+    from hfmem.types import InferenceSetup, ParameterInfo, ParameterInventory
+
+    inventory = ParameterInventory.from_parameters(
+        [
+            ParameterInfo("model.w", (4, 4), "bfloat16"),
+            ParameterInfo("model.norm", (4,), "float32"),
+            ParameterInfo("model.x", (2,), "float8_e4m3fn"),
+        ],
+        buffer_params=0,
+        largest_module=("model", 22),
+        module_params=[("model", 22)],
+        architecture=None,
+        model_type=None,
+    )
+    scheme, _ = choose_scheme({}, InferenceSetup(), inventory)
+    assert scheme.name == "checkpoint dtype (bf16, fp32, fp8_e4m3)"
+    assert scheme.plain_bytes is None
+    assert compute_dtype(scheme, inventory) == "bfloat16"  # 16 of the 22 elements are bf16
