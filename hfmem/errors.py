@@ -29,6 +29,7 @@ __all__ = [
     "NotMeasuredError",
     "LaunchConfigError",
     "CacheFolderError",
+    "UnknownDtypeError",
 ]
 
 
@@ -241,3 +242,21 @@ class CacheFolderError(HfmemError):
     def __init__(self, folder: str, message: str) -> None:
         self.folder = folder
         super().__init__(message)
+
+
+class UnknownDtypeError(HfmemError, ValueError):
+    """A dtype name that no `hfmem.dtypes.Dtype` has (`hfmem.dtypes.parse_dtype`).
+
+    Attributes:
+        name: the name given.
+    """
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, name: str, known: tuple[str, ...]) -> None:
+        self.name = name
+        shown = name if len(name) <= 80 else name[:80] + "…"
+        super().__init__(
+            f"unknown dtype {shown!r}; use one of {', '.join(known)} (or a torch name like 'bfloat16', "
+            "'torch.bfloat16', or a safetensors name like 'BF16')"
+        )

@@ -614,14 +614,9 @@ def _states_by_row(report: Report, rows: list[_Row]) -> list[StateBytes]:
 
 
 def _precision_words(setup: TrainingSetup) -> str:
-    return {
-        "fp32": "fp32",
-        "tf32": "fp32 (TF32 changes only the matmul arithmetic)",
-        "bf16-mixed": "bf16",
-        "fp16-mixed": "fp16",
-        "bf16": "bf16",
-        "fp16": "fp16",
-    }[setup.precision]
+    """The dtype of the working weights under ``setup.precision`` (`PRECISION_SPECS`), in words."""
+    name = PRECISION_SPECS[setup.precision].weights.name
+    return name + " (TF32 changes only the matmul arithmetic)" if setup.precision == "tf32" else name
 
 
 def _layout_text(setup: TrainingSetup, row: _Row) -> str:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hfmem.dtypes import ALIASES, BF16, FP16, FP32
 from hfmem.errors import LaunchConfigError
 from hfmem.limits import MAX_CONFIG_BYTES, MAX_DEPTH
 
@@ -1096,19 +1097,10 @@ def _join(first: str, second: str) -> str:
 
 
 def _canonical_dtype(name: str) -> str | None:
-    return {
-        "bfloat16": "bf16",
-        "torch.bfloat16": "bf16",
-        "bf16": "bf16",
-        "float16": "fp16",
-        "torch.float16": "fp16",
-        "fp16": "fp16",
-        "half": "fp16",
-        "float32": "fp32",
-        "torch.float32": "fp32",
-        "fp32": "fp32",
-        "float": "fp32",
-    }.get(name.lower())
+    """``"bf16"``, ``"fp16"`` or ``"fp32"`` for a loaded dtype written any way `hfmem.dtypes` knows (any case:
+    ``torch_dtype: bfloat16``, ``torch.float16``, ``half``, ``float``), else None (the dtypes hfmem trains in)."""
+    known = ALIASES.get(name.lower())
+    return known.name if known in (BF16, FP16, FP32) else None
 
 
 def read_launch_files(paths: Sequence[str | Path]) -> LaunchSettings:

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from hfmem.dtypes import DTYPES
+
 if TYPE_CHECKING:  # the quantization module imports these types; the hint needs no import at run time
     from hfmem.memory.quantization import WeightsBreakdown
 
@@ -783,32 +785,9 @@ class Report:
 
 #: Bits per element of the safetensors dtypes: the names of safetensors ``Dtype`` (Rust ``safetensors/src/tensor.rs``;
 #: Python ``safetensors/torch.py`` ``_TYPES``/``_SIZE``), as `huggingface_hub.utils._safetensors.TensorInfo.dtype`
-#: reports them. F4/F6 are the sub-byte microscaling element types.
+#: reports them. F4/F6 are the sub-byte microscaling element types. A view of `hfmem.dtypes.DTYPES`.
 SAFETENSORS_DTYPE_BITS: Mapping[str, int] = MappingProxyType(
-    {
-        "F64": 64,
-        "F32": 32,
-        "F16": 16,
-        "BF16": 16,
-        "I64": 64,
-        "I32": 32,
-        "I16": 16,
-        "I8": 8,
-        "U64": 64,
-        "U32": 32,
-        "U16": 16,
-        "U8": 8,
-        "BOOL": 8,
-        "C64": 64,
-        "F8_E4M3": 8,
-        "F8_E4M3FNUZ": 8,
-        "F8_E5M2": 8,
-        "F8_E5M2FNUZ": 8,
-        "F8_E8M0": 8,
-        "F6_E2M3": 6,
-        "F6_E3M2": 6,
-        "F4": 4,
-    }
+    {d.safetensors_name: d.bits for d in DTYPES if d.safetensors_name is not None}
 )
 
 #: Group keys, in report order, with what each says.

@@ -13,6 +13,7 @@ from typing import Any
 
 from hfmem.memory.expr import Value, cite, maximum, total, value_of
 from hfmem.memory.sources import SRC_LOSS
+from hfmem.memory.states import PRECISION_SPECS
 from hfmem.types import ActivationProfile, Checkpointing, LayerProfile, Precision
 
 __all__ = [
@@ -35,10 +36,9 @@ DEFAULT_SEQ_LEN_CAP = 4096
 
 
 def activation_dtype(precision: Precision) -> str:
-    """The dtype activations are kept in: 16-bit for mixed and pure 16-bit training, fp32 otherwise."""
-    return {"fp32": "float32", "tf32": "float32", "bf16-mixed": "bfloat16", "bf16": "bfloat16"}.get(
-        precision, "float16"
-    )
+    """The torch dtype name activations are kept in: the working weights' dtype of the precision (`PRECISION_SPECS`),
+    16-bit for mixed and pure 16-bit training, fp32 otherwise."""
+    return PRECISION_SPECS[precision].weights.torch_name  # type: ignore[return-value]
 
 
 def context_length(config: Mapping[str, Any], built: int | None = None) -> int | None:

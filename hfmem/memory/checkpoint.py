@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from hfmem.dtypes import DTYPES
 from hfmem.memory.quantization import QuantScheme, weights_breakdown
 from hfmem.types import (
     DIFFERENCE_REASONS as REASONS,
@@ -41,7 +42,8 @@ __all__ = [
 
 #: Integer dtypes that quantizers pack several low-bit values into (bitsandbytes 4-bit: uint8 two per byte; GPTQ/AWQ
 #: ``qweight``: int32 eight 4-bit values; MXFP4 ``*_blocks``: uint8 two per byte).
-_PACKED_DTYPES = frozenset({"U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64"})
+#: Every whole-byte integer safetensors dtype of `hfmem.dtypes`: U8, I8, U16, I16, U32, I32, U64, I64.
+_PACKED_DTYPES = frozenset(d.safetensors_name for d in DTYPES if d.is_integer and d.safetensors_name is not None)
 
 # --- Quantized-storage names -------------------------------------------------------------------------------------
 #: Metadata tensors named by their last component:

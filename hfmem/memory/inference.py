@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from hfmem.dtypes import ALIASES, BF16, FP16, FP32, parse_dtype
 from hfmem.errors import InvalidSetupError
 from hfmem.memory.activations import context_length
 from hfmem.memory.expr import Value, ceil_div, cite, floor_div, maximum, minimum, total, value_of
@@ -43,6 +44,7 @@ from hfmem.memory.quantization import (
 )
 from hfmem.memory.sources import SRC_BNB_MATMUL
 from hfmem.types import (
+    KV_DTYPES,
     InferenceEstimate,
     InferenceProfile,
     InferenceSetup,
@@ -72,8 +74,8 @@ __all__ = [
 ]
 
 #: Bytes per cached element for ``--kv-dtype`` (fp8 E4M3/E5M2 and int8 caches store one byte per element; their
-#: per-tensor scales are not counted).
-KV_DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
+#: per-tensor scales are not counted): the widths of `hfmem.dtypes`.
+KV_DTYPE_BYTES: dict[str, int] = {name: parse_dtype(name).bits // 8 for name in KV_DTYPES}
 #: Tokens per sequence in one prefill forward unless ``--prefill-chunk`` says otherwise: a common chunked-prefill
 #: budget (vLLM's ``max_num_batched_tokens`` is tuned around 2048 for interactive serving). HF ``generate()``
 #: prefills the whole prompt in one forward: pass the prompt length.
@@ -115,13 +117,9 @@ def choose_scheme(
             "(pass --weights-dtype to choose)"
         )
     dtypes = {p.dtype for p in inventory.parameters}
-    name = (
-        "checkpoint dtype ("
-        + ", ".join(sorted(d.replace("bfloat16", "bf16").replace("float", "fp") for d in dtypes))
-        + ")"
-    )
+    name = "checkpoint dtype (" + ", ".join(sorted(_short_name(d) for d in dtypes)) + ")"
     return QuantScheme(
-        name if dtypes else "bf16", "plain", plain_bytes=None if dtypes else 2, source="checkpoint"
+        name if dtypes else BF16.name, "plain", plain_bytes=None if dtypes else BF16.bits // 8, source="checkpoint"
     ), notes
 
 
@@ -131,16 +129,16 @@ def compute_dtype(scheme: QuantScheme, inventory: ParameterInventory) -> str:
     Quantized weights compute in 16 bits (the loaders' default torch dtype beside bitsandbytes/GPTQ/FP8 layers);
     checkpoint-dtype weights compute in the dtype most of their parameters have.
     """
-    if scheme.layout == "plain" and scheme.plain_bytes == 4:
-        return "float32"
+    if scheme.layout == "plain" and scheme.plain_bytes == FP32.bits // 8:
+        return FP32.torch_name  # type: ignore[return-value]
     if scheme.layout == "plain" and scheme.plain_bytes is None and inventory.has_shapes:
         counts: dict[str, int] = {}
         for param in inventory.parameters:
             counts[param.dtype] = counts.get(param.dtype, 0) + param.numel
         dominant = max(counts, key=lambda d: counts[d])
-        if dominant in ("float32", "float16", "bfloat16"):
+        if dominant in (FP32.torch_name, FP16.torch_name, BF16.torch_name):
             return dominant
-    return "float16" if scheme.name == "fp16" else "bfloat16"
+    return (FP16 if scheme.name == FP16.name else BF16).torch_name  # type: ignore[return-value]
 
 
 def default_context(config: Mapping[str, Any], built: int | None = None) -> tuple[int, str]:
@@ -376,7 +374,7 @@ def plan_inference(
         weights_name=scheme.name,
         weights_source=scheme.source,
         weights=breakdown,
-        kv_dtype=kv_dtype or _DTYPE_NAMES.get(profile.dtype, profile.dtype),
+        kv_dtype=kv_dtype or _short_name(profile.dtype),
         kv_layers=layers,
         weights_bytes=weights,
         kv_cache_bytes=kv,
@@ -408,7 +406,10 @@ def check_tp(config: Mapping[str, Any], tp: int) -> None:
         )
 
 
-_DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+def _short_name(torch_name: str) -> str:
+    """A parameter's torch dtype name as hfmem writes it (``"bfloat16"`` → ``"bf16"``), or itself if unknown."""
+    known = ALIASES.get(torch_name)
+    return known.name if known is not None else torch_name
 
 
 def _largest(predicate: Callable[[int], bool], high: int) -> int | None:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from hfmem.dtypes import BF16, FP32
 from hfmem.memory.expr import Value, cite
 from hfmem.memory.quantization import (
     QuantCounts,
@@ -29,6 +30,7 @@ from hfmem.memory.sources import SRC_BNB_MATMUL
 from hfmem.types import FinetuneSettings, ParameterInfo, ParameterInventory
 
 __all__ = [
+    "ADAPTER_DTYPE",
     "ADAPTER_WEIGHT_BYTES",
     "QLORA_COMPUTE_BYTES",
     "matches_patterns",
@@ -43,10 +45,11 @@ __all__ = [
 #: peft keeps adapters in fp32 on a 16-bit base: ``get_peft_model(..., autocast_adapter_dtype=True)`` (the default)
 #: "will only cast adapter weights using float16 and bfloat16 to float32" (peft ``tuners_utils.py``
 #: ``_cast_adapter_dtype``). The fp32 adapter is its own master copy: fp32 gradients, fp32 optimizer states.
-ADAPTER_WEIGHT_BYTES = 4
+ADAPTER_DTYPE = FP32
+ADAPTER_WEIGHT_BYTES = ADAPTER_DTYPE.bits // 8
 #: bitsandbytes dequantizes a 4-bit weight to the compute dtype (``bnb_4bit_compute_dtype``, bf16 in QLoRA
 #: recipes) for each matmul (``MatMul4Bit.forward``: ``F.dequantize_4bit(B, quant_state).to(A.dtype)``).
-QLORA_COMPUTE_BYTES = 2
+QLORA_COMPUTE_BYTES = BF16.bits // 8
 
 
 def matches_patterns(name: str, patterns: Sequence[str]) -> bool:

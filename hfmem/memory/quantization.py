@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from hfmem import dtypes
 from hfmem.errors import InvalidSetupError
 from hfmem.memory.expr import Value, cite
 from hfmem.memory.sources import SRC_AWQ, SRC_BNB_4BIT, SRC_FP8, SRC_INT8
@@ -45,19 +46,23 @@ __all__ = [
 WeightsDtype = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4", "nf4"]
 WEIGHTS_DTYPES: tuple[WeightsDtype, ...] = ("fp32", "bf16", "fp16", "fp8", "int8", "int4", "nf4")
 
-#: Bytes per element of the plain dtypes, by torch name and by safetensors name.
+#: Bytes per element of the plain dtypes a built model's parameters can have, by torch name (a view of
+#: `hfmem.dtypes`; other dtypes count as 2 bytes where this is read with a default).
 DTYPE_BYTES: dict[str, int] = {
-    "float32": 4,
-    "float16": 2,
-    "bfloat16": 2,
-    "float64": 8,
-    "int8": 1,
-    "uint8": 1,
-    "float8_e4m3fn": 1,
-    "float8_e5m2": 1,
-    "int32": 4,
-    "int64": 8,
-    "bool": 1,
+    name: dtypes.bits(name) // 8
+    for name in (
+        "float32",
+        "float16",
+        "bfloat16",
+        "float64",
+        "int8",
+        "uint8",
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "int32",
+        "int64",
+        "bool",
+    )
 }
 
 #: bitsandbytes 4-bit (NF4/FP4): one fp32 absmax per 64-element block (``quantize_4bit(blocksize=64)``,
@@ -140,16 +145,16 @@ def scheme_for_dtype(
     if group_size < 1:
         raise InvalidSetupError(f"--group-size must be at least 1, got {group_size}")
     if dtype in ("fp32", "bf16", "fp16"):
-        return QuantScheme(dtype, "plain", plain_bytes=4 if dtype == "fp32" else 2)
+        return QuantScheme(dtype, "plain", plain_bytes=dtypes.bits(dtype) // 8)
     if dtype == "int8":
-        return QuantScheme("int8 (bitsandbytes LLM.int8)", "bnb-int8", bits=8)
+        return QuantScheme("int8 (bitsandbytes LLM.int8)", "bnb-int8", bits=dtypes.INT8.bits)
     if dtype == "nf4":
         label = "nf4 (bitsandbytes" + (", double quant)" if double_quant else ")")
-        return QuantScheme(label, "bnb-4bit", bits=4, double_quant=double_quant)
+        return QuantScheme(label, "bnb-4bit", bits=dtypes.NF4.bits, double_quant=double_quant)
     if dtype == "int4":
-        return QuantScheme(f"int4 (group {group_size})", "awq", bits=4, group_size=group_size)
+        return QuantScheme(f"int4 (group {group_size})", "awq", bits=dtypes.INT4.bits, group_size=group_size)
     if dtype == "fp8":
-        return QuantScheme("fp8 e4m3 (per-tensor scale)", "fp8-tensor", bits=8)
+        return QuantScheme("fp8 e4m3 (per-tensor scale)", "fp8-tensor", bits=dtypes.FP8_E4M3.bits)
     raise InvalidSetupError(f"unknown --weights-dtype '{dtype}'; choose one of {', '.join(WEIGHTS_DTYPES)}")
 
 
@@ -355,7 +360,7 @@ def is_quantized(param: ParameterInfo, scheme: QuantScheme) -> bool:
 
 def plain_width(param: ParameterInfo, scheme: QuantScheme, *, model_is_16bit: bool = True) -> int:
     """Bytes per element of a tensor ``scheme`` leaves unquantized (see `tensor_bytes`)."""
-    if param.dtype == "float32" and model_is_16bit:
+    if param.dtype == dtypes.FP32.torch_name and model_is_16bit:
         return 4
     if scheme.layout == "plain":
         return scheme.plain_bytes if scheme.plain_bytes is not None else DTYPE_BYTES.get(param.dtype, 2)

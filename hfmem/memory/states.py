@@ -18,10 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from hfmem.dtypes import BF16, FP16, FP32, Dtype
 from hfmem.errors import InvalidSetupError
 from hfmem.memory.expr import Value, ceil_div, cite, maximum, trunc, value_of
 from hfmem.memory.memo import IdentityMemo
-from hfmem.memory.methods import ADAPTER_WEIGHT_BYTES, FrozenCounts, count_frozen, frozen_bytes
+from hfmem.memory.methods import ADAPTER_DTYPE, FrozenCounts, count_frozen, frozen_bytes
 from hfmem.memory.sources import SRC_ADAFACTOR, SRC_ADAMW, SRC_BNB_8BIT, SRC_DS_EST2, SRC_FP32, SRC_OFFLOAD
 from hfmem.rules import planned_stages
 from hfmem.types import (
@@ -63,35 +64,60 @@ DEEPSPEED_CPU_BUFFER_FACTOR = 1.5
 
 @dataclass(frozen=True)
 class PrecisionSpec:
-    """Bytes per element of each model state under one precision regime.
+    """The dtype of each model state under one precision regime; bytes per element from `hfmem.dtypes`.
 
     Attributes:
-        weight_bytes: the working copy used in forward/backward.
-        master_bytes: a separate fp32 master copy held by the optimizer (0 if the weights are the master).
-        grad_bytes: gradients as stored.
-        state_bytes: one optimizer-state element (Adam's m or v, a momentum).
+        weights: the working copy used in forward/backward.
+        master: a separate master copy held by the optimizer (None if the weights are the master).
+        grads: gradients as stored.
+        states: one optimizer-state element (Adam's m or v, a momentum).
     """
 
-    weight_bytes: int
-    master_bytes: int
-    grad_bytes: int
-    state_bytes: int
+    weights: Dtype
+    master: Dtype | None
+    grads: Dtype
+    states: Dtype
     description: str
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.weights.bits // 8
+
+    @property
+    def master_bytes(self) -> int:
+        """0 when the weights are the master."""
+        return 0 if self.master is None else self.master.bits // 8
+
+    @property
+    def grad_bytes(self) -> int:
+        return self.grads.bits // 8
+
+    @property
+    def state_bytes(self) -> int:
+        return self.states.bits // 8
 
 
 PRECISION_SPECS: dict[Precision, PrecisionSpec] = {
     # Transformer Math 101 (EleutherAI) and HF "model memory anatomy": fp32 = 4 B weights, 4 B gradients.
-    "fp32": PrecisionSpec(4, 0, 4, 4, "fp32 weights, gradients and optimizer states"),
+    "fp32": PrecisionSpec(FP32, None, FP32, FP32, "fp32 weights, gradients and optimizer states"),
     "tf32": PrecisionSpec(
-        4, 0, 4, 4, "fp32 storage; TF32 changes only the matmul arithmetic, so memory is the same as fp32"
+        FP32, None, FP32, FP32, "fp32 storage; TF32 changes only the matmul arithmetic, so memory is the same as fp32"
     ),
     # ZeRO paper §3.1: fp16 (or bf16) parameters and gradients (2Ψ + 2Ψ), fp32 master copy (4Ψ) + Adam (8Ψ).
-    "bf16-mixed": PrecisionSpec(2, 4, 2, 4, "bf16 weights and gradients, fp32 master weights and optimizer states"),
-    "fp16-mixed": PrecisionSpec(2, 4, 2, 4, "fp16 weights and gradients, fp32 master weights and optimizer states"),
+    "bf16-mixed": PrecisionSpec(
+        BF16, FP32, BF16, FP32, "bf16 weights and gradients, fp32 master weights and optimizer states"
+    ),
+    "fp16-mixed": PrecisionSpec(
+        FP16, FP32, FP16, FP32, "fp16 weights and gradients, fp32 master weights and optimizer states"
+    ),
     # torch.optim creates states with zeros_like(param) (torch/optim/adam.py), so pure 16-bit training keeps
     # its optimizer states in the parameter dtype and has no master copy.
-    "bf16": PrecisionSpec(2, 0, 2, 2, "everything bf16: weights, gradients and optimizer states; no master copy"),
-    "fp16": PrecisionSpec(2, 0, 2, 2, "everything fp16: weights, gradients and optimizer states; no master copy"),
+    "bf16": PrecisionSpec(
+        BF16, None, BF16, BF16, "everything bf16: weights, gradients and optimizer states; no master copy"
+    ),
+    "fp16": PrecisionSpec(
+        FP16, None, FP16, FP16, "everything fp16: weights, gradients and optimizer states; no master copy"
+    ),
 }
 
 
@@ -247,7 +273,7 @@ def flat_partition_state_bytes(optimizer: Optimizer, partition_params: Value, st
 def trainable_spec(setup: TrainingSetup) -> PrecisionSpec:
     """Bytes per element of the trained tensors: the precision's, or fp32 adapters under LoRA/QLoRA.
 
-    peft keeps adapters in fp32 (`hfmem.memory.methods.ADAPTER_WEIGHT_BYTES`): the fp32 adapter is its own master
+    peft keeps adapters in fp32 (`hfmem.memory.methods.ADAPTER_DTYPE`): the fp32 adapter is its own master
     copy, with fp32 gradients and optimizer states (4 + 4 + 8 = 16 B per parameter with AdamW, the same total as
     the ZeRO paper's 2 + 4 + 2 + 8).
     """
@@ -257,7 +283,7 @@ def trainable_spec(setup: TrainingSetup) -> PrecisionSpec:
 
 
 ADAPTER_SPEC = PrecisionSpec(
-    ADAPTER_WEIGHT_BYTES, 0, ADAPTER_WEIGHT_BYTES, ADAPTER_WEIGHT_BYTES, "fp32 adapters (peft autocast_adapter_dtype)"
+    ADAPTER_DTYPE, None, ADAPTER_DTYPE, ADAPTER_DTYPE, "fp32 adapters (peft autocast_adapter_dtype)"
 )
 
 
