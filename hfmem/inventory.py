@@ -1117,15 +1117,18 @@ def _at_length(
     if samples is None:
         return measure(seq_len)[1]
     points: list[tuple[int, Hashable, tuple[int, ...]]] = []
-    for degree in (1, 2):
-        while len(points) < degree + 2:
-            length = samples[len(points)]
-            points.append((length, *measure(length)))
-        if len({shape for _, shape, _ in points}) > 1:
-            break
-        fitted = _extrapolated(points[: degree + 1], points[degree + 1], seq_len)
-        if fitted is not None:
-            return fitted
+    try:
+        for degree in (1, 2):
+            while len(points) < degree + 2:
+                length = samples[len(points)]
+                points.append((length, *measure(length)))
+            if len({shape for _, shape, _ in points}) > 1:
+                break
+            fitted = _extrapolated(points[: degree + 1], points[degree + 1], seq_len)
+            if fitted is not None:
+                return fitted
+    except Exception:  # noqa: BLE001 - a forward that fails at a short length: the full length decides
+        pass
     return measure(seq_len)[1]
 
 

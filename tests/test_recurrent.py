@@ -196,3 +196,45 @@ def test_a_build_is_announced_once_on_stderr(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("HFMEM_NO_SPINNER", "1")
     quiet = CliRunner().invoke(cli, [model, "--json", "--no-cache"])
     assert quiet.exit_code == 0 and "building" not in quiet.stderr
+
+
+def test_the_fit_is_exact_or_the_full_length_is_measured() -> None:
+    calls: list[int] = []
+
+    def poly(coefficients: tuple[int, ...], shape: object = ()) -> object:
+        def measure(n: int) -> tuple[object, tuple[int, ...]]:
+            calls.append(n)
+            return (shape(n) if callable(shape) else shape), (sum(c * n**k for k, c in enumerate(coefficients)),)
+
+        return measure
+
+    samples = (8, 16, 24, 32)
+    # 7 + 5s: two lengths fit it, the third checks it.
+    assert inventory._at_length(poly((7, 5)), 1000, samples) == (5_007,)  # type: ignore[arg-type]
+    assert calls == [8, 16, 24]
+    calls.clear()
+    # 5 + 3s²: the line through 8 and 16 misses 24, the parabola through 8, 16, 24 meets 32.
+    assert inventory._at_length(poly((5, 0, 3)), 1000, samples) == (3_000_005,)  # type: ignore[arg-type]
+    assert calls == [8, 16, 24, 32]
+    calls.clear()
+    # s³ fits neither: the full length is measured.
+    assert inventory._at_length(poly((0, 0, 0, 1)), 1000, samples) == (10**9,)  # type: ignore[arg-type]
+    assert calls == [8, 16, 24, 32, 1000]
+    calls.clear()
+    # A shape that changes with the length (another layer list): measured in full.
+    assert inventory._at_length(poly((7, 5), shape=lambda n: n > 10), 1000, samples) == (5_007,)  # type: ignore[arg-type]
+    assert calls == [8, 16, 24, 1000]
+
+
+def test_a_forward_that_fails_when_short_is_traced_at_full_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    trace_at = inventory._trace_at
+
+    def needs_100_tokens(*args: object) -> object:
+        if args[6] < 100:  # type: ignore[operator]
+            raise inventory.UnsupportedArchitectureError("too short")
+        return trace_at(*args)  # type: ignore[arg-type]
+
+    with full_length_traces():
+        full = measure(MAMBA, 200)
+    monkeypatch.setattr(inventory, "_trace_at", needs_100_tokens)
+    assert measure(MAMBA, 200) == full
