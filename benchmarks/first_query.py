@@ -8,7 +8,11 @@ Recurrent models are not in the catalogue; their configs are transformers' defau
 
 * **Mamba (mamba-130m-like)**: `model_type: mamba`, hidden 768, 24 layers, vocabulary 50,280, state 16, expand 2,
   convolution 4 (the sizes of `state-spaces/mamba-130m-hf`'s config.json).
-* **Jamba**: `JambaConfig()` as transformers 5.24 defines it (32 layers, a Mamba layer in 7 of every 8, 16 experts).
+* **Jamba**: `JambaConfig()` as transformers 5.24 defines it (32 layers, a Mamba layer in 7 of every 8, 16 experts),
+  stored in bfloat16 as `ai21labs/Jamba-v0.1` is (its config.json: `"torch_dtype": "bfloat16"`).
+
+The cost of `python -c "import torch, transformers"` is measured before and after, so a run on a loaded machine can
+be read against it: the "× import" column is the first query over their mean.
 
 Usage:
     python benchmarks/first_query.py [--repeat 1] [--models ID ...] [--markdown benchmarks/results/first_query.md]
@@ -47,7 +51,7 @@ def recurrent_configs(folder: Path) -> dict[str, Path]:
     found = {}
     for name, model_type, arch, sizes in (
         ("mamba (mamba-130m-like)", "mamba", "MambaForCausalLM", MAMBA_130M),
-        ("jamba (transformers default)", "jamba", "JambaForCausalLM", {}),
+        ("jamba (transformers default, bf16)", "jamba", "JambaForCausalLM", {"dtype": "bfloat16"}),
     ):
         config = AutoConfig.for_model(model_type, **sizes).to_dict()
         config["model_type"], config["architectures"] = model_type, [arch]
@@ -58,14 +62,21 @@ def recurrent_configs(folder: Path) -> dict[str, Path]:
     return found
 
 
-def first_query(model: str, repeat: int) -> tuple[float, dict[str, object]]:
+def import_seconds() -> float:
+    """Wall seconds of `python -c "import torch, transformers"` in a fresh process."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, transformers"], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def first_query(model: str, repeat: int, *extra: str) -> tuple[float, dict[str, object]]:
     """Median wall seconds of `python -m hfmem MODEL --json --no-cache` in fresh processes, and its last answer."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HFMEM_NO_SPINNER": "1", "PYTHONPATH": str(REPO)}
     times, doc = [], {}
     for _ in range(repeat):
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "hfmem", model, "--json", "--no-cache"],
+            [sys.executable, "-m", "hfmem", model, "--json", "--no-cache", *extra],
             env=env,
             cwd=REPO,
             capture_output=True,
@@ -74,7 +85,7 @@ def first_query(model: str, repeat: int) -> tuple[float, dict[str, object]]:
         )
         times.append(time.perf_counter() - start)
         if done.returncode != 0:
-            raise SystemExit(f"{model}: exit {done.returncode}: {done.stderr.strip()}")
+            raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()}")
         doc = json.loads(done.stdout)
     return statistics.median(times), doc
 
@@ -98,30 +109,38 @@ def main() -> None:
         if not args.models:
             models.update({name: str(path) for name, path in recurrent_configs(Path(tmp)).items()})
         load_before = os.getloadavg()[0]
+        import_before = import_seconds()
         rows = []
         for name, model in models.items():
-            seconds, doc = first_query(model, args.repeat)
+            try:
+                seconds, doc = first_query(model, args.repeat)
+            except RuntimeError as e:  # models with no KV cache (encoder-only) plan training only
+                print(f"{name}: {e}; again with --training-only", flush=True)
+                seconds, doc = first_query(model, args.repeat, "--training-only")
+                name += " (`--training-only`)"
             total = doc["parameters"]["total"]  # type: ignore[index]
-            if name in entries:
-                assert total == entries[name].total_params, (name, total)
+            if model in entries:
+                assert total == entries[model].total_params, (name, total)
             rows.append((name, seconds, total))
             print(f"{name}: {seconds:.2f} s", flush=True)
         load_after = os.getloadavg()[0]
+        import_s = (import_before + import_seconds()) / 2
 
     over = [name for name, seconds, _ in rows if seconds > TARGET_S]
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; Python "
         f"{platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}; "
         f"{'median of ' + str(args.repeat) + ' runs' if args.repeat > 1 else 'one run'} per model, each a fresh "
-        f"process with `--no-cache`; 1-minute load average {load_before:.1f} before, {load_after:.1f} after.",
+        f"process with `--no-cache`; 1-minute load average {load_before:.1f} before, {load_after:.1f} after; "
+        f'`python -c "import torch, transformers"`: {import_s:.2f} s (mean of before and after).',
         "",
         f"**{len(rows)} models, slowest {max(s for _, s, _ in rows):.1f} s, median "
         f"{statistics.median(s for _, s, _ in rows):.1f} s; over {TARGET_S:.0f} s: "
         f"{', '.join(over) if over else 'none'}.**",
         "",
-        "| model | first query | parameters |",
-        "|---|---:|---:|",
-        *(f"| {name} | {seconds:.2f} s | {total:,} |" for name, seconds, total in rows),
+        "| model | first query | × import | parameters |",
+        "|---|---:|---:|---:|",
+        *(f"| {name} | {seconds:.2f} s | {seconds / import_s:.2f}× | {total:,} |" for name, seconds, total in rows),
     ]
     table = "\n".join(lines)
     print(table)

@@ -1082,51 +1082,61 @@ def _sequence_period(config: PretrainedConfig, torch_model: nn.Module) -> int:
 
 def _sample_lengths(
     seq_len: int, config: PretrainedConfig, torch_model: nn.Module, step: int = _SAMPLE_STEP
-) -> tuple[int, ...] | None:
-    """Four short lengths whose traces determine the one at ``seq_len``, or None to trace ``seq_len`` itself.
+) -> tuple[tuple[int, ...], ...]:
+    """Sets of four short lengths whose traces determine the one at ``seq_len``; none: trace ``seq_len`` itself.
 
     Only for recurrent and state-space models (`_scans_tokens`): transformers' slow path (the one that runs off
     CUDA, on the meta device too) loops over every token in Python, so a trace costs time in proportion to the
-    length (Mamba-130m: about 100 s at 4,096 tokens). What a forward saves is a sum of tensors whose sizes are
-    products of the length and fixed sizes, a polynomial in the length, of degree 2 at most where a score matrix or
-    a chunk-to-chunk state is kept (eager attention, Mamba-2's segment sums). The lengths are congruent to
-    ``seq_len`` modulo every chunk length (`_sequence_period`), at least two chunks long (a single chunk takes
-    shortcuts), ``step`` tokens apart at least, and their total is at most half of ``seq_len`` (else the full trace
-    is as cheap).
+    length (issue 11: a mamba-130m-like config took 104 s at 4,096 tokens). What a forward saves is a sum of tensors
+    whose sizes are products of the length and fixed sizes, a polynomial in the length, of degree 2 at most where a
+    score matrix or a chunk-to-chunk state is kept (eager attention, Mamba-2's segment sums). The lengths are
+    congruent to ``seq_len`` modulo every chunk length (`_sequence_period`), at least two chunks long (a single
+    chunk takes shortcuts) and ``step`` tokens apart at least; a second set is 4 times as long, for what only
+    settles past the shortest lengths (a peak that a fixed-size tensor holds in a very short prefill). A set is
+    used only if its total is at most half of ``seq_len`` (else the full trace is as cheap).
     """
     if _TRACE_STATE["full_length"] or not _scans_tokens(config):
-        return None
+        return ()
     period = _sequence_period(config, torch_model)
-    floor = step if period == 1 else 2 * period
-    step = period * -(-step // period)
-    first = floor + (seq_len - floor) % period
-    samples = tuple(first + i * step for i in range(4))
-    return samples if 2 * sum(samples) <= seq_len else None
+    found = []
+    for scale in (1, 4):
+        floor = scale * step if period == 1 else 2 * period * scale
+        apart = period * -(-scale * step // period)
+        first = floor + (seq_len - floor) % period
+        samples = tuple(first + i * apart for i in range(4))
+        if 2 * sum(samples) <= seq_len:
+            found.append(samples)
+    return tuple(found)
 
 
 def _at_length(
-    measure: Callable[[int], tuple[Hashable, tuple[int, ...]]], seq_len: int, samples: tuple[int, ...] | None
+    measure: Callable[[int], tuple[Hashable, tuple[int, ...]]],
+    seq_len: int,
+    sample_sets: tuple[tuple[int, ...], ...],
 ) -> tuple[int, ...]:
-    """The numbers ``measure`` gives at ``seq_len``, from short ``samples`` where they determine them exactly.
+    """The numbers ``measure`` gives at ``seq_len``, from short lengths where they determine them exactly.
 
     ``measure(length)`` returns a shape (the layers' names, the attention calls… which must not change with the
-    length) and byte counts. Each count is fitted by the polynomial through the first samples, of degree 1 (two
-    samples, checked on a third) and else of degree 2 (three, checked on a fourth), in exact rational arithmetic;
-    the value at ``seq_len`` must be a non-negative integer. When no fit checks out, ``seq_len`` is measured.
+    length) and byte counts. For each set of lengths in turn, each count is fitted by the polynomial through the
+    first lengths, of degree 1 (two, checked on a third) and else of degree 2 (three, checked on a fourth), in exact
+    rational arithmetic; the value at ``seq_len`` must be a non-negative integer. When no fit checks out, or a short
+    forward fails, ``seq_len`` itself is measured.
     """
-    if samples is None:
-        return measure(seq_len)[1]
-    points: list[tuple[int, Hashable, tuple[int, ...]]] = []
+    seen: dict[int, tuple[Hashable, tuple[int, ...]]] = {}
     try:
-        for degree in (1, 2):
-            while len(points) < degree + 2:
-                length = samples[len(points)]
-                points.append((length, *measure(length)))
-            if len({shape for _, shape, _ in points}) > 1:
-                break
-            fitted = _extrapolated(points[: degree + 1], points[degree + 1], seq_len)
-            if fitted is not None:
-                return fitted
+        for samples in sample_sets:
+            points: list[tuple[int, Hashable, tuple[int, ...]]] = []
+            for degree in (1, 2):
+                while len(points) < degree + 2:
+                    length = samples[len(points)]
+                    if length not in seen:
+                        seen[length] = measure(length)
+                    points.append((length, *seen[length]))
+                if len({shape for _, shape, _ in points}) > 1:
+                    break
+                fitted = _extrapolated(points[: degree + 1], points[degree + 1], seq_len)
+                if fitted is not None:
+                    return fitted
     except Exception:  # noqa: BLE001 - a forward that fails at a short length: the full length decides
         pass
     return measure(seq_len)[1]

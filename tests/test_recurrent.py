@@ -150,10 +150,13 @@ def test_sample_lengths_keep_the_chunk_remainder() -> None:
     torch_model, _ = inventory._instantiate(MAMBA2, config, trust_remote_code=False)
     assert inventory._sequence_period(config, torch_model) == 16  # chunk_size
     # 500 = 31·16 + 4: the first length at least two chunks long with remainder 4, then 16 apart.
-    assert inventory._sample_lengths(500, config, torch_model) == (36, 52, 68, 84)
-    assert inventory._sample_lengths(400, config, torch_model) is None  # 2·(32+48+64+80) > 400: trace it whole
+    # The set 4 times as long (36, 100, 164, 228) adds up to more than half of 500.
+    assert inventory._sample_lengths(500, config, torch_model) == ((36, 52, 68, 84),)
+    assert inventory._sample_lengths(400, config, torch_model) == ()  # 2·(32+48+64+80) > 400: trace it whole
+    # 2,048 = 128·16: remainder 0; 4 times as long: from 4·32 = 128, 4·8 = 32 apart.
+    assert inventory._sample_lengths(2048, config, torch_model) == ((32, 48, 64, 80), (128, 160, 192, 224))
     with full_length_traces():
-        assert inventory._sample_lengths(500, config, torch_model) is None
+        assert inventory._sample_lengths(500, config, torch_model) == ()
 
 
 def test_attention_models_are_traced_at_full_length(traced_lengths: list[int]) -> None:
@@ -208,7 +211,7 @@ def test_the_fit_is_exact_or_the_full_length_is_measured() -> None:
 
         return measure
 
-    samples = (8, 16, 24, 32)
+    samples = ((8, 16, 24, 32),)
     # 7 + 5s: two lengths fit it, the third checks it.
     assert inventory._at_length(poly((7, 5)), 1000, samples) == (5_007,)  # type: ignore[arg-type]
     assert calls == [8, 16, 24]
@@ -220,6 +223,12 @@ def test_the_fit_is_exact_or_the_full_length_is_measured() -> None:
     # s³ fits neither: the full length is measured.
     assert inventory._at_length(poly((0, 0, 0, 1)), 1000, samples) == (10**9,)  # type: ignore[arg-type]
     assert calls == [8, 16, 24, 32, 1000]
+    calls.clear()
+    # max(100, 6s), a peak a fixed-size tensor holds in short prefills: neither degree fits 8…32 (100, 100, 144,
+    # 192), the set 4 times as long (192, 384, 576) is a line.
+    sets = ((8, 16, 24, 32), (32, 64, 96, 128))
+    assert inventory._at_length(lambda n: (calls.append(n), ((), (max(100, 6 * n),)))[1], 1000, sets) == (6000,)
+    assert calls == [8, 16, 24, 32, 64, 96]
     calls.clear()
     # A shape that changes with the length (another layer list): measured in full.
     assert inventory._at_length(poly((7, 5), shape=lambda n: n > 10), 1000, samples) == (5_007,)  # type: ignore[arg-type]
