@@ -150,9 +150,14 @@ def stage_estimate(model_type: str, config_dict: dict[str, Any], training: bool)
         (Path(folder) / "config.json").write_text(json.dumps(config_dict))
         try:
             if training:
-                hfmem.estimate(folder, setup=TrainingSetup(zero_stages=(0,), seq_len=64))
+                report = hfmem.estimate(folder, setup=TrainingSetup(zero_stages=(0,), seq_len=64))
+                missing = report.training.unmeasured if report.training is not None else None
             else:
-                hfmem.estimate(folder, training=False, inference=InferenceSetup(context=128, prefill_chunk=64))
+                report = hfmem.estimate(folder, training=False, inference=InferenceSetup(context=128, prefill_chunk=64))
+                missing = report.inference_unmeasured
+            if missing is not None:  # counted, but not traced: the report says "not measured"
+                reason = missing.replace(folder, f"default-{model_type}")
+                return {"status": "unsupported", "error": "not measured", "reason": reason}
         except HfmemError as e:
             reason = str(e).replace(folder, f"default-{model_type}")  # the same text on every run
             return {"status": "unsupported", "error": type(e).__name__, "reason": reason}

@@ -38,6 +38,10 @@ on a GPU and compares ``torch.cuda.max_memory_allocated()`` / ``max_memory_reser
 (informational, not gated; ``--cuda-only`` skips the CPU part, ``--cuda-layers 0`` keeps the config's layer count,
 ``--cuda-shapes 4x1024`` sets the GPU micro-batches, ``--cuda-json`` writes every detail).
 
+``--step [ARG ...]`` runs ``benchmarks/validate_step.py`` instead: one whole training step (forward, backward,
+optimizer step) on the CPU per memory technique of issue 13, its peak live tensor bytes per phase beside hfmem's
+allocated peak (``benchmarks/results/step_cpu.md``).
+
 Usage:
     HF_HUB_OFFLINE=1 python benchmarks/validate_memory.py [--quick] [--models ID ...] [--markdown docs/validation.md]
                                                           [--precisions fp32 bf16-mixed] [--measure-only] [--cuda]
@@ -1029,8 +1033,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --cuda: micro-batch x sequence length of the GPU steps, e.g. 1x1024 4x1024 (default: the matrix's)",
     )
     parser.add_argument("--cuda-json", type=Path, metavar="PATH", help="with --cuda: write every GPU detail here")
+    parser.add_argument(
+        "--step",
+        nargs=argparse.REMAINDER,
+        metavar="ARG",
+        help="run benchmarks/validate_step.py instead (a whole training step on CPU per memory technique: loss, "
+        "recompute, offload, optimizer, autocast), passing it every argument after --step",
+    )
     parser.add_argument("--predict-worker", nargs=2, type=Path, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.step is not None:
+        return args
     if args.precisions is None:
         args.precisions = QUICK_PRECISIONS if args.quick else ("fp32", "bf16-mixed")
     if (args.cuda_only or args.cuda_layers is not None or args.cuda_shapes or args.cuda_json) and not args.cuda:
@@ -1047,6 +1060,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.step is not None:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import validate_step
+
+        return validate_step.main(args.step)
     if args.predict_worker:
         predict_worker(*args.predict_worker)
         return 0

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
 from hfmem.cache import ProfileCache, cache_key
-from hfmem.errors import InvalidSetupError
-from hfmem.limits import check_config, check_params, check_setup
+from hfmem.errors import InvalidSetupError, UnsupportedArchitectureError
+from hfmem.limits import check_config, check_params
 from hfmem.memory.activations import activation_dtype, default_seq_len
 from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, default_context, plan_inference
-from hfmem.memory.methods import check_finetune
-from hfmem.memory.parallel import check_parallel
-from hfmem.memory.peak import plan_training
+from hfmem.memory.peak import NO_MODEL_NOTE, plan_training
+from hfmem.rules import check_parallel, check_setup
 from hfmem.types import (
     ActivationProfile,
     FinetuneSettings,
@@ -86,7 +85,8 @@ def estimate(
         6738415616
     """
     setup = setup or TrainingSetup()
-    check_setup(setup, inference)
+    # Refused before anything is fetched; `Prepared.report` checks again for callers that come through it.
+    check_setup(setup, inference, has_model=model is not None, training=training, find_max_batch=find_max_batch)
     if (model is None) == (params is None):
         raise InvalidSetupError("give either a model or a parameter count (--params), not both or neither")
     if params is not None:
@@ -113,6 +113,14 @@ def resolve(
     if trust_remote_code:
         resolved = fetch_remote_code(resolved, token=token)
     return resolved
+
+
+@dataclass(frozen=True)
+class NativeFallback:
+    """What `Prepared._native` caches: the config as the nearest native architecture, and the notes it added."""
+
+    config: dict[str, Any]
+    notes: tuple[str, ...]
 
 
 class Prepared:
@@ -155,15 +163,15 @@ class Prepared:
         (`hfmem.inventory.native_fallback`). Cached with the model, so a repeat query does not import transformers.
         """
 
-        def build() -> dict[str, Any]:
+        def build() -> NativeFallback:
             from hfmem.inventory import native_fallback
 
             native = native_fallback(resolved)
-            added = [note for note in native.notes if note not in resolved.notes]
-            return {"config": dict(native.config), "notes": added}
+            added = tuple(note for note in native.notes if note not in resolved.notes)
+            return NativeFallback(config=dict(native.config), notes=added)
 
-        found = self._measured(FinetuneSettings(), "native", {}, build, dict)
-        return replace(resolved, config=found["config"], notes=(*resolved.notes, *found["notes"]))
+        found = self._measured(FinetuneSettings(), "native", {}, build, NativeFallback)
+        return replace(resolved, config=found.config, notes=(*resolved.notes, *found.notes))
 
     def memo(self, finetune: FinetuneSettings) -> ProfileCache:
         """The measurements of the model trained by ``finetune`` (in memory, and on disk unless disabled)."""
@@ -211,10 +219,9 @@ class Prepared:
     ) -> Report:
         """Plan ``setup`` (and ``inference``) for this model; see `estimate`."""
         resolved = self.resolved
-        check_setup(setup, inference)  # absurd sizes are refused before anything is built
-        check_finetune(setup.finetune, has_model=resolved.source != "params")
-        if not training and inference is None:
-            raise InvalidSetupError("nothing to plan: ask for training, inference or both")
+        check_setup(  # the setup rules (`hfmem.rules`), before anything is built
+            setup, inference, has_model=resolved.source != "params", training=training, find_max_batch=find_max_batch
+        )
         inventory = self.inventory(setup.finetune)
         # Serving and the checkpoint concern the base model; peft renames its modules and adds adapters.
         lora = setup.finetune.method in ("lora", "qlora")
@@ -222,6 +229,7 @@ class Prepared:
         plan = self._plan(inventory, setup, find_max_batch=find_max_batch) if training else None
         notes: list[str] = []
         served = None
+        unserved = None
         if inference is not None:
             if resolved.source == "params":
                 if not training:
@@ -231,8 +239,12 @@ class Prepared:
                     )
                 notes.append("inference skipped: --params gives no KV-cache layout (pass a model id)")
             else:
-                served = self._serve(self.inventory(base), base, inference)
-                if lora:
+                base_inventory = self.inventory(base)
+                try:
+                    served = self._serve(base_inventory, base, inference)
+                except UnsupportedArchitectureError as e:  # built and counted, but it cannot run with a cache
+                    unserved = str(e)
+                if lora and served is not None:
                     notes.append(
                         "inference plans the base model with the LoRA adapters merged (unmerged, they add theirs)"
                     )
@@ -249,6 +261,7 @@ class Prepared:
             notes=tuple(notes),
             inference=served,
             checkpoint=comparison,
+            inference_unmeasured=unserved,
         )
 
     def _serve(
@@ -256,12 +269,17 @@ class Prepared:
     ) -> InferenceEstimate:
         """Measure the cache layout and a prefill chunk on the meta device, then plan the serving memory."""
         resolved = self.resolved
-        if setup.batch_size < 1 or (setup.prefill_chunk is not None and setup.prefill_chunk < 1):
-            raise InvalidSetupError("--batch-size and --prefill-chunk must be at least 1")
         scheme, _ = choose_scheme(resolved.config, setup, inventory)
-        context = setup.context if setup.context is not None else default_context(resolved.config)[0]
+        built = inventory.context_tokens
+        context = setup.context if setup.context is not None else default_context(resolved.config, built)[0]
         chunk = setup.prefill_chunk if setup.prefill_chunk is not None else min(context, DEFAULT_PREFILL_CHUNK)
-        args = {"batch_size": setup.batch_size, "prefill_tokens": chunk, "dtype": compute_dtype(scheme, inventory)}
+        args: dict[str, Any] = {
+            "batch_size": setup.batch_size,
+            "prefill_tokens": chunk,
+            "dtype": compute_dtype(scheme, inventory),
+        }
+        if inventory.image_inputs:
+            args["images_per_sample"] = setup.images_per_sample
 
         def build() -> InferenceProfile:
             from hfmem.inventory import profile_inference
@@ -269,7 +287,9 @@ class Prepared:
             return profile_inference(resolved, trust_remote_code=self.trust_remote_code, **args)
 
         profile = self._measured(finetune, "inference", args, build, InferenceProfile)
-        return plan_inference(resolved.config, inventory, profile, setup)
+        served = plan_inference(resolved.config, inventory, profile, setup)
+        note = image_note(inventory, profile, setup.images_per_sample, "prefill chunk")
+        return replace(served, notes=(*served.notes, note)) if note else served
 
     def _checkpoint(
         self, inventory: ParameterInventory, served: InferenceEstimate | None, *, token: str | None
@@ -297,19 +317,13 @@ class Prepared:
     def _plan(self, inventory: ParameterInventory, setup: TrainingSetup, *, find_max_batch: bool) -> TrainingEstimate:
         """Measure the activations (a model only) and plan the peak of every stage."""
         resolved = self.resolved
-        if setup.batch_size < 1 or (setup.seq_len is not None and setup.seq_len < 1):
-            raise InvalidSetupError("--batch-size and --seq-len must be at least 1")
-        if setup.dropout is not None and not 0.0 <= setup.dropout < 1.0:
-            raise InvalidSetupError(f"--dropout must be in [0, 1), got {setup.dropout}")
-        if find_max_batch and setup.gpu is None:
-            raise InvalidSetupError("--max-batch needs a GPU to fill: pass --gpu NAME or --gpu-memory SIZE")
         if resolved.source == "params":
             check_parallel(setup, inventory)
             return plan_training(inventory, setup, None)
         if setup.seq_len is not None:
             seq_len, why = setup.seq_len, "--seq-len"
         else:
-            seq_len, why = default_seq_len(resolved.config)
+            seq_len, why = default_seq_len(resolved.config, inventory.context_tokens)
         check_parallel(setup, inventory, resolved.config, seq_len=seq_len)
         # Context parallelism: each GPU runs its 1/cp of the sequence (Megatron splits it into 2·cp chunks for load
         # balance; the tokens per GPU are the same).
@@ -324,6 +338,8 @@ class Prepared:
                 "dropout": setup.dropout,
                 "tensor_parallel": setup.parallel.tp > 1,
             }
+            if inventory.image_inputs:
+                args["images_per_sample"] = setup.images_per_sample
 
             def build() -> ActivationProfile:
                 from hfmem.inventory import profile_activations
@@ -334,8 +350,55 @@ class Prepared:
 
             return self._measured(setup.finetune, "activations", args, build, ActivationProfile)
 
-        measured = profile(setup.batch_size)
+        try:
+            measured = profile(setup.batch_size)
+        except UnsupportedArchitectureError as e:  # built and counted, but it cannot be traced
+            return _states_only(inventory, setup, str(e), seq_len=seq_len, seq_len_source=why)
         pair = None
         if find_max_batch:
             pair = (profile(1), profile(2))
-        return plan_training(inventory, setup, measured, batch_profiles=pair, seq_len=seq_len, seq_len_source=why)
+        plan = plan_training(inventory, setup, measured, batch_profiles=pair, seq_len=seq_len, seq_len_source=why)
+        note = image_note(inventory, measured, setup.images_per_sample, "sample")
+        return replace(plan, notes=(*plan.notes, note)) if note else plan
+
+
+def _states_only(
+    inventory: ParameterInventory, setup: TrainingSetup, reason: str, *, seq_len: int, seq_len_source: str
+) -> TrainingEstimate:
+    """The plan of a model that was built (its inventory is exact) but could not be traced: model states and
+    overheads per stage, activations unknown (``unmeasured``). A stage fits only as far as is known: ``False`` when
+    the states alone exceed the GPU, else None; headroom, smallest GPU count and largest micro-batch are unknown.
+    """
+    plan = plan_training(inventory, setup, None, seq_len=seq_len, seq_len_source=seq_len_source)
+    stages = tuple(
+        replace(
+            stage,
+            fits=False if stage.fits is False else None,
+            headroom_bytes=None,
+            min_gpus=None,
+            max_batch_size=None,
+        )
+        for stage in plan.stages
+    )
+    notes = tuple(note for note in plan.notes if note != NO_MODEL_NOTE)
+    return replace(plan, stages=stages, notes=notes, unmeasured=reason)
+
+
+def image_note(
+    inventory: ParameterInventory, profile: ActivationProfile | InferenceProfile, asked: int, where: str
+) -> str | None:
+    """What a model that takes images was traced with: its images, or why its image tokens and vision tower's
+    activations are not counted. None for a text-only model."""
+    if not inventory.image_inputs:
+        return None
+    if profile.images_per_sample:
+        fills = f"; each fills {profile.image_tokens:,} of the tokens" if profile.image_tokens else ""
+        return (
+            f"{profile.images_per_sample} default image(s) per {where} traced through the vision tower (the vision "
+            f"config's image_size){fills} (--images-per-sample to change)"
+        )
+    why = "--images-per-sample 0" if asked <= 0 else (profile.images_not_traced or "it was traced on token ids only")
+    return (
+        f"image tokens and the vision tower's activations are not counted ({why}); the {where} is token ids only, "
+        "the vision tower's parameters are counted"
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -21,9 +22,13 @@ import click
 
 from hfmem import catalogue
 from hfmem.api import Prepared, hfmem_version, resolve
-from hfmem.errors import ExitCode, HfmemError
-from hfmem.gpus import GPUS, find_gpu, parse_memory
+from hfmem.environment import check_environment, prepare_cli_environment, switched_on
+from hfmem.errors import ExitCode, HfmemError, LaunchConfigError, NotMeasuredError
+from hfmem.gpus import GPUS, parse_memory
+from hfmem.launch import LaunchOutcome, option_flag, read_launch_files, show_value
+from hfmem.limits import DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS, NETWORK_BUDGET, NetworkBudget
 from hfmem.memory.quantization import WEIGHTS_DTYPES
+from hfmem.rules import MAX_DROPOUT_EXCLUSIVE, MAX_FRAGMENTATION
 from hfmem.types import (
     ACCOUNTINGS,
     ATTENTIONS,
@@ -76,24 +81,66 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
 
 
 def _secrets(ctx: click.Context) -> tuple[str, ...]:
-    """The Hub tokens this run may send: --token, HF_TOKEN, and the saved login once huggingface_hub is loaded.
+    """The Hub tokens this run may send: --token, HF_TOKEN, and the saved login once huggingface_hub has read it.
 
     Error text from other libraries (a server's message, an exception from the HTTP client) passes through hfmem
-    only after these are cut out, tracebacks under --debug included.
+    only after these are cut out, tracebacks under --debug included. Imports nothing: it runs on the error path,
+    where huggingface_hub may be the thing that failed to import.
     """
     found = {ctx.params.get("token"), os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")}
-    if "huggingface_hub" in sys.modules:  # never imported just for this (`hfmem --help` stays light)
-        from huggingface_hub import get_token
-
+    auth = sys.modules.get("huggingface_hub.utils._auth")  # loaded only if huggingface_hub read a token
+    if auth is not None:
         try:
-            found.add(get_token())
-        except Exception:  # an unreadable token file: nothing more to hide
+            found.add(auth.get_token())
+        except Exception:  # a half-imported module, an unreadable token file: nothing more to hide
             pass
     return tuple(sorted((t for t in found if isinstance(t, str) and len(t) >= 8), key=len, reverse=True))
 
 
 def _debug_wanted(ctx: click.Context) -> bool:
-    return bool(ctx.params.get("debug")) or os.environ.get("HFMEM_DEBUG", "") not in ("", "0")
+    return bool(ctx.params.get("debug")) or switched_on(os.environ.get("HFMEM_DEBUG"))
+
+
+#: The last resort, when even an error's own message cannot be formatted: fixed text, nothing computed.
+FALLBACK_MESSAGE = (
+    "hfmem failed and could not describe the error; rerun with --debug and report the traceback at the hfmem issue "
+    "tracker"
+)
+
+
+def _fallback(exit_code: int) -> click.ClickException:
+    error = click.ClickException(FALLBACK_MESSAGE)
+    error.exit_code = exit_code
+    return error
+
+
+def _interrupted() -> click.exceptions.Exit:
+    """Ctrl-C: one line on stderr and exit 130 (128 + SIGINT), not click's "Aborted!" and 1 (a bug, per the README)."""
+    try:
+        click.echo("hfmem: interrupted", err=True)
+    except Exception:  # stderr closed: the exit code still says it
+        pass
+    return click.exceptions.Exit(int(ExitCode.INTERRUPTED))
+
+
+def _translate(ctx: click.Context, error: Exception) -> click.ClickException:
+    """``error`` → the one-line `click.ClickException` the user sees (with the traceback first under --debug)."""
+    secrets = _secrets(ctx)
+    if isinstance(error, click.ClickException):
+        error.message = one_line(redact(str(error.message), secrets))
+        return error
+    if _debug_wanted(ctx):
+        click.echo(redact(traceback.format_exc(), secrets), err=True, nl=False)
+    if isinstance(error, HfmemError):
+        return HfmemClickError(error, secrets)
+    text = str(error)
+    first = text.splitlines()[0] if text else ""
+    internal = click.ClickException(
+        one_line(redact(f"internal error ({type(error).__name__}: {first}); ", secrets))
+        + "rerun with --debug and report the traceback at the hfmem issue tracker"
+    )
+    internal.exit_code = int(ExitCode.INTERNAL)
+    return internal
 
 
 class HfmemCommand(click.Command):
@@ -111,34 +158,44 @@ class HfmemCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.ClickException as e:  # a bad option value, quoted in the message
-            e.message = one_line(e.message)
+            try:
+                e.message = one_line(str(e.message))
+            except Exception:
+                raise _fallback(e.exit_code) from e
             raise
+        except KeyboardInterrupt:
+            raise _interrupted() from None
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the command behind the one error boundary: every exception leaves as one line and an exit code.
+
+        The environment is checked first (before huggingface_hub reads it), and the run's network deadline set
+        from --timeout. The handlers below import nothing and only format strings; if even that fails, a fixed
+        message goes out with the error's exit code.
+        """
+        budget = NETWORK_BUDGET.set(NetworkBudget(ctx.params.get("timeout") or DEFAULT_TIMEOUT_SECONDS))
         try:
+            check_environment()
             return super().invoke(ctx)
-        except HfmemError as e:
-            if _debug_wanted(ctx):
-                click.echo(redact(traceback.format_exc(), _secrets(ctx)), err=True, nl=False)
-            raise HfmemClickError(e, _secrets(ctx)) from e
-        except click.ClickException as e:
-            e.message = one_line(redact(e.message, _secrets(ctx)))
-            raise
-        except (click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            raise _interrupted() from None
+        except (click.exceptions.Exit, click.Abort):
             raise
         except Exception as e:
-            if "PYTEST_CURRENT_TEST" in os.environ:
+            if "PYTEST_CURRENT_TEST" in os.environ and not isinstance(e, (HfmemError, click.ClickException)):
                 raise  # tests see the exception itself
-            secrets = _secrets(ctx)
-            if _debug_wanted(ctx):
-                click.echo(redact(traceback.format_exc(), secrets), err=True, nl=False)
-            first = str(e).splitlines()[0] if str(e) else ""
-            error = click.ClickException(
-                one_line(redact(f"internal error ({type(e).__name__}: {first}); ", secrets))
-                + "rerun with --debug and report the traceback at the hfmem issue tracker"
-            )
-            error.exit_code = int(ExitCode.INTERNAL)
+            try:
+                error = _translate(ctx, e)
+            except KeyboardInterrupt:
+                raise _interrupted() from None
+            except Exception:
+                code = e.exit_code if isinstance(e, (HfmemError, click.ClickException)) else ExitCode.INTERNAL
+                raise _fallback(int(code) if isinstance(code, int) else int(ExitCode.INTERNAL)) from e
+            if error is e:
+                raise
             raise error from e
+        finally:
+            NETWORK_BUDGET.reset(budget)
 
 
 def _parse_params(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -197,6 +254,16 @@ class Listed(click.ParamType):
         return [type(item)(prefix + item.value, type=item.type) for item in self.inner.shell_complete(ctx, param, last)]
 
 
+class FiniteFloatRange(click.FloatRange):
+    """`click.FloatRange` that also refuses nan and ±inf (a range check alone lets nan through: nan < 0 is False)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number; give a decimal such as 0.1", param, ctx)
+        return super().convert(number, param, ctx)
+
+
 class MemorySize(click.ParamType):
     """A memory size: 80GiB, 79.2GiB, 24G (binary), 80GB (decimal) → bytes."""
 
@@ -214,16 +281,22 @@ class MemorySize(click.ParamType):
 def _clear_cache(fmt: str) -> None:
     from hfmem.cache import clear_cache
 
-    folder, removed = clear_cache()
+    done = clear_cache()
+    removed, temps = len(done.removed_entries), len(done.removed_temp_files)
     if fmt == "json":
-        click.echo(json.dumps({"cache_dir": str(folder), "removed": removed}, indent=2))
+        files = sorted((*done.removed_entries, *done.removed_temp_files))
+        click.echo(
+            json.dumps(
+                {"cache_dir": str(done.folder), "removed": removed, "removed_files": files, "skipped": done.skipped},
+                indent=2,
+            )
+        )
     else:
-        click.echo(f"removed {removed} cached model{'s' if removed != 1 else ''} from {folder}")
+        line = f"removed {removed} cached model{'s' if removed != 1 else ''}"
+        if temps:
+            line += f" and {temps} unfinished temporary file{'s' if temps != 1 else ''}"
+        click.echo(one_line(f"{line} from {done.folder}"))
 
-
-#: ``--fsdp`` → the ZeRO stage with the same sharding (torch ``ShardingStrategy`` docstring; REFERENCE §2.5):
-#: FULL_SHARD = ZeRO-3, SHARD_GRAD_OP = ZeRO-2, NO_SHARD = DDP (0), HYBRID_SHARD = ZeRO-3 inside a node.
-FSDP_ZERO_STAGE = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0, "hybrid_shard": 3}
 
 #: ``--tp``, defined once: tensor parallelism splits the weights (and, for training, the activations) Megatron-style.
 tp_option = click.option(
@@ -274,13 +347,22 @@ def _list_catalogue(json_: bool) -> None:
     cls=HfmemCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Exit codes: 0 ok, 1 internal error, 2 bad usage, 3 does not fit (--check), 4 model unavailable "
-    "(Hub, cache, catalogue), 5 config cannot be built or traced. Docs: README.md.",
+    "(Hub, cache, catalogue), 5 config cannot be built or traced, 130 interrupted. Docs: README.md.",
 )
 @click.argument("model", required=False)
 @click.option("--revision", help="Hub branch, tag or commit sha (default: main).")
 @click.option(
     "--token",
     help="Hub token for gated or private repos (default: HF_TOKEN or the saved `hf auth login`). Never printed.",
+)
+@click.option(
+    "--timeout",
+    type=FiniteFloatRange(0.0, MAX_TIMEOUT_SECONDS, min_open=True),
+    default=DEFAULT_TIMEOUT_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="Deadline of each network operation as a whole (config.json, custom code, safetensors headers: every "
+    "request, retry and wait of it); past it hfmem falls back to the HF cache and the catalogue, or stops.",
 )
 @click.option(
     "--trust-remote-code",
@@ -293,6 +375,16 @@ def _list_catalogue(json_: bool) -> None:
     metavar="COUNT",
     callback=_parse_params,
     help="Plan for a hypothetical dense model of COUNT parameters instead of MODEL: 7.5B, 7.5e9, 125M.",
+)
+@click.option(
+    "--launch-config",
+    "launch_configs",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="FILE",
+    help="Take settings from a file you launch with: DeepSpeed JSON, accelerate YAML, HF TrainingArguments/TRL "
+    "(JSON or YAML), torchtune or axolotl YAML (recognised by their keys). Repeatable; options typed here win. "
+    "The report lists each setting with its file and key, and the keys hfmem does not model.",
 )
 @click.option(
     "--precision",
@@ -463,7 +555,7 @@ def _list_catalogue(json_: bool) -> None:
 )
 @click.option(
     "--dropout",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
+    type=FiniteFloatRange(0.0, MAX_DROPOUT_EXCLUSIVE, max_open=True),
     help="Override every dropout probability (default: the config's).",
 )
 @click.option(
@@ -494,7 +586,7 @@ def _list_catalogue(json_: bool) -> None:
 )
 @click.option(
     "--fragmentation",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloatRange(0.0, MAX_FRAGMENTATION),
     default=0.10,
     show_default=True,
     help="Allocator slack (reserved − allocated) as a fraction of the allocated peak.",
@@ -532,6 +624,14 @@ def _list_catalogue(json_: bool) -> None:
     "prefills the whole prompt).",
 )
 @click.option(
+    "--images-per-sample",
+    type=click.IntRange(min=0, max=64),
+    default=1,
+    show_default=True,
+    help="Models that take images (Llava, Gemma-3): default-size images per training sample and per prefill chunk, "
+    "traced through the vision tower; their tokens count in --seq-len / --context. 0: token ids only.",
+)
+@click.option(
     "--checkpoint/--no-checkpoint",
     default=True,
     show_default=True,
@@ -556,7 +656,7 @@ def _list_catalogue(json_: bool) -> None:
 @click.option(
     "--clear-cache",
     is_flag=True,
-    help="Delete hfmem's cache and exit.",
+    help="Delete the entries hfmem wrote to its cache (nothing else) and exit.",
 )
 @click.option(
     "--explain",
@@ -593,6 +693,7 @@ def cli(**opts: Any) -> None:
     if opts["list_gpus"]:
         _list_gpus(fmt == "json")
         return
+    launch = _apply_launch_configs(click.get_current_context(), opts)
     model, params = opts["model"], opts["params"]
     if model is None and params is None:
         raise click.UsageError("give a MODEL (a Hub id, folder or config.json) or --params COUNT")
@@ -602,7 +703,7 @@ def cli(**opts: Any) -> None:
     prepared = _prepare(model, params, opts)
     if len(combos) == 1:
         report = _report(prepared, combos[0][1])
-        _emit_report(report, fmt, explain=opts["explain"])
+        _emit_report(report, fmt, explain=opts["explain"], launch=launch)
         _exit_on_verdict(opts, [report])
         return
     if opts["explain"]:
@@ -617,9 +718,10 @@ def cli(**opts: Any) -> None:
     for note in rows[0][1].model.notes:
         click.echo(f"hfmem: {one_line(redact(note, secrets))}", err=True)
     if fmt == "json":
-        click.echo(json.dumps(sweep_to_dict(rows), indent=2))
+        click.echo(json.dumps(_with_launch(sweep_to_dict(rows), launch), indent=2))
     else:
         click.echo(render_sweep(rows, markdown=fmt == "markdown", **_console()), nl=False)
+        _echo_launch(launch, fmt)
     _exit_on_verdict(opts, [r for _, r in rows])
 
 
@@ -749,32 +851,20 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
     """Scalar options → the training setup, the inference setup (or None) and whether training is planned."""
     if o["gpu_name"] is not None and o["gpu_memory"] is not None:
         raise click.UsageError("give either --gpu or --gpu-memory, not both")
-    gpu = None
-    if o["gpu_name"] is not None:
-        spec = find_gpu(o["gpu_name"])
-        gpu = GpuTarget(spec.name, spec.usable_bytes)
-    elif o["gpu_memory"] is not None:
+    gpu: GpuTarget | str | None = o["gpu_name"]  # a name is looked up by the setup (`hfmem.types.gpu_target`)
+    if o["gpu_memory"] is not None:
         gpu = GpuTarget(f"a {o['gpu_memory'] / 2**30:,.2f} GiB GPU", o["gpu_memory"])
     if o["training_only"] and o["inference_only"]:
         raise click.UsageError("--training-only and --inference-only exclude each other; drop one")
     if o["check"] and gpu is None:
         raise click.UsageError("--check needs a GPU to check against: pass --gpu NAME or --gpu-memory SIZE")
-    zero_stages = o["zero_stages"]
-    if o["fsdp"] is not None:
-        if zero_stages:
-            raise click.UsageError("give either --fsdp or --zero, not both (--fsdp names its own sharding)")
-        zero_stages = (FSDP_ZERO_STAGE[o["fsdp"]],)
-    if not zero_stages:
-        zero_stages = {"none": (0, 1, 2, 3), "optimizer": (1, 2, 3), "optimizer+params": (3,)}[o["offload"]]
-        if o["accounting"] == "deepspeed":
-            zero_stages = tuple(s for s in zero_stages if s in (2, 3))
     overheads = OverheadSettings(fragmentation=o["fragmentation"])
     if o["cuda_context"] is not None:
         overheads = replace(overheads, cuda_context_bytes=o["cuda_context"])
     setup = TrainingSetup(
         precision=o["precision"],
         optimizer=o["optimizer"],
-        zero_stages=tuple(zero_stages),
+        zero_stages=tuple(o["zero_stages"]) or None,  # None: the stages the setup allows (`hfmem.rules`)
         gpus_per_node=o["gpus_per_node"],
         nodes=o["nodes"],
         offload=o["offload"],
@@ -807,6 +897,7 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
             virtual_stages=o["virtual_stages"],
             fsdp=o["fsdp"],
         ),
+        images_per_sample=o["images_per_sample"],
     )
     serve = None
     if not o["training_only"] and not (is_params and not o["inference_only"]):
@@ -819,13 +910,103 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
             batch_size=o["batch_size"],
             tp=o["tp"],
             prefill_chunk=o["prefill_chunk"],
+            images_per_sample=o["images_per_sample"],
             overheads=overheads,
             gpu=gpu,
         )
     return setup, serve, not o["inference_only"]
 
 
-def _emit_report(report: Report, fmt: str, *, explain: bool = False) -> None:
+def _apply_launch_configs(ctx: click.Context, opts: dict[str, Any]) -> LaunchOutcome | None:
+    """Apply the ``--launch-config`` files to ``opts`` (in place), except options the user typed; what became of
+    each setting, for the report. Settings for options (or choices) this hfmem lacks are reported, not applied."""
+    if not opts.get("launch_configs"):
+        return None
+    from click.core import ParameterSource
+
+    found = read_launch_files(opts["launch_configs"])
+    params = {p.name: p for p in ctx.command.params if p.name}
+    typed = {
+        n for n in params if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    }
+    if "params" in typed or "models" in params:  # --params, or compare's own list of models, replace MODEL
+        typed.add("model")
+    if {"zero_stages", "fsdp"} & typed:  # one sharding: a typed --zero replaces a file's FSDP, and the reverse
+        typed |= {"zero_stages", "fsdp"}
+    applied, overridden, unmodelled = [], [], []
+    for setting in found.settings:
+        param = params.get(setting.option)
+        flag = param.opts[0] if isinstance(param, click.Option) else option_flag(setting.option)
+        entry = {"option": flag, "value": setting.value, "origin": setting.origin}
+        if setting.option in typed:
+            typed_value = opts.get(setting.option)
+            if setting.option == "model" and typed_value is None:  # --params, or compare's models
+                typed_value = f"--params {opts['params']:,}" if opts.get("params") else "the models compared"
+            overridden.append({**entry, "flag_value": _typed_value(typed_value)})
+        elif setting.unmodelled or param is None or not _accepts(param, setting.value):
+            why = setting.unmodelled or (
+                "not an option of this hfmem yet" if param is None else "not a choice of this hfmem yet"
+            )
+            unmodelled.append({**entry, "reason": why})
+        else:
+            try:
+                opts[setting.option] = param.process_value(ctx, (setting.value,) if param.multiple else setting.value)
+            except click.BadParameter as e:
+                problem = f"{flag} {setting.value} is refused ({e.message.rstrip('.')}); fix the file or pass {flag}"
+                raise LaunchConfigError(setting.origin, problem) from e
+            except (ValueError, TypeError, OverflowError) as e:  # click's int() of a huge float, a list…
+                problem = f"{flag} {show_value(setting.value)} is not a value it takes; fix the file or pass {flag}"
+                raise LaunchConfigError(setting.origin, problem) from e
+            applied.append(entry)
+    unresolved = []
+    for item in found.unresolved:
+        entry = {"option": option_flag(item.option), "value": item.value, "origin": item.origin, "reason": item.reason}
+        if item.option in typed:
+            del entry["reason"]
+            overridden.append({**entry, "flag_value": _typed_value(opts.get(item.option))})
+        else:
+            unresolved.append(entry)
+    return LaunchOutcome(
+        files=found.files,
+        applied=tuple(applied),
+        overridden_by_flags=tuple(overridden),
+        recognised_not_modelled=tuple(unmodelled),
+        unresolved=tuple(unresolved),
+        not_understood=found.not_understood,
+        no_memory_effect=found.no_memory_effect,
+    )
+
+
+def _accepts(param: click.Parameter, value: Any) -> bool:
+    """Whether ``value`` is among the choices of ``param`` (always, for options without a fixed set of choices)."""
+    kind = param.type.inner if isinstance(param.type, Listed) else param.type
+    return not isinstance(kind, click.Choice) or str(value) in kind.choices
+
+
+def _typed_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def _with_launch(doc: dict[str, Any], launch: LaunchOutcome | None) -> dict[str, Any]:
+    if launch is not None:
+        from hfmem.report import launch_to_dict
+
+        doc["launch"] = launch_to_dict(launch)
+    return doc
+
+
+def _echo_launch(launch: LaunchOutcome | None, fmt: str) -> None:
+    """The "Settings from launch files" block after a table or Markdown report."""
+    if launch is not None:
+        from hfmem.report import render_launch
+
+        text = render_launch(launch, markdown=fmt == "markdown")
+        click.echo("".join(one_line(line) + "\n" for line in text.splitlines()), nl=False)  # keys quote the files
+
+
+def _emit_report(report: Report, fmt: str, *, explain: bool = False, launch: LaunchOutcome | None = None) -> None:
     from hfmem.report import render_markdown, render_table, to_dict
 
     secrets = _secrets(click.get_current_context())
@@ -837,7 +1018,7 @@ def _emit_report(report: Report, fmt: str, *, explain: bool = False) -> None:
             from hfmem.explain import explanation_records
 
             doc["explanation"] = explanation_records(report)
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json.dumps(_with_launch(doc, launch), indent=2))
     elif fmt == "markdown":
         click.echo(render_markdown(report), nl=False)
         if explain:
@@ -851,17 +1032,29 @@ def _emit_report(report: Report, fmt: str, *, explain: bool = False) -> None:
             from hfmem.explain import render_explanation
 
             click.echo(render_explanation(report, width=console["width"]), nl=False)
+    if fmt != "json":
+        _echo_launch(launch, fmt)
 
 
 def _exit_on_verdict(opts: dict[str, Any], reports: list[Report]) -> None:
-    """--check: exit 3 when any reported plan does not fit."""
+    """--check: exit 3 when any reported plan does not fit; else 5 (`NotMeasuredError`) when a plan could not be
+    measured (its fit is unknown)."""
     verdicts: list[bool | None] = []
     for report in reports:
         if report.training is not None:
             verdicts += [stage.fits for stage in report.training.stages]
         if report.inference is not None:
             verdicts.append(report.inference.fits)
-    if opts["check"] and not all(verdicts):
+    if not opts["check"]:
+        return
+    if any(verdict is False for verdict in verdicts):
+        raise click.exceptions.Exit(int(ExitCode.DOES_NOT_FIT))
+    for report in reports:
+        if report.training is not None and report.training.unmeasured is not None:
+            raise NotMeasuredError(report.model.model_id, "activations", report.training.unmeasured)
+        if report.inference_unmeasured is not None:
+            raise NotMeasuredError(report.model.model_id, "serving memory", report.inference_unmeasured)
+    if not all(verdicts):
         raise click.exceptions.Exit(int(ExitCode.DOES_NOT_FIT))
 
 
@@ -878,6 +1071,7 @@ def _compare(**opts: Any) -> None:
     if len(set(models)) != len(models):
         raise click.UsageError("a model is named twice; give each once")
     opts.update(model=None, params=None, list_catalogue=False, list_gpus=False, clear_cache=False)
+    launch = _apply_launch_configs(click.get_current_context(), opts)
     combos = _combinations(opts)
     if len(combos) != 1:
         raise click.UsageError("compare takes one value per option; sweep one model at a time with lists")
@@ -893,9 +1087,10 @@ def _compare(**opts: Any) -> None:
     from hfmem.report import compare_to_dict, render_compare
 
     if fmt == "json":
-        click.echo(json.dumps(compare_to_dict(reports), indent=2))
+        click.echo(json.dumps(_with_launch(compare_to_dict(reports), launch), indent=2))
     else:
         click.echo(render_compare(reports, markdown=fmt == "markdown", **_console()), nl=False)
+        _echo_launch(launch, fmt)
     _exit_on_verdict(opts, reports)
 
 
@@ -912,4 +1107,7 @@ compare = HfmemCommand(
 
 
 def main() -> None:
+    """The ``hfmem`` program (console script and ``python -m hfmem``): a process of its own, so it sets what
+    hfmem's requests need before huggingface_hub is imported (`prepare_cli_environment`)."""
+    prepare_cli_environment()
     cli.main(prog_name="hfmem")

@@ -22,6 +22,13 @@ __all__ = [
     "UnsupportedArchitectureError",
     "RemoteCodeRequiredError",
     "InvalidSetupError",
+    "EnvironmentVariableError",
+    "AdapterCycleError",
+    "ConfigTooLargeError",
+    "HubTimeoutError",
+    "NotMeasuredError",
+    "LaunchConfigError",
+    "CacheFolderError",
 ]
 
 
@@ -34,6 +41,7 @@ class ExitCode(IntEnum):
     DOES_NOT_FIT = 3  # reserved for `--check` (the plan does not fit the GPU)
     MODEL_UNAVAILABLE = 4  # the Hub or the disk could not give us a config.json
     CONFIG = 5  # a config.json was found but cannot be turned into a model
+    INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + signal 2, the shells' convention
 
 
 class HfmemError(Exception):
@@ -144,3 +152,90 @@ class InvalidSetupError(HfmemError, ValueError):
     """A combination of training options that cannot exist (e.g. CPU offload with ZeRO-0)."""
 
     exit_code = ExitCode.USAGE
+
+
+class EnvironmentVariableError(HfmemError, ValueError):
+    """A documented environment variable holds a value that cannot work (checked before anything reads it)."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, name: str, value: str | None, problem: str) -> None:
+        """``value`` None: a secret (a token), never shown."""
+        self.name = name
+        shown = "" if value is None else "=" + repr(value if len(value) <= 80 else value[:80] + "…")
+        super().__init__(f"environment variable {name}{shown} {problem}")
+
+
+class AdapterCycleError(InvalidConfigError):
+    """PEFT adapters whose base_model_name_or_path lead back to one of them (or a chain too long to be real)."""
+
+    def __init__(self, chain: tuple[str, ...], *, too_long: bool = False) -> None:
+        self.chain = chain
+        path = " → ".join(chain)
+        problem = f"adapter chain longer than {len(chain) - 1}: {path}" if too_long else f"adapter cycle: {path}"
+        super().__init__(
+            f"{problem}; point base_model_name_or_path in adapter_config.json at a base model (a folder with "
+            "config.json or a Hub id), or pass that base model instead"
+        )
+
+
+class ConfigTooLargeError(InvalidConfigError):
+    """A config.json / adapter_config.json larger than hfmem reads (`hfmem.limits.MAX_CONFIG_BYTES`)."""
+
+    def __init__(self, where: str, size_bytes: int | None, limit_bytes: int) -> None:
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
+        size = f"is {size_bytes:,} bytes, more" if size_bytes is not None else "is larger"
+        super().__init__(
+            f"{where} {size} than the {limit_bytes // 2**20} MiB hfmem reads (real configs are a few KB, "
+            "a few MB with tens of thousands of labels); it is no config file: fix or replace it"
+        )
+
+
+class HubTimeoutError(HubError):
+    """A network operation did not finish within the deadline (``--timeout``)."""
+
+    def __init__(self, what: str, seconds: float) -> None:
+        self.what = what
+        self.seconds = seconds
+        super().__init__(
+            f"{what}: the Hub did not finish answering within {seconds:g} s; retry, raise --timeout, or set "
+            "HF_HUB_OFFLINE=1 to use the Hugging Face cache"
+        )
+
+
+class NotMeasuredError(HfmemError):
+    """``--check`` asked for a verdict that needs a number hfmem could not measure (the model was built and counted,
+    but not traced); without ``--check`` the report says what is missing and exits 0."""
+
+    exit_code = ExitCode.CONFIG
+
+    def __init__(self, model_id: str, what: str, reason: str) -> None:
+        self.model_id = model_id
+        self.reason = reason
+        super().__init__(
+            f"--check cannot give a verdict for '{model_id}': its {what} could not be measured ({reason.rstrip('.')}); "
+            "drop --check to see the exact parameters and model states"
+        )
+
+
+class LaunchConfigError(HfmemError, ValueError):
+    """A ``--launch-config`` file that cannot be read, parsed or recognised, or two files that disagree."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        super().__init__(f"--launch-config {path}: {problem}")
+class CacheFolderError(HfmemError):
+    """``HFMEM_CACHE`` cannot name a folder, or ``--clear-cache`` was pointed at a folder that is not hfmem's cache.
+
+    Attributes:
+        folder: the folder (or the value of ``HFMEM_CACHE``) at fault.
+    """
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, folder: str, message: str) -> None:
+        self.folder = folder
+        super().__init__(message)

@@ -1398,7 +1398,11 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
     prof = training.profile
     if prof is None:
         zero = [(r.memory.zero_stage, Const(0)) for r in rows]
-        text = "A --params plan has no model to run, so activations and logits are not included (0)."
+        text = (
+            f"Not measured: {training.unmeasured.rstrip('.')}. Counted as 0 here, so the peak below is a lower bound."
+            if training.unmeasured is not None
+            else "A --params plan has no model to run, so activations and logits are not included (0)."
+        )
         return [
             Explanation("training", "Activations", text, tuple(_merge_stages(zero, setup))),
             Explanation("training", "Logits", text, tuple(_merge_stages(zero, setup))),
@@ -1712,7 +1716,7 @@ def _overhead_and_peak(report: Report, rows: list[_Row], acts: list[Explanation]
         + "."
     )
     out.append(Explanation("training", "Peak per GPU", text, tuple(_merge_stages(peak_rows, setup)), (SRC_PEAK,)))
-    if setup.gpu is not None:
+    if setup.gpu is not None and training.unmeasured is None:  # unmeasured activations: the headroom is unknown
         fit_rows = [
             (
                 r.memory.zero_stage,
@@ -2195,13 +2199,34 @@ def _inference(report: Report) -> list[Explanation]:
         + ("With tensor parallelism each GPU holds ⌈h / tp⌉ of the h KV heads (at least one). " if setup.tp > 1 else "")
     )
     if not layers:
-        text += "This model's cache held no tensor hfmem could read, so it shows 0."
+        text += (
+            "This model has no attention layer caching keys and values, so it shows 0."
+            if inf.recurrent_state_bytes
+            else "This model's cache held no tensor hfmem could read, so it shows 0."
+        )
     sources = [SRC_KV]
     if setup.tp > 1:
         sources.append(SRC_KV_TP)
     if setup.kv_dtype in ("fp8", "int8"):
         sources.append(SRC_KV_DTYPE)
     out.append(Explanation("inference", "KV cache", text.strip(), tuple(kv_calcs), tuple(sources)))
+    state_var = Var("state", inf.recurrent_state_bytes, "recurrent state")
+    if inf.recurrent_state_bytes and inf.profile is not None:
+        # `hfmem.memory.inference.recurrent_state_bytes`: the layers' state bytes per sequence × the sequences.
+        states = inf.profile.state_layers
+        per_sequence = Var("s", sum(size for _, size in states), f"state bytes per sequence, {len(states)} layers")
+        out.append(
+            Explanation(
+                "inference",
+                "Recurrent state",
+                "What a recurrent layer (Mamba, linear attention) caches instead of keys and values: a fixed-size "
+                "state per sequence, whatever the context (Mamba: a d_inner × conv_kernel convolution state in the "
+                "model's dtype and a d_inner × state_size SSM state in fp32 per layer). Read from the model's own "
+                "cache after one token, tensor by tensor at the dtype it is stored in; held whole on every GPU.",
+                (Calculation("per GPU", mul(Var("b", setup.batch_size, "sequences (--batch-size)"), per_sequence)),),
+                (SRC_KV,),
+            )
+        )
 
     # Activations of one prefill chunk
     prof = inf.profile
@@ -2266,6 +2291,7 @@ def _inference(report: Report) -> list[Explanation]:
         elif name.startswith("allocator fragmentation"):
             allocated = add(
                 Var("kv", inf.kv_cache_bytes, "KV cache"),
+                *([state_var] if inf.recurrent_state_bytes else []),
                 Var("activ", inf.activations_bytes, "prefill activations"),
                 Var("buffers", buffers, "the overhead lines above, CUDA context excluded"),
             )
@@ -2285,6 +2311,7 @@ def _inference(report: Report) -> list[Explanation]:
     total = add(
         Var("weights", inf.weights_bytes, "weights per GPU"),
         Var("kv", inf.kv_cache_bytes, "KV cache per GPU"),
+        *([state_var] if inf.recurrent_state_bytes else []),
         Var("activ", inf.activations_bytes, "prefill activations"),
         Var("overhead", inf.overhead_bytes, "the overhead lines"),
     )

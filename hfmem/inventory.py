@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import math
 import re
@@ -25,6 +26,7 @@ from hfmem.errors import (
     UnsupportedArchitectureError,
 )
 from hfmem.limits import check_config
+from hfmem.memory.activations import CONTEXT_KEYS
 from hfmem.memory.methods import matches_patterns
 from hfmem.types import (
     ActivationProfile,
@@ -662,7 +664,25 @@ def _inventory(model: nn.Module, config: PretrainedConfig, arch: str) -> Paramet
         moe_routing=_moe_routing(config),
         layer_names=layer_names,
         tied_embeddings=tied,
+        context_tokens=_context_tokens(config),
+        image_inputs="pixel_values" in inspect.signature(model.forward).parameters,
+        attention_modules=sum("Attention" in type(m).__name__ for m in model.modules()),
     )
+
+
+def _context_tokens(config: PretrainedConfig) -> int | None:
+    """The context length of the built config: its own keys, then its text config's (`CONTEXT_KEYS`, in order).
+
+    Read from the config object, so the config class's defaults count (``Gemma3TextConfig.max_position_embeddings``
+    is 131,072 in transformers models/gemma3/configuration_gemma3.py) and attribute maps apply (GPT-2's
+    ``n_positions``).
+    """
+    for source in (config, _text_config(config)):
+        for key in CONTEXT_KEYS:
+            value = getattr(source, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
 
 
 #: The name hfmem registers in transformers' AttentionInterface for its fused-kernel emulation.
@@ -680,6 +700,7 @@ def profile_activations(
     trust_remote_code: bool = False,
     finetune: FinetuneSettings | None = None,
     tensor_parallel: bool = False,
+    images_per_sample: int = 0,
 ) -> ActivationProfile:
     """Measure what one training micro-batch saves for backward, by running the model on the meta device.
 
@@ -703,6 +724,9 @@ def profile_activations(
             ``TorchFunctionMode`` follows which tensors lie between a column-parallel linear (a weight op on a
             replicated input) and a row-parallel one (a weight op on a split input). Off by default: it slows
             the trace.
+        images_per_sample: for a model that takes images, feed each sample this many default images
+            (`_image_inputs`); when the model cannot be traced with them, it is traced on token ids only and the
+            profile says why (``images_not_traced``).
 
     Raises:
         UnsupportedArchitectureError: the model cannot run forward on the meta device.
@@ -712,10 +736,37 @@ def profile_activations(
     torch_dtype = getattr(torch, dtype)
     with _quiet_transformers():
         config = build_transformers_config(model, trust_remote_code=trust_remote_code)
-        options = _TraceOptions(dropout, trust_remote_code, finetune, tensor_parallel)
-        fused = _trace(model, config, FUSED_ATTENTION, torch_dtype, batch_size, seq_len, options)
+        options = _TraceOptions(dropout, trust_remote_code, finetune, tensor_parallel, images_per_sample)
+        text_only = dataclasses.replace(options, images=0)
+        # With images first (a model that takes none ignores them), then on token ids only; each with the fused
+        # stand-in, then the model's own attention. Only a failure of the fused-kernel stand-in is fixed by the
+        # model's own attention: it is tried before saying so, and measures eager attention (score matrices
+        # included; `attention_calls == 0` makes the plan say so). When every attempt fails, the token-ids-only
+        # fused error stands, with no advice to pass --attn eager.
+        attempts = [(FUSED_ATTENTION, options)] if images_per_sample else []
+        attempts += [(FUSED_ATTENTION, text_only), ("eager", text_only)]
+        fused, image_error, text_error = None, None, None
+        for implementation, attempt in attempts:
+            try:
+                fused = _trace(model, config, implementation, torch_dtype, batch_size, seq_len, attempt)
+                break
+            except UnsupportedArchitectureError as e:
+                if attempt.images:
+                    image_error = e
+                else:
+                    text_error = text_error or e
+        if fused is None:
+            assert text_error is not None
+            raise text_error
+        if image_error is not None and fused.images_per_sample == 0:
+            fused = dataclasses.replace(fused, images_not_traced=_image_failure(image_error))
         if attn == "eager":
-            chosen = _trace(model, config, "eager", torch_dtype, batch_size, seq_len, options)
+            used = dataclasses.replace(options, images=fused.images_per_sample and images_per_sample)
+            chosen = (
+                fused
+                if fused.attn == "eager"
+                else _trace(model, config, "eager", torch_dtype, batch_size, seq_len, used)
+            )
         else:
             chosen = fused
     return ActivationProfile(
@@ -731,6 +782,9 @@ def profile_activations(
         logits_bytes=chosen.logits_bytes,
         attention_calls=fused.attention_calls,
         other_after_bytes=chosen.other_after_bytes,
+        images_per_sample=fused.images_per_sample,
+        image_tokens=fused.image_tokens,
+        images_not_traced=fused.images_not_traced,
     )
 
 
@@ -774,6 +828,7 @@ class _TraceOptions:
     trust_remote_code: bool
     finetune: FinetuneSettings | None
     tensor_parallel: bool
+    images: int = 0
 
 
 def _tensor_parallel_mode(params: set[int], replicated: set[int]) -> Any:
@@ -878,7 +933,10 @@ def _trace(
         measured[:] = [profile]
         return _profile_shape(profile), _profile_numbers(profile)
 
-    numbers = _at_length(measure, seq_len, _sample_lengths(seq_len, config, torch_model))
+    # Images fill a fixed number of the positions: a model fed them is traced at its full length.
+    takes_images = options.images > 0 and "pixel_values" in inspect.signature(torch_model.forward).parameters
+    samples = () if takes_images else _sample_lengths(seq_len, config, torch_model)
+    numbers = _at_length(measure, seq_len, samples)
     return _profile_with(measured[0], seq_len, numbers)
 
 
@@ -893,8 +951,6 @@ def _trace_at(
     options: _TraceOptions,
 ) -> ActivationProfile:
     """One training forward of ``batch_size`` × ``seq_len`` tokens through ``torch_model``, what it saves counted."""
-    import inspect
-
     import torch
 
     text_config = _text_config(config)
@@ -980,14 +1036,21 @@ def _trace_at(
         kwargs["labels"] = ids
     if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in accepted:
         kwargs["decoder_input_ids"] = ids
+    images, image_tokens = _image_inputs(torch_model, config, batch_size, seq_len, options.images, dtype)
+    kwargs.update(images)
     _TRACE_STATE["attention_calls"] = 0
     try:
-        with cuda_style_dropout(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
+        with (
+            cuda_style_dropout(),
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            mode,
+            _placeholder_checks_off(torch_model),
+        ):
             output = torch_model(**kwargs)
     except Exception as e:
         raise UnsupportedArchitectureError(
             f"could not trace the activations of '{model.model_id}' on the meta device "
-            f"({type(e).__name__}: {_first_line(e)}); {_forward_fix(e, torch_model, 'try --attn eager, or report it')}"
+            f"({type(e).__name__}: {_first_line(e)}); {_forward_fix(e, torch_model, 'report it')}"
         ) from e
     finally:
         for handle in handles:
@@ -1010,6 +1073,8 @@ def _trace_at(
         logits_bytes=logits_bytes,
         attention_calls=_TRACE_STATE["attention_calls"],
         other_after_bytes=totals["other_after"],
+        images_per_sample=options.images if images else 0,
+        image_tokens=image_tokens,
     )
 
 
@@ -1063,8 +1128,6 @@ def _sequence_period(config: PretrainedConfig, torch_model: nn.Module) -> int:
     A chunked scan pads the sequence to a multiple of its chunk, so what it saves is a polynomial in the length only
     among lengths that leave the same remainder; the code's own defaults count because they are not in the config.
     """
-    import inspect
-
     chunks = {
         value
         for key, value in _text_config(config).to_dict().items()
@@ -1195,6 +1258,87 @@ def _profile_with(profile: ActivationProfile, seq_len: int, numbers: tuple[int, 
     )
 
 
+def _image_inputs(
+    torch_model: nn.Module, config: PretrainedConfig, batch_size: int, seq_len: int, images: int, dtype: Any
+) -> tuple[dict[str, Any], int]:
+    """``pixel_values`` holding ``images`` default images per sample, and the sequence positions one image fills;
+    ``({}, 0)`` for a model that takes no images or when ``images`` is 0.
+
+    The default image is what the vision tower is built for: a square of the vision config's ``image_size``
+    (Llava's CLIP 336 px, Gemma-3's SigLIP 896 px), ``num_channels`` deep, one batch of
+    ``[batch_size × images, channels, size, size]`` (hfmem reads no processor config: it is not part of the model's
+    config.json). Values do not matter on the meta device, so the token ids need no image placeholders: the
+    image features replace the embeddings of ``image_tokens`` positions of the ``seq_len`` ones.
+
+    Raises:
+        UnsupportedArchitectureError: the vision config states no image size, the model's ``get_image_features``
+            does not take a plain batch of images (Qwen2-VL's patches, Idefics3's 5-D tiles, LLaVA-NeXT's
+            ``image_sizes``…), or the images' tokens do not fit ``seq_len``.
+    """
+    import torch
+
+    if images <= 0 or "pixel_values" not in inspect.signature(torch_model.forward).parameters:
+        return {}, 0
+    vision = getattr(config, "vision_config", None)
+    size = getattr(vision, "image_size", None)
+    size = (size, size) if isinstance(size, int) else size
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(x, int) and x > 0 for x in size)):
+        raise UnsupportedArchitectureError(f"the vision config of {type(torch_model).__name__} states no image_size")
+    channels = getattr(vision, "num_channels", 3) or 3
+    pixel_values = torch.zeros((batch_size * images, channels, *size), dtype=dtype, device="meta")
+    get_features = getattr(torch_model, "get_image_features", None) or getattr(
+        getattr(torch_model, "model", None), "get_image_features", None
+    )
+    hidden = getattr(_text_config(config), "hidden_size", None)
+    try:
+        with torch.no_grad(), _placeholder_checks_off(torch_model):
+            features = get_features(pixel_values=pixel_values[:1])  # type: ignore[misc]
+        features = getattr(features, "pooler_output", features)
+        features = features if isinstance(features, (list, tuple)) else [features]
+        tokens = sum(t.numel() for t in features) // hidden  # type: ignore[operator]
+    except Exception as e:
+        raise UnsupportedArchitectureError(
+            f"{type(torch_model).__name__}.get_image_features does not take a plain batch of "
+            f"{size[0]}×{size[1]} images ({type(e).__name__}: {_first_line(e)})"
+        ) from e
+    if tokens * images > seq_len:
+        raise UnsupportedArchitectureError(
+            f"{images} image(s) of {tokens:,} tokens each do not fit a sequence of {seq_len:,} tokens"
+        )
+    return {"pixel_values": pixel_values}, tokens
+
+
+@contextlib.contextmanager
+def _placeholder_checks_off(torch_model: nn.Module) -> Iterator[None]:
+    """Skip transformers' ``torch_compilable_check`` in the model's modelling modules while tracing.
+
+    Multimodal models check that the image placeholders in the token ids match the image features
+    (``get_placeholder_mask`` in transformers models/llava/modeling_llava.py, models/gemma3/modeling_gemma3.py):
+    a value check, which meta tensors cannot answer (``Tensor.item()``). The trace feeds matching shapes by
+    construction (`_image_inputs`); nothing else changes.
+    """
+    import sys
+
+    modules = {sys.modules.get(type(m).__module__) for m in torch_model.modules()}
+    patched = [(m, m.torch_compilable_check) for m in modules if m is not None and hasattr(m, "torch_compilable_check")]
+
+    def unchecked(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    for module, _ in patched:
+        module.torch_compilable_check = unchecked  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module, check in patched:
+            module.torch_compilable_check = check  # type: ignore[attr-defined]
+
+
+def _image_failure(error: UnsupportedArchitectureError) -> str:
+    """Why a model was traced without images, in a phrase (the trace's own message names the model)."""
+    return _first_line(error).removeprefix("could not trace the activations of ")
+
+
 #: Inputs transformers' forwards ask for when they are not text models (their ValueError / TypeError name them).
 _NON_TEXT_INPUTS = ("pixel_values", "input_features", "input_values", "image_embeddings", "bbox", "past_values")
 
@@ -1204,13 +1348,13 @@ def _forward_fix(error: Exception, torch_model: nn.Module, otherwise: str) -> st
     import inspect
 
     text = str(error)
-    if "input_ids" not in inspect.signature(torch_model.forward).parameters or any(
-        name in text for name in _NON_TEXT_INPUTS
-    ):
-        count = sum(p.numel() for p in torch_model.parameters())
+    accepted = inspect.signature(torch_model.forward).parameters
+    # CLIP-style models need their images: without pixel_values their vision tower reads `None.shape`.
+    needs_images = "pixel_values" in accepted and "'NoneType' object" in text
+    if "input_ids" not in accepted or needs_images or any(name in text for name in _NON_TEXT_INPUTS):
         return (
             f"{type(torch_model).__name__} takes inputs other than token ids (images, audio, boxes, series) and hfmem "
-            f"runs models on token ids only; plan its model states alone with --params {count}"
+            "runs models on token ids only"
         )
     if "Expected inputs of BF16 type" in text:
         # torch.nn.functional.grouped_mm, transformers' default MoE experts kernel, is bfloat16-only.
@@ -1320,6 +1464,7 @@ def profile_inference(
     prefill_tokens: int,
     dtype: str,
     trust_remote_code: bool = False,
+    images_per_sample: int = 0,
 ) -> InferenceProfile:
     """Measure the KV cache layout and the transient memory of one prefill chunk on the meta device.
 
@@ -1334,7 +1479,9 @@ def profile_inference(
       last reference dies, as the caching allocator sees them. The peak of live bytes, parameters and the cache
       being filled excluded, is the chunk's activation memory; the last position's logits are kept and upcast
       to fp32 as ``generate()`` does (``logits_to_keep=1``). Attention runs through hfmem's fused-kernel stand-in
-      (no score matrices, as FlashAttention and SDPA's fused kernels).
+      (no score matrices, as FlashAttention and SDPA's fused kernels). A model that takes images gets
+      ``images_per_sample`` default images per sequence in the chunk (`_image_inputs`), so the vision tower runs
+      too; when it cannot, the chunk is token ids only and the profile says why.
 
     Raises:
         UnsupportedArchitectureError: the model cannot run forward with a cache on the meta device.
@@ -1363,9 +1510,20 @@ def profile_inference(
         try:
             one = _cache_tensors(_forward_with_cache(torch_model, config, 1, 1)[1])
             two = _cache_tensors(_forward_with_cache(torch_model, config, 1, 2)[1])
-            layers = _kv_layers(one, two)
+            layers, states = _kv_layers(one, two)
             _TRACE_STATE["attention_calls"] = 0
-            peak, logits_bytes = _prefill_peak(torch_model, config, batch_size, prefill_tokens)
+            images, image_tokens, images_not_traced = {}, 0, None
+            try:
+                images, image_tokens = _image_inputs(
+                    torch_model, config, batch_size, prefill_tokens, images_per_sample, torch_dtype
+                )
+                peak, logits_bytes = _prefill_peak(torch_model, config, batch_size, prefill_tokens, images)
+            except Exception as e:  # noqa: BLE001 - any failure with images: measure token ids alone
+                if not images_per_sample or "pixel_values" not in inspect.signature(torch_model.forward).parameters:
+                    raise
+                images, image_tokens, images_not_traced = {}, 0, _first_line(e)
+                _TRACE_STATE["attention_calls"] = 0
+                peak, logits_bytes = _prefill_peak(torch_model, config, batch_size, prefill_tokens, images)
         except UnsupportedArchitectureError:
             raise
         except Exception as e:
@@ -1381,11 +1539,18 @@ def profile_inference(
         activation_peak_bytes=peak,
         logits_bytes=logits_bytes,
         attention_calls=_TRACE_STATE["attention_calls"] if fused else 0,
+        state_layers=states,
+        images_per_sample=images_per_sample if images else 0,
+        image_tokens=image_tokens,
+        images_not_traced=images_not_traced,
     )
 
 
-def _forward_with_cache(torch_model: nn.Module, config: PretrainedConfig, batch: int, tokens: int) -> tuple[Any, Any]:
-    """One forward with a fresh cache (what ``generate()`` builds); returns the output and the cache."""
+def _forward_with_cache(
+    torch_model: nn.Module, config: PretrainedConfig, batch: int, tokens: int, extra: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
+    """One forward with a fresh cache (what ``generate()`` builds), ``extra`` inputs (images) added; returns the
+    output and the cache."""
     import inspect
 
     import torch
@@ -1402,7 +1567,8 @@ def _forward_with_cache(torch_model: nn.Module, config: PretrainedConfig, batch:
         kwargs["cache" if "cache" in accepted else "past_key_values"] = DynamicCache(config=config)
     if "logits_to_keep" in accepted:
         kwargs["logits_to_keep"] = 1
-    with torch.inference_mode():
+    kwargs.update(extra or {})
+    with torch.inference_mode(), _placeholder_checks_off(torch_model):
         output = torch_model(**kwargs)
     cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
     if cache is None:
@@ -1417,8 +1583,9 @@ def _cache_tensors(cache: Any) -> list[tuple[str, str, Any, int | None]]:
     """``(layer, kind, tensor, window)`` for every tensor a cache holds, layer by layer.
 
     Walks transformers' cache objects: ``DynamicCache.layers`` (``keys``/``values`` and any state tensors a
-    layer keeps, such as conv/recurrent states), ``EncoderDecoderCache`` (its self- and cross-attention caches) and,
-    for other cache classes, tensors in their attributes. 0-d bookkeeping tensors are skipped.
+    layer keeps, such as the conv/recurrent states ``LinearAttentionLayer`` holds in dicts),
+    ``EncoderDecoderCache`` (its self- and cross-attention caches) and, for other cache classes, tensors in their
+    attributes. 0-d bookkeeping tensors are skipped.
     """
     import torch
 
@@ -1426,7 +1593,12 @@ def _cache_tensors(cache: Any) -> list[tuple[str, str, Any, int | None]]:
 
     def tensors_of(obj: Any) -> Iterator[Any]:
         for value in vars(obj).values():
-            items = value if isinstance(value, (list, tuple)) else [value]
+            # Linear-attention / Mamba layers keep their states in dicts by state index (transformers
+            # cache_utils.py `LinearAttentionCacheLayerMixin.conv_states` / `.recurrent_states`).
+            if isinstance(value, dict):
+                items = list(value.values())
+            else:
+                items = value if isinstance(value, (list, tuple)) else [value]
             for item in items:
                 if isinstance(item, torch.Tensor) and item.dim() > 0:
                     yield item
@@ -1453,25 +1625,43 @@ def _cache_tensors(cache: Any) -> list[tuple[str, str, Any, int | None]]:
 
 def _kv_layers(
     one: list[tuple[str, str, Any, int | None]], two: list[tuple[str, str, Any, int | None]]
-) -> tuple[KvLayer, ...]:
-    """Per-layer elements per token and fixed elements, from the caches after 1 and 2 tokens."""
+) -> tuple[tuple[KvLayer, ...], tuple[tuple[str, int], ...]]:
+    """The KV layers (elements per token) and the recurrent states (bytes per sequence), from the caches after 1
+    and 2 tokens of one sequence.
+
+    A tensor's growth between the two is its elements per token; what it holds beyond that does not grow with the
+    tokens: a recurrent state (Mamba's conv state, ``[1, d_inner, conv_kernel]``, and SSM state,
+    ``[1, d_inner, state_size]``, in transformers' ``LinearAttentionLayer``), counted in bytes tensor by tensor
+    because a layer's states need not share a dtype (Mamba: a 16-bit conv state, an fp32 SSM state).
+    """
     if len(one) != len(two):
         raise UnsupportedArchitectureError("the KV cache changed structure between 1 and 2 tokens; report it")
     per_layer: dict[str, dict[str, Any]] = {}
     for (name, kind, t1, window), (_, _, t2, _) in zip(one, two, strict=True):
         entry = per_layer.setdefault(
-            name, {"kind": kind, "per_token": 0, "fixed": 0, "heads": 0, "bytes": t1.element_size(), "window": window}
+            name,
+            {"kind": kind, "per_token": 0, "fixed": 0, "state_bytes": 0, "heads": 0, "bytes": 0, "window": window},
         )
         growth = t2.numel() - t1.numel()
         entry["per_token"] += growth
-        entry["fixed"] += t1.numel() - growth
+        if growth or kind == "cross":
+            entry["bytes"] = entry["bytes"] or t1.element_size()
+        if kind == "cross":
+            entry["fixed"] += t1.numel() - growth
+        else:
+            entry["state_bytes"] += (t1.numel() - growth) * t1.element_size()
         if growth and t1.dim() == 4:  # [batch, heads, tokens, head_dim]: tensor parallelism splits heads
             entry["heads"] = max(entry["heads"], int(t1.shape[1]))
     layers = []
+    states = []
     for name, e in per_layer.items():
         kind = e["kind"]
+        if e["state_bytes"]:
+            states.append((name, e["state_bytes"]))
         if kind == "self":
-            kind = "state" if not e["per_token"] else ("sliding" if e["window"] else "full")
+            if not e["per_token"]:
+                continue  # a recurrent layer: its state is all it caches
+            kind = "sliding" if e["window"] else "full"
         layers.append(
             KvLayer(
                 name=name,
@@ -1480,33 +1670,37 @@ def _kv_layers(
                 fixed_elements=e["fixed"],
                 heads=e["heads"] or 1,
                 window_tokens=e["window"] if kind == "sliding" else None,
-                element_bytes=e["bytes"],
+                element_bytes=e["bytes"] or 2,
             )
         )
-    return tuple(layers)
+    return tuple(layers), tuple(states)
 
 
-def _prefill_peak(torch_model: nn.Module, config: PretrainedConfig, batch: int, tokens: int) -> tuple[int, int]:
+def _prefill_peak(
+    torch_model: nn.Module, config: PretrainedConfig, batch: int, tokens: int, extra: dict[str, Any]
+) -> tuple[int, int]:
     """Peak live bytes of one prefill forward (parameters, buffers and the cache excluded), and the logits' bytes.
 
-    Recurrent models: from short prefills where they determine it (`_sample_lengths`); the attention calls counted
-    in ``_TRACE_STATE`` are those of one forward.
+    Recurrent models fed token ids only: from short prefills where they determine it (`_sample_lengths`); the
+    attention calls counted in ``_TRACE_STATE`` are those of one forward.
     """
 
     def measure(length: int) -> tuple[Hashable, tuple[int, ...]]:
         _TRACE_STATE["attention_calls"] = 0
-        peak, logits_bytes = _prefill_peak_at(torch_model, config, batch, length)
+        peak, logits_bytes = _prefill_peak_at(torch_model, config, batch, length, extra)
         return _TRACE_STATE["attention_calls"], (peak, logits_bytes)
 
     # A peak is the largest of the moments' live bytes, each a polynomial in the length: a fixed-size moment (the
     # last logits) can be the largest in a very short prefill, so the samples are twice as long as a trace's.
-    samples = _sample_lengths(tokens, config, torch_model, step=2 * _SAMPLE_STEP)
+    samples = () if extra else _sample_lengths(tokens, config, torch_model, step=2 * _SAMPLE_STEP)
     peak, logits_bytes = _at_length(measure, tokens, samples)
     return peak, logits_bytes
 
 
-def _prefill_peak_at(torch_model: nn.Module, config: PretrainedConfig, batch: int, tokens: int) -> tuple[int, int]:
-    """`_prefill_peak` of a prefill of exactly ``tokens`` tokens."""
+def _prefill_peak_at(
+    torch_model: nn.Module, config: PretrainedConfig, batch: int, tokens: int, extra: dict[str, Any]
+) -> tuple[int, int]:
+    """`_prefill_peak` of a prefill of exactly ``tokens`` tokens (``extra``: the images' inputs, if any)."""
     import weakref
 
     import torch
@@ -1544,7 +1738,7 @@ def _prefill_peak_at(torch_model: nn.Module, config: PretrainedConfig, batch: in
             return out
 
     with Track():
-        output, cache = _forward_with_cache(torch_model, config, batch, tokens)
+        output, cache = _forward_with_cache(torch_model, config, batch, tokens, extra)
         logits = getattr(output, "logits", None)
         if isinstance(logits, torch.Tensor):
             with torch.inference_mode():

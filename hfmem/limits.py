@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from hfmem.errors import InvalidConfigError, InvalidSetupError
@@ -32,6 +34,13 @@ __all__ = [
     "check_config",
     "check_setup",
     "check_params",
+    "MAX_CONFIG_BYTES",
+    "MAX_RESPONSE_BYTES",
+    "MAX_ADAPTER_CHAIN",
+    "DEFAULT_TIMEOUT_SECONDS",
+    "MAX_TIMEOUT_SECONDS",
+    "NetworkBudget",
+    "NETWORK_BUDGET",
 ]
 
 #: Layers of one stack (num_hidden_layers, n_layer, encoder_layers…): 1,024 builds in ~10 s; real models have ≤ 200.
@@ -52,6 +61,36 @@ MAX_DEGREE = 2**20
 MAX_PARAMS = 10**15
 #: A memory size (--gpu-memory, --cuda-context): 1 EiB.
 MAX_BYTES = 2**60
+
+#: config.json / adapter_config.json: 16 MiB, read only after a size check (stat() for a file, the Hub's reported size
+#: and a byte count while downloading). Real configs are 1-2 KB (the largest in the catalogue, gpt-oss-20b, is 1,806
+#: bytes); the largest kind are image classifiers over ImageNet-22k, whose id2label and label2id list 21,841 classes
+#: (microsoft/beit-base-patch16-224-pt22k-ft22k's model card) at ~45 bytes an entry each: ~2 MB. 16 MiB is 8× that
+#: and parses in a fraction of a second; a 2 GB file would exhaust memory (MemoryError) before.
+MAX_CONFIG_BYTES = 16 * 2**20
+#: Any other answer hfmem reads from a server (file lists, safetensors headers, error pages): 64 MiB, above
+#: huggingface_hub's own 25,000,000-byte bound on a safetensors header (constants.SAFETENSORS_MAX_HEADER_LENGTH).
+MAX_RESPONSE_BYTES = 64 * 2**20
+#: PEFT adapters whose base is itself an adapter, followed at most this deep (real ones: one level).
+MAX_ADAPTER_CHAIN = 8
+#: The default deadline of one network operation (config.json, custom code, safetensors headers), whole, in seconds:
+#: every request, retry and back-off of it together (`--timeout`).
+DEFAULT_TIMEOUT_SECONDS = 30.0
+#: The longest --timeout: a day.
+MAX_TIMEOUT_SECONDS = 86_400.0
+
+
+@dataclass
+class NetworkBudget:
+    """One run's network deadline: ``seconds`` per operation; once one operation ran out of time (``gave_up`` says
+    which), the run's later operations give up at once instead of waiting again on the same server."""
+
+    seconds: float = DEFAULT_TIMEOUT_SECONDS
+    gave_up: str | None = None
+
+
+#: The current run's budget (the CLI sets one per run from --timeout); None: each operation gets the default alone.
+NETWORK_BUDGET: ContextVar[NetworkBudget | None] = ContextVar("hfmem_network_budget", default=None)
 
 _LAYER_KEY = re.compile(r"(^|_)layers?$|^n_layers?$|(^|_)blocks$")
 _COUNT_KEY = re.compile(r"^num_|^n_|(^|_)(experts|heads|labels|groups)$")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 from rich import box
@@ -10,11 +11,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hfmem.memory.methods import describe_finetune
+from hfmem.launch import LaunchOutcome
 from hfmem.memory.parallel import in_flight_microbatches
 from hfmem.memory.states import OPTIMIZER_DESCRIPTIONS, PRECISION_SPECS
-from hfmem.types import InferenceEstimate, KvLayer, Report, StageMemory, TrainingSetup
-from hfmem.units import GIB, format_count_short
+from hfmem.types import (
+    CheckpointComparison,
+    FinetuneSettings,
+    InferenceEstimate,
+    KvLayer,
+    Report,
+    StageMemory,
+    TrainingSetup,
+)
+from hfmem.units import GIB, format_count_short, format_gib
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -27,6 +36,8 @@ __all__ = [
     "compare_to_dict",
     "describe_source",
     "stacked_bar",
+    "launch_to_dict",
+    "render_launch",
 ]
 
 #: Bumped only when a key changes meaning or disappears; new keys keep the version.
@@ -45,7 +56,13 @@ def describe_source(report: Report) -> str:
     return "--params (hypothetical dense model)"
 
 
-def _stage_dict(stage: StageMemory) -> dict[str, Any]:
+#: What the table shows in place of a number hfmem could not measure (JSON: null, with the reason beside it).
+NOT_MEASURED = "not measured"
+
+
+def _stage_dict(stage: StageMemory, *, measured: bool = True) -> dict[str, Any]:
+    """One ZeRO row. Unmeasured activations (the trace failed): activations, logits and total are null and
+    ``total_without_activations`` holds the lower bound."""
     return {
         "zero_stage": stage.zero_stage,
         "per_gpu_bytes": {
@@ -53,10 +70,11 @@ def _stage_dict(stage: StageMemory) -> dict[str, Any]:
             "master_weights": stage.master_weights_bytes,
             "gradients": stage.gradients_bytes,
             "optimizer_states": stage.optimizer_states_bytes,
-            "activations": stage.activations_bytes,
-            "logits": stage.logits_bytes,
+            "activations": stage.activations_bytes if measured else None,
+            "logits": stage.logits_bytes if measured else None,
             "overhead": stage.overhead_bytes,
-            "total": stage.total_bytes,
+            "total": stage.total_bytes if measured else None,
+            **({} if measured else {"total_without_activations": stage.total_bytes}),
         },
         "cpu_bytes_per_node": stage.cpu_bytes_per_node,
         "peak_phase": stage.peak_phase,
@@ -137,7 +155,8 @@ def _training_dict(report: Report) -> dict[str, Any] | None:
             **_settings_extra(setup),
         },
         "convention": training.convention,
-        "stages": [_stage_dict(s) for s in training.stages],
+        "stages": [_stage_dict(s, measured=training.unmeasured is None) for s in training.stages],
+        "activations_not_measured": training.unmeasured,
         "notes": list(training.notes),
     }
 
@@ -168,8 +187,6 @@ def _inference_dict(report: Report) -> dict[str, Any] | None:
     setup, weights = inference.setup, inference.weights
     checkpoint = None
     if report.checkpoint is not None:
-        from hfmem.memory.checkpoint import comparison_to_dict
-
         checkpoint = comparison_to_dict(report.checkpoint)
     return {
         "settings": {
@@ -189,12 +206,14 @@ def _inference_dict(report: Report) -> dict[str, Any] | None:
         "per_gpu_bytes": {
             "weights": inference.weights_bytes,
             "kv_cache": inference.kv_cache_bytes,
+            "recurrent_state": inference.recurrent_state_bytes,
             "activations": inference.activations_bytes,
             "overhead": inference.overhead_bytes,
             "total": inference.total_bytes,
         },
         "kv_cache_bytes_per_token": inference.kv_cache_bytes_per_token,
         "kv_cache_layers": kv_layer_summary(inference.kv_layers),
+        "recurrent_state": _state_summary(inference),
         "weights": {
             "quantized_params": weights.quantized_params,
             "quantized_data_bytes": weights.quantized_data_bytes,
@@ -211,6 +230,12 @@ def _inference_dict(report: Report) -> dict[str, Any] | None:
         "checkpoint": checkpoint,
         "notes": list(inference.notes),
     }
+
+
+def _state_summary(inference: InferenceEstimate) -> dict[str, Any]:
+    """The recurrent states per sequence: layers holding one and their bytes (independent of the context)."""
+    states = inference.profile.state_layers if inference.profile is not None else ()
+    return {"layers": len(states), "bytes_per_sequence": sum(size for _, size in states)}
 
 
 def _gpu(report: Report) -> Any:
@@ -254,6 +279,7 @@ def to_dict(report: Report) -> dict[str, Any]:
         },
         "training": _training_dict(report),
         "inference": _inference_dict(report),
+        "inference_not_measured": report.inference_unmeasured,
         "gpu": None if gpu is None else {"name": gpu.name, "usable_bytes": gpu.usable_bytes},
         "notes": list(report.model.notes) + list(report.notes),
     }
@@ -339,6 +365,7 @@ BAR_PARTS = (
     ("activ", "a", "green"),
     ("logits", "l", "bright_green"),
     ("KV cache", "k", "bright_cyan"),
+    ("state", "r", "bright_magenta"),
     ("overhead", "x", "bright_black"),
 )
 BAR_WIDTH = 48
@@ -361,9 +388,19 @@ def inference_parts(inference: InferenceEstimate) -> list[tuple[str, int]]:
     return [
         ("weights", inference.weights_bytes),
         ("KV cache", inference.kv_cache_bytes),
+        *([("state", inference.recurrent_state_bytes)] if inference.recurrent_state_bytes else []),
         ("activ", inference.activations_bytes),
         ("overhead", inference.overhead_bytes),
     ]
+
+
+def peak_cell(stage: StageMemory, measured: bool) -> str:
+    """A training row's peak in GiB; ``≥`` when the activations are unknown (the trace failed)."""
+    return _gib(stage.total_bytes) if measured else f"≥ {_gib(stage.total_bytes)}"
+
+
+def _fits_cell(fits: bool | None) -> str:
+    return {True: "yes", False: "NO", None: "unknown"}[fits]
 
 
 def stacked_bar(parts: list[tuple[str, int]], full_bytes: int, *, capacity_bytes: int | None = None) -> Text:
@@ -407,6 +444,7 @@ def _stage_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     show_cpu = any(s.cpu_bytes_per_node for s in training.stages)
     headers += ["busiest"] * show_stage + ["CPU/node"] * show_cpu
     rows = []
+    measured = training.unmeasured is None
     for stage in training.stages:
         row = [
             str(stage.zero_stage),
@@ -414,11 +452,11 @@ def _stage_rows(report: Report) -> tuple[list[str], list[list[str]]]:
             _gib(stage.master_weights_bytes),
             _gib(stage.gradients_bytes),
             _gib(stage.optimizer_states_bytes),
-            _gib(stage.activations_bytes),
-            _gib(stage.logits_bytes),
+            _gib(stage.activations_bytes) if measured else NOT_MEASURED,
+            _gib(stage.logits_bytes) if measured else NOT_MEASURED,
             _gib(stage.overhead_bytes),
-            _gib(stage.total_bytes),
-            (stage.peak_phase or "").replace("optimizer_step", "step"),
+            peak_cell(stage, measured),
+            (stage.peak_phase or "").replace("optimizer_step", "step") if measured else "",
         ]
         if show_stage:
             row.append(f"stage {stage.pipeline_stage}")
@@ -485,12 +523,11 @@ def _verdict_rows(report: Report) -> tuple[list[str], list[list[str]]] | None:
     headers = ["ZeRO", "fits", "headroom", "smallest GPU count", "largest micro-batch"]
     rows = []
     for stage in report.training.stages:
-        headroom = stage.headroom_bytes or 0
         rows.append(
             [
                 str(stage.zero_stage),
-                "yes" if stage.fits else "NO",
-                f"{headroom / GIB:+,.2f} GiB",
+                _fits_cell(stage.fits),
+                "—" if stage.headroom_bytes is None else f"{stage.headroom_bytes / GIB:+,.2f} GiB",
                 "—" if stage.min_gpus is None else str(stage.min_gpus),
                 "—" if stage.max_batch_size is None else str(stage.max_batch_size),
             ]
@@ -532,6 +569,11 @@ def _footer(report: Report) -> Text:
         if stage.overhead_items:
             parts = " · ".join(f"{name} {size / GIB:,.2f}" for name, size in stage.overhead_items)
             lines.append(f"Overhead, ZeRO-{stage.zero_stage}: {parts}.")
+    if report.training.unmeasured is not None:
+        lines.append(
+            f"Activations and logits not measured: {report.training.unmeasured.rstrip('.')}; each peak is the model "
+            "states and overheads only (a lower bound), and a fit is 'unknown' unless the states alone do not fit."
+        )
     lines += [f"Note: {note}." for note in report.training.notes]
     return Text("\n".join(lines), style="dim")
 
@@ -547,14 +589,9 @@ def _inference_title(inference: InferenceEstimate) -> str:
 
 
 def _inference_rows(inference: InferenceEstimate) -> tuple[list[str], list[list[str]]]:
-    headers = ["weights", "KV cache", "activ", "overhead", "total"]
-    row = [
-        _gib(inference.weights_bytes),
-        _gib(inference.kv_cache_bytes),
-        _gib(inference.activations_bytes),
-        _gib(inference.overhead_bytes),
-        _gib(inference.total_bytes),
-    ]
+    parts = inference_parts(inference)
+    headers = [label for label, _ in parts] + ["total"]
+    row = [_gib(size) for _, size in parts] + [_gib(inference.total_bytes)]
     if inference.setup.gpu is not None:
         headers += ["fits", "headroom", "max context", "max batch"]
         row += [
@@ -584,6 +621,30 @@ def _kv_phrase(group: dict[str, Any]) -> str:
     return f"{count} × {what}: {heads}, {group['elements_per_token']:,} elements/token"
 
 
+def _kv_line(inference: InferenceEstimate) -> str:
+    if not inference.kv_layers:
+        return "KV cache: none (no attention layer caches keys and values)."
+    return (
+        f"KV cache: {inference.kv_cache_bytes_per_token:,} bytes per token per sequence"
+        + (" (until the sliding windows fill)" if any(layer.kind == "sliding" for layer in inference.kv_layers) else "")
+        + "; "
+        + "; ".join(_kv_phrase(g) for g in kv_layer_summary(inference.kv_layers))
+        + "."
+    )
+
+
+def _state_lines(inference: InferenceEstimate) -> list[str]:
+    summary = _state_summary(inference)
+    if not summary["layers"]:
+        return []
+    return [
+        f"Recurrent state: {summary['bytes_per_sequence']:,} bytes per sequence ({summary['layers']} layers), "
+        f"whatever the context; for {inference.setup.batch_size:,} "
+        f"sequence{'s' if inference.setup.batch_size != 1 else ''}: "
+        f"{inference.recurrent_state_bytes / GIB:,.2f} GiB."
+    ]
+
+
 def _inference_footer(report: Report, inference: InferenceEstimate) -> Text:
     weights = inference.weights
     lines = [
@@ -598,23 +659,20 @@ def _inference_footer(report: Report, inference: InferenceEstimate) -> Text:
         + f"; source: {inference.weights_source}"
         + (f"; split over {inference.setup.tp} GPUs" if inference.setup.tp > 1 else "")
         + ".",
-        f"KV cache: {inference.kv_cache_bytes_per_token:,} bytes per token per sequence"
-        + (" (until the sliding windows fill)" if any(layer.kind == "sliding" for layer in inference.kv_layers) else "")
-        + "; "
-        + "; ".join(_kv_phrase(g) for g in kv_layer_summary(inference.kv_layers))
-        + ".",
+        _kv_line(inference),
+        *_state_lines(inference),
         "Overhead: " + " · ".join(f"{name} {size / GIB:,.2f}" for name, size in inference.overhead_items) + ".",
-        "total = weights + KV cache + activations of one prefill chunk + overhead; GiB = 2^30 bytes.",
+        "total = weights + KV cache"
+        + (" + recurrent state" if inference.recurrent_state_bytes else "")
+        + " + activations of one prefill chunk + overhead; GiB = 2^30 bytes.",
         bar_legend(
-            ["weights", "KV cache", "activ", "overhead"],
+            [label for label, _ in inference_parts(inference)],
             _bar_scale([inference.total_bytes], inference.setup.gpu.usable_bytes if inference.setup.gpu else None),
             gpu=inference.setup.gpu is not None,
         ),
     ]
     lines += [f"Note: {note}." for note in inference.notes]
     if report.checkpoint is not None:
-        from hfmem.memory.checkpoint import render_comparison
-
         lines += render_comparison(report.checkpoint)
     lines += [f"Note: {note}." for note in report.notes]
     return Text("\n".join(lines), style="dim")
@@ -653,9 +711,17 @@ def render_table(report: Report, *, color: bool = False, width: int = 100) -> st
         console.print(_bar_block(["serve"], [inference_parts(inference)], gpu_bytes))
         console.print()
         console.print(_inference_footer(report, inference))
-    elif report.notes:
-        console.print(Text("\n".join(f"Note: {note}." for note in report.notes), style="dim"))
+    else:
+        lines = _unmeasured_inference_lines(report) + [f"Note: {note}." for note in report.notes]
+        if lines:
+            console.print(Text("\n".join(lines), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def _unmeasured_inference_lines(report: Report) -> list[str]:
+    if report.inference_unmeasured is None:
+        return []
+    return [f"Inference: {NOT_MEASURED}: {report.inference_unmeasured.rstrip('.')}."]
 
 
 def _footer_lines(text: Text) -> list[str]:
@@ -689,8 +755,10 @@ def render_markdown(report: Report) -> str:
         out += ["", "**" + _inference_title(inference).replace("\n", "; ") + "**", ""]
         out.append(markdown_table(*_inference_rows(inference)))
         out += ["", *(f"- {line}" for line in _footer_lines(_inference_footer(report, inference)))]
-    elif report.notes:
-        out += ["", *(f"- Note: {note}." for note in report.notes)]
+    else:
+        lines = _unmeasured_inference_lines(report) + [f"Note: {note}." for note in report.notes]
+        if lines:
+            out += ["", *(f"- {line}" for line in lines)]
     return "\n".join(out) + "\n"
 
 
@@ -704,7 +772,7 @@ def _sweep_rows(rows: list[SweepRow]) -> tuple[list[str], list[list[str]], list[
     headers = [name for name, _ in rows[0][0]]
     stages = [s.zero_stage for s in first.training.stages] if first.training is not None else []
     headers += [f"ZeRO-{z} peak" for z in stages]
-    if first.inference is not None:
+    if first.inference is not None or first.inference_unmeasured is not None:
         headers.append("serve total")
     table: list[list[str]] = []
     fits: list[list[bool | None]] = []
@@ -713,11 +781,16 @@ def _sweep_rows(rows: list[SweepRow]) -> tuple[list[str], list[list[str]], list[
         marks: list[bool | None] = [None] * len(row)
         if report.training is not None:
             for stage in report.training.stages:
-                row.append(_gib(stage.total_bytes) + ("" if stage.fits is not False else " ✗"))
+                row.append(
+                    peak_cell(stage, report.training.unmeasured is None) + ("" if stage.fits is not False else " ✗")
+                )
                 marks.append(stage.fits)
         if report.inference is not None:
             row.append(_gib(report.inference.total_bytes) + ("" if report.inference.fits is not False else " ✗"))
             marks.append(report.inference.fits)
+        elif report.inference_unmeasured is not None:
+            row.append(NOT_MEASURED)
+            marks.append(None)
         table.append(row)
         fits.append(marks)
     return headers, table, fits
@@ -737,8 +810,15 @@ def _sweep_title(rows: list[SweepRow]) -> str:
 def render_sweep(rows: list[SweepRow], *, color: bool = False, width: int = 100, markdown: bool = False) -> str:
     """One table, a row per combination of the swept options: training peak per ZeRO stage and serving total."""
     headers, table, fits = _sweep_rows(rows)
+    missing = _sweep_missing(rows)
     if markdown:
-        return f"**{_sweep_title(rows)}**\n\n" + markdown_table(headers, table) + "\n"
+        return (
+            f"**{_sweep_title(rows)}**\n\n"
+            + markdown_table(headers, table)
+            + "\n"
+            + "".join(f"\n- Note: {line}" for line in missing)
+            + ("\n" if missing else "")
+        )
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
     console.print(Text(_sweep_title(rows), style="bold"))
@@ -750,7 +830,20 @@ def render_sweep(rows: list[SweepRow], *, color: bool = False, width: int = 100,
         for row, marks in zip(table, fits, strict=True)
     ]
     console.print(_rich_table(headers, styled))
+    if missing:
+        console.print(Text("\n".join(f"Note: {line}" for line in missing), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()).rstrip("\n") + "\n"
+
+
+def _sweep_missing(rows: list[SweepRow]) -> list[str]:
+    """Why a sweep's peaks are lower bounds (``≥``) or its serving totals are missing, each reason once."""
+    lines: dict[str, None] = {}
+    for _, report in rows:
+        if report.training is not None and report.training.unmeasured is not None:
+            lines[f"≥: activations and logits not measured ({report.training.unmeasured.rstrip('.')})."] = None
+        if report.inference_unmeasured is not None:
+            lines[f"serving {NOT_MEASURED}: {report.inference_unmeasured.rstrip('.')}."] = None
+    return list(lines)
 
 
 def sweep_to_dict(rows: list[SweepRow]) -> dict[str, Any]:
@@ -798,7 +891,8 @@ def _compare_rows(reports: list[Report]) -> tuple[list[str], list[list[str]]]:
             if stage is None:
                 return "—"
             mark = {True: " fits", False: " ✗", None: ""}[stage.fits]
-            return f"{_gib(stage.total_bytes)} GiB{mark}"
+            assert r.training is not None
+            return f"{peak_cell(stage, r.training.unmeasured is None)} GiB{mark}"
 
         rows.append(line(f"train peak ZeRO-{z}", peak))
     if any(r.inference for r in reports):
@@ -806,7 +900,7 @@ def _compare_rows(reports: list[Report]) -> tuple[list[str], list[list[str]]]:
             line(
                 "serve total",
                 lambda r: (
-                    "—"
+                    (NOT_MEASURED if r.inference_unmeasured is not None else "—")
                     if r.inference is None
                     else f"{_gib(r.inference.total_bytes)} GiB"
                     + {True: " fits", False: " ✗", None: ""}[r.inference.fits]
@@ -826,7 +920,10 @@ def _compare_rows(reports: list[Report]) -> tuple[list[str], list[list[str]]]:
 def _verdict_words(report: Report) -> str:
     """What fits, in a few words: the least-sharded ZeRO stage that fits, and serving."""
     parts = []
-    if report.training is not None:
+    if report.training is not None and report.training.unmeasured is not None:
+        fails = any(s.fits is False for s in report.training.stages)
+        parts.append("does not train here" if fails else "training not measured")
+    elif report.training is not None:
         if report.training.setup.gpu is None:
             best = min(report.training.stages, key=lambda s: s.total_bytes)
             parts.append(f"lowest peak ZeRO-{best.zero_stage}")
@@ -850,7 +947,20 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
         title += f" — {setup.precision}, {setup.optimizer}, {gpus} GPU(s), micro-batch {setup.batch_size}"
     if gpu is not None:
         title += f"; fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable)"
-    notes = [f"{r.model.model_id}: {n}" for r in reports for n in (*(r.training.notes if r.training else ()), *r.notes)]
+    notes = [
+        f"{r.model.model_id}: {n}"
+        for r in reports
+        for n in (
+            *(r.training.notes if r.training else ()),
+            *(
+                [f"activations not measured: {r.training.unmeasured.rstrip('.')}"]
+                if r.training and r.training.unmeasured
+                else []
+            ),
+            *([f"inference not measured: {r.inference_unmeasured.rstrip('.')}"] if r.inference_unmeasured else []),
+            *r.notes,
+        )
+    ]
     if markdown:
         return (
             f"**{title}**\n\n"
@@ -871,3 +981,135 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
 def compare_to_dict(reports: list[Report]) -> dict[str, Any]:
     """``{"schema_version", "models": [to_dict(report) per model, in the order given]}``."""
     return {"schema_version": SCHEMA_VERSION, "models": [to_dict(r) for r in reports]}
+
+
+# --- the checkpoint cross-check ---------------------------------------------------------------------------------
+
+
+def comparison_to_dict(comparison: CheckpointComparison) -> dict[str, Any]:
+    """The comparison as JSON-ready data: integers, stable keys."""
+    summary = comparison.summary
+    return {
+        "source": summary.source,
+        "tensors": summary.tensor_count,
+        "params_by_dtype": dict(summary.params_by_dtype),
+        "bytes_by_dtype": dict(summary.bytes_by_dtype),
+        "total_params": summary.total_params,
+        "total_bytes": summary.total_bytes,
+        "built_params": comparison.built_params,
+        "difference_params": comparison.difference_params,
+        "explained": [
+            {
+                "reason": g.reason,
+                "description": g.description,
+                "tensors": g.tensors,
+                "params": g.params,
+                "bytes": g.bytes,
+                "examples": list(g.examples),
+            }
+            for g in comparison.explained
+        ],
+        "unexplained_params": comparison.unexplained_params,
+        "unexplained_examples": list(comparison.unexplained_examples),
+        "scheme": comparison.scheme_name,
+        "scheme_metadata_bytes": comparison.scheme_metadata_bytes,
+    }
+
+
+def render_comparison(comparison: CheckpointComparison) -> list[str]:
+    """Short lines for the table output (no label column; GiB = 2^30 bytes, labelled)."""
+    summary = comparison.summary
+    lines = [
+        f"{summary.tensor_count:,} tensors, {summary.total_params:,} values, {format_gib(summary.total_bytes)} "
+        f"({summary.source})",
+        " · ".join(
+            f"{dtype} {summary.params_by_dtype[dtype]:,} ({format_gib(summary.bytes_by_dtype[dtype])})"
+            for dtype in summary.params_by_dtype
+        ),
+        f"stored − built = {summary.total_params:,} − {comparison.built_params:,} = {comparison.difference_params:+,}",
+    ]
+    for group in comparison.explained:
+        what = group.description
+        if group.reason == "extra_modules" and comparison.num_hidden_layers is not None:
+            what += f" (layer index ≥ num_hidden_layers {comparison.num_hidden_layers})"
+        shown = group.examples
+        if group.reason in ("quantization_metadata", "persistent_buffers"):  # the kinds: weight_scale_inv, inv_freq…
+            shown = tuple(dict.fromkeys(name.rsplit(".", 1)[-1] for name in group.examples))
+        examples = f": {', '.join(shown[:2])}" if shown else ""
+        lines.append(f"  {group.params:+,} {what}, {group.tensors:,} tensors{examples}")
+    if comparison.scheme_metadata_bytes is not None:
+        stored_meta = comparison.group("quantization_metadata")
+        lines.append(
+            f"  quantization metadata: stored {format_gib(stored_meta.bytes if stored_meta else 0)}, "
+            f"hfmem's {comparison.scheme_name} formula {format_gib(comparison.scheme_metadata_bytes)}"
+        )
+    if comparison.unexplained_params or comparison.unexplained_tensors:
+        names = f": {', '.join(comparison.unexplained_examples)}" if comparison.unexplained_examples else ""
+        count = comparison.unexplained_tensors
+        lines.append(f"  {comparison.unexplained_params:+,} unexplained, {count:,} tensors{names}")
+    else:
+        lines.append("  fully explained (unexplained 0)")
+    return lines
+
+
+def describe_finetune(finetune: FinetuneSettings) -> str:
+    """One line for the report: the method and its settings."""
+    if finetune.method == "full":
+        return "full fine-tuning: every parameter trained"
+    if finetune.method == "freeze":
+        return f"frozen base, trained: {', '.join(finetune.train_modules)}"
+    targets = (
+        "peft's default for the architecture" if finetune.lora_targets is None else ",".join(finetune.lora_targets)
+    )
+    text = f"{'DoRA' if finetune.dora else 'LoRA'} rank {finetune.lora_rank} on {targets}"
+    if finetune.modules_to_save:
+        text += f", modules_to_save {','.join(finetune.modules_to_save)}"
+    text += "; adapters fp32 (peft autocast_adapter_dtype)"
+    if finetune.method == "qlora":
+        text += "; base linears NF4 (bitsandbytes, blocks of 64"
+        text += ", double quant)" if finetune.double_quant else ")"
+        text += ", other frozen tensors 16-bit"
+    else:
+        text += "; frozen base in the working precision"
+    return text
+
+
+# --- settings taken from --launch-config files -------------------------------------------------------------------
+
+
+def launch_to_dict(outcome: LaunchOutcome) -> dict[str, Any]:
+    """The ``"launch"`` object of the JSON: the files read and what became of each of their settings."""
+    return {
+        "files": [{"path": path, "format": fmt} for path, fmt in outcome.files],
+        "applied": list(outcome.applied),
+        "overridden_by_flags": list(outcome.overridden_by_flags),
+        "recognised_not_modelled": list(outcome.recognised_not_modelled),
+        "unresolved": list(outcome.unresolved),
+        "not_understood": list(outcome.not_understood),
+        "no_memory_effect": list(outcome.no_memory_effect),
+    }
+
+
+def _launch_value(value: Any) -> str:
+    return "" if value is True else f" {value}"
+
+
+def render_launch(outcome: LaunchOutcome, *, markdown: bool = False) -> str:
+    """The short "Settings from launch files" block printed after the table: one line per setting and origin."""
+    lines = [f"{a['option']}{_launch_value(a['value'])}  ← {a['origin']}" for a in outcome.applied]
+    lines += [
+        f"{o['option']}{_launch_value(o['flag_value'])} (typed) over {json.dumps(o['value'])}  ← {o['origin']}"
+        for o in outcome.overridden_by_flags
+    ]
+    lines += [
+        f"not modelled: {n['option']}{_launch_value(n['value'])}  ← {n['origin']} ({n['reason']})"
+        for n in outcome.recognised_not_modelled
+    ]
+    lines += [f"unresolved: {u['origin']} ({u['option']}): {u['reason']}" for u in outcome.unresolved]
+    lines += [f"not understood: {key}" for key in outcome.not_understood]
+    if outcome.no_memory_effect:
+        count = len(outcome.no_memory_effect)
+        lines.append(f"{count} key{'s' if count != 1 else ''} with no effect on memory (listed by --json)")
+    if markdown:
+        return "\n**Settings from launch files**\n\n" + "".join(f"- {line}\n" for line in lines)
+    return "\nSettings from launch files\n" + "".join(f"  {line}\n" for line in lines)

@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 __all__ = [
@@ -148,6 +149,11 @@ class ParameterInventory:
     """Every parameter of a model, with the derived counts computed once.
 
     Build it with :meth:`from_parameters` (a real model) or :meth:`from_count` (``--params``).
+
+    ``context_tokens``: the context length of the config transformers built (a composite model's text config, with
+    the config class's defaults filled in), None when it has none. ``image_inputs``: the model's forward takes images
+    (``pixel_values``) next to token ids, which the traces do not feed it. ``attention_modules``: modules whose class
+    is an attention (its name contains ``Attention``); 0 for a recurrent model (Mamba), None when unknown.
     """
 
     total_params: int
@@ -164,6 +170,9 @@ class ParameterInventory:
     moe: MoeInfo | None = None
     layer_names: tuple[str, ...] = ()
     tied_embeddings: bool = False
+    context_tokens: int | None = None
+    image_inputs: bool = False
+    attention_modules: int | None = None
 
     @property
     def non_embedding_params(self) -> int:
@@ -187,6 +196,9 @@ class ParameterInventory:
         moe_routing: tuple[int, int] | None = None,
         layer_names: Sequence[str] = (),
         tied_embeddings: bool = False,
+        context_tokens: int | None = None,
+        image_inputs: bool = False,
+        attention_modules: int | None = None,
     ) -> ParameterInventory:
         """Derive every count from the parameter list.
 
@@ -220,6 +232,9 @@ class ParameterInventory:
             moe=moe,
             layer_names=tuple(layer_names),
             tied_embeddings=tied_embeddings,
+            context_tokens=context_tokens,
+            image_inputs=image_inputs,
+            attention_modules=attention_modules,
         )
 
     @classmethod
@@ -268,6 +283,20 @@ class GpuTarget:
 
     name: str
     usable_bytes: int
+
+
+def gpu_target(gpu: GpuTarget | str | None) -> GpuTarget | None:
+    """``gpu`` as a `GpuTarget`: a name is looked up in the GPU catalogue (`hfmem.gpus.find_gpu`).
+
+    Raises:
+        InvalidSetupError: an unknown name (the message lists the known ones).
+    """
+    if not isinstance(gpu, str):
+        return gpu
+    from hfmem.gpus import find_gpu
+
+    spec = find_gpu(gpu)
+    return GpuTarget(spec.name, spec.usable_bytes)
 
 
 @dataclass(frozen=True)
@@ -336,13 +365,18 @@ class ParallelSettings:
 class TrainingSetup:
     """What the user plans: precision, optimizer, sharding, offload, and the micro-batch that runs.
 
-    ``zero_stages`` lists the ZeRO stages to report (one row each). ``seq_len=None`` means the model's context
-    length capped at 4096. ``dropout=None`` keeps the config's dropout probabilities.
+    ``zero_stages`` lists the ZeRO stages to report (one row each); ``None``: every stage the setup allows
+    (`hfmem.rules.planned_stages`: FSDP's own stage, else 0-3 less those offload or DeepSpeed's accounting exclude).
+    ``seq_len=None`` means the model's context length capped at 4096. ``dropout=None`` keeps the config's dropout
+    probabilities. ``gpu`` may be given by name (``"h100-sxm"``, any `hfmem.gpus.find_gpu` alias): it is looked up
+    when the setup is made. ``images_per_sample``: images in each sample for a model that takes images
+    (`ParameterInventory.image_inputs`): the trace feeds the vision tower that many default images, whose tokens are
+    part of ``seq_len``; ignored for text-only models.
     """
 
     precision: Precision = "bf16-mixed"
     optimizer: Optimizer = "adamw"
-    zero_stages: tuple[int, ...] = (0, 1, 2, 3)
+    zero_stages: tuple[int, ...] | None = None
     gpus_per_node: int = 1
     nodes: int = 1
     offload: Offload = "none"
@@ -356,6 +390,10 @@ class TrainingSetup:
     gpu: GpuTarget | None = None
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
+    images_per_sample: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpu", gpu_target(self.gpu))
 
     @property
     def method(self) -> Method:
@@ -428,6 +466,9 @@ class ActivationProfile:
         attention_calls: how many times the emulated attention ran (0 = the model computes attention itself).
         other_after_bytes: the part of ``other_bytes`` saved after the layers (final norm, LM head input): it
             lives on the last pipeline stage, the rest on the first.
+        images_per_sample: images each sample fed the vision tower in the trace (0: token ids only).
+        image_tokens: the sequence positions one image fills (its features replace those tokens' embeddings).
+        images_not_traced: why a model that takes images was traced on token ids only (None: it was not).
     """
 
     batch_size: int
@@ -442,6 +483,9 @@ class ActivationProfile:
     logits_bytes: int
     attention_calls: int = 0
     other_after_bytes: int = 0
+    images_per_sample: int = 0
+    image_tokens: int = 0
+    images_not_traced: str | None = None
 
 
 @dataclass(frozen=True)
@@ -501,6 +545,10 @@ class TrainingEstimate:
 
     ``profile`` is the measured activation profile of the whole model at the planned micro-batch (None for a
     ``--params`` plan): what `hfmem.explain` shows per layer.
+
+    ``unmeasured``: why the model could not be traced (None when it was). The rows then hold the model states and
+    overheads only: activations and logits are unknown, so each peak is a lower bound and ``fits`` is False (the
+    states alone do not fit) or None (unknown).
     """
 
     setup: TrainingSetup
@@ -510,6 +558,7 @@ class TrainingEstimate:
     seq_len: int | None = None
     seq_len_source: str | None = None
     profile: ActivationProfile | None = None
+    unmeasured: str | None = None
 
 
 @dataclass(frozen=True)
@@ -545,6 +594,11 @@ class InferenceProfile:
         activation_peak_bytes: peak of the tensors live during the chunk's forward, parameters and cache excluded.
         logits_bytes: the next-token logits generate() keeps (fp32).
         attention_calls: 0 when the model computes attention itself (no fused-kernel stand-in).
+        state_layers: ``(cache layer, bytes per sequence)`` of every layer that keeps a fixed-size recurrent state
+            (Mamba's convolution and SSM states, linear attention's), each tensor at the dtype the model caches it
+            in. It does not grow with the tokens, so it is not part of ``layers``.
+        images_per_sample / image_tokens: images each sequence of the prefill chunk fed the vision tower (0: token
+            ids only) and the positions one image fills; ``images_not_traced``: why not, when it takes images.
     """
 
     layers: tuple[KvLayer, ...]
@@ -554,6 +608,10 @@ class InferenceProfile:
     activation_peak_bytes: int
     logits_bytes: int
     attention_calls: int = 0
+    state_layers: tuple[tuple[str, int], ...] = ()
+    images_per_sample: int = 0
+    image_tokens: int = 0
+    images_not_traced: str | None = None
 
 
 @dataclass(frozen=True)
@@ -562,7 +620,8 @@ class InferenceSetup:
 
     ``weights_dtype=None`` uses the checkpoint: its ``quantization_config`` if it has one, else its dtype.
     ``kv_dtype=None`` caches in the compute dtype. ``context=None`` means the model's context length.
-    ``prefill_chunk=None`` means min(context, 2048) tokens per sequence.
+    ``prefill_chunk=None`` means min(context, 2048) tokens per sequence. ``images_per_sample``: images in each
+    sequence's prefill chunk, for a model that takes images (the vision tower runs in the prefill).
     """
 
     weights_dtype: str | None = None
@@ -575,12 +634,18 @@ class InferenceSetup:
     prefill_chunk: int | None = None
     overheads: OverheadSettings = field(default_factory=OverheadSettings)
     gpu: GpuTarget | None = None
+    images_per_sample: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpu", gpu_target(self.gpu))
 
 
 @dataclass(frozen=True)
 class InferenceEstimate:
-    """Per-GPU serving memory: weights + KV cache + a prefill chunk's activations + overheads.
+    """Per-GPU serving memory: weights + KV cache + recurrent state + a prefill chunk's activations + overheads.
 
+    ``recurrent_state_bytes``: the fixed-size states of recurrent layers (Mamba, linear attention) for every
+    sequence of the batch, independent of the context (0 for a pure-attention model).
     ``weights`` is the whole model's `hfmem.memory.quantization.WeightsBreakdown`; the ``*_bytes`` fields are per GPU.
     ``profile`` is the measured `InferenceProfile` the plan was computed from.
     """
@@ -606,16 +671,27 @@ class InferenceEstimate:
     max_batch_size: int | None = None
     notes: tuple[str, ...] = ()
     profile: InferenceProfile | None = None
+    recurrent_state_bytes: int = 0
     total_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        total = self.weights_bytes + self.kv_cache_bytes + self.activations_bytes + self.overhead_bytes
+        total = (
+            self.weights_bytes
+            + self.kv_cache_bytes
+            + self.recurrent_state_bytes
+            + self.activations_bytes
+            + self.overhead_bytes
+        )
         object.__setattr__(self, "total_bytes", total)
 
 
 @dataclass(frozen=True)
 class Report:
-    """Everything `hfmem.estimate` found: the model, its inventory and the training memory."""
+    """Everything `hfmem.estimate` found: the model, its inventory and the training memory.
+
+    ``inference_unmeasured``: why serving was asked for but could not be planned (the model could not run with a
+    cache on the meta device); ``inference`` is None then.
+    """
 
     model: ModelConfig
     inventory: ParameterInventory
@@ -623,4 +699,157 @@ class Report:
     hfmem_version: str
     notes: tuple[str, ...] = ()
     inference: InferenceEstimate | None = None
-    checkpoint: Any = None
+    checkpoint: CheckpointComparison | None = None
+    inference_unmeasured: str | None = None
+
+
+# --- a checkpoint's stored tensors beside the built model (`hfmem.memory.checkpoint`) ---------------------------
+
+#: Bits per element of the safetensors dtypes: the names of safetensors ``Dtype`` (Rust ``safetensors/src/tensor.rs``;
+#: Python ``safetensors/torch.py`` ``_TYPES``/``_SIZE``), as `huggingface_hub.utils._safetensors.TensorInfo.dtype`
+#: reports them. F4/F6 are the sub-byte microscaling element types.
+SAFETENSORS_DTYPE_BITS: Mapping[str, int] = MappingProxyType(
+    {
+        "F64": 64,
+        "F32": 32,
+        "F16": 16,
+        "BF16": 16,
+        "I64": 64,
+        "I32": 32,
+        "I16": 16,
+        "I8": 8,
+        "U64": 64,
+        "U32": 32,
+        "U16": 16,
+        "U8": 8,
+        "BOOL": 8,
+        "C64": 64,
+        "F8_E4M3": 8,
+        "F8_E4M3FNUZ": 8,
+        "F8_E5M2": 8,
+        "F8_E5M2FNUZ": 8,
+        "F8_E8M0": 8,
+        "F6_E2M3": 6,
+        "F6_E3M2": 6,
+        "F4": 4,
+    }
+)
+
+#: Group keys, in report order, with what each says.
+DIFFERENCE_REASONS: Mapping[str, str] = MappingProxyType(
+    {
+        "extra_modules": "modules transformers does not build",
+        "quantization_metadata": "quantization metadata (scales, zeros, absmax)",
+        "packed_quantized_values": "packed quantized values (several per stored element)",
+        "persistent_buffers": "buffers stored in the checkpoint (not parameters)",
+        "tied_duplicates": "tied weights stored twice",
+        "built_not_stored": "parameters built but not stored",
+    }
+)
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor of a safetensors header: its name, safetensors dtype (``BF16``, ``F8_E4M3``…) and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)  # a scalar (shape ()) holds one element, as huggingface_hub counts it
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the data, from the dtype's width (sub-byte dtypes rounded up to whole bytes)."""
+        return -(-self.numel * SAFETENSORS_DTYPE_BITS.get(self.dtype, 8) // 8)
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """Every tensor a checkpoint stores, with per-dtype totals computed once.
+
+    Attributes:
+        source: where the headers came from (``hub:org/name@sha``, a local folder).
+        tensors: the stored tensors, in header order.
+        params_by_dtype: elements per safetensors dtype (what the Hub's ``safetensors.parameters`` shows).
+        bytes_by_dtype: data bytes per dtype.
+    """
+
+    source: str
+    tensors: tuple[StoredTensor, ...]
+    params_by_dtype: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    bytes_by_dtype: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        params: dict[str, int] = {}
+        nbytes: dict[str, int] = {}
+        for tensor in self.tensors:
+            params[tensor.dtype] = params.get(tensor.dtype, 0) + tensor.numel
+            nbytes[tensor.dtype] = nbytes.get(tensor.dtype, 0) + tensor.nbytes
+        object.__setattr__(self, "params_by_dtype", MappingProxyType(dict(sorted(params.items()))))
+        object.__setattr__(self, "bytes_by_dtype", MappingProxyType(dict(sorted(nbytes.items()))))
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.params_by_dtype.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes_by_dtype.values())
+
+    @property
+    def tensor_count(self) -> int:
+        return len(self.tensors)
+
+
+@dataclass(frozen=True)
+class DifferenceGroup:
+    """One named part of stored − built: ``params`` > 0 when the checkpoint holds more, < 0 when less.
+
+    ``tensors`` counts stored tensors (built parameters for ``built_not_stored``); ``examples`` names a few.
+    """
+
+    reason: str
+    tensors: int
+    params: int
+    bytes: int = 0
+    examples: tuple[str, ...] = ()
+
+    @property
+    def description(self) -> str:
+        return DIFFERENCE_REASONS.get(self.reason, self.reason)
+
+
+@dataclass(frozen=True)
+class CheckpointComparison:
+    """A checkpoint beside the built model: ``difference_params = Σ explained params + unexplained_params``.
+
+    Attributes:
+        summary: the stored tensors.
+        built_params: the built model's unique parameters (`ParameterInventory.total_params`).
+        explained: the named groups, in `DIFFERENCE_REASONS` order, empty ones left out.
+        unexplained_params: stored − built that no rule explains (stored tensors nothing matches, and matched
+            tensors whose element count differs without a packed dtype); ``unexplained_examples`` names them.
+        num_hidden_layers: the layer count that tells built layers from extra ones (None: not checked).
+        scheme_metadata_bytes: what hfmem's quantization formula (`weights_breakdown`) predicts for the built
+            model's quantization metadata under ``scheme``, beside ``quantization_metadata`` bytes actually stored.
+    """
+
+    summary: CheckpointSummary
+    built_params: int
+    explained: tuple[DifferenceGroup, ...]
+    unexplained_params: int
+    unexplained_tensors: int = 0
+    unexplained_examples: tuple[str, ...] = ()
+    num_hidden_layers: int | None = None
+    scheme_name: str | None = None
+    scheme_metadata_bytes: int | None = None
+
+    @property
+    def difference_params(self) -> int:
+        return self.summary.total_params - self.built_params
+
+    def group(self, reason: str) -> DifferenceGroup | None:
+        return next((g for g in self.explained if g.reason == reason), None)

@@ -145,7 +145,6 @@ def test_config_without_custom_code_is_unchanged() -> None:
     [
         ("sam_prompt_encoder", "no auto class for model_type 'sam_prompt_encoder'"),  # a part of SAM
         ("time_series_transformer", "prediction_length"),  # its default config cannot build a model
-        ("vit", "takes inputs other than token ids"),  # inventoried, but its forward needs pixel_values
     ],
 )
 def test_unsupported_is_one_line(tmp_path: Path, runner: CliRunner, model_type: str, fragment: str) -> None:
@@ -181,3 +180,249 @@ def test_default_config_inventories_like_transformers(model_type: str, auto_clas
     expected = sum(p.numel() for p in model.parameters())  # parameters() yields tied weights once
     inventory = count_parameters(ModelConfig(f"default-{model_type}", "local", default_config(model_type)))
     assert (inventory.architecture, inventory.total_params) == (type(model).__name__, expected)
+
+
+# --- built and counted, but not traced: the inventory with what is missing, exit 0 (5 under --check) ---------------
+
+#: Tiny configs of the issue's reproducers (Llama-4, DBRX with its Hub config's structure).
+TINY_UNTRACEABLE: dict[str, dict[str, Any]] = {
+    "llama4": {  # transformers 5.24's Llama4ForConditionalGeneration.forward reads outputs.image_outputs, absent
+        "model_type": "llama4",
+        "architectures": ["Llama4ForConditionalGeneration"],
+        "text_config": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "intermediate_size_mlp": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "vocab_size": 300,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 1,
+            "interleave_moe_layer_step": 1,
+        },
+        "vision_config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 28,
+            "patch_size": 14,
+            "vision_output_dim": 64,
+            "projector_input_dim": 64,
+            "projector_output_dim": 64,
+        },
+        "torch_dtype": "bfloat16",
+    },
+    "dbrx": {  # its experts index tokens with torch.nonzero (a data-dependent shape)
+        "model_type": "dbrx",
+        "architectures": ["DbrxForCausalLM"],
+        "attn_config": {"clip_qkv": 8, "kv_n_heads": 2, "rope_theta": 500000},
+        "d_model": 64,
+        "ffn_config": {"ffn_hidden_size": 96, "moe_jitter_eps": 0.01, "moe_num_experts": 4, "moe_top_k": 2},
+        "max_seq_len": 256,
+        "n_heads": 4,
+        "n_layers": 2,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "vocab_size": 128,
+    },
+}
+
+
+def transformers_param_count(config: dict[str, Any], folder: Path) -> int:
+    """The parameters of the named class, built by transformers itself on the meta device (tied weights once)."""
+    import torch
+    import transformers
+
+    built = transformers.AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = getattr(transformers, config["architectures"][0])._from_config(built)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", list(TINY_UNTRACEABLE))
+def test_untraceable_model_reports_its_inventory(tmp_path: Path, runner: CliRunner, name: str) -> None:
+    config = TINY_UNTRACEABLE[name]
+    folder = write_config(tmp_path / name, config)
+    result = runner.invoke(cli, [folder, "--json", "--gpu-memory", "80GiB"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["parameters"]["total"] == transformers_param_count(config, Path(folder))
+    training = doc["training"]
+    assert training["activations_not_measured"].startswith(f"could not trace the activations of '{folder}'")
+    assert "--attn eager" not in training["activations_not_measured"]
+    for stage in training["stages"]:
+        bytes_ = stage["per_gpu_bytes"]
+        assert bytes_["activations"] is None and bytes_["logits"] is None and bytes_["total"] is None
+        states = bytes_["weights"] + bytes_["master_weights"] + bytes_["gradients"] + bytes_["optimizer_states"]
+        assert bytes_["total_without_activations"] == states + bytes_["overhead"]
+        assert stage["fits"] is None and stage["headroom_bytes"] is None  # small states: fit unknown, not "yes"
+    assert doc["inference"] is None
+    assert doc["inference_not_measured"].startswith(f"could not run '{folder}' with a KV cache")
+    table = runner.invoke(cli, [folder, "--gpu-memory", "80GiB"], catch_exceptions=False)
+    assert table.exit_code == 0
+    assert "not measured" in table.stdout and "unknown" in table.stdout and "Inference: not measured" in table.stdout
+    # --check asks for a verdict hfmem cannot give: one line, exit 5 (README: Errors and exit codes).
+    checked = runner.invoke(cli, [folder, "--gpu-memory", "80GiB", "--check"])
+    assert checked.exit_code == 5
+    assert checked.stderr.startswith("Error: --check cannot give a verdict") and checked.stderr.count("\n") == 1
+
+
+#: CLIP: its forward needs images (without pixel_values the vision tower reads ``None.shape``) and it has no cache.
+TINY_CLIP: dict[str, Any] = {
+    "model_type": "clip",
+    "architectures": ["CLIPModel"],
+    "text_config": {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "vocab_size": 99,
+        "max_position_embeddings": 16,
+    },
+    "vision_config": {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 30,
+        "patch_size": 2,
+    },
+    "projection_dim": 16,
+}
+
+
+def test_clip_is_traced_with_an_image_and_not_served(tmp_path: Path) -> None:
+    folder = write_config(tmp_path / "clip", TINY_CLIP)
+    report = hfmem.estimate(folder, inference=hfmem.InferenceSetup())
+    assert report.inventory.total_params == transformers_param_count(TINY_CLIP, Path(folder))
+    assert report.training is not None and report.training.unmeasured is None
+    assert report.training.profile is not None and report.training.profile.images_per_sample == 1
+    assert report.inference is None and report.inference_unmeasured is not None
+    assert "--attn eager" not in report.inference_unmeasured
+    # Token ids alone: not measured, and why.
+    text_only = hfmem.estimate(folder, setup=hfmem.TrainingSetup(images_per_sample=0))
+    assert text_only.training is not None and text_only.training.unmeasured is not None
+    assert "CLIPModel takes inputs other than token ids" in text_only.training.unmeasured
+    assert "--attn eager" not in text_only.training.unmeasured
+
+
+def test_states_that_cannot_fit_say_no_even_unmeasured(tmp_path: Path, runner: CliRunner) -> None:
+    folder = write_config(tmp_path / "dbrx", TINY_UNTRACEABLE["dbrx"])
+    result = runner.invoke(cli, [folder, "--json", "--gpu-memory", "1MiB", "--training-only", "--check"])
+    assert result.exit_code == 3  # the states alone exceed 1 MiB: a verdict after all
+    assert all(stage["fits"] is False for stage in json.loads(result.stdout)["training"]["stages"])
+
+
+def test_serving_fails_but_training_is_measured(tmp_path: Path) -> None:
+    """Phi-3.5-MoE in fp32: training traces in bf16, serving in fp32 hits grouped_mm's bf16-only kernel."""
+    config = {
+        "model_type": "phimoe",
+        "architectures": ["PhimoeForCausalLM"],
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+        "vocab_size": 128,
+        "max_position_embeddings": 256,
+        "torch_dtype": "float32",
+    }
+    folder = write_config(tmp_path / "phimoe", config)
+    report = hfmem.estimate(folder, inference=hfmem.InferenceSetup())
+    assert report.inventory.total_params == transformers_param_count(config, Path(folder))
+    assert report.training is not None and report.training.unmeasured is None
+    assert report.inference is None and report.inference_unmeasured is not None
+    assert "--weights-dtype bf16" in report.inference_unmeasured
+
+
+def test_vit_without_token_ids_is_counted(tmp_path: Path, runner: CliRunner) -> None:
+    import torch
+    import transformers
+
+    folder = write_config(tmp_path / "vit", default_config("vit"))
+    result = runner.invoke(cli, [folder, "--json", "--training-only"], catch_exceptions=False)
+    assert result.exit_code == 0
+    with torch.device("meta"):
+        model = transformers.ViTModel(transformers.ViTConfig())
+    doc = json.loads(result.stdout)
+    assert doc["parameters"]["total"] == sum(p.numel() for p in model.parameters())
+    assert "takes inputs other than token ids" in doc["training"]["activations_not_measured"]
+
+
+# --- models that take images: the vision tower is traced with default images ---------------------------------------
+
+TINY_LLAVA = {
+    "model_type": "llava",
+    "architectures": ["LlavaForConditionalGeneration"],
+    "text_config": {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 400,
+        "max_position_embeddings": 256,
+    },
+    "vision_config": {
+        "model_type": "clip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 28,
+        "patch_size": 14,
+        "projection_dim": 32,
+    },
+    "image_token_index": 300,
+    "vision_feature_layer": -2,
+    "torch_dtype": "bfloat16",
+}
+
+
+def test_llava_traces_its_vision_tower(tmp_path: Path) -> None:
+    """One 28 px image in 14 px patches: (28 / 14)² = 4 patch tokens; Llava's default vision_feature_select_strategy
+    drops CLIP's class token (transformers models/llava/modeling_llava.py ``get_image_features``)."""
+    folder = write_config(tmp_path / "llava", TINY_LLAVA)
+    setup = hfmem.TrainingSetup(zero_stages=(0,), seq_len=64)
+    with_image = hfmem.estimate(folder, setup=setup, inference=hfmem.InferenceSetup(prefill_chunk=64))
+    text_only = hfmem.estimate(
+        folder,
+        setup=hfmem.TrainingSetup(zero_stages=(0,), seq_len=64, images_per_sample=0),
+        inference=hfmem.InferenceSetup(prefill_chunk=64, images_per_sample=0),
+    )
+    assert with_image.inventory.image_inputs
+    assert with_image.training is not None and text_only.training is not None
+    profile = with_image.training.profile
+    assert profile is not None and (profile.images_per_sample, profile.image_tokens) == (1, 4)
+    # The vision tower's saved tensors are added; the language model sees the same 64 positions either way.
+    assert with_image.training.stages[0].activations_bytes > text_only.training.stages[0].activations_bytes
+    assert any("1 default image(s) per sample traced" in note for note in with_image.training.notes)
+    assert any("are not counted (--images-per-sample 0)" in note for note in text_only.training.notes)
+    assert with_image.inference is not None and text_only.inference is not None
+    assert with_image.inference.profile is not None and with_image.inference.profile.images_per_sample == 1
+    assert with_image.inference.activations_bytes > text_only.inference.activations_bytes
+
+
+def test_images_that_do_not_fit_are_left_out_with_a_note(tmp_path: Path) -> None:
+    folder = write_config(tmp_path / "llava", TINY_LLAVA)
+    report = hfmem.estimate(folder, setup=hfmem.TrainingSetup(zero_stages=(0,), seq_len=6, images_per_sample=2))
+    assert report.training is not None and report.training.profile is not None
+    assert report.training.profile.images_per_sample == 0
+    assert any(
+        "not counted (2 image(s) of 4 tokens each do not fit a sequence of 6 tokens)" in note
+        for note in report.training.notes
+    )
+
+
+def test_sweep_of_an_untraceable_model_says_why(tmp_path: Path, runner: CliRunner) -> None:
+    folder = write_config(tmp_path / "dbrx", TINY_UNTRACEABLE["dbrx"])
+    result = runner.invoke(cli, [folder, "--batch-size", "1,2", "--zero", "0"], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert "≥ " in result.stdout and "Note: ≥: activations and logits not measured (" in result.stdout
+    assert "Note: serving not measured: could not run" in result.stdout

@@ -22,8 +22,6 @@ from hfmem.memory.checkpoint import (
     CheckpointSummary,
     StoredTensor,
     compare_checkpoint,
-    comparison_to_dict,
-    render_comparison,
     summary_from_headers,
 )
 from hfmem.memory.quantization import (
@@ -32,6 +30,7 @@ from hfmem.memory.quantization import (
     MXFP4_BLOCKSIZE,
     scheme_from_quantization_config,
 )
+from hfmem.report import comparison_to_dict, render_comparison
 from hfmem.types import ModelConfig, ParameterInventory
 from tests.conftest import TINY_LLAMA, TINY_LLAMA_PARAMS, safetensors_bytes
 

@@ -238,10 +238,9 @@ def test_full_zero_0_to_3_on_8_gpus(llama_zero: Report) -> None:
             TrainingSetup(
                 gpus_per_node=8,
                 seq_len=256,
-                zero_stages=(3,),
                 grad_checkpointing="selective",
                 attn="eager",
-                parallel=ParallelSettings(fsdp="full_shard"),
+                parallel=ParallelSettings(fsdp="full_shard"),  # FSDP names its own stage (ZeRO-3), as --fsdp does
             ),
             id="fsdp-selective-eager",
         ),
@@ -400,3 +399,28 @@ def test_cli_explain_text_and_json(runner) -> None:  # type: ignore[no-untyped-d
     assert check_formulas(doc["explanation"]) > 10
     assert doc["training"]["stages"][0]["per_gpu_bytes"]["total"] == _values(doc["explanation"], "Peak per GPU")[3]
     assert "explanation" not in json.loads(runner.invoke(cli, [*args, "--json"], catch_exceptions=False).stdout)
+
+
+def test_recurrent_state_is_explained(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_inference import TINY_RECURRENT
+
+    (tmp_path / "config.json").write_text(json.dumps(TINY_RECURRENT["jamba"]))
+    report = estimate(str(tmp_path), training=False, inference=InferenceSetup(context=100, batch_size=3))
+    assert report.inference is not None
+    records = check_all(report)
+    state = _values([r for r in records if r["section"] == "inference"], "Recurrent state")
+    # 2 Mamba layers × (d_inner 128 × conv 4 × 2 B + 128 × state 8 × 4 B) = 10,240 B per sequence (test_inference).
+    assert state["per GPU"] == report.inference.recurrent_state_bytes == 3 * 10_240
+
+
+def test_unmeasured_activations_are_explained_as_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_architectures import TINY_UNTRACEABLE
+
+    (tmp_path / "config.json").write_text(json.dumps(TINY_UNTRACEABLE["dbrx"]))
+    gpu = GpuTarget("H100", 80 * 2**30)
+    report = estimate(str(tmp_path), setup=TrainingSetup(zero_stages=(0,), gpu=gpu))
+    records = explanation_records(report)
+    assert check_formulas(records) > 0
+    activations = next(r for r in records if r["component"] == "Activations")
+    assert activations["text"].startswith("Not measured: could not trace the activations")
+    assert not any(r["component"] == "Headroom" for r in records)  # unknown, not usable − states

@@ -16,7 +16,7 @@ from hfmem.catalogue import find
 from hfmem.errors import InvalidSetupError
 from hfmem.memory.inference import kv_layer_bytes
 from hfmem.memory.quantization import bnb_4bit_bytes, scheme_for_dtype, scheme_from_quantization_config, tensor_bytes
-from hfmem.types import GpuTarget, InferenceSetup, KvLayer, ParameterInfo
+from hfmem.types import GpuTarget, InferenceSetup, KvLayer, ParameterInfo, TrainingSetup
 
 BF16 = 2
 
@@ -302,3 +302,208 @@ def test_prediction_equals_real_generate_cache(name: str, tmp_path: Path) -> Non
     ).inference
     assert inference is not None
     assert cache_storage_bytes(cache) == inference.kv_cache_bytes
+
+
+# --- recurrent state: Mamba and Jamba keep a fixed state per sequence, not keys and values ------------------------
+
+TINY_RECURRENT = {
+    "mamba": {
+        "model_type": "mamba",
+        "architectures": ["MambaForCausalLM"],
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "vocab_size": 128,
+        "state_size": 8,
+        "expand": 2,
+        "conv_kernel": 4,
+        "torch_dtype": "bfloat16",
+    },
+    "jamba": {  # layers 1 and 3 attention (i % period == offset), 0 and 2 Mamba
+        "model_type": "jamba",
+        "architectures": ["JambaForCausalLM"],
+        "hidden_size": 64,
+        "num_hidden_layers": 4,
+        "vocab_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+        "mamba_d_state": 8,
+        "mamba_expand": 2,
+        "mamba_d_conv": 4,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "attn_layer_period": 2,
+        "attn_layer_offset": 1,
+        "expert_layer_period": 2,
+        "expert_layer_offset": 1,
+        "use_mamba_kernels": False,
+        "torch_dtype": "bfloat16",
+    },
+}
+
+
+def recurrent_state_by_hand(config: dict) -> tuple[int, int]:
+    """``(Mamba layers, state bytes per sequence)`` from the config.
+
+    transformers models/mamba/modeling_mamba.py (Jamba's modeling_jamba.py copies it): ``MambaMixer.forward`` caches
+    ``hidden_states_B_C``, the in_proj output in the model's dtype, as the conv state (``cache.update_conv_state``),
+    which cache_utils.py ``LinearAttentionLayer.lazy_initialization`` allocates as ``(batch, d_inner,
+    conv_kernel)``; ``mamba_selective_scan`` returns the last SSM state, ``(batch, d_inner, state_size)``, in fp32
+    (``deltaB_u = discrete_B * hidden_states[...].float()``), kept by ``zeros_like``. d_inner = expand × hidden_size.
+    """
+    if config["model_type"] == "mamba":
+        layers, d_inner = config["num_hidden_layers"], config["expand"] * config["hidden_size"]
+        conv, state = config["conv_kernel"], config["state_size"]
+    else:
+        period, offset = config["attn_layer_period"], config["attn_layer_offset"]
+        layers = sum(i % period != offset for i in range(config["num_hidden_layers"]))
+        d_inner = config["mamba_expand"] * config["hidden_size"]
+        conv, state = config["mamba_d_conv"], config["mamba_d_state"]
+    return layers, layers * (d_inner * conv * BF16 + d_inner * state * 4)
+
+
+@pytest.mark.parametrize("name", list(TINY_RECURRENT))
+def test_recurrent_state_matches_hand_count(name: str, tmp_path: Path) -> None:
+    config = TINY_RECURRENT[name]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    layers, per_sequence = recurrent_state_by_hand(config)
+    assert per_sequence == 10_240  # 2 layers × (128 × 4 × 2 + 128 × 8 × 4)
+    inference = estimate(str(tmp_path), training=False, inference=InferenceSetup(context=100, batch_size=3)).inference
+    assert inference is not None and inference.profile is not None
+    assert len(inference.profile.state_layers) == layers
+    assert sum(size for _, size in inference.profile.state_layers) == per_sequence
+    assert inference.recurrent_state_bytes == 3 * per_sequence
+    if name == "mamba":  # no attention: no KV cache, and no note about attention
+        assert inference.kv_layers == () and inference.kv_cache_bytes == 0
+        assert not any("attention" in note for note in inference.notes)
+    else:  # 2 attention layers × K and V × 2 KV heads × head_dim 64 / 4 = 16 × bf16, for 100 tokens × 3
+        assert inference.kv_cache_bytes_per_token == 2 * 2 * 2 * 16 * BF16
+        assert inference.kv_cache_bytes == 2 * 2 * 2 * 16 * BF16 * 100 * 3
+    assert inference.total_bytes == (
+        inference.weights_bytes
+        + inference.kv_cache_bytes
+        + inference.recurrent_state_bytes
+        + inference.activations_bytes
+        + inference.overhead_bytes
+    )
+
+
+def test_recurrent_state_equals_real_generate_cache(tmp_path: Path) -> None:
+    """A small random Mamba's generate() on CPU: its cache's bytes (conv and SSM states) are hfmem's state."""
+    import torch
+    import transformers
+
+    config_dict = TINY_RECURRENT["mamba"]
+    (tmp_path / "config.json").write_text(json.dumps(config_dict))
+    config = transformers.AutoConfig.from_pretrained(tmp_path)
+    torch.manual_seed(0)
+    model = transformers.MambaForCausalLM(config).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 128, (2, 12))
+    out = model.generate(
+        ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, return_dict_in_generate=True, pad_token_id=0
+    )
+    cache = getattr(out, "cache", None) or out.past_key_values
+    held = 0
+    for layer in cache.layers:
+        for states in (layer.conv_states, layer.recurrent_states):
+            held += sum(t.untyped_storage().nbytes() for t in states.values() if t is not None)
+    inference = estimate(str(tmp_path), training=False, inference=InferenceSetup(context=15, batch_size=2)).inference
+    assert inference is not None
+    assert held == inference.kv_cache_bytes + inference.recurrent_state_bytes == 2 * 10_240
+
+
+def test_a_model_without_attention_says_so(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hfmem.cli import cli
+
+    (tmp_path / "config.json").write_text(json.dumps(TINY_RECURRENT["mamba"]))
+    result = CliRunner().invoke(cli, [str(tmp_path), "--inference-only", "--batch-size", "2"], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert "KV cache: none (no attention layer caches keys and values)." in result.stdout
+    assert "Recurrent state: 10,240 bytes per sequence (2 layers)" in result.stdout
+    assert "attention itself" not in result.stdout and "bytes per token per sequence; ." not in result.stdout
+    doc = json.loads(CliRunner().invoke(cli, [str(tmp_path), "--inference-only", "--batch-size", "2", "--json"]).stdout)
+    assert doc["inference"]["per_gpu_bytes"]["recurrent_state"] == 2 * 10_240
+    assert doc["inference"]["recurrent_state"] == {"layers": 2, "bytes_per_sequence": 10_240}
+    assert doc["inference"]["kv_cache_layers"] == []
+
+
+# --- the context length comes from the config transformers builds ---------------------------------------------------
+
+#: Gemma-3 as its Hub config.json states it: the text config names no max_position_embeddings (sizes shrunk).
+TINY_GEMMA3 = {
+    "model_type": "gemma3",
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "text_config": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 400,
+        "sliding_window": 8,
+    },
+    "vision_config": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 56,
+        "patch_size": 14,
+    },
+    "mm_tokens_per_image": 4,
+    "image_token_index": 300,
+    "boi_token_index": 301,
+    "eoi_token_index": 302,
+    "torch_dtype": "bfloat16",
+}
+
+
+def test_context_length_comes_from_the_built_config(tmp_path: Path) -> None:
+    """transformers models/gemma3/configuration_gemma3.py: ``Gemma3TextConfig.max_position_embeddings = 131_072``."""
+    from hfmem.memory.activations import context_length
+
+    assert context_length(TINY_GEMMA3) is None  # config.json alone states none
+    (tmp_path / "config.json").write_text(json.dumps(TINY_GEMMA3))
+    report = estimate(str(tmp_path), inference=InferenceSetup(), setup=TrainingSetup(zero_stages=(0,)))
+    assert report.inventory.context_tokens == 131_072
+    assert report.inference is not None and report.training is not None
+    assert (report.inference.context, report.inference.context_source) == (
+        131_072,
+        "the model's context length 131,072",
+    )
+    assert (report.training.seq_len, report.training.seq_len_source) == (
+        4096,
+        "the model's context 131,072 capped at 4096",
+    )
+
+
+def test_jamba_v0_1_holds_28_mamba_states(tmp_path: Path) -> None:
+    """transformers' default JambaConfig is Jamba-v0.1's shape (models/jamba/configuration_jamba.py): 32 layers, an
+    attention layer every 8 from layer 4, so 28 Mamba layers of d_inner = 2 × 4,096, conv kernel 4, SSM state 16."""
+    from transformers import JambaConfig
+
+    config = json.loads(JambaConfig(use_mamba_kernels=False).to_json_string(use_diff=False))
+    config["architectures"], config["torch_dtype"] = ["JambaForCausalLM"], "bfloat16"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    layers, per_sequence = recurrent_state_by_hand(config)
+    assert (layers, per_sequence) == (28, 28 * (8192 * 4 * 2 + 8192 * 16 * 4)) == (28, 16_515_072)
+    inference = estimate(
+        str(tmp_path), training=False, inference=InferenceSetup(context=16, prefill_chunk=8, batch_size=2)
+    ).inference
+    assert inference is not None and inference.profile is not None
+    assert len(inference.profile.state_layers) == 28
+    assert inference.recurrent_state_bytes == 2 * 16_515_072
+    # 4 attention layers × K and V × 8 KV heads × 128 head dim × bf16 per token.
+    assert inference.kv_cache_bytes_per_token == 4 * 2 * 8 * 128 * BF16
+
+
+def test_training_a_model_without_attention_has_no_attention_note(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(TINY_RECURRENT["mamba"]))
+    report = estimate(str(tmp_path), setup=TrainingSetup(zero_stages=(0,), seq_len=16))
+    assert report.inventory.attention_modules == 0
+    assert report.training is not None and not any("attention" in note for note in report.training.notes)
+    (tmp_path / "config.json").write_text(json.dumps(TINY_RECURRENT["jamba"]))
+    assert estimate(str(tmp_path), setup=TrainingSetup(zero_stages=(0,), seq_len=16)).inventory.attention_modules

@@ -1,12 +1,17 @@
 """Meta-device parameter counts against published exact integers, and the odd configs.
 
 Each catalogue entry's expected.json names the source of its count (keras-hub presets, the Hub's safetensors
-total, GGUF metadata); tests parametrize over the folder, so adding a model is adding a folder.
+total, GGUF metadata) and, for entries added since the field exists, the public copy its config.json comes from
+(``config_source``: repository, path, commit) and the published integer itself (``published_params``). Tests
+parametrize over the folder, so adding a model is adding a folder: a fast test checks each entry's provenance fields,
+a slower one builds every model on the meta device and compares its count with the published figure.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -25,9 +30,48 @@ def inventory_of(path: Path, **kwargs: bool):  # type: ignore[no-untyped-def]
     return count_parameters(resolve_model(str(path)), **kwargs)
 
 
-def test_catalogue_has_at_least_30_models() -> None:
-    assert len(entries()) >= 30
-    assert len({e.model_id.lower() for e in entries()}) == len(entries())
+#: Entries bundled before expected.json recorded where config.json was copied from (``config_source``) and the
+#: published integer (``published_params``); their notes say so where it is known. This number may only shrink.
+ENTRIES_WITHOUT_PROVENANCE_FIELDS = 37
+
+
+def test_catalogue_has_at_least_100_models() -> None:
+    ids = [e.model_id.lower() for e in entries()]
+    aliases = [alias.lower() for e in entries() for alias in e.aliases]
+    assert len(ids) >= 100
+    assert len(set(ids)) == len(ids)
+    # An id resolves to one entry: no alias repeats another alias or names an entry of its own.
+    assert len(set(aliases)) == len(aliases)
+    assert not set(aliases) & set(ids)
+    legacy = [d.name for d in CATALOGUE_DIRS if "config_source" not in json.loads((d / "expected.json").read_text())]
+    assert len(legacy) <= ENTRIES_WITHOUT_PROVENANCE_FIELDS
+
+
+@pytest.mark.parametrize("folder", CATALOGUE_DIRS, ids=lambda p: p.name)
+def test_catalogue_entry_provenance(folder: Path) -> None:
+    expected = json.loads((folder / "expected.json").read_text(encoding="utf-8"))
+    config_bytes = (folder / "config.json").read_bytes()
+    config = json.loads(config_bytes)
+    assert isinstance(config, dict) and config.get("model_type")
+    assert folder.name == expected["model_id"].replace("/", "__")
+    assert expected["architecture"] == config["architectures"][0]
+    assert expected["source_of_truth"], "every count needs its source"
+    total = expected["total_params"]
+    assert 0 < expected.get("trainable_params", total) <= total
+    if "published_params" in expected:
+        published = expected["published_params"]
+        # The integer is quoted where it is cited, and any gap between it and the built model is explained.
+        assert f"{published:,}" in expected["source_of_truth"] or str(published) in expected["source_of_truth"]
+        if published != total:
+            assert f"differs from the built count by {total - published:+,} (built - stated):" in expected["notes"]
+    assert ("config_source" in expected) == ("published_params" in expected)
+    if "config_source" not in expected:
+        return  # one of the ENTRIES_WITHOUT_PROVENANCE_FIELDS
+    source = expected["config_source"]
+    assert re.fullmatch(r"[\w.-]+/[\w.-]+", source["repo"]) and source["path"]
+    assert re.fullmatch(r"[0-9a-f]{40}", source["commit"])
+    if "sha256" in source:  # the copy's own checksum of the Hub file: these bytes are the Hub's bytes
+        assert hashlib.sha256(config_bytes).hexdigest() == source["sha256"]
 
 
 @pytest.mark.parametrize("folder", CATALOGUE_DIRS, ids=lambda p: p.name)

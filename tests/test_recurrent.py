@@ -73,9 +73,9 @@ def traced_lengths(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         lengths.append(args[6])  # type: ignore[arg-type]
         return trace_at(*args)  # type: ignore[arg-type]
 
-    def prefill(torch_model: object, config: object, batch: int, tokens: int) -> tuple[int, int]:
+    def prefill(torch_model: object, config: object, batch: int, tokens: int, extra: object) -> tuple[int, int]:
         lengths.append(tokens)
-        return prefill_at(torch_model, config, batch, tokens)  # type: ignore[arg-type]
+        return prefill_at(torch_model, config, batch, tokens, extra)  # type: ignore[arg-type]
 
     monkeypatch.setattr(inventory, "_trace_at", trace)
     monkeypatch.setattr(inventory, "_prefill_peak_at", prefill)

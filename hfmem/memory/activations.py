@@ -37,8 +37,15 @@ def activation_dtype(precision: Precision) -> str:
     )
 
 
-def context_length(config: Mapping[str, Any]) -> int | None:
-    """The model's context length from its config.json, or None (e.g. T5's relative positions)."""
+def context_length(config: Mapping[str, Any], built: int | None = None) -> int | None:
+    """The model's context length, or None (e.g. T5's relative positions).
+
+    ``built`` is the context length of the config transformers built (`ParameterInventory.context_tokens`) and wins
+    when known: it reads a composite model's text config and fills in the config class's defaults (Gemma-3's
+    config.json states none; ``Gemma3TextConfig`` defaults to 131,072). Without it, config.json's keys are read.
+    """
+    if built is not None:
+        return built
     for source in (config, config.get("text_config") or {}):
         for key in CONTEXT_KEYS:
             value = source.get(key) if isinstance(source, Mapping) else None
@@ -47,9 +54,9 @@ def context_length(config: Mapping[str, Any]) -> int | None:
     return None
 
 
-def default_seq_len(config: Mapping[str, Any]) -> tuple[int, str]:
+def default_seq_len(config: Mapping[str, Any], built: int | None = None) -> tuple[int, str]:
     """``(seq_len, why)``: the context length capped at 4096, and a phrase saying where it came from."""
-    context = context_length(config)
+    context = context_length(config, built)
     if context is None:
         return DEFAULT_SEQ_LEN_CAP, f"default {DEFAULT_SEQ_LEN_CAP}: the config states no context length"
     if context > DEFAULT_SEQ_LEN_CAP:

@@ -11,16 +11,23 @@ Counts are elements ("values", as the Hub's ``safetensors.parameters`` counts th
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from hfmem.memory.quantization import QuantScheme, weights_breakdown
-from hfmem.types import ParameterInfo, ParameterInventory
-from hfmem.units import format_gib
+from hfmem.types import (
+    DIFFERENCE_REASONS as REASONS,
+)
+from hfmem.types import (
+    SAFETENSORS_DTYPE_BITS,
+    CheckpointComparison,
+    CheckpointSummary,
+    DifferenceGroup,
+    ParameterInfo,
+    ParameterInventory,
+    StoredTensor,
+)
 
 __all__ = [
     "SAFETENSORS_DTYPE_BITS",
@@ -30,39 +37,8 @@ __all__ = [
     "CheckpointComparison",
     "summary_from_headers",
     "compare_checkpoint",
-    "comparison_to_dict",
-    "render_comparison",
 ]
 
-#: Bits per element of the safetensors dtypes: the names of safetensors ``Dtype`` (Rust ``safetensors/src/tensor.rs``;
-#: Python ``safetensors/torch.py`` ``_TYPES``/``_SIZE``), as `huggingface_hub.utils._safetensors.TensorInfo.dtype`
-#: reports them. F4/F6 are the sub-byte microscaling element types.
-SAFETENSORS_DTYPE_BITS: Mapping[str, int] = MappingProxyType(
-    {
-        "F64": 64,
-        "F32": 32,
-        "F16": 16,
-        "BF16": 16,
-        "I64": 64,
-        "I32": 32,
-        "I16": 16,
-        "I8": 8,
-        "U64": 64,
-        "U32": 32,
-        "U16": 16,
-        "U8": 8,
-        "BOOL": 8,
-        "C64": 64,
-        "F8_E4M3": 8,
-        "F8_E4M3FNUZ": 8,
-        "F8_E5M2": 8,
-        "F8_E5M2FNUZ": 8,
-        "F8_E8M0": 8,
-        "F6_E2M3": 6,
-        "F6_E3M2": 6,
-        "F4": 4,
-    }
-)
 #: Integer dtypes that quantizers pack several low-bit values into (bitsandbytes 4-bit: uint8 two per byte; GPTQ/AWQ
 #: ``qweight``: int32 eight 4-bit values; MXFP4 ``*_blocks``: uint8 two per byte).
 _PACKED_DTYPES = frozenset({"U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64"})
@@ -117,125 +93,6 @@ _BUFFER = re.compile(
 )
 #: A decoder-layer index in a tensor name (``model.layers.61.``, GPT-2 ``h.11.``, BERT ``layer.3.``, T5 ``block.0.``).
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
-
-#: Group keys, in report order, with what each says.
-REASONS: Mapping[str, str] = MappingProxyType(
-    {
-        "extra_modules": "modules transformers does not build",
-        "quantization_metadata": "quantization metadata (scales, zeros, absmax)",
-        "packed_quantized_values": "packed quantized values (several per stored element)",
-        "persistent_buffers": "buffers stored in the checkpoint (not parameters)",
-        "tied_duplicates": "tied weights stored twice",
-        "built_not_stored": "parameters built but not stored",
-    }
-)
-
-
-@dataclass(frozen=True)
-class StoredTensor:
-    """One tensor of a safetensors header: its name, safetensors dtype (``BF16``, ``F8_E4M3``…) and shape."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)  # a scalar (shape ()) holds one element, as huggingface_hub counts it
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the data, from the dtype's width (sub-byte dtypes rounded up to whole bytes)."""
-        return -(-self.numel * SAFETENSORS_DTYPE_BITS.get(self.dtype, 8) // 8)
-
-
-@dataclass(frozen=True)
-class CheckpointSummary:
-    """Every tensor a checkpoint stores, with per-dtype totals computed once.
-
-    Attributes:
-        source: where the headers came from (``hub:org/name@sha``, a local folder).
-        tensors: the stored tensors, in header order.
-        params_by_dtype: elements per safetensors dtype (what the Hub's ``safetensors.parameters`` shows).
-        bytes_by_dtype: data bytes per dtype.
-    """
-
-    source: str
-    tensors: tuple[StoredTensor, ...]
-    params_by_dtype: Mapping[str, int] = field(init=False, repr=False, compare=False)
-    bytes_by_dtype: Mapping[str, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        params: dict[str, int] = {}
-        nbytes: dict[str, int] = {}
-        for tensor in self.tensors:
-            params[tensor.dtype] = params.get(tensor.dtype, 0) + tensor.numel
-            nbytes[tensor.dtype] = nbytes.get(tensor.dtype, 0) + tensor.nbytes
-        object.__setattr__(self, "params_by_dtype", MappingProxyType(dict(sorted(params.items()))))
-        object.__setattr__(self, "bytes_by_dtype", MappingProxyType(dict(sorted(nbytes.items()))))
-
-    @property
-    def total_params(self) -> int:
-        return sum(self.params_by_dtype.values())
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.bytes_by_dtype.values())
-
-    @property
-    def tensor_count(self) -> int:
-        return len(self.tensors)
-
-
-@dataclass(frozen=True)
-class DifferenceGroup:
-    """One named part of stored − built: ``params`` > 0 when the checkpoint holds more, < 0 when less.
-
-    ``tensors`` counts stored tensors (built parameters for ``built_not_stored``); ``examples`` names a few.
-    """
-
-    reason: str
-    tensors: int
-    params: int
-    bytes: int = 0
-    examples: tuple[str, ...] = ()
-
-    @property
-    def description(self) -> str:
-        return REASONS.get(self.reason, self.reason)
-
-
-@dataclass(frozen=True)
-class CheckpointComparison:
-    """A checkpoint beside the built model: ``difference_params = Σ explained params + unexplained_params``.
-
-    Attributes:
-        summary: the stored tensors.
-        built_params: the built model's unique parameters (`ParameterInventory.total_params`).
-        explained: the named groups, in `REASONS` order, empty ones left out.
-        unexplained_params: stored − built that no rule explains (stored tensors nothing matches, and matched
-            tensors whose element count differs without a packed dtype); ``unexplained_examples`` names them.
-        num_hidden_layers: the layer count that tells built layers from extra ones (None: not checked).
-        scheme_metadata_bytes: what hfmem's quantization formula (`weights_breakdown`) predicts for the built
-            model's quantization metadata under ``scheme``, beside ``quantization_metadata`` bytes actually stored.
-    """
-
-    summary: CheckpointSummary
-    built_params: int
-    explained: tuple[DifferenceGroup, ...]
-    unexplained_params: int
-    unexplained_tensors: int = 0
-    unexplained_examples: tuple[str, ...] = ()
-    num_hidden_layers: int | None = None
-    scheme_name: str | None = None
-    scheme_metadata_bytes: int | None = None
-
-    @property
-    def difference_params(self) -> int:
-        return self.summary.total_params - self.built_params
-
-    def group(self, reason: str) -> DifferenceGroup | None:
-        return next((g for g in self.explained if g.reason == reason), None)
 
 
 def summary_from_headers(source: str, headers: Iterable[tuple[str, Mapping[str, Any]]]) -> CheckpointSummary:
@@ -341,7 +198,16 @@ def compare_checkpoint(
         The comparison; ``difference_params == sum(g.params for g in explained) + unexplained_params``.
 
     Example:
-        >>> from hfmem.types import ParameterInfo, ParameterInventory
+        >>> from hfmem.types import (
+    DIFFERENCE_REASONS as REASONS,
+    SAFETENSORS_DTYPE_BITS,
+    CheckpointComparison,
+    CheckpointSummary,
+    DifferenceGroup,
+    ParameterInfo,
+    ParameterInventory,
+    StoredTensor,
+)
         >>> inv = ParameterInventory.from_parameters([ParameterInfo("model.w", (4, 4), "bfloat16")],
         ...     buffer_params=0, largest_module=("model", 16), module_params=[], architecture=None, model_type=None)
         >>> s = summary_from_headers("x", [("w", {"dtype": "BF16", "shape": [4, 4]}),
@@ -453,69 +319,3 @@ def _examples(tensors: list[StoredTensor], reason: str, num_hidden_layers: int |
         key = re.sub(r"\.\d+\.", ".N.", tensor.name)
         names.setdefault(key, None)
     return tuple(names)[:3]
-
-
-def comparison_to_dict(comparison: CheckpointComparison) -> dict[str, Any]:
-    """The comparison as JSON-ready data: integers, stable keys."""
-    summary = comparison.summary
-    return {
-        "source": summary.source,
-        "tensors": summary.tensor_count,
-        "params_by_dtype": dict(summary.params_by_dtype),
-        "bytes_by_dtype": dict(summary.bytes_by_dtype),
-        "total_params": summary.total_params,
-        "total_bytes": summary.total_bytes,
-        "built_params": comparison.built_params,
-        "difference_params": comparison.difference_params,
-        "explained": [
-            {
-                "reason": g.reason,
-                "description": g.description,
-                "tensors": g.tensors,
-                "params": g.params,
-                "bytes": g.bytes,
-                "examples": list(g.examples),
-            }
-            for g in comparison.explained
-        ],
-        "unexplained_params": comparison.unexplained_params,
-        "unexplained_examples": list(comparison.unexplained_examples),
-        "scheme": comparison.scheme_name,
-        "scheme_metadata_bytes": comparison.scheme_metadata_bytes,
-    }
-
-
-def render_comparison(comparison: CheckpointComparison) -> list[str]:
-    """Short lines for the table output (no label column; GiB = 2^30 bytes, labelled)."""
-    summary = comparison.summary
-    lines = [
-        f"{summary.tensor_count:,} tensors, {summary.total_params:,} values, {format_gib(summary.total_bytes)} "
-        f"({summary.source})",
-        " · ".join(
-            f"{dtype} {summary.params_by_dtype[dtype]:,} ({format_gib(summary.bytes_by_dtype[dtype])})"
-            for dtype in summary.params_by_dtype
-        ),
-        f"stored − built = {summary.total_params:,} − {comparison.built_params:,} = {comparison.difference_params:+,}",
-    ]
-    for group in comparison.explained:
-        what = group.description
-        if group.reason == "extra_modules" and comparison.num_hidden_layers is not None:
-            what += f" (layer index ≥ num_hidden_layers {comparison.num_hidden_layers})"
-        shown = group.examples
-        if group.reason in ("quantization_metadata", "persistent_buffers"):  # the kinds: weight_scale_inv, inv_freq…
-            shown = tuple(dict.fromkeys(name.rsplit(".", 1)[-1] for name in group.examples))
-        examples = f": {', '.join(shown[:2])}" if shown else ""
-        lines.append(f"  {group.params:+,} {what}, {group.tensors:,} tensors{examples}")
-    if comparison.scheme_metadata_bytes is not None:
-        stored_meta = comparison.group("quantization_metadata")
-        lines.append(
-            f"  quantization metadata: stored {format_gib(stored_meta.bytes if stored_meta else 0)}, "
-            f"hfmem's {comparison.scheme_name} formula {format_gib(comparison.scheme_metadata_bytes)}"
-        )
-    if comparison.unexplained_params or comparison.unexplained_tensors:
-        names = f": {', '.join(comparison.unexplained_examples)}" if comparison.unexplained_examples else ""
-        count = comparison.unexplained_tensors
-        lines.append(f"  {comparison.unexplained_params:+,} unexplained, {count:,} tensors{names}")
-    else:
-        lines.append("  fully explained (unexplained 0)")
-    return lines

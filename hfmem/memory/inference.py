@@ -1,4 +1,5 @@
-"""Per-GPU serving memory: weights + KV cache + one prefill chunk's activations + overheads; pure functions.
+"""Per-GPU serving memory: weights + KV cache + recurrent state + one prefill chunk's activations + overheads; pure
+functions.
 
 The KV cache layout and the prefill working set come from the model's own code, measured on the meta device
 (`hfmem.inventory.profile_inference`); the weights from the inventory and a `QuantScheme`
@@ -11,6 +12,9 @@ What is modelled (README: "Inference"):
   a sliding layer at most its window (it keeps ``window − 1`` between steps and appends one, so ``window`` during
   a step), cross-attention keeps the encoder's tokens, a Mamba / linear-attention layer a fixed state. Elements are
   those the cache really stores (MLA: the compressed latent, ``kv_lora_rank + qk_rope_head_dim`` per token).
+* **Recurrent state**: what a Mamba / linear-attention layer caches instead of keys and values, a fixed-size state
+  per sequence (Mamba: a ``d_inner × conv_kernel`` convolution state and a ``d_inner × state_size`` SSM state),
+  measured from the same cache; it does not grow with the context, so it is its own component, not KV cache.
 * **Tensor parallelism** (``tp``): linear weights and embeddings split ``tp`` ways, 1-D tensors (norms, biases)
   replicated; KV heads split ``tp`` ways, and a head count below ``tp`` is replicated so every rank holds at least
   one head (vLLM's rule; MLA's single latent head is therefore held whole on every rank).
@@ -53,6 +57,7 @@ __all__ = [
     "kv_layer_bytes",
     "kv_cache_bytes",
     "kv_cache_bytes_per_token",
+    "recurrent_state_bytes",
     "weights_per_gpu_bytes",
     "plan_inference",
 ]
@@ -129,9 +134,9 @@ def compute_dtype(scheme: QuantScheme, inventory: ParameterInventory) -> str:
     return "float16" if scheme.name == "fp16" else "bfloat16"
 
 
-def default_context(config: Mapping[str, Any]) -> tuple[int, str]:
-    """``(context, why)``: the model's context length, or 2048 when the config states none."""
-    context = context_length(config)
+def default_context(config: Mapping[str, Any], built: int | None = None) -> tuple[int, str]:
+    """``(context, why)``: the model's context length (see `context_length`), or 2048 when the config states none."""
+    context = context_length(config, built)
     if context is None:
         return FALLBACK_CONTEXT, f"default {FALLBACK_CONTEXT}: the config states no context length"
     return context, f"the model's context length {context:,}"
@@ -188,6 +193,18 @@ def kv_cache_bytes_per_token(layers: tuple[KvLayer, ...], *, kv_dtype: str | Non
     return total
 
 
+def recurrent_state_bytes(state_layers: tuple[tuple[str, int], ...], *, batch_size: int) -> int:
+    """Bytes of the recurrent states of ``batch_size`` sequences: each layer's state bytes per sequence, summed.
+
+    Independent of the context. Held whole on each GPU (tensor parallelism is not assumed to split it).
+
+    Example (Mamba-130m: 24 layers of d_inner 1,536, a bf16 conv state of 4 and an fp32 SSM state of 16 per channel):
+        >>> recurrent_state_bytes(tuple((str(i), 1536 * 4 * 2 + 1536 * 16 * 4) for i in range(24)), batch_size=2)
+        5308416
+    """
+    return sum(size for _, size in state_layers) * batch_size
+
+
 def weights_per_gpu_bytes(inventory: ParameterInventory, scheme: QuantScheme, tp: int) -> int:
     """Weights held by each of ``tp`` tensor-parallel GPUs: ≥2-D tensors split (their metadata with them), 1-D
     tensors (norms, biases) replicated. Without shapes (``--params``) the whole is split."""
@@ -233,8 +250,8 @@ def plan_inference(
     if setup.context is not None:
         context, context_source = setup.context, "--context"
     else:
-        context, context_source = default_context(config)
-    model_context = context_length(config)
+        context, context_source = default_context(config, inventory.context_tokens)
+    model_context = context_length(config, inventory.context_tokens)
     if model_context is not None and context > model_context:
         notes.append(f"--context {context:,} is beyond the model's context length {model_context:,}")
     breakdown: WeightsBreakdown = weights_breakdown(inventory, scheme)
@@ -258,7 +275,8 @@ def plan_inference(
         if dequant:
             items.append(("bitsandbytes 4-bit dequantized weight (largest linear, 16-bit)", dequant))
         # Weights are allocated once at load; the slack grows with what is allocated and freed while serving.
-        allocated = kv + activations + sum(size for _, size in items[1:])
+        state = recurrent_state_bytes(profile.state_layers, batch_size=batch)
+        allocated = kv + state + activations + sum(size for _, size in items[1:])
         items.append(
             (
                 f"allocator fragmentation ({setup.overheads.fragmentation:.0%})",
@@ -269,7 +287,8 @@ def plan_inference(
 
     kv, activations, items = memory(context, setup.batch_size)
     overhead = sum(size for _, size in items)
-    total = weights + kv + activations + overhead
+    state = recurrent_state_bytes(profile.state_layers, batch_size=setup.batch_size)
+    total = weights + kv + state + activations + overhead
     fits = headroom = max_context = max_batch = None
     if setup.gpu is not None:
         usable = setup.gpu.usable_bytes
@@ -278,19 +297,24 @@ def plan_inference(
 
         def total_at(ctx: int, batch: int) -> int:
             k, a, its = memory(ctx, batch)
-            return weights + k + a + sum(size for _, size in its)
+            return (
+                weights
+                + k
+                + recurrent_state_bytes(profile.state_layers, batch_size=batch)
+                + a
+                + sum(size for _, size in its)
+            )
 
         limit = model_context or max(context, FALLBACK_CONTEXT)
         max_context = _largest(lambda c: total_at(c, setup.batch_size) <= usable, limit)
         max_batch = _largest(lambda b: total_at(context, b) <= usable, MAX_BATCH_SEARCHED)
-    if not layers:
-        notes.append(
-            "the model's cache held no tensor hfmem could read (e.g. Mamba's state cache), so the KV cache shows 0; "
-            "its recurrent state is not counted"
-        )
+    if not layers and not profile.state_layers:
+        notes.append("the model's cache held no tensor hfmem could read, so the KV cache shows 0; report it")
     if setup.tp > 1:
         notes.append("activations are those of one unsplit GPU (tensor parallelism would split part of them)")
-    if profile.attention_calls == 0:
+        if profile.state_layers:
+            notes.append("the recurrent state is counted whole on every GPU (tensor parallelism may split it)")
+    if profile.attention_calls == 0 and layers:
         notes.append("this model computes attention itself; its prefill working set is measured as it runs")
     if setup.prefill_chunk is None:
         notes.append(
@@ -319,6 +343,7 @@ def plan_inference(
         max_batch_size=max_batch,
         notes=tuple(notes),
         profile=profile,
+        recurrent_state_bytes=state,
     )
 
 

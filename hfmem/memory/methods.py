@@ -15,7 +15,6 @@ import fnmatch
 import re
 from collections.abc import Sequence
 
-from hfmem.errors import InvalidSetupError
 from hfmem.memory.quantization import bnb_4bit_bytes, is_quantized, scheme_for_dtype
 from hfmem.types import FinetuneSettings, ParameterInfo, ParameterInventory
 
@@ -26,8 +25,6 @@ __all__ = [
     "is_qlora_quantized",
     "frozen_weight_bytes",
     "qlora_dequant_transient_bytes",
-    "check_finetune",
-    "describe_finetune",
 ]
 
 #: peft keeps adapters in fp32 on a 16-bit base: ``get_peft_model(..., autocast_adapter_dtype=True)`` (the default)
@@ -87,52 +84,3 @@ def frozen_weight_bytes(param: ParameterInfo, finetune: FinetuneSettings, weight
 def qlora_dequant_transient_bytes(inventory: ParameterInventory) -> int:
     """The 16-bit dequantized copy of the largest 4-bit weight, live during its matmul (forward and backward)."""
     return QLORA_COMPUTE_BYTES * max((p.numel for p in inventory.parameters if is_qlora_quantized(p)), default=0)
-
-
-def check_finetune(finetune: FinetuneSettings, *, has_model: bool) -> None:
-    """Refuse settings that cannot be planned, naming the fix.
-
-    Raises:
-        InvalidSetupError: adapters or frozen modules without a model to build, a bad rank, options of another method.
-    """
-    method = finetune.method
-    if method != "full" and not has_model:
-        raise InvalidSetupError(
-            f"--method {method} needs the model's modules (peft builds the adapters on them); "
-            "pass a model id or config instead of --params"
-        )
-    if finetune.lora_rank < 1:
-        raise InvalidSetupError(f"--lora-rank must be at least 1, got {finetune.lora_rank}")
-    lora_only = finetune.lora_targets is not None or finetune.modules_to_save or finetune.dora
-    if lora_only and not finetune.uses_peft:
-        raise InvalidSetupError(
-            "--lora-targets, --modules-to-save and --dora configure LoRA adapters; add --method lora or qlora"
-        )
-    if finetune.double_quant and method != "qlora":
-        raise InvalidSetupError("--double-quant quantizes QLoRA's 4-bit base; add --method qlora")
-    if finetune.train_modules and method != "freeze":
-        raise InvalidSetupError("--train-modules chooses what --method freeze trains; add --method freeze")
-    if method == "freeze" and not finetune.train_modules:
-        raise InvalidSetupError("--method freeze needs --train-modules PATTERN (e.g. lm_head, 'model.layers.3?.*')")
-
-
-def describe_finetune(finetune: FinetuneSettings) -> str:
-    """One line for the report: the method and its settings."""
-    if finetune.method == "full":
-        return "full fine-tuning: every parameter trained"
-    if finetune.method == "freeze":
-        return f"frozen base, trained: {', '.join(finetune.train_modules)}"
-    targets = (
-        "peft's default for the architecture" if finetune.lora_targets is None else ",".join(finetune.lora_targets)
-    )
-    text = f"{'DoRA' if finetune.dora else 'LoRA'} rank {finetune.lora_rank} on {targets}"
-    if finetune.modules_to_save:
-        text += f", modules_to_save {','.join(finetune.modules_to_save)}"
-    text += "; adapters fp32 (peft autocast_adapter_dtype)"
-    if finetune.method == "qlora":
-        text += "; base linears NF4 (bitsandbytes, blocks of 64"
-        text += ", double quant)" if finetune.double_quant else ")"
-        text += ", other frozen tensors 16-bit"
-    else:
-        text += "; frozen base in the working precision"
-    return text

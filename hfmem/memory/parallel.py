@@ -23,16 +23,12 @@ Megatron-LM's layout (Shoeybi et al. 2019; Narayanan et al. 2021; Korthikanti et
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
-from hfmem.errors import InvalidSetupError
 from hfmem.types import ActivationProfile, LayerProfile, ParameterInfo, ParameterInventory, TrainingSetup
 
 __all__ = [
     "PipelineStage",
-    "check_parallel",
     "pipeline_stages",
     "in_flight_microbatches",
     "local_inventory",
@@ -41,8 +37,6 @@ __all__ = [
     "korthikanti_layer_bytes",
 ]
 
-HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads")
-KV_HEAD_KEYS = ("num_key_value_heads", "num_kv_heads", "multi_query_group_num")
 
 
 @dataclass(frozen=True)
@@ -61,108 +55,8 @@ class PipelineStage:
         )
 
 
-def _first_int(config: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
-    text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else None
-    for source in (config, text or {}):
-        for key in keys:
-            value = source.get(key)
-            if isinstance(value, int) and value > 0:
-                return value
-    return None
 
 
-def check_parallel(
-    setup: TrainingSetup,
-    inventory: ParameterInventory,
-    config: Mapping[str, Any] | None = None,
-    *,
-    seq_len: int | None = None,
-) -> None:
-    """Refuse parallel layouts that cannot exist, each with one line naming the fix.
-
-    Raises:
-        InvalidSetupError: GPUs not divisible by tp·pp·cp, heads not divisible by tp, ep not dividing the experts
-            or the data-parallel group, SP without TP, more stages than layers, an interleaved schedule it cannot
-            run, a sequence CP cannot split, FSDP with ZeRO options.
-    """
-    par = setup.parallel
-    for name, value in (("--tp", par.tp), ("--pp", par.pp), ("--cp", par.cp), ("--ep", par.ep)):
-        if value < 1:
-            raise InvalidSetupError(f"{name} must be at least 1, got {value}")
-    world, mp = setup.world_size, par.model_parallel_size
-    if world % mp:
-        raise InvalidSetupError(
-            f"{world} GPUs (--gpus {setup.gpus_per_node} × --nodes {setup.nodes}) cannot hold replicas of "
-            f"tp·pp·cp = {par.tp}·{par.pp}·{par.cp} = {mp} GPUs; make gpus × nodes a multiple of {mp}"
-        )
-    if par.sp and par.tp == 1:
-        raise InvalidSetupError(
-            "--sp (sequence parallelism) splits what tensor parallelism replicates; add --tp 2 or more"
-        )
-    config = config or {}
-    heads = _first_int(config, HEAD_KEYS)
-    if par.tp > 1 and heads is not None and heads % par.tp:
-        raise InvalidSetupError(
-            f"{heads} attention heads cannot be split over --tp {par.tp}; use a --tp that divides {heads}"
-        )
-    kv_heads = _first_int(config, KV_HEAD_KEYS)
-    if par.tp > 1 and kv_heads is not None and kv_heads % par.tp:
-        raise InvalidSetupError(
-            f"{kv_heads} key/value heads cannot be split over --tp {par.tp} (Megatron needs num_query_groups "
-            f"divisible by the TP size); use a --tp that divides {kv_heads}"
-        )
-    if par.ep > 1:
-        if inventory.moe is None:
-            raise InvalidSetupError("--ep splits routed experts, and this model has none; drop --ep")
-        if inventory.moe.num_experts % par.ep:
-            raise InvalidSetupError(
-                f"{inventory.moe.num_experts} experts cannot be split over --ep {par.ep}; use a --ep that divides "
-                f"{inventory.moe.num_experts}"
-            )
-        group = setup.data_parallel_size * par.cp
-        if group % par.ep:
-            raise InvalidSetupError(
-                f"--ep {par.ep} is carved out of the data-parallel × context-parallel group of {group} GPUs and "
-                f"must divide it; add GPUs or use a smaller --ep"
-            )
-    layers = len(inventory.layer_names)
-    if par.pp > 1 and inventory.has_shapes and par.pp > layers:
-        raise InvalidSetupError(
-            f"--pp {par.pp} is more pipeline stages than the model's {layers} layers; use --pp ≤ {layers}"
-        )
-    if par.pp_schedule == "interleaved":
-        if par.pp == 1:
-            raise InvalidSetupError("--pp-schedule interleaved needs --pp 2 or more")
-        if par.virtual_stages < 2:
-            raise InvalidSetupError("--pp-schedule interleaved needs --virtual-stages 2 or more")
-        if inventory.has_shapes and layers % (par.pp * par.virtual_stages):
-            raise InvalidSetupError(
-                f"the interleaved schedule splits the {layers} layers into pp × virtual stages = "
-                f"{par.pp * par.virtual_stages} equal chunks; choose --pp / --virtual-stages whose product "
-                f"divides {layers}"
-            )
-        if par.microbatches is not None and par.microbatches % par.pp:
-            raise InvalidSetupError(
-                f"Megatron's interleaved schedule needs the micro-batch count to be a multiple of --pp {par.pp}; "
-                f"got --microbatches {par.microbatches}"
-            )
-    if par.microbatches is not None and par.microbatches < 1:
-        raise InvalidSetupError(f"--microbatches must be at least 1, got {par.microbatches}")
-    if par.cp > 1 and seq_len is not None and seq_len % par.cp:
-        raise InvalidSetupError(
-            f"--seq-len {seq_len} cannot be split evenly over --cp {par.cp}; use a multiple of {par.cp}"
-        )
-    if par.cp > 1 and setup.attn == "eager":
-        raise InvalidSetupError(
-            "context parallelism runs ring attention with fused kernels; use --attn sdpa or flash with --cp"
-        )
-    if par.fsdp is not None and setup.offload != "none":
-        raise InvalidSetupError("--offload models DeepSpeed's ZeRO-Offload; drop it with --fsdp (or drop --fsdp)")
-    if setup.accounting == "deepspeed" and (mp > 1 or par.ep > 1 or par.fsdp or setup.method != "full"):
-        raise InvalidSetupError(
-            "DeepSpeed's estimator covers full fine-tuning with data parallelism only; use --accounting hfmem "
-            "with --tp/--pp/--cp/--ep, --fsdp or --method"
-        )
 
 
 def pipeline_stages(num_layers: int, setup: TrainingSetup) -> tuple[PipelineStage, ...]:

@@ -332,6 +332,10 @@ def bisect_boundary(predicate: Callable[[int], bool], low: int, high: int) -> tu
     return low, high
 
 
+#: The note of a plan without an activation profile (``--params``; `hfmem.api` replaces it when a trace failed).
+NO_MODEL_NOTE = "--params has no model to run, so activations and logits are not included"
+
+
 def plan_training(
     inventory: ParameterInventory,
     setup: TrainingSetup,
@@ -366,8 +370,8 @@ def plan_training(
         stages.append(stage)
     notes = list(base.notes)
     if profile is None:
-        notes.append("--params has no model to run, so activations and logits are not included")
-    elif profile.attention_calls == 0 and profile.attn != "eager":
+        notes.append(NO_MODEL_NOTE)
+    elif profile.attention_calls == 0 and profile.attn != "eager" and inventory.attention_modules != 0:
         notes.append(
             "this model does not route attention through transformers' AttentionInterface, so its own (eager) "
             "attention was measured, score matrices included: an over-estimate for a fused kernel"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from hfmem.errors import InvalidSetupError
 from hfmem.memory.memo import IdentityMemo
 from hfmem.memory.methods import ADAPTER_WEIGHT_BYTES, frozen_weight_bytes
+from hfmem.rules import planned_stages
 from hfmem.types import (
     Optimizer,
     ParameterInfo,
@@ -45,7 +46,6 @@ __all__ = [
     "ADAPTER_SPEC",
     "deepspeed_stage_memory",
     "compute_training",
-    "check_setup",
 ]
 
 #: bitsandbytes 8-bit optimizers quantize each state in blocks of 256 elements with one fp32 absmax per block
@@ -176,39 +176,7 @@ def flat_partition_state_bytes(optimizer: Optimizer, partition_params: int, stat
     return optimizer_state_bytes(optimizer, (partition_params,), state_bytes)
 
 
-def check_setup(setup: TrainingSetup) -> None:
-    """Refuse setups that do not exist, with a message that says which option to change."""
-    if setup.gpus_per_node < 1 or setup.nodes < 1:
-        raise InvalidSetupError("--gpus and --nodes must be at least 1")
-    if not setup.zero_stages:
-        raise InvalidSetupError("no ZeRO stage requested; pass --zero 0, 1, 2 or 3")
-    for stage in setup.zero_stages:
-        if stage not in (0, 1, 2, 3):
-            raise InvalidSetupError(f"ZeRO stage {stage} does not exist; use 0, 1, 2 or 3")
-    if setup.offload == "optimizer" and 0 in setup.zero_stages:
-        raise InvalidSetupError(
-            "--offload optimizer needs ZeRO stage 1, 2 or 3 (DeepSpeed's offload_optimizer); drop --zero 0"
-        )
-    if setup.offload == "optimizer+params" and set(setup.zero_stages) != {3}:
-        raise InvalidSetupError(
-            "--offload optimizer+params needs ZeRO stage 3 (DeepSpeed's offload_param); use --zero 3"
-        )
-    if setup.offload != "none" and setup.optimizer == "adamw-8bit":
-        raise InvalidSetupError(
-            "--offload runs the optimizer step on the CPU (DeepSpeed's CPU-Adam, fp32 states), where "
-            "bitsandbytes' 8-bit GPU states do not apply; use --optimizer adamw with --offload, or --offload none"
-        )
-    if setup.accounting == "deepspeed":
-        if set(setup.zero_stages) - {2, 3}:
-            raise InvalidSetupError(
-                "DeepSpeed's estimator covers ZeRO-2 and ZeRO-3 only; use --zero 2 and/or --zero 3, "
-                "or --accounting hfmem"
-            )
-        if setup.precision not in ("bf16-mixed", "fp16-mixed") or setup.optimizer != "adamw":
-            raise InvalidSetupError(
-                "DeepSpeed's estimator assumes 16-bit mixed precision with Adam; use --precision bf16-mixed "
-                "or fp16-mixed with --optimizer adamw, or --accounting hfmem"
-            )
+
 
 
 def trainable_spec(setup: TrainingSetup) -> PrecisionSpec:
@@ -413,20 +381,19 @@ DEEPSPEED_CONVENTION = (
 def compute_training(inventory: ParameterInventory, setup: TrainingSetup) -> TrainingEstimate:
     """Model-state memory for every requested ZeRO stage.
 
-    Raises:
-        InvalidSetupError: for combinations that do not exist (see `check_setup`).
+    ``setup`` has passed `hfmem.rules.check_setup` (the API checks every plan once, before anything is built).
     """
-    check_setup(setup)
+    zero_stages = planned_stages(setup)
     notes: list[str] = []
     if setup.accounting == "deepspeed":
-        stages = tuple(deepspeed_stage_memory(inventory, setup, s) for s in setup.zero_stages)
+        stages = tuple(deepspeed_stage_memory(inventory, setup, s) for s in zero_stages)
         convention = DEEPSPEED_CONVENTION
-        if 3 in setup.zero_stages and not inventory.has_shapes:
+        if 3 in zero_stages and not inventory.has_shapes:
             notes.append("--params gives no largest module, so DeepSpeed's ZeRO-3 term 4 x largest module is 0")
     else:
-        stages = tuple(stage_memory(inventory, setup, s) for s in setup.zero_stages)
+        stages = tuple(stage_memory(inventory, setup, s) for s in zero_stages)
         convention = HFMEM_CONVENTION
-        if setup.optimizer in ("adafactor", "adamw-8bit") and any(s >= 1 for s in setup.zero_stages):
+        if setup.optimizer in ("adafactor", "adamw-8bit") and any(s >= 1 for s in zero_stages):
             notes.append(
                 "ZeRO >= 1 gives the optimizer flat 1-D partitions (DeepSpeed), so "
                 + (
@@ -440,7 +407,7 @@ def compute_training(inventory: ParameterInventory, setup: TrainingSetup) -> Tra
                 "with parameter offload the GPU holds no model state between uses; it gathers one layer at a time "
                 f"(largest module: {inventory.largest_module_params:,} parameters)"
             )
-    if setup.num_gpus == 1 and any(s >= 1 for s in setup.zero_stages):
+    if setup.num_gpus == 1 and any(s >= 1 for s in zero_stages):
         notes.append("with 1 GPU ZeRO has nothing to shard, so every stage holds the same; pass --gpus / --nodes")
     if setup.precision == "tf32":
         notes.append(PRECISION_SPECS["tf32"].description)

@@ -1,0 +1,264 @@
+"""Setup rules, in one place: which combinations of options exist, checked once at the API boundary.
+
+`hfmem.api` runs `check_setup` on every plan before anything is fetched, built or computed, and `check_parallel`
+once the model's inventory is known; the CLI and the page only translate input into `TrainingSetup` /
+`InferenceSetup` and rely on these. Defaults that depend on other settings (which ZeRO stages a setup reports)
+are derived here too, so the API and the CLI give the same rows.
+
+Pure: no torch, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from hfmem.errors import InvalidSetupError
+from hfmem.limits import check_setup as check_bounds
+from hfmem.types import FinetuneSettings, InferenceSetup, ParameterInventory, TrainingSetup
+
+__all__ = [
+    "FSDP_ZERO_STAGE",
+    "MAX_DROPOUT_EXCLUSIVE",
+    "MAX_FRAGMENTATION",
+    "planned_stages",
+    "check_setup",
+    "check_finetune",
+    "check_parallel",
+]
+
+#: ``--fsdp`` → the ZeRO stage with the same sharding (torch ``ShardingStrategy`` docstring; REFERENCE §2.5):
+#: FULL_SHARD = ZeRO-3, SHARD_GRAD_OP = ZeRO-2, NO_SHARD = DDP (0), HYBRID_SHARD = ZeRO-3 inside a node.
+FSDP_ZERO_STAGE = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0, "hybrid_shard": 3}
+
+#: ``--dropout`` is a probability below 1 (``torch.nn.functional.dropout`` scales kept values by 1/(1 − p)).
+MAX_DROPOUT_EXCLUSIVE = 1.0
+#: ``--fragmentation``: allocator slack as a fraction of the allocated peak, at most all of it.
+MAX_FRAGMENTATION = 1.0
+
+#: config.json keys of the attention heads and the key/value heads, across architectures.
+HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads")
+KV_HEAD_KEYS = ("num_key_value_heads", "num_kv_heads", "multi_query_group_num")
+
+
+def planned_stages(setup: TrainingSetup) -> tuple[int, ...]:
+    """The ZeRO stages a plan reports: ``setup.zero_stages``, or every stage the setup allows.
+
+    FSDP names its own sharding (one row, `FSDP_ZERO_STAGE`); optimizer offload needs a stage ≥ 1 (DeepSpeed's
+    ``offload_optimizer``), parameter offload stage 3 (``offload_param``); DeepSpeed's estimator covers stages 2
+    and 3 only (``estimate_zero2/zero3_model_states_mem_needs``).
+    """
+    if setup.zero_stages is not None:
+        return setup.zero_stages
+    if setup.parallel.fsdp is not None:
+        return (FSDP_ZERO_STAGE[setup.parallel.fsdp],)
+    stages = {"none": (0, 1, 2, 3), "optimizer": (1, 2, 3), "optimizer+params": (3,)}[setup.offload]
+    if setup.accounting == "deepspeed":
+        stages = tuple(s for s in stages if s in (2, 3))
+    return stages
+
+
+def check_setup(
+    setup: TrainingSetup,
+    inference: InferenceSetup | None = None,
+    *,
+    has_model: bool = True,
+    training: bool = True,
+    find_max_batch: bool = False,
+) -> None:
+    """Refuse a plan that cannot exist, before anything is fetched or built; each error names the option to change.
+
+    Raises:
+        InvalidSetupError: sizes beyond any real run (`hfmem.limits`), ZeRO stages, offload or accounting that do
+            not go together, fine-tuning options of another method, batch/sequence/dropout out of range.
+    """
+    check_bounds(setup, inference)  # absurd sizes first: nothing below may loop over them
+    if not training and inference is None:
+        raise InvalidSetupError("nothing to plan: ask for training, inference or both")
+    if setup.parallel.fsdp is not None and setup.zero_stages is not None:
+        raise InvalidSetupError("give either --fsdp or --zero, not both (--fsdp names its own sharding)")
+    _check_stages(setup, planned_stages(setup))
+    check_finetune(setup.finetune, has_model=has_model)
+    if setup.batch_size < 1 or (setup.seq_len is not None and setup.seq_len < 1):
+        raise InvalidSetupError("--batch-size and --seq-len must be at least 1")
+    if setup.dropout is not None and not 0.0 <= setup.dropout < MAX_DROPOUT_EXCLUSIVE:
+        raise InvalidSetupError(f"--dropout must be in [0, {MAX_DROPOUT_EXCLUSIVE:g}), got {setup.dropout}")
+    _check_fragmentation(setup.overheads.fragmentation)
+    if training and find_max_batch and setup.gpu is None:
+        raise InvalidSetupError("--max-batch needs a GPU to fill: pass --gpu NAME or --gpu-memory SIZE")
+    if inference is not None:
+        if inference.batch_size < 1 or (inference.prefill_chunk is not None and inference.prefill_chunk < 1):
+            raise InvalidSetupError("--batch-size and --prefill-chunk must be at least 1")
+        _check_fragmentation(inference.overheads.fragmentation)
+
+
+def _check_fragmentation(fraction: float) -> None:
+    if not math.isfinite(fraction) or not 0.0 <= fraction <= MAX_FRAGMENTATION:
+        raise InvalidSetupError(f"--fragmentation must be a fraction in [0, {MAX_FRAGMENTATION:g}], got {fraction}")
+
+
+def _check_stages(setup: TrainingSetup, stages: tuple[int, ...]) -> None:
+    """Refuse setups that do not exist, with a message that says which option to change."""
+    if setup.gpus_per_node < 1 or setup.nodes < 1:
+        raise InvalidSetupError("--gpus and --nodes must be at least 1")
+    if not stages:
+        raise InvalidSetupError("no ZeRO stage requested; pass --zero 0, 1, 2 or 3")
+    for stage in stages:
+        if stage not in (0, 1, 2, 3):
+            raise InvalidSetupError(f"ZeRO stage {stage} does not exist; use 0, 1, 2 or 3")
+    if setup.offload == "optimizer" and 0 in stages:
+        raise InvalidSetupError(
+            "--offload optimizer needs ZeRO stage 1, 2 or 3 (DeepSpeed's offload_optimizer); drop --zero 0"
+        )
+    if setup.offload == "optimizer+params" and set(stages) != {3}:
+        raise InvalidSetupError(
+            "--offload optimizer+params needs ZeRO stage 3 (DeepSpeed's offload_param); use --zero 3"
+        )
+    if setup.offload != "none" and setup.optimizer == "adamw-8bit":
+        raise InvalidSetupError(
+            "--offload runs the optimizer step on the CPU (DeepSpeed's CPU-Adam, fp32 states), where "
+            "bitsandbytes' 8-bit GPU states do not apply; use --optimizer adamw with --offload, or --offload none"
+        )
+    if setup.accounting == "deepspeed":
+        if set(stages) - {2, 3}:
+            raise InvalidSetupError(
+                "DeepSpeed's estimator covers ZeRO-2 and ZeRO-3 only; use --zero 2 and/or --zero 3, "
+                "or --accounting hfmem"
+            )
+        if setup.precision not in ("bf16-mixed", "fp16-mixed") or setup.optimizer != "adamw":
+            raise InvalidSetupError(
+                "DeepSpeed's estimator assumes 16-bit mixed precision with Adam; use --precision bf16-mixed "
+                "or fp16-mixed with --optimizer adamw, or --accounting hfmem"
+            )
+
+
+def check_finetune(finetune: FinetuneSettings, *, has_model: bool) -> None:
+    """Refuse settings that cannot be planned, naming the fix.
+
+    Raises:
+        InvalidSetupError: adapters or frozen modules without a model to build, a bad rank, options of another method.
+    """
+    method = finetune.method
+    if method != "full" and not has_model:
+        raise InvalidSetupError(
+            f"--method {method} needs the model's modules (peft builds the adapters on them); "
+            "pass a model id or config instead of --params"
+        )
+    if finetune.lora_rank < 1:
+        raise InvalidSetupError(f"--lora-rank must be at least 1, got {finetune.lora_rank}")
+    lora_only = finetune.lora_targets is not None or finetune.modules_to_save or finetune.dora
+    if lora_only and not finetune.uses_peft:
+        raise InvalidSetupError(
+            "--lora-targets, --modules-to-save and --dora configure LoRA adapters; add --method lora or qlora"
+        )
+    if finetune.double_quant and method != "qlora":
+        raise InvalidSetupError("--double-quant quantizes QLoRA's 4-bit base; add --method qlora")
+    if finetune.train_modules and method != "freeze":
+        raise InvalidSetupError("--train-modules chooses what --method freeze trains; add --method freeze")
+    if method == "freeze" and not finetune.train_modules:
+        raise InvalidSetupError("--method freeze needs --train-modules PATTERN (e.g. lm_head, 'model.layers.3?.*')")
+
+
+def check_parallel(
+    setup: TrainingSetup,
+    inventory: ParameterInventory,
+    config: Mapping[str, Any] | None = None,
+    *,
+    seq_len: int | None = None,
+) -> None:
+    """Refuse parallel layouts that cannot exist, each with one line naming the fix.
+
+    Raises:
+        InvalidSetupError: GPUs not divisible by tp·pp·cp, heads not divisible by tp, ep not dividing the experts
+            or the data-parallel group, SP without TP, more stages than layers, an interleaved schedule it cannot
+            run, a sequence CP cannot split, FSDP with ZeRO options.
+    """
+    par = setup.parallel
+    for name, value in (("--tp", par.tp), ("--pp", par.pp), ("--cp", par.cp), ("--ep", par.ep)):
+        if value < 1:
+            raise InvalidSetupError(f"{name} must be at least 1, got {value}")
+    world, mp = setup.world_size, par.model_parallel_size
+    if world % mp:
+        raise InvalidSetupError(
+            f"{world} GPUs (--gpus {setup.gpus_per_node} × --nodes {setup.nodes}) cannot hold replicas of "
+            f"tp·pp·cp = {par.tp}·{par.pp}·{par.cp} = {mp} GPUs; make gpus × nodes a multiple of {mp}"
+        )
+    if par.sp and par.tp == 1:
+        raise InvalidSetupError(
+            "--sp (sequence parallelism) splits what tensor parallelism replicates; add --tp 2 or more"
+        )
+    config = config or {}
+    heads = first_int(config, HEAD_KEYS)
+    if par.tp > 1 and heads is not None and heads % par.tp:
+        raise InvalidSetupError(
+            f"{heads} attention heads cannot be split over --tp {par.tp}; use a --tp that divides {heads}"
+        )
+    kv_heads = first_int(config, KV_HEAD_KEYS)
+    if par.tp > 1 and kv_heads is not None and kv_heads % par.tp:
+        raise InvalidSetupError(
+            f"{kv_heads} key/value heads cannot be split over --tp {par.tp} (Megatron needs num_query_groups "
+            f"divisible by the TP size); use a --tp that divides {kv_heads}"
+        )
+    if par.ep > 1:
+        if inventory.moe is None:
+            raise InvalidSetupError("--ep splits routed experts, and this model has none; drop --ep")
+        if inventory.moe.num_experts % par.ep:
+            raise InvalidSetupError(
+                f"{inventory.moe.num_experts} experts cannot be split over --ep {par.ep}; use a --ep that divides "
+                f"{inventory.moe.num_experts}"
+            )
+        group = setup.data_parallel_size * par.cp
+        if group % par.ep:
+            raise InvalidSetupError(
+                f"--ep {par.ep} is carved out of the data-parallel × context-parallel group of {group} GPUs and "
+                f"must divide it; add GPUs or use a smaller --ep"
+            )
+    layers = len(inventory.layer_names)
+    if par.pp > 1 and inventory.has_shapes and par.pp > layers:
+        raise InvalidSetupError(
+            f"--pp {par.pp} is more pipeline stages than the model's {layers} layers; use --pp ≤ {layers}"
+        )
+    if par.pp_schedule == "interleaved":
+        if par.pp == 1:
+            raise InvalidSetupError("--pp-schedule interleaved needs --pp 2 or more")
+        if par.virtual_stages < 2:
+            raise InvalidSetupError("--pp-schedule interleaved needs --virtual-stages 2 or more")
+        if inventory.has_shapes and layers % (par.pp * par.virtual_stages):
+            raise InvalidSetupError(
+                f"the interleaved schedule splits the {layers} layers into pp × virtual stages = "
+                f"{par.pp * par.virtual_stages} equal chunks; choose --pp / --virtual-stages whose product "
+                f"divides {layers}"
+            )
+        if par.microbatches is not None and par.microbatches % par.pp:
+            raise InvalidSetupError(
+                f"Megatron's interleaved schedule needs the micro-batch count to be a multiple of --pp {par.pp}; "
+                f"got --microbatches {par.microbatches}"
+            )
+    if par.microbatches is not None and par.microbatches < 1:
+        raise InvalidSetupError(f"--microbatches must be at least 1, got {par.microbatches}")
+    if par.cp > 1 and seq_len is not None and seq_len % par.cp:
+        raise InvalidSetupError(
+            f"--seq-len {seq_len} cannot be split evenly over --cp {par.cp}; use a multiple of {par.cp}"
+        )
+    if par.cp > 1 and setup.attn == "eager":
+        raise InvalidSetupError(
+            "context parallelism runs ring attention with fused kernels; use --attn sdpa or flash with --cp"
+        )
+    if par.fsdp is not None and setup.offload != "none":
+        raise InvalidSetupError("--offload models DeepSpeed's ZeRO-Offload; drop it with --fsdp (or drop --fsdp)")
+    if setup.accounting == "deepspeed" and (mp > 1 or par.ep > 1 or par.fsdp or setup.method != "full"):
+        raise InvalidSetupError(
+            "DeepSpeed's estimator covers full fine-tuning with data parallelism only; use --accounting hfmem "
+            "with --tp/--pp/--cp/--ep, --fsdp or --method"
+        )
+
+
+def first_int(config: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
+    text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else None
+    for source in (config, text or {}):
+        for key in keys:
+            value = source.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
