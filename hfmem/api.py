@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, fields, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ from hfmem.types import (
     TrainingSetup,
 )
 
-__all__ = ["estimate", "resolve", "Prepared", "hfmem_version"]
+__all__ = ["estimate", "resolve", "Prepared", "hfmem_version", "adapter_finetune"]
 
 T = TypeVar("T")
 
@@ -66,6 +66,9 @@ def estimate(
             that needs it is estimated as the nearest native architecture, with a note (`inventory.native_fallback`).
         setup: precision, optimizer, ZeRO stages, GPUs, offload, micro-batch, sequence length, attention,
             checkpointing, overheads and the GPU to fit; defaults to bf16-mixed AdamW, ZeRO 0-3, 1 GPU, batch 1.
+            When ``model`` is a PEFT LoRA adapter and ``setup.finetune`` is the default ``FinetuneSettings()``, the
+            adapter's own LoRA is planned (its ``r``, ``lora_alpha``, ``target_modules``, ``modules_to_save``,
+            ``use_dora``; `adapter_finetune`), with a note; any other ``setup.finetune`` is planned as given.
         find_max_batch: also search the largest micro-batch that fits ``setup.gpu`` (per stage).
         training: plan training (``False``: inference only).
         inference: also plan serving with these settings (weights, KV cache, prefill, overheads per GPU).
@@ -113,6 +116,52 @@ def resolve(
     if trust_remote_code:
         resolved = fetch_remote_code(resolved, token=token)
     return resolved
+
+
+_FINETUNE_FIELDS = tuple(f.name for f in fields(FinetuneSettings))
+
+
+def adapter_finetune(
+    model: ModelConfig, given: FinetuneSettings, given_fields: Collection[str] | None = None
+) -> tuple[FinetuneSettings, str | None]:
+    """What to plan for a model that may be a PEFT LoRA adapter: the settings and a note saying which and why.
+
+    ``given_fields`` names the `FinetuneSettings` fields the caller chose (the CLI: the options typed or set by a
+    launch file, whose names are the fields'); those come from ``given``, the rest from the adapter's own
+    (``model.adapter``). ``None`` (the Python API): the adapter's settings when ``given`` is the default
+    ``FinetuneSettings()``, else ``given`` whole. A method other than lora/qlora chosen over an adapter plans
+    ``given`` as it is (the base model, trained that way). Not an adapter: ``given``, no note.
+    """
+    adapter = model.adapter
+    if adapter is None:
+        return given, None
+    origin = model.adapter_origin or "adapter_config.json"
+    if given_fields is None and given != FinetuneSettings():
+        return given, f"the adapter's own LoRA ({origin}) is not planned: the setup's FinetuneSettings were given"
+    chosen = [name for name in _FINETUNE_FIELDS if name in (given_fields or ())]
+    merged = replace(adapter, **{name: getattr(given, name) for name in chosen})
+    if not merged.uses_peft:
+        return given, f"the adapter's own LoRA ({origin}) is not planned: --method {given.method} was chosen"
+    targets = ",".join(merged.lora_targets) if merged.lora_targets is not None else "peft's default"
+    note = (
+        f"planned the adapter's own LoRA: r={merged.lora_rank}, targets={targets}, "
+        f"modules_to_save={','.join(merged.modules_to_save) or 'none'}, DoRA={'yes' if merged.dora else 'no'}; "
+        f"from {origin}"
+    )
+    overridden = [name for name in chosen if getattr(given, name) != getattr(adapter, name)]
+    if overridden:
+        flags = [
+            f"--{name.replace('_', '-')} {_shown(getattr(given, name))} (adapter: {_shown(getattr(adapter, name))})"
+            for name in overridden
+        ]
+        note += "; overridden by " + ", ".join(flags)
+    return merged, note
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return "default" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @dataclass(frozen=True)
@@ -216,9 +265,14 @@ class Prepared:
         find_max_batch: bool = False,
         checkpoint: bool = False,
         token: str | None = None,
+        finetune_given: Collection[str] | None = None,
     ) -> Report:
-        """Plan ``setup`` (and ``inference``) for this model; see `estimate`."""
+        """Plan ``setup`` (and ``inference``) for this model; see `estimate`. For a PEFT LoRA adapter,
+        ``finetune_given`` names the fine-tuning settings the caller chose over the adapter's (`adapter_finetune`).
+        """
         resolved = self.resolved
+        finetune, adapter_note = adapter_finetune(resolved, setup.finetune, finetune_given)
+        setup = replace(setup, finetune=finetune)
         check_setup(  # the setup rules (`hfmem.rules`), before anything is built
             setup, inference, has_model=resolved.source != "params", training=training, find_max_batch=find_max_batch
         )
@@ -227,7 +281,7 @@ class Prepared:
         lora = setup.finetune.method in ("lora", "qlora")
         base = FinetuneSettings() if lora else setup.finetune
         plan = self._plan(inventory, setup, find_max_batch=find_max_batch) if training else None
-        notes: list[str] = []
+        notes: list[str] = [adapter_note] if adapter_note else []
         served = None
         unserved = None
         if inference is not None:
@@ -258,7 +312,7 @@ class Prepared:
             inventory=inventory,
             training=plan,
             hfmem_version=hfmem_version(),
-            notes=tuple(notes),
+            notes=(*resolved.notes, *notes),  # the model's (fallbacks, adapters) first: all of them on the result
             inference=served,
             checkpoint=comparison,
             inference_unmeasured=unserved,
@@ -318,8 +372,10 @@ class Prepared:
         """Measure the activations (a model only) and plan the peak of every stage."""
         resolved = self.resolved
         if resolved.source == "params":
+            # A count has no model to trace: activations and logits are unknown, so no "fits" beyond "the states
+            # alone do not fit" (the same plan as a model that could not be traced).
             check_parallel(setup, inventory)
-            return plan_training(inventory, setup, None)
+            return _states_only(inventory, setup, NO_MODEL_NOTE, seq_len=None, seq_len_source=None)
         if setup.seq_len is not None:
             seq_len, why = setup.seq_len, "--seq-len"
         else:
@@ -363,7 +419,12 @@ class Prepared:
 
 
 def _states_only(
-    inventory: ParameterInventory, setup: TrainingSetup, reason: str, *, seq_len: int, seq_len_source: str
+    inventory: ParameterInventory,
+    setup: TrainingSetup,
+    reason: str,
+    *,
+    seq_len: int | None,
+    seq_len_source: str | None,
 ) -> TrainingEstimate:
     """The plan of a model that was built (its inventory is exact) but could not be traced: model states and
     overheads per stage, activations unknown (``unmeasured``). A stage fits only as far as is known: ``False`` when

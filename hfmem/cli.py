@@ -5,6 +5,7 @@ No arithmetic here and no torch import: ``hfmem --help`` stays fast.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -254,6 +255,30 @@ class Listed(click.ParamType):
         return [type(item)(prefix + item.value, type=item.type) for item in self.inner.shell_complete(ctx, param, last)]
 
 
+class OneValue(Listed):
+    """`Listed` as ``compare`` takes it: the same conversion, one value, and no ``[,…]`` list marker in its help."""
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return (super().get_metavar(param, ctx) or "").removesuffix("[,…]")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[Any, ...]:
+        values = super().convert(value, param, ctx)
+        if isinstance(value, str) and len(values) != 1:
+            self.fail(f"{value!r}: compare takes one value per option; sweep a list with hfmem MODEL", param, ctx)
+        return values
+
+
+def _one_value(param: click.Parameter) -> click.Parameter:
+    """``param`` as ``compare`` takes it: a list option becomes a one-value copy (`OneValue`); others as they are."""
+    if not isinstance(param.type, Listed):
+        return param
+    single = copy.copy(param)
+    single.type = OneValue(param.type.inner)
+    if isinstance(single.metavar, str):
+        single.metavar = single.metavar.removesuffix("[,…]")
+    return single
+
+
 class FiniteFloatRange(click.FloatRange):
     """`click.FloatRange` that also refuses nan and ±inf (a range check alone lets nan through: nan < 0 is False)."""
 
@@ -374,7 +399,9 @@ def _list_catalogue(json_: bool) -> None:
     "params",
     metavar="COUNT",
     callback=_parse_params,
-    help="Plan for a hypothetical dense model of COUNT parameters instead of MODEL: 7.5B, 7.5e9, 125M.",
+    help="Plan for a hypothetical dense model of COUNT parameters instead of MODEL: 7.5B, 7.5e9, 125M. "
+    "Model states only: activations are not counted, so a fit is never 'yes' (--check exits 3 when the states "
+    "alone do not fit, else 5).",
 )
 @click.option(
     "--launch-config",
@@ -563,7 +590,7 @@ def _list_catalogue(json_: bool) -> None:
     "gpu_name",
     type=Listed(click.STRING),
     metavar="NAME[,…]",
-    help="Check the plan against a GPU (--list-gpus): h100-sxm, a100-40gb…",
+    help="Check the plan against a GPU (--list-gpus): h100-sxm, a100-40gb-pcie…",
 )
 @click.option(
     "--gpu-memory",
@@ -694,6 +721,7 @@ def cli(**opts: Any) -> None:
         _list_gpus(fmt == "json")
         return
     launch = _apply_launch_configs(click.get_current_context(), opts)
+    opts["finetune_given"] = _finetune_given(click.get_current_context(), launch)
     model, params = opts["model"], opts["params"]
     if model is None and params is None:
         raise click.UsageError("give a MODEL (a Hub id, folder or config.json) or --params COUNT")
@@ -844,7 +872,26 @@ def _report(prepared: Prepared, o: dict[str, Any]) -> Report:
             find_max_batch=o["max_batch"],
             checkpoint=o["checkpoint"] and serve is not None,
             token=o["token"],
+            finetune_given=o["finetune_given"],
         )
+
+
+def _finetune_given(ctx: click.Context, launch: LaunchOutcome | None) -> frozenset[str]:
+    """The options typed (or set by a launch file); over a PEFT adapter, those naming `FinetuneSettings` fields
+    replace the adapter's own settings (`hfmem.api.adapter_finetune`)."""
+    from click.core import ParameterSource
+
+    from_files = {entry["option"] for entry in launch.applied} if launch else set()
+    return frozenset(
+        p.name
+        for p in ctx.command.params
+        if isinstance(p, click.Option)
+        and p.name is not None
+        and (
+            ctx.get_parameter_source(p.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+            or p.opts[0] in from_files
+        )
+    )
 
 
 def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, InferenceSetup | None, bool]:
@@ -1072,6 +1119,7 @@ def _compare(**opts: Any) -> None:
         raise click.UsageError("a model is named twice; give each once")
     opts.update(model=None, params=None, list_catalogue=False, list_gpus=False, clear_cache=False)
     launch = _apply_launch_configs(click.get_current_context(), opts)
+    opts["finetune_given"] = _finetune_given(click.get_current_context(), launch)
     combos = _combinations(opts)
     if len(combos) != 1:
         raise click.UsageError("compare takes one value per option; sweep one model at a time with lists")
@@ -1099,7 +1147,7 @@ compare = HfmemCommand(
     "compare",
     callback=_compare,
     params=[click.Argument(["models"], nargs=-1, required=True)]
-    + [p for p in cli.params if p.name not in _NOT_FOR_COMPARE],
+    + [_one_value(p) for p in cli.params if p.name not in _NOT_FOR_COMPARE],
     help=_compare.__doc__,
     context_settings=cli.context_settings,
     epilog=cli.epilog,

@@ -227,6 +227,8 @@ class LaunchConfigError(HfmemError, ValueError):
     def __init__(self, path: str, problem: str) -> None:
         self.path = path
         super().__init__(f"--launch-config {path}: {problem}")
+
+
 class CacheFolderError(HfmemError):
     """``HFMEM_CACHE`` cannot name a folder, or ``--clear-cache`` was pointed at a folder that is not hfmem's cache.
 

@@ -15,41 +15,136 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from hfmem.memory.activations import ActivationEstimate
-from hfmem.memory.inference import KV_DTYPE_BYTES, kv_layer_bytes
-from hfmem.memory.methods import QLORA_COMPUTE_BYTES, is_qlora_quantized
+from hfmem.memory.expr import (
+    Const,
+    Expr,
+    Number,
+    Value,
+    Var,
+    lift,
+    total,
+    value_of,
+)
+from hfmem.memory.inference import (
+    dequant_transient_bytes,
+    kv_cache_bytes,
+    kv_cache_bytes_per_token,
+    kv_element_bytes,
+    largest_kv_layer_bytes,
+    prefill_activation_bytes,
+    recurrent_state_bytes,
+    weights_per_gpu_bytes,
+)
+from hfmem.memory.methods import FrozenCounts, count_frozen, frozen_bytes
 from hfmem.memory.parallel import (
     PipelineStage,
+    active_params_per_token,
+    expert_sharding_degree,
+    in_flight,
     in_flight_microbatches,
     local_inventory,
     pipeline_stages,
+    sharding_degree,
     stage_profile,
 )
-from hfmem.memory.peak import fsdp_unit_params, phase_candidates, stage_activations
+from hfmem.memory.peak import (
+    OverheadInputs,
+    allocator_buffer_bytes,
+    fragmentation_bytes,
+    headroom_bytes,
+    overhead_inputs,
+    overhead_terms,
+    phase_bytes,
+    phase_candidates,
+    stage_activations,
+)
 from hfmem.memory.quantization import (
     BNB_4BIT_BLOCKSIZE,
     BNB_DQ_BLOCKSIZE,
     MXFP4_BLOCKSIZE,
+    QuantCounts,
     QuantScheme,
     is_16bit_model,
     is_quantized,
-    tensor_bytes,
+    plain_width,
+    quantized_counts,
+    quantized_metadata_bytes,
+    sum_counts,
+)
+from hfmem.memory.sources import (
+    SRC_ADAFACTOR,
+    SRC_ADAMW,
+    SRC_AWQ,
+    SRC_BNB_4BIT,
+    SRC_BNB_8BIT,
+    SRC_BNB_MATMUL,
+    SRC_CAT,
+    SRC_CKPT,
+    SRC_CUDA,
+    SRC_DDP,
+    SRC_DORA,
+    SRC_DS_CONFIG,
+    SRC_DS_EST2,
+    SRC_DS_EST3,
+    SRC_DS_FLAT,
+    SRC_DS_FP32_GRAD,
+    SRC_DS_GATHER,
+    SRC_FP8,
+    SRC_FRAG,
+    SRC_FSDP,
+    SRC_INT8,
+    SRC_INVENTORY,
+    SRC_KV,
+    SRC_KV_DTYPE,
+    SRC_KV_TP,
+    SRC_LION,
+    SRC_LORA,
+    SRC_LOSS,
+    SRC_MEGATRON_TP,
+    SRC_MXFP4,
+    SRC_OFFLOAD,
+    SRC_PEAK,
+    SRC_PEFT_FP32,
+    SRC_PP_1F1B,
+    SRC_PP_INTERLEAVED,
+    SRC_PREFILL,
+    SRC_PREFILL_CHUNK,
+    SRC_QLORA,
+    SRC_QUANT_SKIP,
+    SRC_SGD,
+    SRC_TM101,
+    SRC_TORCH_STATES,
+    SRC_TP_ACT,
+    SRC_TRACE,
+    SRC_ZERO,
+    SRC_ZERO_STAGES,
 )
 from hfmem.memory.states import (
     BNB_BLOCKSIZE,
     BNB_MIN_8BIT_SIZE,
-    DEEPSPEED_CPU_BUFFER_FACTOR,
+    PER_ELEMENT_STATES,
     PRECISION_SPECS,
+    StateBytes,
+    StateInputs,
+    TensorCounts,
+    add_state_bytes,
     compute_training,
+    count_tensors,
+    deepspeed_state_bytes,
+    group_state_bytes,
+    per_element_state_bytes,
+    split_group,
+    state_groups,
+    tensor_state_bytes,
     trainable_spec,
 )
 from hfmem.types import (
     ActivationProfile,
-    InferenceEstimate,
     KvLayer,
     LayerProfile,
     ParameterInfo,
@@ -73,247 +168,10 @@ __all__ = [
 
 Section = Literal["parameters", "training", "inference"]
 Unit = Literal["bytes", "parameters", "GPUs", "micro-batches", "bytes per parameter"]
-Number = int | float
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Expressions: one tree renders the formula, the substituted formula and the value.
-
-
-def _num(value: Number) -> str:
-    if isinstance(value, float):
-        return f"{int(value):,}" if value.is_integer() else repr(value)
-    return f"{value:,}"
-
-
-class Expr:
-    """A node of a formula. ``prec``: binding strength (1 sums, 2 products, 3 atoms), for parentheses."""
-
-    prec: ClassVar[int] = 3
-
-    def value(self) -> Number:
-        raise NotImplementedError
-
-    def render(self, substituted: bool) -> str:
-        raise NotImplementedError
-
-    def children(self) -> tuple[Expr, ...]:
-        return ()
-
-    def variables(self) -> Iterator[Var]:
-        for child in self.children():
-            yield from child.variables()
-
-    @property
-    def formula(self) -> str:
-        return self.render(False)
-
-    @property
-    def substituted(self) -> str:
-        return self.render(True)
-
-
-def _wrap(child: Expr, substituted: bool, need: int) -> str:
-    text = child.render(substituted)
-    return f"({text})" if child.prec < need else text
-
-
-@dataclass(frozen=True, eq=False)
-class Var(Expr):
-    """A named operand: ``symbol`` in the formula, ``number`` in the substituted one."""
-
-    symbol: str
-    number: Number
-    meaning: str
-
-    def value(self) -> Number:
-        return self.number
-
-    def render(self, substituted: bool) -> str:
-        return _num(self.number) if substituted else self.symbol
-
-    def variables(self) -> Iterator[Var]:
-        yield self
-
-
-@dataclass(frozen=True, eq=False)
-class Const(Expr):
-    """A literal number, the same in both renderings (2 moments, 4 bytes of fp32…; the text says what it is)."""
-
-    number: Number
-
-    def value(self) -> Number:
-        return self.number
-
-    def render(self, substituted: bool) -> str:
-        return _num(self.number)
-
-
-@dataclass(frozen=True, eq=False)
-class Sum(Expr):
-    """``a + b − c``: terms with signs (+1 / −1)."""
-
-    terms: tuple[tuple[int, Expr], ...]
-    prec: ClassVar[int] = 1
-
-    def children(self) -> tuple[Expr, ...]:
-        return tuple(term for _, term in self.terms)
-
-    def value(self) -> Number:
-        total: Number = 0
-        for sign, term in self.terms:
-            total = total + term.value() if sign > 0 else total - term.value()
-        return total
-
-    def render(self, substituted: bool) -> str:
-        out = ""
-        for i, (sign, term) in enumerate(self.terms):
-            text = _wrap(term, substituted, 2 if sign < 0 else 1)
-            if i == 0:
-                out = text if sign > 0 else f"−{text}"
-            else:
-                out += f" {'+' if sign > 0 else '−'} {text}"
-        return out
-
-
-@dataclass(frozen=True, eq=False)
-class Product(Expr):
-    """``a × b × c``, multiplied left to right (as the code does, which matters for floats)."""
-
-    factors: tuple[Expr, ...]
-    prec: ClassVar[int] = 2
-
-    def children(self) -> tuple[Expr, ...]:
-        return self.factors
-
-    def value(self) -> Number:
-        result: Number = 1
-        for factor in self.factors:
-            result = result * factor.value()
-        return result
-
-    def render(self, substituted: bool) -> str:
-        return " × ".join(_wrap(f, substituted, 3 if isinstance(f, Div) else 2) for f in self.factors)
-
-
-@dataclass(frozen=True, eq=False)
-class Div(Expr):
-    """``a / b``, true division (a float), only ever inside ⌊ ⌋ or ⌈ ⌉."""
-
-    a: Expr
-    b: Expr
-    prec: ClassVar[int] = 2
-
-    def children(self) -> tuple[Expr, ...]:
-        return (self.a, self.b)
-
-    def value(self) -> Number:
-        return self.a.value() / self.b.value()
-
-    def render(self, substituted: bool) -> str:
-        return f"{_wrap(self.a, substituted, 2)} / {_wrap(self.b, substituted, 3)}"
-
-
-@dataclass(frozen=True, eq=False)
-class CeilDiv(Expr):
-    """``⌈a / b⌉``: exact integer division rounded up (a shard: `hfmem.memory.states.shard_count`)."""
-
-    a: Expr
-    b: Expr
-
-    def children(self) -> tuple[Expr, ...]:
-        return (self.a, self.b)
-
-    def value(self) -> Number:
-        a, b = self.a.value(), self.b.value()
-        if isinstance(a, int) and isinstance(b, int):
-            return -(-a // b)
-        return math.ceil(a / b)
-
-    def render(self, substituted: bool) -> str:
-        return f"⌈{_wrap(self.a, substituted, 2)} / {_wrap(self.b, substituted, 3)}⌉"
-
-
-@dataclass(frozen=True, eq=False)
-class FloorDiv(Expr):
-    """``⌊a / b⌋``: exact integer division rounded down."""
-
-    a: Expr
-    b: Expr
-
-    def children(self) -> tuple[Expr, ...]:
-        return (self.a, self.b)
-
-    def value(self) -> Number:
-        a, b = self.a.value(), self.b.value()
-        if isinstance(a, int) and isinstance(b, int):
-            return a // b
-        return math.floor(a / b)
-
-    def render(self, substituted: bool) -> str:
-        return f"⌊{_wrap(self.a, substituted, 2)} / {_wrap(self.b, substituted, 3)}⌋"
-
-
-@dataclass(frozen=True, eq=False)
-class Round(Expr):
-    """``⌈x⌉`` (``up``) or ``⌊x⌋`` of a float expression: ``math.ceil`` / ``int`` as the code applies them."""
-
-    x: Expr
-    up: bool
-
-    def children(self) -> tuple[Expr, ...]:
-        return (self.x,)
-
-    def value(self) -> Number:
-        return math.ceil(self.x.value()) if self.up else int(self.x.value())
-
-    def render(self, substituted: bool) -> str:
-        inner = self.x.render(substituted)
-        return f"⌈{inner}⌉" if self.up else f"⌊{inner}⌋"
-
-
-@dataclass(frozen=True, eq=False)
-class Call(Expr):
-    """``min(a, b)`` / ``max(a, b)``."""
-
-    name: Literal["min", "max"]
-    args: tuple[Expr, ...]
-
-    def children(self) -> tuple[Expr, ...]:
-        return self.args
-
-    def value(self) -> Number:
-        values = [a.value() for a in self.args]
-        return min(values) if self.name == "min" else max(values)
-
-    def render(self, substituted: bool) -> str:
-        return f"{self.name}({', '.join(a.render(substituted) for a in self.args)})"
-
-
-def add(*terms: Expr | None) -> Expr:
-    """The sum of the terms given (None skipped); one term stays itself."""
-    kept = [t for t in terms if t is not None]
-    if not kept:
-        return Const(0)
-    if len(kept) == 1:
-        return kept[0]
-    flat: list[tuple[int, Expr]] = []
-    for term in kept:
-        flat.extend(term.terms if isinstance(term, Sum) else [(1, term)])
-    return Sum(tuple(flat))
-
-
-def sub(a: Expr, *b: Expr) -> Expr:
-    flat = list(a.terms) if isinstance(a, Sum) else [(1, a)]
-    return Sum(tuple(flat + [(-1, x) for x in b]))
-
-
-def mul(*factors: Expr) -> Expr:
-    return factors[0] if len(factors) == 1 else Product(tuple(factors))
-
-
-def minimum(*args: Expr) -> Expr:
-    return Call("min", tuple(args))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -359,170 +217,16 @@ class Explanation:
     text: str
     calculations: tuple[Calculation, ...] = ()
     sources: tuple[str, ...] = ()
+    key: str | None = None  # an overhead line's stable key (`hfmem.types.OverheadItem.key`)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sources (each constant's origin; REFERENCE.md gives the commits read)
 
-SRC_INVENTORY = (
-    "measured: hfmem.inventory.count_parameters builds the checkpoint's own class on PyTorch's meta device "
-    "(accelerate init_empty_weights, no storage) and sums numel over named_parameters() (tied weights once)"
-)
-SRC_ZERO = (
-    "ZeRO paper (Rajbhandari et al. 2020, arXiv 1910.02054) §3.1: mixed-precision Adam keeps 2Ψ (16-bit weights) "
-    "+ 2Ψ (16-bit gradients) + KΨ (fp32 master + Adam moments), K = 12"
-)
-SRC_ZERO_STAGES = (
-    "ZeRO paper Fig. 1: stage 1 partitions the optimizer states (P_os), stage 2 also the gradients (P_os+g), "
-    "stage 3 also the parameters (P_os+g+p), each over the N data-parallel GPUs"
-)
-SRC_DS_FLAT = (
-    "DeepSpeed deepspeed/runtime/zero/stage_1_and_2.py (single_partition_of_fp32_groups) and stage3.py "
-    "(fp32_partitioned_groups_flat): each GPU's optimizer sees one flat 1-D fp32 partition"
-)
-SRC_TM101 = "EleutherAI, Transformer Math 101 (blog.eleuther.ai/transformer-math): fp32 weights and gradients 4 bytes"
-SRC_TORCH_STATES = (
-    "torch/optim/adamw.py and adam.py: state exp_avg, exp_avg_sq = torch.zeros_like(param), so they take the "
-    "parameter's dtype"
-)
-SRC_ADAMW = "torch/optim/adamw.py: AdamW keeps two moments per parameter, exp_avg and exp_avg_sq"
-SRC_BNB_8BIT = (
-    "bitsandbytes bitsandbytes/optim/optimizer.py @ 95f9af3 (Optimizer2State.init_state): uint8 states, one fp32 "
-    "absmax per block of 256 (since 0.44.0, commit aa57bd89; 2048 before); tensors under min_8bit_size = 4096 "
-    "elements keep fp32 states"
-)
-SRC_ADAFACTOR = (
-    "transformers/optimization.py Adafactor.step: exp_avg_sq_row / exp_avg_sq_col for ≥ 2-D tensors, a full "
-    "exp_avg_sq for 1-D, created after grad.float() (fp32); beta1=None keeps no exp_avg"
-)
-SRC_LION = "Chen et al. 2023, 'Symbolic Discovery of Optimization Algorithms' (Lion keeps one momentum)"
-SRC_SGD = "torch/optim/sgd.py: momentum_buffer (one per parameter) only when momentum > 0"
-SRC_PEFT_FP32 = (
-    "peft tuners_utils.py _cast_adapter_dtype (get_peft_model autocast_adapter_dtype=True): 16-bit adapter weights "
-    "are cast to fp32"
-)
-SRC_LORA = "Hu et al. 2021, LoRA (arXiv 2106.09685): a rank-r update B·A per adapted linear: r × (in + out) parameters"
-SRC_DORA = "Liu et al. 2024, DoRA (arXiv 2402.09353): one trainable magnitude per output feature of each adapted linear"
-SRC_QLORA = (
-    "Dettmers et al. 2023, QLoRA (arXiv 2305.14314) §3: NF4 base weights in blocks of 64, double quantization of "
-    "the absmax in blocks of 256"
-)
-SRC_BNB_4BIT = (
-    "bitsandbytes functional.py quantize_4bit(blocksize=64): two 4-bit codes per byte + one fp32 absmax per 64 "
-    "values; double quant: quantize_blockwise(absmax − offset, blocksize=256): uint8 absmax + fp32 per 256 + an "
-    "fp32 offset"
-)
-SRC_DS_EST2 = (
-    "DeepSpeed deepspeed/runtime/zero/stage_1_and_2.py estimate_zero2_model_states_mem_needs: GPU 2Ψ + int(18Ψ/N) "
-    "('18 = 2_grads_16bit + 4_grads_32bit + 4_params_32bit + 8_optimizer_states_32bit'), CPU × "
-    "additional_buffer_factor 1.5"
-)
-SRC_DS_EST3 = (
-    "DeepSpeed deepspeed/runtime/zero/stage3.py estimate_zero3_model_states_mem_needs: GPU 4·largest_layer_params + "
-    "int(18Ψ/N), CPU × additional_buffer_factor 1.5"
-)
-SRC_OFFLOAD = (
-    "ZeRO-Offload (Ren et al. 2021, arXiv 2101.06840): the fp32 master, the gradient partition and the optimizer "
-    "states live in CPU RAM and CPU-Adam updates them in fp32"
-)
-SRC_TRACE = (
-    "measured: hfmem.inventory.profile_activations runs the model's own forward with labels on the meta device under "
-    "torch.autograd.graph.saved_tensors_hooks; every saved storage is counted once, parameters excluded"
-)
-SRC_CKPT = (
-    "Korthikanti et al. 2022 (arXiv 2205.05198) §4 'full recomputation' (keep each layer's input, recompute one "
-    "layer at a time) and §5 'selective recomputation' (recompute the attention core)"
-)
-SRC_TP_ACT = (
-    "Korthikanti et al. 2022, Table 2: tensor parallelism splits what lies between the column- and row-parallel "
-    "linears by t; sequence parallelism also splits the rest"
-)
-SRC_PP_1F1B = (
-    "Narayanan et al. 2021 (arXiv 2104.04473) §2.2, Megatron-LM forward_backward_pipelining_without_interleaving: "
-    "with 1F1B, stage k runs p − k − 1 warm-up forwards, so min(p − k, m) micro-batches are in flight"
-)
-SRC_PP_INTERLEAVED = (
-    "Megatron-LM forward_backward_pipelining_with_interleaving warm-up count 2(p − k − 1) + (v − 1)p, + 1; "
-    "Korthikanti et al. 2022 §4.2.3 (first stage: p micro-batches × (1 + (p − 1)/(p·v)))"
-)
-SRC_MEGATRON_TP = (
-    "Megatron-LM (Shoeybi et al. 2019): column-/row-parallel linears, vocab-parallel embeddings and LM head split "
-    "t ways; norms and biases replicated"
-)
-SRC_LOSS = (
-    "transformers/loss/loss_utils.py ForCausalLMLoss: logits = logits.float(), then cross_entropy, which saves its "
-    "fp32 log-softmax"
-)
-SRC_CUDA = (
-    "pytorch/pytorch#86509 and #109888 (CUDA context 287 MB–430 MiB with lazy module loading), #120925 (32 MiB "
-    "cuBLAS workspace on Hopper): hfmem's default 512 MiB, --cuda-context"
-)
-SRC_FRAG = (
-    "REFERENCE.md §5: PyTorch's caching allocator reserves 5–30 % more than is allocated (torchtune#1185, "
-    "cosmos-rl#388); hfmem's default 10 %, --fragmentation"
-)
-SRC_DDP = (
-    "torch DistributedDataParallel docs, gradient_as_bucket_view=False (the default): 'the saved memory size will be "
-    "equal to the total gradients size'"
-)
-SRC_DS_CONFIG = (
-    "DeepSpeed deepspeed/runtime/zero/config.py defaults: reduce_bucket_size = 5e8, allgather_bucket_size = 5e8, "
-    "stage3_prefetch_bucket_size = 5e7, sub_group_size = 1e9 (elements)"
-)
-SRC_DS_FP32_GRAD = (
-    "DeepSpeed docs/code_docs memory.rst: gradients are converted to fp32 before the weight update ('need the 4 "
-    "bytes per gradient')"
-)
-SRC_DS_GATHER = (
-    "DeepSpeed stage3.py estimate_zero3_model_states_mem_needs: 4 × largest_layer_params (16-bit parameters + "
-    "gradients of the largest layer, gathered)"
-)
-SRC_FSDP = (
-    "torch FullyShardedDataParallel: forward_prefetch / backward_prefetch=BACKWARD_PRE keep the next unit gathered; "
-    "the unit's gradients are unsharded until its reduce-scatter"
-)
-SRC_BNB_MATMUL = (
-    "bitsandbytes MatMul4Bit.forward: F.dequantize_4bit(B, quant_state).to(A.dtype), a 16-bit copy of the weight "
-    "for each matmul"
-)
-SRC_PEAK = (
-    "hfmem.memory.peak: the forward, backward and optimizer-step moments are compared (README: 'Peak, not a blind sum')"
-)
-SRC_KV = (
-    "measured: hfmem.inventory.profile_inference runs the model's own forward with transformers' DynamicCache on the "
-    "meta device and reads every cached tensor (elements per token, heads, sliding windows)"
-)
-SRC_KV_TP = "vLLM's rule: KV heads are split over the tensor-parallel GPUs, and fewer heads than GPUs are replicated"
-SRC_KV_DTYPE = "fp8 / int8 KV caches store one byte per element (their per-tensor scales are not counted)"
-SRC_PREFILL = (
-    "measured: hfmem.inventory.profile_inference follows every tensor the operators create during one prefill forward "
-    "(a dispatch mode) until its last reference dies; the peak of live bytes, parameters and cache excluded"
-)
-SRC_PREFILL_CHUNK = (
-    "vLLM max_num_batched_tokens, tuned around 2048 for chunked prefill: hfmem's default --prefill-chunk"
-)
-SRC_CAT = "transformers DynamicLayer.update: torch.cat([old, new]) allocates the grown layer beside the old one"
-SRC_INT8 = "bitsandbytes LLM.int8 Int8Params: int8 values + one fp32 SCB scale per output row"
-SRC_AWQ = (
-    "AutoGPTQ QuantLinear / AWQ: qweight (bits-bit values packed in int32), per group of group_size inputs and per "
-    "output one fp16 scale and one bits-bit zero (scales, qzeros); GPTQ adds an int32 g_idx per input; "
-    "group_size default 128 (BaseQuantizeConfig)"
-)
-SRC_FP8 = "E4M3 weights with one fp32 scale per tensor; block-wise: transformers FineGrainedFP8Config weight_block_size"
-SRC_MXFP4 = "OCP Microscaling Formats (MX) spec v1.0: 4-bit E2M1 values with one 8-bit E8M0 scale per 32"
-SRC_QUANT_SKIP = (
-    "Hugging Face quantization integrations leave embeddings, the LM head, norms, biases and modules_to_not_convert "
-    "in 16 bits"
-)
-
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
 
 _DTYPE_WORD = {4: "fp32", 2: "16-bit", 1: "8-bit"}
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _gib(num: Number) -> str:
@@ -539,13 +243,16 @@ def _stage_label(stages: Sequence[int], setup: TrainingSetup) -> str:
     return "ZeRO-" + ", ".join(str(s) for s in stages)
 
 
-def _merge_stages(rows: Sequence[tuple[int, Expr]], setup: TrainingSetup, unit: Unit = "bytes") -> list[Calculation]:
+def _merge_stages(rows: Sequence[tuple[int, Value]], setup: TrainingSetup, unit: Unit = "bytes") -> list[Calculation]:
     """One calculation per distinct formula, labelled with the ZeRO stages that share it."""
-    groups: dict[tuple[str, str], tuple[list[int], Expr]] = {}
-    for stage, expr in rows:
+    groups: dict[tuple[str, str], tuple[list[int], Value]] = {}
+    for stage, value in rows:
+        expr = lift(value)
         key = (expr.formula, expr.substituted)
         groups.setdefault(key, ([], expr))[0].append(stage)
-    return [Calculation(_stage_label(stages, setup), expr, unit, tuple(stages)) for stages, expr in groups.values()]
+    return [
+        Calculation(_stage_label(stages, setup), lift(expr), unit, tuple(stages)) for stages, expr in groups.values()
+    ]
 
 
 def _sym(base: str, suffix: str) -> str:
@@ -589,16 +296,14 @@ def _parameters(report: Report) -> list[Explanation]:
             outside_after += p.numel
         else:
             outside_before += p.numel
-    terms: list[Expr] = []
+    terms: list[Value] = []
     groups = _groups([(per_layer[i],) for i in sorted(per_layer)])
     for k, ((size,), count) in enumerate(groups, start=1):
         suffix = "" if len(groups) == 1 else str(k)
-        terms.append(
-            mul(
-                Var(_sym("L", suffix), count, "transformer layers" + (f" of {size:,} parameters" if suffix else "")),
-                Var(_sym("P_layer", suffix), size, "parameters of one layer"),
-            )
+        layers_var = Var(
+            _sym("L", suffix), count, "transformer layers" + (f" of {size:,} parameters" if suffix else "")
         )
+        terms.append(layers_var * Var(_sym("P_layer", suffix), size, "parameters of one layer", SRC_INVENTORY))
     if outside_before:
         terms.append(Var("P_before", outside_before, "parameters before the layers (embeddings)"))
     if outside_after:
@@ -621,14 +326,15 @@ def _parameters(report: Report) -> list[Explanation]:
             "parameters",
             "Parameters",
             text.strip(),
-            (Calculation("total", add(*terms), "parameters"),),
+            (Calculation("total", lift(total(terms)), "parameters"),),
             (SRC_INVENTORY,),
         )
     )
     out.append(_trainable(report))
     embeddings = [p for p in inv.parameters if p.is_embedding]
     if embeddings and len(embeddings) <= 4:
-        expr = add(*(mul(*(Const(d) for d in p.shape)) if len(p.shape) > 1 else Const(p.numel) for p in embeddings))
+        # ParameterInfo.numel: the product of the shape
+        expr = lift(total([math.prod(Const(d) for d in p.shape) if len(p.shape) > 1 else p.numel for p in embeddings]))
         out.append(
             Explanation(
                 "parameters",
@@ -642,19 +348,13 @@ def _parameters(report: Report) -> list[Explanation]:
         )
     if inv.moe is not None:
         moe = inv.moe
-        expr = add(
-            sub(
-                Var("Ψ", inv.total_params, "all parameters"),
-                Var("R", moe.routed_expert_params, "routed-expert parameters"),
-            ),
-            FloorDiv(
-                mul(
-                    Var("R", moe.routed_expert_params, "routed-expert parameters"),
-                    Var("k", moe.experts_per_token, "experts per token"),
-                ),
-                Var("E", moe.num_experts, "routed experts"),
-            ),
+        active = active_params_per_token(
+            Var("Ψ", inv.total_params, "all parameters", SRC_INVENTORY),
+            Var("R", moe.routed_expert_params, "routed-expert parameters", SRC_INVENTORY),
+            Var("k", moe.experts_per_token, "experts per token (config)"),
+            Var("E", moe.num_experts, "routed experts (config)"),
         )
+        expr = lift(active)
         out.append(
             Explanation(
                 "parameters",
@@ -696,28 +396,21 @@ def _trainable(report: Report) -> Explanation:
         )
     rank = setup.finetune.lora_rank
     lora_sides = 0
-    lora_numel = 0
     dora = 0
     other = 0
     for p in trained:
         if ".lora_" in p.name and "magnitude" not in p.name and len(p.shape) == 2 and rank in p.shape:
-            # lora_A is [r, in], lora_B is [out, r] (embeddings: lora_embedding_A [r, vocab], _B [dim, r]).
-            lora_sides += p.shape[1] if p.shape[0] == rank and ("_A" in p.name) else p.shape[0]
-            lora_numel += p.numel
+            # lora_A is [r, in], lora_B is [out, r] (embeddings: lora_embedding_A [r, vocab], _B [dim, r]): the
+            # side that is not the rank, numel / r exactly.
+            lora_sides += p.numel // rank
         elif "magnitude" in p.name:
             dora += p.numel
         else:
             other += p.numel
-    terms: list[Expr] = []
-    if lora_sides * rank == lora_numel:
-        terms.append(
-            mul(
-                Var("r", rank, "LoRA rank (--lora-rank)"),
-                Var("Σ_io", lora_sides, "Σ over adapted linears of (inputs + outputs)"),
-            )
-        )
-    else:
-        terms.append(Var("Ψ_AB", lora_numel + 0, "LoRA A and B matrices, summed tensor by tensor"))
+    terms: list[Value] = [
+        Var("r", rank, "LoRA rank (--lora-rank)", SRC_LORA)
+        * _v("Σ_io", lora_sides, "Σ over adapted linears of (inputs + outputs)", SRC_INVENTORY)
+    ]
     if dora:
         terms.append(Var("Ψ_mag", dora, "DoRA magnitudes: one per output feature of each adapted linear"))
     if other:
@@ -734,7 +427,7 @@ def _trainable(report: Report) -> Explanation:
         "parameters",
         "Trainable parameters",
         text,
-        (Calculation("trainable", add(*terms), "parameters"),),
+        (Calculation("trainable", lift(total(terms)), "parameters"),),
         tuple(sources),
     )
 
@@ -768,309 +461,151 @@ def _rows(report: Report) -> list[_Row]:
     return rows
 
 
-@dataclass(frozen=True)
-class _Group:
-    """Parameters that shard alike: the dense ones (or all), or the routed experts under expert parallelism."""
-
-    suffix: str
-    params: tuple[ParameterInfo, ...] | None  # None: a --params plan
-    trainable: int
-    frozen_count: int
-    n: int
-    n_meaning: str
+def _v(symbol: str, value: Number, meaning: str, source: str | None = None) -> Value:
+    """An operand; a 0 stays a plain 0, so the formula drops the term it would multiply."""
+    return Var(symbol, value, meaning, source) if value else 0
 
 
-def _state_groups(inv: ParameterInventory, setup: TrainingSetup) -> list[_Group]:
-    n_meaning = "GPUs sharing the model states (data parallel" + (
-        " × context parallel)" if setup.parallel.cp > 1 else ")"
-    )
+def _n_meaning(setup: TrainingSetup) -> str:
     if setup.parallel.fsdp == "hybrid_shard":
-        n_meaning = "GPUs sharing the model states (hybrid_shard: within one node)"
-    if not inv.has_shapes:
-        return [_Group("", None, inv.trainable_params, 0, setup.num_gpus, n_meaning)]
-    params = list(inv.parameters)
+        return "GPUs sharing the model states (hybrid_shard: within one node)"
+    return "GPUs sharing the model states (data parallel" + (" × context parallel)" if setup.parallel.cp > 1 else ")")
 
-    def group(suffix: str, ps: list[ParameterInfo], n: int, meaning: str) -> _Group:
-        return _Group(
-            suffix,
-            tuple(ps),
-            sum(p.numel for p in ps if p.trainable),
-            sum(p.numel for p in ps if not p.trainable),
-            n,
-            meaning,
-        )
 
-    if setup.parallel.ep == 1:
-        return [group("", params, setup.num_gpus, n_meaning)]
-    return [
-        group("", [p for p in params if not p.is_routed_expert], setup.num_gpus, n_meaning),
-        group(
-            "E",
-            [p for p in params if p.is_routed_expert],
-            setup.expert_sharding_degree,
-            "GPUs sharing the routed experts' states (sharding degree / ep)",
+def _tensor_counts(params: Sequence[ParameterInfo], setup: TrainingSetup, psi_t: Value, s: str) -> TensorCounts:
+    """The optimizer's per-tensor sums as operands (`hfmem.memory.states.count_tensors`)."""
+    c = count_tensors(p.shape for p in params if p.trainable)
+    return TensorCounts(
+        psi_t,
+        _v(_sym("Ψ_8", s), c.elements_8bit, f"trained elements in tensors of ≥ {BNB_MIN_8BIT_SIZE:,}"),  # type: ignore[arg-type]
+        _v(_sym("B", s), c.blocks_8bit, f"blocks of {BNB_BLOCKSIZE}, Σ⌈n/{BNB_BLOCKSIZE}⌉ per tensor"),  # type: ignore[arg-type]
+        _v(_sym("Ψ_32", s), c.elements_32bit, f"trained elements in tensors under {BNB_MIN_8BIT_SIZE:,}"),  # type: ignore[arg-type]
+        _v(_sym("ΣR", s), c.factored_rows, "Σ rows of the ≥ 2-D trained tensors (exp_avg_sq_row)"),  # type: ignore[arg-type]
+        _v(_sym("ΣC", s), c.factored_cols, "Σ columns of the ≥ 2-D trained tensors (exp_avg_sq_col)"),  # type: ignore[arg-type]
+        _v(_sym("Ψ_1D", s), c.elements_1d, "elements of 1-D trained tensors (full exp_avg_sq)"),  # type: ignore[arg-type]
+    )
+
+
+def _frozen_counts(params: Sequence[ParameterInfo], setup: TrainingSetup, s: str) -> FrozenCounts:
+    """The frozen tensors' sums as operands (`hfmem.memory.methods.count_frozen`)."""
+    c = count_frozen(params, setup.finetune)
+    if c.nf4 is None:
+        return FrozenCounts(_v(_sym("Ψ_F", s), c.plain_params, "frozen parameters"))  # type: ignore[arg-type]
+    q = c.nf4
+    nf4 = QuantCounts(
+        _v(_sym("Ψ_Q", s), q.elements, "frozen linear weights stored as NF4"),  # type: ignore[arg-type]
+        _v(_sym("D", s), q.packed_bytes, "NF4 code bytes, Σ⌈n/2⌉ per tensor", SRC_BNB_4BIT),  # type: ignore[arg-type]
+        _v(_sym("T_Q", s), q.tensors, "NF4 tensors (one fp32 offset each)"),  # type: ignore[arg-type]
+        blocks=_v(  # type: ignore[arg-type]
+            _sym("K", s), q.blocks, f"absmax blocks of {BNB_4BIT_BLOCKSIZE}, Σ⌈n/{BNB_4BIT_BLOCKSIZE}⌉ per tensor"
         ),
-    ]
+        blocks2=_v(_sym("K2", s), q.blocks2, f"second-level blocks of {BNB_DQ_BLOCKSIZE} absmax values"),  # type: ignore[arg-type]
+    )
+    plain = _v(_sym("Ψ_16", s), c.plain_params, "other frozen parameters (embeddings, norms, LM head)")  # type: ignore[arg-type]
+    return FrozenCounts(plain, nf4)
 
 
-class _Symbols:
-    """The operands of the model-state formulas of one group, built once."""
-
-    def __init__(self, g: _Group, setup: TrainingSetup) -> None:
-        spec = PRECISION_SPECS[setup.precision]
-        tspec = trainable_spec(setup)
-        s = g.suffix
-        what = " (routed experts)" if s else ""
-        self.group = g
-        self.setup = setup
-        self.psi_t = Var(_sym("Ψ_T", s), g.trainable, f"trainable parameters on this GPU before sharding{what}")
-        self.n = Var(_sym("N", s), g.n, g.n_meaning)
-        self.w = Var("w", tspec.weight_bytes, f"bytes per trained weight ({_DTYPE_WORD.get(tspec.weight_bytes, '')})")
-        self.m = Var(
+def _state_inputs(
+    inv: ParameterInventory, params: list[ParameterInfo] | None, n: int, setup: TrainingSetup, zero: int, s: str
+) -> StateInputs:
+    """`hfmem.memory.states.StateInputs` of one group as named operands."""
+    spec = PRECISION_SPECS[setup.precision]
+    tspec = trainable_spec(setup)
+    what = " (routed experts)" if s else ""
+    if params is None:
+        trainable = inv.trainable_params
+        frozen_count = 0
+    else:
+        _, trainable, frozen_count, _ = split_group(inv, params, setup)
+    psi_t = _v(_sym("Ψ_T", s), trainable, f"trainable parameters on this GPU before sharding{what}")
+    w_base = Var(
+        "w_B" if spec.weight_bytes != tspec.weight_bytes else "w",
+        spec.weight_bytes,
+        f"bytes per frozen base weight ({_DTYPE_WORD.get(spec.weight_bytes, '')})",
+        SRC_ZERO,
+    )
+    frozen: Value = 0
+    if params is not None and frozen_count:
+        frozen = frozen_bytes(setup.finetune, _frozen_counts(params, setup, s), w_base)
+    w_source = SRC_PEFT_FP32 if setup.finetune.uses_peft else SRC_TM101 if spec.weight_bytes == 4 else SRC_ZERO
+    states: Value = 0
+    if zero == 0:
+        counts = _tensor_counts(params, setup, psi_t, s) if params is not None else _flat_counts(inv, psi_t, s)
+        states = tensor_state_bytes(setup.optimizer, counts, _state_var(setup))
+    return StateInputs(
+        psi_t,
+        _v(_sym("Ψ_F", s), frozen_count, "frozen parameters"),
+        frozen,
+        Var(_sym("N", s), n, _n_meaning(setup) if not s else "GPUs sharing the routed experts' states (N / ep)"),
+        Var("w", tspec.weight_bytes, f"bytes per trained weight ({_DTYPE_WORD.get(tspec.weight_bytes, '')})", w_source),
+        Var(
             "m",
             tspec.master_bytes,
             "bytes per fp32 master weight"
             if tspec.master_bytes
             else "bytes of master copy (none: the weights are their own)",
-        )
-        self.g = Var("g", tspec.grad_bytes, f"bytes per gradient ({_DTYPE_WORD.get(tspec.grad_bytes, '')})")
-        self.s = Var("s", tspec.state_bytes, "bytes per optimizer-state element")
-        self.w_base = Var(
-            "w_B" if spec.weight_bytes != tspec.weight_bytes else "w",
-            spec.weight_bytes,
-            f"bytes per frozen base weight ({_DTYPE_WORD.get(spec.weight_bytes, '')})",
-        )
-        self.frozen = self._frozen(g, setup)
-
-    def shard(self) -> Expr:
-        return CeilDiv(self.psi_t, self.n)
-
-    def _frozen(self, g: _Group, setup: TrainingSetup) -> Expr | None:
-        """F: bytes of the frozen weights, as `hfmem.memory.methods.frozen_weight_bytes` sums them."""
-        if g.params is None or not g.frozen_count:
-            return None
-        s = g.suffix
-        frozen = [p for p in g.params if not p.trainable]
-        if setup.method != "qlora":
-            return mul(Var(_sym("Ψ_F", s), g.frozen_count, "frozen parameters"), self.w_base)
-        quantized = [p for p in frozen if is_qlora_quantized(p)]
-        plain = sum(p.numel for p in frozen) - sum(p.numel for p in quantized)
-        q_count = sum(p.numel for p in quantized)
-        codes = sum(-(-p.numel // 2) for p in quantized)
-        blocks = sum(-(-p.numel // BNB_4BIT_BLOCKSIZE) for p in quantized)
-        psi_q = Var(_sym("Ψ_Q", s), q_count, "frozen linear weights stored as NF4")
-        data: Expr = (
-            CeilDiv(psi_q, Const(2))
-            if codes == -(-q_count // 2)
-            else Var(_sym("D", s), codes, "NF4 codes, Σ⌈n/2⌉ per tensor")
-        )
-        k = Var(_sym("K", s), blocks, f"absmax blocks of {BNB_4BIT_BLOCKSIZE}, Σ⌈n/{BNB_4BIT_BLOCKSIZE}⌉ per tensor")
-        if setup.finetune.double_quant:
-            blocks2 = sum(_cdiv(_cdiv(p.numel, BNB_4BIT_BLOCKSIZE), BNB_DQ_BLOCKSIZE) for p in quantized)
-            meta = add(
-                k,
-                mul(Const(4), Var(_sym("K2", s), blocks2, f"second-level blocks of {BNB_DQ_BLOCKSIZE} absmax values")),
-                mul(Const(4), Var(_sym("T_Q", s), len(quantized), "NF4 tensors (one fp32 offset each)")),
-            )
-        else:
-            meta = mul(Const(4), k)
-        plain_term = (
-            mul(
-                Var(_sym("Ψ_16", s), plain, "other frozen parameters (embeddings, norms, LM head)"),
-                Const(QLORA_COMPUTE_BYTES),
-            )
-            if plain
-            else None
-        )
-        return add(data, meta, plain_term)
-
-
-def _optimizer_expr(sym: _Symbols, setup: TrainingSetup, flat: Expr | None, state: Var | None = None) -> Expr:
-    """Optimizer-state bytes: per real tensor (``flat`` None: ZeRO-0) or of one flat partition of ``flat`` elements.
-
-    ``state``: bytes per state element (default: the trained tensors', `_Symbols.s`).
-    """
-    opt = setup.optimizer
-    state = state or sym.s
-    g = sym.group
-    s = g.suffix
-    if opt == "sgd":
-        return Const(0)
-    if flat is None and g.params is None:
-        flat = sym.psi_t  # --params: one flat tensor
-    if opt == "adamw":
-        return mul(Const(2), flat if flat is not None else sym.psi_t, state)
-    if opt in ("sgd-momentum", "lion"):
-        return mul(flat if flat is not None else sym.psi_t, state)
-    if opt == "adamw-8bit":
-        if flat is not None:
-            n = flat.value()
-            if n == 0:
-                return Const(0)
-            if n < BNB_MIN_8BIT_SIZE:
-                return mul(Const(2), flat, Const(4))
-            return mul(Const(2), add(flat, mul(Const(4), CeilDiv(flat, Const(BNB_BLOCKSIZE)))))
-        assert g.params is not None
-        trained = [p for p in g.params if p.trainable]
-        big = [p for p in trained if p.numel >= BNB_MIN_8BIT_SIZE]
-        small = sum(p.numel for p in trained if p.numel < BNB_MIN_8BIT_SIZE)
-        blocks = sum(-(-p.numel // BNB_BLOCKSIZE) for p in big)
-        term_big = mul(
-            Const(2),
-            add(
-                Var(
-                    _sym("Ψ_8", s), sum(p.numel for p in big), f"trained elements in tensors of ≥ {BNB_MIN_8BIT_SIZE:,}"
-                ),
-                mul(Const(4), Var(_sym("B", s), blocks, f"blocks of {BNB_BLOCKSIZE}, Σ⌈n/{BNB_BLOCKSIZE}⌉ per tensor")),
-            ),
-        )
-        term_small = (
-            mul(
-                Const(2),
-                Const(4),
-                Var(_sym("Ψ_32", s), small, f"trained elements in tensors under {BNB_MIN_8BIT_SIZE:,}"),
-            )
-            if small
-            else None
-        )
-        return add(term_big, term_small)
-    if opt == "adafactor":
-        if flat is not None:
-            return mul(Const(4), flat)
-        assert g.params is not None
-        trained = [p for p in g.params if p.trainable]
-        rows = sum(p.numel // p.shape[-1] for p in trained if len(p.shape) >= 2)
-        cols = sum(p.numel // p.shape[-2] for p in trained if len(p.shape) >= 2)
-        ones = sum(p.numel for p in trained if len(p.shape) < 2)
-        return mul(
-            Const(4),
-            add(
-                Var(_sym("ΣR", s), rows, "Σ rows of the ≥ 2-D trained tensors (exp_avg_sq_row)"),
-                Var(_sym("ΣC", s), cols, "Σ columns of the ≥ 2-D trained tensors (exp_avg_sq_col)"),
-                Var(_sym("Ψ_1D", s), ones, "elements of 1-D trained tensors (full exp_avg_sq)"),
-            ),
-        )
-    raise ValueError(f"unknown optimizer {opt}")
-
-
-def _hfmem_states(sym: _Symbols, setup: TrainingSetup, zero: int) -> dict[str, Expr]:
-    """weights / master / gradients / optimizer of one group at one ZeRO stage: `hfmem.memory.states.stage_memory`."""
-    f = sym.frozen
-    shard = sym.shard()
-    if zero == 0:
-        return {
-            "weights": add(f, mul(sym.w, sym.psi_t)),
-            "master": mul(sym.m, sym.psi_t),
-            "gradients": mul(sym.g, sym.psi_t),
-            "optimizer": _optimizer_expr(sym, setup, None),
-        }
-    if zero == 3:
-        weights = add(CeilDiv(f, sym.n) if f is not None else None, mul(sym.w, shard))
-    else:
-        weights = add(f, mul(sym.w, sym.psi_t))
-    gradients = mul(sym.g, shard if zero >= 2 else sym.psi_t)
-    if setup.offload == "none":
-        return {
-            "weights": weights,
-            "master": mul(sym.m, shard),
-            "gradients": gradients,
-            "optimizer": _optimizer_expr(sym, setup, shard) if shard.value() else Const(0),
-        }
-    if setup.offload == "optimizer+params":
-        weights = Const(0)
-    return {
-        "weights": weights,
-        "master": Const(0),
-        "gradients": Const(0) if zero >= 2 else gradients,
-        "optimizer": Const(0),
-    }
-
-
-def _cpu_expr(sym: _Symbols, setup: TrainingSetup) -> Expr:
-    """CPU RAM per node with offload: the fp32 partition, its fp32 gradients and fp32 optimizer states per GPU."""
-    shard = sym.shard()
-    fp32 = Var("s_cpu", 4, "bytes per fp32 optimizer-state element on the CPU")
-    per_gpu = add(
-        mul(shard, add(Const(4), Const(4))),
-        _optimizer_expr(sym, setup, shard, fp32) if shard.value() else Const(0),
+            SRC_ZERO,
+        ),
+        Var("g", tspec.grad_bytes, f"bytes per gradient ({_DTYPE_WORD.get(tspec.grad_bytes, '')})", w_source),
+        _state_var(setup),
+        w_base,
+        states,
+        Var("gpus", setup.gpus_per_node, "GPUs per node"),
     )
-    if setup.offload == "optimizer+params":
-        frozen = sym.group.frozen_count
-        per_gpu = add(
-            per_gpu,
-            mul(CeilDiv(Var(_sym("Ψ_F", sym.group.suffix), frozen, "frozen parameters"), sym.n), sym.w_base)
-            if frozen
-            else None,
-            mul(shard, sym.w),
-        )
-    return mul(per_gpu, Var("gpus", setup.gpus_per_node, "GPUs per node"))
 
 
-def _deepspeed_states(inv: ParameterInventory, setup: TrainingSetup, zero: int) -> dict[str, Expr]:
-    """DeepSpeed's estimator, split as `hfmem.memory.states.deepspeed_stage_memory` splits it."""
-    p = Var("Ψ", inv.total_params, "parameters")
-    n = Var("N", setup.num_gpus, "GPUs sharing the model states")
-    ll = Var("LL", inv.largest_module_params, f"parameters of the largest module ({inv.largest_module_name})")
-    factor = Const(DEEPSPEED_CPU_BUFFER_FACTOR)
-    gpus = Var("gpus", setup.gpus_per_node, "GPUs per node")
-
-    def part(k: int) -> Expr:
-        return Round(Div(mul(Const(k), p), n), up=False)
-
-    if zero == 2:
-        if setup.offload == "none":
-            return {
-                "weights": mul(Const(2), p),
-                "master": part(4),
-                "gradients": sub(part(18), part(4), part(8)),
-                "optimizer": part(8),
-                "cpu": Round(mul(p, Const(4), gpus, factor), up=False),
-            }
-        return {
-            "weights": mul(Const(2), p),
-            "master": Const(0),
-            "gradients": Const(0),
-            "optimizer": Const(0),
-            "cpu": Round(mul(p, Call("max", (mul(Const(4), n), Const(16))), factor), up=False),
-        }
-    gathered = mul(Const(2), ll)
-    nodes = Var("nodes", setup.nodes, "nodes")
-    if setup.offload == "none":
-        return {
-            "weights": add(gathered, part(2)),
-            "master": part(4),
-            "gradients": add(sub(part(18), part(2), part(4), part(8)), gathered),
-            "optimizer": part(8),
-            "cpu": Round(mul(ll, Const(4), gpus, factor), up=False),
-        }
-    k = 16 if setup.offload == "optimizer" else 18
-    return {
-        "weights": add(gathered, part(2)) if setup.offload == "optimizer" else gathered,
-        "master": Const(0),
-        "gradients": gathered,
-        "optimizer": Const(0),
-        "cpu": Round(mul(p, Const(k), Div(Const(1), nodes), factor), up=False),
-    }
+def _state_var(setup: TrainingSetup) -> Var:
+    tspec = trainable_spec(setup)
+    source = SRC_PEFT_FP32 if setup.finetune.uses_peft else SRC_TORCH_STATES
+    return Var("s", tspec.state_bytes, "bytes per optimizer-state element", source)
 
 
-def _states_by_row(report: Report, rows: list[_Row]) -> list[dict[str, Expr]]:
+def _flat_counts(inv: ParameterInventory, psi_t: Value, s: str) -> TensorCounts:
+    """A --params plan's one flat tensor of Ψ_T elements, as operands."""
+    c = count_tensors(((inv.trainable_params,),))
+    blocks = _v(_sym("B", s), c.blocks_8bit, f"blocks of {BNB_BLOCKSIZE}, ⌈Ψ_T / {BNB_BLOCKSIZE}⌉")
+    return TensorCounts(
+        psi_t,
+        psi_t if c.elements_8bit else 0,
+        blocks,
+        psi_t if c.elements_32bit else 0,
+        elements_1d=psi_t,
+    )
+
+
+def _states_by_row(report: Report, rows: list[_Row]) -> list[StateBytes]:
+    """Each row's model states as expressions: `hfmem.memory.states.group_state_bytes` (or DeepSpeed's estimator)
+    called with named operands; each evaluates to the report's number."""
     training = report.training
     assert training is not None
     setup = training.setup
     out = []
     for row in rows:
         zero = row.memory.zero_stage
+        inv = row.inventory
         if setup.accounting == "deepspeed":
-            out.append(_deepspeed_states(row.inventory, setup, zero))
+            out.append(
+                deepspeed_state_bytes(
+                    setup,
+                    zero,
+                    Var("Ψ", inv.total_params, "parameters"),
+                    Var("N", setup.num_gpus, "GPUs sharing the model states"),
+                    Var(
+                        "LL", inv.largest_module_params, f"parameters of the largest module ({inv.largest_module_name})"
+                    ),
+                    Var("gpus", setup.gpus_per_node, "GPUs per node"),
+                    Var("nodes", setup.nodes, "nodes"),
+                )
+            )
             continue
-        parts: dict[str, list[Expr]] = {"weights": [], "master": [], "gradients": [], "optimizer": [], "cpu": []}
-        for g in _state_groups(row.inventory, setup):
-            sym = _Symbols(g, setup)
-            for key, expr in _hfmem_states(sym, setup, zero).items():
-                parts[key].append(expr)
-            if setup.offload != "none":
-                parts["cpu"].append(_cpu_expr(sym, setup))
-        out.append({key: add(*exprs) for key, exprs in parts.items()})
+        groups = state_groups(inv, setup)
+        suffixes = ["", "E"] if len(groups) == 2 else [""]
+        out.append(
+            add_state_bytes(
+                group_state_bytes(setup, zero, _state_inputs(inv, params, n, setup, zero, s))
+                for (params, n), s in zip(groups, suffixes, strict=True)
+            )
+        )
     return out
 
 
@@ -1103,7 +638,7 @@ def _layout_text(setup: TrainingSetup, row: _Row) -> str:
     return ("Ψ_T counts what one GPU holds: " + "; ".join(parts) + ". ") if parts else ""
 
 
-def _model_state_explanations(report: Report, rows: list[_Row], states: list[dict[str, Expr]]) -> list[Explanation]:
+def _model_state_explanations(report: Report, rows: list[_Row], states: list[StateBytes]) -> list[Explanation]:
     training = report.training
     assert training is not None
     setup = training.setup
@@ -1116,7 +651,9 @@ def _model_state_explanations(report: Report, rows: list[_Row], states: list[dic
     out: list[Explanation] = []
 
     def calcs(key: str) -> tuple[Calculation, ...]:
-        return tuple(_merge_stages([(r.memory.zero_stage, s[key]) for r, s in zip(rows, states, strict=True)], setup))
+        return tuple(
+            _merge_stages([(r.memory.zero_stage, getattr(s, key)) for r, s in zip(rows, states, strict=True)], setup)
+        )
 
     if deepspeed:
         text = (
@@ -1281,114 +818,57 @@ def _model_state_explanations(report: Report, rows: list[_Row], states: list[dic
 # Training: activations and logits
 
 
-def _layer_expr(layer: LayerProfile, setup: TrainingSetup, suffix: str, *, full_ckpt: bool, tag: str = "S") -> Expr:
-    """One layer's bytes on one GPU: `hfmem.memory.parallel.tensor_parallel_layer` applied to the measured layer."""
-    par = setup.parallel
-    t = Var("t", par.tp, "tensor-parallel degree")
-    if full_ckpt:
-        i = Var(_sym("I", suffix), layer.input_bytes, "bytes of one layer's inputs (measured)")
-        return CeilDiv(i, t) if par.tp > 1 and par.sp else i
-    s = Var(_sym(tag, suffix), layer.saved_bytes, "bytes one layer saves for backward (measured)")
-    if par.tp == 1:
-        return s
-    if par.sp:
-        return CeilDiv(s, t)
-    split = Var(
-        _sym("T" if tag == "S" else f"T{tag[-1]}", suffix),
-        layer.tp_split_bytes,
-        "the part of it tensor parallelism splits",
-    )
-    return add(sub(s, split), CeilDiv(split, t))
-
-
-def _activation_parts(report: Report, row: _Row) -> tuple[Expr, Expr | None]:
-    """(saved, recompute) for one row: `hfmem.memory.activations.estimate_activations` on the stage."""
-    training = report.training
-    assert training is not None and training.profile is not None
-    setup = training.setup
-    prof = training.profile
-    ckpt = setup.grad_checkpointing
-    held = row.pstage.layers
-    layers = [prof.layers[i] for i in held]
-    fused = [prof.fused_layers[i] for i in held]
-    source = fused if ckpt == "selective" else layers
-    if ckpt == "full":
-        keys = [(layer.input_bytes,) for layer in source]
-    else:
-        keys = [(layer.saved_bytes, layer.tp_split_bytes) for layer in source]
+def _symbolic_profile(prof: ActivationProfile) -> ActivationProfile:
+    """The measured profile with its numbers as named operands: one set of symbols per group of alike layers (S, I,
+    T; the fused-kernel emulation's S_f, T_f where it differs), O and O_a outside the layers, G and Λ."""
+    keys = [
+        (a.saved_bytes, a.input_bytes, a.tp_split_bytes, b.saved_bytes, b.tp_split_bytes)
+        for a, b in zip(prof.layers, prof.fused_layers, strict=True)
+    ]
     groups = _groups(keys)
-    by_key = {}
-    for layer, key in zip(source, keys, strict=True):
-        by_key.setdefault(key, layer)
-    terms: list[Expr] = []
+    symbols: dict[tuple[Any, ...], tuple[LayerProfile, LayerProfile]] = {}
     for k, (key, count) in enumerate(groups, start=1):
-        suffix = "" if len(groups) == 1 else str(k)
-        what = ("I" if ckpt == "full" else "S") + (f"_{suffix}" if suffix else "")
-        terms.append(
-            mul(
-                Var(_sym("L", suffix), count, f"layers of {what} bytes each" if suffix else "layers on this GPU"),
-                _layer_expr(by_key[key], setup, suffix, full_ckpt=ckpt == "full"),
-            )
-        )
-    par = setup.parallel
-    before = prof.other_bytes - prof.other_after_bytes
-    if par.tp == 1 and par.pp == 1:
-        other: Expr | None = (
-            Var("O", prof.other_bytes, "bytes saved outside the layers (measured)") if prof.other_bytes else None
-        )
-    else:
-        o_terms = []
-        if row.pstage.holds_embeddings and before:
-            o_terms.append(Var("O_b", before, "bytes saved before the layers: token ids, embeddings (measured)"))
-        if row.pstage.holds_head and prof.other_after_bytes:
-            o_terms.append(
-                Var("O_a", prof.other_after_bytes, "bytes saved after the layers: final norm, LM head input")
-            )
-        other = add(*o_terms) if o_terms else None
-        if other is not None and par.sp:
-            other = CeilDiv(other, Var("t", par.tp, "tensor-parallel degree"))
-    saved = add(*terms, other)
-    factor = in_flight_microbatches(setup, row.pstage.index)
-    if factor != 1:
-        saved = Round(mul(saved, Var("f", factor, "micro-batches of activations in flight on this stage")), up=True)
-    recompute: Expr | None = None
-    if ckpt == "full" and layers:
-        split = [row.profile.layers[k].saved_bytes for k in range(len(layers))] if row.profile else []
-        biggest = max(range(len(layers)), key=lambda k: split[k])
-        recompute = _layer_expr(layers[biggest], setup, "R", full_ckpt=False)
-    elif ckpt == "selective" and layers:
-        assert row.profile is not None
-        gaps = [
-            max(e.saved_bytes - f.saved_bytes, 0)
-            for e, f in zip(row.profile.layers, row.profile.fused_layers, strict=True)
-        ]
-        biggest = max(range(len(layers)), key=lambda k: gaps[k])
-        if gaps[biggest]:
-            recompute = sub(
-                _layer_expr(layers[biggest], setup, "e", full_ckpt=False, tag="S"),
-                _layer_expr(fused[biggest], setup, "f", full_ckpt=False, tag="S"),
-            )
-    return saved, recompute
+        x = "" if len(groups) == 1 else str(k)
+        how_many = f" (group {k}: {_plural(count, 'layer')} of the model)" if x else ""
+        saved = _v(_sym("S", x), key[0], f"bytes one layer saves for backward (measured){how_many}", SRC_TRACE)
+        inputs = _v(_sym("I", x), key[1], f"bytes of one layer's inputs (measured){how_many}", SRC_TRACE)
+        split = _v(_sym("T", x), key[2], "the part of S tensor parallelism splits (measured)", SRC_TP_ACT)
+        layer = LayerProfile("", saved, inputs, split)  # type: ignore[arg-type]
+        fused = layer
+        if (key[3], key[4]) != (key[0], key[2]):
+            fused_saved = _v(_sym("S_f", x), key[3], "what it saves with a fused attention kernel (measured)", SRC_CKPT)
+            fused_split = _v(_sym("T_f", x), key[4], "the part of S_f tensor parallelism splits", SRC_TP_ACT)
+            fused = LayerProfile("", fused_saved, inputs, fused_split)  # type: ignore[arg-type]
+        symbols[key] = (layer, fused)
+    other = _v("O", prof.other_bytes, "bytes saved outside the layers (measured)", SRC_TRACE)
+    after = _v("O_a", prof.other_after_bytes, "of O, saved after the layers: final norm, LM head input", SRC_TRACE)
+    return replace(
+        prof,
+        layers=tuple(symbols[k][0] for k in keys),
+        fused_layers=tuple(symbols[k][1] for k in keys),
+        other_bytes=other,  # type: ignore[arg-type]
+        other_after_bytes=after,  # type: ignore[arg-type]
+        logits_bytes=_v("G", prof.logits_bytes, "the logits tensor the model returns (measured)", SRC_TRACE),  # type: ignore[arg-type]
+        logits_saved_bytes=_v("Λ", prof.logits_saved_bytes, "the loss's saved fp32 log-softmax (measured)", SRC_LOSS),  # type: ignore[arg-type]
+    )
 
 
-def _logits_exprs(report: Report, row: _Row) -> tuple[Expr, Expr, Expr, Expr]:
-    """(G, Λ, at the loss in forward, when backward starts) for one row, as `estimate_activations` counts them."""
+def _row_activations(report: Report, row: _Row) -> tuple[Value, Value]:
+    """(activations, logits) live at the row's peak: `hfmem.memory.peak.stage_activations` and `phase_bytes` called
+    with the measured profile as operands."""
     training = report.training
     assert training is not None and training.profile is not None
     setup = training.setup
-    prof = training.profile
     par = setup.parallel
-    g: Expr = Var("G", prof.logits_bytes, "the logits tensor the model returns (measured)")
-    lam: Expr = Var("Λ", prof.logits_saved_bytes, "the loss's saved fp32 log-softmax (measured)")
-    if not row.pstage.holds_head:
-        g, lam = Const(0), Const(0)
-    elif par.tp > 1:
-        t = Var("t", par.tp, "tensor-parallel degree")
-        g, lam = CeilDiv(g, t), CeilDiv(lam, t)
-    upcast = lam.value() > g.value()
-    forward = add(g, mul(Const(2), lam)) if upcast else add(g, lam)
-    backward = add(g, mul(Const(3), lam))
-    return g, lam, forward, backward
+    factor = in_flight_microbatches(setup, row.pstage.index)
+    estimate = stage_activations(
+        _symbolic_profile(training.profile),
+        setup,
+        row.pstage,
+        t=Var("t", par.tp, "tensor-parallel degree", SRC_TP_ACT) if par.tp > 1 else None,
+        factor=Var("f", factor, "micro-batches of activations in flight on this stage") if factor != 1 else None,
+    )
+    return phase_bytes(estimate, row.memory.peak_phase or "forward")
 
 
 def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanation]:
@@ -1409,27 +889,12 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
         ]
     par = setup.parallel
     ckpt = setup.grad_checkpointing
-    act_rows: list[tuple[int, Expr]] = []
-    logit_rows: list[tuple[int, Expr]] = []
+    act_rows: list[tuple[int, Value]] = []
+    logit_rows: list[tuple[int, Value]] = []
     for row in rows:
-        saved, recompute = _activation_parts(report, row)
-        _, _, fwd, bwd = _logits_exprs(report, row)
-        est = row.activations
-        assert est is not None
-        phase = row.memory.peak_phase
-        if phase == "forward":
-            act_rows.append((row.memory.zero_stage, saved))
-            logit_rows.append((row.memory.zero_stage, fwd))
-        elif phase == "backward":
-            if est.recompute_bytes > est.logits_backward_bytes and recompute is not None:
-                act_rows.append((row.memory.zero_stage, add(saved, recompute)))
-                logit_rows.append((row.memory.zero_stage, Const(0)))
-            else:
-                act_rows.append((row.memory.zero_stage, saved))
-                logit_rows.append((row.memory.zero_stage, bwd))
-        else:
-            act_rows.append((row.memory.zero_stage, Const(0)))
-            logit_rows.append((row.memory.zero_stage, Const(0)))
+        acts, logits = _row_activations(report, row)
+        act_rows.append((row.memory.zero_stage, acts))
+        logit_rows.append((row.memory.zero_stage, logits))
     seq = training.seq_len or prof.seq_len
     sizes = [layer.saved_bytes for layer in prof.layers]
     common = max(set(sizes), key=sizes.count) if sizes else 0
@@ -1521,126 +986,107 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
 # Training: overheads and the peak
 
 
+#: Prose of each overhead line, by its key (`hfmem.types.OverheadItem`).
 _OVERHEAD_TEXT: dict[str, tuple[str, tuple[str, ...]]] = {
-    "CUDA context + cuBLAS workspace": (
+    "cuda_context": (
         "Memory the CUDA driver and cuBLAS take on every GPU before PyTorch allocates anything; PyTorch's own "
         "counters (memory_allocated) do not see it.",
         (SRC_CUDA,),
     ),
-    "DDP gradient buckets": (
+    "ddp_gradient_buckets": (
         "ZeRO-0 on several GPUs is plain DistributedDataParallel, which copies the gradients into its all-reduce "
         "buckets: a second copy of the gradients.",
         (SRC_DDP,),
     ),
-    "DeepSpeed reduce bucket": (
+    "deepspeed_reduce_bucket": (
         "ZeRO ≥ 1 reduces gradients through one bucket of reduce_bucket_size elements (5e8 by default), in the "
         "gradients' dtype, capped by the gradients there are.",
         (SRC_DS_CONFIG,),
     ),
-    "ZeRO-3 gathered parameters + prefetch": (
+    "zero3_gathered_params": (
         "ZeRO-3 gathers a whole module's weights just before it runs and frees them after: the largest module LL at "
         "16 bits (with its 16-bit gradients in backward for full fine-tuning), plus the next parameters prefetched, "
         "stage3_prefetch_bucket_size (5e7) elements.",
         (SRC_DS_GATHER, SRC_DS_CONFIG),
     ),
-    "FSDP unsharded unit + prefetched unit (16-bit)": (
+    "fsdp_unsharded_unit": (
         "FSDP gathers one unit (one transformer layer, or the root: embeddings, final norm and LM head, if larger) "
         "whole before computing it, and prefetches the next: 2 units of U parameters at 16 bits.",
         (SRC_FSDP,),
     ),
-    "FSDP unsharded gradients of one unit": (
+    "fsdp_unsharded_gradients": (
         "In backward, one unit's gradients exist unsharded until its reduce-scatter.",
         (SRC_FSDP,),
     ),
-    "QLoRA dequantized weight (16-bit)": (
+    "qlora_dequantized_weight": (
         "bitsandbytes dequantizes a 4-bit weight to 16 bits for each matmul; the largest such weight, n_max "
         "elements × 2 bytes, is live while it runs.",
         (SRC_BNB_MATMUL,),
     ),
-    "fp32 gradient partition at step": (
+    "fp32_gradient_partition": (
         "At the optimizer step DeepSpeed converts this GPU's gradient partition to fp32 (4 bytes per element); "
         "ZeRO-3 steps over sub-groups of at most sub_group_size (1e9) elements at a time.",
         (SRC_DS_FP32_GRAD, SRC_DS_CONFIG),
     ),
-    "parameter all-gather bucket": (
+    "param_allgather_bucket": (
         "After the step, ZeRO-1/2 all-gather the updated 16-bit weights through one bucket of allgather_bucket_size "
         "(5e8) elements.",
         (SRC_DS_CONFIG,),
     ),
-    "Adafactor fp32 upcast of one tensor": (
+    "adafactor_fp32_upcast": (
         "Adafactor's step upcasts each 16-bit parameter (or, under ZeRO, the flat partition) to fp32, one at a time.",
         (SRC_ADAFACTOR,),
     ),
 }
 
 
-def _overhead_expr(
-    name: str, row: _Row, setup: TrainingSetup, memory: StageMemory, activ: Expr, logits: Expr
-) -> Expr | None:
-    """The formula of one named overhead item, as `hfmem.memory.peak.overhead_items` computes it."""
+def _overhead_exprs(row: _Row, setup: TrainingSetup, activ: Expr, logits: Expr) -> dict[str, Value]:
+    """Every overhead line of one row as an expression: `hfmem.memory.peak.overhead_terms` (and
+    `fragmentation_bytes`) called with named operands, keyed like the report's items."""
+    memory = row.memory
+    inv = row.inventory
     spec = PRECISION_SPECS[setup.precision]
     tspec = trainable_spec(setup)
     settings = setup.overheads
-    inv = row.inventory
-    psi_t = Var("Ψ_T", inv.trainable_params, "trainable parameters on this GPU")
-    g = Var("g", tspec.grad_bytes, "bytes per gradient")
-    w = Var("w", tspec.weight_bytes, "bytes per trained weight")
-    w16 = Var("w" if spec.weight_bytes == tspec.weight_bytes else "w_B", spec.weight_bytes, "bytes per working weight")
-    n = Var("N", setup.num_gpus, "GPUs sharing the model states")
-    if name == "CUDA context + cuBLAS workspace":
-        return Var("C", settings.cuda_context_bytes, "CUDA context + cuBLAS workspace per GPU")
-    if name == "DDP gradient buckets":
-        return mul(g, psi_t)
-    if name == "DeepSpeed reduce bucket":
-        return mul(minimum(Var("R_b", settings.reduce_bucket_elements, "reduce_bucket_size (elements)"), psi_t), g)
-    if name == "ZeRO-3 gathered parameters + prefetch":
-        ll = Var("LL", inv.largest_module_params, f"parameters of the largest module ({inv.largest_module_name})")
-        per = add(w16, Var("g_B", spec.grad_bytes, "bytes per 16-bit gradient")) if setup.method == "full" else w16
-        prefetch = minimum(
-            Var("P_b", settings.prefetch_bucket_elements, "stage3_prefetch_bucket_size (elements)"),
-            Var("Ψ", inv.total_params, "parameters on this GPU before sharding"),
+    x = overhead_inputs(inv, setup)
+    w16_symbol = "w" if spec.weight_bytes == tspec.weight_bytes else "w_B"
+    operands = OverheadInputs(
+        Var("C", x.cuda_context, "CUDA context + cuBLAS workspace per GPU", SRC_CUDA),
+        Var("Ψ_T", x.trainable, "trainable parameters on this GPU"),
+        Var("Ψ", x.total, "parameters on this GPU before sharding"),
+        Var("N", x.n, "GPUs sharing the model states"),
+        Var("g", x.grad_bytes, "bytes per gradient"),
+        Var("w", x.weight_bytes, "bytes per trained weight"),
+        Var(w16_symbol, x.base_weight_bytes, "bytes per working weight"),
+        Var("g_B", x.base_grad_bytes, "bytes per 16-bit gradient"),
+        Var("LL", x.largest_module, f"parameters of the largest module ({inv.largest_module_name})", SRC_DS_GATHER),
+        Var("U", x.unit, "parameters of the largest FSDP unit"),
+        Var("U_T", x.unit_trainable, "trainable parameters of the largest FSDP unit"),
+        Var("n_max", x.nf4_largest, "elements of the largest NF4 weight"),
+        Var("n_max", x.largest_trained, "elements of the largest trained tensor"),
+        Var("R_b", x.reduce_bucket, "reduce_bucket_size (elements)", SRC_DS_CONFIG),
+        Var("A_b", x.allgather_bucket, "allgather_bucket_size (elements)", SRC_DS_CONFIG),
+        Var("P_b", x.prefetch_bucket, "stage3_prefetch_bucket_size (elements)", SRC_DS_CONFIG),
+        Var("SG", x.sub_group, "sub_group_size (elements)", SRC_DS_CONFIG),
+    )
+    terms = dict(overhead_terms(setup, memory.zero_stage, memory.peak_phase or "forward", operands))
+    if "allocator_fragmentation" in {item.key for item in memory.overhead_items}:
+        buffers = allocator_buffer_bytes((k, value_of(v)) for k, v in terms.items())
+        allocated = total(
+            [
+                Var("weights", memory.weights_bytes, "weights"),
+                Var("master", memory.master_weights_bytes, "master weights"),
+                Var("grads", memory.gradients_bytes, "gradients"),
+                Var("optim", memory.optimizer_states_bytes, "optimizer states"),
+                Var("activ", activ.value(), "activations at this moment"),
+                Var("logits", logits.value(), "logits at this moment"),
+                Var("buffers", buffers, "the overhead lines above, CUDA context excluded"),
+            ]
         )
-        return add(mul(ll, per), mul(prefetch, w16))
-    if name == "FSDP unsharded unit + prefetched unit (16-bit)":
-        unit, _ = fsdp_unit_params(inv)
-        return mul(Const(2), Var("U", unit, "parameters of the largest FSDP unit"), w16)
-    if name == "FSDP unsharded gradients of one unit":
-        _, unit_t = fsdp_unit_params(inv)
-        return mul(Var("U_T", unit_t, "trainable parameters of the largest FSDP unit"), g)
-    if name == "QLoRA dequantized weight (16-bit)":
-        largest = max((p.numel for p in inv.parameters if is_qlora_quantized(p)), default=0)
-        return mul(Const(QLORA_COMPUTE_BYTES), Var("n_max", largest, "elements of the largest NF4 weight"))
-    if name == "fp32 gradient partition at step":
-        part: Expr = CeilDiv(psi_t, n)
-        if memory.zero_stage == 3:
-            part = minimum(part, Var("SG", settings.sub_group_elements, "sub_group_size (elements)"))
-        return mul(Const(4), part)
-    if name == "parameter all-gather bucket":
-        return mul(
-            minimum(Var("A_b", settings.allgather_bucket_elements, "allgather_bucket_size (elements)"), psi_t), w
+        terms["allocator_fragmentation"] = fragmentation_bytes(
+            allocated, Var("φ", settings.fragmentation, "fragmentation fraction", SRC_FRAG)
         )
-    if name == "Adafactor fp32 upcast of one tensor":
-        if memory.zero_stage >= 1:
-            return mul(Const(4), CeilDiv(psi_t, n))
-        largest = max((p.numel for p in inv.parameters if p.trainable), default=0)
-        return mul(Const(4), Var("n_max", largest, "elements of the largest trained tensor"))
-    if name.startswith("allocator fragmentation"):
-        buffers = sum(
-            size
-            for item, size in memory.overhead_items
-            if "CUDA context" not in item and not item.startswith("allocator")
-        )
-        allocated = add(
-            Var("weights", memory.weights_bytes, "weights"),
-            Var("master", memory.master_weights_bytes, "master weights"),
-            Var("grads", memory.gradients_bytes, "gradients"),
-            Var("optim", memory.optimizer_states_bytes, "optimizer states"),
-            Var("activ", activ.value(), "activations at this moment"),
-            Var("logits", logits.value(), "logits at this moment"),
-            Var("buffers", buffers, "the overhead lines above, CUDA context excluded"),
-        )
-        return Round(mul(allocated, Var("φ", settings.fragmentation, "fragmentation fraction")), up=False)
-    return None
+    return terms
 
 
 def _phase_words(phase: str | None) -> str:
@@ -1655,23 +1101,20 @@ def _overhead_and_peak(report: Report, rows: list[_Row], acts: list[Explanation]
     training = report.training
     assert training is not None
     setup = training.setup
-    act_by_stage = {c.zero_stages[i]: c.expr for c in acts[0].calculations for i in range(len(c.zero_stages))}
-    logit_by_stage = {c.zero_stages[i]: c.expr for c in acts[1].calculations for i in range(len(c.zero_stages))}
-    names: list[str] = []
-    per_name: dict[str, list[tuple[int, Expr]]] = {}
+    act_by_stage = {s: c.expr for c in acts[0].calculations for s in c.zero_stages}
+    logit_by_stage = {s: c.expr for c in acts[1].calculations for s in c.zero_stages}
+    labels: dict[str, str] = {}
+    per_key: dict[str, list[tuple[int, Value]]] = {}
     for row in rows:
         zero = row.memory.zero_stage
-        for name, size in row.memory.overhead_items:
-            expr = _overhead_expr(name, row, setup, row.memory, act_by_stage[zero], logit_by_stage[zero])
-            if expr is None:
-                expr = Var("X", size, f"{name} (as computed)")
-            if name not in per_name:
-                names.append(name)
-            per_name.setdefault(name, []).append((zero, expr))
-    names.sort(key=lambda name: name.startswith("allocator fragmentation"))
+        exprs = _overhead_exprs(row, setup, act_by_stage[zero], logit_by_stage[zero])
+        for item in row.memory.overhead_items:
+            labels.setdefault(item.key, item.label)
+            per_key.setdefault(item.key, []).append((zero, exprs[item.key]))
+    keys = sorted(labels, key=lambda key: key == "allocator_fragmentation")
     out = []
-    for name in names:
-        if name.startswith("allocator fragmentation"):
+    for key in keys:
+        if key == "allocator_fragmentation":
             text = (
                 "PyTorch's caching allocator reserves more than it hands out (rounding, freed blocks it keeps, "
                 f"fragmentation): φ = {setup.overheads.fragmentation:.0%} of everything allocated at the peak moment "
@@ -1679,24 +1122,25 @@ def _overhead_and_peak(report: Report, rows: list[_Row], acts: list[Explanation]
             )
             sources: tuple[str, ...] = (SRC_FRAG,)
         else:
-            text, sources = _OVERHEAD_TEXT.get(name, ("An overhead hfmem adds; see README 'Overheads'.", ()))
-        out.append(
-            Explanation("training", f"Overhead: {name}", text, tuple(_merge_stages(per_name[name], setup)), sources)
-        )
+            text, sources = _OVERHEAD_TEXT[key]
+        calcs = tuple(_merge_stages(per_key[key], setup))
+        out.append(Explanation("training", f"Overhead: {labels[key]}", text, calcs, sources, key=key))
 
     # Peak
     peak_rows = []
     phase_notes = []
     for row in rows:
         m = row.memory
-        expr = add(
-            Var("weights", m.weights_bytes, "weights"),
-            Var("master", m.master_weights_bytes, "master weights"),
-            Var("grads", m.gradients_bytes, "gradients"),
-            Var("optim", m.optimizer_states_bytes, "optimizer states"),
-            Var("activ", m.activations_bytes, "activations live at the peak"),
-            Var("logits", m.logits_bytes, "logits live at the peak"),
-            Var("overhead", m.overhead_bytes, "the overhead lines live at the peak"),
+        expr = total(  # StageMemory.total_bytes: the components live at the peak
+            [
+                Var("weights", m.weights_bytes, "weights"),
+                Var("master", m.master_weights_bytes, "master weights"),
+                Var("grads", m.gradients_bytes, "gradients"),
+                Var("optim", m.optimizer_states_bytes, "optimizer states"),
+                Var("activ", m.activations_bytes, "activations live at the peak"),
+                Var("logits", m.logits_bytes, "logits live at the peak"),
+                Var("overhead", m.overhead_bytes, "the overhead lines live at the peak"),
+            ]
         )
         peak_rows.append((m.zero_stage, expr))
         states = compute_training(row.inventory, replace(setup, zero_stages=(m.zero_stage,))).stages[0]
@@ -1720,7 +1164,7 @@ def _overhead_and_peak(report: Report, rows: list[_Row], acts: list[Explanation]
         fit_rows = [
             (
                 r.memory.zero_stage,
-                sub(
+                headroom_bytes(
                     Var("usable", setup.gpu.usable_bytes, f"memory PyTorch sees on {setup.gpu.name}"),
                     Var("peak", r.memory.total_bytes, "the peak above"),
                 ),
@@ -1739,7 +1183,7 @@ def _overhead_and_peak(report: Report, rows: list[_Row], acts: list[Explanation]
     return out
 
 
-def _cpu_explanation(report: Report, rows: list[_Row], states: list[dict[str, Expr]]) -> Explanation | None:
+def _cpu_explanation(report: Report, rows: list[_Row], states: list[StateBytes]) -> Explanation | None:
     training = report.training
     assert training is not None
     setup = training.setup
@@ -1760,7 +1204,7 @@ def _cpu_explanation(report: Report, rows: list[_Row], states: list[dict[str, Ex
             + ". Per node: × the GPUs per node."
         )
         sources = (SRC_OFFLOAD,)
-    rows_cpu = [(r.memory.zero_stage, s["cpu"]) for r, s in zip(rows, states, strict=True)]
+    rows_cpu = [(r.memory.zero_stage, s.cpu_per_node) for r, s in zip(rows, states, strict=True)]
     return Explanation("training", "CPU RAM per node", text, tuple(_merge_stages(rows_cpu, setup)), sources)
 
 
@@ -1769,25 +1213,20 @@ def _layout_explanation(report: Report, rows: list[_Row]) -> Explanation:
     assert training is not None
     setup = training.setup
     par = setup.parallel
-    gpus = Var("gpus", setup.gpus_per_node, "GPUs per node")
-    nodes = Var("nodes", setup.nodes, "nodes")
-    world = mul(gpus, nodes) if setup.nodes > 1 else gpus
     mp = par.model_parallel_size
-    if mp > 1:
-        dp: Expr = FloorDiv(
-            world,
-            mul(
-                Var("tp", par.tp, "tensor-parallel degree"),
-                Var("pp", par.pp, "pipeline-parallel degree"),
-                Var("cp", par.cp, "context-parallel degree"),
-            ),
-        )
-    else:
-        dp = world
-    n: Expr = mul(dp, Var("cp", par.cp, "context-parallel degree")) if par.cp > 1 else dp
-    if par.fsdp == "hybrid_shard":
-        n = minimum(n, FloorDiv(gpus, Var("tp", par.tp, "tensor-parallel degree")) if par.tp > 1 else gpus)
-    calcs = [Calculation("N", n, "GPUs")]
+
+    def degree(symbol: str, value: int, meaning: str) -> Value:
+        return Var(symbol, value, meaning) if value != 1 else 1  # a degree of 1 drops out of the formula
+
+    n = sharding_degree(
+        Var("gpus", setup.gpus_per_node, "GPUs per node"),
+        degree("nodes", setup.nodes, "nodes"),
+        degree("tp", par.tp, "tensor-parallel degree"),
+        degree("pp", par.pp, "pipeline-parallel degree"),
+        degree("cp", par.cp, "context-parallel degree"),
+        hybrid_shard=par.fsdp == "hybrid_shard",
+    )
+    calcs = [Calculation("N", lift(n), "GPUs")]
     text = (
         "N is how many GPUs share (shard) the model states. "
         + (
@@ -1797,7 +1236,12 @@ def _layout_explanation(report: Report, rows: list[_Row]) -> Explanation:
             if mp > 1
             else "With data parallelism only, every GPU holds a replica and N = gpus × nodes. "
         )
-        + ("hybrid_shard shards only within a node. " if par.fsdp == "hybrid_shard" else "")
+        + (
+            "hybrid_shard shards only within a node: over ⌊gpus / tp⌋ GPUs, at least 1 (a tensor-parallel group that "
+            "spans the node leaves nothing to shard). "
+            if par.fsdp == "hybrid_shard"
+            else ""
+        )
         + ("With one GPU there is nothing to shard: every ZeRO stage holds the same. " if setup.num_gpus == 1 else "")
     )
     sources = [SRC_ZERO_STAGES]
@@ -1805,9 +1249,11 @@ def _layout_explanation(report: Report, rows: list[_Row]) -> Explanation:
         calcs.append(
             Calculation(
                 "N_E",
-                FloorDiv(
-                    Var("N", setup.num_gpus, "GPUs sharing the model states"),
-                    Var("ep", par.ep, "expert-parallel degree"),
+                lift(
+                    expert_sharding_degree(
+                        Var("N", setup.num_gpus, "GPUs sharing the model states"),
+                        Var("ep", par.ep, "expert-parallel degree"),
+                    )
                 ),
                 "GPUs",
             )
@@ -1840,19 +1286,13 @@ def _layout_explanation(report: Report, rows: list[_Row]) -> Explanation:
                 )
             )
     if par.pp > 1:
-        p = Var("p", par.pp, "pipeline stages")
-        k = Var("k", rows[0].pstage.index, "this stage's index")
-        if par.pp_schedule == "interleaved":
-            v = Var("v", par.virtual_stages, "model chunks per GPU")
-            chunks = add(mul(Const(2), sub(p, k, Const(1))), mul(sub(v, Const(1)), p), Const(1))
-            if par.microbatches is not None:
-                chunks = minimum(chunks, mul(Var("m", par.microbatches, "micro-batches per step"), v))
-            f: Expr = Div(chunks, v)
-        else:
-            f = sub(p, k)
-            if par.microbatches is not None:
-                f = minimum(f, Var("m", par.microbatches, "micro-batches per step"))
-        calcs.append(Calculation(f"in flight on stage {rows[0].pstage.index}", f, "micro-batches"))
+        f = in_flight(
+            Var("p", par.pp, "pipeline stages"),
+            _v("k", rows[0].pstage.index, "this stage's index"),
+            Var("m", par.microbatches, "micro-batches per step") if par.microbatches is not None else None,
+            Var("v", par.virtual_stages, "model chunks per GPU") if par.pp_schedule == "interleaved" else None,
+        )
+        calcs.append(Calculation(f"in flight on stage {rows[0].pstage.index}", lift(f), "micro-batches"))
         sources.append(SRC_PP_INTERLEAVED if par.pp_schedule == "interleaved" else SRC_PP_1F1B)
     return Explanation("training", "GPUs and sharding", text.strip(), tuple(calcs), tuple(sources))
 
@@ -1862,30 +1302,32 @@ def _per_parameter(report: Report) -> Explanation | None:
     training = report.training
     assert training is not None
     setup = training.setup
-    states_per_param = {"adamw": 2, "sgd-momentum": 1, "lion": 1, "sgd": 0}.get(setup.optimizer)
+    states_per_param = PER_ELEMENT_STATES.get(setup.optimizer)
     if states_per_param is None or setup.method != "full" or setup.accounting != "hfmem":
         return None
     tspec = trainable_spec(setup)
-    terms: list[Expr] = [
-        Var("w", tspec.weight_bytes, "bytes per weight"),
-        Var("g", tspec.grad_bytes, "bytes per gradient"),
-    ]
-    if tspec.master_bytes:
-        terms.append(Var("m", tspec.master_bytes, "bytes per fp32 master weight"))
-    if states_per_param:
-        terms.append(
-            mul(
-                Var("k", states_per_param, "optimizer states per parameter"),
-                Var("s", tspec.state_bytes, "bytes per optimizer-state element"),
-            )
-        )
-    expr = add(*terms)
+    s = _state_var(setup)
+    one = StateInputs(  # ZeRO-0's formula for one trained parameter
+        1,
+        0,
+        0,
+        1,
+        Var("w", tspec.weight_bytes, "bytes per weight", SRC_ZERO),
+        _v("m", tspec.master_bytes, "bytes per fp32 master weight", SRC_ZERO),
+        Var("g", tspec.grad_bytes, "bytes per gradient", SRC_ZERO),
+        s,
+        0,
+        per_element_state_bytes(setup.optimizer, 1, s),
+        1,
+    )
+    parts = group_state_bytes(setup, 0, one)
+    expr = lift(parts.weights + parts.gradients + parts.master + parts.optimizer)
     text = (
         f"Before any sharding, every trained parameter costs {expr.value()} bytes of model states: its weight (w), "
         "its gradient (g)"
         + (", an fp32 master copy (m)" if tspec.master_bytes else "")
         + (
-            f" and {states_per_param} optimizer state{'s' if states_per_param > 1 else ''} (k × s)"
+            f" and {states_per_param} optimizer state{'s' if states_per_param > 1 else ''} ({states_per_param} × s)"
             if states_per_param
             else ""
         )
@@ -1924,134 +1366,96 @@ def _training(report: Report) -> list[Explanation]:
 # Inference
 
 
-def _weights_expr(inv: ParameterInventory, scheme: QuantScheme) -> Expr:
-    """The whole model's weight bytes under ``scheme``, as `hfmem.memory.quantization.weights_breakdown` sums them."""
+def _weights_expr(inv: ParameterInventory, scheme: QuantScheme) -> Value:
+    """The whole model's weight bytes under ``scheme``: `hfmem.memory.quantization.quantized_metadata_bytes` over the
+    quantized tensors' sums as operands, plus the plain tensors by width, as `weights_breakdown` sums them."""
     if not inv.has_shapes:
         width = scheme.plain_bytes or 2
-        return mul(Var("Ψ", inv.total_params, "parameters"), Var("β", width, "bytes per weight"))
+        return Var("Ψ", inv.total_params, "parameters") * Var("β", width, "bytes per weight")
     model_is_16bit = is_16bit_model(inv)
     plain_by_width: dict[int, int] = {}
     quantized: list[ParameterInfo] = []
-    q_data = q_meta = 0
     for p in inv.parameters:
-        data, meta = tensor_bytes(p, scheme, model_is_16bit=model_is_16bit)
         if is_quantized(p, scheme):
             quantized.append(p)
-            q_data += data
-            q_meta += meta
         else:
-            width = data // p.numel if p.numel else 0
+            width = plain_width(p, scheme, model_is_16bit=model_is_16bit)
             plain_by_width[width] = plain_by_width.get(width, 0) + p.numel
-    terms: list[Expr] = []
+    out: Value = 0
     if quantized:
-        bits = scheme.bits
-        q_count = sum(p.numel for p in quantized)
-        psi_q = Var("Ψ_Q", q_count, "quantized parameters (linear / expert weights)")
-        exact_data = -(-q_count * bits // 8)
-        data_expr: Expr = (
-            CeilDiv(mul(psi_q, Var("bits", bits, "bits per quantized value")), Const(8))
-            if exact_data == q_data
-            else Var("D", q_data, "quantized values, summed tensor by tensor")
+        c = sum_counts(quantized_counts(p, scheme) for p in quantized)
+        bits, group = scheme.bits, scheme.group_size
+        src = _LAYOUT_SOURCES[scheme.layout][0]
+        operands = QuantCounts(
+            _v("Ψ_Q", c.elements, "quantized parameters (linear / expert weights)"),  # type: ignore[arg-type]
+            _v("D", c.packed_bytes, f"bytes of the packed {bits}-bit values, Σ⌈n × {bits} / 8⌉ per tensor", src),  # type: ignore[arg-type]
+            _v("T_Q", c.tensors, "quantized tensors"),  # type: ignore[arg-type]
+            rows=_v("rows", c.rows, "output rows of the quantized weights (one fp32 SCB each)"),  # type: ignore[arg-type]
+            blocks=_v("K", c.blocks, _BLOCK_MEANING.get(scheme.layout, "blocks").format(*scheme.block)),  # type: ignore[arg-type]
+            blocks2=_v("K2", c.blocks2, f"second-level blocks of {BNB_DQ_BLOCKSIZE} absmax values"),  # type: ignore[arg-type]
+            groups=_v(  # type: ignore[arg-type]
+                "G", c.groups, f"scales: Σ rows × ⌈in / {group}⌉ per tensor (one fp16 scale + one {bits}-bit zero)"
+            ),
+            zero_bytes=_v("Z", c.zero_bytes, f"bytes of the packed {bits}-bit zeros, Σ⌈G × {bits} / 8⌉ per tensor"),  # type: ignore[arg-type]
+            inputs=_v("I", c.inputs, "input features of the quantized weights (one int32 g_idx each)"),  # type: ignore[arg-type]
         )
-        terms.append(data_expr)
-        terms.append(_metadata_expr(quantized, scheme, q_meta))
+        out = operands.packed_bytes + quantized_metadata_bytes(scheme, operands)
     for width, count in sorted(plain_by_width.items(), reverse=True):
-        terms.append(
-            mul(
-                Var(
-                    f"Ψ_{width * 8}b",
-                    count,
-                    f"parameters kept at {width} bytes"
-                    + (" (16-bit beside the quantized ones)" if quantized and width == 2 else ""),
-                ),
-                Const(width),
-            )
+        meaning = f"parameters kept at {width} bytes" + (
+            " (16-bit beside the quantized ones)" if quantized and width == 2 else ""
         )
-    return add(*terms)
+        out = out + _v(f"Ψ_{width * 8}b", count, meaning) * width
+    return out
 
 
-def _metadata_expr(quantized: list[ParameterInfo], scheme: QuantScheme, total: int) -> Expr:
-    """Scales / zeros / absmax of the quantized tensors, by layout; the summed value if no closed form is exact."""
-    layout = scheme.layout
-    count = len(quantized)
-    expr: Expr | None = None
-    if layout == "bnb-4bit":
-        blocks = sum(-(-p.numel // BNB_4BIT_BLOCKSIZE) for p in quantized)
-        k = Var("K", blocks, f"absmax blocks of {BNB_4BIT_BLOCKSIZE} values, Σ⌈n/{BNB_4BIT_BLOCKSIZE}⌉ per tensor")
-        if scheme.double_quant:
-            blocks2 = sum(_cdiv(_cdiv(p.numel, BNB_4BIT_BLOCKSIZE), BNB_DQ_BLOCKSIZE) for p in quantized)
-            expr = add(
-                k,
-                mul(Const(4), Var("K2", blocks2, f"second-level blocks of {BNB_DQ_BLOCKSIZE} absmax values")),
-                mul(Const(4), Var("T_Q", count, "quantized tensors (one fp32 offset each)")),
-            )
-        else:
-            expr = mul(Const(4), k)
-    elif layout == "bnb-int8":
-        rows = sum(p.numel // p.shape[-1] for p in quantized)
-        expr = mul(Const(4), Var("rows", rows, "output rows of the quantized weights (one fp32 SCB each)"))
-    elif layout == "fp8-tensor":
-        expr = mul(Const(4), Var("T_Q", count, "quantized tensors (one fp32 scale each)"))
-    elif layout == "fp8-block":
-        r, c = scheme.block
-        blocks = 0
-        for p in quantized:
-            out_f = p.shape[-2] if len(p.shape) >= 2 else 1
-            stacks = p.numel // (out_f * p.shape[-1])
-            blocks += stacks * -(-out_f // r) * -(-p.shape[-1] // c)
-        expr = mul(Const(4), Var("K", blocks, f"{r}×{c} blocks (one fp32 weight_scale_inv each)"))
-    elif layout == "mxfp4":
-        blocks = sum(-(-p.numel // MXFP4_BLOCKSIZE) for p in quantized)
-        expr = Var("K", blocks, f"blocks of {MXFP4_BLOCKSIZE} values (one uint8 E8M0 scale each)")
-    if expr is None or expr.value() != total:
-        return Var("M", total, "scales, zeros and absmax values, summed tensor by tensor")
-    return expr
+_BLOCK_MEANING = {
+    "bnb-4bit": f"absmax blocks of {BNB_4BIT_BLOCKSIZE} values, Σ⌈n/{BNB_4BIT_BLOCKSIZE}⌉ per tensor",
+    "fp8-block": "{}×{} blocks (one fp32 weight_scale_inv each)",
+    "mxfp4": f"blocks of {MXFP4_BLOCKSIZE} values (one uint8 E8M0 scale each)",
+}
+
+_LAYOUT_SOURCES: dict[str, tuple[str, ...]] = {
+    "plain": (SRC_INVENTORY,),
+    "bnb-4bit": (SRC_BNB_4BIT, SRC_QLORA, SRC_QUANT_SKIP),
+    "bnb-int8": (SRC_INT8, SRC_QUANT_SKIP),
+    "gptq": (SRC_AWQ, SRC_QUANT_SKIP),
+    "awq": (SRC_AWQ, SRC_QUANT_SKIP),
+    "fp8-tensor": (SRC_FP8, SRC_QUANT_SKIP),
+    "fp8-block": (SRC_FP8, SRC_QUANT_SKIP),
+    "mxfp4": (SRC_MXFP4, SRC_QUANT_SKIP),
+}
 
 
-def _kv_layer_expr(layer: KvLayer, suffix: str, inf: InferenceEstimate, count: Var | None) -> Expr:
-    """One group's cache bytes per GPU: `hfmem.memory.inference.kv_layer_bytes` × the layers in the group."""
-    setup = inf.setup
-    c = Var("c", inf.context, "tokens of context per sequence")
-    b = Var("b", setup.batch_size, "sequences (--batch-size)")
-    beta_value = (
-        layer.element_bytes if layer.kind == "state" or setup.kv_dtype is None else KV_DTYPE_BYTES[setup.kv_dtype]
-    )
-    beta = Var(_sym("β", suffix), beta_value, "bytes per cached element")
-    if layer.kind == "state":
-        core: Expr = Var(_sym("z", suffix), layer.fixed_elements, "elements of the fixed recurrent state")
-    else:
-        e = Var(_sym("e", suffix), layer.elements_per_token, "cached elements per token (K and V of every KV head)")
-        tokens: Expr = (
-            minimum(c, Var(_sym("W", suffix), layer.window_tokens, "sliding window (tokens)"))
-            if layer.kind == "sliding" and layer.window_tokens
-            else c
+def _symbolic_kv_layers(layers: Sequence[KvLayer], kv_dtype: str | None) -> tuple[KvLayer, ...]:
+    """The measured cache layout with its numbers as named operands, one set per group of alike layers (e, h, W, z
+    and β, the bytes per element `hfmem.memory.inference.kv_element_bytes` chooses)."""
+    keys = [
+        (
+            layer.kind,
+            layer.window_tokens,
+            layer.heads,
+            layer.elements_per_token,
+            layer.fixed_elements,
+            kv_element_bytes(layer, kv_dtype),
         )
-        held = max(1, -(-layer.heads // setup.tp))
-        if setup.tp > 1:
-            growing: Expr = FloorDiv(
-                mul(e, tokens, Var(_sym("h_t", suffix), held, "KV heads per GPU, ⌈h / tp⌉, at least 1")),
-                Var(_sym("h", suffix), layer.heads, "KV heads"),
-            )
-        else:
-            growing = mul(e, tokens)
-        core = (
-            add(growing, Var(_sym("z", suffix), layer.fixed_elements, "fixed elements"))
-            if layer.fixed_elements
-            else growing
+        for layer in layers
+    ]
+    groups = _groups(keys)
+    symbolic: dict[tuple[Any, ...], KvLayer] = {}
+    for k, (key, count) in enumerate(groups, start=1):
+        x = "" if len(groups) == 1 else str(k)
+        kind, window, heads, elements, fixed, beta = key
+        what = f" ({_plural(count, kind + ' layer')}" + (f", window {window:,})" if window else ")")
+        symbolic[key] = KvLayer(
+            "",
+            kind,
+            _v(_sym("e", x), elements, "cached elements per token (K and V of every KV head)" + what, SRC_KV),  # type: ignore[arg-type]
+            heads=_v(_sym("h", x), heads, "KV heads", SRC_KV),  # type: ignore[arg-type]
+            window_tokens=_v(_sym("W", x), window or 0, "sliding window (tokens)", SRC_KV) or None,  # type: ignore[arg-type]
+            fixed_elements=_v(_sym("z", x), fixed, "elements of the fixed (recurrent) state", SRC_KV),  # type: ignore[arg-type]
+            element_bytes=Var(_sym("β", x), beta, "bytes per cached element", SRC_KV_DTYPE if kv_dtype else SRC_KV),  # type: ignore[arg-type]
         )
-    per_layer = mul(core, b, beta)
-    return mul(count, per_layer) if count is not None else per_layer
-
-
-def _kv_key(layer: KvLayer) -> tuple[Any, ...]:
-    return (
-        layer.kind,
-        layer.window_tokens,
-        layer.heads,
-        layer.elements_per_token,
-        layer.fixed_elements,
-        layer.element_bytes,
-    )
+    return tuple(symbolic[key] for key in keys)
 
 
 def _inference(report: Report) -> list[Explanation]:
@@ -2069,39 +1473,27 @@ def _inference(report: Report) -> list[Explanation]:
 
     # Weights
     if base_inv is None:
-        whole: Expr = (
-            add(
-                Var("D", inf.weights.quantized_data_bytes, "quantized values"),
-                Var("M", inf.weights.quantization_metadata_bytes, "quantization metadata"),
-                Var("U", inf.weights.unquantized_bytes, "unquantized tensors"),
+        whole: Value = (
+            total(  # WeightsBreakdown.total_bytes
+                [
+                    Var("D", inf.weights.quantized_data_bytes, "quantized values"),
+                    Var("M", inf.weights.quantization_metadata_bytes, "quantization metadata"),
+                    Var("U", inf.weights.unquantized_bytes, "unquantized tensors"),
+                ]
             )
             if inf.weights.quantized_params
             else Var("U", inf.weights.unquantized_bytes, "bytes of the base model's tensors")
         )
     else:
         whole = _weights_expr(base_inv, scheme)
-    calcs = [Calculation("whole model", whole)]
+    calcs = [Calculation("whole model", lift(whole))]
     if setup.tp > 1:
-        split = inf.weights_bytes
-        replicated = 0
-        two_d = 0
-        if base_inv is not None and base_inv.has_shapes:
-            model_is_16bit = is_16bit_model(base_inv)
-            for p in base_inv.parameters:
-                data, meta = tensor_bytes(p, scheme, model_is_16bit=model_is_16bit)
-                if len(p.shape) >= 2:
-                    two_d += data + meta
-                else:
-                    replicated += data + meta
-        per_gpu: Expr = add(
-            CeilDiv(Var("W_2D", two_d, "bytes of the ≥ 2-D tensors (split)"), tp),
-            Var("W_1D", replicated, "bytes of the 1-D tensors (norms, biases: replicated)") if replicated else None,
+        per_gpu: Value = (
+            weights_per_gpu_bytes(base_inv, scheme, tp)
+            if base_inv is not None
+            else Var("W_gpu", inf.weights_bytes, "the base model's weights per GPU (the adapters' model is not kept)")
         )
-        if per_gpu.value() != split:
-            per_gpu = Var(
-                "W_gpu", split, "per GPU: each ≥ 2-D tensor ⌈bytes / tp⌉, 1-D tensors whole, summed tensor by tensor"
-            )
-        calcs.append(Calculation("per GPU", per_gpu))
+        calcs.append(Calculation("per GPU", lift(per_gpu)))
     layout = scheme.layout
     bits, group = scheme.bits, scheme.group_size
     what = {
@@ -2140,49 +1532,19 @@ def _inference(report: Report) -> list[Explanation]:
         )
         + ("Planned for the base model with the LoRA adapters merged. " if base_inv is None else "")
     )
-    src = {
-        "plain": (SRC_INVENTORY,),
-        "bnb-4bit": (SRC_BNB_4BIT, SRC_QLORA, SRC_QUANT_SKIP),
-        "bnb-int8": (SRC_INT8, SRC_QUANT_SKIP),
-        "gptq": (SRC_AWQ, SRC_QUANT_SKIP),
-        "awq": (SRC_AWQ, SRC_QUANT_SKIP),
-        "fp8-tensor": (SRC_FP8, SRC_QUANT_SKIP),
-        "fp8-block": (SRC_FP8, SRC_QUANT_SKIP),
-        "mxfp4": (SRC_MXFP4, SRC_QUANT_SKIP),
-    }[layout]
+    src = _LAYOUT_SOURCES[layout]
     out.append(Explanation("inference", "Weights", text.strip(), tuple(calcs), src))
 
     # KV cache
     layers = inf.kv_layers
-    groups = _groups([_kv_key(layer) for layer in layers])
-    first: dict[tuple[Any, ...], KvLayer] = {}
-    for layer in layers:
-        first.setdefault(_kv_key(layer), layer)
-    terms = []
-    token_terms = []
-    for k, (key, count) in enumerate(groups, start=1):
-        suffix = "" if len(groups) == 1 else str(k)
-        layer = first[key]
-        n_var = Var(
-            _sym("n", suffix),
-            count,
-            f"{layer.kind} layers" + (f" (window {layer.window_tokens:,})" if layer.window_tokens else ""),
-        )
-        terms.append(_kv_layer_expr(layer, suffix, inf, n_var))
-        if layer.kind != "state":
-            beta_value = layer.element_bytes if setup.kv_dtype is None else KV_DTYPE_BYTES[setup.kv_dtype]
-            e = Var(_sym("e", suffix), layer.elements_per_token, "cached elements per token (K and V of every KV head)")
-            beta = Var(_sym("β", suffix), beta_value, "bytes per cached element")
-            if setup.tp > 1:
-                held = max(1, -(-layer.heads // setup.tp))
-                per_tok: Expr = FloorDiv(
-                    mul(e, Var(_sym("h_t", suffix), held, "KV heads per GPU")),
-                    Var(_sym("h", suffix), layer.heads, "KV heads"),
-                )
-            else:
-                per_tok = e
-            token_terms.append(mul(n_var, per_tok, beta))
-    kv_calcs = [Calculation("per GPU", add(*terms)), Calculation("per token per sequence", add(*token_terms))]
+    symbolic_layers = _symbolic_kv_layers(layers, setup.kv_dtype)
+    context = Var("c", inf.context, "tokens of context per sequence")
+    batch = Var("b", setup.batch_size, "sequences (--batch-size)")
+    kv_tp: Value = Var("tp", setup.tp, "tensor-parallel GPUs", SRC_KV_TP) if setup.tp > 1 else 1
+    kv_calcs = [
+        Calculation("per GPU", lift(kv_cache_bytes(symbolic_layers, context=context, batch_size=batch, tp=kv_tp))),
+        Calculation("per token per sequence", lift(kv_cache_bytes_per_token(symbolic_layers, tp=kv_tp))),
+    ]
     kinds = {layer.kind for layer in layers}
     head = layers[0] if layers else None
     text = (
@@ -2214,7 +1576,12 @@ def _inference(report: Report) -> list[Explanation]:
     if inf.recurrent_state_bytes and inf.profile is not None:
         # `hfmem.memory.inference.recurrent_state_bytes`: the layers' state bytes per sequence × the sequences.
         states = inf.profile.state_layers
-        per_sequence = Var("s", sum(size for _, size in states), f"state bytes per sequence, {len(states)} layers")
+        distinct = list(dict.fromkeys(size for _, size in states))
+        per_layer = {
+            size: Var(_sym("s", str(k) if len(distinct) > 1 else ""), size, "state bytes per sequence of one layer")
+            for k, size in enumerate(distinct, start=1)
+        }
+        state_expr = recurrent_state_bytes(tuple((name, per_layer[size]) for name, size in states), batch_size=batch)
         out.append(
             Explanation(
                 "inference",
@@ -2223,24 +1590,21 @@ def _inference(report: Report) -> list[Explanation]:
                 "state per sequence, whatever the context (Mamba: a d_inner × conv_kernel convolution state in the "
                 "model's dtype and a d_inner × state_size SSM state in fp32 per layer). Read from the model's own "
                 "cache after one token, tensor by tensor at the dtype it is stored in; held whole on every GPU.",
-                (Calculation("per GPU", mul(Var("b", setup.batch_size, "sequences (--batch-size)"), per_sequence)),),
+                (Calculation("per GPU", lift(state_expr)),),
                 (SRC_KV,),
             )
         )
 
     # Activations of one prefill chunk
     prof = inf.profile
-    if prof is not None:
-        a = Var("A", prof.activation_peak_bytes, "peak of live tensors in one prefill forward (measured)")
-        lg = Var("Lg", prof.logits_bytes, "the next-token logits in fp32 (measured)")
-        if prof.batch_size == setup.batch_size:
-            act: Expr = add(a, lg)
-        else:
-            b = Var("b", setup.batch_size, "sequences")
-            b0 = Var("b_0", prof.batch_size, "sequences traced")
-            act = add(CeilDiv(mul(a, b), b0), FloorDiv(mul(lg, b), b0))
-    else:
-        act = Var("A", inf.activations_bytes, "activations of one prefill chunk")
+    if prof is None:
+        raise ValueError("a serving plan without its measured prefill profile cannot be explained")
+    act = prefill_activation_bytes(
+        Var("A", prof.activation_peak_bytes, "peak of live tensors in one prefill forward (measured)", SRC_PREFILL),
+        _v("Lg", prof.logits_bytes, "the next-token logits in fp32 (measured)", SRC_PREFILL),
+        batch,
+        Var("b_0", prof.batch_size, "sequences traced"),
+    )
     text = (
         f"The working memory of one prefill forward of b = {setup.batch_size} × {inf.prefill_tokens:,} prompt tokens "
         "(--prefill-chunk). Measured, not a formula: the model's own forward runs on the meta device and hfmem follows "
@@ -2250,79 +1614,88 @@ def _inference(report: Report) -> list[Explanation]:
     )
     out.append(
         Explanation(
-            "inference", "Activations (prefill)", text, (Calculation("per GPU", act),), (SRC_PREFILL, SRC_PREFILL_CHUNK)
+            "inference",
+            "Activations (prefill)",
+            text,
+            (Calculation("per GPU", lift(act)),),
+            (SRC_PREFILL, SRC_PREFILL_CHUNK),
         )
     )
 
     # Overheads
-    largest_layer = max(
-        layers,
-        key=lambda layer: kv_layer_bytes(
-            layer, context=inf.context, batch_size=setup.batch_size, kv_dtype=setup.kv_dtype, tp=setup.tp
-        ),
-        default=None,
+    # the lines the allocator holds besides the cache and activations (fragmentation is computed on them)
+    buffers = allocator_buffer_bytes(
+        (i.key, i.size_bytes) for i in inf.overhead_items if i.key != "allocator_fragmentation"
     )
-    buffers = 0
-    for name, size in inf.overhead_items:
-        if name.startswith("CUDA context"):
-            expr: Expr = Var("C", setup.overheads.cuda_context_bytes, "CUDA context + cuBLAS workspace per GPU")
-            text, sources_t = _OVERHEAD_TEXT["CUDA context + cuBLAS workspace"]
-        elif name.startswith("DynamicCache append copy") and largest_layer is not None:
-            key = _kv_key(largest_layer)
-            idx = [g for g, _ in groups].index(key)
-            suffix = "" if len(groups) == 1 else str(idx + 1)
-            expr = _kv_layer_expr(largest_layer, suffix, inf, None)
+    for item in inf.overhead_items:
+        expr: Value
+        if item.key == "cuda_context":
+            expr = Var("C", setup.overheads.cuda_context_bytes, "CUDA context + cuBLAS workspace per GPU", SRC_CUDA)
+            text, sources_t = _OVERHEAD_TEXT["cuda_context"]
+        elif item.key == "kv_append_copy":
+            expr = largest_kv_layer_bytes(symbolic_layers, context=context, batch_size=batch, tp=kv_tp)
             text = (
                 "When the cache grows, DynamicCache concatenates (torch.cat) the new token onto a layer's tensors, so "
                 "the grown layer is allocated beside the old one for a moment: one layer's cache, the largest."
             )
             sources_t = (SRC_CAT,)
-        elif name.startswith("bitsandbytes 4-bit dequantized"):
-            if base_inv is None:
-                expr = mul(Var("n_gpu", size // 2, "elements of the largest quantized linear on one GPU"), Const(2))
-            else:
-                largest = max((p.numel for p in base_inv.parameters if is_quantized(p, scheme)), default=0)
-                expr = mul(CeilDiv(Var("n_max", largest, "elements of the largest quantized linear"), tp), Const(2))
+        elif item.key == "bnb_dequantized_weight":
+            n_max = Var("n_max", inf.dequant_params, "elements of the largest quantized linear")
+            expr = dequant_transient_bytes(n_max, tp)
             text = (
                 "Prefill matmuls with more than one token take bitsandbytes' dequantize path: the largest 4-bit "
                 "linear exists as a 16-bit copy while it runs."
             )
-            sources_t = (SRC_BNB_MATMUL,)
-        elif name.startswith("allocator fragmentation"):
-            allocated = add(
-                Var("kv", inf.kv_cache_bytes, "KV cache"),
-                *([state_var] if inf.recurrent_state_bytes else []),
-                Var("activ", inf.activations_bytes, "prefill activations"),
-                Var("buffers", buffers, "the overhead lines above, CUDA context excluded"),
+            sources_t = ()
+        elif item.key == "allocator_fragmentation":
+            allocated = total(
+                [
+                    Var("kv", inf.kv_cache_bytes, "KV cache"),
+                    *([state_var] if inf.recurrent_state_bytes else []),
+                    Var("activ", inf.activations_bytes, "prefill activations"),
+                    Var("buffers", buffers, "the overhead lines above, CUDA context excluded"),
+                ]
             )
-            expr = Round(mul(allocated, Var("φ", setup.overheads.fragmentation, "fragmentation fraction")), up=False)
+            expr = fragmentation_bytes(
+                allocated, Var("φ", setup.overheads.fragmentation, "fragmentation fraction", SRC_FRAG)
+            )
             text = (
                 f"Allocator slack: φ = {setup.overheads.fragmentation:.0%} of what is allocated and freed while "
                 "serving (cache, activations, transients); the weights are allocated once at load and not counted."
             )
-            sources_t = (SRC_FRAG,)
+            sources_t = ()
         else:
-            expr = Var("X", size, f"{name} (as computed)")
-            text, sources_t = "An overhead hfmem adds; see README 'Inference'.", ()
-        if not name.startswith(("CUDA context", "allocator fragmentation")):
-            buffers += size
-        out.append(Explanation("inference", f"Overhead: {name}", text, (Calculation("per GPU", expr),), sources_t))
+            raise ValueError(f"no explanation for the serving overhead line {item.key!r}")
+        out.append(
+            Explanation(
+                "inference",
+                f"Overhead: {item.label}",
+                text,
+                (Calculation("per GPU", lift(expr)),),
+                tuple(dict.fromkeys(sources_t + lift(expr).sources())),
+                key=item.key,
+            )
+        )
 
-    total = add(
-        Var("weights", inf.weights_bytes, "weights per GPU"),
-        Var("kv", inf.kv_cache_bytes, "KV cache per GPU"),
-        *([state_var] if inf.recurrent_state_bytes else []),
-        Var("activ", inf.activations_bytes, "prefill activations"),
-        Var("overhead", inf.overhead_bytes, "the overhead lines"),
+    grand = total(  # InferenceEstimate.total_bytes
+        [
+            Var("weights", inf.weights_bytes, "weights per GPU"),
+            Var("kv", inf.kv_cache_bytes, "KV cache per GPU"),
+            *([state_var] if inf.recurrent_state_bytes else []),
+            Var("activ", inf.activations_bytes, "prefill activations"),
+            Var("overhead", inf.overhead_bytes, "the overhead lines"),
+        ]
     )
-    calcs = [Calculation("per GPU", total)]
+    calcs = [Calculation("per GPU", lift(grand))]
     if setup.gpu is not None:
         calcs.append(
             Calculation(
                 "headroom",
-                sub(
-                    Var("usable", setup.gpu.usable_bytes, f"memory PyTorch sees on {setup.gpu.name}"),
-                    Var("total", inf.total_bytes, "the total above"),
+                lift(
+                    headroom_bytes(
+                        Var("usable", setup.gpu.usable_bytes, f"memory PyTorch sees on {setup.gpu.name}"),
+                        Var("total", inf.total_bytes, "the total above"),
+                    )
                 ),
             )
         )
@@ -2351,7 +1724,16 @@ def explain(report: Report) -> tuple[Explanation, ...]:
         >>> records[0].calculations[0].value  # doctest: +SKIP
         7000000000
     """
-    return tuple(_parameters(report) + _training(report) + _inference(report))
+    items = _parameters(report) + _training(report) + _inference(report)
+    return tuple(replace(item, sources=_sources(item)) for item in items)
+
+
+def _sources(item: Explanation) -> tuple[str, ...]:
+    """The component's sources: those its prose cites, then those its formulas' operands and constants carry."""
+    found: dict[str, None] = dict.fromkeys(item.sources)
+    for calc in item.calculations:
+        found.update(dict.fromkeys(calc.expr.sources()))
+    return tuple(found)
 
 
 def explanation_records(report: Report) -> list[dict[str, Any]]:
@@ -2362,6 +1744,7 @@ def explanation_records(report: Report) -> list[dict[str, Any]]:
             {
                 "section": item.section,
                 "component": item.component,
+                "key": item.key,
                 "text": item.text,
                 "calculations": [
                     {

@@ -33,7 +33,7 @@ from decimal import Decimal
 from hfmem.errors import InvalidSetupError
 from hfmem.limits import MAX_BYTES
 
-__all__ = ["GpuSpec", "GPUS", "find_gpu", "parse_memory"]
+__all__ = ["AMBIGUOUS_GPUS", "GpuSpec", "GPUS", "find_gpu", "parse_memory"]
 
 _MIB = 2**20
 _GIB = 2**30
@@ -84,7 +84,7 @@ GPUS: tuple[GpuSpec, ...] = (
             + _OOM.format("39.39")
             + " on Perlmutter A100 40GB nodes (https://github.com/NERSC/sc24-dl-tutorial README)"
         ),
-        aliases=("a100-40gb", "a100-sxm4-40gb", "a100-40gb-sxm4"),
+        aliases=("a100-sxm4-40gb", "a100-40gb-sxm4"),
     ),
     GpuSpec(
         key="a100-40gb-pcie",
@@ -107,7 +107,7 @@ GPUS: tuple[GpuSpec, ...] = (
             + " on an 'A100 80GB' (https://github.com/vllm-project/vllm/issues/4408; form factor not stated); "
             "bytes = 79.15 x 2^30"
         ),
-        aliases=("a100", "a100-80gb", "a100-sxm4-80gb", "a100-80gb-sxm4"),
+        aliases=("a100-sxm4-80gb", "a100-80gb-sxm4"),
     ),
     GpuSpec(
         key="a100-80gb-pcie",
@@ -129,7 +129,7 @@ GPUS: tuple[GpuSpec, ...] = (
             _OOM.format("79.11") + " with nvidia-smi 'NVIDIA H100 80GB HBM3 ... 700W ... 81559MiB' in the same report "
             "(https://github.com/vllm-project/vllm/issues/27508); bytes = 79.11 x 2^30"
         ),
-        aliases=("h100", "h100-80gb", "h100-sxm5", "h100-sxm5-80gb", "h100-80gb-hbm3"),
+        aliases=("h100-sxm5", "h100-sxm5-80gb", "h100-80gb-hbm3"),
     ),
     GpuSpec(
         key="h100-pcie",
@@ -238,7 +238,7 @@ GPUS: tuple[GpuSpec, ...] = (
             "total_memory=16160MB)' (torch 1.8.1, YOLOv5 Focus() profiling, "
             "https://github.com/ultralytics/yolov5/discussions/3181); bytes = 16160 x 2^20 (repr is in MiB)"
         ),
-        aliases=("v100", "v100-sxm2-16gb", "v100-pcie-16gb", "v100-16gb-sxm2"),
+        aliases=("v100-sxm2-16gb", "v100-pcie-16gb", "v100-16gb-sxm2"),
     ),
     GpuSpec(
         key="v100-32gb",
@@ -343,6 +343,21 @@ def _build_index(gpus: tuple[GpuSpec, ...]) -> dict[str, GpuSpec]:
 
 _INDEX = _build_index(GPUS)
 
+# Names that fit more than one card above. A 40 GB owner told "a100" meant the 80 GB SXM part got an optimistic
+# verdict, so these ask which one instead (`find_gpu`). Sizes and form factors: NVIDIA's A100 datasheet (40/80 GB,
+# SXM4/PCIe), H100 datasheet (SXM5, PCIe, NVL), V100 datasheet (16/32 GB).
+AMBIGUOUS_GPUS: dict[str, tuple[str, ...]] = {
+    "a100": ("a100-40gb-sxm", "a100-40gb-pcie", "a100-80gb-sxm", "a100-80gb-pcie"),
+    "a100-40gb": ("a100-40gb-sxm", "a100-40gb-pcie"),
+    "a100-80gb": ("a100-80gb-sxm", "a100-80gb-pcie"),
+    "h100": ("h100-sxm", "h100-pcie", "h100-nvl"),
+    "h100-80gb": ("h100-sxm", "h100-pcie"),
+    "v100": ("v100-16gb", "v100-32gb"),
+}
+for _name, _keys in AMBIGUOUS_GPUS.items():  # a typo here would make a name silently resolve, or offer a missing key
+    if _name in _INDEX or not all(key in _INDEX for key in _keys):
+        raise ValueError(f"ambiguous GPU name {_name!r} is a catalogue name, or lists a key that is not one")
+
 
 def find_gpu(name: str) -> GpuSpec:
     """Look a GPU up by key or alias, ignoring case, ``_``/space vs ``-``, and a leading vendor name.
@@ -354,7 +369,8 @@ def find_gpu(name: str) -> GpuSpec:
         The catalogue entry.
 
     Raises:
-        InvalidSetupError: the name is unknown; the message lists the keys and suggests ``--gpu-memory``.
+        InvalidSetupError: the name is unknown (the message lists the keys and suggests ``--gpu-memory``), or it
+            fits several cards (``a100``: 40/80 GB, SXM/PCIe; the message lists those keys).
 
     Example:
         >>> find_gpu("RTX 4090").key
@@ -364,6 +380,12 @@ def find_gpu(name: str) -> GpuSpec:
     for candidate in (normalised, _without_vendor(normalised)):
         if candidate in _INDEX:
             return _INDEX[candidate]
+        if candidate in AMBIGUOUS_GPUS:
+            raise InvalidSetupError(
+                f"GPU '{name}' could be several cards; name one: "
+                + ", ".join(AMBIGUOUS_GPUS[candidate])
+                + " (--list-gpus shows each one's memory)"
+            )
     keys = ", ".join(spec.key for spec in GPUS)
     raise InvalidSetupError(
         f"unknown GPU '{name}'; use one of {keys}, or give the memory PyTorch sees directly, e.g. --gpu-memory 80GiB"

@@ -49,7 +49,7 @@ from hfmem.limits import (
     NetworkBudget,
 )
 from hfmem.memory.checkpoint import CheckpointSummary, summary_from_headers
-from hfmem.types import ModelConfig
+from hfmem.types import FinetuneSettings, ModelConfig
 
 __all__ = [
     "resolve_model",
@@ -501,12 +501,12 @@ def _resolve_local(model: str, path: Path, *, revision: str | None, token: str |
         raise NoConfigError(model, f"it cannot be read ({type(e).__name__}); check its permissions") from e
     if is_file:
         if path.name == ADAPTER_CONFIG_NAME:
-            return _resolve_adapter(model, load_config_file(path), token=token, chain=chain)
+            return _resolve_adapter(model, load_config_file(path), str(path), token=token, chain=chain)
         return ModelConfig(model, "local", load_config_file(path), directory=path.parent)
     if has_config:
         return ModelConfig(model, "local", load_config_file(config_path), directory=path)
     if has_adapter:
-        return _resolve_adapter(model, load_config_file(adapter_path), token=token, chain=chain)
+        return _resolve_adapter(model, load_config_file(adapter_path), str(adapter_path), token=token, chain=chain)
     if not path.is_dir():
         raise NoConfigError(model, "it is neither a folder nor a regular file; pass a folder holding config.json")
     raise NoConfigError(model, describe_layout(_folder_files(path)))
@@ -548,7 +548,9 @@ def _identity(model: str) -> str:
     return model
 
 
-def _resolve_adapter(model: str, adapter: dict[str, Any], *, token: str | None, chain: _Chain) -> ModelConfig:
+def _resolve_adapter(
+    model: str, adapter: dict[str, Any], origin: str, *, token: str | None, chain: _Chain
+) -> ModelConfig:
     base = adapter.get("base_model_name_or_path")
     if not isinstance(base, str) or not base:
         raise InvalidConfigError(
@@ -561,6 +563,7 @@ def _resolve_adapter(model: str, adapter: dict[str, Any], *, token: str | None, 
         raise AdapterCycleError((*names, base))
     if len(chain) >= MAX_ADAPTER_CHAIN:
         raise AdapterCycleError((*names, base), too_long=True)
+    settings, adapter_notes = adapter_settings(adapter, model, origin)
     resolved = _resolve(base, revision=None, token=token, chain=chain)
     kind = adapter.get("peft_type", "PEFT")
     note = f"'{model}' is a {kind} adapter (adapter_config.json): planning for its base model '{base}'"
@@ -570,8 +573,85 @@ def _resolve_adapter(model: str, adapter: dict[str, Any], *, token: str | None, 
         resolved.config,
         revision=resolved.revision,
         directory=resolved.directory,
-        notes=(note, *resolved.notes),
+        notes=(note, *adapter_notes, *resolved.notes),
+        adapter=settings,
+        adapter_origin=origin,
     )
+
+
+#: LoraConfig fields that change what peft adds or trains but that `FinetuneSettings` does not carry, with the value
+#: that changes nothing (peft ``tuners/lora/config.py`` ``LoraConfig`` defaults): an adapter setting one is planned
+#: without it, with a note.
+_UNMODELLED_LORA_FIELDS: dict[str, Any] = {
+    "rank_pattern": {},  # per-module r
+    "layers_to_transform": None,  # only some layers adapted
+    "exclude_modules": None,
+    "bias": "none",  # "all" / "lora_only" train biases
+    "lora_bias": False,  # a bias on lora_B
+    "layer_replication": None,
+    "target_parameters": None,  # adapters on nn.Parameter (MoE experts)
+    "trainable_token_indices": None,
+}
+
+
+def adapter_settings(
+    adapter: dict[str, Any], model: str, origin: str
+) -> tuple[FinetuneSettings | None, tuple[str, ...]]:
+    """A PEFT adapter_config.json → the LoRA it trains (`FinetuneSettings`, method ``lora``) and notes.
+
+    Read: ``r``, ``lora_alpha``, ``target_modules`` (a list; ``"all-linear"``; another string is a regex peft
+    full-matches against module names, kept as ``re:<regex>``), ``modules_to_save`` (null: none) and ``use_dora``
+    (peft ``tuners/lora/config.py`` ``LoraConfig``). QLoRA adapters look the same (the 4-bit base is a loading
+    choice, not in the file): ``--method qlora`` plans one. A ``peft_type`` other than ``LORA`` (IA3, prefix
+    tuning, AdaLoRA…) is not modelled: None, with a note that the base is planned as the flags say.
+
+    Raises:
+        InvalidConfigError: a LoRA field of the wrong type (``r`` not a positive integer, targets not names…).
+    """
+    kind = adapter.get("peft_type")
+    if kind != "LORA":
+        return None, (
+            f"hfmem models LoRA adapters only; '{model}' is {kind or 'of no peft_type'}, so its own settings are not "
+            "planned: the base model is planned as the options say (default: a full fine-tune)",
+        )
+
+    def bad(field: str, value: Any, want: str) -> InvalidConfigError:
+        return InvalidConfigError(f"{origin}: {field} is {value!r}, not {want}; fix the adapter or pass its base model")
+
+    rank = adapter.get("r", 8)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise bad("r", rank, "a positive integer")
+    alpha = adapter.get("lora_alpha")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, int) or alpha < 1):
+        raise bad("lora_alpha", alpha, "a positive integer")
+    targets = adapter.get("target_modules")
+    if isinstance(targets, str):
+        targets = ("all-linear",) if targets == "all-linear" else (f"re:{targets}",)
+    elif targets is not None:
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+            raise bad("target_modules", targets, "a list of module names, a regex or null")
+        targets = tuple(targets)
+    saved = adapter.get("modules_to_save") or []
+    if not isinstance(saved, list) or not all(isinstance(m, str) and m for m in saved):
+        raise bad("modules_to_save", saved, "a list of module names or null")
+    dora = adapter.get("use_dora", False)
+    if not isinstance(dora, bool):
+        raise bad("use_dora", dora, "true or false")
+    settings = FinetuneSettings(
+        method="lora", lora_rank=rank, lora_alpha=alpha, lora_targets=targets, modules_to_save=tuple(saved), dora=dora
+    )
+    unmodelled = [
+        f"{field}={adapter[field]!r}"
+        for field, neutral in _UNMODELLED_LORA_FIELDS.items()
+        if adapter.get(field, neutral) not in (neutral, None, {}, [])
+    ]
+    notes = ()
+    if unmodelled:
+        notes = (
+            f"{origin} sets {', '.join(unmodelled)}, which hfmem does not model: planned as if unset "
+            f"(r={rank} on every target)",
+        )
+    return settings, notes
 
 
 def check_token(token: str | None) -> None:
@@ -706,7 +786,8 @@ def _resolve_without_config(
                 f"'{repo_id}' is a PEFT adapter but its adapter_config.json could not be downloaded "
                 f"({type(e).__name__}); retry, or pass its base model id"
             ) from e
-        return _resolve_adapter(repo_id, load_config_file(adapter_file), token=token, chain=chain)
+        origin = f"{repo_id} {ADAPTER_CONFIG_NAME}"
+        return _resolve_adapter(repo_id, load_config_file(adapter_file), origin, token=token, chain=chain)
     raise NoConfigError(repo_id, describe_layout(files)) from error
 
 

@@ -149,10 +149,13 @@ def apply_finetune(
     from accelerate import init_empty_weights
 
     targets: Any = None
-    if finetune.lora_targets == ("all-linear",):
+    names = finetune.lora_targets or ()
+    if names == ("all-linear",):
         targets = "all-linear"
-    elif finetune.lora_targets:
-        targets = list(finetune.lora_targets)
+    elif len(names) == 1 and names[0].startswith("re:"):  # an adapter's regex: peft re.fullmatch-es module names
+        targets = names[0][3:]
+    elif names:
+        targets = list(names)
     try:
         lora = peft.LoraConfig(
             r=finetune.lora_rank,

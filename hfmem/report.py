@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich import box
@@ -13,17 +14,45 @@ from rich.text import Text
 
 from hfmem.launch import LaunchOutcome
 from hfmem.memory.parallel import in_flight_microbatches
-from hfmem.memory.states import OPTIMIZER_DESCRIPTIONS, PRECISION_SPECS
+from hfmem.memory.states import PRECISION_SPECS
 from hfmem.types import (
+    Accounting,
     CheckpointComparison,
     FinetuneSettings,
     InferenceEstimate,
     KvLayer,
+    Optimizer,
+    OverheadItem,
     Report,
     StageMemory,
     TrainingSetup,
 )
 from hfmem.units import GIB, format_count_short, format_gib
+
+#: What each accounting convention counts (``--accounting``), said once per table and in JSON.
+CONVENTIONS: dict[Accounting, str] = {
+    "hfmem": (
+        "model states by the ZeRO paper (Rajbhandari et al. 2020): 16-bit weights and gradients, fp32 master weights "
+        "and optimizer states, sharded per stage, exact bytes; activations and logits as the model's own code saves "
+        "them (traced on the meta device); overheads as listed below"
+    ),
+    "deepspeed": (
+        "DeepSpeed estimator accounting (estimate_zero2/zero3_model_states_mem_needs): 18 bytes per sharded "
+        "parameter, 4 x largest module gathered at ZeRO-3, CPU x 1.5 buffer factor"
+    ),
+}
+
+#: One line per optimizer: the states it keeps and where that is read from.
+OPTIMIZER_DESCRIPTIONS: dict[Optimizer, str] = {
+    "adamw": "AdamW: exp_avg + exp_avg_sq, 2 states per parameter (torch/optim/adamw.py)",
+    "adamw-8bit": "bitsandbytes AdamW8bit: 2 uint8 states + one fp32 absmax per 256-element block; "
+    "tensors under 4096 elements keep fp32 states",
+    "sgd": "SGD without momentum: no state",
+    "sgd-momentum": "SGD with momentum: one momentum_buffer per parameter",
+    "adafactor": "HF Adafactor (beta1=None): fp32 row + column second-moment factors for >=2-D tensors, "
+    "a full fp32 second moment for 1-D tensors",
+    "lion": "Lion: one momentum per parameter (Chen et al. 2023)",
+}
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -42,6 +71,17 @@ __all__ = [
 
 #: Bumped only when a key changes meaning or disappears; new keys keep the version.
 SCHEMA_VERSION = 1
+
+
+def overhead_bytes_by_key(items: Sequence[OverheadItem]) -> dict[str, int]:
+    """``overheads`` of JSON output: bytes by the line's stable key (``overhead_items`` keeps label → bytes for
+    compatibility; its keys change with settings, these never do)."""
+    return {item.key: item.size_bytes for item in items}
+
+
+def overhead_labels(groups: Iterable[Sequence[OverheadItem]]) -> dict[str, str]:
+    """``overhead_labels`` of JSON output: each key's label for people, once per plan (in order of first use)."""
+    return {item.key: item.label for items in groups for item in items}
 
 
 def describe_source(report: Report) -> str:
@@ -83,6 +123,7 @@ def _stage_dict(stage: StageMemory, *, measured: bool = True) -> dict[str, Any]:
         "min_gpus": stage.min_gpus,
         "max_batch_size": stage.max_batch_size,
         "overhead_items": dict(stage.overhead_items),
+        "overheads": overhead_bytes_by_key(stage.overhead_items),
         "activation_detail": {
             "saved_bytes": stage.activation_saved_bytes,
             "recompute_bytes": stage.activation_recompute_bytes,
@@ -154,8 +195,9 @@ def _training_dict(report: Report) -> dict[str, Any] | None:
             "fragmentation": setup.overheads.fragmentation,
             **_settings_extra(setup),
         },
-        "convention": training.convention,
+        "convention": CONVENTIONS[training.setup.accounting],
         "stages": [_stage_dict(s, measured=training.unmeasured is None) for s in training.stages],
+        "overhead_labels": overhead_labels(s.overhead_items for s in training.stages),
         "activations_not_measured": training.unmeasured,
         "notes": list(training.notes),
     }
@@ -223,6 +265,8 @@ def _inference_dict(report: Report) -> dict[str, Any] | None:
             "total_bytes": weights.total_bytes,
         },
         "overhead_items": dict(inference.overhead_items),
+        "overheads": overhead_bytes_by_key(inference.overhead_items),
+        "overhead_labels": overhead_labels([inference.overhead_items]),
         "fits": inference.fits,
         "headroom_bytes": inference.headroom_bytes,
         "max_context": inference.max_context,
@@ -281,7 +325,7 @@ def to_dict(report: Report) -> dict[str, Any]:
         "inference": _inference_dict(report),
         "inference_not_measured": report.inference_unmeasured,
         "gpu": None if gpu is None else {"name": gpu.name, "usable_bytes": gpu.usable_bytes},
-        "notes": list(report.model.notes) + list(report.notes),
+        "notes": list(dict.fromkeys([*report.model.notes, *report.notes])),  # the model's are in both: once
     }
 
 
@@ -546,7 +590,7 @@ def _footer(report: Report) -> Text:
     lines = [
         f"Precision: {PRECISION_SPECS[setup.precision].description}.",
         f"Optimizer: {OPTIMIZER_DESCRIPTIONS[setup.optimizer]}.",
-        f"Convention: {report.training.convention}.",
+        f"Convention: {CONVENTIONS[setup.accounting]}.",
         *([f"Method: {describe_finetune(setup.finetune)}."] if setup.method != "full" else []),
         "peak = weights + master + grads + optim + activations + logits + overhead at the phase in 'at'; "
         "GiB = 2^30 bytes.",
@@ -624,10 +668,12 @@ def _kv_phrase(group: dict[str, Any]) -> str:
 def _kv_line(inference: InferenceEstimate) -> str:
     if not inference.kv_layers:
         return "KV cache: none (no attention layer caches keys and values)."
+    tp = inference.setup.tp
     return (
         f"KV cache: {inference.kv_cache_bytes_per_token:,} bytes per token per sequence"
+        + (f" per GPU (its share of the KV heads under tensor parallel {tp})" if tp > 1 else "")
         + (" (until the sliding windows fill)" if any(layer.kind == "sliding" for layer in inference.kv_layers) else "")
-        + "; "
+        + ("; whole layers: " if tp > 1 else "; ")
         + "; ".join(_kv_phrase(g) for g in kv_layer_summary(inference.kv_layers))
         + "."
     )
@@ -674,7 +720,7 @@ def _inference_footer(report: Report, inference: InferenceEstimate) -> Text:
     lines += [f"Note: {note}." for note in inference.notes]
     if report.checkpoint is not None:
         lines += render_comparison(report.checkpoint)
-    lines += [f"Note: {note}." for note in report.notes]
+    lines += [f"Note: {note}." for note in _plan_notes(report)]
     return Text("\n".join(lines), style="dim")
 
 
@@ -712,10 +758,15 @@ def render_table(report: Report, *, color: bool = False, width: int = 100) -> st
         console.print()
         console.print(_inference_footer(report, inference))
     else:
-        lines = _unmeasured_inference_lines(report) + [f"Note: {note}." for note in report.notes]
+        lines = _unmeasured_inference_lines(report) + [f"Note: {note}." for note in _plan_notes(report)]
         if lines:
             console.print(Text("\n".join(lines), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def _plan_notes(report: Report) -> list[str]:
+    """``report.notes`` less the model's own (``model.notes``), which the CLI prints on stderr before the output."""
+    return [note for note in report.notes if note not in report.model.notes]
 
 
 def _unmeasured_inference_lines(report: Report) -> list[str]:
@@ -756,7 +807,7 @@ def render_markdown(report: Report) -> str:
         out.append(markdown_table(*_inference_rows(inference)))
         out += ["", *(f"- {line}" for line in _footer_lines(_inference_footer(report, inference)))]
     else:
-        lines = _unmeasured_inference_lines(report) + [f"Note: {note}." for note in report.notes]
+        lines = _unmeasured_inference_lines(report) + [f"Note: {note}." for note in _plan_notes(report)]
         if lines:
             out += ["", *(f"- {line}" for line in lines)]
     return "\n".join(out) + "\n"
@@ -768,23 +819,31 @@ SweepRow = tuple[tuple[tuple[str, str], ...], Report]
 
 
 def _sweep_rows(rows: list[SweepRow]) -> tuple[list[str], list[list[str]], list[list[bool | None]]]:
+    """Headers, cells and fit marks of a sweep. Columns are keyed by ZeRO stage over all rows (an offload list plans
+    different stages per row: "—" where a row has no such stage), and CPU RAM per node gets a column per stage that
+    offloads in any row, as in the single report."""
     first = rows[0][1]
     headers = [name for name, _ in rows[0][0]]
-    stages = [s.zero_stage for s in first.training.stages] if first.training is not None else []
-    headers += [f"ZeRO-{z} peak" for z in stages]
+    by_row = [{s.zero_stage: s for s in report.training.stages} if report.training else {} for _, report in rows]
+    stages = sorted({z for planned in by_row for z in planned})
+    cpu_stages = [z for z in stages if any(planned.get(z) and planned[z].cpu_bytes_per_node for planned in by_row)]
+    headers += [f"ZeRO-{z} peak" for z in stages] + [f"ZeRO-{z} CPU/node" for z in cpu_stages]
     if first.inference is not None or first.inference_unmeasured is not None:
         headers.append("serve total")
     table: list[list[str]] = []
     fits: list[list[bool | None]] = []
-    for values, report in rows:
+    for (values, report), planned in zip(rows, by_row, strict=True):
         row = [value for _, value in values]
         marks: list[bool | None] = [None] * len(row)
-        if report.training is not None:
-            for stage in report.training.stages:
-                row.append(
-                    peak_cell(stage, report.training.unmeasured is None) + ("" if stage.fits is not False else " ✗")
-                )
-                marks.append(stage.fits)
+        measured = report.training is None or report.training.unmeasured is None
+        for z in stages:
+            stage = planned.get(z)
+            row.append("—" if stage is None else peak_cell(stage, measured) + ("" if stage.fits is not False else " ✗"))
+            marks.append(None if stage is None else stage.fits)
+        for z in cpu_stages:
+            stage = planned.get(z)
+            row.append("—" if stage is None else _gib(stage.cpu_bytes_per_node))
+            marks.append(None)
         if report.inference is not None:
             row.append(_gib(report.inference.total_bytes) + ("" if report.inference.fits is not False else " ✗"))
             marks.append(report.inference.fits)
@@ -945,6 +1004,16 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
     if setup is not None:
         gpus = setup.gpus_per_node * setup.nodes
         title += f" — {setup.precision}, {setup.optimizer}, {gpus} GPU(s), micro-batch {setup.batch_size}"
+        # Without --seq-len each model trains at its own default: one figure when they agree, else each model's.
+        trained = [r.training for r in reports if r.training is not None and r.training.seq_len]
+        lengths = [(training.seq_len_source, training.seq_len) for training in trained]
+        if lengths and len({length for _, length in lengths}) == 1:
+            sources = {source for source, _ in lengths}
+            title += f" × {lengths[0][1]:,} tokens" + (f" ({sources.pop()})" if len(sources) == 1 else "")
+        elif lengths:
+            each = " / ".join(f"{length:,}" for _, length in lengths)
+            title += f" × {each} tokens (each model's, in column order)"
+        title += f", checkpointing {setup.grad_checkpointing}"
     if gpu is not None:
         title += f"; fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable)"
     notes = [
@@ -958,7 +1027,7 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
                 else []
             ),
             *([f"inference not measured: {r.inference_unmeasured.rstrip('.')}"] if r.inference_unmeasured else []),
-            *r.notes,
+            *_plan_notes(r),
         )
     ]
     if markdown:

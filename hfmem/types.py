@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # the quantization module imports these types; the hint needs no import at run time
+    from hfmem.memory.quantization import WeightsBreakdown
 
 __all__ = [
     "ModelSource",
@@ -81,6 +84,10 @@ class ModelConfig:
         revision: the commit sha the Hub served, when known.
         directory: the folder holding config.json (custom-code models load their code from there).
         notes: one-line remarks for stderr: fallbacks taken and why, adapters resolved to their base.
+        adapter: a PEFT LoRA adapter's own settings (its adapter_config.json: ``r``, ``lora_alpha``,
+            ``target_modules``, ``modules_to_save``, ``use_dora``) when MODEL is such an adapter, else None.
+            `hfmem.estimate` plans them unless the caller gives a `FinetuneSettings` (see `adapter_finetune`).
+        adapter_origin: where ``adapter`` was read (``<folder>/adapter_config.json`` or ``<repo> adapter_config.json``).
     """
 
     model_id: str
@@ -89,6 +96,8 @@ class ModelConfig:
     revision: str | None = None
     directory: Path | None = None
     notes: tuple[str, ...] = ()
+    adapter: FinetuneSettings | None = None
+    adapter_origin: str | None = None
 
     @property
     def model_type(self) -> str | None:
@@ -216,7 +225,9 @@ class ParameterInventory:
             moe = MoeInfo(num_experts=num_experts, experts_per_token=top_k, routed_expert_params=routed)
             # Each routed tensor holds all experts stacked (transformers >= 5 fuses them) or one expert of
             # `num_experts`; either way a token uses top_k / num_experts of the routed total, exactly.
-            active = total - routed + routed * top_k // num_experts
+            from hfmem.memory.parallel import active_params_per_token
+
+            active = active_params_per_token(total, routed, top_k, num_experts)
         return cls(
             total_params=total,
             trainable_params=sum(p.numel for p in parameters if p.trainable),
@@ -406,27 +417,34 @@ class TrainingSetup:
 
     @property
     def data_parallel_size(self) -> int:
-        """``gpus × nodes / (tp · pp · cp)``: the model replicas (`hfmem.memory.parallel.check_parallel` checks it)."""
-        return max(1, self.world_size // self.parallel.model_parallel_size)
+        """``gpus × nodes / (tp · pp · cp)``: the model replicas (`hfmem.memory.parallel.data_parallel_degree`)."""
+        from hfmem.memory.parallel import data_parallel_degree
+
+        par = self.parallel
+        return data_parallel_degree(self.world_size, par.tp, par.pp, par.cp)  # type: ignore[return-value]
 
     @property
     def num_gpus(self) -> int:
-        """The ZeRO / FSDP sharding degree of the dense parameters.
+        """The ZeRO / FSDP sharding degree of the dense parameters (`hfmem.memory.parallel.sharding_degree`).
 
-        Data parallel × context parallel: CP ranks hold the same weights, so Megatron's distributed optimizer
-        (``get_data_parallel_group(with_context_parallel=True)``) and torchtitan's FSDP mesh (``dp_shard_cp``) shard
-        over both. ``hybrid_shard`` shards only over the ranks inside one node (ranks ordered tp-cp-dp-pp,
-        Megatron's default ``--order``), and replicates across nodes.
+        Computed once per setup (sweeps and bisections read it thousands of times) and kept beside the fields.
         """
-        degree = self.data_parallel_size * self.parallel.cp
-        if self.parallel.fsdp == "hybrid_shard":
-            degree = min(degree, max(1, self.gpus_per_node // self.parallel.tp))
-        return degree
+        cached = self.__dict__.get("_num_gpus")
+        if cached is None:
+            from hfmem.memory.parallel import sharding_degree
+
+            par = self.parallel
+            hybrid = par.fsdp == "hybrid_shard"
+            cached = sharding_degree(self.gpus_per_node, self.nodes, par.tp, par.pp, par.cp, hybrid_shard=hybrid)
+            object.__setattr__(self, "_num_gpus", cached)
+        return cached  # type: ignore[no-any-return]
 
     @property
     def expert_sharding_degree(self) -> int:
-        """ZeRO / FSDP degree of routed experts: the sharding group divided by ``ep`` (Megatron's expert-DP)."""
-        return max(1, self.num_gpus // self.parallel.ep)
+        """ZeRO / FSDP degree of routed experts (`hfmem.memory.parallel.expert_sharding_degree`)."""
+        from hfmem.memory.parallel import expert_sharding_degree
+
+        return expert_sharding_degree(self.num_gpus, self.parallel.ep)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -489,6 +507,22 @@ class ActivationProfile:
 
 
 @dataclass(frozen=True)
+class OverheadItem:
+    """One overhead line: a stable ``key`` (never depends on a setting's value), a ``label`` for people, its bytes.
+
+    Iterating gives ``(label, size_bytes)``, the pair the ``overhead_items`` of JSON output has always held.
+    """
+
+    key: str
+    label: str
+    size_bytes: int
+
+    def __iter__(self) -> Iterator[str | int]:
+        yield self.label
+        yield self.size_bytes
+
+
+@dataclass(frozen=True)
 class StageMemory:
     """Memory of one ZeRO stage per GPU (bytes) at its peak, and CPU RAM per node when offloading.
 
@@ -508,7 +542,7 @@ class StageMemory:
     activations_bytes: int = 0
     logits_bytes: int = 0
     overhead_bytes: int = 0
-    overhead_items: tuple[tuple[str, int], ...] = ()
+    overhead_items: tuple[OverheadItem, ...] = ()
     peak_phase: PeakPhase | None = None
     activation_saved_bytes: int = 0
     activation_recompute_bytes: int = 0
@@ -541,7 +575,7 @@ class StageMemory:
 
 @dataclass(frozen=True)
 class TrainingEstimate:
-    """Per-GPU model-state memory for each requested ZeRO stage, with the convention used.
+    """Per-GPU model-state memory for each requested ZeRO stage (the accounting convention is ``setup.accounting``).
 
     ``profile`` is the measured activation profile of the whole model at the planned micro-batch (None for a
     ``--params`` plan): what `hfmem.explain` shows per layer.
@@ -553,7 +587,6 @@ class TrainingEstimate:
 
     setup: TrainingSetup
     stages: tuple[StageMemory, ...]
-    convention: str
     notes: tuple[str, ...] = ()
     seq_len: int | None = None
     seq_len_source: str | None = None
@@ -656,7 +689,7 @@ class InferenceEstimate:
     prefill_tokens: int
     weights_name: str
     weights_source: str
-    weights: Any
+    weights: WeightsBreakdown
     kv_dtype: str
     kv_layers: tuple[KvLayer, ...]
     weights_bytes: int
@@ -664,7 +697,7 @@ class InferenceEstimate:
     kv_cache_bytes_per_token: int
     activations_bytes: int
     overhead_bytes: int
-    overhead_items: tuple[tuple[str, int], ...] = ()
+    overhead_items: tuple[OverheadItem, ...] = ()
     fits: bool | None = None
     headroom_bytes: int | None = None
     max_context: int | None = None
@@ -672,6 +705,8 @@ class InferenceEstimate:
     notes: tuple[str, ...] = ()
     profile: InferenceProfile | None = None
     recurrent_state_bytes: int = 0
+    #: elements of the largest bitsandbytes 4-bit linear (its dequantized copy is an overhead line), else 0
+    dequant_params: int = 0
     total_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -689,6 +724,13 @@ class InferenceEstimate:
 class Report:
     """Everything `hfmem.estimate` found: the model, its inventory and the training memory.
 
+    ``notes``: every remark on the result, one line each: first the model's (a catalogue or offline fallback, an
+    adapter resolved to its base; also in ``model.notes``, which the CLI prints on stderr), then the plan's (what was
+    skipped or assumed). ``training.notes`` and ``inference.notes`` hold the notes of each plan.
+
+    In a notebook a report shows as its table (``_repr_html_``, rich's ``__rich_console__``); ``str(report)`` is the
+    same table as plain text, as ``hfmem MODEL`` prints it.
+
     ``inference_unmeasured``: why serving was asked for but could not be planned (the model could not run with a
     cache on the meta device); ``inference`` is None then.
     """
@@ -701,6 +743,40 @@ class Report:
     inference: InferenceEstimate | None = None
     checkpoint: CheckpointComparison | None = None
     inference_unmeasured: str | None = None
+
+    # --- display: every form is the one table renderer (`hfmem.report.render_table`), the model's notes above it ---
+
+    def __str__(self) -> str:
+        """The table ``hfmem MODEL`` prints, as plain text at 100 columns, under the model's notes."""
+        from hfmem.report import render_table
+
+        return "".join(f"Note: {note}.\n" for note in self.model.notes) + render_table(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython's plain-text display: `__str__`."""
+        printer.text("Report(...)" if cycle else str(self))
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        """rich's protocol (``rich.print(report)``, rich's Jupyter display): the table in colour at the console's
+        width, under the model's notes."""
+        from rich.text import Text
+
+        from hfmem.report import render_table
+
+        for note in self.model.notes:
+            yield Text(f"Note: {note}.", style="dim")
+        yield Text.from_ansi(render_table(self, color=True, width=options.max_width).rstrip("\n"))
+
+    def _repr_html_(self) -> str:
+        """Jupyter's display: the rich rendering as an HTML ``<pre>`` block with inline styles."""
+        import io
+
+        from rich.console import Console
+        from rich.jupyter import JUPYTER_HTML_FORMAT  # rich's own <pre> for Jupyter: monospace, scrolls sideways
+
+        console = Console(record=True, file=io.StringIO(), width=100, force_terminal=True, force_jupyter=False)
+        console.print(self)
+        return console.export_html(inline_styles=True, code_format=JUPYTER_HTML_FORMAT)
 
 
 # --- a checkpoint's stored tensors beside the built model (`hfmem.memory.checkpoint`) ---------------------------

@@ -51,8 +51,17 @@ def format_gib(num_bytes: int) -> str:
 
 
 def format_count_short(count: int) -> str:
-    """``6.74B``, ``124M``, ``671B``: three significant digits with a decimal suffix."""
-    for factor, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
-        if count >= factor:
-            return f"{count / factor:.3g}{suffix}"
-    return str(count)
+    """``6.74B``, ``124M``, ``671B``: three significant digits with a decimal suffix.
+
+    The suffix is chosen after rounding, so a count that rounds up to 1000 of a unit reads in the next unit:
+    999,885,952 is ``1B``, not ``1e+03M``. Past 999.5T the count is whole trillions with separators (``1,500T``).
+    """
+    units = ((10**3, "K"), (10**6, "M"), (10**9, "B"), (10**12, "T"))
+    chosen = next((i for i in reversed(range(len(units))) if count >= units[i][0]), None)
+    if chosen is None:
+        return str(count)
+    if chosen + 1 < len(units) and float(f"{count / units[chosen][0]:.3g}") >= 1000:
+        chosen += 1  # 999.9M rounds to 1000M: one unit up
+    factor, suffix = units[chosen]
+    value = count / factor
+    return f"{value:,.0f}{suffix}" if value >= 999.5 else f"{value:.3g}{suffix}"

@@ -133,7 +133,10 @@ def test_deepspeed_accounting(runner: CliRunner) -> None:
 def test_adapter_folder_resolves_to_base(runner: CliRunner) -> None:
     code, out, err = run(runner, str(FIXTURES / "lora_adapter"), "--json")
     assert code == 0
-    assert json.loads(out)["parameters"]["total"] == LLAMA2_7B
+    # The adapter's own LoRA (r 16 on q_proj, v_proj) on Llama-2-7B: 32 layers · 2 · 16 · (4096 + 4096).
+    lora = 32 * 2 * 16 * (4096 + 4096)
+    params = json.loads(out)["parameters"]
+    assert (params["total"], params["trainable"]) == (LLAMA2_7B + lora, lora)
     assert "LORA adapter" in err and "meta-llama/Llama-2-7b-hf" in err
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from click.testing import CliRunner
 
+from hfmem.cli import cli
 from hfmem.errors import ExitCode, InvalidSetupError
 from hfmem.gpus import GPUS, GpuSpec, find_gpu, parse_memory
 
@@ -91,12 +93,10 @@ def test_spot_checks_of_how_each_kind_of_source_is_converted(anchor: str, key: s
         ("H100-SXM", "h100-sxm"),
         ("h100_sxm", "h100-sxm"),
         ("h100 sxm", "h100-sxm"),
-        ("H100", "h100-sxm"),
         ("NVIDIA H100 80GB HBM3", "h100-sxm"),
         ("NVIDIA H100 PCIe", "h100-pcie"),
-        ("A100", "a100-80gb-sxm"),
-        ("a100-80gb", "a100-80gb-sxm"),
-        ("A100_40GB", "a100-40gb-sxm"),
+        ("a100-80gb-sxm4", "a100-80gb-sxm"),
+        ("A100_40GB_SXM", "a100-40gb-sxm"),
         ("NVIDIA A100-SXM4-40GB", "a100-40gb-sxm"),
         ("NVIDIA A100 80GB PCIe", "a100-80gb-pcie"),
         ("RTX 4090", "rtx-4090"),
@@ -180,3 +180,38 @@ def test_parse_memory_rejects_bad_input_with_the_accepted_forms(text: str) -> No
     assert "\n" not in message
     assert f"'{text}'" in message
     assert "80GiB" in message and "80GB" in message
+
+
+@pytest.mark.parametrize(
+    ("typed", "candidates"),
+    [
+        # NVIDIA's A100 datasheet: 40 GB and 80 GB, each as SXM4 and PCIe.
+        ("a100", {"a100-40gb-sxm", "a100-40gb-pcie", "a100-80gb-sxm", "a100-80gb-pcie"}),
+        ("NVIDIA A100", {"a100-40gb-sxm", "a100-40gb-pcie", "a100-80gb-sxm", "a100-80gb-pcie"}),
+        ("A100_40GB", {"a100-40gb-sxm", "a100-40gb-pcie"}),
+        ("a100 80gb", {"a100-80gb-sxm", "a100-80gb-pcie"}),
+        # NVIDIA's H100 datasheet: SXM5 and PCIe (80 GB) and NVL (94 GB).
+        ("H100", {"h100-sxm", "h100-pcie", "h100-nvl"}),
+        ("h100-80gb", {"h100-sxm", "h100-pcie"}),
+        # NVIDIA's V100 datasheet: 16 GB and 32 GB.
+        ("Tesla V100", {"v100-16gb", "v100-32gb"}),
+    ],
+)
+def test_a_name_that_fits_several_cards_asks_which(typed: str, candidates: set[str]) -> None:
+    with pytest.raises(InvalidSetupError) as info:
+        find_gpu(typed)
+    message = str(info.value)
+    assert "\n" not in message and info.value.exit_code == ExitCode.USAGE
+    assert f"GPU '{typed}' could be several cards" in message
+    listed = set(message.split("name one: ")[1].split(" (")[0].split(", "))
+    assert listed == candidates
+
+
+def test_gpu_a100_on_the_command_line_is_a_usage_error_listing_the_cards() -> None:
+    result = CliRunner().invoke(cli, ["--params", "7B", "--gpu", "a100", "--training-only"])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    for key in ("a100-40gb-sxm", "a100-40gb-pcie", "a100-80gb-sxm", "a100-80gb-pcie"):
+        assert key in result.stderr
+    assert "Traceback" not in result.stderr

@@ -30,6 +30,7 @@ from hfmem.errors import (
     OfflineError,
     RevisionNotFoundError,
 )
+from hfmem.types import FinetuneSettings
 from tests.conftest import TINY_LLAMA, TINY_LLAMA_PARAMS
 
 SHA = "a" * 40
@@ -316,6 +317,8 @@ def test_hub_adapter_resolves_to_base(fake: FakeHub) -> None:
     assert resolved.config == catalogue_config(LLAMA2)
     [note] = resolved.notes
     assert "'org/lora'" in note and "adapter" in note and LLAMA2 in note
+    assert resolved.adapter == FinetuneSettings("lora")  # peft's LoraConfig defaults: r 8, targets per architecture
+    assert resolved.adapter_origin == "org/lora adapter_config.json"
     adapter_download, base_download = fake.download_calls
     assert (adapter_download["filename"], adapter_download["revision"]) == ("adapter_config.json", "v1")
     assert (base_download["repo_id"], base_download["filename"]) == (LLAMA2, "config.json")
@@ -328,7 +331,7 @@ def test_hub_adapter_with_gated_base_uses_catalogue(fake: FakeHub) -> None:
     fake.metadata_errors["org/lora"] = http_error(hf_errors.RemoteEntryNotFoundError, 404)
     fake.metadata_errors[LLAMA2] = http_error(hf_errors.GatedRepoError, 401)
     fake.listing["org/lora"] = ["adapter_config.json"]
-    fake.remote[("org/lora", "adapter_config.json")] = {"base_model_name_or_path": LLAMA2}
+    fake.remote[("org/lora", "adapter_config.json")] = {"base_model_name_or_path": LLAMA2, "peft_type": "LORA"}
     resolved = hub.resolve_model("org/lora")
     assert resolved.source == "catalogue" and resolved.config == catalogue_config(LLAMA2)
     assert len(resolved.notes) == 2 and "adapter" in resolved.notes[0] and "gated" in resolved.notes[1]

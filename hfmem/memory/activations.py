@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from hfmem.memory.expr import Value, cite, maximum, total, value_of
+from hfmem.memory.sources import SRC_LOSS
 from hfmem.types import ActivationProfile, Checkpointing, LayerProfile, Precision
 
 __all__ = [
@@ -22,6 +24,8 @@ __all__ = [
     "default_seq_len",
     "estimate_activations",
     "extrapolate_profile",
+    "logits_forward_bytes",
+    "logits_backward_bytes",
 ]
 
 #: Config keys that hold the context length, most common first (Llama/Mistral/Qwen/BERT, GPT-2, others).
@@ -102,26 +106,40 @@ def estimate_activations(profile: ActivationProfile, checkpointing: Checkpointin
     """
     other = profile.other_bytes
     if checkpointing == "none":
-        saved = sum(layer.saved_bytes for layer in profile.layers) + other
-        recompute = 0
+        saved = total([layer.saved_bytes for layer in profile.layers]) + other
+        recompute: Value = 0
     elif checkpointing == "full":
-        saved = sum(layer.input_bytes for layer in profile.layers) + other
-        recompute = max((layer.saved_bytes for layer in profile.layers), default=0)
+        saved = total([layer.input_bytes for layer in profile.layers]) + other
+        recompute = maximum(*(layer.saved_bytes for layer in profile.layers)) if profile.layers else 0
     else:
-        saved = sum(layer.saved_bytes for layer in profile.fused_layers) + other
-        recompute = max(
-            (max(e.saved_bytes - f.saved_bytes, 0) for e, f in zip(profile.layers, profile.fused_layers, strict=True)),
-            default=0,
-        )
-    logits_saved = profile.logits_saved_bytes
-    upcast_copy = logits_saved if logits_saved > profile.logits_bytes else 0
+        saved = total([layer.saved_bytes for layer in profile.fused_layers]) + other
+        gaps = [
+            maximum(e.saved_bytes - f.saved_bytes, 0) for e, f in zip(profile.layers, profile.fused_layers, strict=True)
+        ]
+        recompute = maximum(*gaps) if gaps else 0
+    logits, logits_saved = profile.logits_bytes, profile.logits_saved_bytes
     return ActivationEstimate(
-        saved_bytes=saved,
-        recompute_bytes=recompute,
+        saved_bytes=saved,  # type: ignore[arg-type]
+        recompute_bytes=recompute,  # type: ignore[arg-type]
         logits_saved_bytes=logits_saved,
-        logits_forward_bytes=profile.logits_bytes + logits_saved + upcast_copy,
-        logits_backward_bytes=profile.logits_bytes + 3 * logits_saved,
+        logits_forward_bytes=logits_forward_bytes(logits, logits_saved),  # type: ignore[arg-type]
+        logits_backward_bytes=logits_backward_bytes(logits, logits_saved),  # type: ignore[arg-type]
     )
+
+
+def logits_forward_bytes(logits: Value, log_softmax: Value) -> Value:
+    """Vocabulary-sized bytes live at the loss in forward: the logits G, the loss's fp32 copy of them when it upcasts
+    (its log-softmax Λ is then larger than G; the copy is as large as Λ) and Λ: ``G + 2Λ``, else ``G + Λ``
+    (transformers ``ForCausalLMLoss``: ``logits.float()``, then ``cross_entropy``)."""
+    if value_of(log_softmax) > value_of(logits):
+        return logits + cite(2, SRC_LOSS, log_softmax) * log_softmax
+    return logits + log_softmax
+
+
+def logits_backward_bytes(logits: Value, log_softmax: Value) -> Value:
+    """Vocabulary-sized bytes live when backward starts at the loss: G + Λ + the loss's gradient + the gradient
+    through the log-softmax, ``G + 3Λ``."""
+    return logits + cite(3, SRC_LOSS, log_softmax) * log_softmax
 
 
 def extrapolate_profile(one: ActivationProfile, two: ActivationProfile, batch_size: int) -> ActivationProfile:

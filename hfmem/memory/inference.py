@@ -29,7 +29,8 @@ from typing import Any
 
 from hfmem.errors import InvalidSetupError
 from hfmem.memory.activations import context_length
-from hfmem.memory.peak import bisect_boundary
+from hfmem.memory.expr import Value, ceil_div, cite, floor_div, maximum, minimum, total, value_of
+from hfmem.memory.peak import allocator_buffer_bytes, bisect_boundary, fragmentation_bytes, headroom_bytes
 from hfmem.memory.quantization import (
     QuantScheme,
     WeightsBreakdown,
@@ -40,11 +41,13 @@ from hfmem.memory.quantization import (
     tensor_bytes,
     weights_breakdown,
 )
+from hfmem.memory.sources import SRC_BNB_MATMUL
 from hfmem.types import (
     InferenceEstimate,
     InferenceProfile,
     InferenceSetup,
     KvLayer,
+    OverheadItem,
     ParameterInventory,
 )
 
@@ -59,6 +62,12 @@ __all__ = [
     "kv_cache_bytes_per_token",
     "recurrent_state_bytes",
     "weights_per_gpu_bytes",
+    "kv_element_bytes",
+    "kv_heads_share",
+    "largest_kv_layer_bytes",
+    "prefill_activation_bytes",
+    "dequant_transient_bytes",
+    "dequant_largest_params",
     "plan_inference",
 ]
 
@@ -142,19 +151,27 @@ def default_context(config: Mapping[str, Any], built: int | None = None) -> tupl
     return context, f"the model's context length {context:,}"
 
 
-def _kv_bytes_per_element(layer: KvLayer, kv_dtype: str | None) -> int:
+def kv_element_bytes(layer: KvLayer, kv_dtype: str | None) -> int:
+    """Bytes per cached element: ``--kv-dtype``'s (`KV_DTYPE_BYTES`), or the layer's own; a recurrent state keeps
+    its own dtype."""
     if layer.kind == "state" or kv_dtype is None:
         return layer.element_bytes
     return KV_DTYPE_BYTES[kv_dtype]
 
 
-def _heads_fraction(layer: KvLayer, tp: int) -> tuple[int, int]:
-    """(heads held per rank, heads) for a tensor-parallel degree: ceil(heads / tp), at least one."""
-    return max(1, -(-layer.heads // tp)), layer.heads
+def kv_heads_share(elements: Value, heads: Value, tp: Value) -> Value:
+    """The part of ``elements`` spread over ``heads`` KV heads that one of ``tp`` GPUs holds:
+    ``⌊x × max(1, ⌈h / tp⌉) / h⌋`` (vLLM: heads split over TP, fewer heads than GPUs replicated); ``x`` without TP."""
+    if tp.__class__ is int and tp == 1:
+        return elements
+    return floor_div(elements * maximum(1, ceil_div(heads, tp)), heads)
 
 
-def kv_layer_bytes(layer: KvLayer, *, context: int, batch_size: int, kv_dtype: str | None = None, tp: int = 1) -> int:
-    """Bytes one layer's cache holds per GPU after ``context`` tokens of each of ``batch_size`` sequences.
+def kv_layer_bytes(
+    layer: KvLayer, *, context: Value, batch_size: Value, kv_dtype: str | None = None, tp: Value = 1
+) -> Value:
+    """Bytes one layer's cache holds per GPU after ``context`` tokens of each of ``batch_size`` sequences:
+    ``(e × tokens, its share of the heads, + z) × b × β``, tokens = ``min(c, W)`` for a sliding layer.
 
     Example (Llama-3-8B: 8 KV heads × 128 dims × K and V = 2,048 elements per token per layer, bf16):
         >>> layer = KvLayer("0", "full", elements_per_token=2048, heads=8)
@@ -163,37 +180,55 @@ def kv_layer_bytes(layer: KvLayer, *, context: int, batch_size: int, kv_dtype: s
         >>> kv_layer_bytes(KvLayer("0", "sliding", 2048, heads=8, window_tokens=4096), context=8192, batch_size=1)
         16777216
     """
-    tokens = min(context, layer.window_tokens) if layer.kind == "sliding" and layer.window_tokens else context
-    held, heads = _heads_fraction(layer, tp)
-    growing = layer.elements_per_token * tokens * held // heads
-    fixed = layer.fixed_elements
-    return (growing + fixed) * batch_size * _kv_bytes_per_element(layer, kv_dtype)
+    tokens = minimum(context, layer.window_tokens) if layer.kind == "sliding" and layer.window_tokens else context
+    growing = kv_heads_share(layer.elements_per_token * tokens, layer.heads, tp)
+    return (growing + layer.fixed_elements) * batch_size * kv_element_bytes(layer, kv_dtype)
 
 
 def kv_cache_bytes(
-    layers: tuple[KvLayer, ...], *, context: int, batch_size: int, kv_dtype: str | None = None, tp: int = 1
-) -> int:
+    layers: tuple[KvLayer, ...], *, context: Value, batch_size: Value, kv_dtype: str | None = None, tp: Value = 1
+) -> Value:
     """The whole cache per GPU: `kv_layer_bytes` summed over the layers."""
-    return sum(
-        kv_layer_bytes(layer, context=context, batch_size=batch_size, kv_dtype=kv_dtype, tp=tp) for layer in layers
+    return total(
+        [kv_layer_bytes(layer, context=context, batch_size=batch_size, kv_dtype=kv_dtype, tp=tp) for layer in layers]
     )
 
 
-def kv_cache_bytes_per_token(layers: tuple[KvLayer, ...], *, kv_dtype: str | None = None, tp: int = 1) -> int:
+def largest_kv_layer_bytes(
+    layers: tuple[KvLayer, ...], *, context: Value, batch_size: Value, kv_dtype: str | None = None, tp: Value = 1
+) -> Value:
+    """The largest layer's cache per GPU (DynamicCache's ``torch.cat`` allocates a grown layer beside the old one)."""
+    if not layers:
+        return 0
+    return maximum(
+        *(kv_layer_bytes(layer, context=context, batch_size=batch_size, kv_dtype=kv_dtype, tp=tp) for layer in layers)
+    )
+
+
+def kv_cache_bytes_per_token(layers: tuple[KvLayer, ...], *, kv_dtype: str | None = None, tp: Value = 1) -> Value:
     """Bytes each new token adds per sequence and GPU while no sliding window is full (states excluded).
 
     Example (DeepSeek-V3 MLA: 61 layers × (512 + 64) latent elements × 2 bytes):
         >>> kv_cache_bytes_per_token(tuple(KvLayer(str(i), "full", 576) for i in range(61)))
         70272
     """
-    total = 0
-    for layer in layers:
-        held, heads = _heads_fraction(layer, tp)
-        total += layer.elements_per_token * held // heads * _kv_bytes_per_element(layer, kv_dtype)
-    return total
+    return total(
+        [
+            kv_heads_share(layer.elements_per_token, layer.heads, tp) * kv_element_bytes(layer, kv_dtype)
+            for layer in layers
+        ]
+    )
 
 
-def recurrent_state_bytes(state_layers: tuple[tuple[str, int], ...], *, batch_size: int) -> int:
+def prefill_activation_bytes(peak: Value, logits: Value, batch_size: Value, traced_batch: Value) -> Value:
+    """One prefill chunk's working set for ``batch_size`` sequences from the trace at ``traced_batch``:
+    ``⌈A × b / b₀⌉ + ⌊Lg × b / b₀⌋`` (per-sequence tensors scale with the batch)."""
+    if value_of(batch_size) == value_of(traced_batch):
+        return peak + logits
+    return ceil_div(peak * batch_size, traced_batch) + floor_div(logits * batch_size, traced_batch)
+
+
+def recurrent_state_bytes(state_layers: tuple[tuple[str, Value], ...], *, batch_size: Value) -> Value:
     """Bytes of the recurrent states of ``batch_size`` sequences: each layer's state bytes per sequence, summed.
 
     Independent of the context. Held whole on each GPU (tensor parallelism is not assumed to split it).
@@ -202,29 +237,43 @@ def recurrent_state_bytes(state_layers: tuple[tuple[str, int], ...], *, batch_si
         >>> recurrent_state_bytes(tuple((str(i), 1536 * 4 * 2 + 1536 * 16 * 4) for i in range(24)), batch_size=2)
         5308416
     """
-    return sum(size for _, size in state_layers) * batch_size
+    return total([size for _, size in state_layers]) * batch_size
 
 
-def weights_per_gpu_bytes(inventory: ParameterInventory, scheme: QuantScheme, tp: int) -> int:
-    """Weights held by each of ``tp`` tensor-parallel GPUs: ≥2-D tensors split (their metadata with them), 1-D
-    tensors (norms, biases) replicated. Without shapes (``--params``) the whole is split."""
+def weights_per_gpu_bytes(inventory: ParameterInventory, scheme: QuantScheme, tp: Value) -> Value:
+    """Weights held by each of ``tp`` tensor-parallel GPUs: ≥2-D tensors split, ``⌈bytes / tp⌉`` each (their
+    metadata with them), 1-D tensors (norms, biases) replicated. Without shapes (``--params``) the whole is split."""
     if not inventory.has_shapes:
-        return -(-weights_breakdown(inventory, scheme).total_bytes // tp)
+        return ceil_div(weights_breakdown(inventory, scheme).total_bytes, tp)
     model_is_16bit = is_16bit_model(inventory)
-    total = 0
+    sizes = []
     for param in inventory.parameters:
         data, meta = tensor_bytes(param, scheme, model_is_16bit=model_is_16bit)
-        total += -(-(data + meta) // tp) if len(param.shape) >= 2 else data + meta
-    return total
+        sizes.append(ceil_div(data + meta, tp) if len(param.shape) >= 2 else data + meta)
+    return total(sizes)
 
 
-def _dequant_transient_bytes(inventory: ParameterInventory, scheme: QuantScheme, tp: int) -> int:
-    """bitsandbytes 4-bit dequantizes a whole weight to 16 bits before a prefill matmul (``bnb.matmul_4bit``
-    takes the dequantize path for inputs with more than one token): the largest quantized linear."""
+def dequant_largest_params(inventory: ParameterInventory, scheme: QuantScheme) -> int:
+    """Elements of the largest bitsandbytes 4-bit linear (0 for other layouts): ``bnb.matmul_4bit`` takes the
+    dequantize path for inputs with more than one token, so a prefill matmul holds a 16-bit copy of it."""
     if scheme.layout != "bnb-4bit":
         return 0
-    largest = max((p.numel for p in inventory.parameters if is_quantized(p, scheme)), default=0)
-    return -(-largest // tp) * 2
+    return max((p.numel for p in inventory.parameters if is_quantized(p, scheme)), default=0)
+
+
+def dequant_transient_bytes(largest: Value, tp: Value) -> Value:
+    """The 16-bit dequantized copy of the largest 4-bit linear on one of ``tp`` GPUs: ``⌈n_max / tp⌉ × 2``
+    (bitsandbytes ``MatMul4Bit.forward``)."""
+    return ceil_div(largest, tp) * cite(2, SRC_BNB_MATMUL, largest, tp)
+
+
+#: Stable keys and labels of the serving overhead lines (`hfmem.types.OverheadItem`).
+SERVING_OVERHEAD_LABELS = {
+    "cuda_context": "CUDA context + cuBLAS workspace",
+    "kv_append_copy": "DynamicCache append copy (torch.cat of one layer)",
+    "bnb_dequantized_weight": "bitsandbytes 4-bit dequantized weight (largest linear, 16-bit)",
+    "allocator_fragmentation": "allocator fragmentation",
+}
 
 
 def plan_inference(
@@ -259,41 +308,39 @@ def plan_inference(
     layers = profile.layers
     kv_dtype = setup.kv_dtype
 
-    def memory(ctx: int, batch: int) -> tuple[int, int, list[tuple[str, int]]]:
+    dequant_params = dequant_largest_params(inventory, scheme)
+    dequant: int = dequant_transient_bytes(dequant_params, setup.tp)  # type: ignore[assignment]
+
+    def memory(ctx: int, batch: int) -> tuple[int, int, list[OverheadItem]]:
         kv = kv_cache_bytes(layers, context=ctx, batch_size=batch, kv_dtype=kv_dtype, tp=setup.tp)
-        activations = -(-profile.activation_peak_bytes * batch // profile.batch_size) + (
-            profile.logits_bytes * batch // profile.batch_size
+        activations: int = prefill_activation_bytes(  # type: ignore[assignment]
+            profile.activation_peak_bytes, profile.logits_bytes, batch, profile.batch_size
         )
-        items = [("CUDA context + cuBLAS workspace", setup.overheads.cuda_context_bytes)]
-        largest_layer = max(
-            (kv_layer_bytes(layer, context=ctx, batch_size=batch, kv_dtype=kv_dtype, tp=setup.tp) for layer in layers),
-            default=0,
-        )
+        labels = SERVING_OVERHEAD_LABELS
+        items = [OverheadItem("cuda_context", labels["cuda_context"], setup.overheads.cuda_context_bytes)]
+        largest_layer = largest_kv_layer_bytes(layers, context=ctx, batch_size=batch, kv_dtype=kv_dtype, tp=setup.tp)
         if largest_layer:
-            items.append(("DynamicCache append copy (torch.cat of one layer)", largest_layer))
-        dequant = _dequant_transient_bytes(inventory, scheme, setup.tp)
+            items.append(OverheadItem("kv_append_copy", labels["kv_append_copy"], largest_layer))
         if dequant:
-            items.append(("bitsandbytes 4-bit dequantized weight (largest linear, 16-bit)", dequant))
+            items.append(OverheadItem("bnb_dequantized_weight", labels["bnb_dequantized_weight"], dequant))
         # Weights are allocated once at load; the slack grows with what is allocated and freed while serving.
         state = recurrent_state_bytes(profile.state_layers, batch_size=batch)
-        allocated = kv + state + activations + sum(size for _, size in items[1:])
-        items.append(
-            (
-                f"allocator fragmentation ({setup.overheads.fragmentation:.0%})",
-                int(allocated * setup.overheads.fragmentation),
-            )
-        )
+        allocated = kv + state + activations + allocator_buffer_bytes((i.key, i.size_bytes) for i in items)
+        fraction = setup.overheads.fragmentation
+        label = f"{labels['allocator_fragmentation']} ({fraction:.0%})"
+        frag = fragmentation_bytes(allocated, fraction)
+        items.append(OverheadItem("allocator_fragmentation", label, frag))  # type: ignore[arg-type]
         return kv, activations, items
 
     kv, activations, items = memory(context, setup.batch_size)
-    overhead = sum(size for _, size in items)
-    state = recurrent_state_bytes(profile.state_layers, batch_size=setup.batch_size)
-    total = weights + kv + state + activations + overhead
+    overhead = sum(i.size_bytes for i in items)
+    state: int = recurrent_state_bytes(profile.state_layers, batch_size=setup.batch_size)  # type: ignore[assignment]
+    total_bytes = weights + kv + state + activations + overhead
     fits = headroom = max_context = max_batch = None
     if setup.gpu is not None:
         usable = setup.gpu.usable_bytes
-        fits = total <= usable
-        headroom = usable - total
+        fits = total_bytes <= usable
+        headroom = headroom_bytes(usable, total_bytes)
 
         def total_at(ctx: int, batch: int) -> int:
             k, a, its = memory(ctx, batch)
@@ -302,7 +349,7 @@ def plan_inference(
                 + k
                 + recurrent_state_bytes(profile.state_layers, batch_size=batch)
                 + a
-                + sum(size for _, size in its)
+                + sum(i.size_bytes for i in its)
             )
 
         limit = model_context or max(context, FALLBACK_CONTEXT)
@@ -344,6 +391,7 @@ def plan_inference(
         notes=tuple(notes),
         profile=profile,
         recurrent_state_bytes=state,
+        dequant_params=dequant_params,
     )
 
 

@@ -13,9 +13,19 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-from hfmem.memory.quantization import bnb_4bit_bytes, is_quantized, scheme_for_dtype
+from hfmem.memory.expr import Value, cite
+from hfmem.memory.quantization import (
+    QuantCounts,
+    bnb_4bit_counts,
+    bnb_4bit_metadata,
+    is_quantized,
+    scheme_for_dtype,
+    sum_counts,
+)
+from hfmem.memory.sources import SRC_BNB_MATMUL
 from hfmem.types import FinetuneSettings, ParameterInfo, ParameterInventory
 
 __all__ = [
@@ -24,7 +34,10 @@ __all__ = [
     "matches_patterns",
     "is_qlora_quantized",
     "frozen_weight_bytes",
-    "qlora_dequant_transient_bytes",
+    "FrozenCounts",
+    "count_frozen",
+    "frozen_bytes",
+    "qlora_largest_nf4_params",
 ]
 
 #: peft keeps adapters in fp32 on a 16-bit base: ``get_peft_model(..., autocast_adapter_dtype=True)`` (the default)
@@ -72,15 +85,48 @@ def is_qlora_quantized(param: ParameterInfo) -> bool:
     return not param.trainable and is_quantized(param, scheme_for_dtype("nf4"))
 
 
+@dataclass(slots=True)
+class FrozenCounts:
+    """Sums over frozen tensors that the frozen-weight formula needs (ints, or symbols for ``--explain``).
+
+    Attributes:
+        plain_params: frozen elements stored plainly (all of them, or under QLoRA those bitsandbytes leaves 16-bit).
+        nf4: QLoRA's NF4 tensors (`hfmem.memory.quantization.QuantCounts`), None without QLoRA.
+    """
+
+    plain_params: Value
+    nf4: QuantCounts | None = None
+
+
+def count_frozen(params: Iterable[ParameterInfo], finetune: FinetuneSettings) -> FrozenCounts:
+    """The `FrozenCounts` of the frozen tensors among ``params``."""
+    frozen = [p for p in params if not p.trainable]
+    if finetune.method != "qlora":
+        return FrozenCounts(sum(p.numel for p in frozen))
+    quantized = [p for p in frozen if is_qlora_quantized(p)]
+    plain = sum(p.numel for p in frozen) - sum(p.numel for p in quantized)
+    return FrozenCounts(plain, sum_counts(bnb_4bit_counts(p.numel) for p in quantized))
+
+
+def frozen_bytes(finetune: FinetuneSettings, counts: FrozenCounts, weight_bytes: Value) -> Value:
+    """Bytes of frozen weights: NF4 codes + absmax metadata and 16-bit others under QLoRA, else the working
+    precision (``weight_bytes`` per element)."""
+    if counts.nf4 is None:
+        return counts.plain_params * weight_bytes
+    nf4 = counts.nf4
+    return (
+        nf4.packed_bytes
+        + bnb_4bit_metadata(nf4, double_quant=finetune.double_quant)
+        + counts.plain_params * cite(QLORA_COMPUTE_BYTES, SRC_BNB_MATMUL, counts.plain_params)
+    )
+
+
 def frozen_weight_bytes(param: ParameterInfo, finetune: FinetuneSettings, weight_bytes: int) -> int:
-    """Bytes of one frozen parameter: NF4 with its absmax metadata under QLoRA, else the working precision."""
-    if finetune.method == "qlora" and is_qlora_quantized(param):
-        return bnb_4bit_bytes(param.numel, double_quant=finetune.double_quant)
-    if finetune.method == "qlora":
-        return param.numel * QLORA_COMPUTE_BYTES
-    return param.numel * weight_bytes
+    """Bytes of one frozen parameter: `frozen_bytes` of that one tensor."""
+    return frozen_bytes(finetune, count_frozen([param], finetune), weight_bytes)  # type: ignore[return-value]
 
 
-def qlora_dequant_transient_bytes(inventory: ParameterInventory) -> int:
-    """The 16-bit dequantized copy of the largest 4-bit weight, live during its matmul (forward and backward)."""
-    return QLORA_COMPUTE_BYTES * max((p.numel for p in inventory.parameters if is_qlora_quantized(p)), default=0)
+def qlora_largest_nf4_params(inventory: ParameterInventory) -> int:
+    """Elements of the largest NF4 weight: its 16-bit dequantized copy (`QLORA_COMPUTE_BYTES` each) is live during
+    its matmul, forward and backward (`hfmem.memory.peak.overhead_terms`)."""
+    return max((p.numel for p in inventory.parameters if is_qlora_quantized(p)), default=0)

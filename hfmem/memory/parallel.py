@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from hfmem.memory.expr import Value, ceil_div, floor_div, maximum, minimum
 from hfmem.types import ActivationProfile, LayerProfile, ParameterInfo, ParameterInventory, TrainingSetup
 
 __all__ = [
@@ -35,8 +36,15 @@ __all__ = [
     "tensor_parallel_layer",
     "stage_profile",
     "korthikanti_layer_bytes",
+    "in_flight",
+    "active_params_per_token",
+    "tp_saved_bytes",
+    "tp_input_bytes",
+    "stage_other_bytes",
+    "sharding_degree",
+    "data_parallel_degree",
+    "expert_sharding_degree",
 ]
-
 
 
 @dataclass(frozen=True)
@@ -55,8 +63,40 @@ class PipelineStage:
         )
 
 
+def data_parallel_degree(world: Value, tp: Value, pp: Value, cp: Value) -> Value:
+    """``max(1, ⌊gpus × nodes / (tp · pp · cp)⌋)``: the model replicas (`check_parallel` makes it exact)."""
+    return maximum(1, floor_div(world, tp * pp * cp))
 
 
+def sharding_degree(
+    gpus_per_node: Value, nodes: Value, tp: Value, pp: Value, cp: Value, *, hybrid_shard: bool = False
+) -> Value:
+    """N, the ZeRO / FSDP sharding degree of the dense parameters: data parallel × context parallel.
+
+    CP ranks hold the same weights, so Megatron's distributed optimizer
+    (``get_data_parallel_group(with_context_parallel=True)``) and torchtitan's FSDP mesh (``dp_shard_cp``) shard
+    over both. ``hybrid_shard`` shards only over the ranks inside one node, ``max(1, ⌊gpus / tp⌋)`` (ranks ordered
+    tp-cp-dp-pp, Megatron's default ``--order``), and replicates across nodes.
+
+    Example:
+        >>> sharding_degree(4, 2, 8, 1, 1, hybrid_shard=True)  # a TP group spans the node: nothing to shard
+        1
+    """
+    degree = data_parallel_degree(gpus_per_node * nodes, tp, pp, cp) * cp
+    if hybrid_shard:
+        degree = minimum(degree, maximum(1, floor_div(gpus_per_node, tp)))
+    return degree
+
+
+def active_params_per_token(total: Value, routed: Value, top_k: Value, num_experts: Value) -> Value:
+    """Parameters one token uses in an MoE: all but the routed experts, plus ``k / E`` of them:
+    ``Ψ − R + ⌊R × k / E⌋``."""
+    return total - routed + floor_div(routed * top_k, num_experts)
+
+
+def expert_sharding_degree(n: Value, ep: Value) -> Value:
+    """ZeRO / FSDP degree of routed experts: ``max(1, ⌊N / ep⌋)`` (Megatron's expert-DP)."""
+    return maximum(1, floor_div(n, ep))
 
 
 def pipeline_stages(num_layers: int, setup: TrainingSetup) -> tuple[PipelineStage, ...]:
@@ -102,16 +142,21 @@ def in_flight_microbatches(setup: TrainingSetup, stage: int) -> float:
         4.0
     """
     par = setup.parallel
-    p, m = par.pp, par.microbatches
-    if p == 1:
+    if par.pp == 1:
         return 1.0
-    if par.pp_schedule == "interleaved":
-        v = par.virtual_stages
-        chunks = 2 * (p - stage - 1) + (v - 1) * p + 1
+    interleaved = par.pp_schedule == "interleaved"
+    return float(in_flight(par.pp, stage, par.microbatches, par.virtual_stages if interleaved else None))
+
+
+def in_flight(p: Value, k: Value, m: Value | None, v: Value | None) -> Value:
+    """The formula of `in_flight_microbatches` for ``p`` stages, stage ``k``, ``m`` micro-batches (None: as many as
+    the warm-up needs) and, for the interleaved schedule, ``v`` model chunks per GPU (None: 1F1B)."""
+    if v is not None:
+        chunks = 2 * (p - k - 1) + (v - 1) * p + 1
         if m is not None:
-            chunks = min(chunks, m * v)
+            chunks = minimum(chunks, m * v)
         return chunks / v
-    return float(min(p - stage, m) if m is not None else p - stage)
+    return minimum(p - k, m) if m is not None else p - k
 
 
 def _tp_split(param: ParameterInfo, setup: TrainingSetup, moe_experts: int | None) -> int:
@@ -181,20 +226,33 @@ def local_inventory(inventory: ParameterInventory, setup: TrainingSetup, stage: 
     return local
 
 
-def tensor_parallel_layer(layer: LayerProfile, tp: int, sp: bool) -> LayerProfile:
+def tensor_parallel_layer(layer: LayerProfile, tp: Value, sp: bool) -> LayerProfile:
     """One layer's saved bytes on one GPU of a TP group (Korthikanti et al. 2022, Table 2).
 
     Without SP the replicated part stays whole and the split part is ``1/t``; with SP both are ``1/t``, and so is
     the layer input that full checkpointing keeps (it is sequence-parallel).
     """
-    if tp == 1:
+    if tp.__class__ is int and tp == 1:
         return layer
+    return LayerProfile(
+        layer.name,
+        tp_saved_bytes(layer.saved_bytes, layer.tp_split_bytes, tp, sp),  # type: ignore[arg-type]
+        tp_input_bytes(layer.input_bytes, tp, sp),  # type: ignore[arg-type]
+        ceil_div(layer.tp_split_bytes, tp),  # type: ignore[arg-type]
+    )
+
+
+def tp_saved_bytes(saved: Value, split: Value, t: Value, sp: bool) -> Value:
+    """A layer's saved bytes on one of ``t`` TP GPUs: ``⌈S / t⌉`` with SP, else ``S − T + ⌈T / t⌉`` (the part T
+    between the column- and row-parallel linears split, the rest replicated)."""
     if sp:
-        return LayerProfile(
-            layer.name, -(-layer.saved_bytes // tp), -(-layer.input_bytes // tp), -(-layer.tp_split_bytes // tp)
-        )
-    split = -(-layer.tp_split_bytes // tp)
-    return LayerProfile(layer.name, layer.saved_bytes - layer.tp_split_bytes + split, layer.input_bytes, split)
+        return ceil_div(saved, t)
+    return saved - split + ceil_div(split, t)
+
+
+def tp_input_bytes(inputs: Value, t: Value, sp: bool) -> Value:
+    """A layer's input (what full checkpointing keeps) on one of ``t`` TP GPUs: ``⌈I / t⌉`` with SP, else whole."""
+    return ceil_div(inputs, t) if sp else inputs
 
 
 def korthikanti_layer_bytes(
@@ -215,28 +273,41 @@ def korthikanti_layer_bytes(
     return float(layer.saved_bytes)
 
 
-def stage_profile(profile: ActivationProfile, setup: TrainingSetup, stage: PipelineStage) -> ActivationProfile:
+def stage_other_bytes(before: Value, after: Value, t: Value, sp: bool) -> Value:
+    """Bytes saved outside the layers on one GPU: before them (first stage) + after them (last stage), ``⌈· / t⌉``
+    with SP (the embeddings' output and the final norm are sequence-parallel)."""
+    other = before + after
+    return ceil_div(other, t) if sp else other
+
+
+def stage_profile(
+    profile: ActivationProfile, setup: TrainingSetup, stage: PipelineStage, *, t: Value | None = None
+) -> ActivationProfile:
     """The activation profile of one micro-batch on one GPU of pipeline ``stage``, TP/SP split.
 
     Layers are those the stage holds; saved outside the layers: before them (token ids, embeddings) on the first
     stage, after them (final norm, LM head input) on the last; the logits on the last stage, split ``1/t``
     (vocab-parallel LM head and cross-entropy). With SP the embeddings' output and the final norm are
-    sequence-parallel too (``1/t``).
+    sequence-parallel too (``1/t``). ``t``: the TP degree as an operand (default: the setup's number).
     """
     par = setup.parallel
     if par.tp == 1 and par.pp == 1:
         return profile
     held = set(stage.layers)
+    tp: Value = par.tp if t is None else t
 
     def pick(layers: tuple[LayerProfile, ...]) -> tuple[LayerProfile, ...]:
-        return tuple(tensor_parallel_layer(layer, par.tp, par.sp) for i, layer in enumerate(layers) if i in held)
+        return tuple(tensor_parallel_layer(layer, tp, par.sp) for i, layer in enumerate(layers) if i in held)
 
     other_before = profile.other_bytes - profile.other_after_bytes
-    other = (other_before if stage.holds_embeddings else 0) + (profile.other_after_bytes if stage.holds_head else 0)
-    if par.sp:
-        other = -(-other // par.tp)
-    logits = -(-profile.logits_bytes // par.tp) if stage.holds_head else 0
-    logits_saved = -(-profile.logits_saved_bytes // par.tp) if stage.holds_head else 0
+    other = stage_other_bytes(
+        other_before if stage.holds_embeddings else 0,
+        profile.other_after_bytes if stage.holds_head else 0,
+        tp,
+        par.sp,
+    )
+    logits = ceil_div(profile.logits_bytes, tp) if stage.holds_head else 0
+    logits_saved = ceil_div(profile.logits_saved_bytes, tp) if stage.holds_head else 0
     return replace(
         profile,
         layers=pick(profile.layers),

@@ -14,13 +14,13 @@ micro-batches) and conservative by at most the gradient term otherwise.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from hfmem.memory.activations import ActivationEstimate, estimate_activations, extrapolate_profile
+from hfmem.memory.expr import Value, ceil, cite, minimum, trunc, value_of
 from hfmem.memory.memo import IdentityMemo
-from hfmem.memory.methods import qlora_dequant_transient_bytes
+from hfmem.memory.methods import QLORA_COMPUTE_BYTES, qlora_largest_nf4_params
 from hfmem.memory.parallel import (
     PipelineStage,
     in_flight_microbatches,
@@ -28,9 +28,11 @@ from hfmem.memory.parallel import (
     pipeline_stages,
     stage_profile,
 )
+from hfmem.memory.sources import SRC_ADAFACTOR, SRC_BNB_MATMUL, SRC_DS_FP32_GRAD, SRC_FSDP
 from hfmem.memory.states import PRECISION_SPECS, compute_training, shard_count, trainable_spec
 from hfmem.types import (
     ActivationProfile,
+    OverheadItem,
     ParameterInventory,
     PeakPhase,
     StageMemory,
@@ -41,8 +43,16 @@ from hfmem.types import (
 __all__ = [
     "plan_training",
     "overhead_items",
+    "overhead_terms",
+    "overhead_inputs",
+    "OverheadInputs",
+    "OVERHEAD_LABELS",
+    "fragmentation_bytes",
+    "headroom_bytes",
+    "allocator_buffer_bytes",
     "phase_candidates",
     "stage_activations",
+    "phase_bytes",
     "bisect_boundary",
     "MAX_GPUS_SEARCHED",
     "MAX_BATCH_SEARCHED",
@@ -67,10 +77,58 @@ def fsdp_unit_params(inventory: ParameterInventory) -> tuple[int, int]:
     return largest[0], largest[1]
 
 
-def overhead_items(
-    inventory: ParameterInventory, setup: TrainingSetup, states: StageMemory, phase: PeakPhase
-) -> list[tuple[str, int]]:
-    """Named overheads live at ``phase`` (before allocator fragmentation, which `plan_training` adds on top).
+@dataclass(slots=True)
+class OverheadInputs:
+    """The operands of the training overhead formulas (ints, or symbols for ``--explain``).
+
+    Attributes:
+        cuda_context: C, the CUDA context + cuBLAS workspace per GPU (`OverheadSettings.cuda_context_bytes`).
+        trainable, total: Ψ_T and Ψ on this GPU before sharding. n: N, the sharding degree.
+        grad_bytes, weight_bytes: g and w of the trained tensors. base_weight_bytes, base_grad_bytes: 16-bit
+            working weights and gradients of the precision (what ZeRO-3 / FSDP gather).
+        largest_module: LL, parameters of the largest module. unit, unit_trainable: U and U_T of the largest FSDP
+            unit (`fsdp_unit_params`). nf4_largest: the largest NF4 weight (QLoRA). largest_trained: the largest
+            trained tensor (Adafactor's upcast at ZeRO-0).
+        reduce_bucket, allgather_bucket, prefetch_bucket, sub_group: DeepSpeed's bucket sizes (elements).
+    """
+
+    cuda_context: Value
+    trainable: Value
+    total: Value
+    n: Value
+    grad_bytes: Value
+    weight_bytes: Value
+    base_weight_bytes: Value
+    base_grad_bytes: Value
+    largest_module: Value
+    unit: Value
+    unit_trainable: Value
+    nf4_largest: Value
+    largest_trained: Value
+    reduce_bucket: Value
+    allgather_bucket: Value
+    prefetch_bucket: Value
+    sub_group: Value
+
+
+#: Stable keys and labels of the training overhead lines (`hfmem.types.OverheadItem`).
+OVERHEAD_LABELS = {
+    "cuda_context": "CUDA context + cuBLAS workspace",
+    "fsdp_unsharded_unit": "FSDP unsharded unit + prefetched unit (16-bit)",
+    "fsdp_unsharded_gradients": "FSDP unsharded gradients of one unit",
+    "ddp_gradient_buckets": "DDP gradient buckets",
+    "deepspeed_reduce_bucket": "DeepSpeed reduce bucket",
+    "zero3_gathered_params": "ZeRO-3 gathered parameters + prefetch",
+    "qlora_dequantized_weight": "QLoRA dequantized weight (16-bit)",
+    "fp32_gradient_partition": "fp32 gradient partition at step",
+    "param_allgather_bucket": "parameter all-gather bucket",
+    "adafactor_fp32_upcast": "Adafactor fp32 upcast of one tensor",
+    "allocator_fragmentation": "allocator fragmentation",
+}
+
+
+def overhead_terms(setup: TrainingSetup, stage: int, phase: PeakPhase, x: OverheadInputs) -> list[tuple[str, Value]]:
+    """``(key, bytes)`` of the overheads live at ``phase`` (before allocator fragmentation): one formula each.
 
     Sources: the CUDA context figure in `OverheadSettings`; DDP's bucket copy of the gradients
     (``gradient_as_bucket_view=False`` by default, "the saved memory size will be equal to the total gradients
@@ -83,59 +141,100 @@ def overhead_items(
     plus that unit's unsharded gradients before the reduce-scatter. QLoRA: bitsandbytes' dequantized 16-bit copy of
     the largest 4-bit weight during its matmul.
     """
+    fsdp = setup.parallel.fsdp
+    sharded = value_of(x.n) > 1
+    hfmem_accounting = setup.accounting == "hfmem"
+    items: list[tuple[str, Value]] = [("cuda_context", x.cuda_context)]
+    if fsdp is not None:
+        if phase in ("forward", "backward") and fsdp in ("full_shard", "hybrid_shard") and sharded:
+            items.append(("fsdp_unsharded_unit", cite(2, SRC_FSDP, x.unit) * x.unit * x.base_weight_bytes))
+        if phase == "backward" and sharded and fsdp != "no_shard":
+            items.append(("fsdp_unsharded_gradients", x.unit_trainable * x.grad_bytes))
+    else:
+        if stage == 0 and sharded:
+            items.append(("ddp_gradient_buckets", x.grad_bytes * x.trainable))
+        if stage >= 1 and sharded:
+            items.append(("deepspeed_reduce_bucket", minimum(x.reduce_bucket, x.trainable) * x.grad_bytes))
+        if phase in ("forward", "backward") and stage == 3 and hfmem_accounting:
+            per_param = x.base_weight_bytes + x.base_grad_bytes if setup.method == "full" else x.base_weight_bytes
+            gathered = x.largest_module * per_param + minimum(x.prefetch_bucket, x.total) * x.base_weight_bytes
+            items.append(("zero3_gathered_params", gathered))
+    if phase in ("forward", "backward") and setup.method == "qlora":
+        compute_bytes = cite(QLORA_COMPUTE_BYTES, SRC_BNB_MATMUL, x.trainable)
+        items.append(("qlora_dequantized_weight", compute_bytes * x.nf4_largest))
+    if phase == "optimizer_step" and setup.offload == "none":
+        fp32 = cite(FP32_BYTES, SRC_DS_FP32_GRAD, x.trainable)
+        if stage >= 1 and hfmem_accounting and fsdp is None and value_of(x.grad_bytes) < FP32_BYTES:
+            partition = shard_count(x.trainable, x.n)
+            if stage == 3:  # ZeRO-3 steps over sub-groups of at most `sub_group_size` (1e9) elements at a time
+                partition = minimum(partition, x.sub_group)
+            items.append(("fp32_gradient_partition", fp32 * partition))
+        if stage in (1, 2) and sharded and fsdp is None:
+            items.append(("param_allgather_bucket", minimum(x.allgather_bucket, x.trainable) * x.weight_bytes))
+        if setup.optimizer == "adafactor":
+            largest_tensor = shard_count(x.trainable, x.n) if stage >= 1 else x.largest_trained
+            items.append(("adafactor_fp32_upcast", cite(FP32_BYTES, SRC_ADAFACTOR, x.trainable) * largest_tensor))
+    return [(key, size) for key, size in items if size]
+
+
+def fragmentation_bytes(allocated: Value, fraction: Value) -> Value:
+    """Allocator slack: ``int(allocated × φ)`` (REFERENCE.md §5: 5–30 % reported; `OverheadSettings`)."""
+    if allocated.__class__ is int and fraction.__class__ is float:  # the plan's path, first
+        return int(allocated * fraction)  # type: ignore[operator]
+    return trunc(allocated * fraction)
+
+
+def allocator_buffer_bytes(terms: Iterable[tuple[str, int]]) -> int:
+    """The overhead lines the caching allocator holds: all but the CUDA context (not allocator memory)."""
+    return sum(size for key, size in terms if key != "cuda_context")
+
+
+def headroom_bytes(usable: Value, peak: Value) -> Value:
+    """What is left on the GPU at the peak (negative: it does not fit): usable − peak."""
+    return usable - peak
+
+
+def overhead_inputs(inventory: ParameterInventory, setup: TrainingSetup) -> OverheadInputs:
+    """The `OverheadInputs` of one GPU holding ``inventory``."""
     spec = PRECISION_SPECS[setup.precision]
     tspec = trainable_spec(setup)
     settings = setup.overheads
-    stage = states.zero_stage
-    fsdp = setup.parallel.fsdp
-    total, trainable = inventory.total_params, inventory.trainable_params
-    n = setup.num_gpus
-    hfmem_accounting = setup.accounting == "hfmem"
-    items = [("CUDA context + cuBLAS workspace", settings.cuda_context_bytes)]
-    if fsdp is not None:
-        unit, unit_trainable = fsdp_unit_params(inventory)
-        if phase in ("forward", "backward") and fsdp in ("full_shard", "hybrid_shard") and n > 1:
-            items.append(("FSDP unsharded unit + prefetched unit (16-bit)", 2 * unit * spec.weight_bytes))
-        if phase == "backward" and n > 1 and fsdp != "no_shard":
-            items.append(("FSDP unsharded gradients of one unit", unit_trainable * tspec.grad_bytes))
-    else:
-        if stage == 0 and n > 1:
-            items.append(("DDP gradient buckets", trainable * tspec.grad_bytes))
-        if stage >= 1 and n > 1:
-            items.append(
-                ("DeepSpeed reduce bucket", min(settings.reduce_bucket_elements, trainable) * tspec.grad_bytes)
-            )
-        if phase in ("forward", "backward") and stage == 3 and hfmem_accounting:
-            grad_bytes = spec.grad_bytes if setup.method == "full" else 0
-            gathered = inventory.largest_module_params * (spec.weight_bytes + grad_bytes)
-            gathered += min(settings.prefetch_bucket_elements, total) * spec.weight_bytes
-            items.append(("ZeRO-3 gathered parameters + prefetch", gathered))
-    if phase in ("forward", "backward") and setup.method == "qlora":
-        items.append(("QLoRA dequantized weight (16-bit)", qlora_dequant_transient_bytes(inventory)))
-    if phase == "optimizer_step" and setup.offload == "none":
-        if stage >= 1 and hfmem_accounting and fsdp is None and tspec.grad_bytes < FP32_BYTES:
-            partition = shard_count(trainable, n)
-            if stage == 3:  # ZeRO-3 steps over sub-groups of at most `sub_group_size` (1e9) elements at a time
-                partition = min(partition, settings.sub_group_elements)
-            items.append(("fp32 gradient partition at step", partition * FP32_BYTES))
-        if stage in (1, 2) and n > 1 and fsdp is None:
-            items.append(
-                (
-                    "parameter all-gather bucket",
-                    min(settings.allgather_bucket_elements, trainable) * tspec.weight_bytes,
-                )
-            )
-        if setup.optimizer == "adafactor":
-            largest_tensor = (
-                shard_count(trainable, n)
-                if stage >= 1
-                else max((p.numel for p in inventory.parameters if p.trainable), default=0)
-            )
-            items.append(("Adafactor fp32 upcast of one tensor", largest_tensor * FP32_BYTES))
-    return [(name, size) for name, size in items if size]
+    unit, unit_trainable = fsdp_unit_params(inventory) if setup.parallel.fsdp is not None else (0, 0)
+    nf4 = qlora_largest_nf4_params(inventory) if setup.method == "qlora" else 0
+    largest_trained = (
+        max((p.numel for p in inventory.parameters if p.trainable), default=0) if setup.optimizer == "adafactor" else 0
+    )
+    return OverheadInputs(
+        settings.cuda_context_bytes,
+        inventory.trainable_params,
+        inventory.total_params,
+        setup.num_gpus,
+        tspec.grad_bytes,
+        tspec.weight_bytes,
+        spec.weight_bytes,
+        spec.grad_bytes,
+        inventory.largest_module_params,
+        unit,
+        unit_trainable,
+        nf4,
+        largest_trained,
+        settings.reduce_bucket_elements,
+        settings.allgather_bucket_elements,
+        settings.prefetch_bucket_elements,
+        settings.sub_group_elements,
+    )
 
 
-def _phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tuple[int, int]:
+def overhead_items(
+    inventory: ParameterInventory, setup: TrainingSetup, states: StageMemory, phase: PeakPhase
+) -> list[OverheadItem]:
+    """Named overheads live at ``phase`` (before allocator fragmentation, which `plan_training` adds on top):
+    `overhead_terms` over this GPU's numbers."""
+    terms = overhead_terms(setup, states.zero_stage, phase, overhead_inputs(inventory, setup))
+    return list(_items(setup, terms))  # type: ignore[arg-type]
+
+
+def phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tuple[Value, Value]:
     """``(activations, logits)`` live at ``phase``."""
     if activations is None or phase == "optimizer_step":
         return 0, 0
@@ -143,7 +242,7 @@ def _phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tu
         return activations.saved_bytes, activations.logits_forward_bytes
     # Backward: the loss gradients come first; the recompute of a checkpointed layer happens later, when the
     # vocabulary-sized tensors are gone, so the two do not add up.
-    if activations.recompute_bytes > activations.logits_backward_bytes:
+    if value_of(activations.recompute_bytes) > value_of(activations.logits_backward_bytes):
         return activations.saved_bytes + activations.recompute_bytes, 0
     return activations.saved_bytes, activations.logits_backward_bytes
 
@@ -151,33 +250,44 @@ def _phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tu
 def _phases(
     inventory: ParameterInventory, setup: TrainingSetup, states: StageMemory, activations: ActivationEstimate | None
 ) -> Iterator[tuple[PeakPhase, int, int, list[tuple[str, int]]]]:
-    """``(phase, activations, logits, overhead items)`` at forward, backward and the optimizer step, in order."""
+    """``(phase, activations, logits, (key, bytes) of the overheads)`` at forward, backward and the optimizer step."""
+    x = overhead_inputs(inventory, setup)
     for phase in ("forward", "backward", "optimizer_step"):
-        acts, logits = _phase_bytes(activations, phase)  # type: ignore[arg-type]
-        items = overhead_items(inventory, setup, states, phase)  # type: ignore[arg-type]
-        allocated = (
-            states.states_bytes + acts + logits + sum(size for name, size in items if "CUDA context" not in name)
-        )
-        fragmentation = int(allocated * setup.overheads.fragmentation)
+        acts, logits = phase_bytes(activations, phase)  # type: ignore[arg-type]
+        terms: list[tuple[str, int]] = overhead_terms(setup, states.zero_stage, phase, x)  # type: ignore[arg-type, assignment]
+        allocated = states.states_bytes + acts + logits + allocator_buffer_bytes(terms)
+        fragmentation: int = fragmentation_bytes(allocated, setup.overheads.fragmentation)  # type: ignore[assignment]
         if fragmentation:
-            items.append((f"allocator fragmentation ({setup.overheads.fragmentation:.0%})", fragmentation))
-        yield phase, acts, logits, items  # type: ignore[misc]
+            terms.append(("allocator_fragmentation", fragmentation))
+        yield phase, acts, logits, terms  # type: ignore[misc]
+
+
+def _items(setup: TrainingSetup, terms: list[tuple[str, int]]) -> tuple[OverheadItem, ...]:
+    """The typed overhead lines of the chosen moment (the fragmentation label shows its percentage)."""
+    out = []
+    for key, size in terms:
+        label = OVERHEAD_LABELS[key]
+        if key == "allocator_fragmentation":
+            label = f"{label} ({setup.overheads.fragmentation:.0%})"
+        out.append(OverheadItem(key, label, size))
+    return tuple(out)
 
 
 def _at_phase(
+    setup: TrainingSetup,
     states: StageMemory,
     activations: ActivationEstimate | None,
     phase: PeakPhase,
     acts: int,
     logits: int,
-    items: list[tuple[str, int]],
+    terms: list[tuple[str, int]],
 ) -> StageMemory:
     return replace(
         states,
         activations_bytes=acts,
         logits_bytes=logits,
-        overhead_bytes=sum(size for _, size in items),
-        overhead_items=tuple(items),
+        overhead_bytes=sum(size for _, size in terms),
+        overhead_items=_items(setup, terms),
         peak_phase=phase,
         activation_saved_bytes=activations.saved_bytes if activations else 0,
         activation_recompute_bytes=activations.recompute_bytes if activations else 0,
@@ -192,7 +302,7 @@ def phase_candidates(
 
     The peak is the largest of them; `hfmem.explain` shows all three.
     """
-    return [_at_phase(states, activations, *parts) for parts in _phases(inventory, setup, states, activations)]
+    return [_at_phase(setup, states, activations, *parts) for parts in _phases(inventory, setup, states, activations)]
 
 
 def _peak(
@@ -204,9 +314,9 @@ def _peak(
         _phases(inventory, setup, states, activations),
         key=lambda parts: states.states_bytes + parts[1] + parts[2] + sum(size for _, size in parts[3]),
     )
-    best = _at_phase(states, activations, *chosen)
+    best = _at_phase(setup, states, activations, *chosen)
     if setup.gpu is not None:
-        headroom = setup.gpu.usable_bytes - best.total_bytes
+        headroom: int = headroom_bytes(setup.gpu.usable_bytes, best.total_bytes)  # type: ignore[assignment]
         best = replace(best, fits=headroom >= 0, headroom_bytes=headroom)
     return best
 
@@ -221,19 +331,26 @@ class _Rank:
 
 
 def stage_activations(
-    profile: ActivationProfile | None, setup: TrainingSetup, stage: PipelineStage
+    profile: ActivationProfile | None,
+    setup: TrainingSetup,
+    stage: PipelineStage,
+    *,
+    t: Value | None = None,
+    factor: Value | None = None,
 ) -> ActivationEstimate | None:
     """Activations of pipeline ``stage``: one micro-batch's (TP/SP split) × the micro-batches it keeps in flight.
 
-    The stored activations scale with the in-flight micro-batches; the re-materialised layer of full
-    checkpointing and the logits (one micro-batch at the loss at a time) do not.
+    The stored activations scale with the in-flight micro-batches, ``⌈saved × f⌉``; the re-materialised layer of
+    full checkpointing and the logits (one micro-batch at the loss at a time) do not. ``t`` and ``factor``: the TP
+    degree and in-flight micro-batches as operands (default: the setup's numbers).
     """
     if profile is None:
         return None
-    estimate = estimate_activations(stage_profile(profile, setup, stage), setup.grad_checkpointing)
-    factor = in_flight_microbatches(setup, stage.index)
-    if factor != 1:
-        estimate = replace(estimate, saved_bytes=math.ceil(estimate.saved_bytes * factor))
+    estimate = estimate_activations(stage_profile(profile, setup, stage, t=t), setup.grad_checkpointing)
+    if factor is None:
+        factor = in_flight_microbatches(setup, stage.index)
+    if value_of(factor) != 1:
+        estimate = replace(estimate, saved_bytes=ceil(estimate.saved_bytes * factor))
     return estimate
 
 

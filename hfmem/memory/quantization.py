@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from hfmem.errors import InvalidSetupError
+from hfmem.memory.expr import Value, cite
+from hfmem.memory.sources import SRC_AWQ, SRC_BNB_4BIT, SRC_FP8, SRC_INT8
 from hfmem.types import ParameterInfo, ParameterInventory
 
 __all__ = [
@@ -28,7 +30,14 @@ __all__ = [
     "scheme_for_dtype",
     "scheme_from_quantization_config",
     "bnb_4bit_bytes",
+    "bnb_4bit_counts",
+    "bnb_4bit_metadata",
+    "QuantCounts",
+    "quantized_counts",
+    "quantized_metadata_bytes",
+    "sum_counts",
     "tensor_bytes",
+    "plain_width",
     "is_16bit_model",
     "weights_breakdown",
 ]
@@ -214,14 +223,114 @@ def bnb_4bit_bytes(numel: int, *, double_quant: bool) -> int:
         >>> bnb_4bit_bytes(4096 * 4096, double_quant=True)  # 8 MiB + 262,144 uint8 + 1,024 fp32 + 1 fp32 offset
         8654852
     """
-    return -(-numel // 2) + bnb_4bit_metadata_bytes(numel, double_quant=double_quant)
+    counts = bnb_4bit_counts(numel)
+    return counts.packed_bytes + bnb_4bit_metadata(counts, double_quant=double_quant)  # type: ignore[return-value]
 
 
-def bnb_4bit_metadata_bytes(numel: int, *, double_quant: bool) -> int:
+def bnb_4bit_counts(numel: int) -> QuantCounts:
+    """The `QuantCounts` of one bitsandbytes 4-bit tensor: ⌈n/2⌉ code bytes, ⌈n/64⌉ blocks, ⌈⌈n/64⌉/256⌉."""
     blocks = -(-numel // BNB_4BIT_BLOCKSIZE)
+    return QuantCounts(numel, -(-numel // 2), 1, blocks=blocks, blocks2=-(-blocks // BNB_DQ_BLOCKSIZE))
+
+
+def bnb_4bit_metadata(c: QuantCounts, *, double_quant: bool) -> Value:
+    """bitsandbytes 4-bit absmax storage: 4 × K fp32 absmax, or with double quantization K uint8 absmax + 4 × K2
+    fp32 scales + one fp32 offset per tensor (bitsandbytes ``functional.py`` ``quantize_4bit``)."""
+    fp32 = cite(4, SRC_BNB_4BIT, c.blocks)
     if not double_quant:
-        return 4 * blocks
-    return blocks + 4 * -(-blocks // BNB_DQ_BLOCKSIZE) + 4
+        return fp32 * c.blocks
+    return c.blocks + fp32 * c.blocks2 + fp32 * c.tensors
+
+
+@dataclass(slots=True)
+class QuantCounts:
+    """Sums over quantized tensors that the metadata formulas need (ints, or symbols for ``--explain``).
+
+    Attributes:
+        elements: quantized values (Ψ_Q).
+        packed_bytes: bytes of the packed values, Σ⌈n × bits / 8⌉ per tensor.
+        tensors: quantized tensors.
+        rows: output rows (numel / in_features) — one SCB scale each for LLM.int8.
+        blocks: bnb 4-bit Σ⌈n/64⌉, MXFP4 Σ⌈n/32⌉, FP8 block-wise Σ stacks × ⌈out/r⌉ × ⌈in/c⌉.
+        blocks2: bnb double quantization Σ⌈⌈n/64⌉/256⌉.
+        groups: GPTQ/AWQ scales, Σ rows × ⌈in / group_size⌉ (one fp16 scale and one zero each).
+        zero_bytes: GPTQ/AWQ packed zeros, Σ⌈rows × groups × bits / 8⌉ per tensor.
+        inputs: GPTQ g_idx entries, Σ in_features × stacks (one int32 each).
+    """
+
+    elements: Value
+    packed_bytes: Value
+    tensors: Value
+    rows: Value = 0
+    blocks: Value = 0
+    blocks2: Value = 0
+    groups: Value = 0
+    zero_bytes: Value = 0
+    inputs: Value = 0
+
+
+def quantized_counts(param: ParameterInfo, scheme: QuantScheme) -> QuantCounts:
+    """The `QuantCounts` of one quantized tensor (weights are ``[..., out, in]``, as nn.Linear stores them)."""
+    numel = param.numel
+    in_features = param.shape[-1]
+    rows = numel // in_features
+    layout = scheme.layout
+    if layout == "bnb-4bit":
+        return bnb_4bit_counts(numel)
+    if layout in ("gptq", "awq"):
+        groups = -(-in_features // scheme.group_size) if scheme.group_size > 0 else 1
+        stacks = numel // (rows * in_features)
+        return QuantCounts(
+            numel,
+            -(-numel * scheme.bits // 8),
+            1,
+            rows=rows,
+            groups=rows * groups,
+            zero_bytes=-(-rows * groups * scheme.bits // 8),
+            inputs=in_features * stacks if layout == "gptq" else 0,
+        )
+    if layout == "fp8-block":
+        block_rows, block_cols = scheme.block
+        out_features = param.shape[-2] if len(param.shape) >= 2 else 1
+        stacks = numel // (out_features * in_features)
+        blocks = stacks * -(-out_features // block_rows) * -(-in_features // block_cols)
+        return QuantCounts(numel, numel, 1, rows=rows, blocks=blocks)
+    if layout == "mxfp4":
+        return QuantCounts(numel, -(-numel // 2), 1, blocks=-(-numel // MXFP4_BLOCKSIZE))
+    if layout in ("bnb-int8", "fp8-tensor"):
+        return QuantCounts(numel, numel, 1, rows=rows)
+    raise InvalidSetupError(f"unknown weight layout '{scheme.layout}'")
+
+
+def sum_counts(counts: Iterable[QuantCounts]) -> QuantCounts:
+    """Field-by-field sums (every field is a sum over tensors, so the formulas hold for the totals)."""
+    out = [0] * len(fields(QuantCounts))
+    for c in counts:
+        for i, f in enumerate(fields(QuantCounts)):
+            out[i] += getattr(c, f.name)
+    return QuantCounts(*out)
+
+
+def quantized_metadata_bytes(scheme: QuantScheme, c: QuantCounts) -> Value:
+    """Scales, zeros and absmax values of quantized tensors, by layout (see `tensor_bytes`), over `QuantCounts`."""
+    layout = scheme.layout
+    if layout == "bnb-4bit":
+        return bnb_4bit_metadata(c, double_quant=scheme.double_quant)
+    if layout == "bnb-int8":
+        return cite(4, SRC_INT8, c.rows) * c.rows
+    if layout in ("gptq", "awq"):
+        # one fp16 scale and one bits-bit zero per group and output; GPTQ adds an int32 g_idx per input
+        meta = cite(2, SRC_AWQ, c.groups) * c.groups + c.zero_bytes
+        if layout == "gptq":
+            meta = meta + cite(4, SRC_AWQ, c.inputs) * c.inputs
+        return meta
+    if layout == "fp8-tensor":
+        return cite(4, SRC_FP8, c.tensors) * c.tensors
+    if layout == "fp8-block":
+        return cite(4, SRC_FP8, c.blocks) * c.blocks
+    if layout == "mxfp4":
+        return c.blocks
+    raise InvalidSetupError(f"unknown weight layout '{scheme.layout}'")
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -244,6 +353,15 @@ def is_quantized(param: ParameterInfo, scheme: QuantScheme) -> bool:
     return not _matches(param.name, scheme.skip_patterns)
 
 
+def plain_width(param: ParameterInfo, scheme: QuantScheme, *, model_is_16bit: bool = True) -> int:
+    """Bytes per element of a tensor ``scheme`` leaves unquantized (see `tensor_bytes`)."""
+    if param.dtype == "float32" and model_is_16bit:
+        return 4
+    if scheme.layout == "plain":
+        return scheme.plain_bytes if scheme.plain_bytes is not None else DTYPE_BYTES.get(param.dtype, 2)
+    return 2
+
+
 def tensor_bytes(param: ParameterInfo, scheme: QuantScheme, *, model_is_16bit: bool = True) -> tuple[int, int]:
     """``(data_bytes, metadata_bytes)`` of one tensor under ``scheme``.
 
@@ -263,38 +381,10 @@ def tensor_bytes(param: ParameterInfo, scheme: QuantScheme, *, model_is_16bit: b
       block (``FP8Linear``).
     * ``mxfp4``: 4 bits per value + one uint8 exponent per 32 values.
     """
-    numel = param.numel
     if not is_quantized(param, scheme):
-        if param.dtype == "float32" and model_is_16bit:
-            return numel * 4, 0
-        if scheme.layout == "plain":
-            width = scheme.plain_bytes if scheme.plain_bytes is not None else DTYPE_BYTES.get(param.dtype, 2)
-        else:
-            width = 2
-        return numel * width, 0
-    in_features = param.shape[-1]
-    rows = numel // in_features
-    if scheme.layout == "bnb-int8":
-        return numel, 4 * rows
-    if scheme.layout == "bnb-4bit":
-        return -(-numel // 2), bnb_4bit_metadata_bytes(numel, double_quant=scheme.double_quant)
-    if scheme.layout in ("gptq", "awq"):
-        groups = -(-in_features // scheme.group_size) if scheme.group_size > 0 else 1
-        data = -(-numel * scheme.bits // 8)
-        meta = rows * groups * 2 + -(-rows * groups * scheme.bits // 8)
-        if scheme.layout == "gptq":
-            meta += 4 * in_features * (numel // (rows * in_features))
-        return data, meta
-    if scheme.layout == "fp8-tensor":
-        return numel, 4
-    if scheme.layout == "fp8-block":
-        block_rows, block_cols = scheme.block
-        out_features = param.shape[-2] if len(param.shape) >= 2 else 1
-        stacks = numel // (out_features * in_features)
-        return numel, 4 * stacks * -(-out_features // block_rows) * -(-in_features // block_cols)
-    if scheme.layout == "mxfp4":
-        return -(-numel // 2), -(-numel // MXFP4_BLOCKSIZE)
-    raise InvalidSetupError(f"unknown weight layout '{scheme.layout}'")
+        return param.numel * plain_width(param, scheme, model_is_16bit=model_is_16bit), 0
+    counts = quantized_counts(param, scheme)
+    return counts.packed_bytes, quantized_metadata_bytes(scheme, counts)  # type: ignore[return-value]
 
 
 def is_16bit_model(inventory: ParameterInventory) -> bool:

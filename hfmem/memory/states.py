@@ -15,11 +15,14 @@ Conventions (the README explains them at length):
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from hfmem.errors import InvalidSetupError
+from hfmem.memory.expr import Value, ceil_div, cite, maximum, trunc, value_of
 from hfmem.memory.memo import IdentityMemo
-from hfmem.memory.methods import ADAPTER_WEIGHT_BYTES, frozen_weight_bytes
+from hfmem.memory.methods import ADAPTER_WEIGHT_BYTES, FrozenCounts, count_frozen, frozen_bytes
+from hfmem.memory.sources import SRC_ADAFACTOR, SRC_ADAMW, SRC_BNB_8BIT, SRC_DS_EST2, SRC_FP32, SRC_OFFLOAD
 from hfmem.rules import planned_stages
 from hfmem.types import (
     Optimizer,
@@ -34,7 +37,6 @@ from hfmem.types import (
 __all__ = [
     "PrecisionSpec",
     "PRECISION_SPECS",
-    "OPTIMIZER_DESCRIPTIONS",
     "BNB_BLOCKSIZE",
     "BNB_MIN_8BIT_SIZE",
     "optimizer_state_bytes",
@@ -55,7 +57,6 @@ BNB_BLOCKSIZE = 256
 #: Tensors with fewer elements keep 32-bit states (``min_8bit_size=4096``, same file, L414).
 BNB_MIN_8BIT_SIZE = 4096
 FP32_BYTES = 4
-UINT8_BYTES = 1
 #: DeepSpeed's estimators multiply CPU memory by ``additional_buffer_factor=1.5`` (stage_1_and_2.py, stage3.py).
 DEEPSPEED_CPU_BUFFER_FACTOR = 1.5
 
@@ -93,25 +94,98 @@ PRECISION_SPECS: dict[Precision, PrecisionSpec] = {
     "fp16": PrecisionSpec(2, 0, 2, 2, "everything fp16: weights, gradients and optimizer states; no master copy"),
 }
 
-OPTIMIZER_DESCRIPTIONS: dict[Optimizer, str] = {
-    "adamw": "AdamW: exp_avg + exp_avg_sq, 2 states per parameter (torch/optim/adamw.py)",
-    "adamw-8bit": "bitsandbytes AdamW8bit: 2 uint8 states + one fp32 absmax per 256-element block; "
-    "tensors under 4096 elements keep fp32 states",
-    "sgd": "SGD without momentum: no state",
-    "sgd-momentum": "SGD with momentum: one momentum_buffer per parameter",
-    "adafactor": "HF Adafactor (beta1=None): fp32 row + column second-moment factors for >=2-D tensors, "
-    "a full fp32 second moment for 1-D tensors",
-    "lion": "Lion: one momentum per parameter (Chen et al. 2023)",
-}
 
-
-def shard_count(count: int, num_shards: int) -> int:
+def shard_count(count: Value, num_shards: Value) -> Value:
     """Elements held by the GPU with the largest shard: ``ceil(count / num_shards)``."""
-    return -(-count // num_shards)
+    return ceil_div(count, num_shards)
+
+
+@dataclass(slots=True)
+class TensorCounts:
+    """Per-tensor sums over the trained tensors that the optimizer-state formulas need (ints or symbols).
+
+    Attributes:
+        elements: every trained element (Ψ_T).
+        elements_8bit: elements of tensors with at least `BNB_MIN_8BIT_SIZE` elements (8-bit Adam quantizes them).
+        blocks_8bit: Σ⌈n / `BNB_BLOCKSIZE`⌉ over those tensors (one fp32 absmax each).
+        elements_32bit: elements of the smaller tensors (8-bit Adam keeps fp32 states for them).
+        factored_rows: Σ rows (numel / last dim) of the ≥ 2-D tensors (Adafactor's exp_avg_sq_row).
+        factored_cols: Σ columns (numel / second-to-last dim) of the ≥ 2-D tensors (exp_avg_sq_col).
+        elements_1d: elements of the 1-D tensors (Adafactor's full exp_avg_sq).
+    """
+
+    elements: Value
+    elements_8bit: Value = 0
+    blocks_8bit: Value = 0
+    elements_32bit: Value = 0
+    factored_rows: Value = 0
+    factored_cols: Value = 0
+    elements_1d: Value = 0
+
+
+def count_tensors(shapes: Iterable[tuple[int, ...]]) -> TensorCounts:
+    """The `TensorCounts` of tensors of these shapes (a flat tensor is one 1-D shape)."""
+    elements = e8 = b8 = e32 = rows = cols = ones = 0
+    for shape in shapes:
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        elements += numel
+        if numel < BNB_MIN_8BIT_SIZE:
+            e32 += numel
+        else:
+            e8 += numel
+            b8 += -(-numel // BNB_BLOCKSIZE)
+        if len(shape) >= 2:
+            rows += numel // shape[-1]
+            cols += numel // shape[-2]
+        else:
+            ones += numel
+    return TensorCounts(elements, e8, b8, e32, rows, cols, ones)
+
+
+#: Optimizers whose states are whole tensors like the parameter: how many per element (torch/optim/adamw.py:
+#: exp_avg + exp_avg_sq; sgd.py: momentum_buffer only with momentum; Lion, Chen et al. 2023: one momentum).
+PER_ELEMENT_STATES = {"adamw": 2, "sgd-momentum": 1, "lion": 1, "sgd": 0}
+
+
+def per_element_state_bytes(optimizer: Optimizer, elements: Value, state_bytes: Value) -> Value:
+    """``k × n × s`` for an optimizer keeping ``k`` states shaped like its ``n`` elements (`PER_ELEMENT_STATES`)."""
+    k = PER_ELEMENT_STATES[optimizer]
+    if k == 0:
+        return 0
+    if k == 1:
+        return elements * state_bytes
+    return cite(k, SRC_ADAMW, elements, state_bytes) * elements * state_bytes
+
+
+def tensor_state_bytes(optimizer: Optimizer, counts: TensorCounts, state_bytes: Value) -> Value:
+    """Optimizer state of tensors kept in their own shapes (no ZeRO), summed: one formula over `TensorCounts`.
+
+    AdamW keeps 2 states per element (torch/optim/adamw.py), SGD with momentum and Lion one, SGD none. bitsandbytes
+    8-bit AdamW: 2 uint8 states + one fp32 absmax per block of 256 per tensor, fp32 states for tensors under 4096
+    elements (bitsandbytes/optim/optimizer.py). Adafactor (transformers/optimization.py ``Adafactor.step``): 16-bit
+    grads are upcast with grad.float() before the states are created from them, so states are fp32 whatever the
+    parameter dtype; a tensor is factored when it has >= 2 dims: exp_avg_sq_row = shape[:-1], exp_avg_sq_col =
+    shape[:-2] + shape[-1:].
+    """
+    c = counts
+    if optimizer in PER_ELEMENT_STATES:
+        return per_element_state_bytes(optimizer, c.elements, state_bytes)
+    fp32 = cite(FP32_BYTES, SRC_FP32, c.elements)
+    if optimizer == "adamw-8bit":
+        quantized = 0
+        if value_of(c.elements_8bit):
+            # one uint8 per element of each of the 2 states, one fp32 absmax per block of each
+            quantized = cite(2, SRC_BNB_8BIT, c.elements) * (c.elements_8bit + c.blocks_8bit * fp32)
+        return quantized + 2 * c.elements_32bit * fp32
+    if optimizer == "adafactor":
+        return (c.factored_rows + c.factored_cols + c.elements_1d) * cite(FP32_BYTES, SRC_ADAFACTOR, c.elements)
+    raise InvalidSetupError(f"unknown optimizer '{optimizer}'")
 
 
 def optimizer_state_bytes(optimizer: Optimizer, shape: tuple[int, ...], state_bytes: int) -> int:
-    """Bytes of optimizer state for one parameter tensor of ``shape``.
+    """Bytes of optimizer state for one parameter tensor of ``shape`` (`tensor_state_bytes` of one tensor).
 
     Args:
         optimizer: the optimizer name.
@@ -124,46 +198,31 @@ def optimizer_state_bytes(optimizer: Optimizer, shape: tuple[int, ...], state_by
         >>> optimizer_state_bytes("adafactor", (4096, 11008), 4)  # (4096 + 11008) * 4
         60416
     """
-    numel = 1
-    for dim in shape:
-        numel *= dim
-    if optimizer == "adamw":
-        return 2 * numel * state_bytes
-    if optimizer in ("sgd-momentum", "lion"):
-        return numel * state_bytes
-    if optimizer == "sgd":
-        return 0
-    if optimizer == "adamw-8bit":
-        if numel < BNB_MIN_8BIT_SIZE:
-            return 2 * numel * FP32_BYTES
-        blocks = shard_count(numel, BNB_BLOCKSIZE)
-        return 2 * (numel * UINT8_BYTES + blocks * FP32_BYTES)
-    if optimizer == "adafactor":
-        # transformers/optimization.py Adafactor.step: 16-bit grads are upcast with grad.float() before the
-        # states are created from them, so states are fp32 whatever the parameter dtype; a tensor is factored
-        # when it has >= 2 dims: exp_avg_sq_row = shape[:-1], exp_avg_sq_col = shape[:-2] + shape[-1:].
-        if len(shape) >= 2:
-            rows = numel // shape[-1]
-            cols = numel // shape[-2]
-            return (rows + cols) * FP32_BYTES
-        return numel * FP32_BYTES
-    raise InvalidSetupError(f"unknown optimizer '{optimizer}'")
+    return tensor_state_bytes(optimizer, count_tensors((shape,)), state_bytes)  # type: ignore[return-value]
 
 
 def model_optimizer_state_bytes(inventory: ParameterInventory, optimizer: Optimizer, state_bytes: int) -> int:
     """Optimizer state of the whole model with every trainable tensor kept in its own shape (no ZeRO)."""
+    return tensor_state_bytes(optimizer, model_tensor_counts(inventory, optimizer), state_bytes)  # type: ignore[return-value]
+
+
+def model_tensor_counts(inventory: ParameterInventory, optimizer: Optimizer) -> TensorCounts:
+    """The `TensorCounts` of the trainable tensors; without shapes (``--params``) the model is one flat tensor.
+
+    Raises:
+        InvalidSetupError: Adafactor without shapes (its memory depends on every tensor's shape).
+    """
     if inventory.has_shapes:
-        return sum(optimizer_state_bytes(optimizer, p.shape, state_bytes) for p in inventory.parameters if p.trainable)
+        return count_tensors(p.shape for p in inventory.parameters if p.trainable)
     if optimizer == "adafactor":
         raise InvalidSetupError(
             "Adafactor's memory depends on every tensor's shape, which --params does not know; "
             "pass a model id or config instead, or choose another --optimizer"
         )
-    # Shapes unknown (--params): treat the model as one flat tensor.
-    return optimizer_state_bytes(optimizer, (inventory.trainable_params,), state_bytes)
+    return count_tensors(((inventory.trainable_params,),))
 
 
-def flat_partition_state_bytes(optimizer: Optimizer, partition_params: int, state_bytes: int) -> int:
+def flat_partition_state_bytes(optimizer: Optimizer, partition_params: Value, state_bytes: Value) -> Value:
     """Optimizer state for one flat 1-D ZeRO partition.
 
     With ZeRO >= 1 DeepSpeed hands the optimizer flat 1-D fp32 partitions instead of the model's tensors
@@ -171,12 +230,18 @@ def flat_partition_state_bytes(optimizer: Optimizer, partition_params: int, stat
     ``fp32_partitioned_groups_flat`` in ``stage3.py``). Shape-aware optimizers see one long vector:
     Adafactor cannot factor it, and 8-bit Adam quantizes it block by block with no small-tensor exception.
     """
-    if partition_params == 0:
+    n = partition_params
+    if optimizer in PER_ELEMENT_STATES:
+        return per_element_state_bytes(optimizer, n, state_bytes)
+    count = value_of(n)
+    if count == 0:
         return 0
-    return optimizer_state_bytes(optimizer, (partition_params,), state_bytes)
-
-
-
+    if optimizer == "adamw-8bit":
+        if count < BNB_MIN_8BIT_SIZE:
+            return tensor_state_bytes(optimizer, TensorCounts(n, elements_32bit=n), state_bytes)
+        blocks = ceil_div(n, cite(BNB_BLOCKSIZE, SRC_BNB_8BIT, n))
+        return tensor_state_bytes(optimizer, TensorCounts(n, elements_8bit=n, blocks_8bit=blocks), state_bytes)
+    return tensor_state_bytes(optimizer, TensorCounts(n, elements_1d=n), state_bytes)
 
 
 def trainable_spec(setup: TrainingSetup) -> PrecisionSpec:
@@ -196,89 +261,187 @@ ADAPTER_SPEC = PrecisionSpec(
 )
 
 
-def _frozen_bytes(params: list[ParameterInfo], setup: TrainingSetup) -> int:
-    spec = PRECISION_SPECS[setup.precision]
-    return sum(frozen_weight_bytes(p, setup.finetune, spec.weight_bytes) for p in params)
+@dataclass(slots=True)
+class StateInputs:
+    """The operands of the model-state formulas for one group of parameters that shard alike (ints or symbols).
 
-
-_SPLITS: IdentityMemo[tuple[ParameterInventory, int, int, int]] = IdentityMemo(256)
-_STATE_BYTES: IdentityMemo[int] = IdentityMemo(1024)
-
-
-def _split_group(
-    inventory: ParameterInventory, params: list[ParameterInfo], setup: TrainingSetup
-) -> tuple[ParameterInventory, int, int, int]:
-    """The trained part of ``params`` as an inventory, its element count, and the frozen elements and bytes.
-
-    Remembered per inventory, group (all, dense or experts), precision and method (`IdentityMemo`).
+    Attributes:
+        trainable: Ψ_T, trained elements on this GPU before ZeRO/FSDP sharding.
+        frozen_params: Ψ_F, frozen elements.
+        frozen_bytes: F, bytes of the frozen weights (`hfmem.memory.methods.frozen_bytes`).
+        n: N, the GPUs the group's states are sharded over.
+        weight_bytes, master_bytes, grad_bytes, state_bytes: w, m, g, s of the trained tensors (`trainable_spec`).
+        frozen_weight_bytes: bytes per frozen weight in the working precision (offloaded with optimizer+params).
+        tensor_states: optimizer states with every tensor in its own shape (`tensor_state_bytes`; ZeRO-0).
+        gpus_per_node: GPUs per node (CPU RAM is per node).
     """
 
-    def compute() -> tuple[ParameterInventory, int, int, int]:
+    trainable: Value
+    frozen_params: Value
+    frozen_bytes: Value
+    n: Value
+    weight_bytes: Value
+    master_bytes: Value
+    grad_bytes: Value
+    state_bytes: Value
+    frozen_weight_bytes: Value
+    tensor_states: Value
+    gpus_per_node: Value
+
+
+@dataclass(slots=True)
+class StateBytes:
+    """Model-state bytes per GPU (CPU RAM per node), ints or expressions."""
+
+    weights: Value
+    master: Value
+    gradients: Value
+    optimizer: Value
+    cpu_per_node: Value = 0
+
+
+def group_state_bytes(setup: TrainingSetup, zero_stage: int, x: StateInputs) -> StateBytes:
+    """Model states of one group of parameters at one ZeRO stage (the table of `stage_memory`)."""
+    shard = shard_count(x.trainable, x.n)
+    if zero_stage == 0:
+        return StateBytes(
+            x.frozen_bytes + x.weight_bytes * x.trainable,
+            x.master_bytes * x.trainable,
+            x.grad_bytes * x.trainable,
+            x.tensor_states,
+        )
+    if zero_stage == 3:
+        weights = shard_count(x.frozen_bytes, x.n) + x.weight_bytes * shard
+    else:
+        weights = x.frozen_bytes + x.weight_bytes * x.trainable
+    gradients = x.grad_bytes * (shard if zero_stage >= 2 else x.trainable)
+    if setup.offload == "none":
+        return StateBytes(
+            weights,
+            x.master_bytes * shard,
+            gradients,
+            flat_partition_state_bytes(setup.optimizer, shard, x.state_bytes),
+        )
+    # CPU side of one GPU's shard: fp32 params + fp32 grads + fp32 optimizer states (CPU-Adam).
+    fp32 = cite(FP32_BYTES, SRC_OFFLOAD, shard)
+    cpu_per_gpu = shard * (fp32 + fp32) + flat_partition_state_bytes(setup.optimizer, shard, fp32)
+    if zero_stage >= 2:
+        gradients = 0  # reduced gradient partitions stream to CPU (only the reduce buckets stay)
+    if setup.offload == "optimizer+params":
+        cpu_per_gpu = cpu_per_gpu + x.frozen_weight_bytes * shard_count(x.frozen_params, x.n) + x.weight_bytes * shard
+        weights = 0
+    return StateBytes(weights, 0, gradients, 0, cpu_per_gpu * x.gpus_per_node)
+
+
+def add_state_bytes(parts: Iterable[StateBytes]) -> StateBytes:
+    """Component-wise sum (the dense group and the routed experts)."""
+    parts = parts if isinstance(parts, list) else list(parts)
+    if len(parts) == 1:
+        return parts[0]
+    out = StateBytes(0, 0, 0, 0, 0)
+    for p in parts:
+        out = StateBytes(
+            out.weights + p.weights,
+            out.master + p.master,
+            out.gradients + p.gradients,
+            out.optimizer + p.optimizer,
+            out.cpu_per_node + p.cpu_per_node,
+        )
+    return out
+
+
+_SPLITS: IdentityMemo[tuple[ParameterInventory, int, int, FrozenCounts]] = IdentityMemo(256)
+_COUNTS: IdentityMemo[TensorCounts] = IdentityMemo(1024)
+
+
+def split_group(
+    inventory: ParameterInventory, params: Sequence[ParameterInfo], setup: TrainingSetup
+) -> tuple[ParameterInventory, int, int, FrozenCounts]:
+    """The trained part of ``params`` as an inventory, its element count, the frozen elements and their counts.
+
+    Remembered per inventory, group (all, dense or experts) and method (`IdentityMemo`).
+    """
+
+    def compute() -> tuple[ParameterInventory, int, int, FrozenCounts]:
         trained = [p for p in params if p.trainable]
-        frozen = [p for p in params if not p.trainable]
         trainable = sum(p.numel for p in trained)
         return (
             replace(inventory, parameters=tuple(trained), trainable_params=trainable),
             trainable,
-            sum(p.numel for p in frozen),
-            _frozen_bytes(frozen, setup),
+            sum(p.numel for p in params if not p.trainable),
+            count_frozen(params, setup.finetune),
         )
 
     group = (len(params), params[0].name if params else None, params[-1].name if params else None)
-    return _SPLITS.get((inventory,), (group, setup.precision, setup.finetune), compute)
+    return _SPLITS.get((inventory,), (group, setup.finetune), compute)
 
 
-def _whole_model_state_bytes(inventory: ParameterInventory, optimizer: Optimizer, state_bytes: int) -> int:
-    """`model_optimizer_state_bytes`, remembered for the (remembered) trained inventory of `_split_group`."""
-    return _STATE_BYTES.get(
-        (inventory,), (optimizer, state_bytes), lambda: model_optimizer_state_bytes(inventory, optimizer, state_bytes)
-    )
+def trained_tensor_counts(inventory: ParameterInventory, optimizer: Optimizer) -> TensorCounts:
+    """`model_tensor_counts`, remembered for the (remembered) trained inventory of `split_group`."""
+    key = optimizer == "adafactor" and not inventory.has_shapes
+    return _COUNTS.get((inventory,), key, lambda: model_tensor_counts(inventory, optimizer))
 
 
-def _group_memory(
+def state_groups(
+    inventory: ParameterInventory, setup: TrainingSetup
+) -> list[tuple[Sequence[ParameterInfo] | None, int]]:
+    """The groups of parameters that shard alike, with their sharding degree: all (or the dense ones) over
+    `TrainingSetup.num_gpus`, and with expert parallelism the routed experts over
+    `TrainingSetup.expert_sharding_degree`. ``None``: a ``--params`` plan (one flat, fully trainable model)."""
+    if not inventory.has_shapes:
+        return [(None, setup.num_gpus)]
+    params = inventory.parameters
+    if setup.parallel.ep == 1:
+        return [(params, setup.num_gpus)]
+    return [
+        ([p for p in params if not p.is_routed_expert], setup.num_gpus),
+        ([p for p in params if p.is_routed_expert], setup.expert_sharding_degree),
+    ]
+
+
+_OPERANDS: IdentityMemo[tuple[Value, ...]] = IdentityMemo(4096)
+
+
+def _group_inputs(
     inventory: ParameterInventory,
-    params: list[ParameterInfo] | None,
+    params: Sequence[ParameterInfo] | None,
     setup: TrainingSetup,
-    zero_stage: int,
     n: int,
-) -> StageMemory:
-    """Model states of one group of parameters that shard alike over ``n`` GPUs (see `stage_memory`)."""
-    spec = PRECISION_SPECS[setup.precision]
-    tspec = trainable_spec(setup)
-    if params is None:  # --params: one flat, fully trainable model
-        trainable, frozen_params, frozen_bytes = inventory.trainable_params, 0, 0
-        trained_inventory = inventory
-    else:
-        trained_inventory, trainable, frozen_params, frozen_bytes = _split_group(inventory, params, setup)
-    trainable_shard = shard_count(trainable, n)
+    zero_stage: int,
+) -> StateInputs:
+    """`StateInputs` of one group as numbers. All but N and the GPUs per node depend only on the group, precision,
+    method and optimizer, so they are remembered (`IdentityMemo`): sweeps and the GPU-count search vary N."""
 
-    if zero_stage == 0:
-        weights = frozen_bytes + trainable * tspec.weight_bytes
-        master = trainable * tspec.master_bytes
-        gradients = trainable * tspec.grad_bytes
-        states = _whole_model_state_bytes(trained_inventory, setup.optimizer, tspec.state_bytes)
-        return StageMemory(zero_stage, weights, master, gradients, states)
+    def compute() -> tuple[Value, ...]:
+        spec = PRECISION_SPECS[setup.precision]
+        tspec = trainable_spec(setup)
+        if params is None:
+            trained_inventory, trainable, frozen_params = inventory, inventory.trainable_params, 0
+            frozen: Value = 0
+        else:
+            trained_inventory, trainable, frozen_params, counts = split_group(inventory, params, setup)
+            frozen = frozen_bytes(setup.finetune, counts, spec.weight_bytes)
+        tensor_states: Value = 0
+        if zero_stage == 0:
+            counts_t = trained_tensor_counts(trained_inventory, setup.optimizer)
+            tensor_states = tensor_state_bytes(setup.optimizer, counts_t, tspec.state_bytes)
+        return (
+            trainable,
+            frozen_params,
+            frozen,
+            tspec.weight_bytes,
+            tspec.master_bytes,
+            tspec.grad_bytes,
+            tspec.state_bytes,
+            spec.weight_bytes,
+            tensor_states,
+        )
 
-    if zero_stage == 3:
-        weights = shard_count(frozen_bytes, n) + trainable_shard * tspec.weight_bytes
-    else:
-        weights = frozen_bytes + trainable * tspec.weight_bytes
-    gradients = (trainable_shard if zero_stage >= 2 else trainable) * tspec.grad_bytes
-    if setup.offload == "none":
-        master = trainable_shard * tspec.master_bytes
-        states = flat_partition_state_bytes(setup.optimizer, trainable_shard, tspec.state_bytes)
-        return StageMemory(zero_stage, weights, master, gradients, states)
-
-    # CPU side of one GPU's shard: fp32 params + fp32 grads + fp32 optimizer states (CPU-Adam).
-    cpu_per_gpu = trainable_shard * (FP32_BYTES + FP32_BYTES) + flat_partition_state_bytes(
-        setup.optimizer, trainable_shard, FP32_BYTES
-    )
-    if zero_stage >= 2:
-        gradients = 0  # reduced gradient partitions stream to CPU (only the reduce buckets stay)
-    if setup.offload == "optimizer+params":
-        cpu_per_gpu += shard_count(frozen_params, n) * spec.weight_bytes + trainable_shard * tspec.weight_bytes
-        weights = 0
-    return StageMemory(zero_stage, weights, 0, gradients, 0, cpu_bytes_per_node=cpu_per_gpu * setup.gpus_per_node)
+    group = (len(params), params[0].name, params[-1].name) if params else (0, None, None)
+    # The fine-tuning settings are compared by identity (`replace` keeps the object; hashing it costs more).
+    key = (group, setup.precision, setup.optimizer, zero_stage == 0)
+    t, f, fb, w, m, g, s, wb, ts = _OPERANDS.get((inventory, setup.finetune), key, compute)
+    return StateInputs(t, f, fb, n, w, m, g, s, wb, ts, setup.gpus_per_node)
 
 
 def stage_memory(inventory: ParameterInventory, setup: TrainingSetup, zero_stage: int) -> StageMemory:
@@ -308,22 +471,19 @@ def stage_memory(inventory: ParameterInventory, setup: TrainingSetup, zero_stage
     the full gradients it reduces at the step). ``optimizer+params`` (ZeRO-3) also moves the weight partition:
     the GPU holds no model state between uses, only the layers being computed (not a model state).
     """
-    if not inventory.has_shapes:
-        return _group_memory(inventory, None, setup, zero_stage, setup.num_gpus)
-    params = list(inventory.parameters)
-    if setup.parallel.ep == 1:
-        return _group_memory(inventory, params, setup, zero_stage, setup.num_gpus)
-    dense = _group_memory(inventory, [p for p in params if not p.is_routed_expert], setup, zero_stage, setup.num_gpus)
-    experts = _group_memory(
-        inventory, [p for p in params if p.is_routed_expert], setup, zero_stage, setup.expert_sharding_degree
+    total_ = add_state_bytes(
+        [
+            group_state_bytes(setup, zero_stage, _group_inputs(inventory, params, setup, n, zero_stage))
+            for params, n in state_groups(inventory, setup)
+        ]
     )
     return StageMemory(
         zero_stage,
-        dense.weights_bytes + experts.weights_bytes,
-        dense.master_weights_bytes + experts.master_weights_bytes,
-        dense.gradients_bytes + experts.gradients_bytes,
-        dense.optimizer_states_bytes + experts.optimizer_states_bytes,
-        cpu_bytes_per_node=dense.cpu_bytes_per_node + experts.cpu_bytes_per_node,
+        total_.weights,  # type: ignore[arg-type]
+        total_.master,  # type: ignore[arg-type]
+        total_.gradients,  # type: ignore[arg-type]
+        total_.optimizer,  # type: ignore[arg-type]
+        cpu_bytes_per_node=total_.cpu_per_node,  # type: ignore[arg-type]
     )
 
 
@@ -341,41 +501,52 @@ def deepspeed_stage_memory(inventory: ParameterInventory, setup: TrainingSetup, 
     Ψ·18·1.5/nodes. The code gives no breakdown of ZeRO-3's 18; hfmem shows 2 as weights, 4 + 8 as master and
     optimizer states, and the remaining 4 as (fp32) gradients.
     """
-    p, n, ll = inventory.total_params, setup.num_gpus, inventory.largest_module_params
-    factor = DEEPSPEED_CPU_BUFFER_FACTOR
-    master = int(4 * p / n)
-    states = int(8 * p / n)
+    if zero_stage not in (2, 3):
+        raise InvalidSetupError(f"DeepSpeed's estimator has no ZeRO-{zero_stage} formula")
+    parts = deepspeed_state_bytes(
+        setup,
+        zero_stage,
+        inventory.total_params,
+        setup.num_gpus,
+        inventory.largest_module_params,
+        setup.gpus_per_node,
+        setup.nodes,
+    )
+    return StageMemory(
+        zero_stage,
+        parts.weights,  # type: ignore[arg-type]
+        parts.master,  # type: ignore[arg-type]
+        parts.gradients,  # type: ignore[arg-type]
+        parts.optimizer,  # type: ignore[arg-type]
+        cpu_bytes_per_node=parts.cpu_per_node,  # type: ignore[arg-type]
+    )
+
+
+def deepspeed_state_bytes(
+    setup: TrainingSetup, zero_stage: int, p: Value, n: Value, ll: Value, gpus_per_node: Value, nodes: Value
+) -> StateBytes:
+    """`deepspeed_stage_memory` over Ψ = ``p``, N = ``n``, LL = ``ll`` (ints or symbols)."""
+    factor = cite(DEEPSPEED_CPU_BUFFER_FACTOR, SRC_DS_EST2, p)
+    master = trunc(4 * p / n)
+    states = trunc(8 * p / n)
     if zero_stage == 2:
         if setup.offload == "none":
-            gradients = int(18 * p / n) - master - states
-            cpu = int(p * 4 * setup.gpus_per_node * factor)
-            return StageMemory(2, 2 * p, master, gradients, states, cpu_bytes_per_node=cpu)
-        cpu = int(p * max(4 * n, 16) * factor)
-        return StageMemory(2, 2 * p, 0, 0, 0, cpu_bytes_per_node=cpu)
-    if zero_stage != 3:
-        raise InvalidSetupError(f"DeepSpeed's estimator has no ZeRO-{zero_stage} formula")
+            gradients = trunc(18 * p / n) - master - states
+            cpu = trunc(p * 4 * gpus_per_node * factor)
+            return StateBytes(2 * p, master, gradients, states, cpu)
+        cpu = trunc(p * maximum(4 * n, 16) * factor)
+        return StateBytes(2 * p, 0, 0, 0, cpu)
     gathered = 2 * ll  # 16-bit params (and, below, 16-bit grads) of the largest module
     if setup.offload == "none":
-        weights = gathered + int(2 * p / n)
-        gradients = int(18 * p / n) - int(2 * p / n) - master - states + gathered
-        cpu = int(ll * 4 * setup.gpus_per_node * factor)
-        return StageMemory(3, weights, master, gradients, states, cpu_bytes_per_node=cpu)
+        weights = gathered + trunc(2 * p / n)
+        gradients = trunc(18 * p / n) - trunc(2 * p / n) - master - states + gathered
+        cpu = trunc(ll * 4 * gpus_per_node * factor)
+        return StateBytes(weights, master, gradients, states, cpu)
     if setup.offload == "optimizer":
-        cpu = int(p * 16 * (1 / setup.nodes) * factor)
-        return StageMemory(3, gathered + int(2 * p / n), 0, gathered, 0, cpu_bytes_per_node=cpu)
-    cpu = int(p * 18 * (1 / setup.nodes) * factor)
-    return StageMemory(3, gathered, 0, gathered, 0, cpu_bytes_per_node=cpu)
-
-
-HFMEM_CONVENTION = (
-    "model states by the ZeRO paper (Rajbhandari et al. 2020): 16-bit weights and gradients, fp32 master weights "
-    "and optimizer states, sharded per stage, exact bytes; activations and logits as the model's own code saves "
-    "them (traced on the meta device); overheads as listed below"
-)
-DEEPSPEED_CONVENTION = (
-    "DeepSpeed estimator accounting (estimate_zero2/zero3_model_states_mem_needs): 18 bytes per sharded "
-    "parameter, 4 x largest module gathered at ZeRO-3, CPU x 1.5 buffer factor"
-)
+        cpu = trunc(p * 16 * (1 / nodes) * factor)
+        return StateBytes(gathered + trunc(2 * p / n), 0, gathered, 0, cpu)
+    cpu = trunc(p * 18 * (1 / nodes) * factor)
+    return StateBytes(gathered, 0, gathered, 0, cpu)
 
 
 def compute_training(inventory: ParameterInventory, setup: TrainingSetup) -> TrainingEstimate:
@@ -387,12 +558,10 @@ def compute_training(inventory: ParameterInventory, setup: TrainingSetup) -> Tra
     notes: list[str] = []
     if setup.accounting == "deepspeed":
         stages = tuple(deepspeed_stage_memory(inventory, setup, s) for s in zero_stages)
-        convention = DEEPSPEED_CONVENTION
         if 3 in zero_stages and not inventory.has_shapes:
             notes.append("--params gives no largest module, so DeepSpeed's ZeRO-3 term 4 x largest module is 0")
     else:
         stages = tuple(stage_memory(inventory, setup, s) for s in zero_stages)
-        convention = HFMEM_CONVENTION
         if setup.optimizer in ("adafactor", "adamw-8bit") and any(s >= 1 for s in zero_stages):
             notes.append(
                 "ZeRO >= 1 gives the optimizer flat 1-D partitions (DeepSpeed), so "
@@ -411,4 +580,4 @@ def compute_training(inventory: ParameterInventory, setup: TrainingSetup) -> Tra
         notes.append("with 1 GPU ZeRO has nothing to shard, so every stage holds the same; pass --gpus / --nodes")
     if setup.precision == "tf32":
         notes.append(PRECISION_SPECS["tf32"].description)
-    return TrainingEstimate(setup=setup, stages=stages, convention=convention, notes=tuple(notes))
+    return TrainingEstimate(setup=setup, stages=stages, notes=tuple(notes))

@@ -1,0 +1,160 @@
+"""Where hfmem's constants and measured values come from: one home for every citation.
+
+Formulas attach these to the constants and operands that use them (`hfmem.memory.expr.cite`, `Var.source`), so
+``--explain`` derives a component's sources from its formula; the prose of `hfmem.explain` cites the rest.
+REFERENCE.md gives the commits read.
+"""
+
+from __future__ import annotations
+
+SRC_INVENTORY = (
+    "measured: hfmem.inventory.count_parameters builds the checkpoint's own class on PyTorch's meta device "
+    "(accelerate init_empty_weights, no storage) and sums numel over named_parameters() (tied weights once)"
+)
+SRC_ZERO = (
+    "ZeRO paper (Rajbhandari et al. 2020, arXiv 1910.02054) §3.1: mixed-precision Adam keeps 2Ψ (16-bit weights) "
+    "+ 2Ψ (16-bit gradients) + KΨ (fp32 master + Adam moments), K = 12"
+)
+SRC_ZERO_STAGES = (
+    "ZeRO paper Fig. 1: stage 1 partitions the optimizer states (P_os), stage 2 also the gradients (P_os+g), "
+    "stage 3 also the parameters (P_os+g+p), each over the N data-parallel GPUs"
+)
+SRC_DS_FLAT = (
+    "DeepSpeed deepspeed/runtime/zero/stage_1_and_2.py (single_partition_of_fp32_groups) and stage3.py "
+    "(fp32_partitioned_groups_flat): each GPU's optimizer sees one flat 1-D fp32 partition"
+)
+SRC_TM101 = "EleutherAI, Transformer Math 101 (blog.eleuther.ai/transformer-math): fp32 weights and gradients 4 bytes"
+SRC_TORCH_STATES = (
+    "torch/optim/adamw.py and adam.py: state exp_avg, exp_avg_sq = torch.zeros_like(param), so they take the "
+    "parameter's dtype"
+)
+SRC_ADAMW = "torch/optim/adamw.py: AdamW keeps two moments per parameter, exp_avg and exp_avg_sq"
+SRC_BNB_8BIT = (
+    "bitsandbytes bitsandbytes/optim/optimizer.py @ 95f9af3 (Optimizer2State.init_state): uint8 states, one fp32 "
+    "absmax per block of 256 (since 0.44.0, commit aa57bd89; 2048 before); tensors under min_8bit_size = 4096 "
+    "elements keep fp32 states"
+)
+SRC_ADAFACTOR = (
+    "transformers/optimization.py Adafactor.step: exp_avg_sq_row / exp_avg_sq_col for ≥ 2-D tensors, a full "
+    "exp_avg_sq for 1-D, created after grad.float() (fp32); beta1=None keeps no exp_avg"
+)
+SRC_LION = "Chen et al. 2023, 'Symbolic Discovery of Optimization Algorithms' (Lion keeps one momentum)"
+SRC_SGD = "torch/optim/sgd.py: momentum_buffer (one per parameter) only when momentum > 0"
+SRC_PEFT_FP32 = (
+    "peft tuners_utils.py _cast_adapter_dtype (get_peft_model autocast_adapter_dtype=True): 16-bit adapter weights "
+    "are cast to fp32"
+)
+SRC_LORA = "Hu et al. 2021, LoRA (arXiv 2106.09685): a rank-r update B·A per adapted linear: r × (in + out) parameters"
+SRC_DORA = "Liu et al. 2024, DoRA (arXiv 2402.09353): one trainable magnitude per output feature of each adapted linear"
+SRC_QLORA = (
+    "Dettmers et al. 2023, QLoRA (arXiv 2305.14314) §3: NF4 base weights in blocks of 64, double quantization of "
+    "the absmax in blocks of 256"
+)
+SRC_BNB_4BIT = (
+    "bitsandbytes functional.py quantize_4bit(blocksize=64): two 4-bit codes per byte + one fp32 absmax per 64 "
+    "values; double quant: quantize_blockwise(absmax − offset, blocksize=256): uint8 absmax + fp32 per 256 + an "
+    "fp32 offset"
+)
+SRC_DS_EST2 = (
+    "DeepSpeed deepspeed/runtime/zero/stage_1_and_2.py estimate_zero2_model_states_mem_needs: GPU 2Ψ + int(18Ψ/N) "
+    "('18 = 2_grads_16bit + 4_grads_32bit + 4_params_32bit + 8_optimizer_states_32bit'), CPU × "
+    "additional_buffer_factor 1.5"
+)
+SRC_DS_EST3 = (
+    "DeepSpeed deepspeed/runtime/zero/stage3.py estimate_zero3_model_states_mem_needs: GPU 4·largest_layer_params + "
+    "int(18Ψ/N), CPU × additional_buffer_factor 1.5"
+)
+SRC_OFFLOAD = (
+    "ZeRO-Offload (Ren et al. 2021, arXiv 2101.06840): the fp32 master, the gradient partition and the optimizer "
+    "states live in CPU RAM and CPU-Adam updates them in fp32"
+)
+SRC_TRACE = (
+    "measured: hfmem.inventory.profile_activations runs the model's own forward with labels on the meta device under "
+    "torch.autograd.graph.saved_tensors_hooks; every saved storage is counted once, parameters excluded"
+)
+SRC_CKPT = (
+    "Korthikanti et al. 2022 (arXiv 2205.05198) §4 'full recomputation' (keep each layer's input, recompute one "
+    "layer at a time) and §5 'selective recomputation' (recompute the attention core)"
+)
+SRC_TP_ACT = (
+    "Korthikanti et al. 2022, Table 2: tensor parallelism splits what lies between the column- and row-parallel "
+    "linears by t; sequence parallelism also splits the rest"
+)
+SRC_PP_1F1B = (
+    "Narayanan et al. 2021 (arXiv 2104.04473) §2.2, Megatron-LM forward_backward_pipelining_without_interleaving: "
+    "with 1F1B, stage k runs p − k − 1 warm-up forwards, so min(p − k, m) micro-batches are in flight"
+)
+SRC_PP_INTERLEAVED = (
+    "Megatron-LM forward_backward_pipelining_with_interleaving warm-up count 2(p − k − 1) + (v − 1)p, + 1; "
+    "Korthikanti et al. 2022 §4.2.3 (first stage: p micro-batches × (1 + (p − 1)/(p·v)))"
+)
+SRC_MEGATRON_TP = (
+    "Megatron-LM (Shoeybi et al. 2019): column-/row-parallel linears, vocab-parallel embeddings and LM head split "
+    "t ways; norms and biases replicated"
+)
+SRC_LOSS = (
+    "transformers/loss/loss_utils.py ForCausalLMLoss: logits = logits.float(), then cross_entropy, which saves its "
+    "fp32 log-softmax"
+)
+SRC_CUDA = (
+    "pytorch/pytorch#86509 and #109888 (CUDA context 287 MB–430 MiB with lazy module loading), #120925 (32 MiB "
+    "cuBLAS workspace on Hopper): hfmem's default 512 MiB, --cuda-context"
+)
+SRC_FRAG = (
+    "REFERENCE.md §5: PyTorch's caching allocator reserves 5–30 % more than is allocated (torchtune#1185, "
+    "cosmos-rl#388); hfmem's default 10 %, --fragmentation"
+)
+SRC_DDP = (
+    "torch DistributedDataParallel docs, gradient_as_bucket_view=False (the default): 'the saved memory size will be "
+    "equal to the total gradients size'"
+)
+SRC_DS_CONFIG = (
+    "DeepSpeed deepspeed/runtime/zero/config.py defaults: reduce_bucket_size = 5e8, allgather_bucket_size = 5e8, "
+    "stage3_prefetch_bucket_size = 5e7, sub_group_size = 1e9 (elements)"
+)
+SRC_DS_FP32_GRAD = (
+    "DeepSpeed docs/code_docs memory.rst: gradients are converted to fp32 before the weight update ('need the 4 "
+    "bytes per gradient')"
+)
+SRC_DS_GATHER = (
+    "DeepSpeed stage3.py estimate_zero3_model_states_mem_needs: 4 × largest_layer_params (16-bit parameters + "
+    "gradients of the largest layer, gathered)"
+)
+SRC_FSDP = (
+    "torch FullyShardedDataParallel: forward_prefetch / backward_prefetch=BACKWARD_PRE keep the next unit gathered; "
+    "the unit's gradients are unsharded until its reduce-scatter"
+)
+SRC_BNB_MATMUL = (
+    "bitsandbytes MatMul4Bit.forward: F.dequantize_4bit(B, quant_state).to(A.dtype), a 16-bit copy of the weight "
+    "for each matmul"
+)
+SRC_PEAK = (
+    "hfmem.memory.peak: the forward, backward and optimizer-step moments are compared (README: 'Peak, not a blind sum')"
+)
+SRC_KV = (
+    "measured: hfmem.inventory.profile_inference runs the model's own forward with transformers' DynamicCache on the "
+    "meta device and reads every cached tensor (elements per token, heads, sliding windows)"
+)
+SRC_KV_TP = "vLLM's rule: KV heads are split over the tensor-parallel GPUs, and fewer heads than GPUs are replicated"
+SRC_KV_DTYPE = "fp8 / int8 KV caches store one byte per element (their per-tensor scales are not counted)"
+SRC_PREFILL = (
+    "measured: hfmem.inventory.profile_inference follows every tensor the operators create during one prefill forward "
+    "(a dispatch mode) until its last reference dies; the peak of live bytes, parameters and cache excluded"
+)
+SRC_PREFILL_CHUNK = (
+    "vLLM max_num_batched_tokens, tuned around 2048 for chunked prefill: hfmem's default --prefill-chunk"
+)
+SRC_CAT = "transformers DynamicLayer.update: torch.cat([old, new]) allocates the grown layer beside the old one"
+SRC_INT8 = "bitsandbytes LLM.int8 Int8Params: int8 values + one fp32 SCB scale per output row"
+SRC_AWQ = (
+    "AutoGPTQ QuantLinear / AWQ: qweight (bits-bit values packed in int32), per group of group_size inputs and per "
+    "output one fp16 scale and one bits-bit zero (scales, qzeros); GPTQ adds an int32 g_idx per input; "
+    "group_size default 128 (BaseQuantizeConfig)"
+)
+SRC_FP8 = "E4M3 weights with one fp32 scale per tensor; block-wise: transformers FineGrainedFP8Config weight_block_size"
+SRC_MXFP4 = "OCP Microscaling Formats (MX) spec v1.0: 4-bit E2M1 values with one 8-bit E8M0 scale per 32"
+SRC_QUANT_SKIP = (
+    "Hugging Face quantization integrations leave embeddings, the LM head, norms, biases and modules_to_not_convert "
+    "in 16 bits"
+)
+SRC_FP32 = "IEEE 754 binary32 (fp32): 4 bytes per element; CPU-Adam keeps fp32 parameters, gradients and states"
