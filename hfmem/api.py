@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields, replace
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, TypeVar
 
 from hfmem.cache import ProfileCache, cache_key
 from hfmem.errors import InvalidSetupError, UnsupportedArchitectureError
@@ -29,6 +29,8 @@ from hfmem.types import (
 )
 
 __all__ = ["estimate", "resolve", "Prepared", "hfmem_version", "adapter_finetune"]
+
+T = TypeVar("T")
 
 
 @functools.cache
@@ -174,12 +176,22 @@ class Prepared:
     """One resolved model and everything measured on it, memoised: the plans of many setups reuse one inventory
     and one trace per distinct (batch, sequence, …), and the persistent cache (`hfmem.cache`) keeps them for the
     next process, so a repeat query never imports torch.
+
+    ``on_build(model_id)`` is called once, before the first thing that is not in the cache is built (the CLI says
+    so on stderr: a first query imports torch and transformers and traces the model, which takes seconds).
     """
 
     def __init__(
-        self, resolved: ModelConfig, *, trust_remote_code: bool = False, cache: bool = True, params: int | None = None
+        self,
+        resolved: ModelConfig,
+        *,
+        trust_remote_code: bool = False,
+        cache: bool = True,
+        params: int | None = None,
+        on_build: Callable[[str], None] | None = None,
     ) -> None:
         self.resolved = resolved
+        self.on_build = on_build
         self.trust_remote_code = trust_remote_code
         self.cache = cache
         self.params = params
@@ -207,7 +219,7 @@ class Prepared:
             added = tuple(note for note in native.notes if note not in resolved.notes)
             return NativeFallback(config=dict(native.config), notes=added)
 
-        found = self.memo(FinetuneSettings()).get_or_build("native", {}, build, NativeFallback)
+        found = self._measured(FinetuneSettings(), "native", {}, build, NativeFallback)
         return replace(resolved, config=found.config, notes=(*resolved.notes, *found.notes))
 
     def memo(self, finetune: FinetuneSettings) -> ProfileCache:
@@ -220,6 +232,19 @@ class Prepared:
                 self._memos[finetune] = ProfileCache(key, persistent=self.cache)
         return self._memos[finetune]
 
+    def _measured(
+        self, finetune: FinetuneSettings, kind: str, args: dict[str, Any], build: Callable[[], T], cls: type[T]
+    ) -> T:
+        """``memo(finetune).get_or_build``, calling ``on_build`` before the first build of this model."""
+
+        def announced() -> T:
+            if self.on_build is not None:
+                on_build, self.on_build = self.on_build, None
+                on_build(self.resolved.model_id)
+            return build()
+
+        return self.memo(finetune).get_or_build(kind, args, announced, cls)
+
     def inventory(self, finetune: FinetuneSettings) -> ParameterInventory:
         if self.params is not None:
             return ParameterInventory.from_count(self.params)
@@ -229,7 +254,7 @@ class Prepared:
 
             return count_parameters(self.resolved, trust_remote_code=self.trust_remote_code, finetune=finetune)
 
-        return self.memo(finetune).get_or_build("inventory", {}, build, ParameterInventory)
+        return self._measured(finetune, "inventory", {}, build, ParameterInventory)
 
     def report(
         self,
@@ -315,7 +340,7 @@ class Prepared:
 
             return profile_inference(resolved, trust_remote_code=self.trust_remote_code, **args)
 
-        profile = self.memo(finetune).get_or_build("inference", args, build, InferenceProfile)
+        profile = self._measured(finetune, "inference", args, build, InferenceProfile)
         served = plan_inference(resolved.config, inventory, profile, setup)
         note = image_note(inventory, profile, setup.images_per_sample, "prefill chunk")
         return replace(served, notes=(*served.notes, note)) if note else served
@@ -359,7 +384,6 @@ class Prepared:
         # Context parallelism: each GPU runs its 1/cp of the sequence (Megatron splits it into 2·cp chunks for load
         # balance; the tokens per GPU are the same).
         local_seq_len = seq_len // setup.parallel.cp
-        memo = self.memo(setup.finetune)
 
         def profile(batch: int) -> ActivationProfile:
             args = {
@@ -380,7 +404,7 @@ class Prepared:
                     resolved, trust_remote_code=self.trust_remote_code, finetune=setup.finetune, **args
                 )
 
-            return memo.get_or_build("activations", args, build, ActivationProfile)
+            return self._measured(setup.finetune, "activations", args, build, ActivationProfile)
 
         try:
             measured = profile(setup.batch_size)

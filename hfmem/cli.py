@@ -850,7 +850,15 @@ def _prepare(model: str | None, params: int | None, opts: dict[str, Any]) -> Pre
         resolved = resolve(
             model, revision=opts["revision"], token=opts["token"], trust_remote_code=opts["trust_remote_code"]
         )
-    return Prepared(resolved, trust_remote_code=opts["trust_remote_code"], cache=opts["cache"])
+    return Prepared(resolved, trust_remote_code=opts["trust_remote_code"], cache=opts["cache"], on_build=_building_note)
+
+
+def _building_note(model_id: str) -> None:
+    """One line on stderr before a model is first built, where no spinner shows it (pipes, CI, logs)."""
+    if sys.stderr.isatty() or os.environ.get("HFMEM_NO_SPINNER"):
+        return
+    secrets = _secrets(click.get_current_context())
+    click.echo(f"hfmem: building {one_line(redact(model_id, secrets))} on the meta device and tracing it…", err=True)
 
 
 def _report(prepared: Prepared, o: dict[str, Any]) -> Report:

@@ -11,9 +11,12 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import math
 import re
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from hfmem.errors import (
@@ -819,7 +822,7 @@ def _register_fused_attention() -> None:
     AttentionInterface.register(FUSED_ATTENTION, fused_attention)
 
 
-_TRACE_STATE: dict[str, Any] = {"attention_calls": 0}
+_TRACE_STATE: dict[str, Any] = {"attention_calls": 0, "full_length": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -903,10 +906,7 @@ def _trace(
     seq_len: int,
     options: _TraceOptions,
 ) -> ActivationProfile:
-    import inspect
-
-    import torch
-
+    """Build the model for training and measure one micro-batch (recurrent models: see `_sample_lengths`)."""
     dropout, trust_remote_code = options.dropout, options.trust_remote_code
 
     _register_fused_attention()
@@ -928,6 +928,34 @@ def _trace(
     torch_model.train()
     if dropout is not None:
         _set_dropout(torch_model, dropout)
+
+    measured: list[ActivationProfile] = []
+
+    def measure(tokens: int) -> tuple[Hashable, tuple[int, ...]]:
+        profile = _trace_at(model, config, torch_model, attn_implementation, dtype, batch_size, tokens, options)
+        measured[:] = [profile]
+        return _profile_shape(profile), _profile_numbers(profile)
+
+    # Images fill a fixed number of the positions: a model fed them is traced at its full length.
+    takes_images = options.images > 0 and "pixel_values" in inspect.signature(torch_model.forward).parameters
+    samples = () if takes_images else _sample_lengths(seq_len, config, torch_model)
+    numbers = _at_length(measure, seq_len, samples)
+    return _profile_with(measured[0], seq_len, numbers)
+
+
+def _trace_at(
+    model: ModelConfig,
+    config: PretrainedConfig,
+    torch_model: nn.Module,
+    attn_implementation: str,
+    dtype: Any,
+    batch_size: int,
+    seq_len: int,
+    options: _TraceOptions,
+) -> ActivationProfile:
+    """One training forward of ``batch_size`` × ``seq_len`` tokens through ``torch_model``, what it saves counted."""
+    import torch
+
     text_config = _text_config(config)
     vocab = int(getattr(text_config, "vocab_size", 0) or 0)
 
@@ -1050,6 +1078,186 @@ def _trace(
         other_after_bytes=totals["other_after"],
         images_per_sample=options.images if images else 0,
         image_tokens=image_tokens,
+    )
+
+
+#: Cache layer types transformers gives layers that keep a recurrent or convolution state instead of keys and values
+#: (``cache_utils.DYNAMIC_LAYER_TYPE_MAPPING``: ``LinearAttentionLayer`` and its hybrids): Mamba, Mamba-2, Jamba's
+#: Mamba layers, RecurrentGemma's RG-LRU, gated delta nets, lightning attention, Zamba, Falcon-H1…
+_RECURRENT_LAYER_TYPES = frozenset({"conv", "linear_attention", "hybrid", "hybrid_sliding"})
+#: Model types whose forward scans the sequence token by token but whose configs name no such cache layer
+#: (``modeling_rwkv.rwkv_linear_attention_cpu``, xLSTM's recurrent cells).
+_SCANNING_MODEL_TYPES = frozenset({"rwkv", "xlstm"})
+#: Config keys and modelling-code defaults that set a chunk or block length the sequence is padded to, or split by
+#: (Mamba-2's ``chunk_size``, Bamba/Falcon-H1's ``mamba_chunk_size``, MiniMax's ``block_size``, the gated delta
+#: rule's ``chunk_size: int = 64`` in ``torch_chunk_gated_delta_rule``).
+_CHUNK_KEY = re.compile(r"(chunk|block)_size$")
+_CHUNK_DEFAULT = re.compile(r"\b\w*(?:chunk|block)_size\s*(?::\s*int\s*)?=\s*(\d+)\b")
+#: Sampled lengths are this many tokens apart at least (and start at least this long).
+_SAMPLE_STEP = 8
+
+
+@contextlib.contextmanager
+def full_length_traces() -> Iterator[None]:
+    """Trace every sequence at its full length, even where a few short traces determine it (`_sample_lengths`).
+
+    Slow for recurrent models (their scans loop over every token on the meta device); used to check the scaling.
+    """
+    before = _TRACE_STATE["full_length"]
+    _TRACE_STATE["full_length"] = True
+    try:
+        yield
+    finally:
+        _TRACE_STATE["full_length"] = before
+
+
+def _scans_tokens(config: PretrainedConfig) -> bool:
+    """Whether the model has recurrent or state-space layers (their slow path loops over the tokens in Python)."""
+    text_config = _text_config(config)
+    if getattr(text_config, "model_type", None) in _SCANNING_MODEL_TYPES:
+        return True
+    try:
+        from transformers.cache_utils import get_layer_types_and_kwargs
+
+        layer_types, _ = get_layer_types_and_kwargs(text_config)
+    except Exception:  # noqa: BLE001 - older transformers, or a config without layers: not recurrent
+        return False
+    return bool(_RECURRENT_LAYER_TYPES.intersection(layer_types))
+
+
+def _sequence_period(config: PretrainedConfig, torch_model: nn.Module) -> int:
+    """The least common multiple of the chunk and block lengths the config and the modelling code name (1: none).
+
+    A chunked scan pads the sequence to a multiple of its chunk, so what it saves is a polynomial in the length only
+    among lengths that leave the same remainder; the code's own defaults count because they are not in the config.
+    """
+    chunks = {
+        value
+        for key, value in _text_config(config).to_dict().items()
+        if isinstance(value, int) and not isinstance(value, bool) and value > 1 and _CHUNK_KEY.search(key)
+    }
+    package = type(torch_model).__module__.rsplit(".", 1)[0]
+    for name in sorted({type(module).__module__ for module in torch_model.modules()}):
+        module = sys.modules.get(name)
+        if module is None or not name.startswith(package):
+            continue
+        with contextlib.suppress(OSError, TypeError):  # no source on disk (compiled or frozen)
+            chunks.update(int(found) for found in _CHUNK_DEFAULT.findall(inspect.getsource(module)))
+    return math.lcm(*chunks) if chunks else 1
+
+
+def _sample_lengths(
+    seq_len: int, config: PretrainedConfig, torch_model: nn.Module, step: int = _SAMPLE_STEP
+) -> tuple[tuple[int, ...], ...]:
+    """Sets of four short lengths whose traces determine the one at ``seq_len``; none: trace ``seq_len`` itself.
+
+    Only for recurrent and state-space models (`_scans_tokens`): transformers' slow path (the one that runs off
+    CUDA, on the meta device too) loops over every token in Python, so a trace costs time in proportion to the
+    length (issue 11: a mamba-130m-like config took 104 s at 4,096 tokens). What a forward saves is a sum of tensors
+    whose sizes are products of the length and fixed sizes, a polynomial in the length, of degree 2 at most where a
+    score matrix or a chunk-to-chunk state is kept (eager attention, Mamba-2's segment sums). The lengths are
+    congruent to ``seq_len`` modulo every chunk length (`_sequence_period`), at least two chunks long (a single
+    chunk takes shortcuts) and ``step`` tokens apart at least; a second set is 4 times as long, for what only
+    settles past the shortest lengths (a peak that a fixed-size tensor holds in a very short prefill). A set is
+    used only if its total is at most half of ``seq_len`` (else the full trace is as cheap).
+    """
+    if _TRACE_STATE["full_length"] or not _scans_tokens(config):
+        return ()
+    period = _sequence_period(config, torch_model)
+    found = []
+    for scale in (1, 4):
+        floor = scale * step if period == 1 else 2 * period * scale
+        apart = period * -(-scale * step // period)
+        first = floor + (seq_len - floor) % period
+        samples = tuple(first + i * apart for i in range(4))
+        if 2 * sum(samples) <= seq_len:
+            found.append(samples)
+    return tuple(found)
+
+
+def _at_length(
+    measure: Callable[[int], tuple[Hashable, tuple[int, ...]]],
+    seq_len: int,
+    sample_sets: tuple[tuple[int, ...], ...],
+) -> tuple[int, ...]:
+    """The numbers ``measure`` gives at ``seq_len``, from short lengths where they determine them exactly.
+
+    ``measure(length)`` returns a shape (the layers' names, the attention calls… which must not change with the
+    length) and byte counts. For each set of lengths in turn, each count is fitted by the polynomial through the
+    first lengths, of degree 1 (two, checked on a third) and else of degree 2 (three, checked on a fourth), in exact
+    rational arithmetic; the value at ``seq_len`` must be a non-negative integer. When no fit checks out, or a short
+    forward fails, ``seq_len`` itself is measured.
+    """
+    seen: dict[int, tuple[Hashable, tuple[int, ...]]] = {}
+    try:
+        for samples in sample_sets:
+            points: list[tuple[int, Hashable, tuple[int, ...]]] = []
+            for degree in (1, 2):
+                while len(points) < degree + 2:
+                    length = samples[len(points)]
+                    if length not in seen:
+                        seen[length] = measure(length)
+                    points.append((length, *seen[length]))
+                if len({shape for _, shape, _ in points}) > 1:
+                    break
+                fitted = _extrapolated(points[: degree + 1], points[degree + 1], seq_len)
+                if fitted is not None:
+                    return fitted
+    except Exception:  # noqa: BLE001 - a forward that fails at a short length: the full length decides
+        pass
+    return measure(seq_len)[1]
+
+
+def _extrapolated(
+    fit: list[tuple[int, Hashable, tuple[int, ...]]], check: tuple[int, Hashable, tuple[int, ...]], x: int
+) -> tuple[int, ...] | None:
+    """Every count of the polynomial through ``fit`` (Lagrange form) at ``x``, if it also passes through ``check``."""
+    xs = [length for length, _, _ in fit]
+
+    def at(point: int, ys: list[int]) -> Fraction:
+        total = Fraction(0)
+        for i, (xi, yi) in enumerate(zip(xs, ys, strict=True)):
+            term = Fraction(yi)
+            for j, xj in enumerate(xs):
+                if j != i:
+                    term *= Fraction(point - xj, xi - xj)
+            total += term
+        return total
+
+    values = []
+    for k, checked in enumerate(check[2]):
+        ys = [numbers[k] for _, _, numbers in fit]
+        value = at(x, ys)
+        if at(check[0], ys) != checked or value.denominator != 1 or value < 0:
+            return None
+        values.append(int(value))
+    return tuple(values)
+
+
+def _profile_shape(profile: ActivationProfile) -> Hashable:
+    return (tuple(layer.name for layer in profile.layers), profile.attention_calls, profile.vocab_size)
+
+
+def _profile_numbers(profile: ActivationProfile) -> tuple[int, ...]:
+    per_layer = (n for layer in profile.layers for n in (layer.saved_bytes, layer.input_bytes, layer.tp_split_bytes))
+    totals = (profile.other_bytes, profile.logits_saved_bytes, profile.logits_bytes, profile.other_after_bytes)
+    return (*per_layer, *totals)
+
+
+def _profile_with(profile: ActivationProfile, seq_len: int, numbers: tuple[int, ...]) -> ActivationProfile:
+    """``profile`` (measured at another length) with the byte counts at ``seq_len``."""
+    values = iter(numbers)
+    layers = tuple(LayerProfile(layer.name, next(values), next(values), next(values)) for layer in profile.layers)
+    other, logits_saved, logits, other_after = values
+    return dataclasses.replace(
+        profile,
+        seq_len=seq_len,
+        layers=layers,
+        fused_layers=layers,
+        other_bytes=other,
+        logits_saved_bytes=logits_saved,
+        logits_bytes=logits,
+        other_after_bytes=other_after,
     )
 
 
@@ -1474,7 +1682,28 @@ def _kv_layers(
 def _prefill_peak(
     torch_model: nn.Module, config: PretrainedConfig, batch: int, tokens: int, extra: dict[str, Any]
 ) -> tuple[int, int]:
-    """Peak live bytes of one prefill forward (parameters, buffers and the cache excluded), and the logits' bytes."""
+    """Peak live bytes of one prefill forward (parameters, buffers and the cache excluded), and the logits' bytes.
+
+    Recurrent models fed token ids only: from short prefills where they determine it (`_sample_lengths`); the
+    attention calls counted in ``_TRACE_STATE`` are those of one forward.
+    """
+
+    def measure(length: int) -> tuple[Hashable, tuple[int, ...]]:
+        _TRACE_STATE["attention_calls"] = 0
+        peak, logits_bytes = _prefill_peak_at(torch_model, config, batch, length, extra)
+        return _TRACE_STATE["attention_calls"], (peak, logits_bytes)
+
+    # A peak is the largest of the moments' live bytes, each a polynomial in the length: a fixed-size moment (the
+    # last logits) can be the largest in a very short prefill, so the samples are twice as long as a trace's.
+    samples = () if extra else _sample_lengths(tokens, config, torch_model, step=2 * _SAMPLE_STEP)
+    peak, logits_bytes = _at_length(measure, tokens, samples)
+    return peak, logits_bytes
+
+
+def _prefill_peak_at(
+    torch_model: nn.Module, config: PretrainedConfig, batch: int, tokens: int, extra: dict[str, Any]
+) -> tuple[int, int]:
+    """`_prefill_peak` of a prefill of exactly ``tokens`` tokens (``extra``: the images' inputs, if any)."""
     import weakref
 
     import torch

@@ -46,6 +46,7 @@ def offline_and_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
     monkeypatch.delenv("HFMEM_DEBUG", raising=False)
     monkeypatch.setenv("HFMEM_CACHE", str(tmp_path / "hfmem_cache"))  # never the user's cache, never shared
+    monkeypatch.setenv("HFMEM_NO_SPINNER", "1")  # no "building …" line on stderr (tests of it unset this)
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
