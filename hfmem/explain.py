@@ -589,7 +589,7 @@ def _states_by_row(report: Report, rows: list[_Row]) -> list[StateBytes]:
                     setup,
                     zero,
                     Var("Ψ", inv.total_params, "parameters"),
-                    Var("N", setup.num_gpus, "GPUs sharing the model states"),
+                    Var("N", setup.sharding_degree, "GPUs sharing the model states"),
                     Var(
                         "LL", inv.largest_module_params, f"parameters of the largest module ({inv.largest_module_name})"
                     ),
@@ -1237,7 +1237,11 @@ def _layout_explanation(report: Report, rows: list[_Row]) -> Explanation:
             if par.fsdp == "hybrid_shard"
             else ""
         )
-        + ("With one GPU there is nothing to shard: every ZeRO stage holds the same. " if setup.num_gpus == 1 else "")
+        + (
+            "With one GPU there is nothing to shard: every ZeRO stage holds the same. "
+            if setup.sharding_degree == 1
+            else ""
+        )
     )
     sources = [SRC_ZERO_STAGES]
     if par.ep > 1:
@@ -1246,7 +1250,7 @@ def _layout_explanation(report: Report, rows: list[_Row]) -> Explanation:
                 "N_E",
                 lift(
                     expert_sharding_degree(
-                        Var("N", setup.num_gpus, "GPUs sharing the model states"),
+                        Var("N", setup.sharding_degree, "GPUs sharing the model states"),
                         Var("ep", par.ep, "expert-parallel degree"),
                     )
                 ),

@@ -162,7 +162,7 @@ def _settings_extra(setup: TrainingSetup) -> dict[str, Any]:
             "ep": par.ep,
             "sp": par.sp,
             "dp": setup.data_parallel_size,
-            "sharding_degree": setup.num_gpus,
+            "sharding_degree": setup.sharding_degree,
             "expert_sharding_degree": setup.expert_sharding_degree,
             "pp_schedule": par.pp_schedule,
             "microbatches": par.microbatches,
@@ -384,7 +384,7 @@ def _stage_title(report: Report) -> str:
         title += (
             "\n"
             + " · ".join(layout)
-            + f" · data parallel {setup.data_parallel_size}, states sharded over {setup.num_gpus}"
+            + f" · data parallel {setup.data_parallel_size}, states sharded over {setup.sharding_degree}"
         )
     if training.seq_len is not None:
         title += (

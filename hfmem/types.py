@@ -426,19 +426,19 @@ class TrainingSetup:
         return data_parallel_degree(self.world_size, par.tp, par.pp, par.cp)  # type: ignore[return-value]
 
     @property
-    def num_gpus(self) -> int:
+    def sharding_degree(self) -> int:
         """The ZeRO / FSDP sharding degree of the dense parameters (`hfmem.memory.parallel.sharding_degree`).
 
         Computed once per setup (sweeps and bisections read it thousands of times) and kept beside the fields.
         """
-        cached = self.__dict__.get("_num_gpus")
+        cached = self.__dict__.get("_sharding_degree")
         if cached is None:
             from hfmem.memory.parallel import sharding_degree
 
             par = self.parallel
             hybrid = par.fsdp == "hybrid_shard"
             cached = sharding_degree(self.gpus_per_node, self.nodes, par.tp, par.pp, par.cp, hybrid_shard=hybrid)
-            object.__setattr__(self, "_num_gpus", cached)
+            object.__setattr__(self, "_sharding_degree", cached)
         return cached  # type: ignore[no-any-return]
 
     @property
@@ -446,7 +446,7 @@ class TrainingSetup:
         """ZeRO / FSDP degree of routed experts (`hfmem.memory.parallel.expert_sharding_degree`)."""
         from hfmem.memory.parallel import expert_sharding_degree
 
-        return expert_sharding_degree(self.num_gpus, self.parallel.ep)  # type: ignore[return-value]
+        return expert_sharding_degree(self.sharding_degree, self.parallel.ep)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def check_against_report(report: Report, records: list[dict[str, Any]]) -> None:
     if training is not None:
         setup = training.setup
         layout = _values([r for r in records if r["section"] == "training"], "GPUs and sharding")
-        assert layout["N"] == setup.num_gpus
+        assert layout["N"] == setup.sharding_degree
         if "N_E" in layout:
             assert layout["N_E"] == setup.expert_sharding_degree
         fields = {

@@ -209,7 +209,7 @@ def test_fsdp_full_shard_uses_unit_buffers(runner: CliRunner, tmp_path) -> None:
 
 def test_hybrid_shard_shards_within_a_node() -> None:
     setup = TrainingSetup(gpus_per_node=8, nodes=4, parallel=ParallelSettings(fsdp="hybrid_shard", tp=2))
-    assert setup.data_parallel_size == 16 and setup.num_gpus == 4  # 8 GPUs per node / tp 2
+    assert setup.data_parallel_size == 16 and setup.sharding_degree == 4  # 8 GPUs per node / tp 2
 
 
 def test_parallel_json_keys(runner: CliRunner, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ Megatron-LM's layout (Shoeybi et al. 2019; Narayanan et al. 2021; Korthikanti et
 * **EP** (``e``): routed experts are split over ``e`` GPUs carved from data parallelism (Megatron's expert-DP is
   ``dp·c/e``). With balanced routing each EP rank computes ``1/e`` of the ``e·b·s·top_k`` token-expert pairs of its
   group: the same routed activations per GPU as without EP.
-* **DP** = ``gpus × nodes / (t·p·c)``; ZeRO / FSDP shard over ``dp·c`` (see `TrainingSetup.num_gpus`).
+* **DP** = ``gpus × nodes / (t·p·c)``; ZeRO / FSDP shard over ``dp·c`` (see `TrainingSetup.sharding_degree`).
 """
 
 from __future__ import annotations

@@ -208,7 +208,7 @@ def overhead_inputs(inventory: ParameterInventory, setup: TrainingSetup) -> Over
         settings.cuda_context_bytes,
         inventory.trainable_params,
         inventory.total_params,
-        setup.num_gpus,
+        setup.sharding_degree,
         tspec.grad_bytes,
         tspec.weight_bytes,
         spec.weight_bytes,

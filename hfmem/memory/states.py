@@ -412,15 +412,15 @@ def state_groups(
     inventory: ParameterInventory, setup: TrainingSetup
 ) -> list[tuple[Sequence[ParameterInfo] | None, int]]:
     """The groups of parameters that shard alike, with their sharding degree: all (or the dense ones) over
-    `TrainingSetup.num_gpus`, and with expert parallelism the routed experts over
+    `TrainingSetup.sharding_degree`, and with expert parallelism the routed experts over
     `TrainingSetup.expert_sharding_degree`. ``None``: a ``--params`` plan (one flat, fully trainable model)."""
     if not inventory.has_shapes:
-        return [(None, setup.num_gpus)]
+        return [(None, setup.sharding_degree)]
     params = inventory.parameters
     if setup.parallel.ep == 1:
-        return [(params, setup.num_gpus)]
+        return [(params, setup.sharding_degree)]
     return [
-        ([p for p in params if not p.is_routed_expert], setup.num_gpus),
+        ([p for p in params if not p.is_routed_expert], setup.sharding_degree),
         ([p for p in params if p.is_routed_expert], setup.expert_sharding_degree),
     ]
 
@@ -474,7 +474,7 @@ def stage_memory(inventory: ParameterInventory, setup: TrainingSetup, zero_stage
     """Per-GPU model states for one ZeRO stage under the ZeRO-paper convention (``hfmem`` accounting).
 
     Per GPU, with Ψ parameters (Ψ_T trainable, Ψ_F = Ψ − Ψ_T frozen), N = the sharding degree
-    (`TrainingSetup.num_gpus`), and bytes w / m / g per element (`PRECISION_SPECS`; `trainable_spec` for the
+    (`TrainingSetup.sharding_degree`), and bytes w / m / g per element (`PRECISION_SPECS`; `trainable_spec` for the
     trained tensors), following ZeRO Fig. 1:
 
     ========  =====================  =============  ============  ===========================
@@ -533,7 +533,7 @@ def deepspeed_stage_memory(inventory: ParameterInventory, setup: TrainingSetup, 
         setup,
         zero_stage,
         inventory.total_params,
-        setup.num_gpus,
+        setup.sharding_degree,
         inventory.largest_module_params,
         setup.gpus_per_node,
         setup.nodes,
@@ -602,7 +602,7 @@ def compute_training(inventory: ParameterInventory, setup: TrainingSetup) -> Tra
                 "with parameter offload the GPU holds no model state between uses; it gathers one layer at a time "
                 f"(largest module: {inventory.largest_module_params:,} parameters)"
             )
-    if setup.num_gpus == 1 and any(s >= 1 for s in zero_stages):
+    if setup.sharding_degree == 1 and any(s >= 1 for s in zero_stages):
         notes.append("with 1 GPU ZeRO has nothing to shard, so every stage holds the same; pass --gpus / --nodes")
     if setup.precision == "tf32":
         notes.append(PRECISION_SPECS["tf32"].description)
