@@ -132,6 +132,7 @@ def cases(folder: Path, generated: int, seed: int) -> list[Case]:
             )
         )
     found += input_cases(folder)
+    found += model_cases(folder)
     found.append(
         Case("interrupt", "Ctrl-C while waiting on a silent server", ["org/tiny"], server="silent", interrupt_after_s=4)
     )
@@ -169,6 +170,52 @@ def input_cases(folder: Path) -> list[Case]:
         *(Case("input", f"--dropout {v}", [tiny, "--dropout", v]) for v in ("nan", "-inf")),
         *(Case("input", f"--timeout {v}", [tiny, "--timeout", v]) for v in ("0", "nan", "-1", "1e400", "x")),
     ]
+
+
+#: The odd real architectures of issue 11's adversarial run, from transformers' own default configs (offline):
+#: state-space and hybrid models whose slow path loops over tokens, vision-language models, untraceable models.
+ODD_MODEL_TYPES = (
+    "mamba",
+    "mamba2",
+    "jamba",
+    "recurrent_gemma",
+    "llava",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "idefics3",
+    "gemma3",
+    "clip",
+    "llama4",
+    "phimoe",
+    "dbrx",
+)
+#: A state-spaces/mamba-130m-like config (hidden 768, 24 layers, vocab 50,280, state 16, expand 2, conv 4).
+MAMBA_130M = {
+    "model_type": "mamba",
+    "architectures": ["MambaForCausalLM"],
+    "hidden_size": 768,
+    "num_hidden_layers": 24,
+    "vocab_size": 50280,
+    "state_size": 16,
+    "expand": 2,
+    "conv_kernel": 4,
+}
+
+
+def model_cases(folder: Path) -> list[Case]:
+    """Each odd architecture as a local config.json, planned from scratch (no cache) as a first query would be."""
+    from transformers import AutoConfig
+
+    found = []
+    configs = {"mamba-130m-like": MAMBA_130M}
+    for model_type in ODD_MODEL_TYPES:
+        configs[f"{model_type} (transformers default)"] = AutoConfig.for_model(model_type).to_dict()
+    for index, (label, config) in enumerate(configs.items()):
+        model = folder / f"model{index}"
+        model.mkdir(exist_ok=True)
+        (model / "config.json").write_text(json.dumps(config, default=str), encoding="utf-8")
+        found.append(Case("model", label, [str(model), "--no-cache"]))
+    return found
 
 
 def run_case(case: Case, home: Path, limit_s: float) -> Outcome:
