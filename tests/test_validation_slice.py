@@ -13,9 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parent.parent / "benchmarks" / "validate_memory.py"
 
 
+@pytest.mark.slow  # about a minute: CI runs it (-m 'not network'), the default local suite does not
 def test_quick_validation_passes() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     models = ["openai-community/gpt2", "Qwen/Qwen2.5-0.5B-Instruct"]
