@@ -6,10 +6,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from transformers import PretrainedConfig
+from typing import Any
 
 
 def _tensors_in(values: Any) -> Iterator[Any]:
@@ -21,18 +18,6 @@ def _tensors_in(values: Any) -> Iterator[Any]:
             yield value
         elif isinstance(value, (tuple, list)):
             yield from (item for item in value if isinstance(item, torch.Tensor))
-
-
-def _text_config(config: PretrainedConfig) -> PretrainedConfig:
-    """The config of the text model inside a composite one (the config itself when there is no single one).
-
-    ``get_text_config`` raises when a config holds several text configs (MusicGen: ``text_encoder`` and
-    ``decoder``); the top-level config is used then.
-    """
-    try:
-        return config.get_text_config() if hasattr(config, "get_text_config") else config
-    except ValueError:
-        return config
 
 
 @contextlib.contextmanager

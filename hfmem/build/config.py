@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hfmem.build._util import _first_line, _text_config
+from hfmem.build._util import _first_line
 from hfmem.errors import (
     InvalidConfigError,
     RemoteCodeRequiredError,
@@ -115,3 +115,15 @@ def _moe_routing(config: PretrainedConfig) -> tuple[int, int] | None:
     if isinstance(num, int) and isinstance(top_k, int) and 0 < top_k <= num:
         return num, top_k
     return None
+
+
+def _text_config(config: PretrainedConfig) -> PretrainedConfig:
+    """The config of the text model inside a composite one (the config itself when there is no single one).
+
+    ``get_text_config`` raises when a config holds several text configs (MusicGen: ``text_encoder`` and
+    ``decoder``); the top-level config is used then.
+    """
+    try:
+        return config.get_text_config() if hasattr(config, "get_text_config") else config
+    except ValueError:
+        return config

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hfmem.build.classes import _AUTO_MAPPINGS, _remote_auto_class
 from hfmem.build.config import MOE_NUM_EXPERTS_KEYS
 from hfmem.errors import RemoteCodeRequiredError
 from hfmem.types import ModelConfig
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["native_fallback"]
 

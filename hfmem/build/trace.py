@@ -13,9 +13,9 @@ from collections.abc import Callable, Hashable, Iterator
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from hfmem.build._util import _first_line, _quiet_transformers, _tensors_in, _text_config
+from hfmem.build._util import _first_line, _quiet_transformers, _tensors_in
 from hfmem.build.classes import _instantiate
-from hfmem.build.config import _moe_routing, build_transformers_config
+from hfmem.build.config import _moe_routing, _text_config, build_transformers_config
 from hfmem.build.finetune import apply_finetune
 from hfmem.build.inventory import _ROUTED_EXPERT, layer_modules
 from hfmem.errors import UnsupportedArchitectureError
