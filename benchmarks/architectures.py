@@ -7,7 +7,7 @@ through three stages, each recorded with a status and, on failure, a one-line re
    order of preference (causal LM, seq2seq LM, masked LM, base model, then any task class or ``AutoBackbone`` whose
    mapping names the type), under ``torch.device("meta")`` and, if that fails, accelerate's ``init_empty_weights``.
    The first class that builds is the reference; its unique parameters (tied weights once) are counted.
-2. **hfmem**: ``hfmem.inventory.count_parameters`` on a `ModelConfig` holding ``config.to_dict()`` (what a
+2. **hfmem**: ``hfmem.build.inventory.count_parameters`` on a `ModelConfig` holding ``config.to_dict()`` (what a
    config.json with every field written out holds). The count is compared with transformers' when both built the
    same class. A failure must be a one-line `HfmemError`; anything else is a bug and is recorded as such.
 3. **estimate** (secondary): ``hfmem.estimate`` on that config written to a folder, once for training (the
@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 STAGES = ("transformers", "hfmem", "training", "inference")
-#: hfmem's own order (hfmem/inventory.py `_AUTO_CLASSES`); other task classes follow, by name.
+#: hfmem's own order (hfmem/build/classes.py `_AUTO_CLASSES`); other task classes follow, by name.
 PREFERRED_AUTO = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForMaskedLM", "AutoModel")
 #: Raw exceptions (transformers', or a crash) are cut to this length; hfmem's own one-line errors are kept whole.
 REASON_CHARS = 300
@@ -121,8 +121,8 @@ def stage_transformers(model_type: str) -> tuple[dict[str, Any], Any]:
 
 
 def stage_hfmem(model_type: str, config_dict: dict[str, Any]) -> dict[str, Any]:
+    from hfmem.build.inventory import count_parameters
     from hfmem.errors import HfmemError
-    from hfmem.inventory import count_parameters
     from hfmem.types import ModelConfig
 
     model = ModelConfig(model_id=f"default-{model_type}", source="local", config=config_dict)
@@ -359,7 +359,7 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-#: Why an estimate stage failed, from the fix hfmem's message names (hfmem/inventory.py `_forward_fix`).
+#: Why an estimate stage failed, from the fix hfmem's message names (hfmem/build/trace.py `_forward_fix`).
 ESTIMATE_CAUSES = (
     ("takes inputs other than token ids", "needs non-text inputs"),
     ("returned no KV cache", "no KV cache"),

@@ -76,7 +76,7 @@ from torch import nn
 
 import hfmem
 from hfmem import catalogue
-from hfmem.inventory import cuda_style_dropout
+from hfmem.build.trace import cuda_style_dropout
 
 ACTIVATION_TOLERANCE_PCT = 5.0
 #: Config keys holding a layer count; every one present is cut down (``num_decoder_layers`` is T5's decoder).
@@ -314,7 +314,7 @@ def configure(model: nn.Module, dropouts: DropoutSwitch, setting: Setting) -> No
 # Kernel adjustments, installed for the whole run and undone on exit
 
 
-# Dropout goes through `hfmem.inventory.cuda_style_dropout` on both sides: off CUDA, F.dropout saves its noise in
+# Dropout goes through `hfmem.build.trace.cuda_style_dropout` on both sides: off CUDA, F.dropout saves its noise in
 # the activation dtype; CUDA's fused kernel (torch.native_dropout) saves a 1-byte mask, which is what a GPU keeps.
 
 

@@ -209,11 +209,11 @@ class Prepared:
 
     def _native(self, resolved: ModelConfig) -> ModelConfig:
         """Custom code runs only when trusted; otherwise the nearest native architecture, with a note
-        (`hfmem.inventory.native_fallback`). Cached with the model, so a repeat query does not import transformers.
+        (`hfmem.build.fallback.native_fallback`). Cached with the model, so a repeat query does not import transformers.
         """
 
         def build() -> NativeFallback:
-            from hfmem.inventory import native_fallback
+            from hfmem.build.fallback import native_fallback
 
             native = native_fallback(resolved)
             added = tuple(note for note in native.notes if note not in resolved.notes)
@@ -250,7 +250,7 @@ class Prepared:
             return ParameterInventory.from_count(self.params)
 
         def build() -> ParameterInventory:
-            from hfmem.inventory import count_parameters
+            from hfmem.build.inventory import count_parameters
 
             return count_parameters(self.resolved, trust_remote_code=self.trust_remote_code, finetune=finetune)
 
@@ -336,7 +336,7 @@ class Prepared:
             args["images_per_sample"] = setup.images_per_sample
 
         def build() -> InferenceProfile:
-            from hfmem.inventory import profile_inference
+            from hfmem.build.serve import profile_inference
 
             return profile_inference(resolved, trust_remote_code=self.trust_remote_code, **args)
 
@@ -398,7 +398,7 @@ class Prepared:
                 args["images_per_sample"] = setup.images_per_sample
 
             def build() -> ActivationProfile:
-                from hfmem.inventory import profile_activations
+                from hfmem.build.trace import profile_activations
 
                 return profile_activations(
                     resolved, trust_remote_code=self.trust_remote_code, finetune=setup.finetune, **args

@@ -87,7 +87,7 @@ STALE_TEMP_S = 3600
 #: hfmem's own source: every ``*.py`` under this folder is part of the key (`code_digest`).
 SOURCE_ROOT = Path(__file__).resolve().parent
 
-#: The packages whose versions change what a build or a trace measures (inventory.py imports them).
+#: The packages whose versions change what a build or a trace measures (hfmem/build/ imports them).
 BUILD_PACKAGES = ("torch", "transformers", "accelerate")
 
 T = TypeVar("T")

@@ -1,7 +1,7 @@
 """The hfmem exception hierarchy: one class per cause, each with the fix in its message and an exit code.
 
 Nothing here imports click, torch or huggingface_hub. Errors from those libraries are translated into these
-classes in exactly one place each (`hub.py` for the Hub, `inventory.py` for transformers), with ``raise … from``.
+classes in exactly one place each (`hub.py` for the Hub, `hfmem/build/` for transformers), with ``raise … from``.
 """
 
 from __future__ import annotations

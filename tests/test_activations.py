@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 import hfmem
+from hfmem.build.trace import profile_activations
 from hfmem.cli import cli
 from hfmem.hub import resolve_model
-from hfmem.inventory import profile_activations
 from hfmem.memory.activations import context_length, default_seq_len, estimate_activations, extrapolate_profile
 from hfmem.types import GpuTarget, TrainingSetup
 from tests.conftest import CATALOGUE, FIXTURES

@@ -12,9 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 import hfmem
+from hfmem.build.fallback import native_fallback
+from hfmem.build.inventory import count_parameters
 from hfmem.cli import cli
 from hfmem.errors import RemoteCodeRequiredError, UnsupportedArchitectureError
-from hfmem.inventory import count_parameters, native_fallback
 from hfmem.types import ModelConfig, TrainingSetup
 
 #: A Llama-shaped model behind custom code: a model_type transformers does not know and an auto_map.

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from hfmem import catalogue, hub
-from hfmem.inventory import count_parameters
+from hfmem.build.inventory import count_parameters
 from hfmem.memory.checkpoint import (
     CheckpointComparison,
     CheckpointSummary,

@@ -9,9 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from hfmem import estimate
+from hfmem.build.config import build_transformers_config
+from hfmem.build.inventory import count_parameters
+from hfmem.build.trace import profile_activations
 from hfmem.cli import cli
 from hfmem.hub import resolve_model
-from hfmem.inventory import build_transformers_config, count_parameters, profile_activations
 from hfmem.memory.methods import matches_patterns
 from hfmem.types import FinetuneSettings, ModelConfig, TrainingSetup
 from tests.conftest import TINY_LLAMA
@@ -24,7 +26,7 @@ def peft_trainable(model_id: str, **lora_kwargs: object) -> int:
     import peft
     from accelerate import init_empty_weights
 
-    from hfmem.inventory import _instantiate
+    from hfmem.build.classes import _instantiate
 
     resolved = resolve_model(model_id)
     config = build_transformers_config(resolved)

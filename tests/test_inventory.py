@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from hfmem.build.inventory import count_parameters
 from hfmem.catalogue import entries
 from hfmem.errors import InvalidConfigError, RemoteCodeRequiredError, UnsupportedArchitectureError
 from hfmem.hub import resolve_model
-from hfmem.inventory import count_parameters
 from tests.conftest import CATALOGUE, FIXTURES
 
 CATALOGUE_DIRS = sorted(p.parent for p in CATALOGUE.glob("*/expected.json"))

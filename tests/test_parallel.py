@@ -8,9 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from hfmem import estimate
+from hfmem.build.inventory import count_parameters
+from hfmem.build.trace import profile_activations
 from hfmem.cli import cli
 from hfmem.hub import resolve_model
-from hfmem.inventory import count_parameters, profile_activations
 from hfmem.memory.parallel import (
     in_flight_microbatches,
     korthikanti_layer_bytes,

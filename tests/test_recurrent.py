@@ -2,7 +2,7 @@
 
 transformers' slow path (the one that runs off CUDA, on the meta device too) loops over every token in Python for
 Mamba's selective scan (`modeling_mamba.mamba_selective_scan`), Jamba's Mamba layers and RecurrentGemma's RG-LRU
-(`RecurrentGemmaRglru._rnn_scan`), so hfmem traces a few short lengths and extrapolates (`inventory._at_length`).
+(`RecurrentGemmaRglru._rnn_scan`), so hfmem traces a few short lengths and extrapolates (`trace._at_length`).
 The reference for every comparison here is the model's own full-length trace (`full_length_traces`), not a number
 hfmem printed: the claim under test is that the two agree to the byte.
 """
@@ -17,9 +17,12 @@ import pytest
 from click.testing import CliRunner
 from transformers import AutoConfig
 
-from hfmem import inventory
+from hfmem.build import classes, serve, trace
+from hfmem.build.config import build_transformers_config
+from hfmem.build.serve import profile_inference
+from hfmem.build.trace import full_length_traces, profile_activations
 from hfmem.cli import cli
-from hfmem.inventory import full_length_traces, profile_activations, profile_inference
+from hfmem.errors import UnsupportedArchitectureError
 from hfmem.types import ModelConfig
 from tests.conftest import TINY_LLAMA
 
@@ -60,16 +63,16 @@ def measure(model: ModelConfig, seq_len: int, attn: str = "sdpa", **kwargs: obje
 
 def counts(profile: object) -> list[int]:
     """Every byte count of a profile, per layer (saved, inputs, tensor-parallel split) and outside the layers."""
-    return list(inventory._profile_numbers(profile))  # type: ignore[arg-type]
+    return list(trace._profile_numbers(profile))  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def traced_lengths(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """The lengths of every training trace and prefill the test runs."""
     lengths: list[int] = []
-    trace_at, prefill_at = inventory._trace_at, inventory._prefill_peak_at
+    trace_at, prefill_at = trace._trace_at, serve._prefill_peak_at
 
-    def trace(*args: object) -> object:
+    def traced(*args: object) -> object:
         lengths.append(args[6])  # type: ignore[arg-type]
         return trace_at(*args)  # type: ignore[arg-type]
 
@@ -77,8 +80,8 @@ def traced_lengths(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         lengths.append(tokens)
         return prefill_at(torch_model, config, batch, tokens, extra)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(inventory, "_trace_at", trace)
-    monkeypatch.setattr(inventory, "_prefill_peak_at", prefill)
+    monkeypatch.setattr(trace, "_trace_at", traced)
+    monkeypatch.setattr(serve, "_prefill_peak_at", prefill)
     yield lengths
 
 
@@ -146,17 +149,17 @@ def test_prefill_peak_from_short_prefills(model: ModelConfig, tokens: int, trace
 
 
 def test_sample_lengths_keep_the_chunk_remainder() -> None:
-    config = inventory.build_transformers_config(MAMBA2)
-    torch_model, _ = inventory._instantiate(MAMBA2, config, trust_remote_code=False)
-    assert inventory._sequence_period(config, torch_model) == 16  # chunk_size
+    config = build_transformers_config(MAMBA2)
+    torch_model, _ = classes._instantiate(MAMBA2, config, trust_remote_code=False)
+    assert trace._sequence_period(config, torch_model) == 16  # chunk_size
     # 500 = 31·16 + 4: the first length at least two chunks long with remainder 4, then 16 apart.
     # The set 4 times as long (36, 100, 164, 228) adds up to more than half of 500.
-    assert inventory._sample_lengths(500, config, torch_model) == ((36, 52, 68, 84),)
-    assert inventory._sample_lengths(400, config, torch_model) == ()  # 2·(32+48+64+80) > 400: trace it whole
+    assert trace._sample_lengths(500, config, torch_model) == ((36, 52, 68, 84),)
+    assert trace._sample_lengths(400, config, torch_model) == ()  # 2·(32+48+64+80) > 400: trace it whole
     # 2,048 = 128·16: remainder 0; 4 times as long: from 4·32 = 128, 4·8 = 32 apart.
-    assert inventory._sample_lengths(2048, config, torch_model) == ((32, 48, 64, 80), (128, 160, 192, 224))
+    assert trace._sample_lengths(2048, config, torch_model) == ((32, 48, 64, 80), (128, 160, 192, 224))
     with full_length_traces():
-        assert inventory._sample_lengths(500, config, torch_model) == ()
+        assert trace._sample_lengths(500, config, torch_model) == ()
 
 
 def test_attention_models_are_traced_at_full_length(traced_lengths: list[int]) -> None:
@@ -173,10 +176,10 @@ def test_gated_delta_rule_chunk_comes_from_the_code() -> None:
         linear_value_head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
         shared_expert_intermediate_size=16,
     )  # fmt: skip
-    config = inventory.build_transformers_config(model)
-    torch_model, _ = inventory._instantiate(model, config, trust_remote_code=False)
-    assert inventory._scans_tokens(config)
-    assert inventory._sequence_period(config, torch_model) == 64
+    config = build_transformers_config(model)
+    torch_model, _ = classes._instantiate(model, config, trust_remote_code=False)
+    assert trace._scans_tokens(config)
+    assert trace._sequence_period(config, torch_model) == 64
 
 
 def write_config(folder: Path, config: dict[str, object]) -> str:
@@ -213,37 +216,37 @@ def test_the_fit_is_exact_or_the_full_length_is_measured() -> None:
 
     samples = ((8, 16, 24, 32),)
     # 7 + 5s: two lengths fit it, the third checks it.
-    assert inventory._at_length(poly((7, 5)), 1000, samples) == (5_007,)  # type: ignore[arg-type]
+    assert trace._at_length(poly((7, 5)), 1000, samples) == (5_007,)  # type: ignore[arg-type]
     assert calls == [8, 16, 24]
     calls.clear()
     # 5 + 3s²: the line through 8 and 16 misses 24, the parabola through 8, 16, 24 meets 32.
-    assert inventory._at_length(poly((5, 0, 3)), 1000, samples) == (3_000_005,)  # type: ignore[arg-type]
+    assert trace._at_length(poly((5, 0, 3)), 1000, samples) == (3_000_005,)  # type: ignore[arg-type]
     assert calls == [8, 16, 24, 32]
     calls.clear()
     # s³ fits neither: the full length is measured.
-    assert inventory._at_length(poly((0, 0, 0, 1)), 1000, samples) == (10**9,)  # type: ignore[arg-type]
+    assert trace._at_length(poly((0, 0, 0, 1)), 1000, samples) == (10**9,)  # type: ignore[arg-type]
     assert calls == [8, 16, 24, 32, 1000]
     calls.clear()
     # max(100, 6s), a peak a fixed-size tensor holds in short prefills: neither degree fits 8…32 (100, 100, 144,
     # 192), the set 4 times as long (192, 384, 576) is a line.
     sets = ((8, 16, 24, 32), (32, 64, 96, 128))
-    assert inventory._at_length(lambda n: (calls.append(n), ((), (max(100, 6 * n),)))[1], 1000, sets) == (6000,)
+    assert trace._at_length(lambda n: (calls.append(n), ((), (max(100, 6 * n),)))[1], 1000, sets) == (6000,)
     assert calls == [8, 16, 24, 32, 64, 96]
     calls.clear()
     # A shape that changes with the length (another layer list): measured in full.
-    assert inventory._at_length(poly((7, 5), shape=lambda n: n > 10), 1000, samples) == (5_007,)  # type: ignore[arg-type]
+    assert trace._at_length(poly((7, 5), shape=lambda n: n > 10), 1000, samples) == (5_007,)  # type: ignore[arg-type]
     assert calls == [8, 16, 24, 1000]
 
 
 def test_a_forward_that_fails_when_short_is_traced_at_full_length(monkeypatch: pytest.MonkeyPatch) -> None:
-    trace_at = inventory._trace_at
+    trace_at = trace._trace_at
 
     def needs_100_tokens(*args: object) -> object:
         if args[6] < 100:  # type: ignore[operator]
-            raise inventory.UnsupportedArchitectureError("too short")
+            raise UnsupportedArchitectureError("too short")
         return trace_at(*args)  # type: ignore[arg-type]
 
     with full_length_traces():
         full = measure(MAMBA, 200)
-    monkeypatch.setattr(inventory, "_trace_at", needs_100_tokens)
+    monkeypatch.setattr(trace, "_trace_at", needs_100_tokens)
     assert measure(MAMBA, 200) == full

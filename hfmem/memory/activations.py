@@ -1,7 +1,7 @@
 """Activations and logits of one micro-batch, from the meta-device `ActivationProfile`; pure functions.
 
 The profile says what each layer of the real model saves for backward at the planned batch and sequence length
-(see `hfmem.inventory.profile_activations`); here it becomes bytes per GPU under each checkpointing policy, and
+(see `hfmem.build.trace.profile_activations`); here it becomes bytes per GPU under each checkpointing policy, and
 the vocabulary-sized terms of the loss become their own component.
 """
 

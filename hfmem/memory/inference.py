@@ -2,7 +2,7 @@
 functions.
 
 The KV cache layout and the prefill working set come from the model's own code, measured on the meta device
-(`hfmem.inventory.profile_inference`); the weights from the inventory and a `QuantScheme`
+(`hfmem.build.serve.profile_inference`); the weights from the inventory and a `QuantScheme`
 (`hfmem.memory.quantization`). Everything here is arithmetic on those, so a sweep over contexts or batches costs
 microseconds.
 

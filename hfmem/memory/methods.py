@@ -3,7 +3,7 @@
 * ``full``: every parameter is trained.
 * ``lora`` (Hu et al. 2021) / DoRA (Liu et al. 2024): peft's adapters are the only trainable tensors (with any
   ``modules_to_save`` copies); the base model is frozen in the working precision. The adapters themselves are
-  built by peft on the meta model (`hfmem.inventory.apply_finetune`), so their count is exactly peft's.
+  built by peft on the meta model (`hfmem.build.finetune.apply_finetune`), so their count is exactly peft's.
 * ``qlora`` (Dettmers et al. 2023): LoRA on a base whose linear weights bitsandbytes stores as 4-bit NF4
   (`hfmem.memory.quantization.bnb_4bit_bytes`); embeddings, the LM head, norms, biases and routers stay 16-bit.
 * ``freeze``: only the parameters ``--train-modules`` matches are trained.

@@ -8,7 +8,7 @@ REFERENCE.md gives the commits read.
 from __future__ import annotations
 
 SRC_INVENTORY = (
-    "measured: hfmem.inventory.count_parameters builds the checkpoint's own class on PyTorch's meta device "
+    "measured: hfmem.build.inventory.count_parameters builds the checkpoint's own class on PyTorch's meta device "
     "(accelerate init_empty_weights, no storage) and sums numel over named_parameters() (tied weights once)"
 )
 SRC_ZERO = (
@@ -69,7 +69,7 @@ SRC_OFFLOAD = (
     "states live in CPU RAM and CPU-Adam updates them in fp32"
 )
 SRC_TRACE = (
-    "measured: hfmem.inventory.profile_activations runs the model's own forward with labels on the meta device under "
+    "measured: hfmem.build.trace.profile_activations runs the model's own forward with labels on the meta device under "
     "torch.autograd.graph.saved_tensors_hooks; every saved storage is counted once, parameters excluded"
 )
 SRC_CKPT = (
@@ -132,14 +132,14 @@ SRC_PEAK = (
     "hfmem.memory.peak: the forward, backward and optimizer-step moments are compared (README: 'Peak, not a blind sum')"
 )
 SRC_KV = (
-    "measured: hfmem.inventory.profile_inference runs the model's own forward with transformers' DynamicCache on the "
+    "measured: hfmem.build.serve.profile_inference runs the model's own forward with transformers' DynamicCache on the "
     "meta device and reads every cached tensor (elements per token, heads, sliding windows)"
 )
 SRC_KV_TP = "vLLM's rule: KV heads are split over the tensor-parallel GPUs, and fewer heads than GPUs are replicated"
 SRC_KV_DTYPE = "fp8 / int8 KV caches store one byte per element (their per-tensor scales are not counted)"
 SRC_PREFILL = (
-    "measured: hfmem.inventory.profile_inference follows every tensor the operators create during one prefill forward "
-    "(a dispatch mode) until its last reference dies; the peak of live bytes, parameters and cache excluded"
+    "measured: hfmem.build.serve.profile_inference follows every tensor the operators create during one prefill "
+    "forward (a dispatch mode) until its last reference dies; the peak of live bytes, parameters and cache excluded"
 )
 SRC_PREFILL_CHUNK = (
     "vLLM max_num_batched_tokens, tuned around 2048 for chunked prefill: hfmem's default --prefill-chunk"
