@@ -7,7 +7,7 @@ through three stages, each recorded with a status and, on failure, a one-line re
    order of preference (causal LM, seq2seq LM, masked LM, base model, then any task class or ``AutoBackbone`` whose
    mapping names the type), under ``torch.device("meta")`` and, if that fails, accelerate's ``init_empty_weights``.
    The first class that builds is the reference; its unique parameters (tied weights once) are counted.
-2. **hfmem**: ``hfmem.build.inventory.count_parameters`` on a `ModelConfig` holding ``config.to_dict()`` (what a
+2. **hfmem**: ``hfmem.build.inventory.count_parameters`` on a `ResolvedModel` holding ``config.to_dict()`` (what a
    config.json with every field written out holds). The count is compared with transformers' when both built the
    same class. A failure must be a one-line `HfmemError`; anything else is a bug and is recorded as such.
 3. **estimate** (secondary): ``hfmem.estimate`` on that config written to a folder, once for training (the
@@ -123,9 +123,9 @@ def stage_transformers(model_type: str) -> tuple[dict[str, Any], Any]:
 def stage_hfmem(model_type: str, config_dict: dict[str, Any]) -> dict[str, Any]:
     from hfmem.build.inventory import count_parameters
     from hfmem.errors import HfmemError
-    from hfmem.types import ModelConfig
+    from hfmem.types import ResolvedModel
 
-    model = ModelConfig(model_id=f"default-{model_type}", source="local", config=config_dict)
+    model = ResolvedModel(model_id=f"default-{model_type}", source="local", config=config_dict)
     try:
         inventory = count_parameters(model)
     except HfmemError as e:

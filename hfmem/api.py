@@ -21,9 +21,9 @@ from hfmem.types import (
     InferenceEstimate,
     InferenceProfile,
     InferenceSetup,
-    ModelConfig,
     ParameterInventory,
     Report,
+    ResolvedModel,
     TrainingEstimate,
     TrainingSetup,
 )
@@ -96,7 +96,7 @@ def estimate(
         if params <= 0:
             raise InvalidSetupError(f"--params must be positive, got {params}")
         check_params(params)
-        resolved = ModelConfig(model_id=f"{params:,} parameters", source="params", config={})
+        resolved = ResolvedModel(model_id=f"{params:,} parameters", source="params", config={})
     else:
         assert model is not None
         resolved = resolve(model, revision=revision, token=token, trust_remote_code=trust_remote_code)
@@ -108,7 +108,7 @@ def estimate(
 
 def resolve(
     model: str, *, revision: str | None = None, token: str | None = None, trust_remote_code: bool = False
-) -> ModelConfig:
+) -> ResolvedModel:
     """The model's config (Hub, local folder or bundled catalogue), with its code when ``trust_remote_code``."""
     from hfmem.hub import fetch_remote_code, resolve_model
 
@@ -122,7 +122,7 @@ _FINETUNE_FIELDS = tuple(f.name for f in fields(FinetuneSettings))
 
 
 def adapter_finetune(
-    model: ModelConfig, given: FinetuneSettings, given_fields: Collection[str] | None = None
+    model: ResolvedModel, given: FinetuneSettings, given_fields: Collection[str] | None = None
 ) -> tuple[FinetuneSettings, str | None]:
     """What to plan for a model that may be a PEFT LoRA adapter: the settings and a note saying which and why.
 
@@ -183,7 +183,7 @@ class Prepared:
 
     def __init__(
         self,
-        resolved: ModelConfig,
+        resolved: ResolvedModel,
         *,
         trust_remote_code: bool = False,
         cache: bool = True,
@@ -207,7 +207,7 @@ class Prepared:
         if not trust_remote_code and resolved.source != "params":
             self.resolved = self._native(resolved)
 
-    def _native(self, resolved: ModelConfig) -> ModelConfig:
+    def _native(self, resolved: ResolvedModel) -> ResolvedModel:
         """Custom code runs only when trusted; otherwise the nearest native architecture, with a note
         (`hfmem.build.fallback.native_fallback`). Cached with the model, so a repeat query does not import transformers.
         """

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from hfmem.errors import CacheFolderError
-from hfmem.types import FinetuneSettings, ModelConfig
+from hfmem.types import FinetuneSettings, ResolvedModel
 
 __all__ = [
     "ProfileCache",
@@ -357,7 +357,7 @@ def _package_version(name: str) -> str:
         return "absent"
 
 
-def cache_key(model: ModelConfig, finetune: FinetuneSettings, *, trust_remote_code: bool) -> str:
+def cache_key(model: ResolvedModel, finetune: FinetuneSettings, *, trust_remote_code: bool) -> str:
     """SHA-256 of everything the cached measurements depend on.
 
     The config's content; hfmem's code (`code_digest`); the torch, transformers and accelerate versions (peft's for

@@ -44,10 +44,10 @@ from hfmem.types import (
     FinetuneSettings,
     GpuTarget,
     InferenceSetup,
-    ModelConfig,
     OverheadSettings,
     ParallelSettings,
     Report,
+    ResolvedModel,
     TrainingSetup,
 )
 from hfmem.units import format_count_short, parse_count
@@ -843,7 +843,7 @@ def _spinner(message: str) -> Iterator[None]:
 def _prepare(model: str | None, params: int | None, opts: dict[str, Any]) -> Prepared:
     """Resolve the model once; every combination is planned on it (one inventory, one trace per shape)."""
     if params is not None:
-        resolved = ModelConfig(model_id=f"{params:,} parameters", source="params", config={})
+        resolved = ResolvedModel(model_id=f"{params:,} parameters", source="params", config={})
         return Prepared(resolved, cache=False, params=params)
     assert model is not None
     with _spinner(f"fetching the config of {model}"):

@@ -1,4 +1,4 @@
-"""MODEL → ModelConfig: a Hub repo id, a local folder or config.json, a PEFT adapter, or the bundled catalogue.
+"""MODEL → ResolvedModel: a Hub repo id, a local folder or config.json, a PEFT adapter, or the bundled catalogue.
 
 This is the only module that talks to the network, and it does so only through huggingface_hub, so the HF cache,
 ``HF_TOKEN`` / a saved login / ``--token``, ``HF_ENDPOINT`` mirrors and ``HF_HUB_OFFLINE`` behave as they do for
@@ -49,7 +49,7 @@ from hfmem.limits import (
     NetworkBudget,
 )
 from hfmem.memory.checkpoint import CheckpointSummary, summary_from_headers
-from hfmem.types import FinetuneSettings, ModelConfig
+from hfmem.types import FinetuneSettings, ResolvedModel
 
 __all__ = [
     "resolve_model",
@@ -292,7 +292,7 @@ def _capped_stream_type(stream_type: type) -> type:
     return CappedStream
 
 
-def resolve_model(model: str, *, revision: str | None = None, token: str | None = None) -> ModelConfig:
+def resolve_model(model: str, *, revision: str | None = None, token: str | None = None) -> ResolvedModel:
     """Find ``model``'s config.json and parse it.
 
     Order: an existing local path (folder or file); otherwise a Hub repo id, fetched with huggingface_hub; when
@@ -306,7 +306,7 @@ def resolve_model(model: str, *, revision: str | None = None, token: str | None 
         token: a Hub token; ``None`` lets huggingface_hub use ``HF_TOKEN`` or the saved login.
 
     Returns:
-        The resolved `ModelConfig`.
+        The resolved `ResolvedModel`.
 
     Each Hub operation has a deadline (the run's ``NETWORK_BUDGET``, 30 s by default): past it the HF cache and the
     catalogue answer, as for an unreachable Hub. config.json and adapter_config.json over `MAX_CONFIG_BYTES` are
@@ -327,7 +327,7 @@ def resolve_model(model: str, *, revision: str | None = None, token: str | None 
 _Chain = tuple[tuple[str, str], ...]
 
 
-def _resolve(model: str, *, revision: str | None, token: str | None, chain: _Chain) -> ModelConfig:
+def _resolve(model: str, *, revision: str | None, token: str | None, chain: _Chain) -> ResolvedModel:
     try:
         path = Path(model).expanduser()
     except RuntimeError:  # '~name' for a user who does not exist
@@ -344,7 +344,7 @@ def _resolve(model: str, *, revision: str | None, token: str | None, chain: _Cha
     return _resolve_hub(model, revision=revision, token=token, chain=chain)
 
 
-def fetch_remote_code(model: ModelConfig, *, token: str | None = None) -> ModelConfig:
+def fetch_remote_code(model: ResolvedModel, *, token: str | None = None) -> ResolvedModel:
     """Download the Python files of a Hub repo whose config.json points at its own code (``auto_map``).
 
     Called only after the user passed ``--trust-remote-code``. The files land in the same HF cache snapshot as
@@ -380,7 +380,7 @@ def fetch_remote_code(model: ModelConfig, *, token: str | None = None) -> ModelC
             )
         except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as e:
             raise OfflineError(repo_id, "its custom code files cannot be downloaded") from e
-    return ModelConfig(
+    return ResolvedModel(
         model.model_id, model.source, model.config, revision=model.revision, directory=Path(snapshot), notes=model.notes
     )
 
@@ -491,7 +491,7 @@ def _looks_like_path(model: str) -> bool:
     )
 
 
-def _resolve_local(model: str, path: Path, *, revision: str | None, token: str | None, chain: _Chain) -> ModelConfig:
+def _resolve_local(model: str, path: Path, *, revision: str | None, token: str | None, chain: _Chain) -> ResolvedModel:
     try:
         is_file = path.is_file()
         config_path, adapter_path = path / CONFIG_NAME, path / ADAPTER_CONFIG_NAME
@@ -502,9 +502,9 @@ def _resolve_local(model: str, path: Path, *, revision: str | None, token: str |
     if is_file:
         if path.name == ADAPTER_CONFIG_NAME:
             return _resolve_adapter(model, load_config_file(path), str(path), token=token, chain=chain)
-        return ModelConfig(model, "local", load_config_file(path), directory=path.parent)
+        return ResolvedModel(model, "local", load_config_file(path), directory=path.parent)
     if has_config:
-        return ModelConfig(model, "local", load_config_file(config_path), directory=path)
+        return ResolvedModel(model, "local", load_config_file(config_path), directory=path)
     if has_adapter:
         return _resolve_adapter(model, load_config_file(adapter_path), str(adapter_path), token=token, chain=chain)
     if not path.is_dir():
@@ -550,7 +550,7 @@ def _identity(model: str) -> str:
 
 def _resolve_adapter(
     model: str, adapter: dict[str, Any], origin: str, *, token: str | None, chain: _Chain
-) -> ModelConfig:
+) -> ResolvedModel:
     base = adapter.get("base_model_name_or_path")
     if not isinstance(base, str) or not base:
         raise InvalidConfigError(
@@ -567,7 +567,7 @@ def _resolve_adapter(
     resolved = _resolve(base, revision=None, token=token, chain=chain)
     kind = adapter.get("peft_type", "PEFT")
     note = f"'{model}' is a {kind} adapter (adapter_config.json): planning for its base model '{base}'"
-    return ModelConfig(
+    return ResolvedModel(
         resolved.model_id,
         resolved.source,
         resolved.config,
@@ -673,7 +673,7 @@ def check_token(token: str | None) -> None:
         )
 
 
-def _resolve_hub(repo_id: str, *, revision: str | None, token: str | None, chain: _Chain) -> ModelConfig:
+def _resolve_hub(repo_id: str, *, revision: str | None, token: str | None, chain: _Chain) -> ResolvedModel:
     check_token(token)
     try:
         return _online(
@@ -685,7 +685,7 @@ def _resolve_hub(repo_id: str, *, revision: str | None, token: str | None, chain
         return _resolve_unreachable(repo_id, revision, token, why=why)
 
 
-def _resolve_hub_online(repo_id: str, *, revision: str | None, token: str | None, chain: _Chain) -> ModelConfig:
+def _resolve_hub_online(repo_id: str, *, revision: str | None, token: str | None, chain: _Chain) -> ResolvedModel:
     try:
         metadata = get_hf_file_metadata(
             hf_hub_url(repo_id, CONFIG_NAME, revision=revision), token=token, timeout=constants.HF_HUB_ETAG_TIMEOUT
@@ -722,7 +722,7 @@ def _resolve_hub_online(repo_id: str, *, revision: str | None, token: str | None
         return _resolve_unreachable(
             repo_id, revision, token, why=f"downloading config.json failed ({type(e).__name__})"
         )
-    return ModelConfig(
+    return ResolvedModel(
         repo_id,
         "hub",
         load_config_file(config_file),
@@ -731,7 +731,7 @@ def _resolve_hub_online(repo_id: str, *, revision: str | None, token: str | None
     )
 
 
-def _resolve_unreachable(repo_id: str, revision: str | None, token: str | None, *, why: str) -> ModelConfig:
+def _resolve_unreachable(repo_id: str, revision: str | None, token: str | None, *, why: str) -> ResolvedModel:
     """The Hub gave no answer: use the HF cache, then the catalogue."""
     try:
         cached = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision, token=token, local_files_only=True))
@@ -740,7 +740,7 @@ def _resolve_unreachable(repo_id: str, revision: str | None, token: str | None, 
         if fallback is None:
             raise OfflineError(repo_id, why) from None
         return fallback
-    return ModelConfig(
+    return ResolvedModel(
         repo_id,
         "hub",
         load_config_file(cached),
@@ -755,7 +755,7 @@ def _snapshot_sha(cached_file: Path) -> str | None:
     return cached_file.parent.name if cached_file.parent.parent.name == "snapshots" else None
 
 
-def _from_catalogue(repo_id: str, revision: str | None, *, why: str) -> ModelConfig | None:
+def _from_catalogue(repo_id: str, revision: str | None, *, why: str) -> ResolvedModel | None:
     match = catalogue.find(repo_id)
     if match is None:
         return None
@@ -766,12 +766,12 @@ def _from_catalogue(repo_id: str, revision: str | None, *, why: str) -> ModelCon
     note = f"'{repo_id}': {why}; using {what}"
     if revision not in (None, "main"):
         note += f" (it may differ from revision '{revision}')"
-    return ModelConfig(repo_id, "catalogue", entry.load_config(), directory=entry.directory, notes=(note,))
+    return ResolvedModel(repo_id, "catalogue", entry.load_config(), directory=entry.directory, notes=(note,))
 
 
 def _resolve_without_config(
     repo_id: str, revision: str | None, token: str | None, error: Exception, *, chain: _Chain
-) -> ModelConfig:
+) -> ResolvedModel:
     """The repo exists but has no top-level config.json: a PEFT adapter, or some other layout to describe."""
     try:
         files = _list_files(repo_id, revision, token)
@@ -791,7 +791,7 @@ def _resolve_without_config(
     raise NoConfigError(repo_id, describe_layout(files)) from error
 
 
-def fetch_checkpoint(model: ModelConfig, *, token: str | None = None) -> tuple[CheckpointSummary | None, str | None]:
+def fetch_checkpoint(model: ResolvedModel, *, token: str | None = None) -> tuple[CheckpointSummary | None, str | None]:
     """The tensors the model's safetensors checkpoint stores, read from the file headers only.
 
     A Hub model is read at the commit its config came from with `huggingface_hub.get_safetensors_metadata` (ranged
@@ -823,7 +823,7 @@ def fetch_checkpoint(model: ModelConfig, *, token: str | None = None) -> tuple[C
 
 
 def _hub_checkpoint(
-    model: ModelConfig, *, token: str | None, skipped: str
+    model: ResolvedModel, *, token: str | None, skipped: str
 ) -> tuple[CheckpointSummary | None, str | None]:
     repo_id = model.model_id
     if constants.HF_HUB_OFFLINE:
@@ -873,7 +873,7 @@ def _hub_checkpoint(
     return summary_from_headers(f"hub:{repo_id}{at}, {files} file{'s' if files != 1 else ''}", headers), None
 
 
-def _other_weights(repo_id: str, model: ModelConfig, token: str | None) -> str:
+def _other_weights(repo_id: str, model: ResolvedModel, token: str | None) -> str:
     """``' (only pytorch_model.bin)'`` when the repo lists other weight files; ``''`` when that cannot be told."""
     try:
         files = _online(f"listing the files of '{repo_id}'", lambda: _list_files(repo_id, model.revision, token))

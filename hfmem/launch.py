@@ -727,7 +727,7 @@ class _Run:
         fsdp = doc.get("fsdp")
         if fsdp:
             self._trainer_fsdp(doc, fsdp)
-        # TRL / alignment-handbook ModelConfig: PEFT and quantization of the base.
+        # TRL / alignment-handbook ResolvedModel: PEFT and quantization of the base.
         self._peft(
             doc,
             adapter="lora" if doc.get("use_peft") else None,

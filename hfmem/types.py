@@ -1,4 +1,4 @@
-"""Frozen dataclasses at the stage boundaries: ModelConfig → ParameterInventory → TrainingEstimate → Report.
+"""Frozen dataclasses at the stage boundaries: ResolvedModel → ParameterInventory → TrainingEstimate → Report.
 
 Counts are ``*_params`` (elements), sizes are ``*_bytes`` (integers). Nothing here imports torch.
 """
@@ -28,7 +28,7 @@ __all__ = [
     "OPTIMIZERS",
     "OFFLOADS",
     "ACCOUNTINGS",
-    "ModelConfig",
+    "ResolvedModel",
     "ParameterInfo",
     "MoeInfo",
     "ParameterInventory",
@@ -75,7 +75,7 @@ FSDP_STRATEGIES: tuple[FsdpStrategy, ...] = ("full_shard", "shard_grad_op", "no_
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ResolvedModel:
     """A resolved model: where its config.json came from and what it says.
 
     Attributes:
@@ -737,7 +737,7 @@ class Report:
     cache on the meta device); ``inference`` is None then.
     """
 
-    model: ModelConfig
+    model: ResolvedModel
     inventory: ParameterInventory
     training: TrainingEstimate | None
     hfmem_version: str

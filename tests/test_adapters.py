@@ -20,7 +20,7 @@ from hfmem.api import adapter_finetune
 from hfmem.cli import cli
 from hfmem.errors import InvalidConfigError
 from hfmem.hub import adapter_settings, resolve_model
-from hfmem.types import FinetuneSettings, ModelConfig, TrainingSetup
+from hfmem.types import FinetuneSettings, ResolvedModel, TrainingSetup
 from tests.conftest import FIXTURES, TINY_LLAMA, TINY_LLAMA_PARAMS
 
 H, INTER, LAYERS, VOCAB = 64, 128, 2, 1000  # TINY_LLAMA: hidden, intermediate, layers, vocabulary (untied head)
@@ -163,7 +163,7 @@ def test_api_explicit_finetune_wins(tmp_path: Path) -> None:
 
 def test_adapter_finetune_merges_only_the_given_fields() -> None:
     adapter = FinetuneSettings("lora", lora_rank=16, lora_targets=("q_proj", "v_proj"), dora=True)
-    model = ModelConfig("m", "local", {}, adapter=adapter, adapter_origin="a/adapter_config.json")
+    model = ResolvedModel("m", "local", {}, adapter=adapter, adapter_origin="a/adapter_config.json")
     given = FinetuneSettings("qlora", lora_rank=4)
     merged, note = adapter_finetune(model, given, {"method", "lora_rank", "seq_len"})
     assert merged == FinetuneSettings("qlora", lora_rank=4, lora_targets=("q_proj", "v_proj"), dora=True)
@@ -172,7 +172,7 @@ def test_adapter_finetune_merges_only_the_given_fields() -> None:
     full, note = adapter_finetune(model, FinetuneSettings("full"), {"method"})
     assert full == FinetuneSettings("full") and note is not None and "--method full" in note
     # Not an adapter: untouched, no note.
-    plain = ModelConfig("m", "local", {})
+    plain = ResolvedModel("m", "local", {})
     assert adapter_finetune(plain, given, None) == (given, None)
 
 

@@ -16,7 +16,7 @@ from hfmem.build.fallback import native_fallback
 from hfmem.build.inventory import count_parameters
 from hfmem.cli import cli
 from hfmem.errors import RemoteCodeRequiredError, UnsupportedArchitectureError
-from hfmem.types import ModelConfig, TrainingSetup
+from hfmem.types import ResolvedModel, TrainingSetup
 
 #: A Llama-shaped model behind custom code: a model_type transformers does not know and an auto_map.
 CUSTOM_LLAMA: dict[str, Any] = {
@@ -99,7 +99,7 @@ def test_trusted_custom_code_is_not_replaced(tmp_path: Path) -> None:
 )
 def test_fallback_targets(changes: dict[str, Any], model_type: str, architecture: str, note: str) -> None:
     config = {**CUSTOM_LLAMA, **changes}
-    resolved = native_fallback(ModelConfig("org/custom", "local", config))
+    resolved = native_fallback(ResolvedModel("org/custom", "local", config))
     assert (resolved.model_type, resolved.architecture) == (model_type, architecture)
     assert "auto_map" not in resolved.config and note in resolved.notes[-1]
 
@@ -129,12 +129,12 @@ def test_fallback_targets(changes: dict[str, Any], model_type: str, architecture
 def test_no_native_fallback_is_a_remote_code_error(changes: dict[str, Any], reason: str) -> None:
     config = {k: v for k, v in {**CUSTOM_LLAMA, **changes}.items() if v is not None}
     with pytest.raises(RemoteCodeRequiredError, match="no native architecture fits") as caught:
-        native_fallback(ModelConfig("org/custom", "local", config))
+        native_fallback(ResolvedModel("org/custom", "local", config))
     assert reason in str(caught.value) and "--trust-remote-code" in str(caught.value)
 
 
 def test_config_without_custom_code_is_unchanged() -> None:
-    model = ModelConfig("org/llama", "local", {**CUSTOM_LLAMA, "model_type": "llama", "auto_map": {}})
+    model = ResolvedModel("org/llama", "local", {**CUSTOM_LLAMA, "model_type": "llama", "auto_map": {}})
     assert native_fallback(model) is model
 
 
@@ -179,7 +179,7 @@ def test_default_config_inventories_like_transformers(model_type: str, auto_clas
     with torch.device("meta"):
         model = getattr(transformers, auto_class).from_config(CONFIG_MAPPING[model_type]())
     expected = sum(p.numel() for p in model.parameters())  # parameters() yields tied weights once
-    inventory = count_parameters(ModelConfig(f"default-{model_type}", "local", default_config(model_type)))
+    inventory = count_parameters(ResolvedModel(f"default-{model_type}", "local", default_config(model_type)))
     assert (inventory.architecture, inventory.total_params) == (type(model).__name__, expected)
 
 

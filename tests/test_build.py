@@ -17,10 +17,10 @@ from hfmem.build import trace
 from hfmem.build.serve import profile_inference
 from hfmem.build.trace import Trace, full_length_traces, profile_activations, tracing
 from hfmem.errors import UnsupportedArchitectureError
-from hfmem.types import ModelConfig
+from hfmem.types import ResolvedModel
 from tests.conftest import TINY_LLAMA
 
-TINY = ModelConfig(model_id="tiny-llama", source="local", config=dict(TINY_LLAMA))
+TINY = ResolvedModel(model_id="tiny-llama", source="local", config=dict(TINY_LLAMA))
 #: By hand: TINY_LLAMA has num_hidden_layers = 2, one self-attention call each per forward.
 TINY_ATTENTION_CALLS = 2
 

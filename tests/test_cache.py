@@ -21,7 +21,7 @@ from hfmem.api import estimate, resolve
 from hfmem.cache import MARKER_NAME, ProfileCache, cache_dir, cache_key, clear_cache
 from hfmem.cli import cli
 from hfmem.errors import CacheFolderError, ExitCode
-from hfmem.types import FinetuneSettings, ModelConfig, ParameterInfo, ParameterInventory, TrainingSetup
+from hfmem.types import FinetuneSettings, ParameterInfo, ParameterInventory, ResolvedModel, TrainingSetup
 from tests.conftest import TINY_LLAMA, TINY_LLAMA_PARAMS
 
 #: Keys are SHA-256 digests in hex; these stand for any two.
@@ -52,12 +52,12 @@ def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_
 
 
 def test_key_changes_with_config_method_and_remote_code() -> None:
-    model = ModelConfig(model_id="m", source="local", config=dict(TINY_LLAMA))
+    model = ResolvedModel(model_id="m", source="local", config=dict(TINY_LLAMA))
     base = cache_key(model, FinetuneSettings(), trust_remote_code=False)
     assert base == cache_key(
-        ModelConfig("other name", "hub", dict(TINY_LLAMA)), FinetuneSettings(), trust_remote_code=False
+        ResolvedModel("other name", "hub", dict(TINY_LLAMA)), FinetuneSettings(), trust_remote_code=False
     )
-    bigger = ModelConfig(model_id="m", source="local", config={**TINY_LLAMA, "num_hidden_layers": 3})
+    bigger = ResolvedModel(model_id="m", source="local", config={**TINY_LLAMA, "num_hidden_layers": 3})
     assert cache_key(bigger, FinetuneSettings(), trust_remote_code=False) != base
     assert cache_key(model, FinetuneSettings(method="lora"), trust_remote_code=False) != base
     assert cache_key(model, FinetuneSettings(method="lora", lora_rank=16), trust_remote_code=False) != cache_key(
@@ -464,7 +464,7 @@ def _copy_sources(to: Path) -> Path:
 
 def test_a_change_to_hfmems_code_is_a_new_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One byte of one source file changes the key (on a copy of the package, never the real one)."""
-    model = ModelConfig(model_id="m", source="local", config=dict(TINY_LLAMA))
+    model = ResolvedModel(model_id="m", source="local", config=dict(TINY_LLAMA))
     real = cache_key(model, FinetuneSettings(), trust_remote_code=False)
     copy = _copy_sources(tmp_path / "hfmem")
     monkeypatch.setattr(cache_module, "SOURCE_ROOT", copy)
@@ -496,7 +496,7 @@ def test_a_change_to_hfmems_code_is_a_new_key(tmp_path: Path, monkeypatch: pytes
 def test_a_library_upgrade_is_a_new_key(
     monkeypatch: pytest.MonkeyPatch, package: str, method: str, changes: bool
 ) -> None:
-    model = ModelConfig(model_id="m", source="local", config=dict(TINY_LLAMA))
+    model = ResolvedModel(model_id="m", source="local", config=dict(TINY_LLAMA))
     finetune = FinetuneSettings(method=method)  # type: ignore[arg-type]
     before = cache_key(model, finetune, trust_remote_code=False)
     real = cache_module._package_version
@@ -511,8 +511,8 @@ def test_a_library_upgrade_is_a_new_key(
 def test_versions_are_read_without_importing_torch() -> None:
     script = (
         "import sys; from hfmem.cache import cache_key, _package_version; "
-        "from hfmem.types import ModelConfig, FinetuneSettings; "
-        "cache_key(ModelConfig('m', 'local', {'model_type': 'llama'}), FinetuneSettings(method='lora'), "
+        "from hfmem.types import ResolvedModel, FinetuneSettings; "
+        "cache_key(ResolvedModel('m', 'local', {'model_type': 'llama'}), FinetuneSettings(method='lora'), "
         "trust_remote_code=False); "
         "print(_package_version('torch'), sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
     )

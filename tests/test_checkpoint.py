@@ -31,7 +31,7 @@ from hfmem.memory.quantization import (
     scheme_from_quantization_config,
 )
 from hfmem.report import comparison_to_dict, render_comparison
-from hfmem.types import ModelConfig, ParameterInventory
+from hfmem.types import ParameterInventory, ResolvedModel
 from tests.conftest import TINY_LLAMA, TINY_LLAMA_PARAMS, safetensors_bytes
 
 Header = list[tuple[str, dict[str, Any]]]
@@ -41,10 +41,10 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def catalogue_model(model_id: str) -> ModelConfig:
+def catalogue_model(model_id: str) -> ResolvedModel:
     match = catalogue.find(model_id)
     assert match is not None
-    return ModelConfig(model_id, "catalogue", match[0].load_config())
+    return ResolvedModel(model_id, "catalogue", match[0].load_config())
 
 
 def explained(comparison: CheckpointComparison) -> dict[str, int]:
@@ -127,12 +127,12 @@ def deepseek_v3_headers(c: dict[str, Any]) -> Header:
 
 
 @pytest.fixture(scope="module")
-def deepseek_v3() -> tuple[ModelConfig, ParameterInventory]:
+def deepseek_v3() -> tuple[ResolvedModel, ParameterInventory]:
     model = catalogue_model("deepseek-ai/DeepSeek-V3")
     return model, count_parameters(model)
 
 
-def test_deepseek_v3_fake_reproduces_the_hub_api_totals(deepseek_v3: tuple[ModelConfig, ParameterInventory]) -> None:
+def test_deepseek_v3_fake_reproduces_the_hub_api_totals(deepseek_v3: tuple[ResolvedModel, ParameterInventory]) -> None:
     config = dict(deepseek_v3[0].config)
     summary = summary_from_headers("fake", deepseek_v3_headers(config))
     assert dict(summary.params_by_dtype) == DEEPSEEK_V3_API
@@ -145,7 +145,7 @@ def test_deepseek_v3_fake_reproduces_the_hub_api_totals(deepseek_v3: tuple[Model
 
 
 def test_deepseek_v3_difference_is_mtp_scales_and_router_buffers(
-    deepseek_v3: tuple[ModelConfig, ParameterInventory],
+    deepseek_v3: tuple[ResolvedModel, ParameterInventory],
 ) -> None:
     model, inventory = deepseek_v3
     config = dict(model.config)
@@ -212,8 +212,8 @@ def test_gpt2_stored_without_prefix_with_mask_buffers_and_no_head() -> None:
 # --- Llama-style: tied head stored twice, rotary buffers stored ----------------------------------------------------
 
 
-def tiny_llama(**overrides: Any) -> tuple[ModelConfig, ParameterInventory]:
-    model = ModelConfig("tiny", "local", {**TINY_LLAMA, **overrides})
+def tiny_llama(**overrides: Any) -> tuple[ResolvedModel, ParameterInventory]:
+    model = ResolvedModel("tiny", "local", {**TINY_LLAMA, **overrides})
     return model, count_parameters(model)
 
 
@@ -396,7 +396,7 @@ def test_summary_totals_and_json() -> None:
     assert (summary.total_params, summary.total_bytes, summary.tensor_count) == (24, 38, 4)
 
 
-def test_comparison_json_and_lines(deepseek_v3: tuple[ModelConfig, ParameterInventory]) -> None:
+def test_comparison_json_and_lines(deepseek_v3: tuple[ResolvedModel, ParameterInventory]) -> None:
     model, inventory = deepseek_v3
     summary = summary_from_headers("hub:deepseek-ai/DeepSeek-V3@abc", deepseek_v3_headers(dict(model.config)))
     comparison = compare_checkpoint(summary, inventory, num_hidden_layers=61, scheme=None)
@@ -416,11 +416,11 @@ def test_comparison_json_and_lines(deepseek_v3: tuple[ModelConfig, ParameterInve
 
 
 @pytest.fixture
-def folder(tmp_path: Path) -> Callable[[dict[str, bytes]], ModelConfig]:
-    def make(files: dict[str, bytes]) -> ModelConfig:
+def folder(tmp_path: Path) -> Callable[[dict[str, bytes]], ResolvedModel]:
+    def make(files: dict[str, bytes]) -> ResolvedModel:
         for name, data in files.items():
             (tmp_path / name).write_bytes(data)
-        return ModelConfig(str(tmp_path), "local", TINY_LLAMA, directory=tmp_path)
+        return ResolvedModel(str(tmp_path), "local", TINY_LLAMA, directory=tmp_path)
 
     return make
 
@@ -435,7 +435,7 @@ def index_json(shards: dict[str, dict[str, tuple[str, list[int]]]]) -> bytes:
 
 
 @pytest.mark.parametrize("layout", ["single", "sharded", "unnamed"])
-def test_local_folder_headers(folder: Callable[[dict[str, bytes]], ModelConfig], layout: str) -> None:
+def test_local_folder_headers(folder: Callable[[dict[str, bytes]], ResolvedModel], layout: str) -> None:
     shards = {"model-00001-of-00002.safetensors": SHARD_1, "model-00002-of-00002.safetensors": SHARD_2}
     if layout == "single":
         files = {"model.safetensors": safetensors_bytes({**SHARD_1, **SHARD_2})}
@@ -450,13 +450,13 @@ def test_local_folder_headers(folder: Callable[[dict[str, bytes]], ModelConfig],
     assert summary.source.endswith("1 file" if layout == "single" else "2 files")
 
 
-def test_local_folder_without_safetensors(folder: Callable[[dict[str, bytes]], ModelConfig]) -> None:
+def test_local_folder_without_safetensors(folder: Callable[[dict[str, bytes]], ResolvedModel]) -> None:
     summary, note = hub.fetch_checkpoint(folder({"pytorch_model.bin": b"\0" * 16}))
     assert summary is None and note is not None
     assert "no *.safetensors files (only pytorch_model.bin)" in note
 
 
-def test_local_folder_with_a_broken_header(folder: Callable[[dict[str, bytes]], ModelConfig]) -> None:
+def test_local_folder_with_a_broken_header(folder: Callable[[dict[str, bytes]], ResolvedModel]) -> None:
     summary, note = hub.fetch_checkpoint(folder({"model.safetensors": struct.pack("<Q", 50) + b"{not json"}))
     assert summary is None and note is not None and "could not be read" in note
 
@@ -464,10 +464,10 @@ def test_local_folder_with_a_broken_header(folder: Callable[[dict[str, bytes]], 
 def test_skips_catalogue_params_and_offline() -> None:
     cat = catalogue_model("openai-community/gpt2")
     assert hub.fetch_checkpoint(cat)[0] is None and "bundled snapshot" in (hub.fetch_checkpoint(cat)[1] or "")
-    summary, note = hub.fetch_checkpoint(ModelConfig("1b", "params", {}))
+    summary, note = hub.fetch_checkpoint(ResolvedModel("1b", "params", {}))
     assert summary is None and "--params" in (note or "")
     # HF_HUB_OFFLINE=1 from pytest-env: no request is even attempted (sockets are blocked by conftest).
-    summary, note = hub.fetch_checkpoint(ModelConfig("org/tiny", "hub", TINY_LLAMA, revision="a" * 40))
+    summary, note = hub.fetch_checkpoint(ResolvedModel("org/tiny", "hub", TINY_LLAMA, revision="a" * 40))
     assert summary is None and note == "checkpoint cross-check skipped: offline mode is on (HF_HUB_OFFLINE=1)"
 
 
@@ -501,7 +501,7 @@ def test_hub_errors_become_notes(
 ) -> None:
     monkeypatch.setattr(hub, "get_safetensors_metadata", _raise(error))
     monkeypatch.setattr(hub, "HfApi", _raise(OSError("no listing")))  # the .bin lookup fails quietly
-    summary, note = hub.fetch_checkpoint(ModelConfig("org/tiny", "hub", TINY_LLAMA), token="hf_SECRET123")
+    summary, note = hub.fetch_checkpoint(ResolvedModel("org/tiny", "hub", TINY_LLAMA), token="hf_SECRET123")
     assert summary is None and note is not None and fragment in note
     assert "hf_SECRET123" not in note and "\n" not in note
 
@@ -510,5 +510,5 @@ def test_unreachable_hub_is_a_note(monkeypatch: pytest.MonkeyPatch, hub_online: 
     import httpx2
 
     monkeypatch.setattr(hub, "get_safetensors_metadata", _raise(httpx2.ConnectError("refused")))
-    summary, note = hub.fetch_checkpoint(ModelConfig("org/tiny", "hub", TINY_LLAMA))
+    summary, note = hub.fetch_checkpoint(ResolvedModel("org/tiny", "hub", TINY_LLAMA))
     assert summary is None and note == "checkpoint cross-check skipped: the Hub is unreachable (ConnectError)"

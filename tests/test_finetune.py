@@ -15,7 +15,7 @@ from hfmem.build.trace import profile_activations
 from hfmem.cli import cli
 from hfmem.hub import resolve_model
 from hfmem.memory.methods import matches_patterns
-from hfmem.types import FinetuneSettings, ModelConfig, TrainingSetup
+from hfmem.types import FinetuneSettings, ResolvedModel, TrainingSetup
 from tests.conftest import TINY_LLAMA
 
 LORA = FinetuneSettings("lora")
@@ -172,7 +172,7 @@ def test_qlora_base_is_nf4(tmp_path, double_quant: bool) -> None:  # type: ignor
 
 def test_lora_activations_by_hand(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A middle layer of a Llama with all-linear LoRA, bf16, fused attention, per token (traced on meta)."""
-    model = ModelConfig("tiny", "local", TINY_LLAMA)
+    model = ResolvedModel("tiny", "local", TINY_LLAMA)
     finetune = FinetuneSettings("lora", lora_targets=("all-linear",))
     profile = profile_activations(model, batch_size=2, seq_len=8, attn="sdpa", dtype="bfloat16", finetune=finetune)
     h, i, a, r = 64, 128, 4, 8

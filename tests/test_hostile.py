@@ -329,13 +329,13 @@ def test_the_deadline_bounds_an_operation_and_the_run_does_not_wait_again(hub_on
 def test_the_checkpoint_cross_check_is_skipped_at_the_deadline(hub_online: None, monkeypatch) -> None:
     from hfmem import hub
     from hfmem.limits import NETWORK_BUDGET, NetworkBudget
-    from hfmem.types import ModelConfig
+    from hfmem.types import ResolvedModel
 
     monkeypatch.setattr(hub, "get_safetensors_metadata", lambda *a, **k: time.sleep(5))
     token = NETWORK_BUDGET.set(NetworkBudget(seconds=0.5))
     try:
         started = time.perf_counter()
-        summary, note = hub.fetch_checkpoint(ModelConfig("org/tiny", "hub", {}, revision="main"))
+        summary, note = hub.fetch_checkpoint(ResolvedModel("org/tiny", "hub", {}, revision="main"))
         assert time.perf_counter() - started < 3
     finally:
         NETWORK_BUDGET.reset(token)

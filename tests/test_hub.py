@@ -461,7 +461,7 @@ def test_remote_code_is_fetched_into_the_snapshot(fake: FakeHub) -> None:
     fake.remote[("org/tiny", "config.json")] = config
     for name in ("configuration_tiny.py", "modeling_tiny.py"):
         fake.remote[("org/tiny", name)] = (code / name).read_text()
-    model = hub.ModelConfig("org/tiny", "hub", config, revision=SHA)
+    model = hub.ResolvedModel("org/tiny", "hub", config, revision=SHA)
     fetched = hub.fetch_remote_code(model, token=TOKEN)
     assert fetched.directory is not None
     assert sorted(p.name for p in fetched.directory.iterdir()) == [
@@ -480,7 +480,7 @@ def test_remote_code_is_fetched_into_the_snapshot(fake: FakeHub) -> None:
     ]
     assert all(c["etag_timeout"] == constants.HF_HUB_ETAG_TIMEOUT for c in fake.download_calls)
     # Nothing to fetch for configs without auto_map or from the catalogue.
-    plain = hub.ModelConfig("org/plain", "hub", TINY_LLAMA, revision=SHA)
+    plain = hub.ResolvedModel("org/plain", "hub", TINY_LLAMA, revision=SHA)
     assert hub.fetch_remote_code(plain) is plain
 
 
@@ -489,7 +489,7 @@ def test_remote_code_offline_is_an_error(monkeypatch: pytest.MonkeyPatch) -> Non
         raise hf_errors.LocalEntryNotFoundError("not cached")
 
     monkeypatch.setattr(hub, "snapshot_download", offline)
-    model = hub.ModelConfig("org/tiny", "hub", {"model_type": "x", "auto_map": {"AutoConfig": "a.B"}}, revision=SHA)
+    model = hub.ResolvedModel("org/tiny", "hub", {"model_type": "x", "auto_map": {"AutoConfig": "a.B"}}, revision=SHA)
     with pytest.raises(OfflineError, match="custom code files cannot be downloaded"):
         hub.fetch_remote_code(model)
 

@@ -180,8 +180,8 @@ def test_gated_repo_in_catalogue_falls_back(mirror: str, tmp_path: Path) -> None
 FETCH = """
 import json, sys
 from hfmem.hub import fetch_checkpoint
-from hfmem.types import ModelConfig
-summary, note = fetch_checkpoint(ModelConfig(sys.argv[1], "hub", {}, revision=SHA), token=sys.argv[2] or None)
+from hfmem.types import ResolvedModel
+summary, note = fetch_checkpoint(ResolvedModel(sys.argv[1], "hub", {}, revision=SHA), token=sys.argv[2] or None)
 print(json.dumps(None if summary is None else {
     "source": summary.source, "tensors": summary.tensor_count, "params_by_dtype": dict(summary.params_by_dtype),
     "bytes_by_dtype": dict(summary.bytes_by_dtype),

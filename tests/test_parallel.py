@@ -18,7 +18,7 @@ from hfmem.memory.parallel import (
     local_inventory,
     pipeline_stages,
 )
-from hfmem.types import ModelConfig, ParallelSettings, TrainingSetup
+from hfmem.types import ParallelSettings, ResolvedModel, TrainingSetup
 from tests.conftest import TINY_LLAMA
 
 # Korthikanti et al. 2022 (arXiv 2205.05198), Table 3 model configurations: attention heads a, hidden h, layers L,
@@ -67,7 +67,7 @@ def test_measured_tp_split_for_llama() -> None:
     RMSNorms (fp32 input 4h, rsqrt 4, bf16 normalised 2h, output 2h each) are replicated."""
     s, b, h, i, a = 8, 2, 64, 128, 4
     profile = profile_activations(
-        ModelConfig("tiny", "local", TINY_LLAMA),
+        ResolvedModel("tiny", "local", TINY_LLAMA),
         batch_size=b,
         seq_len=s,
         attn="sdpa",

@@ -23,7 +23,7 @@ from hfmem.build.serve import profile_inference
 from hfmem.build.trace import full_length_traces, profile_activations
 from hfmem.cli import cli
 from hfmem.errors import UnsupportedArchitectureError
-from hfmem.types import ModelConfig
+from hfmem.types import ResolvedModel
 from tests.conftest import TINY_LLAMA
 
 #: Prime, so no dimension that grows with the length equals it (a last dimension of the vocabulary's size is counted
@@ -31,11 +31,11 @@ from tests.conftest import TINY_LLAMA
 VOCAB = 997
 
 
-def tiny(model_type: str, **overrides: object) -> ModelConfig:
+def tiny(model_type: str, **overrides: object) -> ResolvedModel:
     """transformers' default config of ``model_type`` shrunk by ``overrides``, as a config.json would hold it."""
     config = AutoConfig.for_model(model_type, vocab_size=VOCAB, pad_token_id=0, **overrides).to_dict()
     config["model_type"] = model_type
-    return ModelConfig(f"tiny-{model_type}", "local", json.loads(json.dumps(config, default=str)))
+    return ResolvedModel(f"tiny-{model_type}", "local", json.loads(json.dumps(config, default=str)))
 
 
 MAMBA = tiny("mamba", hidden_size=32, num_hidden_layers=2, state_size=8, expand=2, conv_kernel=4)
@@ -57,7 +57,7 @@ RECURRENT_GEMMA = tiny(
 )  # fmt: skip
 
 
-def measure(model: ModelConfig, seq_len: int, attn: str = "sdpa", **kwargs: object) -> object:
+def measure(model: ResolvedModel, seq_len: int, attn: str = "sdpa", **kwargs: object) -> object:
     return profile_activations(model, batch_size=2, seq_len=seq_len, attn=attn, dtype="bfloat16", **kwargs)  # type: ignore[arg-type]
 
 
@@ -97,7 +97,7 @@ def traced_lengths(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     ids=["mamba", "jamba", "recurrent_gemma", "jamba-eager", "mamba2"],
 )
 def test_saved_bytes_are_polynomials_in_the_length(
-    model: ModelConfig, attn: str, lengths: tuple[int, ...], degree: int
+    model: ResolvedModel, attn: str, lengths: tuple[int, ...], degree: int
 ) -> None:
     # Equally spaced lengths: a polynomial of degree d has constant d-th differences, zero (d+1)-th ones.
     with full_length_traces():
@@ -128,7 +128,7 @@ def test_saved_bytes_are_polynomials_in_the_length(
     ids=["mamba", "mamba-dropout-tp", "jamba-tp", "jamba-eager", "recurrent_gemma", "mamba2"],
 )
 def test_short_traces_give_the_long_one_byte_for_byte(
-    model: ModelConfig, attn: str, seq_len: int, settings: dict[str, object], traced_lengths: list[int]
+    model: ResolvedModel, attn: str, seq_len: int, settings: dict[str, object], traced_lengths: list[int]
 ) -> None:
     scaled = measure(model, seq_len, attn, **settings)
     assert traced_lengths and max(traced_lengths) < seq_len // 2  # only short traces ran
@@ -140,7 +140,7 @@ def test_short_traces_give_the_long_one_byte_for_byte(
 
 
 @pytest.mark.parametrize(("model", "tokens"), [(MAMBA, 400), (JAMBA, 400)], ids=["mamba", "jamba"])
-def test_prefill_peak_from_short_prefills(model: ModelConfig, tokens: int, traced_lengths: list[int]) -> None:
+def test_prefill_peak_from_short_prefills(model: ResolvedModel, tokens: int, traced_lengths: list[int]) -> None:
     scaled = profile_inference(model, batch_size=2, prefill_tokens=tokens, dtype="bfloat16")
     assert max(traced_lengths) < tokens // 2
     with full_length_traces():
@@ -163,7 +163,7 @@ def test_sample_lengths_keep_the_chunk_remainder() -> None:
 
 
 def test_attention_models_are_traced_at_full_length(traced_lengths: list[int]) -> None:
-    llama = ModelConfig("tiny-llama", "local", TINY_LLAMA)
+    llama = ResolvedModel("tiny-llama", "local", TINY_LLAMA)
     measure(llama, 300)
     assert traced_lengths == [300]
 

@@ -36,13 +36,14 @@ CALLS = {
         "try:\n    _list_files('org/tiny', None, None)\nexcept Exception as e:\n    print(type(e).__name__)"
     ),
     "custom code (model_info, hf_hub_download)": (
-        "from hfmem.hub import fetch_remote_code\nfrom hfmem.types import ModelConfig\n"
-        "m = ModelConfig('org/tiny', 'hub', {'model_type': 'x', 'auto_map': {'AutoConfig': 'a.B'}}, revision='main')\n"
+        "from hfmem.hub import fetch_remote_code\nfrom hfmem.types import ResolvedModel\n"
+        "m = ResolvedModel('org/tiny', 'hub', {'model_type': 'x', 'auto_map': {'AutoConfig': 'a.B'}},\n"
+        "                  revision='main')\n"
         "try:\n    fetch_remote_code(m)\nexcept Exception as e:\n    print(type(e).__name__, e)"
     ),
     "safetensors headers (get_safetensors_metadata)": (
-        "from hfmem.hub import fetch_checkpoint\nfrom hfmem.types import ModelConfig\n"
-        "print(fetch_checkpoint(ModelConfig('org/tiny', 'hub', {}, revision='main'))[1])"
+        "from hfmem.hub import fetch_checkpoint\nfrom hfmem.types import ResolvedModel\n"
+        "print(fetch_checkpoint(ResolvedModel('org/tiny', 'hub', {}, revision='main'))[1])"
     ),
 }
 

@@ -121,5 +121,5 @@ def test_a_checkpoint_note_never_quotes_the_token(hub_online: None, monkeypatch:
 
     monkeypatch.setattr(hub, "get_safetensors_metadata", parsing_error)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    _, note = hub.fetch_checkpoint(hub.ModelConfig("org/tiny", "hub", TINY_LLAMA))
+    _, note = hub.fetch_checkpoint(hub.ResolvedModel("org/tiny", "hub", TINY_LLAMA))
     assert note is not None and TOKEN not in note and "<token>" in note

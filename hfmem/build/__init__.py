@@ -1,4 +1,4 @@
-"""ModelConfig → a real model on PyTorch's meta device → what hfmem measures on it.
+"""ResolvedModel → a real model on PyTorch's meta device → what hfmem measures on it.
 
 The only package that imports torch, transformers, accelerate and peft, and it does so lazily, inside the functions,
 so ``hfmem --help``, the formulas and a cached query never pay for them. ``hfmem.api`` imports its modules inside the

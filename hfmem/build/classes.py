@@ -9,7 +9,7 @@ from hfmem.errors import (
     RemoteCodeRequiredError,
     UnsupportedArchitectureError,
 )
-from hfmem.types import ModelConfig
+from hfmem.types import ResolvedModel
 
 if TYPE_CHECKING:
     from torch import nn
@@ -29,7 +29,7 @@ _AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForM
 
 
 def _instantiate(
-    model: ModelConfig,
+    model: ResolvedModel,
     config: PretrainedConfig,
     *,
     trust_remote_code: bool,
@@ -99,7 +99,7 @@ def _builds(cls: Any, config: PretrainedConfig, kwargs: dict[str, Any]) -> bool:
     return True
 
 
-def _build_error(model: ModelConfig, name: str, error: Exception) -> UnsupportedArchitectureError:
+def _build_error(model: ResolvedModel, name: str, error: Exception) -> UnsupportedArchitectureError:
     import transformers
 
     # transformers raises ImportError naming the package a model needs (timm, PIL, scipy, natten…).
@@ -151,7 +151,7 @@ def _remote_auto_class(auto_map: dict[str, Any], arch: str | None) -> str | None
     return None
 
 
-def _native_classes(model: ModelConfig, config: PretrainedConfig, arch: str | None) -> list[tuple[Any, str]]:
+def _native_classes(model: ResolvedModel, config: PretrainedConfig, arch: str | None) -> list[tuple[Any, str]]:
     """The transformers classes to try, in order: the one ``architectures`` names, else the auto mappings'.
 
     Without a class name, the model type's causal-LM, seq2seq-LM, masked-LM and base classes come first (hfmem's

@@ -12,7 +12,7 @@ from hfmem.errors import (
 )
 from hfmem.limits import check_config
 from hfmem.memory.activations import CONTEXT_KEYS
-from hfmem.types import ModelConfig
+from hfmem.types import ResolvedModel
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -28,7 +28,7 @@ MOE_NUM_EXPERTS_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", 
 MOE_TOP_K_KEYS = ("num_experts_per_tok", "experts_per_token", "moe_top_k", "top_k")
 
 
-def build_transformers_config(model: ModelConfig, *, trust_remote_code: bool = False) -> PretrainedConfig:
+def build_transformers_config(model: ResolvedModel, *, trust_remote_code: bool = False) -> PretrainedConfig:
     """The transformers config object for ``model`` (no network: custom code is read from ``model.directory``)."""
     import transformers
     from transformers import AutoConfig

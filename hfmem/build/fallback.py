@@ -9,7 +9,7 @@ from typing import Any
 from hfmem.build.classes import _AUTO_MAPPINGS, _remote_auto_class
 from hfmem.build.config import MOE_NUM_EXPERTS_KEYS
 from hfmem.errors import RemoteCodeRequiredError
-from hfmem.types import ModelConfig
+from hfmem.types import ResolvedModel
 
 __all__ = ["native_fallback"]
 
@@ -26,7 +26,7 @@ _SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_
 _KV_KEYS = re.compile(r"kv_heads|key_value|query_group|kv_groups")
 
 
-def native_fallback(model: ModelConfig) -> ModelConfig:
+def native_fallback(model: ResolvedModel) -> ResolvedModel:
     """For a config that needs its repo's code, the nearest architecture transformers has, with a note saying so.
 
     Called when ``--trust-remote-code`` is off; the repo's code never runs. Three cases:
@@ -171,7 +171,7 @@ def _class_for(model_type: str, arch: str | None) -> str:
     return CONFIG_MAPPING_NAMES[model_type].removesuffix("Config") + "Model"
 
 
-def _custom_code_note(model: ModelConfig, what: str, target: str, matched: str | None = None) -> str:
+def _custom_code_note(model: ResolvedModel, what: str, target: str, matched: str | None = None) -> str:
     nearest = f"the nearest native architecture to '{matched}'" if matched else "its model type's native class"
     return (
         f"'{model.model_id}' needs custom code ({what}) and --trust-remote-code is off: estimating transformers' "
@@ -180,7 +180,7 @@ def _custom_code_note(model: ModelConfig, what: str, target: str, matched: str |
     )
 
 
-def _rewritten(model: ModelConfig, raw: dict[str, Any], model_type: str, arch: str, note: str) -> ModelConfig:
+def _rewritten(model: ResolvedModel, raw: dict[str, Any], model_type: str, arch: str, note: str) -> ResolvedModel:
     """``model`` as a native ``model_type`` / ``arch`` config (no ``auto_map``), with ``note`` added."""
     config = {k: v for k, v in raw.items() if k != "auto_map"}
     config["model_type"], config["architectures"] = model_type, [arch]

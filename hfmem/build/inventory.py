@@ -13,9 +13,9 @@ from hfmem.build.config import _context_tokens, _moe_routing, build_transformers
 from hfmem.build.finetune import apply_finetune
 from hfmem.types import (
     FinetuneSettings,
-    ModelConfig,
     ParameterInfo,
     ParameterInventory,
+    ResolvedModel,
 )
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ _ROUTED_EXPERT = re.compile(r"(^|\.)experts\.")
 
 
 def count_parameters(
-    model: ModelConfig, *, trust_remote_code: bool = False, finetune: FinetuneSettings | None = None
+    model: ResolvedModel, *, trust_remote_code: bool = False, finetune: FinetuneSettings | None = None
 ) -> ParameterInventory:
     """Build ``model`` on the meta device and take its exact inventory.
 

@@ -24,7 +24,7 @@ from hfmem.errors import UnsupportedArchitectureError
 from hfmem.types import (
     InferenceProfile,
     KvLayer,
-    ModelConfig,
+    ResolvedModel,
 )
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ __all__ = ["profile_inference"]
 
 
 def profile_inference(
-    model: ModelConfig,
+    model: ResolvedModel,
     *,
     batch_size: int,
     prefill_tokens: int,

@@ -24,7 +24,7 @@ from hfmem.types import (
     Attention,
     FinetuneSettings,
     LayerProfile,
-    ModelConfig,
+    ResolvedModel,
 )
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ FUSED_ATTENTION = "hfmem_fused"
 
 
 def profile_activations(
-    model: ModelConfig,
+    model: ResolvedModel,
     *,
     batch_size: int,
     seq_len: int,
@@ -272,7 +272,7 @@ def _tensor_parallel_mode(params: set[int], replicated: set[int]) -> Any:
 
 
 def _trace(
-    model: ModelConfig,
+    model: ResolvedModel,
     config: PretrainedConfig,
     attn_implementation: str,
     dtype: Any,
@@ -318,7 +318,7 @@ def _trace(
 
 
 def _trace_at(
-    model: ModelConfig,
+    model: ResolvedModel,
     config: PretrainedConfig,
     torch_model: nn.Module,
     attn_implementation: str,
