@@ -14,6 +14,7 @@ down, ``min``/``max``; integers are printed with thousands separators. Symbols a
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -268,11 +269,8 @@ def _sym(base: str, suffix: str) -> str:
 
 
 def _groups(values: Sequence[tuple[Any, ...]]) -> list[tuple[tuple[Any, ...], int]]:
-    """Distinct values with their counts, in order of first appearance."""
-    counts: dict[tuple[Any, ...], int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return list(counts.items())
+    """Distinct values with their counts, in order of first appearance (a `Counter` keeps insertion order)."""
+    return list(Counter(values).items())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1302,7 +1300,7 @@ def _per_parameter(report: Report) -> Explanation | None:
         1,
     )
     parts = group_state_bytes(setup, 0, one)
-    expr = lift(parts.weights + parts.gradients + parts.master + parts.optimizer)
+    expr = lift(parts.gpu_bytes)
     text = (
         f"Before any sharding, every trained parameter costs {expr.value()} bytes of model states: its weight (w), "
         "its gradient (g)"

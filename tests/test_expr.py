@@ -212,7 +212,10 @@ state_inputs = st.builds(
 )
 def test_model_state_formulas(optimizer: str, offload: str, stage: int, x: StateInputs) -> None:
     setup = _setup(optimizer, offload, stage)
-    same(group_state_bytes(setup, stage, x), group_state_bytes(setup, stage, symbolic(x)))
+    plain, sym = group_state_bytes(setup, stage, x), group_state_bytes(setup, stage, symbolic(x))
+    same(plain, sym)
+    same(plain.gpu_bytes, sym.gpu_bytes)
+    assert plain.gpu_bytes == plain.weights + plain.master + plain.gradients + plain.optimizer
 
 
 @settings(max_examples=100, deadline=None)
