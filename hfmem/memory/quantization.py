@@ -321,10 +321,11 @@ def quantized_counts(param: ParameterInfo, scheme: QuantScheme) -> QuantCounts:
 
 def sum_counts(counts: Iterable[QuantCounts]) -> QuantCounts:
     """Field-by-field sums (every field is a sum over tensors, so the formulas hold for the totals)."""
-    out = [0] * len(fields(QuantCounts))
+    names = [f.name for f in fields(QuantCounts)]
+    out = [0] * len(names)
     for c in counts:
-        for i, f in enumerate(fields(QuantCounts)):
-            out[i] += getattr(c, f.name)
+        for i, name in enumerate(names):
+            out[i] += getattr(c, name)
     return QuantCounts(*out)
 
 
