@@ -13,13 +13,19 @@ down, ``min``/``max``; integers are printed with thousands separators. Symbols a
 
 from __future__ import annotations
 
-import math
 import textwrap
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from hfmem.memory.activations import ActivationEstimate
+from hfmem.memory.activations import (
+    ActivationEstimate,
+    bytes_per_token,
+    profile_logit_element_bytes,
+    profile_tokens,
+    typical_layer_saved_bytes,
+)
 from hfmem.memory.expr import (
     Const,
     Expr,
@@ -40,17 +46,20 @@ from hfmem.memory.inference import (
     recurrent_state_bytes,
     weights_per_gpu_bytes,
 )
-from hfmem.memory.methods import FrozenCounts, count_frozen, frozen_bytes
+from hfmem.memory.methods import FrozenCounts, adapter_params, count_adapters, count_frozen, frozen_bytes
 from hfmem.memory.parallel import (
     PipelineStage,
     active_params_per_token,
     expert_sharding_degree,
     in_flight,
     in_flight_microbatches,
+    layer_sums,
     local_inventory,
+    parameter_count,
     pipeline_stages,
     sharding_degree,
     stage_profile,
+    tensors_params,
 )
 from hfmem.memory.peak import (
     OverheadInputs,
@@ -69,12 +78,10 @@ from hfmem.memory.quantization import (
     MXFP4_BLOCKSIZE,
     QuantCounts,
     QuantScheme,
-    is_16bit_model,
-    is_quantized,
-    plain_width,
-    quantized_counts,
-    quantized_metadata_bytes,
-    sum_counts,
+    plain_weight_bytes,
+    weight_bytes,
+    weight_operands,
+    weights_total_bytes,
 )
 from hfmem.memory.sources import (
     SRC_ADAFACTOR,
@@ -262,11 +269,8 @@ def _sym(base: str, suffix: str) -> str:
 
 
 def _groups(values: Sequence[tuple[Any, ...]]) -> list[tuple[tuple[Any, ...], int]]:
-    """Distinct values with their counts, in order of first appearance."""
-    counts: dict[tuple[Any, ...], int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return list(counts.items())
+    """Distinct values with their counts, in order of first appearance (a `Counter` keeps insertion order)."""
+    return list(Counter(values).items())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -287,28 +291,20 @@ def _parameters(report: Report) -> list[Explanation]:
             )
         )
         return out
-    per_layer: dict[int, int] = {}
-    outside_before = outside_after = 0
-    for p in inv.parameters:
-        if p.layer_index is not None:
-            per_layer[p.layer_index] = per_layer.get(p.layer_index, 0) + p.numel
-        elif p.after_layers:
-            outside_after += p.numel
-        else:
-            outside_before += p.numel
-    terms: list[Value] = []
-    groups = _groups([(per_layer[i],) for i in sorted(per_layer)])
-    for k, ((size,), count) in enumerate(groups, start=1):
-        suffix = "" if len(groups) == 1 else str(k)
+    sums = layer_sums(inv)
+    layer_terms: list[tuple[Value, Value]] = []
+    for k, (count, size) in enumerate(sums.layer_groups, start=1):
+        suffix = "" if len(sums.layer_groups) == 1 else str(k)
         layers_var = Var(
             _sym("L", suffix), count, "transformer layers" + (f" of {size:,} parameters" if suffix else "")
         )
-        terms.append(layers_var * Var(_sym("P_layer", suffix), size, "parameters of one layer", SRC_INVENTORY))
-    if outside_before:
-        terms.append(Var("P_before", outside_before, "parameters before the layers (embeddings)"))
-    if outside_after:
-        terms.append(Var("P_after", outside_after, "parameters after the layers (final norm, untied LM head)"))
-    layers = len(per_layer)
+        layer_terms.append((layers_var, Var(_sym("P_layer", suffix), size, "parameters of one layer", SRC_INVENTORY)))
+    psi = parameter_count(
+        layer_terms,
+        _v("P_before", sums.before_params, "parameters before the layers (embeddings)"),
+        _v("P_after", sums.after_params, "parameters after the layers (final norm, untied LM head)"),
+    )
+    layers = sums.layers
     text = (
         f"Ψ, the number of weights, is counted exactly, not estimated: hfmem builds {inv.architecture or 'the model'} "
         "on PyTorch's meta device (shapes without storage) and adds up every tensor, a tied weight once. "
@@ -326,7 +322,7 @@ def _parameters(report: Report) -> list[Explanation]:
             "parameters",
             "Parameters",
             text.strip(),
-            (Calculation("total", lift(total(terms)), "parameters"),),
+            (Calculation("total", lift(psi), "parameters"),),
             (SRC_INVENTORY,),
         )
     )
@@ -334,7 +330,8 @@ def _parameters(report: Report) -> list[Explanation]:
     embeddings = [p for p in inv.parameters if p.is_embedding]
     if embeddings and len(embeddings) <= 4:
         # ParameterInfo.numel: the product of the shape
-        expr = lift(total([math.prod(Const(d) for d in p.shape) if len(p.shape) > 1 else p.numel for p in embeddings]))
+        shapes = [tuple(map(Const, p.shape)) if len(p.shape) > 1 else (p.numel,) for p in embeddings]
+        expr = lift(tensors_params(shapes))
         out.append(
             Explanation(
                 "parameters",
@@ -395,26 +392,14 @@ def _trainable(report: Report) -> Explanation:
             (SRC_INVENTORY,),
         )
     rank = setup.finetune.lora_rank
-    lora_sides = 0
-    dora = 0
-    other = 0
-    for p in trained:
-        if ".lora_" in p.name and "magnitude" not in p.name and len(p.shape) == 2 and rank in p.shape:
-            # lora_A is [r, in], lora_B is [out, r] (embeddings: lora_embedding_A [r, vocab], _B [dim, r]): the
-            # side that is not the rank, numel / r exactly.
-            lora_sides += p.numel // rank
-        elif "magnitude" in p.name:
-            dora += p.numel
-        else:
-            other += p.numel
-    terms: list[Value] = [
-        Var("r", rank, "LoRA rank (--lora-rank)", SRC_LORA)
-        * _v("Σ_io", lora_sides, "Σ over adapted linears of (inputs + outputs)", SRC_INVENTORY)
-    ]
-    if dora:
-        terms.append(Var("Ψ_mag", dora, "DoRA magnitudes: one per output feature of each adapted linear"))
-    if other:
-        terms.append(Var("Ψ_save", other, "modules_to_save: full trainable copies"))
+    counts = count_adapters(trained, rank)
+    dora = counts.dora_magnitudes
+    trainable = adapter_params(
+        Var("r", rank, "LoRA rank (--lora-rank)", SRC_LORA),
+        _v("Σ_io", counts.lora_sides, "Σ over adapted linears of (inputs + outputs)", SRC_INVENTORY),
+        _v("Ψ_mag", dora, "DoRA magnitudes: one per output feature of each adapted linear"),
+        _v("Ψ_save", counts.other_params, "modules_to_save: full trainable copies"),
+    )
     text = (
         f"{'QLoRA' if method == 'qlora' else 'LoRA'} freezes the base model and trains small adapters beside chosen "
         f"linears: for a linear of `in` inputs and `out` outputs, A is r × in and B is out × r, so r × (in + out) "
@@ -427,7 +412,7 @@ def _trainable(report: Report) -> Explanation:
         "parameters",
         "Trainable parameters",
         text,
-        (Calculation("trainable", lift(total(terms)), "parameters"),),
+        (Calculation("trainable", lift(trainable), "parameters"),),
         tuple(sources),
     )
 
@@ -892,9 +877,8 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
         logit_rows.append((row.memory.zero_stage, logits))
     seq = training.seq_len or prof.seq_len
     sizes = [layer.saved_bytes for layer in prof.layers]
-    common = max(set(sizes), key=sizes.count) if sizes else 0
-    tokens = prof.batch_size * prof.seq_len
-    per_token = f"{common / max(tokens, 1):,.0f} bytes per token"
+    common = typical_layer_saved_bytes(prof)
+    per_token = f"{bytes_per_token(common, profile_tokens(prof)):,.0f} bytes per token"
     if len(set(sizes)) <= 1:
         measured = f"each of the {len(sizes)} layers saves S = {common:,} bytes ({per_token})"
     else:
@@ -951,12 +935,8 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
 
     vocab = prof.vocab_size
     g_bytes = prof.logits_bytes
-    elt = g_bytes // max(tokens * vocab, 1) if vocab else 0
-    shape_note = (
-        f" (= b × s × V × {elt} = {prof.batch_size} × {prof.seq_len:,} × {vocab:,} × {elt})"
-        if vocab and elt and tokens * vocab * elt == g_bytes
-        else ""
-    )
+    elt = profile_logit_element_bytes(prof)
+    shape_note = f" (= b × s × V × {elt} = {prof.batch_size} × {prof.seq_len:,} × {vocab:,} × {elt})" if elt else ""
     upcast = prof.logits_saved_bytes > prof.logits_bytes
     text = (
         f"The model's output scores, one per vocabulary entry per token: G = {g_bytes:,} bytes{shape_note}. "
@@ -1320,7 +1300,7 @@ def _per_parameter(report: Report) -> Explanation | None:
         1,
     )
     parts = group_state_bytes(setup, 0, one)
-    expr = lift(parts.weights + parts.gradients + parts.master + parts.optimizer)
+    expr = lift(parts.gpu_bytes)
     text = (
         f"Before any sharding, every trained parameter costs {expr.value()} bytes of model states: its weight (w), "
         "its gradient (g)"
@@ -1366,23 +1346,15 @@ def _training(report: Report) -> list[Explanation]:
 
 
 def _weights_expr(inv: ParameterInventory, scheme: QuantScheme) -> Value:
-    """The whole model's weight bytes under ``scheme``: `hfmem.memory.quantization.quantized_metadata_bytes` over the
-    quantized tensors' sums as operands, plus the plain tensors by width, as `weights_breakdown` sums them."""
+    """The whole model's weight bytes under ``scheme``: `hfmem.memory.quantization.weight_bytes` over
+    `weight_operands` as named operands, as `weights_breakdown` computes them with ints."""
+    ops = weight_operands(inv, scheme)
     if not inv.has_shapes:
-        width = scheme.plain_bytes or 2
-        return Var("Ψ", inv.total_params, "parameters") * Var("β", width, "bytes per weight")
-    model_is_16bit = is_16bit_model(inv)
-    plain_by_width: dict[int, int] = {}
-    quantized: list[ParameterInfo] = []
-    for p in inv.parameters:
-        if is_quantized(p, scheme):
-            quantized.append(p)
-        else:
-            width = plain_width(p, scheme, model_is_16bit=model_is_16bit)
-            plain_by_width[width] = plain_by_width.get(width, 0) + p.numel
-    out: Value = 0
-    if quantized:
-        c = sum_counts(quantized_counts(p, scheme) for p in quantized)
+        ((width, params),) = ops.plain_by_width
+        return plain_weight_bytes([(Var("β", width, "bytes per weight"), Var("Ψ", params, "parameters"))])
+    c = ops.quantized
+    operands = None
+    if c is not None:
         bits, group = scheme.bits, scheme.group_size
         src = _LAYOUT_SOURCES[scheme.layout][0]
         operands = QuantCounts(
@@ -1398,13 +1370,19 @@ def _weights_expr(inv: ParameterInventory, scheme: QuantScheme) -> Value:
             zero_bytes=_v("Z", c.zero_bytes, f"bytes of the packed {bits}-bit zeros, Σ⌈G × {bits} / 8⌉ per tensor"),  # type: ignore[arg-type]
             inputs=_v("I", c.inputs, "input features of the quantized weights (one int32 g_idx each)"),  # type: ignore[arg-type]
         )
-        out = operands.packed_bytes + quantized_metadata_bytes(scheme, operands)
-    for width, count in sorted(plain_by_width.items(), reverse=True):
-        meaning = f"parameters kept at {width} bytes" + (
-            " (16-bit beside the quantized ones)" if quantized and width == 2 else ""
+    plain = [
+        (
+            width,
+            _v(
+                f"Ψ_{width * 8}b",
+                count,
+                f"parameters kept at {width} bytes"
+                + (" (16-bit beside the quantized ones)" if c is not None and width == 2 else ""),
+            ),
         )
-        out = out + _v(f"Ψ_{width * 8}b", count, meaning) * width
-    return out
+        for width, count in ops.plain_by_width
+    ]
+    return weight_bytes(scheme, operands, plain)
 
 
 _BLOCK_MEANING = {
@@ -1473,12 +1451,10 @@ def _inference(report: Report) -> list[Explanation]:
     # Weights
     if base_inv is None:
         whole: Value = (
-            total(  # WeightsBreakdown.total_bytes
-                [
-                    Var("D", inf.weights.quantized_data_bytes, "quantized values"),
-                    Var("M", inf.weights.quantization_metadata_bytes, "quantization metadata"),
-                    Var("U", inf.weights.unquantized_bytes, "unquantized tensors"),
-                ]
+            weights_total_bytes(  # WeightsBreakdown.total_bytes
+                Var("D", inf.weights.quantized_data_bytes, "quantized values"),
+                Var("M", inf.weights.quantization_metadata_bytes, "quantization metadata"),
+                Var("U", inf.weights.unquantized_bytes, "unquantized tensors"),
             )
             if inf.weights.quantized_params
             else Var("U", inf.weights.unquantized_bytes, "bytes of the base model's tensors")

@@ -19,7 +19,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hfmem.memory import expr as E
-from hfmem.memory.activations import ActivationEstimate, logits_backward_bytes, logits_forward_bytes
+from hfmem.memory.activations import (
+    ActivationEstimate,
+    bytes_per_token,
+    logit_element_bytes,
+    logits_backward_bytes,
+    logits_forward_bytes,
+    micro_batch_tokens,
+    profile_logit_element_bytes,
+    profile_tokens,
+    typical_layer_saved_bytes,
+)
 from hfmem.memory.expr import Const, Expr, Var, ceil_div, cite, floor_div, lift, maximum, minimum, total, trunc
 from hfmem.memory.inference import (
     dequant_transient_bytes,
@@ -28,19 +38,34 @@ from hfmem.memory.inference import (
     largest_kv_layer_bytes,
     prefill_activation_bytes,
 )
-from hfmem.memory.methods import FrozenCounts, frozen_bytes
+from hfmem.memory.methods import FrozenCounts, adapter_params, count_adapters, frozen_bytes
 from hfmem.memory.parallel import (
     active_params_per_token,
     data_parallel_degree,
     expert_sharding_degree,
     in_flight,
+    layer_sums,
+    parameter_count,
     sharding_degree,
     stage_other_bytes,
+    tensors_params,
     tp_input_bytes,
     tp_saved_bytes,
 )
 from hfmem.memory.peak import OverheadInputs, fragmentation_bytes, headroom_bytes, overhead_terms, phase_bytes
-from hfmem.memory.quantization import QuantCounts, QuantScheme, bnb_4bit_metadata, quantized_metadata_bytes
+from hfmem.memory.quantization import (
+    QuantCounts,
+    QuantScheme,
+    bnb_4bit_metadata,
+    is_16bit_model,
+    quantized_metadata_bytes,
+    scheme_for_dtype,
+    tensor_bytes,
+    weight_bytes,
+    weight_operands,
+    weights_breakdown,
+    weights_total_bytes,
+)
 from hfmem.memory.states import (
     StateInputs,
     TensorCounts,
@@ -49,7 +74,17 @@ from hfmem.memory.states import (
     group_state_bytes,
     tensor_state_bytes,
 )
-from hfmem.types import FinetuneSettings, KvLayer, OverheadSettings, ParallelSettings, TrainingSetup
+from hfmem.types import (
+    ActivationProfile,
+    FinetuneSettings,
+    KvLayer,
+    LayerProfile,
+    OverheadSettings,
+    ParallelSettings,
+    ParameterInfo,
+    ParameterInventory,
+    TrainingSetup,
+)
 from tests.test_explain import _evaluate
 
 OPTIMIZERS = ("adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion")
@@ -177,7 +212,10 @@ state_inputs = st.builds(
 )
 def test_model_state_formulas(optimizer: str, offload: str, stage: int, x: StateInputs) -> None:
     setup = _setup(optimizer, offload, stage)
-    same(group_state_bytes(setup, stage, x), group_state_bytes(setup, stage, symbolic(x)))
+    plain, sym = group_state_bytes(setup, stage, x), group_state_bytes(setup, stage, symbolic(x))
+    same(plain, sym)
+    same(plain.gpu_bytes, sym.gpu_bytes)
+    assert plain.gpu_bytes == plain.weights + plain.master + plain.gradients + plain.optimizer
 
 
 @settings(max_examples=100, deadline=None)
@@ -405,3 +443,111 @@ def test_moe_active_parameters_formula(total_: int, routed: int, k: int, e: int)
             Var("Ψ", total_, ""), Var("R", routed, "") if routed else 0, Var("k", k, ""), Var("E", e, "")
         ),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The operands explain used to sum itself: one function groups them, the int and symbolic paths share the formula
+
+param_infos = st.lists(
+    st.builds(
+        ParameterInfo,
+        name=st.sampled_from(("model.layers.0.mlp.up_proj.weight", "model.norm.weight", "lm_head.weight", "x.weight")),
+        shape=st.lists(st.integers(1, 300), min_size=1, max_size=3).map(tuple),
+        dtype=st.sampled_from(("float32", "bfloat16", "float16")),
+        is_linear=st.booleans(),
+        is_embedding=st.booleans(),
+        layer_index=st.none() | st.integers(0, 5),
+        after_layers=st.booleans(),
+    ),
+    min_size=1,
+    max_size=12,
+).map(lambda ps: [dataclasses.replace(p, name=f"{p.name}.{i}") for i, p in enumerate(ps)])
+
+
+def inventory_from(params: list[ParameterInfo]) -> ParameterInventory:
+    return ParameterInventory.from_parameters(
+        params, buffer_params=0, largest_module=("m", 1), module_params=[], architecture=None, model_type=None
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(params=param_infos, dtype=st.sampled_from(("bf16", "fp32", "int8", "nf4", "int4", "fp8")), dq=st.booleans())
+def test_weight_formula(params: list[ParameterInfo], dtype: Any, dq: bool) -> None:
+    inv = inventory_from(params)
+    scheme = scheme_for_dtype(dtype, double_quant=dq)
+    ops = weight_operands(inv, scheme)
+    plain = weight_bytes(scheme, ops.quantized, ops.plain_by_width)
+    # independent of the grouping: tensor by tensor, as `tensor_bytes` stores each one
+    by_tensor = sum(sum(tensor_bytes(p, scheme, model_is_16bit=is_16bit_model(inv))) for p in params)
+    assert plain == by_tensor == weights_breakdown(inv, scheme).total_bytes
+    sym_plain = [(w, Var(f"Ψ_{w}", n, "")) for w, n in ops.plain_by_width]
+    sym_q = symbolic(ops.quantized) if ops.quantized is not None else None
+    same(plain, weight_bytes(scheme, sym_q, sym_plain))
+    b = weights_breakdown(inv, scheme)
+    parts = (b.quantized_data_bytes, b.quantization_metadata_bytes, b.unquantized_bytes)
+    same(b.total_bytes, weights_total_bytes(*(Var(f"x{i}", x, "") if x else 0 for i, x in enumerate(parts))))
+
+
+@settings(max_examples=100, deadline=None)
+@given(params=param_infos)
+def test_parameter_count_formula(params: list[ParameterInfo]) -> None:
+    inv = inventory_from(params)
+    sums = layer_sums(inv)
+    per_layer = {p.layer_index for p in params if p.layer_index is not None}
+    assert sums.layers == len(per_layer)
+    plain = parameter_count(sums.layer_groups, sums.before_params, sums.after_params)
+    assert plain == sum(p.numel for p in params) == inv.total_params
+    sym = parameter_count(
+        [(Var(f"L{i}", c, ""), Var(f"P{i}", s, "")) for i, (c, s) in enumerate(sums.layer_groups)],
+        Var("B", sums.before_params, "") if sums.before_params else 0,
+        Var("A", sums.after_params, "") if sums.after_params else 0,
+    )
+    same(plain, sym)
+    shapes = [p.shape for p in params]
+    assert tensors_params(shapes) == inv.total_params
+    same(tensors_params(shapes), tensors_params([tuple(Const(d) for d in s) for s in shapes]))
+
+
+@given(
+    rank=st.integers(1, 64),
+    adapted=st.lists(st.tuples(st.integers(1, 4096), st.integers(1, 4096)), max_size=6),
+    dora=st.booleans(),
+    saved=st.integers(0, 10**6),
+)
+def test_adapter_formula(rank: int, adapted: list[tuple[int, int]], dora: bool, saved: int) -> None:
+    trained = []
+    for i, (n_in, n_out) in enumerate(adapted):
+        trained.append(ParameterInfo(f"l{i}.lora_A.default.weight", (rank, n_in), "float32"))
+        trained.append(ParameterInfo(f"l{i}.lora_B.default.weight", (n_out, rank), "float32"))
+        if dora:
+            trained.append(ParameterInfo(f"l{i}.lora_magnitude_vector.default.weight", (n_out,), "float32"))
+    if saved:
+        trained.append(ParameterInfo("score.modules_to_save.default.weight", (saved,), "float32"))
+    c = count_adapters(trained, rank)
+    # LoRA (Hu et al. 2021): A is r × in, B is out × r; DoRA adds one magnitude per output
+    assert c.lora_sides == sum(n_in + n_out for n_in, n_out in adapted)
+    assert c.dora_magnitudes == (sum(n_out for _, n_out in adapted) if dora else 0)
+    plain = adapter_params(rank, c.lora_sides, c.dora_magnitudes, c.other_params)
+    assert plain == sum(p.numel for p in trained)
+    same(
+        plain,
+        adapter_params(
+            Var("r", rank, ""),
+            *(Var(f"x{i}", v, "") if v else 0 for i, v in enumerate((c.lora_sides, c.dora_magnitudes, c.other_params))),
+        ),
+    )
+
+
+@given(batch=POSITIVE, seq=POSITIVE, vocab=POSITIVE, elt=st.sampled_from((2, 4)), odd=st.booleans())
+def test_token_and_logit_formulas(batch: int, seq: int, vocab: int, elt: int, odd: bool) -> None:
+    tokens = micro_batch_tokens(batch, seq)
+    assert tokens == batch * seq
+    same(tokens, micro_batch_tokens(Var("b", batch, ""), Var("s", seq, "")))
+    logits = tokens * vocab * elt + (1 if odd else 0)
+    same(logit_element_bytes(logits, tokens, vocab), logit_element_bytes(Var("G", logits, ""), tokens, vocab))
+    prof = ActivationProfile(batch, seq, "sdpa", "bf16", vocab, (), (), 0, 0, logits)
+    assert profile_tokens(prof) == batch * seq
+    assert profile_logit_element_bytes(prof) == (0 if odd else elt)  # not b × s × V elements of one width: none
+    layers = tuple(LayerProfile(f"l{i}", s, 0, 0) for i, s in enumerate((8, 8, 6)))
+    assert typical_layer_saved_bytes(dataclasses.replace(prof, layers=layers)) == 8
+    assert bytes_per_token(3 * tokens, tokens) == 3.0

@@ -11,12 +11,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hfmem.memory.expr import Value, cite, maximum, total, value_of
+from hfmem.memory.expr import Value, cite, floor_div, maximum, total, value_of
 from hfmem.memory.sources import SRC_LOSS
 from hfmem.memory.states import PRECISION_SPECS
 from hfmem.types import ActivationProfile, Checkpointing, LayerProfile, Precision
 
 __all__ = [
+    "micro_batch_tokens",
+    "profile_tokens",
+    "logit_element_bytes",
+    "profile_logit_element_bytes",
+    "typical_layer_saved_bytes",
+    "bytes_per_token",
     "ActivationEstimate",
     "CONTEXT_KEYS",
     "DEFAULT_SEQ_LEN_CAP",
@@ -66,6 +72,42 @@ def default_seq_len(config: Mapping[str, Any], built: int | None = None) -> tupl
     if context > DEFAULT_SEQ_LEN_CAP:
         return DEFAULT_SEQ_LEN_CAP, f"the model's context {context:,} capped at {DEFAULT_SEQ_LEN_CAP}"
     return context, f"the model's context length {context:,}"
+
+
+def micro_batch_tokens(batch_size: Value, seq_len: Value) -> Value:
+    """Tokens in one micro-batch: b × s."""
+    return batch_size * seq_len
+
+
+def profile_tokens(profile: ActivationProfile) -> int:
+    """Tokens of the traced micro-batch (`micro_batch_tokens`)."""
+    return micro_batch_tokens(profile.batch_size, profile.seq_len)  # type: ignore[return-value]
+
+
+def logit_element_bytes(logits_bytes: Value, tokens: Value, vocab: Value) -> Value:
+    """Bytes per logit: G / (tokens × V), the logits tensor being tokens × vocabulary elements."""
+    return floor_div(logits_bytes, tokens * vocab)
+
+
+def profile_logit_element_bytes(profile: ActivationProfile) -> int:
+    """Bytes per logit of the traced micro-batch, or 0 when the logits are not exactly b × s × V elements of one
+    width (no vocabulary, or a tensor of another shape)."""
+    tokens, vocab = profile_tokens(profile), profile.vocab_size
+    if not vocab or not tokens:
+        return 0
+    elt: int = logit_element_bytes(profile.logits_bytes, tokens, vocab)  # type: ignore[assignment]
+    return elt if elt and tokens * vocab * elt == profile.logits_bytes else 0
+
+
+def typical_layer_saved_bytes(profile: ActivationProfile) -> int:
+    """The saved bytes most layers have (the first seen on a tie; 0 without layers)."""
+    sizes = [layer.saved_bytes for layer in profile.layers]
+    return max(set(sizes), key=sizes.count) if sizes else 0
+
+
+def bytes_per_token(nbytes: int, tokens: int) -> float:
+    """``nbytes`` per token (for display; 0 tokens count as 1)."""
+    return nbytes / max(tokens, 1)
 
 
 @dataclass(frozen=True)

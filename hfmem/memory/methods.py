@@ -30,6 +30,9 @@ from hfmem.memory.sources import SRC_BNB_MATMUL
 from hfmem.types import FinetuneSettings, ParameterInfo, ParameterInventory
 
 __all__ = [
+    "AdapterCounts",
+    "count_adapters",
+    "adapter_params",
     "ADAPTER_DTYPE",
     "ADAPTER_WEIGHT_BYTES",
     "QLORA_COMPUTE_BYTES",
@@ -50,6 +53,43 @@ ADAPTER_WEIGHT_BYTES = ADAPTER_DTYPE.bits // 8
 #: bitsandbytes dequantizes a 4-bit weight to the compute dtype (``bnb_4bit_compute_dtype``, bf16 in QLoRA
 #: recipes) for each matmul (``MatMul4Bit.forward``: ``F.dequantize_4bit(B, quant_state).to(A.dtype)``).
 QLORA_COMPUTE_BYTES = BF16.bits // 8
+
+
+@dataclass(frozen=True)
+class AdapterCounts:
+    """The trainable tensors of a LoRA/DoRA model, as `adapter_params` sums them (`count_adapters`).
+
+    Attributes:
+        lora_sides: Σ over the adapted linears of (inputs + outputs), each LoRA matrix counted by its side that is
+            not the rank.
+        dora_magnitudes: DoRA magnitude vectors' elements (one per output feature of each adapted linear).
+        other_params: every other trainable tensor (``modules_to_save`` copies).
+    """
+
+    lora_sides: int
+    dora_magnitudes: int
+    other_params: int
+
+
+def count_adapters(trained: Iterable[ParameterInfo], rank: int) -> AdapterCounts:
+    """Classify the trainable tensors of a peft model of LoRA rank ``rank``."""
+    sides = dora = other = 0
+    for p in trained:
+        if ".lora_" in p.name and "magnitude" not in p.name and len(p.shape) == 2 and rank in p.shape:
+            # lora_A is [r, in], lora_B is [out, r] (embeddings: lora_embedding_A [r, vocab], _B [dim, r]): the
+            # side that is not the rank, numel / r exactly.
+            sides += p.numel // rank
+        elif "magnitude" in p.name:
+            dora += p.numel
+        else:
+            other += p.numel
+    return AdapterCounts(sides, dora, other)
+
+
+def adapter_params(rank: Value, lora_sides: Value, dora_magnitudes: Value, other_params: Value) -> Value:
+    """Trainable parameters of a LoRA model: r × Σ(in + out) over adapted linears (Hu et al. 2021: A is r × in,
+    B is out × r) + DoRA magnitudes (Liu et al. 2024) + modules_to_save copies."""
+    return rank * lora_sides + dora_magnitudes + other_params
 
 
 def matches_patterns(name: str, patterns: Sequence[str]) -> bool:

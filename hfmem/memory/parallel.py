@@ -23,12 +23,18 @@ Megatron-LM's layout (Shoeybi et al. 2019; Narayanan et al. 2021; Korthikanti et
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from hfmem.memory.expr import Value, ceil_div, floor_div, maximum, minimum
+from hfmem.memory.expr import Value, ceil_div, floor_div, maximum, minimum, total
 from hfmem.types import ActivationProfile, LayerProfile, ParameterInfo, ParameterInventory, TrainingSetup
 
 __all__ = [
+    "LayerSums",
+    "layer_sums",
+    "parameter_count",
+    "tensors_params",
     "PipelineStage",
     "pipeline_stages",
     "in_flight_microbatches",
@@ -45,6 +51,53 @@ __all__ = [
     "data_parallel_degree",
     "expert_sharding_degree",
 ]
+
+
+@dataclass(frozen=True)
+class LayerSums:
+    """A model's parameters by where they sit (`layer_sums`).
+
+    Attributes:
+        layer_groups: ``(layers, parameters of one such layer)`` for each distinct layer size, in order of first
+            appearance.
+        before_params: outside the layers and before them (embeddings).
+        after_params: outside the layers and after them (final norm, untied LM head).
+    """
+
+    layer_groups: tuple[tuple[int, int], ...]
+    before_params: int
+    after_params: int
+
+    @property
+    def layers(self) -> int:
+        return sum(count for count, _ in self.layer_groups)
+
+
+def layer_sums(inventory: ParameterInventory) -> LayerSums:
+    """Sum ``inventory``'s parameters per transformer layer and outside the layers, and group equal layers."""
+    per_layer: dict[int, int] = {}
+    before = after = 0
+    for p in inventory.parameters:
+        if p.layer_index is not None:
+            per_layer[p.layer_index] = per_layer.get(p.layer_index, 0) + p.numel
+        elif p.after_layers:
+            after += p.numel
+        else:
+            before += p.numel
+    groups: dict[int, int] = {}
+    for i in sorted(per_layer):
+        groups[per_layer[i]] = groups.get(per_layer[i], 0) + 1
+    return LayerSums(tuple((count, size) for size, count in groups.items()), before, after)
+
+
+def tensors_params(shapes: Iterable[Sequence[Value]]) -> Value:
+    """Σ over tensors of the product of their shape: the elements of those tensors."""
+    return total([math.prod(shape) for shape in shapes])
+
+
+def parameter_count(layer_groups: Iterable[tuple[Value, Value]], before: Value, after: Value) -> Value:
+    """Ψ = Σ layers × parameters of one layer + the parameters before and after the layers."""
+    return total([count * size for count, size in layer_groups] + [before, after])
 
 
 @dataclass(frozen=True)

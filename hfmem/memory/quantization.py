@@ -40,6 +40,11 @@ __all__ = [
     "tensor_bytes",
     "plain_width",
     "is_16bit_model",
+    "weights_total_bytes",
+    "WeightOperands",
+    "weight_operands",
+    "plain_weight_bytes",
+    "weight_bytes",
     "weights_breakdown",
 ]
 
@@ -130,7 +135,14 @@ class WeightsBreakdown:
 
     @property
     def total_bytes(self) -> int:
-        return self.quantized_data_bytes + self.quantization_metadata_bytes + self.unquantized_bytes
+        return weights_total_bytes(  # type: ignore[return-value]
+            self.quantized_data_bytes, self.quantization_metadata_bytes, self.unquantized_bytes
+        )
+
+
+def weights_total_bytes(data: Value, metadata: Value, plain: Value) -> Value:
+    """A model's weight bytes: the packed quantized values, their metadata and the unquantized tensors."""
+    return data + metadata + plain
 
 
 def scheme_for_dtype(
@@ -309,10 +321,11 @@ def quantized_counts(param: ParameterInfo, scheme: QuantScheme) -> QuantCounts:
 
 def sum_counts(counts: Iterable[QuantCounts]) -> QuantCounts:
     """Field-by-field sums (every field is a sum over tensors, so the formulas hold for the totals)."""
-    out = [0] * len(fields(QuantCounts))
+    names = [f.name for f in fields(QuantCounts)]
+    out = [0] * len(names)
     for c in counts:
-        for i, f in enumerate(fields(QuantCounts)):
-            out[i] += getattr(c, f.name)
+        for i, name in enumerate(names):
+            out[i] += getattr(c, name)
     return QuantCounts(*out)
 
 
@@ -398,8 +411,21 @@ def is_16bit_model(inventory: ParameterInventory) -> bool:
     return sixteen * 2 > inventory.total_params
 
 
-def weights_breakdown(inventory: ParameterInventory, scheme: QuantScheme) -> WeightsBreakdown:
-    """Sum `tensor_bytes` over every parameter.
+@dataclass(frozen=True)
+class WeightOperands:
+    """The sums the weight formula needs (`weight_operands`).
+
+    Attributes:
+        quantized: `QuantCounts` summed over the quantized tensors; None when the scheme quantizes none.
+        plain_by_width: ``(bytes per element, parameters)`` of the unquantized tensors, widest first.
+    """
+
+    quantized: QuantCounts | None
+    plain_by_width: tuple[tuple[int, int], ...]
+
+
+def weight_operands(inventory: ParameterInventory, scheme: QuantScheme) -> WeightOperands:
+    """Group ``inventory``'s tensors into what `weight_bytes` sums: quantized counts, plain parameters by width.
 
     Raises:
         InvalidSetupError: a quantized scheme for a ``--params`` plan, whose tensors (and so which are linear) are
@@ -411,17 +437,49 @@ def weights_breakdown(inventory: ParameterInventory, scheme: QuantScheme) -> Wei
                 "quantized weights depend on which tensors are linear layers, which --params does not know; "
                 "pass a model id or config, or use --weights-dtype fp32/bf16/fp16"
             )
-        width = scheme.plain_bytes or 2
-        return WeightsBreakdown(scheme, 0, 0, 0, inventory.total_params, inventory.total_params * width)
-    q_params = q_data = q_meta = plain_params = plain_bytes = 0
+        return WeightOperands(None, ((scheme.plain_bytes or 2, inventory.total_params),))
     model_is_16bit = is_16bit_model(inventory)
+    plain: dict[int, int] = {}
+    quantized: list[QuantCounts] = []
     for param in inventory.parameters:
-        data, meta = tensor_bytes(param, scheme, model_is_16bit=model_is_16bit)
         if is_quantized(param, scheme):
-            q_params += param.numel
-            q_data += data
-            q_meta += meta
+            quantized.append(quantized_counts(param, scheme))
         else:
-            plain_params += param.numel
-            plain_bytes += data
-    return WeightsBreakdown(scheme, q_params, q_data, q_meta, plain_params, plain_bytes)
+            width = plain_width(param, scheme, model_is_16bit=model_is_16bit)
+            plain[width] = plain.get(width, 0) + param.numel
+    return WeightOperands(sum_counts(quantized) if quantized else None, tuple(sorted(plain.items(), reverse=True)))
+
+
+def plain_weight_bytes(plain_by_width: Iterable[tuple[Value, Value]]) -> Value:
+    """Σ parameters × width over the unquantized tensors (``(width, parameters)`` pairs)."""
+    out: Value = 0
+    for width, params in plain_by_width:
+        out = out + params * width
+    return out
+
+
+def weight_bytes(
+    scheme: QuantScheme, quantized: QuantCounts | None, plain_by_width: Iterable[tuple[Value, Value]]
+) -> Value:
+    """A model's weight bytes over `weight_operands`: packed values + metadata + Σ width × parameters."""
+    if quantized is None:
+        return plain_weight_bytes(plain_by_width)
+    return weights_total_bytes(
+        quantized.packed_bytes, quantized_metadata_bytes(scheme, quantized), plain_weight_bytes(plain_by_width)
+    )
+
+
+def weights_breakdown(inventory: ParameterInventory, scheme: QuantScheme) -> WeightsBreakdown:
+    """The model's weights under ``scheme``, from `weight_operands` (see `tensor_bytes` for each layout).
+
+    Raises:
+        InvalidSetupError: a quantized scheme for a ``--params`` plan (`weight_operands`).
+    """
+    ops = weight_operands(inventory, scheme)
+    plain_params = sum(params for _, params in ops.plain_by_width)
+    plain_bytes: int = plain_weight_bytes(ops.plain_by_width)  # type: ignore[assignment]
+    q = ops.quantized
+    if q is None:
+        return WeightsBreakdown(scheme, 0, 0, 0, plain_params, plain_bytes)
+    meta: int = quantized_metadata_bytes(scheme, q)  # type: ignore[assignment]
+    return WeightsBreakdown(scheme, q.elements, q.packed_bytes, meta, plain_params, plain_bytes)  # type: ignore[arg-type]

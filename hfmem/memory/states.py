@@ -325,6 +325,11 @@ class StateBytes:
     optimizer: Value
     cpu_per_node: Value = 0
 
+    @property
+    def gpu_bytes(self) -> Value:
+        """The GPU's model states: weights + gradients + master weights + optimizer states."""
+        return self.weights + self.gradients + self.master + self.optimizer
+
 
 def group_state_bytes(setup: TrainingSetup, zero_stage: int, x: StateInputs) -> StateBytes:
     """Model states of one group of parameters at one ZeRO stage (the table of `stage_memory`)."""
