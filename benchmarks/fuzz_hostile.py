@@ -269,13 +269,20 @@ def _run(case: Case, env: dict[str, str], limit_s: float, home: Path) -> Outcome
         kind = "internal"
     elif code == 0 and stdout:
         kind = "result"
-    elif code in ERROR_CODES and len(lines) == 1 and (lines[0].startswith("Error: ") or code == 130):
+    elif code in ERROR_CODES and _one_error_line(lines, code):
         kind = "error"
     elif code == 2 and lines[-1:] and lines[-1].startswith("Error: ") and err.count("Error: ") == 1:
         kind = "error"  # click's usage errors: "Usage: …" and "Try 'hfmem --help'" above the one Error line
     else:
         kind = "malformed"
     return Outcome(kind, code, wall_s, err)
+
+
+def _one_error_line(lines: list[str], code: int) -> bool:
+    """One ``Error: …`` line (or ``hfmem: interrupted`` for 130), after at most the one-line ``hfmem: …`` notes that
+    precede a build (the 'building … on the meta device' line, fallbacks taken)."""
+    *notes, last = lines or [""]
+    return all(line.startswith("hfmem: ") for line in notes) and (last.startswith("Error: ") or code == 130)
 
 
 @contextmanager
