@@ -200,16 +200,7 @@ def compare_checkpoint(
         The comparison; ``difference_params == sum(g.params for g in explained) + unexplained_params``.
 
     Example:
-        >>> from hfmem.types import (
-    DIFFERENCE_REASONS as REASONS,
-    SAFETENSORS_DTYPE_BITS,
-    CheckpointComparison,
-    CheckpointSummary,
-    DifferenceGroup,
-    ParameterInfo,
-    ParameterInventory,
-    StoredTensor,
-)
+        >>> from hfmem.types import ParameterInfo, ParameterInventory
         >>> inv = ParameterInventory.from_parameters([ParameterInfo("model.w", (4, 4), "bfloat16")],
         ...     buffer_params=0, largest_module=("model", 16), module_params=[], architecture=None, model_type=None)
         >>> s = summary_from_headers("x", [("w", {"dtype": "BF16", "shape": [4, 4]}),
