@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The tiny custom-code model whose code the key must follow (shared with tests/test_cache.py).
+REMOTE_CODE = ROOT / "tests" / "fixtures" / "remote_code_counted"
 #: A process still running after this long counts as a hang (the issue's bar: no hang over 60 s).
 HANG_S = 60
 ENTRY = re.compile(r"[0-9a-f]{64}\.json")
@@ -89,46 +91,8 @@ REMOTE_CONFIG = {
     "vocab_size": 16,
     "tie_word_embeddings": False,
 }
-REMOTE_CONFIGURATION = """from transformers import PretrainedConfig
-
-
-class TinyConfig(PretrainedConfig):
-    model_type = "tiny-remote"
-
-    def __init__(self, hidden_size=8, num_hidden_layers=2, vocab_size=16, **kwargs):
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.vocab_size = vocab_size
-        super().__init__(**kwargs)
-"""
-REMOTE_MODELING = """import torch
-from torch import nn
-from transformers import PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
-
-from .configuration_tiny import TinyConfig
-
-EXTRA_LAYERS = 0
-
-
-class TinyForCausalLM(PreTrainedModel):
-    config_class = TinyConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            nn.Linear(config.hidden_size, config.hidden_size) for _ in range(config.num_hidden_layers + EXTRA_LAYERS)
-        )
-        self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def forward(self, input_ids=None, **kwargs):
-        hidden = self.embed(input_ids)
-        for layer in self.layers:
-            hidden = torch.relu(layer(hidden))
-        return CausalLMOutput(logits=self.head(hidden))
-"""
+REMOTE_CONFIGURATION = (REMOTE_CODE / "configuration_tiny.py").read_text(encoding="utf-8")
+REMOTE_MODELING = (REMOTE_CODE / "modeling_tiny.py").read_text(encoding="utf-8")
 
 
 def remote_params(layers: int) -> int:

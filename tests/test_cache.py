@@ -22,7 +22,7 @@ from hfmem.cache import MARKER_NAME, ProfileCache, cache_dir, cache_key, clear_c
 from hfmem.cli import cli
 from hfmem.errors import CacheFolderError, ExitCode
 from hfmem.types import FinetuneSettings, ParameterInfo, ParameterInventory, ResolvedModel, TrainingSetup
-from tests.conftest import TINY_LLAMA, TINY_LLAMA_PARAMS
+from tests.conftest import FIXTURES, TINY_LLAMA, TINY_LLAMA_PARAMS
 
 #: Keys are SHA-256 digests in hex; these stand for any two.
 KEY = "a" * 64
@@ -537,48 +537,8 @@ TINY_REMOTE_CONFIG = {
     "vocab_size": 16,
     "tie_word_embeddings": False,
 }
-TINY_REMOTE_CONFIGURATION = """
-from transformers import PretrainedConfig
-
-
-class TinyConfig(PretrainedConfig):
-    model_type = "tiny-remote"
-
-    def __init__(self, hidden_size=8, num_hidden_layers=2, vocab_size=16, **kwargs):
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.vocab_size = vocab_size
-        super().__init__(**kwargs)
-"""
-TINY_REMOTE_MODELING = """
-import torch
-from torch import nn
-from transformers import PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
-
-from .configuration_tiny import TinyConfig
-
-EXTRA_LAYERS = 0
-
-
-class TinyForCausalLM(PreTrainedModel):
-    config_class = TinyConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            nn.Linear(config.hidden_size, config.hidden_size) for _ in range(config.num_hidden_layers + EXTRA_LAYERS)
-        )
-        self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def forward(self, input_ids=None, **kwargs):
-        hidden = self.embed(input_ids)
-        for layer in self.layers:
-            hidden = torch.relu(layer(hidden))
-        return CausalLMOutput(logits=self.head(hidden))
-"""
+TINY_REMOTE_CONFIGURATION = (FIXTURES / "remote_code_counted" / "configuration_tiny.py").read_text(encoding="utf-8")
+TINY_REMOTE_MODELING = (FIXTURES / "remote_code_counted" / "modeling_tiny.py").read_text(encoding="utf-8")
 
 
 def tiny_remote_model(folder: Path) -> Path:
