@@ -78,19 +78,8 @@ def tiny_llama_params(layers: int) -> int:
     return 2 * 1000 * 64 + layers * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64
 
 
-#: A custom-code model as a Hub repo with ``auto_map`` ships it (tests/test_cache.py has the same one).
-REMOTE_CONFIG = {
-    "model_type": "tiny-remote",
-    "architectures": ["TinyForCausalLM"],
-    "auto_map": {
-        "AutoConfig": "configuration_tiny.TinyConfig",
-        "AutoModelForCausalLM": "modeling_tiny.TinyForCausalLM",
-    },
-    "hidden_size": 8,
-    "num_hidden_layers": 2,
-    "vocab_size": 16,
-    "tie_word_embeddings": False,
-}
+#: A custom-code model as a Hub repo with ``auto_map`` ships it (the fixture tests/test_cache.py uses too).
+REMOTE_CONFIG = json.loads((REMOTE_CODE / "config.json").read_text(encoding="utf-8"))
 REMOTE_CONFIGURATION = (REMOTE_CODE / "configuration_tiny.py").read_text(encoding="utf-8")
 REMOTE_MODELING = (REMOTE_CODE / "modeling_tiny.py").read_text(encoding="utf-8")
 

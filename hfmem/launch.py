@@ -255,19 +255,14 @@ class _Doc:
     def get(self, key: str, default: Any = None) -> Any:
         """The value at dotted ``key`` (marked as read), or ``default``."""
         self.read.add(key)
-        node: Any = self.data
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return default
-            node = node[part]
-        return node
+        return self.peek(key, default)
 
-    def peek(self, key: str) -> Any:
+    def peek(self, key: str, default: Any = None) -> Any:
         """The value at dotted ``key`` without marking it read (a section whose keys are read one by one)."""
         node: Any = self.data
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
-                return None
+                return default
             node = node[part]
         return node
 

@@ -525,18 +525,7 @@ def test_versions_are_read_without_importing_torch() -> None:
 
 #: A tiny custom-code model, as a Hub repo with ``auto_map`` ships it. By hand: embedding 16·8 = 128, each layer
 #: Linear(8, 8) with bias 8·8 + 8 = 72, head 8·16 = 128 (no bias, untied).
-TINY_REMOTE_CONFIG = {
-    "model_type": "tiny-remote",
-    "architectures": ["TinyForCausalLM"],
-    "auto_map": {
-        "AutoConfig": "configuration_tiny.TinyConfig",
-        "AutoModelForCausalLM": "modeling_tiny.TinyForCausalLM",
-    },
-    "hidden_size": 8,
-    "num_hidden_layers": 2,
-    "vocab_size": 16,
-    "tie_word_embeddings": False,
-}
+TINY_REMOTE_CONFIG = json.loads((FIXTURES / "remote_code_counted" / "config.json").read_text(encoding="utf-8"))
 TINY_REMOTE_CONFIGURATION = (FIXTURES / "remote_code_counted" / "configuration_tiny.py").read_text(encoding="utf-8")
 TINY_REMOTE_MODELING = (FIXTURES / "remote_code_counted" / "modeling_tiny.py").read_text(encoding="utf-8")
 
