@@ -10,7 +10,8 @@ compares like with like (`predicted_bytes`):
 * ``smi`` (nvidia-smi "memory used"): the CUDA context and the allocator's slack are in it → hfmem's ``total``.
 * ``reserved`` (``torch.cuda.max_memory_reserved``): the slack is in it, the context is not → ``total`` − context.
 * ``alloc`` / ``active`` (``max_memory_allocated``, ``active_bytes.all.peak``): neither → hfmem's allocated bytes,
-  ``total`` − CUDA context − allocator fragmentation (`allocated_bytes`, the one place that derives it).
+  ``total`` − CUDA context − allocator fragmentation (`allocated_bytes`, the one place that derives it), and less
+  any bitsandbytes paged optimizer states (CUDA managed memory, outside the allocator's statistics).
 * ``oom`` (the run did not fit; ``measured_mib`` is the GPU's size): passes when hfmem's ``total`` exceeds it.
 
 Training rows use the training plan (``--training-only``, one ZeRO stage), inference rows the serving plan
@@ -476,8 +477,14 @@ class Result:
         return self.predicted_bytes > self.measured_bytes
 
 
+def _paged_bytes(plan: dict[str, Any]) -> int:
+    """bitsandbytes paged optimizer states: CUDA managed memory, which PyTorch's allocator statistics never see."""
+    return int(plan.get("paged_optimizer_states_bytes") or 0)
+
+
 def allocated_bytes(plan: dict[str, Any]) -> int:
-    """What the allocator's statistics count: hfmem's total less the CUDA context and the allocator's slack.
+    """What the allocator's statistics count: hfmem's total less the CUDA context, the allocator's slack and any
+    paged (managed-memory) optimizer states.
 
     ``plan`` is one training stage or the inference section of ``hfmem --json``. Every other overhead line (the
     DynamicCache append copy, a dequantised weight) is a tensor, so it stays in.
@@ -487,6 +494,7 @@ def allocated_bytes(plan: dict[str, Any]) -> int:
         int(plan["per_gpu_bytes"]["total"])
         - int(overheads.get("cuda_context", 0))
         - int(overheads.get("allocator_fragmentation", 0))
+        - _paged_bytes(plan)
     )
 
 
@@ -496,7 +504,7 @@ def predicted_bytes(plan: dict[str, Any], metric: str) -> int:
     if metric in ("smi", "oom"):
         return total
     if metric == "reserved":
-        return total - int(plan.get("overheads", {}).get("cuda_context", 0))
+        return total - int(plan.get("overheads", {}).get("cuda_context", 0)) - _paged_bytes(plan)
     if metric in ("alloc", "active"):
         return allocated_bytes(plan)
     raise ValueError(f"unknown metric {metric!r}")
@@ -511,6 +519,8 @@ def _components(plan: dict[str, Any], metric: str) -> dict[str, int]:
         if metric == "reserved" and key == "cuda_context":
             continue
         parts[key] = int(value)
+    if metric != "smi" and "optimizer_states" in parts:  # the paged part is outside the allocator's count
+        parts["optimizer_states"] -= _paged_bytes(plan)
     return parts
 
 

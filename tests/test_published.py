@@ -66,6 +66,11 @@ def test_like_with_like(published) -> None:  # type: ignore[no-untyped-def]
     assert published.allocated_bytes(plan) == 1000 + 1000 + 500 + 100
     with pytest.raises(ValueError, match="unknown metric"):
         published.predicted_bytes(plan, "mystery")
+    # bitsandbytes paged optimizer states live in CUDA managed memory: nvidia-smi sees them, the allocator does not.
+    paged = {**plan, "paged_optimizer_states_bytes": 400}
+    assert published.predicted_bytes(paged, "smi") == 3450
+    assert published.predicted_bytes(paged, "reserved") == 3450 - 600 - 400
+    assert published.predicted_bytes(paged, "active") == 2600 - 400
 
 
 @pytest.mark.parametrize(
