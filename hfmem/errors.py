@@ -30,6 +30,7 @@ __all__ = [
     "LaunchConfigError",
     "CacheFolderError",
     "UnknownDtypeError",
+    "WebExtraMissingError",
 ]
 
 
@@ -260,3 +261,12 @@ class UnknownDtypeError(HfmemError, ValueError):
             f"unknown dtype {shown!r}; use one of {', '.join(known)} (or a torch name like 'bfloat16', "
             "'torch.bfloat16', or a safetensors name like 'BF16')"
         )
+
+
+class WebExtraMissingError(HfmemError, ImportError):
+    """``hfmem web`` without Gradio, which the optional ``web`` extra installs."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self) -> None:
+        super().__init__("hfmem web needs Gradio, which is not installed; install it with: pip install 'hfmem[web]'")
