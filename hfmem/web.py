@@ -345,12 +345,13 @@ def answer(
             check_environment()
             ctx = _parse(args)
             report = _plan(ctx, on_build)
-    except (HfmemError, click.ClickException) as e:
-        return Answer(args=tuple(args), command=command, error=error_line(e, ctx))
-    except Exception as e:  # a bug: the CLI's "internal error (…); rerun with --debug" line, not a dead page
-        if "PYTEST_CURRENT_TEST" in os.environ:
+    except Exception as e:  # a bug too: the CLI's "internal error (…); rerun with --debug" line, not a dead page
+        if "PYTEST_CURRENT_TEST" in os.environ and not isinstance(e, (HfmemError, click.ClickException)):
             raise
-        return Answer(args=tuple(args), command=command, error=error_line(e, ctx))
+        message = error_line(e, ctx)
+        if upload and shown:  # the upload by its name, as the command line shows it, not the server's temp path
+            message = message.replace(upload, shown)
+        return Answer(args=tuple(args), command=command, error=message)
     finally:
         NETWORK_BUDGET.reset(budget)
     notes = tuple(dict.fromkeys([*report.model.notes, *report.notes]))
