@@ -682,6 +682,8 @@ def build_app() -> gr.Blocks:
                     label="The same plan on the command line",
                     language="shell",
                     wrap_lines=True,
+                    lines=1,
+                    max_lines=4,
                     elem_id="hfmem-command",
                 )
                 download = gr.DownloadButton("Download the JSON (hfmem … --json)", elem_id="hfmem-json")
