@@ -312,6 +312,7 @@ def _plan(ctx: click.Context, on_build: Callable[[str], None] | None) -> Report:
         training=training,
         inference=serve,
         find_max_batch=scalars["max_batch"],
+        checkpoint=scalars["checkpoint"] and serve is not None,  # as the CLI: the stored tensors, for serving
         finetune_given=scalars["finetune_given"],
     )
 

@@ -147,6 +147,8 @@ def test_serving_answer_is_estimate() -> None:
     assert found.report.inference == expected.inference
     assert found.report.inference.max_context is not None  # the largest context that fits is on the page
     assert "largest context" in web.render_summary(found.report)
+    doc = json.loads(Path(web.json_file(found.report, found.args)).read_text())
+    assert doc == cli_json(CliRunner(), list(found.args))
 
 
 def test_the_bars_hold_the_reports_bytes_against_the_gpu_line() -> None:
@@ -284,3 +286,27 @@ def test_the_page_builds_and_its_handler_fills_every_output() -> None:
 def test_the_space_app_is_the_same_page() -> None:
     text = (Path(__file__).parent.parent / "app.py").read_text()
     assert "from hfmem.web import" in text and "build_app" in text
+
+
+def test_the_pages_own_handlers_map_controls_to_the_command() -> None:
+    # The functions Gradio calls: the URL's settings fill the controls, and the controls' values (in the page's
+    # order) become the command line, for the task's controls only.
+    pytest.importorskip("gradio")
+    demo = web.build_app()
+    handlers = {f.fn.__name__: f for f in demo.fns.values() if f.fn is not None}
+    compute, from_url = handlers["compute"], handlers["from_url"]
+    labels = [getattr(block, "label", None) for block in compute.inputs]
+    assert labels[:4] == ["Model", "… or a config.json (read as data, never run)", "Task", "GPU"]
+
+    class Request:
+        query_params = {"model": MODEL, "task": "serve", "gpu": "rtx-4090", "context": "2048", "batch-size": "3"}
+
+    filled = from_url.fn(Request())
+    values = [v["value"] if isinstance(v, dict) else v for v in filled]
+    by_label = dict(zip(labels, values, strict=True))
+    assert by_label["Context (tokens per sequence)"] == 2048 and by_label["Concurrent sequences"] == 3
+    outputs = compute.fn(*values)
+    command = outputs[4]
+    assert command == f"hfmem {MODEL} --inference-only --context 2048 --batch-size 3 --gpu rtx-4090"
+    found = web.answer(web.settings_from_query(Request.query_params))
+    assert f'data-total-bytes="{found.report.inference.total_bytes}"' in outputs[2]
