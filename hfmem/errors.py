@@ -31,6 +31,7 @@ __all__ = [
     "CacheFolderError",
     "UnknownDtypeError",
     "WebExtraMissingError",
+    "WebPortError",
 ]
 
 
@@ -270,3 +271,19 @@ class WebExtraMissingError(HfmemError, ImportError):
 
     def __init__(self) -> None:
         super().__init__("hfmem web needs Gradio, which is not installed; install it with: pip install 'hfmem[web]'")
+
+
+class WebPortError(HfmemError, OSError):
+    """``hfmem web`` found no port to listen on: the one asked for is taken, or none is free in Gradio's range.
+
+    Attributes:
+        port: the port asked for (None: any free one).
+    """
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, port: int | None, reason: str) -> None:
+        self.port = port
+        where = f"port {port} on 127.0.0.1 is not free" if port else "no free port on 127.0.0.1 from 7860 up"
+        fix = "pass another --port, or none for a free one" if port else "pass a free one with --port"
+        super().__init__(f"{where} ({reason}); {fix}")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hfmem.errors import HfmemError, WebExtraMissingError
+from hfmem.errors import HfmemError, WebExtraMissingError, WebPortError
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -833,16 +833,20 @@ def serve(port: int | None = None, *, echo: Callable[[str], None] = print) -> No
 
     Raises:
         WebExtraMissingError: gradio is not installed (``pip install 'hfmem[web]'``).
+        WebPortError: ``port`` is taken (or, without one, no port is free from 7860 up).
     """
     demo = build_app()
-    _, url, _ = demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        inbrowser=False,
-        **launch_options(),
-    )
+    try:
+        _, url, _ = demo.launch(
+            server_name="127.0.0.1",
+            server_port=port,
+            prevent_thread_lock=True,
+            quiet=True,
+            inbrowser=False,
+            **launch_options(),
+        )
+    except OSError as e:  # gradio: "Cannot find empty port in range: 7860-7860. …"
+        raise WebPortError(port, str(e).split(".")[0]) from e
     echo(f"hfmem web: serving on {url} (Ctrl-C stops it)")
     try:
         demo.block_thread()

@@ -257,6 +257,21 @@ def test_web_without_gradio_is_one_line_and_exit_2(runner: CliRunner, monkeypatc
     )
 
 
+def test_web_on_a_taken_port_is_one_line_and_exit_2(runner: CliRunner) -> None:
+    pytest.importorskip("gradio")
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(cli, ["web", "--port", str(port)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: port {port} on 127.0.0.1 is not free (")  # (Gradio's reason)
+    assert result.stderr.endswith("; pass another --port, or none for a free one\n")
+    assert result.stderr.count("\n") == 1
+
+
 def test_web_help_imports_neither_torch_nor_gradio() -> None:
     script = (
         "import sys; from click.testing import CliRunner; from hfmem.cli import cli; "
