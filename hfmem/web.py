@@ -57,6 +57,7 @@ class Control:
     label: str
     tasks: tuple[str, ...]
     more: bool = False  # under "More settings", closed at first
+    hint: str | None = None  # the hint under the control (default: the option's help, first sentence)
 
 
 #: The page's controls, in order. A control whose option this hfmem does not have (yet) is left out, so offering
@@ -82,7 +83,7 @@ CONTROLS: tuple[Control, ...] = (
     Control("weights_dtype", "Weights", ("serve",)),
     Control("kv_dtype", "KV cache", ("serve",)),
     Control("context", "Context (tokens per sequence)", ("serve",)),
-    Control("batch_size", "Concurrent sequences", ("serve",)),
+    Control("batch_size", "Concurrent sequences", ("serve",), hint="Sequences served at once, each with its KV cache"),
     Control("concurrency", "Concurrent sequences", ("serve",)),
 )
 
@@ -486,7 +487,8 @@ def render_bars(report: Report) -> str:
         svg.append(
             f'<line x1="{ux:.2f}" y1="{top - 14}" x2="{ux:.2f}" y2="{height - 8}" stroke="#d62728" '
             'stroke-width="2" stroke-dasharray="5,3"/>'
-            f'<text x="{ux:.2f}" y="{top - 16}" font-size="12" fill="#d62728" text-anchor="middle">'
+            f'<text x="{ux:.2f}" y="{top - 16}" font-size="12" fill="#d62728" '
+            f'text-anchor="{"end" if ux > left + width / 2 else "start"}">'
             f"{html.escape(gpu.name)}: {_gib(usable)} usable</text>"
         )
     svg.append("</svg>")
@@ -525,7 +527,8 @@ def render_summary(report: Report) -> str:
         f"{inv.architecture or ''} · {describe_source(report)}",
         "",
         f"**Parameters:** {inv.total_params:,} ({format_count_short(inv.total_params)}) · "
-        f"trainable {inv.trainable_params:,} · embedding {inv.embedding_params:,}",
+        + (f"trainable {inv.trainable_params:,} · " if report.training is not None else "")
+        + f"embedding {inv.embedding_params:,}",
         "",
     ]
     if report.training is not None and report.training.seq_len is not None:
@@ -678,7 +681,7 @@ def build_app() -> gr.Blocks:
                 error = gr.HTML("", elem_id="hfmem-error-box")
                 summary = gr.Markdown(elem_id="hfmem-summary")
                 chart = gr.HTML(elem_id="hfmem-chart")
-                advice = gr.Markdown(elem_id="hfmem-advice")
+                advice = gr.HTML(elem_id="hfmem-advice")
                 command = gr.Code(
                     label="The same plan on the command line",
                     language="shell",
@@ -689,7 +692,7 @@ def build_app() -> gr.Blocks:
                 )
                 download = gr.DownloadButton("Download the JSON (hfmem … --json)", elem_id="hfmem-json")
                 with gr.Accordion("How every number is computed (--explain)", open=False):
-                    explain = gr.Textbox(show_label=False, lines=24, max_lines=60, elem_id="hfmem-explain")
+                    explain = gr.Code(show_label=False, language=None, lines=24, max_lines=60, elem_id="hfmem-explain")
                 notes = gr.Markdown(elem_id="hfmem-notes")
         query = gr.Textbox(visible=False, elem_id="hfmem-query")
 
@@ -761,7 +764,7 @@ def _control(gr: Any, w: Widget) -> Any:
     """The Gradio component of one control."""
     common = {
         "label": w.control.label,
-        "info": _short_help(w.help),
+        "info": w.control.hint or _short_help(w.help),
         "elem_id": f"hfmem-{w.key}-{'-'.join(w.control.tasks)}",
         "visible": DEFAULTS["task"] in w.control.tasks,
     }
@@ -789,7 +792,8 @@ def page_outputs(settings: Mapping[str, Any], found: Answer) -> tuple[Any, ...]:
     tries = suggestions(settings, report)
     advice = ""
     if tries:
-        advice = "**Does not fit. Try:** " + " · ".join(f"[{what}](?{q})" for what, q in tries)
+        links = " · ".join(f'<a href="?{html.escape(q)}" target="_self">{html.escape(what)}</a>' for what, q in tries)
+        advice = f"<p><strong>Does not fit. Try:</strong> {links}</p>"
     notes = "\n".join(f"- {note}" for note in found.notes)
     return (
         "",
