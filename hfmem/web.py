@@ -326,17 +326,28 @@ def error_line(error: Exception, ctx: click.Context | None = None) -> str:
     return f"Error: {translated.format_message()}"
 
 
+def _server_path(model: str) -> bool:
+    """Whether the model box names a file or folder on the server (which the page does not read: a page may be
+    public, and a local config is uploaded instead) rather than a Hub id."""
+    return model.startswith(("/", "~", ".", "\\")) or Path(model).exists()
+
+
 def answer(
     settings: Mapping[str, Any], *, upload: str | None = None, on_build: Callable[[str], None] | None = None
 ) -> Answer:
     """Plan the page's settings (or the uploaded config.json at ``upload``, never run as code); never raises for
-    bad input: the `Answer` carries the CLI's one-line error instead."""
+    bad input: the `Answer` carries the CLI's one-line error instead. The model box takes Hub ids only: a path on
+    the server is refused (`_server_path`)."""
     from hfmem.environment import check_environment
     from hfmem.limits import DEFAULT_TIMEOUT_SECONDS, NETWORK_BUDGET, NetworkBudget
 
     shown = Path(upload).name if upload else None
     try:
         args = command_args(settings, model=upload)
+        if upload is None and _server_path(args[0]):
+            raise click.UsageError(
+                f"{args[0]!r} is a path on the server running the page; give a Hub id, or upload the config.json"
+            )
     except click.ClickException as e:
         return Answer(args=(), command="", error=error_line(e))
     command = command_line(args, shown_model=shown)

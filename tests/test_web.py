@@ -214,6 +214,16 @@ def test_a_bad_value_is_the_cli_error() -> None:
     )
 
 
+def test_the_model_box_reads_no_file_of_the_server(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(TINY_LLAMA))
+    for path in (str(tmp_path), str(tmp_path / "config.json"), "/etc", "./x", "~/models/llama"):
+        found = web.answer({"model": path, "task": "train"})
+        assert found.report is None
+        assert found.error == (
+            f"Error: {path!r} is a path on the server running the page; give a Hub id, or upload the config.json"
+        )
+
+
 def test_a_malformed_upload_is_the_cli_error(tmp_path: Path) -> None:
     folder = tmp_path / "upload"
     shutil.copytree(FIXTURES / "malformed_json", folder)
