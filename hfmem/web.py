@@ -609,18 +609,25 @@ def render_error(message: str) -> str:
 _JSON_DIR: Path | None = None
 
 
-def json_file(report: Report, args: Sequence[str]) -> str:
-    """``hfmem … --json`` for this plan, written to a private temporary folder; its path (for the download)."""
+def json_file(report: Report) -> str:
+    """``hfmem … --json`` for this plan, written to a private temporary folder; its path (for the download). Named by
+    its content, so a repeated query reuses its file instead of adding one."""
+    import hashlib
+
     from hfmem.report import to_dict
 
     global _JSON_DIR
     if _JSON_DIR is None:
         _JSON_DIR = Path(tempfile.mkdtemp(prefix="hfmem-web-"))
+    text = json.dumps(to_dict(report), indent=2)
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in report.model.model_id.split("/")[-1])[:80]
-    fd, path = tempfile.mkstemp(prefix=f"hfmem-{name}-", suffix=".json", dir=_JSON_DIR)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(to_dict(report), f, indent=2)
-    return path
+    path = _JSON_DIR / f"hfmem-{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
+    if not path.exists():
+        fd, partial = tempfile.mkstemp(suffix=".part", dir=_JSON_DIR)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(partial, path)  # whole or absent, whoever asks at the same time
+    return str(path)
 
 
 def _explanation(report: Report) -> str:
@@ -824,7 +831,7 @@ def page_outputs(settings: Mapping[str, Any], found: Answer) -> tuple[Any, ...]:
         render_bars(report),
         advice,
         found.command,
-        json_file(report, found.args),
+        json_file(report),
         _explanation(report),
         f"**Notes**\n\n{notes}" if notes else "",
         query,

@@ -130,7 +130,7 @@ def test_lora_answer_is_estimate_and_the_cli_json() -> None:
         == f"hfmem {MODEL} --training-only --method lora --lora-rank 16 --batch-size 2 --seq-len 512 --gpu rtx-4090 "
         "--max-batch"
     )
-    doc = json.loads(Path(web.json_file(found.report, found.args)).read_text())
+    doc = json.loads(Path(web.json_file(found.report)).read_text())
     assert doc == cli_json(CliRunner(), list(found.args))
 
 
@@ -147,7 +147,7 @@ def test_serving_answer_is_estimate() -> None:
     assert found.report.inference == expected.inference
     assert found.report.inference.max_context is not None  # the largest context that fits is on the page
     assert "largest context" in web.render_summary(found.report)
-    doc = json.loads(Path(web.json_file(found.report, found.args)).read_text())
+    doc = json.loads(Path(web.json_file(found.report)).read_text())
     assert doc == cli_json(CliRunner(), list(found.args))
 
 
