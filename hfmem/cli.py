@@ -151,8 +151,9 @@ class HfmemCommand(click.Command):
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
-        if argv[:1] == ["compare"] and self is not compare:
-            return compare.main(argv[1:], prog_name=f"{prog_name or 'hfmem'} compare", **extra)
+        sub = {"compare": compare, "web": web}.get(argv[0]) if argv and self is cli else None
+        if sub is not None:
+            return sub.main(argv[1:], prog_name=f"{prog_name or 'hfmem'} {argv[0]}", **extra)
         return super().main(argv, prog_name=prog_name, **extra)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -1159,6 +1160,29 @@ compare = HfmemCommand(
     help=_compare.__doc__,
     context_settings=cli.context_settings,
     epilog=cli.epilog,
+)
+
+
+def _web(port: int | None, debug: bool) -> None:
+    """Serve a calculator page on 127.0.0.1 (a Gradio app on the same engine) and print its URL; Ctrl-C stops it.
+    Needs the web extra: pip install 'hfmem[web]'. The page's settings travel in its URL, so a result can be shared.
+    """
+    from hfmem.web import serve
+
+    serve(port=port, echo=click.echo)
+
+
+web = HfmemCommand(
+    "web",
+    callback=_web,
+    params=[
+        click.Option(
+            ["--port"], type=click.IntRange(1, 65535), help="Port on 127.0.0.1 (default: a free one from 7860 up)."
+        ),
+        click.Option(["--debug"], is_flag=True, help="Show tracebacks (also HFMEM_DEBUG=1)."),
+    ],
+    help=_web.__doc__,
+    context_settings=cli.context_settings,
 )
 
 
