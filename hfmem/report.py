@@ -1277,7 +1277,7 @@ def engine_rows(engine: EngineEstimate) -> list[tuple[str, str]]:
             f"× gpu_memory_utilization {engine.gpu_memory_utilization:g} = what vLLM may use",
             _g(engine.requested_bytes),
         ),
-        ("− weights \"Model loading took\"", _g(engine.weights_bytes, 4) + _weights_detail(engine)),
+        ('− weights "Model loading took"', _g(engine.weights_bytes, 4) + _weights_detail(engine)),
         (
             "− PyTorch activation peak (profile run)",
             f"{_g(engine.activation_peak_bytes)} (forward of {engine.batched_tokens:,} tokens "
@@ -1285,7 +1285,7 @@ def engine_rows(engine: EngineEstimate) -> list[tuple[str, str]]:
             f"{engine.vocab_size:,} logits {_g(engine.sampler_bytes)}: the larger moment)",
         ),
         ("− non-torch memory", f"{_g(engine.non_torch_bytes)} (published figure; measured by vLLM)"),
-        ("= \"Available KV cache memory\"", _g(engine.kv_budget_bytes)),
+        ('= "Available KV cache memory"', _g(engine.kv_budget_bytes)),
         ("KV cache spec per layer", _kv_spec_text(engine) + f"; blocks of {engine.block_size} tokens"),
         (
             "blocks",
@@ -1296,9 +1296,9 @@ def engine_rows(engine: EngineEstimate) -> list[tuple[str, str]]:
                 else ""
             ),
         ),
-        ("\"GPU KV cache size\"", f"{engine.kv_tokens:,} tokens"),
+        ('"GPU KV cache size"', f"{engine.kv_tokens:,} tokens"),
         (
-            f"\"Maximum concurrency for {engine.max_model_len:,} tokens per request\"",
+            f'"Maximum concurrency for {engine.max_model_len:,} tokens per request"',
             f"{engine.max_concurrency:.2f}x ({engine.blocks_per_request:,} blocks per request)",
         ),
         (f"KV cache of one {engine.max_model_len:,}-token request", _g(engine.kv_needed_bytes)),
@@ -1326,16 +1326,16 @@ def _sglang_rows(engine: EngineEstimate) -> list[tuple[str, str]]:
     fraction = engine.mem_fraction_static or 0.0
     rows = [
         ("GPU total memory", _g(engine.total_bytes)),
-        ("free before the weights (\"Load weight begin. avail mem\")", _g(engine.requested_bytes)),
-        ("− weights (\"mem usage\")", _g(engine.weights_bytes) + _weights_detail(engine)),
+        ('free before the weights ("Load weight begin. avail mem")', _g(engine.requested_bytes)),
+        ('− weights ("mem usage")', _g(engine.weights_bytes) + _weights_detail(engine)),
         (
             f"− free before × (1 − mem_fraction_static {fraction:g}), left for activations and CUDA graphs",
             _g(int(engine.requested_bytes * (1 - fraction))),
         ),
         ("= KV pool budget", _g(engine.kv_budget_bytes)),
         ("KV cache per token (cell size)", f"{engine.kv_bytes_per_token:,} B: {_kv_spec_text(engine)}"),
-        ("\"max_total_num_tokens\"", f"{engine.kv_tokens:,} tokens (pages of {engine.block_size})"),
-        ("\"max_running_requests\"", f"{engine.max_running_requests or 0:,}"),
+        ('"max_total_num_tokens"', f"{engine.kv_tokens:,} tokens (pages of {engine.block_size})"),
+        ('"max_running_requests"', f"{engine.max_running_requests or 0:,}"),
         (
             f"concurrent {engine.max_model_len:,}-token requests",
             f"{engine.max_concurrency:.2f} (max_total_num_tokens / context_len, at most max_running_requests)",

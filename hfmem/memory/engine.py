@@ -53,6 +53,8 @@ __all__ = [
     "vllm_rope_cache_bytes",
     "vllm_padded_vocab",
     "kv_elements_per_gpu",
+    "rotary_dim",
+    "hidden_size",
     "page_bytes",
     "uniform_num_blocks",
     "hybrid_num_blocks",
@@ -248,7 +250,7 @@ def vllm_requested_bytes(total_bytes: Value, utilization: Value) -> Value:
 
 
 def vllm_available_kv_bytes(requested: Value, weights: Value, activation_peak: Value, non_torch: Value) -> Value:
-    """"Available KV cache memory": ``requested − (non-torch + activation peak + weights)`` (`SRC_VLLM_BUDGET`).
+    """ "Available KV cache memory": ``requested − (non-torch + activation peak + weights)`` (`SRC_VLLM_BUDGET`).
 
     Example (record 3 of tests/data/engine_logs.json, in hundredths of a GiB: 71.29 − 14.96 − 1.26 − 1.79):
         >>> vllm_available_kv_bytes(7129, 1496, 126, 179)
@@ -271,7 +273,7 @@ def vllm_sampler_bytes(num_reqs: Value, vocab: Value, logits_element_bytes: Valu
 def vllm_activation_peak_bytes(
     forward_peak: Value, batched_tokens: Value, num_reqs: Value, hidden: Value, element_bytes: Value, sampler: Value
 ) -> Value:
-    """"PyTorch activation peak": the larger of the profiling forward's peak and the sampler's, which runs while the
+    """ "PyTorch activation peak": the larger of the profiling forward's peak and the sampler's, which runs while the
     forward's hidden states (``T × H``) and the rows per request with their random copy (``2 × r × H``) are alive:
     ``max(A, (T + 2r) × H × w + sampler)`` (`SRC_VLLM_PROFILE`)."""
     return maximum(forward_peak, (batched_tokens + 2 * num_reqs) * hidden * element_bytes + sampler)
@@ -332,7 +334,7 @@ def hybrid_num_blocks(available: Value, page: Value, group_size: Value) -> Value
 
 
 def kv_tokens(num_blocks: Value, groups: Value, block_size: Value) -> Value:
-    """"GPU KV cache size": ``⌊blocks / groups⌋ × bs`` tokens (`SRC_VLLM_BLOCKS`)."""
+    """ "GPU KV cache size": ``⌊blocks / groups⌋ × bs`` tokens (`SRC_VLLM_BLOCKS`)."""
     return floor_div(num_blocks, groups) * block_size
 
 
@@ -352,7 +354,7 @@ def sliding_blocks_per_request(window: Value, batched_tokens: Value, max_model_l
 
 
 def max_concurrency(num_blocks: Value, blocks_per_request: Value) -> Value:
-    """"Maximum concurrency for … tokens per request": ``blocks / blocks per request`` (summed over the groups;
+    """ "Maximum concurrency for … tokens per request": ``blocks / blocks per request`` (summed over the groups;
     `SRC_VLLM_BLOCKS`).
 
     Example (record 4: 25,633 blocks, 131,072 tokens per request):
@@ -457,7 +459,7 @@ def _is_mla(config: Mapping[str, Any]) -> bool:
     return isinstance(text.get("kv_lora_rank"), int) and text["kv_lora_rank"] > 0
 
 
-def _rotary_dim(config: Mapping[str, Any]) -> int:
+def rotary_dim(config: Mapping[str, Any]) -> int:
     text = _text_config(config)
     if isinstance(text.get("qk_rope_head_dim"), int):
         return int(text["qk_rope_head_dim"])
@@ -470,7 +472,7 @@ def _rotary_dim(config: Mapping[str, Any]) -> int:
     return int(head_dim * (factor if isinstance(factor, (int, float)) else 1.0))
 
 
-def _hidden(config: Mapping[str, Any]) -> int:
+def hidden_size(config: Mapping[str, Any]) -> int:
     hidden = _text_config(config).get("hidden_size")
     return hidden if isinstance(hidden, int) and hidden > 0 else 0
 
@@ -557,12 +559,35 @@ def plan_engine(
     notes: list[str] = []
     if setup.engine == "vllm":
         return _plan_vllm(
-            config, inventory, profile, scheme, setup, cuda_context_bytes, mla, dtype_bytes, kv_dtype, logits_w,
-            vocab, model_len, notes, suggest,
+            config,
+            inventory,
+            profile,
+            scheme,
+            setup,
+            cuda_context_bytes,
+            mla,
+            dtype_bytes,
+            kv_dtype,
+            logits_w,
+            vocab,
+            model_len,
+            notes,
+            suggest,
         )
     return _plan_sglang(
-        config, inventory, profile, scheme, setup, cuda_context_bytes, mla, dtype_bytes, kv_dtype, logits_w, model_len,
-        notes, suggest,
+        config,
+        inventory,
+        profile,
+        scheme,
+        setup,
+        cuda_context_bytes,
+        mla,
+        dtype_bytes,
+        kv_dtype,
+        logits_w,
+        model_len,
+        notes,
+        suggest,
     )
 
 
@@ -634,9 +659,7 @@ def _grouping(groups: list[EngineKvGroup]) -> tuple[list[EngineKvGroup], int, in
     return out, size, sum(g.groups for g in out)
 
 
-def _capacity(
-    groups: list[EngineKvGroup], available: int
-) -> tuple[list[EngineKvGroup], int, int, int, int]:
+def _capacity(groups: list[EngineKvGroup], available: int) -> tuple[list[EngineKvGroup], int, int, int, int]:
     """``(groups, group_size, number of groups, num_blocks, blocks per request)`` for ``available`` bytes."""
     grouped, size, count = _grouping(groups)
     if count == 1 and len({g.page_bytes for g in grouped}) == 1:
@@ -695,10 +718,10 @@ def _plan_vllm(
     else:
         block = VLLM_BLOCK_SIZE
     requested: int = vllm_requested_bytes(total_bytes, util)  # type: ignore[assignment]
-    rope: int = vllm_rope_cache_bytes(model_len or max_len, _rotary_dim(config), logits_w)  # type: ignore[assignment]
+    rope: int = vllm_rope_cache_bytes(model_len or max_len, rotary_dim(config), logits_w)  # type: ignore[assignment]
     num_reqs = min(seqs, batched)
     sampler: int = vllm_sampler_bytes(num_reqs, vocab, logits_w)  # type: ignore[assignment]
-    hidden = _hidden(config)
+    hidden = hidden_size(config)
     activation: int = vllm_activation_peak_bytes(  # type: ignore[assignment]
         profile.activation_peak_bytes, batched, num_reqs, hidden, logits_w, sampler
     )
@@ -712,7 +735,13 @@ def _plan_vllm(
         weights, padding = vllm_weights_bytes(inventory, scheme, stage, tp, rope)
         available: int = vllm_available_kv_bytes(requested, weights, activation, non_torch)  # type: ignore[assignment]
         specs, stage_block = _kv_groups(
-            layers, states, tp=tp, block=block, dtype_bytes=dtype_bytes, mla=mla, max_model_len=max_len,
+            layers,
+            states,
+            tp=tp,
+            block=block,
+            dtype_bytes=dtype_bytes,
+            mla=mla,
+            max_model_len=max_len,
             batched_tokens=batched,
         )
         if not specs:
@@ -738,7 +767,12 @@ def _plan_vllm(
             specs_at, _ = _kv_groups(
                 [ly for ly in profile.layers if pp == 1 or _layer_index(ly) in set(stage.layers)],
                 [s for n, s in state_by_layer.items() if pp == 1 or (n.isdigit() and int(n) in set(stage.layers))],
-                tp=tp, block=block, dtype_bytes=dtype_bytes, mla=mla, max_model_len=length, batched_tokens=batched,
+                tp=tp,
+                block=block,
+                dtype_bytes=dtype_bytes,
+                mla=mla,
+                max_model_len=length,
+                batched_tokens=batched,
             )
             return _needed(specs_at)
 
@@ -864,7 +898,7 @@ def _plan_sglang(
     free_before = total_bytes - cuda_context
     stage = _stages(max(len(inventory.layer_names), 1), 1)[0]
     # SGLang's layers are vLLM's (srt/layers: the same padded vocabulary and RoPE cos_sin_cache buffer).
-    rope: int = vllm_rope_cache_bytes(model_len or context, _rotary_dim(config), logits_w)  # type: ignore[assignment]
+    rope: int = vllm_rope_cache_bytes(model_len or context, rotary_dim(config), logits_w)  # type: ignore[assignment]
     weights, padding = vllm_weights_bytes(inventory, scheme, stage, tp, rope)
     rest: float = sglang_rest_bytes(free_before, weights, fraction)  # type: ignore[assignment]
     # SGLang 0.4.x sizes every layer as full attention (sliding windows get their own pool only in 0.5).
@@ -987,8 +1021,13 @@ def _fixes(
     def works(**changes: Any) -> EngineEstimate | None:
         try:
             alt = plan_engine(
-                config, inventory, profile, scheme, replace(setup, **changes),
-                cuda_context_bytes=estimate.cuda_context_bytes, suggest=False,
+                config,
+                inventory,
+                profile,
+                scheme,
+                replace(setup, **changes),
+                cuda_context_bytes=estimate.cuda_context_bytes,
+                suggest=False,
             )
         except InvalidSetupError:
             return None
