@@ -801,9 +801,8 @@ def _plan_vllm(
     if not setup.enforce_eager:
         notes.append(
             f"CUDA graphs are captured after the KV cache in vLLM {VLLM_VERSION}, out of the "
-            f"{total_bytes - requested:,} B ({(total_bytes - requested) / GIB:,.2f} GiB) left by "
-            "gpu_memory_utilization (the CUDA context takes its share too); vLLM ≥ 0.21 subtracts their estimate "
-            "from the KV budget"
+            f"{(total_bytes - requested) / GIB:,.2f} GiB gpu_memory_utilization leaves (with the CUDA context); "
+            "vLLM ≥ 0.21 subtracts their estimate from the KV budget"
         )
     per_token = sum(g.layers * g.elements_per_token * g.element_bytes for g in grouped)
     # vLLM allocates group_size tensors of num_blocks pages (one per layer when uniform; kv_cache_utils.py L1044-1060)
