@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hfmem.api import Prepared, resolve
 from hfmem.cli import cli
@@ -353,3 +355,31 @@ def test_rules() -> None:
     with pytest.raises(InvalidSetupError, match="--block-size 24 is not one vLLM takes"):
         check_engine(EngineSetup("vllm", gpu="h100-sxm", block_size=24))
     check_engine(EngineSetup("transformers"))
+
+
+def test_fp8_kv_and_pipeline_parallel(prepared: dict[str, Prepared]) -> None:
+    # Llama-3.2-1B: 16 layers, 8 KV heads × head_dim 64 → e = 1,024 elements per token; fp8: 1 byte each.
+    report = _engine(prepared, "meta-llama/Llama-3.2-1B", EngineSetup("vllm", gpu="l4", kv_cache_dtype="fp8"))
+    engine = report.engine
+    assert engine.kv_groups[0].page_bytes == 16 * 1024 * 1 and engine.kv_dtype == "fp8"
+    assert engine.num_blocks == engine.kv_budget_bytes // 16384 // 16
+    # Two pipeline ranks of 8 layers each (vLLM's get_pp_indices): the tightest one holds half the layers.
+    split = _engine(prepared, "meta-llama/Llama-3.2-1B", EngineSetup("vllm", gpu="l4", pipeline_parallel_size=2))
+    assert split.engine.kv_groups[0].layers == 8 and split.engine.pp == 2
+    assert (
+        split.engine.weights_bytes
+        < _engine(prepared, "meta-llama/Llama-3.2-1B", EngineSetup("vllm", gpu="l4")).engine.weights_bytes
+    )
+
+
+@given(
+    available=st.integers(0, 2**42),
+    layers=st.integers(1, 256),
+    elements=st.integers(1, 8192),
+    beta=st.sampled_from((1, 2, 4)),
+    block=st.sampled_from((1, 8, 16, 32, 64, 128)),
+)
+def test_blocks_are_the_most_that_fit(available: int, layers: int, elements: int, beta: int, block: int) -> None:
+    page = page_bytes(block, elements, beta)
+    blocks = uniform_num_blocks(available, page, layers)
+    assert blocks * page * layers <= available < (blocks + 1) * page * layers

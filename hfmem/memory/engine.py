@@ -793,6 +793,15 @@ def _plan_vllm(
         )
     if pp > 1:
         notes.append(f"the tightest pipeline rank is {stage.index} of {pp} (vLLM takes the fewest blocks of any rank)")
+    if state_by_layer:
+        notes.append(
+            "Mamba / linear-attention states are counted whole on every GPU (vLLM splits their heads over tensor "
+            "parallelism); the hybrid block sizing follows vLLM's source but no public log validates it"
+            if tp > 1
+            else "the hybrid Mamba / linear-attention block sizing follows vLLM's source; no public log validates it"
+        )
+    if any(g.kind == "sliding" for g in grouped):
+        notes.append("sliding-window groups follow vLLM's source; no public log with their capacity lines was found")
     if headroom < 0:
         notes.append(
             f"gpu_memory_utilization {util} leaves {headroom / GIB:,.2f} GiB for the CUDA context; vLLM refuses when "
