@@ -941,7 +941,8 @@ def _sweep_missing(rows: list[SweepRow]) -> list[str]:
 
 def sweep_to_dict(rows: list[SweepRow]) -> dict[str, Any]:
     """The model once, then a row per combination: ``{"schema_version", "hfmem_version", "model", "swept":
-    [option], "rows": [{"values": {option: value}, "parameters", "training", "inference", "gpu", "notes"}]}``;
+    [option], "rows": [{"values": {option: value}, "parameters", "training", "inference", "engine", "gpu",
+    "notes"}]}``;
     each row's keys mean what they mean in `to_dict` (``parameters`` without the per-module counts)."""
     first = to_dict(rows[0][1])
     out_rows = []
@@ -949,7 +950,10 @@ def sweep_to_dict(rows: list[SweepRow]) -> dict[str, Any]:
         doc = to_dict(report)
         doc["parameters"].pop("modules", None)
         out_rows.append(
-            {"values": dict(values), **{k: doc[k] for k in ("parameters", "training", "inference", "gpu", "notes")}}
+            {
+                "values": dict(values),
+                **{k: doc[k] for k in ("parameters", "training", "inference", "engine", "gpu", "notes")},
+            }
         )
     return {
         "schema_version": SCHEMA_VERSION,
