@@ -66,6 +66,7 @@ from hfmem.memory.expr import (
     Value,
     Var,
     lift,
+    minimum,
     total,
     value_of,
 )
@@ -1888,14 +1889,17 @@ def _engine(report: Report) -> list[Explanation]:
             (SRC_VLLM_SPEC,),
         )
     )
-    if len(eng.kv_groups) == 1:
+    if eng.grouping == "uniform":
         num_blocks = uniform_num_blocks(avail_var, pages[0], Var("L", eng.kv_groups[0].layers, "layers on this GPU"))
+    elif eng.grouping == "uniform_type":  # one block spans every layer (`UniformTypeKVCacheSpecs`)
+        num_blocks = avail_var // total([g.layers * page for g, page in zip(eng.kv_groups, pages, strict=True)])
+        per_request = per_request[:1]
     else:
         num_blocks = hybrid_num_blocks(
             avail_var, pages[0], Var("n", eng.group_size, "layers per KV-cache group (the fewest of any kind)")
         )
     blocks_var = Var("blocks", eng.num_blocks, "blocks per layer (above)")
-    groups = sum(g.groups for g in eng.kv_groups)
+    groups = eng.num_groups
     capacity = [
         Calculation("blocks", lift(num_blocks), "blocks"),
         Calculation(
@@ -1988,7 +1992,11 @@ def _sglang_explanations(
                     lift(sglang_max_num_reqs(tokens_var, length)),
                     "requests",
                 ),
-                Calculation("concurrent full-length requests", lift(tokens_var / length), "x"),
+                Calculation(
+                    "concurrent full-length requests",
+                    lift(minimum(tokens_var / length, Var("R", eng.max_running_requests or 0, "max_running_requests"))),
+                    "x",
+                ),
             ),
             (SRC_SGLANG_BUDGET, SRC_SGLANG_POOL),
         ),

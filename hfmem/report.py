@@ -1295,8 +1295,8 @@ def engine_rows(engine: EngineEstimate) -> list[tuple[str, str]]:
             "blocks",
             f"{engine.num_blocks:,}"
             + (
-                f" (layers share {len(engine.kv_groups)} kinds in groups of {engine.group_size})"
-                if len(engine.kv_groups) > 1
+                f" ({engine.num_groups} KV-cache groups of {engine.group_size} layers sharing one pool)"
+                if engine.grouping == "hybrid"
                 else ""
             ),
         ),
@@ -1497,6 +1497,8 @@ def engine_to_dict(engine: EngineEstimate) -> dict[str, Any]:
             }
             for g in engine.kv_groups
         ],
+        "grouping": engine.grouping,
+        "num_groups": engine.num_groups,
         "group_size": engine.group_size,
         "num_blocks": engine.num_blocks,
         "kv_tokens": engine.kv_tokens,

@@ -837,6 +837,8 @@ class EngineEstimate:
         fixes: settings that would make it start or meet the concurrency, each checked by replanning.
         kv_bytes_per_token: one token's KV cache over the GPU's layers (SGLang's ``cell_size``).
         pool_bytes: SGLang's KV buffers as allocated (``(tokens + page) × cell``); vLLM: ``num_blocks`` × pages.
+        grouping / num_groups: how vLLM groups the layers (``uniform``: one spec; ``uniform_type``: one kind of
+            several shapes, one group; ``hybrid``: several kinds of one page size) and its KV-cache groups.
     """
 
     setup: EngineSetup
@@ -886,6 +888,8 @@ class EngineEstimate:
     notes: tuple[str, ...] = ()
     kv_bytes_per_token: int = 0
     pool_bytes: int = 0
+    grouping: str = "uniform"
+    num_groups: int = 1
 
     @property
     def fits(self) -> bool:

@@ -27,6 +27,7 @@ from hfmem.memory.engine import (
     max_concurrency,
     needed_bytes,
     page_bytes,
+    plan_engine,
     sglang_default_chunked_prefill,
     sglang_default_mem_fraction,
     sglang_max_num_reqs,
@@ -41,8 +42,17 @@ from hfmem.memory.engine import (
     vllm_default_max_model_len,
     vllm_padded_vocab,
 )
+from hfmem.memory.quantization import QuantScheme
 from hfmem.rules import check_engine
-from hfmem.types import EngineSetup, InferenceSetup, TrainingSetup
+from hfmem.types import (
+    EngineSetup,
+    GpuTarget,
+    InferenceProfile,
+    InferenceSetup,
+    KvLayer,
+    ParameterInventory,
+    TrainingSetup,
+)
 
 GIB = 2**30
 RECORDS = {r["id"]: r for r in json.loads((Path(__file__).parent / "data" / "engine_logs.json").read_text())["records"]}
@@ -281,6 +291,17 @@ def test_gemma2_sliding_window_groups(prepared: dict[str, Prepared]) -> None:
     assert engine.num_blocks == engine.kv_budget_bytes // 131072 // 21
     assert engine.kv_tokens == engine.num_blocks // 2 * 16
     assert engine.max_concurrency == engine.num_blocks / 1025
+    from hfmem.explain import explain
+
+    values = {
+        c.label: c.value
+        for e in explain(report)
+        if e.component == "Blocks, tokens, concurrency"
+        for c in e.calculations
+    }
+    assert values["blocks"] == engine.num_blocks and values['"GPU KV cache size"'] == engine.kv_tokens
+    assert values['"Maximum concurrency for 8,192 tokens per request"'] == engine.max_concurrency
+    assert values["KV cache of one 8,192-token request"] == engine.kv_needed_bytes
 
 
 def test_sglang_llama31_8b_h100(prepared: dict[str, Prepared]) -> None:
@@ -295,6 +316,15 @@ def test_sglang_llama31_8b_h100(prepared: dict[str, Prepared]) -> None:
     # record 12 (78.81 GiB free before weights on an 80 GB GPU) logged 444,500 tokens
     assert _close(engine.kv_tokens, RECORDS["sglang-llama31-8b-docs-80gb"]["logged"]["max_total_num_tokens"])
     assert engine.max_running_requests == 2049  # min(tokens // 2, 2048 + 1), as record 12 logged
+    from hfmem.explain import explain
+
+    values = {c.label: c.value for e in explain(report) if e.section == "engine" for c in e.calculations}
+    assert values["max_total_num_tokens"] == engine.kv_tokens
+    assert values["concurrent full-length requests"] == engine.max_concurrency
+    by_component = {e.component: e.calculations[0].value for e in explain(report) if e.section == "engine"}
+    assert by_component["Weights"] == engine.weights_bytes
+    assert int(by_component["KV pool budget"]) == engine.kv_budget_bytes
+    assert by_component["Free memory before the weights"] == engine.requested_bytes
 
 
 def test_refusal_and_the_longest_length_that_fits(prepared: dict[str, Prepared]) -> None:
@@ -383,3 +413,42 @@ def test_blocks_are_the_most_that_fit(available: int, layers: int, elements: int
     page = page_bytes(block, elements, beta)
     blocks = uniform_num_blocks(available, page, layers)
     assert blocks * page * layers <= available < (blocks + 1) * page * layers
+
+
+def _synthetic(layers: tuple[KvLayer, ...], states: tuple[tuple[str, int], ...] = ()) -> Any:
+    """A hand-made model: ``layers`` / ``states`` as the cache holds them, 1,000 parameters, no traced activations,
+    on a 10 GiB GPU (vLLM's small defaults: 2,048 batched tokens, 256 sequences), max_model_len 4,096."""
+    config = {"max_position_embeddings": 4096, "vocab_size": 1000, "hidden_size": 64, "num_attention_heads": 8}
+    profile = InferenceProfile(layers, 1, 2048, "bfloat16", 0, 0, state_layers=states)
+    scheme = QuantScheme("bf16", "plain", plain_bytes=2, source="test")
+    setup = EngineSetup("vllm", gpu=GpuTarget("a 10 GiB GPU", 10 * GIB))
+    return plan_engine(config, ParameterInventory.from_count(1000), profile, scheme, setup, cuda_context_bytes=0)
+
+
+def test_one_kind_of_two_shapes_is_one_group() -> None:
+    # vLLM's UniformTypeKVCacheSpecs: one block spans every layer, 16 × 2,048 × 2 + 16 × 1,024 × 2 = 98,304 B.
+    engine = _synthetic((KvLayer("0", "full", 2048, heads=8), KvLayer("1", "full", 1024, heads=4)))
+    assert engine.grouping == "uniform_type" and engine.num_groups == 1
+    assert engine.num_blocks == engine.kv_budget_bytes // 98304
+    assert engine.kv_tokens == engine.num_blocks * 16
+    assert engine.max_concurrency == engine.num_blocks / 256  # ⌈4096 / 16⌉
+
+
+def test_hybrid_mamba_block_and_groups() -> None:
+    # 2 attention layers of 512 elements × 2 B = 1,024 B per token; 3 states of 100,000 B. vLLM raises the block to
+    # 16 × ⌈100,000 / (16 × 1,024)⌉ = 112 tokens, page 112 × 1,024 = 114,688 B (states padded to it); groups of
+    # min(2, 3) = 2 layers: 1 attention group + ⌈3 / 2⌉ = 2 state groups; one 4,096-token request needs
+    # ⌈4096 / 112⌉ = 37 attention blocks + 1 block per state group.
+    layers = (KvLayer("0", "full", 512, heads=1), KvLayer("1", "full", 512, heads=1))
+    engine = _synthetic(layers, (("2", 100_000), ("3", 100_000), ("4", 100_000)))
+    assert engine.block_size == 112 and {g.page_bytes for g in engine.kv_groups} == {114_688}
+    assert (engine.grouping, engine.group_size, engine.num_groups) == ("hybrid", 2, 3)
+    assert engine.num_blocks == engine.kv_budget_bytes // 114_688 // 2
+    assert engine.kv_tokens == engine.num_blocks // 3 * 112
+    assert engine.max_concurrency == engine.num_blocks / (37 + 2)
+
+
+def test_kinds_of_different_pages_are_refused() -> None:
+    layers = (KvLayer("0", "full", 2048, heads=8), KvLayer("1", "sliding", 1024, heads=4, window_tokens=512))
+    with pytest.raises(InvalidSetupError, match="differ in kind and in page size"):
+        _synthetic(layers)

@@ -659,17 +659,30 @@ def _grouping(groups: list[EngineKvGroup]) -> tuple[list[EngineKvGroup], int, in
     return out, size, sum(g.groups for g in out)
 
 
-def _capacity(groups: list[EngineKvGroup], available: int) -> tuple[list[EngineKvGroup], int, int, int, int]:
-    """``(groups, group_size, number of groups, num_blocks, blocks per request)`` for ``available`` bytes."""
+def _capacity(groups: list[EngineKvGroup], available: int) -> tuple[list[EngineKvGroup], str, int, int, int, int]:
+    """``(groups, grouping, group_size, number of groups, num_blocks, blocks per request)`` for ``available`` bytes,
+    as ``get_kv_cache_groups`` (kv_cache_utils.py L1150-1187) chooses: ``uniform`` (one spec), ``uniform_type`` (one
+    kind of several shapes: a block spans every layer), ``hybrid`` (several kinds of one page size)."""
+    available = max(available, 0)
+    pages = {g.page_bytes for g in groups}
+    kinds = {(g.kind, g.window_tokens) for g in groups}
+    if len(groups) == 1:
+        grouped, size, count = _grouping(groups)
+        blocks = uniform_num_blocks(available, grouped[0].page_bytes, grouped[0].layers)
+        return grouped, "uniform", size, count, int(blocks), grouped[0].blocks_per_request
+    if len(kinds) == 1:
+        blocks = available // sum(g.page_bytes * g.layers for g in groups)
+        layers = sum(g.layers for g in groups)
+        return [replace(g, groups=1) for g in groups], "uniform_type", layers, 1, blocks, groups[0].blocks_per_request
+    if len(pages) != 1:
+        raise InvalidSetupError(
+            f"vLLM {VLLM_VERSION} cannot allocate this model's KV cache: its layers differ in kind and in page size "
+            "(v1/core/kv_cache_utils.py get_kv_cache_groups raises NotImplementedError); use --engine transformers"
+        )
     grouped, size, count = _grouping(groups)
-    if count == 1 and len({g.page_bytes for g in grouped}) == 1:
-        blocks = uniform_num_blocks(max(available, 0), grouped[0].page_bytes, grouped[0].layers)
-    elif len({g.page_bytes for g in grouped}) == 1:
-        blocks = hybrid_num_blocks(max(available, 0), grouped[0].page_bytes, size)
-    else:  # same kind, different page sizes: one block spans every layer (UniformTypeKVCacheSpecs)
-        blocks = max(available, 0) // sum(g.page_bytes * g.layers for g in grouped)
+    blocks = hybrid_num_blocks(available, grouped[0].page_bytes, size)
     per_request = sum(g.blocks_per_request * g.groups for g in grouped)
-    return grouped, size, count, int(blocks), int(per_request)
+    return grouped, "hybrid", size, count, int(blocks), int(per_request)
 
 
 def _needed(groups: Sequence[EngineKvGroup]) -> int:
@@ -746,11 +759,23 @@ def _plan_vllm(
         )
         if not specs:
             raise InvalidSetupError("the model's cache holds no layer vLLM allocates a KV cache for; report it")
-        grouped, size, count, blocks, per_request = _capacity(specs, available)
+        grouped, grouping, size, count, blocks, per_request = _capacity(specs, available)
         if best is None or blocks < best[6]:
-            best = (stage, weights, padding, available, grouped, size, blocks, count, per_request, stage_block)
+            best = (
+                stage,
+                weights,
+                padding,
+                available,
+                grouped,
+                size,
+                blocks,
+                count,
+                per_request,
+                stage_block,
+                grouping,
+            )
     assert best is not None
-    stage, weights, padding, available, grouped, size, blocks, count, per_request, block = best
+    stage, weights, padding, available, grouped, size, blocks, count, per_request, block, grouping = best
     tokens: int = kv_tokens(blocks, count, block)  # type: ignore[assignment]
     concurrency: float = max_concurrency(blocks, per_request) if per_request else 0.0  # type: ignore[assignment]
     needed = _needed(grouped)
@@ -815,7 +840,7 @@ def _plan_vllm(
         )
     per_token = sum(g.layers * g.elements_per_token * g.element_bytes for g in grouped)
     # vLLM allocates group_size tensors of num_blocks pages (one per layer when uniform; kv_cache_utils.py L1044-1060)
-    if len({g.page_bytes for g in grouped}) == 1:
+    if grouping != "uniform_type":
         pool = blocks * grouped[0].page_bytes * size
     else:
         pool = blocks * sum(g.page_bytes * g.layers for g in grouped)
@@ -863,6 +888,8 @@ def _plan_vllm(
         notes=tuple(notes),
         kv_bytes_per_token=per_token,
         pool_bytes=pool,
+        grouping=grouping,
+        num_groups=count,
     )
     if suggest and (not starts or meets is False):
         estimate = replace(estimate, fixes=tuple(_fixes(estimate, config, inventory, profile, scheme)))
@@ -926,7 +953,7 @@ def _plan_sglang(
     reqs: int = sglang_max_num_reqs(tokens, context)  # type: ignore[assignment]
     running: int = sglang_max_running_requests(tokens, reqs, setup.max_running_requests)  # type: ignore[assignment]
     max_req: int = sglang_max_req_len(context, tokens)  # type: ignore[assignment]
-    concurrency = min(tokens / context, float(running)) if context else 0.0
+    concurrency: float = minimum(tokens / context, running)  # type: ignore[assignment]
     starts = tokens > 0
     refusal = None if starts else "Not enough memory. Please try to increase --mem-fraction-static."
     meets = None if setup.min_concurrency is None else starts and concurrency >= setup.min_concurrency
