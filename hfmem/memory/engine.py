@@ -713,6 +713,11 @@ def _plan_vllm(
     default_tokens, default_seqs = vllm_default_batch(total_bytes, gpu.name)
     batched = setup.max_num_batched_tokens or default_tokens
     seqs = setup.max_num_seqs or default_seqs
+    if batched < seqs:
+        raise InvalidSetupError(
+            f"max_num_batched_tokens {batched:,} is below max_num_seqs {seqs:,}, which vLLM refuses; pass "
+            f"--max-num-batched-tokens {seqs} or more, or a smaller --max-num-seqs"
+        )
     if setup.max_model_len is not None:
         max_len, len_source = setup.max_model_len, "--max-model-len"
     elif model_len is not None:
@@ -726,6 +731,8 @@ def _plan_vllm(
         )
     if setup.block_size is not None:
         block = setup.block_size
+    elif mla and _is_rocm(gpu.name):  # ROCm keeps the default block for MLA (docs/engines.md §2.1, record 10)
+        block = VLLM_BLOCK_SIZE
     elif mla:
         block = VLLM_MLA_BLOCK_SIZE_BLACKWELL if _is_blackwell(gpu.name) else VLLM_MLA_BLOCK_SIZE
     else:
@@ -1032,6 +1039,11 @@ def _merge_cells(specs: list[EngineKvGroup], page: int, context: int) -> list[En
     return [
         EngineKvGroup(kind, n, e, beta, page * e * beta, -(-context // page)) for (kind, e, beta), n in merged.items()
     ]
+
+
+def _is_rocm(name: str) -> bool:
+    lowered = name.lower()
+    return "amd" in lowered or "instinct" in lowered
 
 
 def _is_blackwell(name: str) -> bool:
