@@ -303,6 +303,24 @@ class MemorySize(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class ContextTokens(click.ParamType):
+    """``--context``: a token count (≥ 1), or ``max`` for the model's whole context length."""
+
+    name = "tokens"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return "N|max"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, str) and value.strip().lower() == FULL_CONTEXT:
+            return FULL_CONTEXT
+        return int(click.IntRange(min=1).convert(value, param, ctx))
+
+
+#: ``--context max``: serve the model's whole context length (`InferenceSetup.full_context`).
+FULL_CONTEXT = "max"
+
+
 def _clear_cache(fmt: str) -> None:
     from hfmem.cache import clear_cache
 
@@ -622,9 +640,9 @@ def _list_catalogue(json_: bool) -> None:
 @click.option("--inference-only", is_flag=True, help="Plan inference only: weights + KV cache + prefill + overhead.")
 @click.option(
     "--context",
-    type=Listed(click.IntRange(min=1)),
-    help="Inference: tokens per sequence held in the KV cache, prompt + generated (default: the model's context "
-    "length).",
+    type=Listed(ContextTokens()),
+    help="Inference: tokens per sequence held in the KV cache, prompt + generated (default: the same as --seq-len's, "
+    "the model's context length capped at 4096); max: the model's whole context length.",
 )
 @click.option(
     "--weights-dtype",
@@ -953,13 +971,14 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
             group_size=o["group_size"],
             double_quant=o["double_quant"],
             kv_dtype=o["kv_dtype"],
-            context=o["context"],
+            context=None if o["context"] == FULL_CONTEXT else o["context"],
             batch_size=o["batch_size"],
             tp=o["tp"],
             prefill_chunk=o["prefill_chunk"],
             images_per_sample=o["images_per_sample"],
             overheads=overheads,
             gpu=gpu,
+            full_context=o["context"] == FULL_CONTEXT,
         )
     return setup, serve, not o["inference_only"]
 

@@ -90,6 +90,8 @@ def check_setup(
     if inference is not None:
         if inference.batch_size < 1 or (inference.prefill_chunk is not None and inference.prefill_chunk < 1):
             raise InvalidSetupError("--batch-size and --prefill-chunk must be at least 1")
+        if inference.full_context and inference.context is not None:
+            raise InvalidSetupError("give either --context N or --context max (the model's whole context), not both")
         _check_fragmentation(inference.overheads.fragmentation)
 
 
