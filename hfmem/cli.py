@@ -144,16 +144,165 @@ def _translate(ctx: click.Context, error: Exception) -> click.ClickException:
     return internal
 
 
+#: ``--help``'s sections, in order. Options go to a section by `OPTION_GROUPS`; any option missing there is listed
+#: under `OTHER` (never dropped), so a new option shows up before it is filed.
+MODEL, PRECISION, SHARDING, FINETUNING, ACTIVATIONS, SERVING, GPU_FIT, OUTPUT, TOOL, OTHER = (
+    "Model",
+    "Precision & optimizer",
+    "Sharding & parallelism",
+    "Fine-tuning",
+    "Activations & loss",
+    "Serving",
+    "GPU fit",
+    "Output",
+    "Lists, cache & help",
+    "Other",
+)
+GROUP_ORDER = (MODEL, PRECISION, SHARDING, FINETUNING, ACTIVATIONS, SERVING, GPU_FIT, OUTPUT, TOOL, OTHER)
+
+#: Option (click parameter name) → its ``--help`` section. Adding an option to hfmem is one line here.
+OPTION_GROUPS: dict[str, str] = {
+    "revision": MODEL,
+    "token": MODEL,
+    "timeout": MODEL,
+    "trust_remote_code": MODEL,
+    "params": MODEL,
+    "launch_configs": MODEL,
+    "checkpoint": MODEL,
+    "cache": MODEL,
+    "precision": PRECISION,
+    "optimizer": PRECISION,
+    "optimizer_in_backward": PRECISION,
+    "optimizer_impl": PRECISION,
+    "accounting": PRECISION,
+    "zero_stages": SHARDING,
+    "gpus_per_node": SHARDING,
+    "nodes": SHARDING,
+    "tp": SHARDING,
+    "pp": SHARDING,
+    "cp": SHARDING,
+    "ep": SHARDING,
+    "sp": SHARDING,
+    "pp_schedule": SHARDING,
+    "microbatches": SHARDING,
+    "virtual_stages": SHARDING,
+    "fsdp": SHARDING,
+    "offload": SHARDING,
+    "method": FINETUNING,
+    "lora_rank": FINETUNING,
+    "lora_alpha": FINETUNING,
+    "lora_targets": FINETUNING,
+    "modules_to_save": FINETUNING,
+    "dora": FINETUNING,
+    "double_quant": FINETUNING,
+    "train_modules": FINETUNING,
+    "batch_size": ACTIVATIONS,
+    "seq_len": ACTIVATIONS,
+    "target_len": ACTIVATIONS,
+    "attn": ACTIVATIONS,
+    "grad_checkpointing": ACTIVATIONS,
+    "checkpoint_every": ACTIVATIONS,
+    "activation_offload": ACTIVATIONS,
+    "loss": ACTIVATIONS,
+    "loss_chunks": ACTIVATIONS,
+    "dropout": ACTIVATIONS,
+    "images_per_sample": ACTIVATIONS,
+    "context": SERVING,
+    "weights_dtype": SERVING,
+    "group_size": SERVING,
+    "kv_dtype": SERVING,
+    "prefill_chunk": SERVING,
+    "engine": SERVING,
+    "gpu_memory_utilization": SERVING,
+    "max_model_len": SERVING,
+    "gpu_name": GPU_FIT,
+    "gpu_memory": GPU_FIT,
+    "max_batch": GPU_FIT,
+    "check": GPU_FIT,
+    "cuda_context": GPU_FIT,
+    "fragmentation": GPU_FIT,
+    "format_": OUTPUT,
+    "json_": OUTPUT,
+    "explain": OUTPUT,
+    "verbose": OUTPUT,
+    "training_only": OUTPUT,
+    "inference_only": OUTPUT,
+    "clear_cache": TOOL,
+    "list_catalogue": TOOL,
+    "list_gpus": TOOL,
+    "debug": TOOL,
+    "version": TOOL,
+    "help": TOOL,
+}
+
+#: Which command takes an option, by section: ``hfmem train`` has no serving options, ``hfmem serve`` none of the
+#: training ones; `PLAN_EXCEPTIONS` names the options of a section that go elsewhere. ``hfmem MODEL`` takes all.
+SECTION_PLANS: dict[str, frozenset[str]] = {
+    PRECISION: frozenset({"train"}),
+    SHARDING: frozenset({"train"}),
+    FINETUNING: frozenset({"train"}),
+    ACTIVATIONS: frozenset({"train"}),
+    SERVING: frozenset({"serve"}),
+    TOOL: frozenset(),
+}
+PLAN_EXCEPTIONS: dict[str, frozenset[str]] = {
+    "tp": frozenset({"train", "serve"}),  # serving splits the KV heads and weights too
+    "batch_size": frozenset({"train", "serve"}),  # sequences per GPU in both plans
+    "images_per_sample": frozenset({"train", "serve"}),
+    "double_quant": frozenset({"train", "serve"}),  # NF4 base (qlora) or NF4 served weights
+    "checkpoint": frozenset({"serve"}),  # the safetensors cross-check is printed with the serving plan
+    "max_batch": frozenset({"train"}),  # serving's largest batch is always reported with a GPU
+    "training_only": frozenset(),  # the command names its plan
+    "inference_only": frozenset(),
+    "version": frozenset(),
+}
+#: Sections per command, for ``hfmem serve --help`` (where --batch-size and --tp are serving settings).
+SERVE_SECTIONS = {"batch_size": SERVING, "tp": SERVING, "images_per_sample": SERVING, "double_quant": SERVING}
+
+
+def option_section(name: str | None, overrides: dict[str, str] | None = None) -> str:
+    """The ``--help`` section of option ``name``: `OPTION_GROUPS`, or `OTHER` for one not filed yet."""
+    if name is None:
+        return OTHER
+    return (overrides or {}).get(name) or OPTION_GROUPS.get(name, OTHER)
+
+
+def takes_option(plan: str, name: str | None) -> bool:
+    """Whether the command of ``plan`` (``train`` / ``serve``) takes option ``name``."""
+    if name in PLAN_EXCEPTIONS:
+        return plan in PLAN_EXCEPTIONS[name]
+    return plan in SECTION_PLANS.get(option_section(name), frozenset({"train", "serve"}))
+
+
 class HfmemCommand(click.Command):
-    """Translates errors inside click, so `CliRunner` sees exactly what users see; ``hfmem compare …`` goes to the
-    `compare` command (a model cannot be named ``compare``: Hub ids have an owner, local paths can be ``./compare``).
-    """
+    """Translates errors inside click, so `CliRunner` sees exactly what users see; ``hfmem train|serve|compare …``
+    goes to that command (a model cannot be named so: Hub ids have an owner, local paths can be ``./train``).
+    ``--help`` lists the options in sections (`OPTION_GROUPS`), and the root lists the commands."""
+
+    #: ``--help`` section overrides of this command (option name → section).
+    sections: dict[str, str] = {}
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
-        if argv[:1] == ["compare"] and self is not compare:
-            return compare.main(argv[1:], prog_name=f"{prog_name or 'hfmem'} compare", **extra)
+        if self is cli and argv[:1] and argv[0] in SUBCOMMANDS:
+            command = SUBCOMMANDS[argv[0]]
+            return command.main(argv[1:], prog_name=f"{prog_name or 'hfmem'} {argv[0]}", **extra)
         return super().main(argv, prog_name=prog_name, **extra)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self is cli:
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, command.get_short_help_str(80)) for name, command in SUBCOMMANDS.items()])
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            if record is not None:
+                name = "help" if param is self.get_help_option(ctx) else param.name
+                sections.setdefault(option_section(name, self.sections), []).append(record)
+        for title in (*GROUP_ORDER, *sorted(set(sections) - set(GROUP_ORDER))):
+            if sections.get(title):
+                with formatter.section(title):
+                    formatter.write_dl(sections[title])
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
@@ -710,6 +859,13 @@ def _list_catalogue(json_: bool) -> None:
     "of its constants, per component. With --json: an 'explanation' list in the JSON.",
 )
 @click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Also print the reference under each table: what the precision, optimizer and accounting convention keep, "
+    "each overhead item, the model's modules.",
+)
+@click.option(
     "--list-catalogue",
     is_flag=True,
     help="List the models bundled for offline use, with their exact parameter counts, and exit.",
@@ -719,15 +875,21 @@ def _list_catalogue(json_: bool) -> None:
 @click.version_option(hfmem_version(), "--version", prog_name="hfmem")
 def cli(**opts: Any) -> None:
     """Exact parameters, peak per-GPU training memory and serving memory of a Hugging Face model, without
-    downloading weights.
+    downloading weights: hfmem MODEL plans both; hfmem train MODEL or hfmem serve MODEL plans one.
 
     MODEL is a Hub repo id (meta-llama/Llama-2-7b-hf), a local folder holding config.json or a PEFT
     adapter_config.json, or a path to a config.json. When the Hub cannot answer, hfmem uses the HF cache, then
     its bundled catalogue (--list-catalogue), and says so on stderr.
 
-    Options marked LIST take comma lists (--batch-size 1,2,4 --seq-len 2048,4096): one table, a row per
-    combination. To compare models under the same settings: hfmem compare MODEL MODEL ... [OPTIONS].
+    Options whose value ends in [,…] take comma lists (--batch-size 1,2,4 --seq-len 2048,4096): one table, a row
+    per combination.
     """
+    _run(opts)
+
+
+def _run(opts: dict[str, Any]) -> None:
+    """``hfmem MODEL``, ``hfmem train`` and ``hfmem serve``: the options of the command (every option of ``cli``,
+    those a command lacks at their defaults) → plan(s) → output → exit code."""
     fmt = _output_format(opts)
     if opts["clear_cache"]:
         _clear_cache(fmt)
@@ -1176,9 +1338,58 @@ compare = HfmemCommand(
     params=[click.Argument(["models"], nargs=-1, required=True)]
     + [_one_value(p) for p in cli.params if p.name not in _NOT_FOR_COMPARE],
     help=_compare.__doc__,
+    short_help="Several models under the same settings, side by side.",
     context_settings=cli.context_settings,
     epilog=cli.epilog,
 )
+
+
+def _plan_command(plan: str, short_help: str, doc: str, **defaults: Any) -> HfmemCommand:
+    """``hfmem train`` / ``hfmem serve``: the options of `cli` that `takes_option` gives ``plan``, the same run."""
+    taken = [p for p in cli.params if p.name == "model" or takes_option(plan, p.name)]
+    missing = [p for p in cli.params if p not in taken]
+
+    def callback(**opts: Any) -> None:
+        with cli.make_context("hfmem", []) as bare:  # every option of `cli` at its default, as click gives it
+            lacking = {p.name: bare.params[p.name] for p in missing if p.name in bare.params}
+        _run({**lacking, **opts, **defaults})
+
+    command = HfmemCommand(
+        plan,
+        callback=callback,
+        params=taken,
+        help=doc,
+        short_help=short_help,
+        context_settings=cli.context_settings,
+        epilog=cli.epilog,
+    )
+    if plan == "serve":
+        command.sections = SERVE_SECTIONS
+    return command
+
+
+train = _plan_command(
+    "train",
+    "Plan training only: peak memory per GPU per ZeRO stage; --check gates on it.",
+    """The training plan of MODEL: exact parameters and the peak memory per GPU for each ZeRO stage, and whether
+    it fits a GPU. --check gates on training only.
+
+    Example: hfmem train meta-llama/Llama-3.1-8B --method qlora --gpu rtx-4090 --seq-len 2048 --check
+    """,
+    training_only=True,
+)
+serve = _plan_command(
+    "serve",
+    "Plan serving only: weights, KV cache, prefill and overheads per GPU; --check gates on it.",
+    """The serving plan of MODEL: weights, KV cache, a prefill chunk and overheads per GPU, and whether it fits a
+    GPU. --check gates on serving only.
+
+    Example: hfmem serve meta-llama/Llama-3.1-8B --gpu l4 --context max
+    """,
+    inference_only=True,
+)
+#: ``hfmem NAME …`` commands beside ``hfmem MODEL …``.
+SUBCOMMANDS: dict[str, HfmemCommand] = {"train": train, "serve": serve, "compare": compare}
 
 
 def main() -> None:
