@@ -769,8 +769,9 @@ def _list_catalogue(json_: bool) -> None:
 @click.option(
     "--check",
     is_flag=True,
-    help="Make the verdict the exit code: 0 when every reported plan fits the GPU, 3 when one does not "
-    "(pass --zero N for the stage you will launch, --training-only or --inference-only for one plan).",
+    help="Make the verdict the exit code: 0 when every plan shown fits the GPU, 3 when one does not, with a line "
+    "on stderr naming it and by how much. hfmem train / hfmem serve check their own plan; hfmem MODEL checks both "
+    "(or --training-only / --inference-only); pass --zero N for the stage you will launch.",
 )
 @click.option(
     "--cuda-context",
@@ -911,7 +912,7 @@ def _run(opts: dict[str, Any]) -> None:
     prepared = _prepare(model, params, opts)
     if len(combos) == 1:
         report = _report(prepared, combos[0][1])
-        _emit_report(report, fmt, explain=opts["explain"], launch=launch)
+        _emit_report(report, fmt, explain=opts["explain"], verbose=opts["verbose"], launch=launch)
         _exit_on_verdict(opts, [report])
         return
     if opts["explain"]:
@@ -930,7 +931,7 @@ def _run(opts: dict[str, Any]) -> None:
     else:
         click.echo(render_sweep(rows, markdown=fmt == "markdown", **_console()), nl=False)
         _echo_launch(launch, fmt)
-    _exit_on_verdict(opts, [r for _, r in rows])
+    _exit_on_verdict(opts, [r for _, r in rows], [" ".join(f"{k} {v}" for k, v in values) for values, _ in rows])
 
 
 #: Options that take comma lists; a sweep is the product of every one given more than one value.
@@ -1242,7 +1243,9 @@ def _sweep_json(doc: dict[str, Any]) -> str:
     return json.dumps(head, indent=2)[:-2] + ',\n  "rows": [\n' + rows + "\n  ]\n}"
 
 
-def _emit_report(report: Report, fmt: str, *, explain: bool = False, launch: LaunchOutcome | None = None) -> None:
+def _emit_report(
+    report: Report, fmt: str, *, explain: bool = False, verbose: bool = False, launch: LaunchOutcome | None = None
+) -> None:
     from hfmem.report import render_markdown, render_table, to_dict
 
     secrets = _secrets(click.get_current_context())
@@ -1256,14 +1259,14 @@ def _emit_report(report: Report, fmt: str, *, explain: bool = False, launch: Lau
             doc["explanation"] = explanation_records(report)
         click.echo(json.dumps(_with_launch(doc, launch), indent=2))
     elif fmt == "markdown":
-        click.echo(render_markdown(report), nl=False)
+        click.echo(render_markdown(report, verbose=verbose), nl=False)
         if explain:
             from hfmem.explain import render_explanation
 
             click.echo("\n```text\n" + render_explanation(report, width=100) + "```\n", nl=False)
     else:
         console = _console()
-        click.echo(render_table(report, **console), nl=False)
+        click.echo(render_table(report, verbose=verbose, **console), nl=False)
         if explain:
             from hfmem.explain import render_explanation
 
@@ -1272,18 +1275,30 @@ def _emit_report(report: Report, fmt: str, *, explain: bool = False, launch: Lau
         _echo_launch(launch, fmt)
 
 
-def _exit_on_verdict(opts: dict[str, Any], reports: list[Report]) -> None:
-    """--check: exit 3 when any reported plan does not fit; else 5 (`NotMeasuredError`) when a plan could not be
-    measured (its fit is unknown)."""
-    verdicts: list[bool | None] = []
-    for report in reports:
-        if report.training is not None:
-            verdicts += [stage.fits for stage in report.training.stages]
-        if report.inference is not None:
-            verdicts.append(report.inference.fits)
+def _exit_on_verdict(opts: dict[str, Any], reports: list[Report], labels: list[str] | None = None) -> None:
+    """--check: exit 3 when a plan the command shows does not fit (the training rows of `shown_stages`, serving),
+    after one line on stderr naming each plan and stage and by how much (`fit_failures`; ``labels`` name each
+    report: a sweep's combination, compare's model); else 5 (`NotMeasuredError`) when a plan could not be measured
+    (its fit is unknown)."""
     if not opts["check"]:
         return
+    from hfmem.report import fit_failures, shown_stages
+
+    verdicts: list[bool | None] = []
+    failures: list[str] = []
+    for i, report in enumerate(reports):
+        if report.training is not None:
+            verdicts += [stage.fits for stage in shown_stages(report.training)]
+        if report.inference is not None:
+            verdicts.append(report.inference.fits)
+        label = f"{labels[i]}: " if labels else ""
+        failures += [label + line for line in fit_failures(report)]
     if any(verdict is False for verdict in verdicts):
+        shown = failures[:MAX_FAILURES_SAID]
+        more = len(failures) - len(shown)
+        said = "; ".join(shown) + (f"; and {more:,} more" if more else "")
+        secrets = _secrets(click.get_current_context())
+        click.echo(f"hfmem: does not fit: {one_line(redact(said, secrets))}", err=True)
         raise click.exceptions.Exit(int(ExitCode.DOES_NOT_FIT))
     for report in reports:
         if report.training is not None and report.training.unmeasured is not None:
@@ -1292,6 +1307,10 @@ def _exit_on_verdict(opts: dict[str, Any], reports: list[Report]) -> None:
             raise NotMeasuredError(report.model.model_id, "serving memory", report.inference_unmeasured)
     if not all(verdicts):
         raise click.exceptions.Exit(int(ExitCode.DOES_NOT_FIT))
+
+
+#: --check names at most this many failing plans on its stderr line (a sweep can have thousands), then a count.
+MAX_FAILURES_SAID = 4
 
 
 def _compare(**opts: Any) -> None:
@@ -1328,7 +1347,7 @@ def _compare(**opts: Any) -> None:
     else:
         click.echo(render_compare(reports, markdown=fmt == "markdown", **_console()), nl=False)
         _echo_launch(launch, fmt)
-    _exit_on_verdict(opts, reports)
+    _exit_on_verdict(opts, reports, [r.model.model_id for r in reports])
 
 
 _NOT_FOR_COMPARE = {"model", "params", "list_catalogue", "list_gpus", "clear_cache"}
