@@ -255,6 +255,7 @@ PLAN_EXCEPTIONS: dict[str, frozenset[str]] = {
     "training_only": frozenset(),  # the command names its plan
     "inference_only": frozenset(),
     "version": frozenset(),
+    "debug": frozenset({"train", "serve"}),
 }
 #: Sections per command, for ``hfmem serve --help`` (where --batch-size and --tp are serving settings).
 SERVE_SECTIONS = {"batch_size": SERVING, "tp": SERVING, "images_per_sample": SERVING, "double_quant": SERVING}

@@ -124,6 +124,15 @@ def _one_row_note(training: TrainingEstimate) -> str | None:
     )
 
 
+def training_notes(training: TrainingEstimate) -> list[str]:
+    """The training plan's notes as the table says them: with one ZeRO row, why (in place of the note that every
+    stage holds the same)."""
+    one_row = _one_row_note(training)
+    if one_row is None:
+        return list(training.notes)
+    return [one_row, *(note for note in training.notes if note != ONE_GPU_NOTE)]
+
+
 def fit_failures(report: Report) -> list[str]:
     """What does not fit the GPU, one phrase per plan and stage: ``training ZeRO-0 needs 27.30 GiB, NVIDIA GeForce
     RTX 4090 has 23.64 GiB usable (3.66 GiB over)``; the stages are `shown_stages` (what ``--check`` gates on)."""
@@ -585,19 +594,33 @@ def _natural_width(renderable: Any) -> int:
     return console.measure(renderable).maximum
 
 
+#: Shorter column names for a narrow terminal (`_rich_table`), tried before the table is turned.
+SHORT_HEADERS = {
+    "smallest GPU count": "min GPUs",
+    "largest micro-batch": "max batch",
+    "max context": "max ctx",
+    "headroom": "room",
+}
+
+
 def _rich_table(headers: list[str], rows: list[list[Any]], *, bold: str | None = None, width: int | None = None) -> Any:
-    """A table that never wraps a number: as is when it fits ``width`` columns; else turned (a column per row);
-    else stacked (each row on its own, a line per column)."""
+    """A table that never wraps a number: as is when it fits ``width`` columns; else with `SHORT_HEADERS`; else
+    turned (a column per row); else stacked (each row on its own, a line per column)."""
     table = _plain_table(headers, rows, bold=bold)
     if width is None or _natural_width(table) <= width:
         return table
-    turned = _turned(headers, rows, bold=bold)
+    short = [SHORT_HEADERS.get(name, name) for name in headers]
+    bold = SHORT_HEADERS.get(bold, bold) if bold else None
+    table = _plain_table(short, rows, bold=bold)
+    if _natural_width(table) <= width:
+        return table
+    turned = _turned(short, rows, bold=bold)
     if _natural_width(turned) <= width:
-        return turned
-    blocks: list[Any] = []
+        return Group(Text(""), turned, Text(""))
+    blocks: list[Any] = [Text("")]
     for row in rows:
-        blocks += [_turned(headers, [row], bold=bold), Text("")]
-    return Group(*blocks[:-1])
+        blocks += [_turned(short, [row], bold=bold), Text("")]
+    return Group(*blocks)
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -692,10 +715,7 @@ def _footer(report: Report, *, verbose: bool = False) -> Text:
             f"Activations and logits not measured: {training.unmeasured.rstrip('.')}; each peak is the model "
             "states and overheads only (a lower bound), and a fit is 'unknown' unless the states alone do not fit."
         )
-    one_row = _one_row_note(training)
-    if one_row is not None:
-        lines.append(f"Note: {one_row}.")
-    lines += [f"Note: {note}." for note in training.notes if not (one_row and note == ONE_GPU_NOTE)]
+    lines += [f"Note: {note}." for note in training_notes(training)]
     return Text("\n".join(lines), style="dim")
 
 
@@ -986,7 +1006,7 @@ def render_sweep(rows: list[SweepRow], *, color: bool = False, width: int = 100,
         ]
         for row, marks in zip(table, fits, strict=True)
     ]
-    console.print(_rich_table(headers, styled))
+    console.print(_rich_table(headers, styled, width=width))
     if missing:
         console.print(Text("\n".join(f"Note: {line}" for line in missing), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()).rstrip("\n") + "\n"
@@ -1118,7 +1138,7 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
         f"{r.model.model_id}: {n}"
         for r in reports
         for n in (
-            *(r.training.notes if r.training else ()),
+            *(training_notes(r.training) if r.training else ()),
             *(
                 [f"activations not measured: {r.training.unmeasured.rstrip('.')}"]
                 if r.training and r.training.unmeasured
@@ -1139,7 +1159,7 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
     console.print(Text(title, style="bold"))
-    console.print(_rich_table(headers, rows))
+    console.print(_rich_table(headers, rows, width=width))
     if notes:
         console.print(Text("\n".join(f"Note: {n}." for n in notes), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"

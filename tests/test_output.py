@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,64 @@ def test_gpu_target_in_sweep_labels(tiny: Path) -> None:
     assert [r["values"]["--gpu-memory"] for r in rows] == ["24.00 GiB", "80.00 GiB"]
     assert [r["gpu"]["usable_bytes"] for r in rows] == [24 * 2**30, 80 * 2**30]
     assert GpuTarget  # the type the rows were built with
+
+
+# --- issue 14: one ZeRO row when sharding cannot differ; numbers never wrap ---------------------------------------
+
+
+def test_one_gpu_shows_one_zero_row_and_json_keeps_every_stage(tiny: Path) -> None:
+    code, out, err = invoke(str(tiny), "--seq-len", "16")
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines() if line.strip()[:2] in ("0 ", "1 ", "2 ", "3 ")]
+    assert [row[0] for row in rows] == ["0"]  # ZeRO-0 alone; the serving table has no such rows
+    assert "one GPU: ZeRO has nothing to shard" in " ".join(out.split())
+    assert "every stage holds the same" not in " ".join(out.split())  # said once, not twice
+    doc = json.loads(invoke(str(tiny), "--seq-len", "16", "--json")[1])
+    assert [s["zero_stage"] for s in doc["training"]["stages"]] == [0, 1, 2, 3]
+    assert doc["training"]["shown_stages"] == [0]
+    # Two GPUs shard: every stage differs and is shown; --zero asks for stages explicitly and gets them.
+    doc = json.loads(invoke(str(tiny), "--seq-len", "16", "--gpus", "2", "--json")[1])
+    assert doc["training"]["shown_stages"] == [0, 1, 2, 3]
+    doc = json.loads(invoke(str(tiny), "--seq-len", "16", "--zero", "3", "--json")[1])
+    assert doc["training"]["shown_stages"] == [3]
+
+
+#: A number as the tables print it: 6,738,415,616 · 151.82 · +63.58 · 4,096.
+NUMBER = re.compile(r"[+-]?\d[\d,]*(?:\.\d+)?")
+SHAPES = {
+    "report": ["meta-llama/Llama-2-7b-hf", "--gpus", "8", "--gpu", "h100-sxm"],
+    "sweep": [
+        "meta-llama/Llama-2-7b-hf",
+        "--gpus",
+        "8",
+        "--gpu",
+        "h100-sxm",
+        "--batch-size",
+        "1,2",
+        "--seq-len",
+        "1024,2048",
+    ],
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_numbers_never_wrap_at_60_80_120_columns(shape: str) -> None:
+    args = SHAPES[shape]
+    runner = CliRunner()
+    wide = runner.invoke(cli, args, env={"COLUMNS": "1000"}).stdout
+    doc = json.loads(runner.invoke(cli, [*args, "--json"]).stdout)
+    reports = doc["rows"] if shape == "sweep" else [doc]
+    totals = [
+        f"{part['per_gpu_bytes']['total'] / 2**30:,.2f}"
+        for report in reports
+        for part in (*report["training"]["stages"], report["inference"])
+    ]
+    for columns in (60, 80, 120):
+        out = runner.invoke(cli, args, env={"COLUMNS": str(columns)}).stdout
+        lines = out.splitlines()
+        assert max(len(line) for line in lines) <= columns, columns
+        # No number is cut: every number printed is one the unconstrained output prints whole.
+        assert set(NUMBER.findall(out)) <= set(NUMBER.findall(wide)), columns
+        # Every row's total is there, whole.
+        printed = set(NUMBER.findall(out))
+        assert all(total in printed for total in totals), columns
