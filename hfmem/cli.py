@@ -1175,7 +1175,11 @@ def _apply_launch_configs(ctx: click.Context, opts: dict[str, Any]) -> LaunchOut
             overridden.append({**entry, "flag_value": _typed_value(typed_value)})
         elif setting.unmodelled or param is None or not _accepts(param, setting.value):
             why = setting.unmodelled or (
-                "not an option of this hfmem yet" if param is None else "not a choice of this hfmem yet"
+                "not a choice of this hfmem yet"
+                if param is not None
+                else f"not planned by hfmem {ctx.command.name} (hfmem MODEL plans it)"
+                if any(p.name == setting.option for p in cli.params)
+                else "not an option of this hfmem yet"
             )
             unmodelled.append({**entry, "reason": why})
         else:

@@ -326,3 +326,17 @@ def test_help_is_grouped_and_lists_the_commands(runner: CliRunner) -> None:
     assert {p.name for p in cli.params} - planned == root_only
     extra = HfmemCommand("x", params=[click.Option(["--brand-new"], is_flag=True, help="Not filed.")])
     assert f"{OTHER}:\n  --brand-new" in runner.invoke(extra, ["--help"]).stdout
+
+
+def test_serve_reports_training_settings_of_a_launch_file_as_not_planned(runner: CliRunner, tmp_path: Path) -> None:
+    from tests.conftest import TINY_LLAMA
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(TINY_LLAMA))
+    launch = tmp_path / "ds_config.json"
+    launch.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    code, out, err = run(runner, "serve", str(folder), "--launch-config", str(launch), "--json")
+    assert code == 0, err
+    skipped = json.loads(out)["launch"]["recognised_not_modelled"]
+    assert [entry["reason"] for entry in skipped] == ["not planned by hfmem serve (hfmem MODEL plans it)"]
