@@ -1016,6 +1016,8 @@ def _sweep_missing(rows: list[SweepRow]) -> list[str]:
     """Why a sweep's peaks are lower bounds (``≥``) or its serving totals are missing, each reason once."""
     lines: dict[str, None] = {}
     for _, report in rows:
+        if report.training is not None and len(shown_stages(report.training)) < len(report.training.stages):
+            lines["—: " + (_one_row_note(report.training) or "") + "."] = None
         if report.training is not None and report.training.unmeasured is not None:
             lines[f"≥: activations and logits not measured ({report.training.unmeasured.rstrip('.')})."] = None
         if report.inference_unmeasured is not None:
