@@ -272,3 +272,16 @@ def test_numbers_never_wrap_at_60_80_120_columns(shape: str) -> None:
         # Every row's total is there, whole.
         printed = set(NUMBER.findall(out))
         assert all(total in printed for total in totals), columns
+
+
+def test_check_names_each_failing_model_and_plan_in_compare(tiny: Path, tiny3: Path) -> None:
+    # 1 MiB cannot hold even the weights of either model (TINY_LLAMA: 210,240 bf16 parameters = 420,480 B, plus
+    # the 512 MiB CUDA context of OverheadSettings): every plan fails, and the line says which. Serving holds 2,048
+    # tokens: transformers' LlamaConfig default max_position_embeddings (under the 4,096 cap), as training does.
+    code, _, err = invoke("compare", str(tiny), str(tiny3), "--seq-len", "16", "--gpu-memory", "1MiB", "--check")
+    assert code == 3
+    (said,) = [line for line in err.splitlines() if line.startswith("hfmem: does not fit: ")]
+    for folder in (tiny, tiny3):
+        assert f"{folder}: training ZeRO-0 needs " in said and f"{folder}: serving 16 tokens" not in said
+        assert f"{folder}: serving 2,048 tokens of context needs " in said
+    assert said.count(" usable (") == 4
