@@ -565,8 +565,8 @@ def _bar_scale(totals: list[int], gpu_bytes: int | None) -> int:
     return max([*totals, gpu_bytes or 0, 1])
 
 
-def _plain_table(headers: list[str], rows: list[list[Any]], *, bold: str | None = None) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+def _plain_table(headers: list[str], rows: list[list[Any]], *, bold: str | None = None, compact: bool = False) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0) if compact else (0, 1))
     for name in headers:
         left = name in ("at", "fits") or not name
         table.add_column(
@@ -604,14 +604,14 @@ SHORT_HEADERS = {
 
 
 def _rich_table(headers: list[str], rows: list[list[Any]], *, bold: str | None = None, width: int | None = None) -> Any:
-    """A table that never wraps a number: as is when it fits ``width`` columns; else with `SHORT_HEADERS`; else
-    turned (a column per row); else stacked (each row on its own, a line per column)."""
+    """A table that never wraps a number: as is when it fits ``width`` columns; else compact (`SHORT_HEADERS`, one
+    space between columns); else turned (a column per row); else stacked (each row on its own, a line per column)."""
     table = _plain_table(headers, rows, bold=bold)
     if width is None or _natural_width(table) <= width:
         return table
     short = [SHORT_HEADERS.get(name, name) for name in headers]
     bold = SHORT_HEADERS.get(bold, bold) if bold else None
-    table = _plain_table(short, rows, bold=bold)
+    table = _plain_table(short, rows, bold=bold, compact=True)
     if _natural_width(table) <= width:
         return table
     turned = _turned(short, rows, bold=bold)
