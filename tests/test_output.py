@@ -285,3 +285,15 @@ def test_check_names_each_failing_model_and_plan_in_compare(tiny: Path, tiny3: P
         assert f"{folder}: training ZeRO-0 needs " in said and f"{folder}: serving 16 tokens" not in said
         assert f"{folder}: serving 2,048 tokens of context needs " in said
     assert said.count(" usable (") == 4
+
+
+def test_reference_lines_only_with_verbose(tiny: Path) -> None:
+    reference = ("Precision:", "Optimizer:", "Convention:", "Overhead, ZeRO-0:", "Overhead: CUDA context", "Modules")
+    code, out, err = invoke(str(tiny), "--seq-len", "16")
+    assert code == 0, err
+    assert not any(line in out for line in reference)
+    assert out.count("GiB = 2^30 bytes") == 1  # the legend, once per output
+    code, out, err = invoke(str(tiny), "--seq-len", "16", "--verbose")
+    assert code == 0, err
+    assert all(line in out for line in reference)
+    assert out.count("GiB = 2^30 bytes") == 1
