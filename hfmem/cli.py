@@ -212,9 +212,22 @@ OPTION_GROUPS: dict[str, str] = {
     "group_size": SERVING,
     "kv_dtype": SERVING,
     "prefill_chunk": SERVING,
-    "engine": SERVING,
+    "engine": SERVING,  # issue 15's engine flags (vLLM, SGLang): serving only
     "gpu_memory_utilization": SERVING,
     "max_model_len": SERVING,
+    "max_num_seqs": SERVING,
+    "max_num_batched_tokens": SERVING,
+    "block_size": SERVING,
+    "kv_cache_dtype": SERVING,
+    "enforce_eager": SERVING,
+    "tensor_parallel_size": SERVING,
+    "pipeline_parallel_size": SERVING,
+    "mem_fraction_static": SERVING,
+    "context_length": SERVING,
+    "max_running_requests": SERVING,
+    "chunked_prefill_size": SERVING,
+    "page_size": SERVING,
+    "min_concurrency": GPU_FIT,
     "gpu_name": GPU_FIT,
     "gpu_memory": GPU_FIT,
     "max_batch": GPU_FIT,
@@ -256,6 +269,7 @@ PLAN_EXCEPTIONS: dict[str, frozenset[str]] = {
     "inference_only": frozenset(),
     "version": frozenset(),
     "debug": frozenset({"train", "serve"}),
+    "min_concurrency": frozenset({"serve"}),  # issue 15: --check gates a deployment's concurrency
 }
 #: Sections per command, for ``hfmem serve --help`` (where --batch-size and --tp are serving settings).
 SERVE_SECTIONS = {"batch_size": SERVING, "tp": SERVING, "images_per_sample": SERVING, "double_quant": SERVING}
