@@ -12,7 +12,7 @@ from hfmem.cache import ProfileCache, cache_key
 from hfmem.errors import InvalidSetupError, UnsupportedArchitectureError
 from hfmem.limits import check_config, check_params
 from hfmem.memory.activations import activation_dtype, default_seq_len
-from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, default_context, plan_inference
+from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, plan_inference, serving_context
 from hfmem.memory.peak import NO_MODEL_NOTE, plan_training
 from hfmem.rules import check_engine, check_parallel, check_setup
 from hfmem.types import (
@@ -360,7 +360,7 @@ class Prepared:
         resolved = self.resolved
         scheme, _ = choose_scheme(resolved.config, setup, inventory)
         built = inventory.context_tokens
-        context = setup.context if setup.context is not None else default_context(resolved.config, built)[0]
+        context = serving_context(resolved.config, setup, built)[0]
         chunk = setup.prefill_chunk if setup.prefill_chunk is not None else min(context, DEFAULT_PREFILL_CHUNK)
         args: dict[str, Any] = {
             "batch_size": setup.batch_size,

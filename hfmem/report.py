@@ -8,13 +8,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from hfmem.launch import LaunchOutcome
 from hfmem.memory.parallel import in_flight_microbatches
-from hfmem.memory.states import PRECISION_SPECS
+from hfmem.memory.states import ONE_GPU_NOTE, PRECISION_SPECS
+from hfmem.rules import stages_alike
 from hfmem.types import (
     Accounting,
     CheckpointComparison,
@@ -26,6 +27,7 @@ from hfmem.types import (
     OverheadItem,
     Report,
     StageMemory,
+    TrainingEstimate,
     TrainingSetup,
 )
 from hfmem.units import GIB, format_count_short, format_gib
@@ -65,6 +67,7 @@ __all__ = [
     "render_compare",
     "compare_to_dict",
     "describe_source",
+    "legend",
     "stacked_bar",
     "launch_to_dict",
     "render_launch",
@@ -72,6 +75,8 @@ __all__ = [
     "engine_log_lines",
     "engine_rows",
     "engine_verdict_line",
+    "shown_stages",
+    "fit_failures",
 ]
 
 #: Bumped only when a key changes meaning or disappears; new keys keep the version.
@@ -103,6 +108,60 @@ def describe_source(report: Report) -> str:
 
 #: What the table shows in place of a number hfmem could not measure (JSON: null, with the reason beside it).
 NOT_MEASURED = "not measured"
+
+
+def shown_stages(training: TrainingEstimate) -> tuple[StageMemory, ...]:
+    """The ZeRO rows the table shows and ``--check`` gates on: ZeRO-0 alone when the stages cannot differ in what
+    they shard (`hfmem.rules.stages_alike`: one GPU, no offload, no --zero), else every stage planned."""
+    if stages_alike(training.setup):
+        plain = tuple(stage for stage in training.stages if stage.zero_stage == 0)
+        return plain or training.stages
+    return training.stages
+
+
+def _one_row_note(training: TrainingEstimate) -> str | None:
+    """The line that says why the table has one ZeRO row (None when it shows every stage)."""
+    if len(shown_stages(training)) == len(training.stages):
+        return None
+    return (
+        "one GPU: ZeRO has nothing to shard, so ZeRO-0 (plain data parallel) is shown; --zero 1|2|3 adds DeepSpeed's "
+        "buffers, --gpus / --nodes shard"
+    )
+
+
+def training_notes(training: TrainingEstimate) -> list[str]:
+    """The training plan's notes as the table says them: with one ZeRO row, why (in place of the note that every
+    stage holds the same)."""
+    one_row = _one_row_note(training)
+    if one_row is None:
+        return list(training.notes)
+    return [one_row, *(note for note in training.notes if note != ONE_GPU_NOTE)]
+
+
+def fit_failures(report: Report) -> list[str]:
+    """What does not fit the GPU, one phrase per plan and stage: ``training ZeRO-0 needs 27.30 GiB, NVIDIA GeForce
+    RTX 4090 has 23.64 GiB usable (3.66 GiB over)``; the stages are `shown_stages` (what ``--check`` gates on)."""
+    out = []
+    training, inference = report.training, report.inference
+    if training is not None and training.setup.gpu is not None:
+        gpu = training.setup.gpu
+        for stage in shown_stages(training):
+            if stage.fits is False:
+                needs = "needs" if training.unmeasured is None else "needs at least"
+                out.append(
+                    f"training ZeRO-{stage.zero_stage} {needs} {format_gib(stage.total_bytes)}, {gpu.name} has "
+                    f"{format_gib(gpu.usable_bytes)} usable ({format_gib(-(stage.headroom_bytes or 0))} over)"
+                )
+    if report.engine is not None:
+        if report.engine.fits is False:
+            out.append(engine_verdict_line(report))
+    elif inference is not None and inference.fits is False and inference.setup.gpu is not None:
+        gpu = inference.setup.gpu
+        out.append(
+            f"serving {inference.context:,} tokens of context needs {format_gib(inference.total_bytes)}, {gpu.name} "
+            f"has {format_gib(gpu.usable_bytes)} usable ({format_gib(-(inference.headroom_bytes or 0))} over)"
+        )
+    return out
 
 
 def _stage_dict(stage: StageMemory, *, measured: bool = True) -> dict[str, Any]:
@@ -202,6 +261,7 @@ def _training_dict(report: Report) -> dict[str, Any] | None:
         },
         "convention": CONVENTIONS[training.setup.accounting],
         "stages": [_stage_dict(s, measured=training.unmeasured is None) for s in training.stages],
+        "shown_stages": [s.zero_stage for s in shown_stages(training)],
         "overhead_labels": overhead_labels(s.overhead_items for s in training.stages),
         "activations_not_measured": training.unmeasured,
         "notes": list(training.notes),
@@ -337,7 +397,7 @@ def to_dict(report: Report) -> dict[str, Any]:
     }
 
 
-def _summary(report: Report) -> Table:
+def _summary(report: Report, *, verbose: bool = False) -> Table:
     inv = report.inventory
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -362,8 +422,9 @@ def _summary(report: Report) -> Table:
                 f"{inv.active_params_per_token:,} ({format_count_short(inv.active_params_per_token)}) — "
                 f"{inv.moe.experts_per_token} of {inv.moe.num_experts} routed experts + shared/dense parts",
             )
-        grid.add_row("Largest module", f"{inv.largest_module_name} {inv.largest_module_params:,}")
-        grid.add_row("Modules", " · ".join(f"{name} {count:,}" for name, count in inv.module_params))
+        if verbose:
+            grid.add_row("Largest module", f"{inv.largest_module_name} {inv.largest_module_params:,}")
+            grid.add_row("Modules", " · ".join(f"{name} {count:,}" for name, count in inv.module_params))
     return grid
 
 
@@ -481,23 +542,16 @@ def stacked_bar(parts: list[tuple[str, int]], full_bytes: int, *, capacity_bytes
     return text
 
 
-def bar_legend(labels: list[str], full_bytes: int, *, gpu: bool = False) -> str:
-    letters = {label: letter for label, letter, _ in BAR_PARTS}
-    keys = " ".join(f"{letters[label]}={label}" for label in labels)
-    mark = "; | marks the GPU's usable memory" if gpu else ""
-    return f"Bar: where the memory goes, {keys}; full width {full_bytes / GIB:,.2f} GiB{mark}."
-
-
 def _stage_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     training = report.training
     assert training is not None
     headers = ["ZeRO", "weights", "master", "grads", "optim", "activ", "logits", "overhead", "peak", "at"]
-    show_stage = any(s.pipeline_stage is not None for s in training.stages)
-    show_cpu = any(s.cpu_bytes_per_node for s in training.stages)
+    show_stage = any(s.pipeline_stage is not None for s in shown_stages(training))
+    show_cpu = any(s.cpu_bytes_per_node for s in shown_stages(training))
     headers += ["busiest"] * show_stage + ["CPU/node"] * show_cpu
     rows = []
     measured = training.unmeasured is None
-    for stage in training.stages:
+    for stage in shown_stages(training):
         row = [
             str(stage.zero_stage),
             _gib(stage.weights_bytes),
@@ -522,8 +576,8 @@ def _bar_scale(totals: list[int], gpu_bytes: int | None) -> int:
     return max([*totals, gpu_bytes or 0, 1])
 
 
-def _rich_table(headers: list[str], rows: list[list[Any]], *, bold: str | None = None) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+def _plain_table(headers: list[str], rows: list[list[Any]], *, bold: str | None = None, compact: bool = False) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0) if compact else (0, 1))
     for name in headers:
         left = name in ("at", "fits") or not name
         table.add_column(
@@ -532,6 +586,52 @@ def _rich_table(headers: list[str], rows: list[list[Any]], *, bold: str | None =
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def _turned(headers: list[str], rows: list[list[Any]], *, bold: str | None = None) -> Table:
+    """``rows`` as columns: a column of the headers, then one column per row (a narrow table's first fallback)."""
+    table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 2, 0, 0))
+    table.add_column(justify="left", no_wrap=True)
+    for _ in rows:
+        table.add_column(justify="right", no_wrap=True)
+    for i, name in enumerate(headers):
+        table.add_row(name, *(row[i] for row in rows), style="bold" if name == bold else None)
+    return table
+
+
+def _natural_width(renderable: Any) -> int:
+    """The columns ``renderable`` takes when nothing constrains it."""
+    console = Console(width=10_000, file=io.StringIO())
+    return console.measure(renderable).maximum
+
+
+#: Shorter column names for a narrow terminal (`_rich_table`), tried before the table is turned.
+SHORT_HEADERS = {
+    "smallest GPU count": "min GPUs",
+    "largest micro-batch": "max batch",
+    "max context": "max ctx",
+    "headroom": "room",
+}
+
+
+def _rich_table(headers: list[str], rows: list[list[Any]], *, bold: str | None = None, width: int | None = None) -> Any:
+    """A table that never wraps a number: as is when it fits ``width`` columns; else compact (`SHORT_HEADERS`, one
+    space between columns); else turned (a column per row); else stacked (each row on its own, a line per column)."""
+    table = _plain_table(headers, rows, bold=bold)
+    if width is None or _natural_width(table) <= width:
+        return table
+    short = [SHORT_HEADERS.get(name, name) for name in headers]
+    bold = SHORT_HEADERS.get(bold, bold) if bold else None
+    table = _plain_table(short, rows, bold=bold, compact=True)
+    if _natural_width(table) <= width:
+        return table
+    turned = _turned(short, rows, bold=bold)
+    if _natural_width(turned) <= width:
+        return Group(Text(""), turned, Text(""))
+    blocks: list[Any] = [Text("")]
+    for row in rows:
+        blocks += [_turned(short, [row], bold=bold), Text("")]
+    return Group(*blocks)
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -552,8 +652,8 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _stage_table(report: Report) -> Table:
-    return _rich_table(*_stage_rows(report), bold="peak")
+def _stage_table(report: Report, width: int | None = None) -> Any:
+    return _rich_table(*_stage_rows(report), bold="peak", width=width)
 
 
 def _bar_block(labels: list[str], parts: list[list[tuple[str, int]]], capacity_bytes: int | None) -> Table:
@@ -574,7 +674,7 @@ def _verdict_rows(report: Report) -> tuple[list[str], list[list[str]]] | None:
         return None
     headers = ["ZeRO", "fits", "headroom", "smallest GPU count", "largest micro-batch"]
     rows = []
-    for stage in report.training.stages:
+    for stage in shown_stages(report.training):
         rows.append(
             [
                 str(stage.zero_stage),
@@ -587,28 +687,28 @@ def _verdict_rows(report: Report) -> tuple[list[str], list[list[str]]] | None:
     return headers, rows
 
 
-def _verdict_table(report: Report) -> Table | None:
+def _verdict_table(report: Report, width: int | None = None) -> Any:
     verdict = _verdict_rows(report)
-    return None if verdict is None else _rich_table(*verdict)
+    return None if verdict is None else _rich_table(*verdict, width=width)
 
 
-def _footer(report: Report) -> Text:
+def _footer(report: Report, *, verbose: bool = False) -> Text:
+    """The lines under the training table: what answers the question (the method, the busiest pipeline stage, why
+    one row, what was not measured, notes); with ``verbose`` also the reference (precision, optimizer, accounting
+    convention, each overhead item)."""
     assert report.training is not None
-    setup = report.training.setup
-    lines = [
-        f"Precision: {PRECISION_SPECS[setup.precision].description}.",
-        f"Optimizer: {OPTIMIZER_DESCRIPTIONS[setup.optimizer]}.",
-        f"Convention: {CONVENTIONS[setup.accounting]}.",
-        *([f"Method: {describe_finetune(setup.finetune)}."] if setup.method != "full" else []),
-        "peak = weights + master + grads + optim + activations + logits + overhead at the phase in 'at'; "
-        "GiB = 2^30 bytes.",
-        bar_legend(
-            ["weights", "master", "grads", "optim", "activ", "logits", "overhead"],
-            _bar_scale([s.total_bytes for s in report.training.stages], setup.gpu.usable_bytes if setup.gpu else None),
-            gpu=setup.gpu is not None,
-        ),
-    ]
-    for stage in report.training.stages:
+    training = report.training
+    setup = training.setup
+    lines = []
+    if verbose:
+        lines += [
+            f"Precision: {PRECISION_SPECS[setup.precision].description}.",
+            f"Optimizer: {OPTIMIZER_DESCRIPTIONS[setup.optimizer]}.",
+            f"Convention: {CONVENTIONS[setup.accounting]}.",
+        ]
+    if setup.method != "full":
+        lines.append(f"Method: {describe_finetune(setup.finetune)}.")
+    for stage in shown_stages(training):
         if stage.pipeline_stage is not None:
             first, last = stage.stage_layers or (0, -1)
             holds = f" + {', '.join(stage.stage_holds)}" if stage.stage_holds else ""
@@ -618,16 +718,34 @@ def _footer(report: Report) -> Text:
                 f"(layers {first}–{last}{holds}), {in_flight:g} micro-batches of activations in flight "
                 f"({setup.parallel.pp_schedule})."
             )
-        if stage.overhead_items:
+        if verbose and stage.overhead_items:
             parts = " · ".join(f"{name} {size / GIB:,.2f}" for name, size in stage.overhead_items)
             lines.append(f"Overhead, ZeRO-{stage.zero_stage}: {parts}.")
-    if report.training.unmeasured is not None:
+    if training.unmeasured is not None:
         lines.append(
-            f"Activations and logits not measured: {report.training.unmeasured.rstrip('.')}; each peak is the model "
+            f"Activations and logits not measured: {training.unmeasured.rstrip('.')}; each peak is the model "
             "states and overheads only (a lower bound), and a fit is 'unknown' unless the states alone do not fit."
         )
-    lines += [f"Note: {note}." for note in report.training.notes]
+    lines += [f"Note: {note}." for note in training_notes(training)]
     return Text("\n".join(lines), style="dim")
+
+
+def legend(report: Report, *, bars: bool = True) -> str:
+    """The conventions of a report's tables, said once after them: units, what a peak and a total sum, the bar
+    letters of the parts shown, and where the reference is."""
+    parts = ["GiB = 2^30 bytes", "a peak or total is its row's parts summed (training: at the phase in 'at')"]
+    labels: list[str] = []
+    if report.training is not None:
+        labels += ["weights", "master", "grads", "optim", "activ", "logits"]
+    if report.inference is not None:
+        labels += ["weights", "KV cache"] + (["state"] if report.inference.recurrent_state_bytes else [])
+    if bars and labels:
+        letters = {label: letter for label, letter, _ in BAR_PARTS}
+        keys = " ".join(f"{letters[label]}={label}" for label in dict.fromkeys([*labels, "activ", "overhead"]))
+        mark = ", | = the GPU's usable memory" if _gpu(report) is not None else ""
+        parts.append(f"bars: {keys}{mark}")
+    parts.append("-v: conventions and overheads; --explain: every formula")
+    return "; ".join(parts) + "."
 
 
 def _inference_title(inference: InferenceEstimate) -> str:
@@ -655,8 +773,8 @@ def _inference_rows(inference: InferenceEstimate) -> tuple[list[str], list[list[
     return headers, [row]
 
 
-def _inference_table(inference: InferenceEstimate) -> Table:
-    return _rich_table(*_inference_rows(inference), bold="total")
+def _inference_table(inference: InferenceEstimate, width: int | None = None) -> Any:
+    return _rich_table(*_inference_rows(inference), bold="total", width=width)
 
 
 def _kv_phrase(group: dict[str, Any]) -> str:
@@ -699,7 +817,7 @@ def _state_lines(inference: InferenceEstimate) -> list[str]:
     ]
 
 
-def _inference_footer(report: Report, inference: InferenceEstimate) -> Text:
+def _inference_footer(report: Report, inference: InferenceEstimate, *, verbose: bool = False) -> Text:
     weights = inference.weights
     lines = [
         "Weights: "
@@ -715,14 +833,10 @@ def _inference_footer(report: Report, inference: InferenceEstimate) -> Text:
         + ".",
         _kv_line(inference),
         *_state_lines(inference),
-        "Overhead: " + " · ".join(f"{name} {size / GIB:,.2f}" for name, size in inference.overhead_items) + ".",
-        "total = weights + KV cache"
-        + (" + recurrent state" if inference.recurrent_state_bytes else "")
-        + " + activations of one prefill chunk + overhead; GiB = 2^30 bytes.",
-        bar_legend(
-            [label for label, _ in inference_parts(inference)],
-            _bar_scale([inference.total_bytes], inference.setup.gpu.usable_bytes if inference.setup.gpu else None),
-            gpu=inference.setup.gpu is not None,
+        *(
+            ["Overhead: " + " · ".join(f"{name} {size / GIB:,.2f}" for name, size in inference.overhead_items) + "."]
+            if verbose
+            else []
         ),
     ]
     lines += [f"Note: {note}." for note in inference.notes]
@@ -732,19 +846,21 @@ def _inference_footer(report: Report, inference: InferenceEstimate) -> Text:
     return Text("\n".join(lines), style="dim")
 
 
-def render_table(report: Report, *, color: bool = False, width: int = 100) -> str:
-    """The human report: model summary, one row per ZeRO stage, the inference plan, then the conventions used."""
+def render_table(report: Report, *, color: bool = False, width: int = 100, verbose: bool = False) -> str:
+    """The human report: model summary, the training plan (a row per ZeRO stage that differs), the serving plan,
+    then one legend. Tables adapt to ``width`` (turned or stacked, `_rich_table`) so that no number wraps;
+    ``verbose`` adds the reference lines (conventions, overhead items, modules)."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
-    console.print(_summary(report))
+    console.print(_summary(report, verbose=verbose))
     if report.training is not None:
         console.print()
         console.print(Text(_stage_title(report), style="bold"))
-        console.print(_stage_table(report))
+        console.print(_stage_table(report, width))
         gpu_bytes = report.training.setup.gpu.usable_bytes if report.training.setup.gpu else None
-        stages = report.training.stages
+        stages = shown_stages(report.training)
         console.print(_bar_block([f"ZeRO-{s.zero_stage}" for s in stages], [stage_parts(s) for s in stages], gpu_bytes))
-        verdict = _verdict_table(report)
+        verdict = _verdict_table(report, width)
         if verdict is not None:
             gpu = report.training.setup.gpu
             assert gpu is not None
@@ -752,7 +868,9 @@ def render_table(report: Report, *, color: bool = False, width: int = 100) -> st
                 Text(f"Fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable by PyTorch)", style="bold")
             )
             console.print(verdict)
-        console.print(_footer(report))
+        footer = _footer(report, verbose=verbose)
+        if footer.plain:
+            console.print(footer)
     inference = report.inference
     if report.engine is not None:
         console.print()
@@ -765,15 +883,17 @@ def render_table(report: Report, *, color: bool = False, width: int = 100) -> st
         if inference.setup.gpu is not None:
             gpu = inference.setup.gpu
             console.print(Text(f"on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable by PyTorch)"))
-        console.print(_inference_table(inference))
+        console.print(_inference_table(inference, width))
         gpu_bytes = inference.setup.gpu.usable_bytes if inference.setup.gpu else None
         console.print(_bar_block(["serve"], [inference_parts(inference)], gpu_bytes))
         console.print()
-        console.print(_inference_footer(report, inference))
+        console.print(_inference_footer(report, inference, verbose=verbose))
     else:
         lines = _unmeasured_inference_lines(report) + [f"Note: {note}." for note in _plan_notes(report)]
         if lines:
             console.print(Text("\n".join(lines), style="dim"))
+    console.print()
+    console.print(Text(legend(report), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 
@@ -789,10 +909,10 @@ def _unmeasured_inference_lines(report: Report) -> list[str]:
 
 
 def _footer_lines(text: Text) -> list[str]:
-    return [line for line in text.plain.splitlines() if not line.startswith("Bar:")]
+    return text.plain.splitlines()
 
 
-def render_markdown(report: Report) -> str:
+def render_markdown(report: Report, *, verbose: bool = False) -> str:
     """The report as GitHub-flavoured Markdown (for PR comments and issues): the same tables and notes, no bars."""
     inv = report.inventory
     out = [f"### {report.model.model_id}", ""]
@@ -813,7 +933,7 @@ def render_markdown(report: Report) -> str:
         if verdict is not None and gpu is not None:
             out += ["", f"**Fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable by PyTorch)**", ""]
             out.append(markdown_table(*verdict))
-        out += ["", *(f"- {line}" for line in _footer_lines(_footer(report)))]
+        out += ["", *(f"- {line}" for line in _footer_lines(_footer(report, verbose=verbose)))]
     if report.engine is not None:
         out += ["", "**" + _engine_title(report.engine).replace("\n", "; ") + "**", ""]
         out.append(markdown_table(["", "per GPU"], [list(row) for row in engine_rows(report.engine)]))
@@ -822,11 +942,12 @@ def render_markdown(report: Report) -> str:
         inference = report.inference
         out += ["", "**" + _inference_title(inference).replace("\n", "; ") + "**", ""]
         out.append(markdown_table(*_inference_rows(inference)))
-        out += ["", *(f"- {line}" for line in _footer_lines(_inference_footer(report, inference)))]
+        out += ["", *(f"- {line}" for line in _footer_lines(_inference_footer(report, inference, verbose=verbose)))]
     else:
         lines = _unmeasured_inference_lines(report) + [f"Note: {note}." for note in _plan_notes(report)]
         if lines:
             out += ["", *(f"- {line}" for line in lines)]
+    out += ["", f"- {legend(report, bars=False)}"]
     return "\n".join(out) + "\n"
 
 
@@ -841,7 +962,7 @@ def _sweep_rows(rows: list[SweepRow]) -> tuple[list[str], list[list[str]], list[
     offloads in any row, as in the single report."""
     first = rows[0][1]
     headers = [name for name, _ in rows[0][0]]
-    by_row = [{s.zero_stage: s for s in report.training.stages} if report.training else {} for _, report in rows]
+    by_row = [{s.zero_stage: s for s in shown_stages(report.training)} if report.training else {} for _, report in rows]
     stages = sorted({z for planned in by_row for z in planned})
     cpu_stages = [z for z in stages if any(planned.get(z) and planned[z].cpu_bytes_per_node for planned in by_row)]
     headers += [f"ZeRO-{z} peak" for z in stages] + [f"ZeRO-{z} CPU/node" for z in cpu_stages]
@@ -922,7 +1043,7 @@ def render_sweep(rows: list[SweepRow], *, color: bool = False, width: int = 100,
         ]
         for row, marks in zip(table, fits, strict=True)
     ]
-    console.print(_rich_table(headers, styled))
+    console.print(_rich_table(headers, styled, width=width))
     if missing:
         console.print(Text("\n".join(f"Note: {line}" for line in missing), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()).rstrip("\n") + "\n"
@@ -932,6 +1053,8 @@ def _sweep_missing(rows: list[SweepRow]) -> list[str]:
     """Why a sweep's peaks are lower bounds (``≥``) or its serving totals are missing, each reason once."""
     lines: dict[str, None] = {}
     for _, report in rows:
+        if report.training is not None and len(shown_stages(report.training)) < len(report.training.stages):
+            lines["—: " + (_one_row_note(report.training) or "") + "."] = None
         if report.training is not None and report.training.unmeasured is not None:
             lines[f"≥: activations and logits not measured ({report.training.unmeasured.rstrip('.')})."] = None
         if report.inference_unmeasured is not None:
@@ -980,11 +1103,11 @@ def _compare_rows(reports: list[Report]) -> tuple[list[str], list[list[str]]]:
         line("trainable", lambda r: f"{r.inventory.trainable_params:,}"),
         line("architecture", lambda r: r.inventory.architecture or "—"),
     ]
-    stages = sorted({s.zero_stage for r in reports if r.training for s in r.training.stages})
+    stages = sorted({s.zero_stage for r in reports if r.training for s in shown_stages(r.training)})
     for z in stages:
 
         def peak(r: Report, z: int = z) -> str:
-            stage = next((s for s in r.training.stages if s.zero_stage == z), None) if r.training else None
+            stage = next((s for s in shown_stages(r.training) if s.zero_stage == z), None) if r.training else None
             if stage is None:
                 return "—"
             mark = {True: " fits", False: " ✗", None: ""}[stage.fits]
@@ -1028,14 +1151,14 @@ def _verdict_words(report: Report) -> str:
     """What fits, in a few words: the least-sharded ZeRO stage that fits, and serving."""
     parts = []
     if report.training is not None and report.training.unmeasured is not None:
-        fails = any(s.fits is False for s in report.training.stages)
+        fails = any(s.fits is False for s in shown_stages(report.training))
         parts.append("does not train here" if fails else "training not measured")
     elif report.training is not None:
         if report.training.setup.gpu is None:
-            best = min(report.training.stages, key=lambda s: s.total_bytes)
+            best = min(shown_stages(report.training), key=lambda s: s.total_bytes)
             parts.append(f"lowest peak ZeRO-{best.zero_stage}")
         else:
-            fitting = [s.zero_stage for s in report.training.stages if s.fits]
+            fitting = [s.zero_stage for s in shown_stages(report.training) if s.fits]
             parts.append(f"trains with ZeRO-{fitting[0]}" if fitting else "does not train here")
     if report.engine is not None:
         name = report.engine.engine
@@ -1071,7 +1194,7 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
         f"{r.model.model_id}: {n}"
         for r in reports
         for n in (
-            *(r.training.notes if r.training else ()),
+            *(training_notes(r.training) if r.training else ()),
             *(
                 [f"activations not measured: {r.training.unmeasured.rstrip('.')}"]
                 if r.training and r.training.unmeasured
@@ -1092,7 +1215,7 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
     console.print(Text(title, style="bold"))
-    console.print(_rich_table(headers, rows))
+    console.print(_rich_table(headers, rows, width=width))
     if notes:
         console.print(Text("\n".join(f"Note: {n}." for n in notes), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_DROPOUT_EXCLUSIVE",
     "MAX_FRAGMENTATION",
     "planned_stages",
+    "stages_alike",
     "check_setup",
     "check_finetune",
     "check_parallel",
@@ -62,6 +63,25 @@ def planned_stages(setup: TrainingSetup) -> tuple[int, ...]:
     return stages
 
 
+def stages_alike(setup: TrainingSetup) -> bool:
+    """Whether the ZeRO stages of a plan cannot differ in what they shard, so one row says it all: sharding degree
+    1 for dense and expert parameters (one GPU, or every GPU in a TP/PP/CP group), no offload (whose stages move
+    different states to the CPU), the stages not asked for (``--zero``), no FSDP and hfmem's own accounting.
+
+    Stages 1-3 then differ from ZeRO-0 only by DeepSpeed's buffers (the fp32 gradient partition at the step, the
+    ZeRO-3 prefetch), which a one-GPU run does not launch: the table shows ZeRO-0 (plain data parallel) with a
+    note, ``--check`` gates on it, and the JSON keeps every stage planned.
+    """
+    return (
+        setup.zero_stages is None
+        and setup.sharding_degree == 1
+        and setup.expert_sharding_degree == 1
+        and setup.offload == "none"
+        and setup.parallel.fsdp is None
+        and setup.accounting == "hfmem"
+    )
+
+
 def check_setup(
     setup: TrainingSetup,
     inference: InferenceSetup | None = None,
@@ -93,6 +113,8 @@ def check_setup(
     if inference is not None:
         if inference.batch_size < 1 or (inference.prefill_chunk is not None and inference.prefill_chunk < 1):
             raise InvalidSetupError("--batch-size and --prefill-chunk must be at least 1")
+        if inference.full_context and inference.context is not None:
+            raise InvalidSetupError("give either --context N or --context max (the model's whole context), not both")
         _check_fragmentation(inference.overheads.fragmentation)
 
 

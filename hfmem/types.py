@@ -663,7 +663,8 @@ class InferenceSetup:
     """What the user plans to serve.
 
     ``weights_dtype=None`` uses the checkpoint: its ``quantization_config`` if it has one, else its dtype.
-    ``kv_dtype=None`` caches in the compute dtype. ``context=None`` means the model's context length.
+    ``kv_dtype=None`` caches in the compute dtype. ``context=None`` means the training default (the model's context
+    length capped at 4096, `hfmem.memory.inference.default_context`), or the whole context with ``full_context``.
     ``prefill_chunk=None`` means min(context, 2048) tokens per sequence. ``images_per_sample``: images in each
     sequence's prefill chunk, for a model that takes images (the vision tower runs in the prefill).
     """
@@ -679,6 +680,7 @@ class InferenceSetup:
     overheads: OverheadSettings = field(default_factory=OverheadSettings)
     gpu: GpuTarget | None = None
     images_per_sample: int = 1
+    full_context: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpu", gpu_target(self.gpu))

@@ -354,7 +354,7 @@ def test_check_min_concurrency_gates(runner: Any) -> None:
     args = ["meta-llama/Llama-3.2-1B", "--engine", "vllm", "--gpu", "l4", "--max-model-len", "8192", "--check"]
     result = runner.invoke(cli, [*args, "--min-concurrency", "1000000"])
     assert result.exit_code == 3
-    (line,) = [x for x in result.stderr.splitlines() if x.startswith("hfmem: --check:")]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("hfmem: does not fit:")]
     assert "below --min-concurrency 1000000" in line
     result = runner.invoke(cli, [*args, "--min-concurrency", "2"])
     assert result.exit_code == 0, result.output
