@@ -116,6 +116,10 @@ def _stage_dict(stage: StageMemory, *, measured: bool = True) -> dict[str, Any]:
             "total": stage.total_bytes if measured else None,
             **({} if measured else {"total_without_activations": stage.total_bytes}),
         },
+        # bitsandbytes paged states (CUDA managed memory; part of optimizer_states) and what PyTorch's allocator
+        # holds at the peak (the total less the paged states and the CUDA context); total is the device total
+        "paged_optimizer_states_bytes": stage.paged_states_bytes,
+        "allocator_peak_bytes": stage.allocator_bytes if measured else None,
         "cpu_bytes_per_node": stage.cpu_bytes_per_node,
         "peak_phase": stage.peak_phase,
         "fits": stage.fits,
@@ -155,6 +159,8 @@ def _settings_extra(setup: TrainingSetup) -> dict[str, Any]:
             "double_quant": ft.double_quant,
         },
         "train_modules": list(ft.train_modules),
+        "optimizer_impl": setup.optimizer_impl,
+        "optimizer_in_backward": setup.optimizer_in_backward,
         "parallel": {
             "tp": par.tp,
             "pp": par.pp,
@@ -613,6 +619,12 @@ def _footer(report: Report) -> Text:
         if stage.overhead_items:
             parts = " · ".join(f"{name} {size / GIB:,.2f}" for name, size in stage.overhead_items)
             lines.append(f"Overhead, ZeRO-{stage.zero_stage}: {parts}.")
+        if stage.paged_states_bytes:
+            lines.append(
+                f"Paged optimizer states, ZeRO-{stage.zero_stage}: {stage.paged_states_bytes / GIB:,.2f} GiB of "
+                "'optim' in CUDA managed memory, outside PyTorch's allocator statistics: allocator peak "
+                f"{stage.allocator_bytes / GIB:,.2f} GiB, device total (peak) {stage.total_bytes / GIB:,.2f} GiB."
+            )
     if report.training.unmeasured is not None:
         lines.append(
             f"Activations and logits not measured: {report.training.unmeasured.rstrip('.')}; each peak is the model "
