@@ -52,6 +52,10 @@ OPTIMIZER_DESCRIPTIONS: dict[Optimizer, str] = {
     "adafactor": "HF Adafactor (beta1=None): fp32 row + column second-moment factors for >=2-D tensors, "
     "a full fp32 second moment for 1-D tensors",
     "lion": "Lion: one momentum per parameter (Chen et al. 2023)",
+    "paged-adamw": "bitsandbytes PagedAdamW: 2 fp32 states per parameter; those of tensors with >= 100,000 elements "
+    "in CUDA managed memory (outside PyTorch's allocator)",
+    "paged-adamw-8bit": "bitsandbytes PagedAdamW8bit: 2 uint8 states + one fp32 absmax per 256-element block; the "
+    "uint8 states of tensors with >= 100,000 elements in CUDA managed memory (outside PyTorch's allocator)",
 }
 
 __all__ = [
@@ -590,12 +594,22 @@ def _verdict_table(report: Report) -> Table | None:
     return None if verdict is None else _rich_table(*verdict)
 
 
+def _optimizer_step_words(setup: TrainingSetup) -> str:
+    """How the step runs, when it is not torch's default (foreach, after backward)."""
+    words = []
+    if setup.optimizer_impl != "foreach":
+        words.append(f"torch {setup.optimizer_impl} step")
+    if setup.optimizer_in_backward:
+        words.append("stepped in backward, one gradient live at a time")
+    return "; " + ", ".join(words) if words else ""
+
+
 def _footer(report: Report) -> Text:
     assert report.training is not None
     setup = report.training.setup
     lines = [
         f"Precision: {PRECISION_SPECS[setup.precision].description}.",
-        f"Optimizer: {OPTIMIZER_DESCRIPTIONS[setup.optimizer]}.",
+        f"Optimizer: {OPTIMIZER_DESCRIPTIONS[setup.optimizer]}{_optimizer_step_words(setup)}.",
         f"Convention: {CONVENTIONS[setup.accounting]}.",
         *([f"Method: {describe_finetune(setup.finetune)}."] if setup.method != "full" else []),
         "peak = weights + master + grads + optim + activations + logits + overhead at the phase in 'at'; "
