@@ -1102,8 +1102,8 @@ def _overhead_exprs(row: _Row, setup: TrainingSetup, activ: Expr, logits: Expr) 
         Var("SG", x.sub_group, "sub_group_size (elements)", SRC_DS_CONFIG),
         Var("s", x.state_bytes, "bytes per optimizer-state element"),
         Var("n_max", x.largest_tensor, "elements of the largest trained tensor"),
-        Var("Ψ_A", x.cast_params, "trainable layer elements autocast casts to 16-bit"),
-        Var("a", x.cast_bytes, "bytes per autocast element"),
+        Var("Ψ_A", x.cast_params, "trainable layer elements autocast casts to 16-bit", SRC_AUTOCAST_CACHE),
+        Var("a", x.cast_bytes, "bytes per autocast element", SRC_AUTOCAST_LISTS),
     )
     terms = dict(overhead_terms(setup, memory.zero_stage, memory.peak_phase or "forward", operands))
     if "allocator_fragmentation" in {item.key for item in memory.overhead_items}:

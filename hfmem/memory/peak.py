@@ -35,7 +35,6 @@ from hfmem.memory.sources import (
     SRC_ADAFACTOR,
     SRC_ADAM_FOREACH,
     SRC_ADAM_LOOP,
-    SRC_AUTOCAST_CACHE,
     SRC_BNB_MATMUL,
     SRC_DS_FP32_GRAD,
     SRC_FSDP,
@@ -227,7 +226,7 @@ def overhead_terms(setup: TrainingSetup, stage: int, phase: PeakPhase, x: Overhe
             gathered = x.largest_module * per_param + minimum(x.prefetch_bucket, x.total) * x.base_weight_bytes
             items.append(("zero3_gathered_params", gathered))
     if phase == "forward" and value_of(x.cast_params) and setup.grad_checkpointing not in ("none", "selective"):
-        cache = cite(x.cast_bytes, SRC_AUTOCAST_CACHE, x.cast_params) * x.cast_params
+        cache = x.cast_bytes * x.cast_params
         items.append(("autocast_weight_cache", cache))
     if phase in ("forward", "backward") and setup.method == "qlora":
         compute_bytes = cite(QLORA_COMPUTE_BYTES, SRC_BNB_MATMUL, x.trainable)

@@ -31,7 +31,6 @@ from hfmem.memory.sources import (
     SRC_DS_EST2,
     SRC_FP32,
     SRC_OFFLOAD,
-    SRC_OPTIM_IN_BWD,
 )
 from hfmem.rules import planned_stages
 from hfmem.types import (
@@ -458,7 +457,7 @@ def _in_backward_state_bytes(setup: TrainingSetup, zero_stage: int, x: StateInpu
     (under FSDP its shard, ``g × ⌈n_max / N⌉``; FSDP's unsharded gradients of one unit are an overhead line). The
     optimizer states are the same as with a separate step: one optimizer per parameter keeps that parameter's.
     """
-    largest = cite(x.largest, SRC_OPTIM_IN_BWD, x.largest) if value_of(x.largest) else x.trainable
+    largest = x.largest if value_of(x.largest) else x.trainable  # n_max (explain: SRC_OPTIM_IN_BWD)
     if zero_stage == 0:
         weights = x.frozen_bytes + x.weight_bytes * x.trainable
         return StateBytes(
