@@ -222,6 +222,9 @@ def test_amp_traces_what_a_real_autocast_forward_saves(tiny_llama: Path) -> None
         measured
     )
     assert profile.logits_bytes == 2 * 128 * 2048 * 2  # bf16 logits out of the autocast LM head
+    # Vocabulary-sized saved tensors: only the loss's fp32 log-softmax (the LM head's bf16 weight copy, which its
+    # matmul saves transposed to [h, V], is a weight cast, not a logit)
+    assert profile.logits_saved_bytes == 2 * 128 * 2048 * 4
 
 
 def test_amp_keeps_fp32_states_and_caches_weight_copies_through_a_checkpointed_forward(tiny_llama: Path) -> None:

@@ -262,7 +262,7 @@ _AUTOCAST: contextvars.ContextVar[Any] = contextvars.ContextVar("hfmem_autocast"
 
 
 @contextlib.contextmanager
-def cuda_autocast(dtype: Any) -> Iterator[dict[int, Any]]:
+def cuda_autocast(dtype: Any, weight_casts: set[int] | None = None) -> Iterator[dict[int, Any]]:
     """CUDA ``torch.autocast(dtype=dtype)`` as a ``TorchFunctionMode``, for meta tensors (where autocast is a no-op:
     its per-device table has no dtype for Meta) and on a CPU-only build (where ``autocast("cuda")`` disables itself).
 
@@ -271,7 +271,8 @@ def cuda_autocast(dtype: Any) -> Iterator[dict[int, Any]]:
     promotion decides). The casts are ordinary autograd ops, so the op saves the cast copy for backward, as on a GPU.
     Weight cache (``autocast_mode.cpp::cached_cast``): an fp32 leaf that requires grad is cast once per forward and
     the copy is kept until autocast exits; the dict yielded holds those copies (by the parameter's id). Frozen
-    weights are cast at every use, as autocast does.
+    weights are cast at every use, as autocast does. ``weight_casts`` collects the storage keys (``_cdata``) of every
+    cast copy of a parameter, cached or not, so a trace can tell them from activations.
     """
     import torch
     from torch.overrides import TorchFunctionMode
@@ -285,8 +286,12 @@ def cuda_autocast(dtype: Any) -> Iterator[dict[int, Any]]:
         if to is dtype and value.dtype == torch.float32 and value.is_leaf and value.requires_grad:
             if id(value) not in cache:
                 cache[id(value)] = value.to(to)
-            return cache[id(value)]
-        return value.to(to)
+            copy = cache[id(value)]
+        else:
+            copy = value.to(to)
+        if weight_casts is not None and isinstance(value, torch.nn.Parameter):
+            weight_casts.add(copy.untyped_storage()._cdata)
+        return copy
 
     class CudaAutocast(TorchFunctionMode):
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -479,6 +484,10 @@ def _trace_at(
         }
         mode = _tensor_parallel_mode(params, replicated)
 
+    # Storages of autocast's 16-bit copies of parameters (amp-*): saved like activations, never logits (the LM
+    # head's cast weight, saved transposed by its matmul, ends in the vocabulary).
+    weight_casts: set[int] = set()
+
     def pack(tensor: Any) -> Any:
         storage = tensor.untyped_storage()
         key = storage._cdata
@@ -487,7 +496,7 @@ def _trace_at(
         seen.add(key)
         keep_alive.append(tensor.detach())
         size = storage.nbytes()
-        if vocab and tensor.dim() >= 1 and tensor.shape[-1] == vocab:
+        if vocab and tensor.dim() >= 1 and tensor.shape[-1] == vocab and key not in weight_casts:
             totals["logits"] += size
         elif stack:
             saved[stack[-1]] = saved.get(stack[-1], 0) + size
@@ -518,7 +527,7 @@ def _trace_at(
             tracing(training=True) as trace,
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
             mode,
-            cuda_autocast(options.autocast) if options.autocast is not None else contextlib.nullcontext(),
+            cuda_autocast(options.autocast, weight_casts) if options.autocast is not None else contextlib.nullcontext(),
             _placeholder_checks_off(torch_model),
         ):
             output = torch_model(**kwargs)
