@@ -109,7 +109,9 @@ def test_llama_baseline_step_against_hfmem(validate_step) -> None:  # noqa: ANN0
     implementation's measured step (foreach: the baseline, whose outputs are gone by the step; fused; for-loop)
     hfmem's step phase with that --optimizer-impl within 1 %.
     """
-    rows = validate_step.run(["llama"], ["outputs-kept", "baseline", "adamw-fused", "adamw-loop"], True, lambda line: None)
+    rows = validate_step.run(
+        ["llama"], ["outputs-kept", "baseline", "adamw-fused", "adamw-loop"], True, lambda line: None
+    )
     kept, foreach, fused, loop = rows
     assert isinstance(kept.prediction, dict) and "phases" in kept.prediction, kept.prediction
     grads_bytes = kept.prediction["components"]["gradients"]
