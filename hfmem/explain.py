@@ -1195,9 +1195,9 @@ def _overhead_and_peak(report: Report, rows: list[_Row], acts: list[Explanation]
         "step and reports the largest. At the loss in forward: the model states, every saved activation and the "
         "logits with the loss's fp32 copies. As backward starts: the loss gradients (or, with checkpointing, a "
         "re-materialised layer, whichever is larger). At the optimizer step: activations are gone and the step's "
-        "buffers are live. Model states and the CUDA context are live throughout. Per row: "
-        + "; ".join(phase_notes)
-        + "."
+        "buffers are live (torch AdamW's foreach or for-loop temporaries, DeepSpeed's fp32 gradient partition…; with "
+        "--optimizer-in-backward each parameter steps in backward instead, so there is no separate step peak). "
+        "Model states and the CUDA context are live throughout. Per row: " + "; ".join(phase_notes) + "."
     )
     out.append(Explanation("training", "Peak per GPU", text, tuple(_merge_stages(peak_rows, setup)), (SRC_PEAK,)))
     if setup.gpu is not None and training.unmeasured is None:  # unmeasured activations: the headroom is unknown

@@ -533,6 +533,38 @@ def bisect_boundary(predicate: Callable[[int], bool], low: int, high: int) -> tu
     return low, high
 
 
+#: Overhead lines that belong to the optimizer step (what makes a row peak there), largest first when named.
+_STEP_KEYS = (
+    "adamw_foreach_temporary",
+    "adamw_loop_temporary",
+    "fp32_gradient_partition",
+    "param_allgather_bucket",
+    "adafactor_fp32_upcast",
+)
+
+
+def step_notes(setup: TrainingSetup, stages: list[StageMemory]) -> list[str]:
+    """Why a row peaks at the optimizer step (its largest step line), and how the optimizer in backward moves it."""
+    notes = []
+    at_step = [s for s in stages if s.peak_phase == "optimizer_step"]
+    if at_step:
+        items = {i.key: i for i in at_step[0].overhead_items if i.key in _STEP_KEYS}
+        if items:
+            largest = max(items.values(), key=lambda i: i.size_bytes)
+            rows = ", ".join(f"ZeRO-{s.zero_stage}" for s in at_step)
+            why = f"{rows} peak{'s' if len(at_step) == 1 else ''} at the optimizer step, where the activations are "
+            why += f"gone but the {largest.label} ({largest.size_bytes / 2**30:,.2f} GiB) is live"
+            if largest.key == "adamw_foreach_temporary":
+                why += " (--optimizer-impl fused, the HF Trainer's adamw_torch_fused, allocates none)"
+            notes.append(why)
+    if setup.optimizer_in_backward:
+        notes.append(
+            "--optimizer-in-backward: each parameter steps in backward as soon as its gradient is complete, so one "
+            "gradient is live at a time and there is no separate step peak"
+        )
+    return notes
+
+
 #: The note of a plan without an activation profile (``--params``; `hfmem.api` replaces it when a trace failed).
 NO_MODEL_NOTE = "--params has no model to run, so activations and logits are not included"
 
@@ -569,7 +601,7 @@ def plan_training(
                 else None,
             )
         stages.append(stage)
-    notes = list(base.notes)
+    notes = list(base.notes) + step_notes(setup, stages)
     if profile is None:
         notes.append(NO_MODEL_NOTE)
     elif profile.attention_calls == 0 and profile.attn != "eager" and inventory.attention_modules != 0:
