@@ -53,6 +53,8 @@ Techniques (issue 13, item 4; what each one keeps is read from the framework sou
   fp32 model, as accelerate does for the Trainer's ``bf16=True``. CPU autocast's op lists differ from CUDA's
   (`docs/source/amp.md`: on CUDA softmax, layer_norm, log_softmax… run in fp32; on the CPU softmax and layer_norm
   run in bf16, docs/techniques.md §5): the bf16/fp32 split of what is saved is the CPU's, not a GPU's.
+* ``amp-ckpt``: ``amp-bf16`` with full checkpointing: autocast's cached bf16 weight copies live to the end of the
+  forward though no checkpointed layer saves them (hfmem's ``autocast_weight_cache`` line).
 * ``bf16``: the whole model and AdamW in bf16 (hfmem's ``--precision bf16``).
 
 hfmem's prediction (``hfmem.estimate`` on the same config folder, ``training=True``, cache off, ZeRO 0, dropout 0,
@@ -746,6 +748,11 @@ TECHNIQUES = {
             "amp-bf16, outputs kept across backward",
             hfmem={"precision": "amp-bf16"},
         ),
+        Technique(
+            "amp-ckpt",
+            "amp-bf16 with HF activation checkpointing (the weight-cast cache lives to the end of the forward)",
+            hfmem={"precision": "amp-bf16", "grad_checkpointing": "full"},
+        ),
         Technique("bf16", "pure bf16 model and AdamW", dtype=torch.bfloat16, hfmem={"precision": "bf16"}),
         Technique("ckpt-full+kept", "ckpt-full, outputs kept across backward", hfmem={"grad_checkpointing": "full"}),
         Technique("bf16+kept", "bf16, outputs kept across backward", dtype=torch.bfloat16, hfmem={"precision": "bf16"}),
@@ -780,7 +787,7 @@ def build_step(case: ModelCase, technique: Technique, folder: Path) -> Step:
     elif name == "adamw-loop":
         adamw = {"lr": 1e-4, "foreach": False}
 
-    if name in ("ckpt-full", "offload+ckpt"):
+    if name in ("ckpt-full", "offload+ckpt", "amp-ckpt"):
         enable_checkpointing(model)
     elif name == "ckpt-every-2":
         enable_checkpointing(model, every_n_layers=2)
@@ -794,7 +801,7 @@ def build_step(case: ModelCase, technique: Technique, folder: Path) -> Step:
         loss_fn = partial(fused_loss, model, inputs)
     elif name in ("offload", "offload+ckpt"):
         loss_fn = offload_loss(lambda: step_holder[0], model, inputs)
-    elif name == "amp-bf16":
+    elif name in ("amp-bf16", "amp-ckpt"):
 
         def loss_fn(tracker: LiveTensorTracker | None) -> torch.Tensor:
             with torch.autocast("cpu", dtype=torch.bfloat16):

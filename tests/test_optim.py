@@ -71,8 +71,12 @@ def test_a_7b_full_finetune_peaks_at_the_foreach_step_at_five_times_the_bf16_par
     # Rule (docs/techniques.md §4.1): weights + grads + 2 states + _foreach_sqrt's state-sized list = 5 × 2 B × P.
     params = 7_241_732_096
     setup = TrainingSetup(precision="bf16", zero_stages=(0,), overheads=BARE)
-    stage = plan_training(ParameterInventory.from_count(params), setup, None).stages[0]
+    plan = plan_training(ParameterInventory.from_count(params), setup, None)
+    stage = plan.stages[0]
     assert stage.peak_phase == "optimizer_step"
+    # the report says which phase peaks and why
+    why = "ZeRO-0 peaks at the optimizer step, where the activations are gone but the AdamW foreach step temporary"
+    assert any(note.startswith(why) and "--optimizer-impl fused" in note for note in plan.notes)
     assert {i.key: i.size_bytes for i in stage.overhead_items} == {"adamw_foreach_temporary": 2 * params}
     assert stage.total_bytes == 5 * 2 * params == 72_417_320_960
     measured = 72_434_837_504
@@ -129,6 +133,8 @@ def test_optimizer_in_backward_keeps_one_gradient_and_steps_in_backward() -> Non
     # foreach on a one-tensor list: the largest parameter's state size, while backward runs
     assert by_phase["backward"] == {"total": base + 4 * SMALL_LARGEST, "adamw_foreach_temporary": 4 * SMALL_LARGEST}
     assert by_phase["optimizer_step"] == {"total": base}  # no separate step
+    notes = plan_training(small_model(), setup, None).notes
+    assert any("no separate step peak" in note for note in notes)
 
 
 def test_optimizer_in_backward_under_fsdp_keeps_one_gradient_shard() -> None:

@@ -212,3 +212,15 @@ def test_fused_loss_keeps_two_gradients_and_no_logits(validate_step) -> None:  #
     (row,) = validate_step.run(["llama"], ["loss-fused"], False, print)
     loss_bytes = row.result.boundaries["after_forward"]["components"]["logits_loss"]
     assert loss_bytes == FP32 * (2 * 128 * 64 + 2048 * 64) + FP32
+
+
+def test_amp_weight_cast_cache_under_checkpointing(validate_step) -> None:  # noqa: ANN001
+    """CPU autocast with full checkpointing: at the forward's peak the live bf16 weight copies are the cache of every
+    layer linear (no checkpointed layer saves them) plus the LM head's copy (saved by its matmul). By hand for the
+    tiny Llama: per layer q 64·64 + k, v 32·64 + o 64·64 + gate/up/down 3·176·64 = 46,080 elements, 2 layers, and
+    the 2048 × 64 head, 2 bytes each. hfmem's autocast_weight_cache line is the layers' part (tests/test_optim.py);
+    the head's copy is in its traced activations."""
+    (row,) = validate_step.run(["llama"], ["amp-ckpt"], True, lambda line: None)
+    casts = row.result.phases["forward"]["components"]["weight_casts"]
+    assert casts == 2 * (2 * 46_080 + 2048 * 64)
+    assert isinstance(row.prediction, dict) and row.prediction["phases"]["forward"] > 0
