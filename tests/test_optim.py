@@ -303,3 +303,33 @@ def test_refused_combinations_are_one_line_exit_2(flags: list[str], message: str
     assert out == ""
     assert len(err.splitlines()) == 1 and message in err
     assert "Traceback" not in err
+
+
+def test_the_autocast_emulation_follows_cudas_lists_and_weight_cache() -> None:
+    # PyTorch docs/source/amp.md@4e0ff98: linear and matmul run in 16-bit, softmax and layer_norm in fp32 (on CUDA;
+    # CPU autocast runs them in 16-bit), others in their inputs' promoted dtype. aten cached_cast: one 16-bit copy per
+    # fp32 leaf that requires grad, reused within the region; frozen weights are cast at every use.
+    import torch
+    import torch.nn.functional as F
+
+    from hfmem.build.trace import cuda_autocast
+
+    weight = torch.nn.Parameter(torch.empty(8, 4, device="meta"))
+    frozen = torch.nn.Parameter(torch.empty(8, 4, device="meta"), requires_grad=False)
+    x = torch.empty(2, 4, device="meta")
+    casts: set[int] = set()
+    with cuda_autocast(torch.bfloat16, casts) as cache:
+        y = F.linear(x, weight)
+        assert y.dtype == torch.bfloat16
+        assert (x @ weight.t()).dtype == torch.bfloat16
+        assert F.softmax(y, dim=-1).dtype == torch.float32
+        assert F.layer_norm(y, (8,)).dtype == torch.float32
+        assert F.gelu(y).dtype == torch.bfloat16  # not listed: runs in its input's dtype
+        assert (y + torch.empty(2, 8, device="meta")).dtype == torch.float32  # promotion
+        F.linear(x, weight)
+        assert list(cache) == [id(weight)] and cache[id(weight)].dtype == torch.bfloat16  # one cached copy
+        F.linear(x, frozen)
+        F.linear(x, frozen)
+        assert id(frozen) not in cache
+    assert len(casts) == 3  # the cached copy of `weight` and one copy of `frozen` per use
+    assert F.linear(x, weight).dtype == torch.float32  # outside the region: nothing is cast
