@@ -53,6 +53,8 @@ Techniques (issue 13, item 4; what each one keeps is read from the framework sou
   fp32 model, as accelerate does for the Trainer's ``bf16=True``. CPU autocast's op lists differ from CUDA's
   (`docs/source/amp.md`: on CUDA softmax, layer_norm, log_softmax… run in fp32; on the CPU softmax and layer_norm
   run in bf16, docs/techniques.md §5): the bf16/fp32 split of what is saved is the CPU's, not a GPU's.
+* ``amp-ckpt``: ``amp-bf16`` with full checkpointing: autocast's cached bf16 weight copies live to the end of the
+  forward though no checkpointed layer saves them (hfmem's ``autocast_weight_cache`` line).
 * ``bf16``: the whole model and AdamW in bf16 (hfmem's ``--precision bf16``).
 
 hfmem's prediction (``hfmem.estimate`` on the same config folder, ``training=True``, cache off, ZeRO 0, dropout 0,
@@ -733,17 +735,23 @@ TECHNIQUES = {
             hfmem="n/a (option not in this hfmem: --activation-offload)",
             decoder_only=True,
         ),
-        Technique("adamw-fused", "AdamW fused=True", hfmem="n/a (option not in this hfmem: --optimizer-impl fused)"),
-        Technique("adamw-loop", "AdamW foreach=False", hfmem="n/a (option not in this hfmem: --optimizer-impl loop)"),
+        Technique("adamw-fused", "AdamW fused=True", hfmem={"optimizer_impl": "fused"}),
+        Technique("adamw-loop", "AdamW foreach=False", hfmem={"optimizer_impl": "loop"}),
         Technique(
             "optim-in-bwd",
             "per-parameter AdamW in post-accumulate-grad hooks",
-            hfmem="n/a (option not in this hfmem: --optimizer-in-backward)",
+            hfmem={"optimizer_in_backward": True},
+        ),
+        Technique("amp-bf16", "torch.autocast('cpu', bfloat16) on fp32 weights", hfmem={"precision": "amp-bf16"}),
+        Technique(
+            "amp-bf16+kept",
+            "amp-bf16, outputs kept across backward",
+            hfmem={"precision": "amp-bf16"},
         ),
         Technique(
-            "amp-bf16",
-            "torch.autocast('cpu', bfloat16) on fp32 weights",
-            hfmem="n/a (option not in this hfmem: --precision amp-bf16)",
+            "amp-ckpt",
+            "amp-bf16 with HF activation checkpointing (the weight-cast cache lives to the end of the forward)",
+            hfmem={"precision": "amp-bf16", "grad_checkpointing": "full"},
         ),
         Technique("bf16", "pure bf16 model and AdamW", dtype=torch.bfloat16, hfmem={"precision": "bf16"}),
         Technique("ckpt-full+kept", "ckpt-full, outputs kept across backward", hfmem={"grad_checkpointing": "full"}),
@@ -779,7 +787,7 @@ def build_step(case: ModelCase, technique: Technique, folder: Path) -> Step:
     elif name == "adamw-loop":
         adamw = {"lr": 1e-4, "foreach": False}
 
-    if name in ("ckpt-full", "offload+ckpt"):
+    if name in ("ckpt-full", "offload+ckpt", "amp-ckpt"):
         enable_checkpointing(model)
     elif name == "ckpt-every-2":
         enable_checkpointing(model, every_n_layers=2)
@@ -793,11 +801,16 @@ def build_step(case: ModelCase, technique: Technique, folder: Path) -> Step:
         loss_fn = partial(fused_loss, model, inputs)
     elif name in ("offload", "offload+ckpt"):
         loss_fn = offload_loss(lambda: step_holder[0], model, inputs)
-    elif name == "amp-bf16":
+    elif name in ("amp-bf16", "amp-ckpt"):
 
         def loss_fn(tracker: LiveTensorTracker | None) -> torch.Tensor:
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                return hf_loss(model, inputs, tracker)
+                if not keep_outputs:
+                    return hf_loss(model, inputs, tracker)
+                with head_tags_loss(model, tracker):
+                    outputs = model(**inputs)
+            step_holder[0].kept.append(outputs)
+            return outputs.loss
 
     elif keep_outputs:
 
@@ -1058,10 +1071,16 @@ NOTES = (
     "- **Optimizer step.** The `foreach` step temporary is one state-sized list of all parameters "
     "(`_foreach_sqrt`); `fused` has none; the for-loop keeps 2 × one parameter plus the previous parameter's "
     "`denom`, still bound to the loop variable of `_single_tensor_adam` (largest at the biggest parameter: "
-    "tests/test_validate_step.py). hfmem has no step temporary, so its step phase matches `adamw-fused`. "
-    "With these small models and large vocabularies the step "
-    "never holds the overall peak (the logits do), so the step temporaries show only in the step column; at 7B "
-    "scale the step peaks (issue 13, §3).",
+    "tests/test_validate_step.py). hfmem's `--optimizer-impl` lines (`adamw_foreach_temporary`, "
+    "`adamw_loop_temporary`, none for `fused`) give its step phase within a few KiB of each measured step column. "
+    "With these small models and large vocabularies the step never holds the overall peak (the logits do), so "
+    "the step temporaries show only in the step column; at 7B scale the step peaks (issue 13, §3; "
+    "tests/test_optim.py against fms-acceleration's published 7B peak).",
+    "- **Optimizer in backward.** Each gradient is freed by its own step in backward, so the measured step column "
+    "holds the states only; hfmem counts the largest gradient (and the backward line of one parameter's foreach "
+    "temporary) as live at every moment, which puts its step phase one embedding gradient above the "
+    "measurement. The backward peak does not fall in these runs: it sits where backward starts at the loss, "
+    "before any gradient exists.",
     "- **T5.** 4 of T5's 6 attention calls (the self-attentions, whose relative position bias needs a gradient; all "
     "6 under checkpointing, which makes the cross-attention's zero bias require a gradient too) take "
     "CPU SDPA's math kernel (`_safe_softmax` + matmuls) and save the s × s probabilities, which a GPU's "
@@ -1071,7 +1090,9 @@ NOTES = (
     "which expects `(b,)`, so it fails (issue 13, item 6); the measurement uses `(b,)` labels.",
     "- **Autocast.** CPU autocast (`amp-bf16`) runs softmax and layer norm in bf16 where CUDA autocast runs them in "
     "fp32, so the activation bytes are the CPU's; the weight-cast cache (`weight_casts`: `_to_copy` of a "
-    "parameter) is the same mechanism on both.",
+    "parameter) is the same mechanism on both. hfmem's `--precision amp-bf16` emulates CUDA's lists; for Llama, "
+    "Mistral and Qwen2 the ops they run are on the same side of both lists, so the `amp-bf16+kept` rows compare "
+    "like with like (T5: the SDPA caveat above).",
     "- **Op-level SAC.** CPU SDPA (`_scaled_dot_product_flash_attention_for_cpu`) is added to torchtitan's save "
     "list as the stand-in for the GPU flash/efficient kernels; Qwen2's biased q/k/v projections dispatch to "
     "`addmm`, which the `1f029641` list neither saves nor counts (torchtitan HEAD saves every `addmm`). What "

@@ -14,6 +14,7 @@ from hfmem.limits import check_config, check_params
 from hfmem.memory.activations import activation_dtype, default_seq_len
 from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, plan_inference, serving_context
 from hfmem.memory.peak import NO_MODEL_NOTE, plan_training
+from hfmem.memory.states import PRECISION_SPECS
 from hfmem.rules import check_engine, check_parallel, check_setup
 from hfmem.types import (
     ActivationProfile,
@@ -463,6 +464,9 @@ class Prepared:
             }
             if inventory.image_inputs:
                 args["images_per_sample"] = setup.images_per_sample
+            autocast = PRECISION_SPECS[setup.precision].autocast
+            if autocast is not None:  # amp-*: the fp32 model traced under CUDA autocast to this dtype
+                args["autocast"] = autocast.torch_name
 
             def build() -> ActivationProfile:
                 from hfmem.build.trace import profile_activations

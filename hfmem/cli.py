@@ -40,6 +40,7 @@ from hfmem.types import (
     KV_DTYPES,
     METHODS,
     OFFLOADS,
+    OPTIMIZER_IMPLS,
     OPTIMIZERS,
     PIPELINE_SCHEDULES,
     PRECISIONS,
@@ -702,14 +703,33 @@ def _list_catalogue(json_: bool) -> None:
     default="bf16-mixed",
     show_default=True,
     help="fp32 | tf32 (fp32 storage, TF32 matmuls) | bf16-mixed / fp16-mixed (16-bit weights and gradients, "
-    "fp32 master weights and optimizer states) | bf16 / fp16 (everything 16-bit).",
+    "fp32 master weights and optimizer states) | bf16 / fp16 (everything 16-bit) | amp-bf16 / amp-fp16 (torch "
+    "autocast on an fp32 model, the HF Trainer's bf16=True / fp16=True: fp32 weights, gradients and states, "
+    "16-bit matmuls on cached weight copies; traced under an emulation of CUDA autocast).",
 )
 @click.option(
     "--optimizer",
     type=Listed(click.Choice(OPTIMIZERS)),
     default="adamw",
     show_default=True,
-    help="adamw-8bit is bitsandbytes' block-wise 8-bit AdamW; adafactor is HF's factored Adafactor.",
+    help="adamw-8bit is bitsandbytes' block-wise 8-bit AdamW; adafactor is HF's factored Adafactor; paged-adamw / "
+    "paged-adamw-8bit are bitsandbytes' paged AdamW (fp32 / 8-bit states), whose states of tensors with ≥ 100,000 "
+    "elements live in CUDA managed memory: reported as their own line (allocator peak vs device total).",
+)
+@click.option(
+    "--optimizer-impl",
+    type=click.Choice(OPTIMIZER_IMPLS),
+    default="foreach",
+    show_default=True,
+    help="torch AdamW's step: foreach (torch's CUDA default; a state-sized temporary of all parameters), fused "
+    "(none; the HF Trainer's adamw_torch_fused) or loop (2 × the largest parameter). Applies at ZeRO 0 and with "
+    "--fsdp; DeepSpeed's ZeRO ≥ 1 steps its own optimizer.",
+)
+@click.option(
+    "--optimizer-in-backward",
+    is_flag=True,
+    help="Step each parameter in backward and free its gradient (torchtune optimizer_in_bwd): one gradient live, "
+    "no separate step peak. ZeRO 0 or --fsdp; no --pp.",
 )
 @click.option(
     "--zero",
@@ -1291,6 +1311,8 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
             fsdp=o["fsdp"],
         ),
         images_per_sample=o["images_per_sample"],
+        optimizer_in_backward=o["optimizer_in_backward"],
+        optimizer_impl=o["optimizer_impl"],
     )
     serve = None
     if not o["training_only"] and not (is_params and not o["inference_only"]):

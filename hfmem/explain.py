@@ -119,11 +119,17 @@ from hfmem.memory.quantization import (
 )
 from hfmem.memory.sources import (
     SRC_ADAFACTOR,
+    SRC_ADAM_FOREACH,
+    SRC_ADAM_FUSED,
+    SRC_ADAM_LOOP,
     SRC_ADAMW,
+    SRC_AUTOCAST_CACHE,
+    SRC_AUTOCAST_LISTS,
     SRC_AWQ,
     SRC_BNB_4BIT,
     SRC_BNB_8BIT,
     SRC_BNB_MATMUL,
+    SRC_BNB_PAGED,
     SRC_CAT,
     SRC_CKPT,
     SRC_CUDA,
@@ -149,6 +155,7 @@ from hfmem.memory.sources import (
     SRC_MEGATRON_TP,
     SRC_MXFP4,
     SRC_OFFLOAD,
+    SRC_OPTIM_IN_BWD,
     SRC_PEAK,
     SRC_PEFT_FP32,
     SRC_PP_1F1B,
@@ -168,6 +175,7 @@ from hfmem.memory.sources import (
 from hfmem.memory.states import (
     BNB_BLOCKSIZE,
     BNB_MIN_8BIT_SIZE,
+    BNB_MIN_PAGED_SIZE,
     PER_ELEMENT_STATES,
     PRECISION_SPECS,
     StateBytes,
@@ -178,6 +186,7 @@ from hfmem.memory.states import (
     count_tensors,
     deepspeed_state_bytes,
     group_state_bytes,
+    paged_state_bytes,
     per_element_state_bytes,
     split_group,
     state_groups,
@@ -505,6 +514,8 @@ def _tensor_counts(params: Sequence[ParameterInfo], setup: TrainingSetup, psi_t:
         _v(_sym("ΣR", s), c.factored_rows, "Σ rows of the ≥ 2-D trained tensors (exp_avg_sq_row)"),  # type: ignore[arg-type]
         _v(_sym("ΣC", s), c.factored_cols, "Σ columns of the ≥ 2-D trained tensors (exp_avg_sq_col)"),  # type: ignore[arg-type]
         _v(_sym("Ψ_1D", s), c.elements_1d, "elements of 1-D trained tensors (full exp_avg_sq)"),  # type: ignore[arg-type]
+        _v(_sym("Ψ_P", s), c.elements_paged, f"trained elements in tensors of ≥ {BNB_MIN_PAGED_SIZE:,} (paged)"),  # type: ignore[arg-type]
+        _v(_sym("n_max", s), c.largest, "elements of the largest trained tensor", SRC_OPTIM_IN_BWD),  # type: ignore[arg-type]
     )
 
 
@@ -551,9 +562,14 @@ def _state_inputs(
         frozen = frozen_bytes(setup.finetune, _frozen_counts(params, setup, s), w_base)
     w_source = SRC_PEFT_FP32 if setup.finetune.uses_peft else SRC_TM101 if spec.weight_bytes == 4 else SRC_ZERO
     states: Value = 0
-    if zero == 0:
+    paged: Value = 0
+    largest: Value = 0
+    if zero == 0 or setup.optimizer_in_backward:
         counts = _tensor_counts(params, setup, psi_t, s) if params is not None else _flat_counts(inv, psi_t, s)
-        states = tensor_state_bytes(setup.optimizer, counts, _state_var(setup))
+        largest = counts.largest
+        if zero == 0:
+            states = tensor_state_bytes(setup.optimizer, counts, _state_var(setup))
+            paged = paged_state_bytes(setup.optimizer, counts)
     return StateInputs(
         psi_t,
         _v(_sym("Ψ_F", s), frozen_count, "frozen parameters"),
@@ -573,6 +589,8 @@ def _state_inputs(
         w_base,
         states,
         Var("gpus", setup.gpus_per_node, "GPUs per node"),
+        paged,
+        largest,
     )
 
 
@@ -592,6 +610,8 @@ def _flat_counts(inv: ParameterInventory, psi_t: Value, s: str) -> TensorCounts:
         blocks,
         psi_t if c.elements_32bit else 0,
         elements_1d=psi_t,
+        elements_paged=psi_t if c.elements_paged else 0,
+        largest=psi_t,
     )
 
 
@@ -780,7 +800,16 @@ def _model_state_explanations(report: Report, rows: list[_Row], states: list[Sta
     )
     if setup.offload != "none":
         text += " With --offload, stages 2 and 3 stream the reduced partitions to the CPU."
-    out.append(Explanation("training", "Gradients", text, calcs("gradients"), (SRC_ZERO, SRC_ZERO_STAGES)))
+    grad_sources: tuple[str, ...] = (SRC_ZERO, SRC_ZERO_STAGES)
+    if setup.optimizer_in_backward:
+        text = (
+            f"One gradient per trained weight (g = {tspec.grad_bytes} bytes), but with --optimizer-in-backward each "
+            "parameter steps as soon as its gradient is complete and the gradient is freed (set to None) right "
+            "after, so one is live at a time: the largest, n_max elements"
+            + (" (its shard under FSDP)." if fsdp and fsdp != "no_shard" else ".")
+        )
+        grad_sources = (SRC_OPTIM_IN_BWD,)
+    out.append(Explanation("training", "Gradients", text, calcs("gradients"), grad_sources))
 
     # Optimizer states
     opt = setup.optimizer
@@ -801,6 +830,13 @@ def _model_state_explanations(report: Report, rows: list[_Row], states: list[Sta
         "adafactor": "Adafactor (beta1=None) keeps, for each ≥ 2-D tensor, fp32 row and column second-moment "
         "factors (rows + columns values instead of rows × columns), and a full fp32 second moment for 1-D tensors.",
         "lion": f"Lion keeps one momentum per trained parameter (s = {tspec.state_bytes}).",
+        "paged-adamw": "bitsandbytes' paged 32-bit AdamW keeps both moments in fp32 (8 bytes per element, whatever "
+        f"the parameter dtype); those of tensors with ≥ {BNB_MIN_PAGED_SIZE:,} elements live in CUDA managed memory, "
+        "outside PyTorch's allocator statistics (the report's paged line).",
+        "paged-adamw-8bit": "bitsandbytes' paged 8-bit AdamW keeps both moments as one byte per element plus one fp32 "
+        f"absmax per block of {BNB_BLOCKSIZE}; the moments of tensors with ≥ {BNB_MIN_PAGED_SIZE:,} elements live in "
+        "CUDA managed memory, outside PyTorch's allocator statistics (the report's paged line); the absmax and "
+        f"tensors under {BNB_MIN_8BIT_SIZE:,} elements (fp32 moments) stay in the allocator.",
     }[opt]
     if not fsdp:
         opt_text += (
@@ -808,7 +844,7 @@ def _model_state_explanations(report: Report, rows: list[_Row], states: list[Sta
             "⌈Ψ_T / N⌉ elements"
             + (
                 " (so 8-bit Adam has no small-tensor exception there and Adafactor cannot factor it)"
-                if opt in ("adamw-8bit", "adafactor")
+                if opt in ("adamw-8bit", "paged-adamw-8bit", "adafactor")
                 else ""
             )
             + "."
@@ -824,6 +860,8 @@ def _model_state_explanations(report: Report, rows: list[_Row], states: list[Sta
         "sgd-momentum": [SRC_SGD, SRC_TORCH_STATES],
         "adafactor": [SRC_ADAFACTOR],
         "lion": [SRC_LION, SRC_TORCH_STATES],
+        "paged-adamw": [SRC_ADAMW, SRC_BNB_PAGED],
+        "paged-adamw-8bit": [SRC_BNB_8BIT, SRC_BNB_PAGED],
     }[opt]
     out.append(
         Explanation("training", "Optimizer states", opt_text, calcs("optimizer"), tuple(opt_sources + [SRC_DS_FLAT]))
@@ -1049,6 +1087,25 @@ _OVERHEAD_TEXT: dict[str, tuple[str, tuple[str, ...]]] = {
         "Adafactor's step upcasts each 16-bit parameter (or, under ZeRO, the flat partition) to fp32, one at a time.",
         (SRC_ADAFACTOR,),
     ),
+    "adamw_foreach_temporary": (
+        "torch's foreach AdamW (its CUDA default, --optimizer-impl foreach) takes the square root of every exp_avg_sq "
+        "of the group at once (torch._foreach_sqrt): one state-sized tensor per parameter, all live until step() "
+        "returns. Under FSDP each GPU steps its shards; with the optimizer in backward the list is one parameter. "
+        "--optimizer-impl fused (torch._fused_adamw_, the HF Trainer's adamw_torch_fused) allocates none.",
+        (SRC_ADAM_FOREACH, SRC_ADAM_FUSED),
+    ),
+    "adamw_loop_temporary": (
+        "torch's for-loop AdamW (foreach=False) computes denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps) "
+        "one parameter at a time: the sqrt() result and the division's coexist, 2 × the largest parameter's state.",
+        (SRC_ADAM_LOOP,),
+    ),
+    "autocast_weight_cache": (
+        "Under torch.autocast every trainable fp32 weight a 16-bit op uses (the linears, their biases) is cast once "
+        "per forward and the copy is cached until autocast exits at the end of the forward. With checkpointed "
+        "layers nothing else holds those copies, so they are counted here at the loss (without checkpointing the "
+        "linears save them for backward and the traced activations hold them).",
+        (SRC_AUTOCAST_CACHE, SRC_AUTOCAST_LISTS),
+    ),
 }
 
 
@@ -1080,6 +1137,10 @@ def _overhead_exprs(row: _Row, setup: TrainingSetup, activ: Expr, logits: Expr) 
         Var("A_b", x.allgather_bucket, "allgather_bucket_size (elements)", SRC_DS_CONFIG),
         Var("P_b", x.prefetch_bucket, "stage3_prefetch_bucket_size (elements)", SRC_DS_CONFIG),
         Var("SG", x.sub_group, "sub_group_size (elements)", SRC_DS_CONFIG),
+        Var("s", x.state_bytes, "bytes per optimizer-state element"),
+        Var("n_max", x.largest_tensor, "elements of the largest trained tensor"),
+        Var("Ψ_A", x.cast_params, "trainable layer elements autocast casts to 16-bit", SRC_AUTOCAST_CACHE),
+        Var("a", x.cast_bytes, "bytes per autocast element", SRC_AUTOCAST_LISTS),
     )
     terms = dict(overhead_terms(setup, memory.zero_stage, memory.peak_phase or "forward", operands))
     if "allocator_fragmentation" in {item.key for item in memory.overhead_items}:
@@ -1089,7 +1150,11 @@ def _overhead_exprs(row: _Row, setup: TrainingSetup, activ: Expr, logits: Expr) 
                 Var("weights", memory.weights_bytes, "weights"),
                 Var("master", memory.master_weights_bytes, "master weights"),
                 Var("grads", memory.gradients_bytes, "gradients"),
-                Var("optim", memory.optimizer_states_bytes, "optimizer states"),
+                Var(
+                    "optim",
+                    memory.optimizer_states_bytes - memory.paged_states_bytes,
+                    "optimizer states in PyTorch's allocator (paged states excluded)",
+                ),
                 Var("activ", activ.value(), "activations at this moment"),
                 Var("logits", logits.value(), "logits at this moment"),
                 Var("buffers", buffers, "the overhead lines above, CUDA context excluded"),
@@ -1167,9 +1232,9 @@ def _overhead_and_peak(report: Report, rows: list[_Row], acts: list[Explanation]
         "step and reports the largest. At the loss in forward: the model states, every saved activation and the "
         "logits with the loss's fp32 copies. As backward starts: the loss gradients (or, with checkpointing, a "
         "re-materialised layer, whichever is larger). At the optimizer step: activations are gone and the step's "
-        "buffers are live. Model states and the CUDA context are live throughout. Per row: "
-        + "; ".join(phase_notes)
-        + "."
+        "buffers are live (torch AdamW's foreach or for-loop temporaries, DeepSpeed's fp32 gradient partition…; with "
+        "--optimizer-in-backward each parameter steps in backward instead, so there is no separate step peak). "
+        "Model states and the CUDA context are live throughout. Per row: " + "; ".join(phase_notes) + "."
     )
     out.append(Explanation("training", "Peak per GPU", text, tuple(_merge_stages(peak_rows, setup)), (SRC_PEAK,)))
     if setup.gpu is not None and training.unmeasured is None:  # unmeasured activations: the headroom is unknown

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from hfmem.launch import LaunchOutcome
 from hfmem.memory.parallel import in_flight_microbatches
+from hfmem.memory.peak import step_notes
 from hfmem.memory.states import ONE_GPU_NOTE, PRECISION_SPECS
 from hfmem.rules import stages_alike
 from hfmem.types import (
@@ -55,6 +56,10 @@ OPTIMIZER_DESCRIPTIONS: dict[Optimizer, str] = {
     "adafactor": "HF Adafactor (beta1=None): fp32 row + column second-moment factors for >=2-D tensors, "
     "a full fp32 second moment for 1-D tensors",
     "lion": "Lion: one momentum per parameter (Chen et al. 2023)",
+    "paged-adamw": "bitsandbytes PagedAdamW: 2 fp32 states per parameter; those of tensors with >= 100,000 elements "
+    "in CUDA managed memory (outside PyTorch's allocator)",
+    "paged-adamw-8bit": "bitsandbytes PagedAdamW8bit: 2 uint8 states + one fp32 absmax per 256-element block; the "
+    "uint8 states of tensors with >= 100,000 elements in CUDA managed memory (outside PyTorch's allocator)",
 }
 
 __all__ = [
@@ -135,7 +140,10 @@ def training_notes(training: TrainingEstimate) -> list[str]:
     one_row = _one_row_note(training)
     if one_row is None:
         return list(training.notes)
-    return [one_row, *(note for note in training.notes if note != ONE_GPU_NOTE)]
+    # The step notes of the row shown, not of the stages it stands for.
+    every_step_note = step_notes(training.setup, list(training.stages))
+    kept = [note for note in training.notes if note != ONE_GPU_NOTE and note not in every_step_note]
+    return [one_row, *kept, *step_notes(training.setup, list(shown_stages(training)))]
 
 
 def fit_failures(report: Report) -> list[str]:
@@ -180,6 +188,10 @@ def _stage_dict(stage: StageMemory, *, measured: bool = True) -> dict[str, Any]:
             "total": stage.total_bytes if measured else None,
             **({} if measured else {"total_without_activations": stage.total_bytes}),
         },
+        # bitsandbytes paged states (CUDA managed memory; part of optimizer_states) and what PyTorch's allocator
+        # holds at the peak (the total less the paged states and the CUDA context); total is the device total
+        "paged_optimizer_states_bytes": stage.paged_states_bytes,
+        "allocator_peak_bytes": stage.allocator_bytes if measured else None,
         "cpu_bytes_per_node": stage.cpu_bytes_per_node,
         "peak_phase": stage.peak_phase,
         "fits": stage.fits,
@@ -219,6 +231,8 @@ def _settings_extra(setup: TrainingSetup) -> dict[str, Any]:
             "double_quant": ft.double_quant,
         },
         "train_modules": list(ft.train_modules),
+        "optimizer_impl": setup.optimizer_impl,
+        "optimizer_in_backward": setup.optimizer_in_backward,
         "parallel": {
             "tp": par.tp,
             "pp": par.pp,
@@ -692,6 +706,16 @@ def _verdict_table(report: Report, width: int | None = None) -> Any:
     return None if verdict is None else _rich_table(*verdict, width=width)
 
 
+def _optimizer_step_words(setup: TrainingSetup) -> str:
+    """How the step runs, when it is not torch's default (foreach, after backward)."""
+    words = []
+    if setup.optimizer_impl != "foreach":
+        words.append(f"torch {setup.optimizer_impl} step")
+    if setup.optimizer_in_backward:
+        words.append("stepped in backward, one gradient live at a time")
+    return "; " + ", ".join(words) if words else ""
+
+
 def _footer(report: Report, *, verbose: bool = False) -> Text:
     """The lines under the training table: what answers the question (the method, the busiest pipeline stage, why
     one row, what was not measured, notes); with ``verbose`` also the reference (precision, optimizer, accounting
@@ -703,7 +727,7 @@ def _footer(report: Report, *, verbose: bool = False) -> Text:
     if verbose:
         lines += [
             f"Precision: {PRECISION_SPECS[setup.precision].description}.",
-            f"Optimizer: {OPTIMIZER_DESCRIPTIONS[setup.optimizer]}.",
+            f"Optimizer: {OPTIMIZER_DESCRIPTIONS[setup.optimizer]}{_optimizer_step_words(setup)}.",
             f"Convention: {CONVENTIONS[setup.accounting]}.",
         ]
     if setup.method != "full":
@@ -721,6 +745,12 @@ def _footer(report: Report, *, verbose: bool = False) -> Text:
         if verbose and stage.overhead_items:
             parts = " · ".join(f"{name} {size / GIB:,.2f}" for name, size in stage.overhead_items)
             lines.append(f"Overhead, ZeRO-{stage.zero_stage}: {parts}.")
+        if stage.paged_states_bytes:
+            lines.append(
+                f"Paged optimizer states, ZeRO-{stage.zero_stage}: {stage.paged_states_bytes / GIB:,.2f} GiB of "
+                "'optim' in CUDA managed memory, outside PyTorch's allocator statistics: allocator peak "
+                f"{stage.allocator_bytes / GIB:,.2f} GiB, device total (peak) {stage.total_bytes / GIB:,.2f} GiB."
+            )
     if training.unmeasured is not None:
         lines.append(
             f"Activations and logits not measured: {training.unmeasured.rstrip('.')}; each peak is the model "

@@ -36,6 +36,9 @@ __all__ = [
 #: FULL_SHARD = ZeRO-3, SHARD_GRAD_OP = ZeRO-2, NO_SHARD = DDP (0), HYBRID_SHARD = ZeRO-3 inside a node.
 FSDP_ZERO_STAGE = {"full_shard": 3, "shard_grad_op": 2, "no_shard": 0, "hybrid_shard": 3}
 
+#: The optimizers bitsandbytes implements (their states live on the GPU; CPU-Adam cannot run them).
+BNB_OPTIMIZERS = ("adamw-8bit", "paged-adamw", "paged-adamw-8bit")
+
 #: ``--dropout`` is a probability below 1 (``torch.nn.functional.dropout`` scales kept values by 1/(1 − p)).
 MAX_DROPOUT_EXCLUSIVE = 1.0
 #: ``--fragmentation``: allocator slack as a fraction of the allocated peak, at most all of it.
@@ -57,6 +60,8 @@ def planned_stages(setup: TrainingSetup) -> tuple[int, ...]:
         return setup.zero_stages
     if setup.parallel.fsdp is not None:
         return (FSDP_ZERO_STAGE[setup.parallel.fsdp],)
+    if setup.optimizer_in_backward:  # DeepSpeed's ZeRO steps its own optimizer after backward (`_check_optimizer`)
+        return (0,)
     stages = {"none": (0, 1, 2, 3), "optimizer": (1, 2, 3), "optimizer+params": (3,)}[setup.offload]
     if setup.accounting == "deepspeed":
         stages = tuple(s for s in stages if s in (2, 3))
@@ -102,6 +107,7 @@ def check_setup(
     if setup.parallel.fsdp is not None and setup.zero_stages is not None:
         raise InvalidSetupError("give either --fsdp or --zero, not both (--fsdp names its own sharding)")
     _check_stages(setup, planned_stages(setup))
+    _check_optimizer(setup, planned_stages(setup))
     check_finetune(setup.finetune, has_model=has_model)
     if setup.batch_size < 1 or (setup.seq_len is not None and setup.seq_len < 1):
         raise InvalidSetupError("--batch-size and --seq-len must be at least 1")
@@ -140,10 +146,11 @@ def _check_stages(setup: TrainingSetup, stages: tuple[int, ...]) -> None:
         raise InvalidSetupError(
             "--offload optimizer+params needs ZeRO stage 3 (DeepSpeed's offload_param); use --zero 3"
         )
-    if setup.offload != "none" and setup.optimizer == "adamw-8bit":
+    if setup.offload != "none" and setup.optimizer in BNB_OPTIMIZERS:
         raise InvalidSetupError(
             "--offload runs the optimizer step on the CPU (DeepSpeed's CPU-Adam, fp32 states), where "
-            "bitsandbytes' 8-bit GPU states do not apply; use --optimizer adamw with --offload, or --offload none"
+            f"bitsandbytes' GPU states ({setup.optimizer}) do not apply; use --optimizer adamw with --offload, "
+            "or --offload none"
         )
     if setup.accounting == "deepspeed":
         if set(stages) - {2, 3}:
@@ -156,6 +163,33 @@ def _check_stages(setup: TrainingSetup, stages: tuple[int, ...]) -> None:
                 "DeepSpeed's estimator assumes 16-bit mixed precision with Adam; use --precision bf16-mixed "
                 "or fp16-mixed with --optimizer adamw, or --accounting hfmem"
             )
+
+
+def _check_optimizer(setup: TrainingSetup, stages: tuple[int, ...]) -> None:
+    """The optimizer's implementation and where it steps: what the frameworks accept."""
+    if setup.optimizer_impl != "foreach" and setup.optimizer != "adamw":
+        raise InvalidSetupError(
+            f"--optimizer-impl {setup.optimizer_impl} chooses torch AdamW's step; --optimizer {setup.optimizer} "
+            "has its own, so drop --optimizer-impl (or use --optimizer adamw)"
+        )
+    if not setup.optimizer_in_backward:
+        return
+    if setup.parallel.fsdp is None and set(stages) != {0}:
+        # DeepSpeed's engine reduces gradients in buckets and steps the fp32 partition in engine.step(), after
+        # backward; torchtune runs optimizer-in-backward with FSDP (full_finetune_distributed.py@015b39c).
+        raise InvalidSetupError(
+            "--optimizer-in-backward steps each parameter in backward, which DeepSpeed's ZeRO (stage ≥ 1) does "
+            "not do; use --zero 0 or --fsdp"
+        )
+    if setup.parallel.pp > 1:
+        raise InvalidSetupError(
+            "--optimizer-in-backward cannot accumulate gradients over a pipeline's micro-batches (torchtune refuses "
+            "gradient accumulation with it); drop --pp or --optimizer-in-backward"
+        )
+    if setup.accounting == "deepspeed":
+        raise InvalidSetupError(
+            "DeepSpeed's estimator has no optimizer in backward; use --accounting hfmem or drop --optimizer-in-backward"
+        )
 
 
 def check_finetune(finetune: FinetuneSettings, *, has_model: bool) -> None:

@@ -26,6 +26,8 @@ __all__ = [
     "Accounting",
     "PRECISIONS",
     "OPTIMIZERS",
+    "OptimizerImpl",
+    "OPTIMIZER_IMPLS",
     "OFFLOADS",
     "ACCOUNTINGS",
     "ResolvedModel",
@@ -54,8 +56,11 @@ __all__ = [
 ]
 
 ModelSource = Literal["hub", "local", "catalogue", "params"]
-Precision = Literal["fp32", "tf32", "bf16-mixed", "fp16-mixed", "bf16", "fp16"]
-Optimizer = Literal["adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion"]
+Precision = Literal["fp32", "tf32", "bf16-mixed", "fp16-mixed", "bf16", "fp16", "amp-bf16", "amp-fp16"]
+Optimizer = Literal[
+    "adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion", "paged-adamw", "paged-adamw-8bit"
+]
+OptimizerImpl = Literal["foreach", "fused", "loop"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 Accounting = Literal["hfmem", "deepspeed"]
 Attention = Literal["sdpa", "flash", "eager"]
@@ -68,8 +73,19 @@ Method = Literal["full", "lora", "qlora", "freeze"]
 PipelineSchedule = Literal["1f1b", "interleaved"]
 FsdpStrategy = Literal["full_shard", "shard_grad_op", "no_shard", "hybrid_shard"]
 
-PRECISIONS: tuple[Precision, ...] = ("fp32", "tf32", "bf16-mixed", "fp16-mixed", "bf16", "fp16")
-OPTIMIZERS: tuple[Optimizer, ...] = ("adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion")
+PRECISIONS: tuple[Precision, ...] = ("fp32", "tf32", "bf16-mixed", "fp16-mixed", "bf16", "fp16", "amp-bf16", "amp-fp16")
+OPTIMIZERS: tuple[Optimizer, ...] = (
+    "adamw",
+    "adamw-8bit",
+    "sgd",
+    "sgd-momentum",
+    "adafactor",
+    "lion",
+    "paged-adamw",
+    "paged-adamw-8bit",
+)
+#: torch AdamW's step implementations (``torch/optim/adam.py``: ``foreach``, ``fused``, the for-loop).
+OPTIMIZER_IMPLS: tuple[OptimizerImpl, ...] = ("foreach", "fused", "loop")
 OFFLOADS: tuple[Offload, ...] = ("none", "optimizer", "optimizer+params")
 ACCOUNTINGS: tuple[Accounting, ...] = ("hfmem", "deepspeed")
 ATTENTIONS: tuple[Attention, ...] = ("sdpa", "flash", "eager")
@@ -394,6 +410,11 @@ class TrainingSetup:
     when the setup is made. ``images_per_sample``: images in each sample for a model that takes images
     (`ParameterInventory.image_inputs`): the trace feeds the vision tower that many default images, whose tokens are
     part of ``seq_len``; ignored for text-only models.
+
+    ``optimizer_in_backward``: each parameter's optimizer step runs in backward as soon as its gradient is complete,
+    and the gradient is freed right after (torchtune ``optimizer_in_bwd``), so the gradients are never all live.
+    ``optimizer_impl``: torch AdamW's step implementation, which decides the step's temporaries
+    (`hfmem.memory.peak.optimizer_step_bytes`); it applies where torch's AdamW runs (ZeRO 0, FSDP).
     """
 
     precision: Precision = "bf16-mixed"
@@ -413,6 +434,8 @@ class TrainingSetup:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
     images_per_sample: int = 1
+    optimizer_in_backward: bool = False
+    optimizer_impl: OptimizerImpl = "foreach"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpu", gpu_target(self.gpu))
@@ -541,7 +564,12 @@ class StageMemory:
     (``stage_layers``, first and last index, inclusive) and what else (``stage_holds``: embeddings, LM head).
 
     The four model-state components are always live. ``activations``, ``logits`` and ``overhead`` are those
-    live at ``peak_phase``; ``total_bytes`` is their sum: the predicted peak per GPU.
+    live at ``peak_phase``; ``total_bytes`` is their sum: the predicted peak per GPU (the device total).
+
+    ``paged_states_bytes``: the part of ``optimizer_states_bytes`` a bitsandbytes paged optimizer keeps in CUDA
+    managed memory (``cudaMallocManaged``), which PyTorch's allocator statistics do not see; ``allocator_bytes``
+    is the peak PyTorch's allocator reports (``torch.cuda.max_memory_reserved``-like: the total less the paged
+    states and the CUDA context).
     """
 
     zero_stage: int
@@ -565,6 +593,7 @@ class StageMemory:
     pipeline_stage: int | None = None
     stage_layers: tuple[int, int] | None = None
     stage_holds: tuple[str, ...] = ()
+    paged_states_bytes: int = 0
     total_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -582,6 +611,13 @@ class StageMemory:
     @property
     def states_bytes(self) -> int:
         return self.weights_bytes + self.master_weights_bytes + self.gradients_bytes + self.optimizer_states_bytes
+
+    @property
+    def allocator_bytes(self) -> int:
+        """What PyTorch's caching allocator holds at the peak: the total less the paged optimizer states (managed
+        memory) and the CUDA context (not allocator memory)."""
+        context = sum(item.size_bytes for item in self.overhead_items if item.key == "cuda_context")
+        return self.total_bytes - self.paged_states_bytes - context
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,17 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PretrainedConfig
 
-__all__ = ["profile_activations", "cuda_style_dropout", "full_length_traces", "Trace", "tracing", "FUSED_ATTENTION"]
+__all__ = [
+    "profile_activations",
+    "cuda_style_dropout",
+    "full_length_traces",
+    "Trace",
+    "tracing",
+    "FUSED_ATTENTION",
+    "cuda_autocast",
+    "AUTOCAST_LOWER_OPS",
+    "AUTOCAST_FP32_OPS",
+]
 
 
 #: The name hfmem registers in transformers' AttentionInterface for its fused-kernel emulation.
@@ -50,6 +60,7 @@ def profile_activations(
     finetune: FinetuneSettings | None = None,
     tensor_parallel: bool = False,
     images_per_sample: int = 0,
+    autocast: str | None = None,
 ) -> ActivationProfile:
     """Measure what one training micro-batch saves for backward, by running the model on the meta device.
 
@@ -76,6 +87,9 @@ def profile_activations(
         images_per_sample: for a model that takes images, feed each sample this many default images
             (`_image_inputs`); when the model cannot be traced with them, it is traced on token ids only and the
             profile says why (``images_not_traced``).
+        autocast: run the forward under CUDA autocast to this 16-bit dtype name (``bfloat16``, ``float16``) over
+            the ``dtype`` (fp32) model: `cuda_autocast` applies CUDA's op lists and weight cache, since
+            ``torch.autocast`` does nothing on meta tensors.
 
     Raises:
         UnsupportedArchitectureError: the model cannot run forward on the meta device.
@@ -85,7 +99,14 @@ def profile_activations(
     torch_dtype = getattr(torch, dtype)
     with _quiet_transformers():
         config = build_transformers_config(model, trust_remote_code=trust_remote_code)
-        options = _TraceOptions(dropout, trust_remote_code, finetune, tensor_parallel, images_per_sample)
+        options = _TraceOptions(
+            dropout,
+            trust_remote_code,
+            finetune,
+            tensor_parallel,
+            images_per_sample,
+            getattr(torch, autocast) if autocast else None,
+        )
         text_only = dataclasses.replace(options, images=0)
         # With images first (a model that takes none ignores them), then on token ids only; each with the fused
         # stand-in, then the model's own attention. Only a failure of the fused-kernel stand-in is fixed by the
@@ -165,6 +186,9 @@ def _register_fused_attention() -> None:
         trace = _CURRENT_TRACE.get()
         if trace is not None:  # forwards outside a trace (the serving cache's probes) count nowhere
             trace.attention_calls += 1
+        lower = _AUTOCAST.get()
+        if lower is not None:  # SDPA is on CUDA autocast's 16-bit list: the kernel runs on (and saves) 16-bit q, k, v
+            query, key, value = (t.to(lower) if t.dtype != lower else t for t in (query, key, value))
         return FusedAttention.apply(query, key, value), None
 
     AttentionInterface.register(FUSED_ATTENTION, fused_attention)
@@ -206,6 +230,85 @@ class _TraceOptions:
     finetune: FinetuneSettings | None
     tensor_parallel: bool
     images: int = 0
+    autocast: Any = None
+
+
+#: CUDA autocast's float16/bfloat16 list (PyTorch ``docs/source/amp.md``@4e0ff98, "CUDA Ops that can autocast to
+#: float16"; ``scaled_dot_product_attention`` from ``aten/src/ATen/autocast_mode.cpp``), by the name a
+#: ``TorchFunctionMode`` sees (functions, ``Tensor`` methods and operators).
+AUTOCAST_LOWER_OPS = frozenset(
+    {
+        "__matmul__", "__rmatmul__", "addbmm", "addmm", "addmv", "addr", "baddbmm", "bmm", "chain_matmul",
+        "multi_dot", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+        "conv_tbc", "GRUCell", "linear", "LSTMCell", "matmul", "mm", "mv", "prelu", "RNNCell",
+        "scaled_dot_product_attention",
+    }
+)  # fmt: skip
+#: CUDA autocast's float32 list (same page, "CUDA Ops that can autocast to float32").
+AUTOCAST_FP32_OPS = frozenset(
+    {
+        "__pow__", "__rdiv__", "__rpow__", "__rtruediv__", "acos", "asin", "binary_cross_entropy_with_logits", "cosh",
+        "cosine_embedding_loss", "cdist", "cosine_similarity", "cross_entropy", "cumprod", "cumsum", "dist", "erfinv",
+        "exp", "expm1", "group_norm", "hinge_embedding_loss", "kl_div", "l1_loss", "layer_norm", "log", "log_softmax",
+        "log10", "log1p", "log2", "margin_ranking_loss", "mse_loss", "multilabel_margin_loss", "multi_margin_loss",
+        "nll_loss", "norm", "normalize", "pdist", "poisson_nll_loss", "pow", "prod", "reciprocal", "rsqrt", "sinh",
+        "smooth_l1_loss", "soft_margin_loss", "softmax", "softmin", "softplus", "sum", "renorm", "tan",
+        "triplet_margin_loss",
+    }
+)  # fmt: skip
+
+#: The 16-bit dtype of the `cuda_autocast` running now (None: none); the fused-attention stand-in reads it.
+_AUTOCAST: contextvars.ContextVar[Any] = contextvars.ContextVar("hfmem_autocast", default=None)
+
+
+@contextlib.contextmanager
+def cuda_autocast(dtype: Any, weight_casts: set[int] | None = None) -> Iterator[dict[int, Any]]:
+    """CUDA ``torch.autocast(dtype=dtype)`` as a ``TorchFunctionMode``, for meta tensors (where autocast is a no-op:
+    its per-device table has no dtype for Meta) and on a CPU-only build (where ``autocast("cuda")`` disables itself).
+
+    It sits above autograd, like autocast's dispatch key: an op on `AUTOCAST_LOWER_OPS` gets its floating inputs
+    cast to ``dtype``, one on `AUTOCAST_FP32_OPS` to fp32, any other op runs on its inputs as they are (type
+    promotion decides). The casts are ordinary autograd ops, so the op saves the cast copy for backward, as on a GPU.
+    Weight cache (``autocast_mode.cpp::cached_cast``): an fp32 leaf that requires grad is cast once per forward and
+    the copy is kept until autocast exits; the dict yielded holds those copies (by the parameter's id). Frozen
+    weights are cast at every use, as autocast does. ``weight_casts`` collects the storage keys (``_cdata``) of every
+    cast copy of a parameter, cached or not, so a trace can tell them from activations.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_map
+
+    cache: dict[int, Any] = {}
+
+    def cast(value: Any, to: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dtype in (to, torch.float64):
+            return value
+        if to is dtype and value.dtype == torch.float32 and value.is_leaf and value.requires_grad:
+            if id(value) not in cache:
+                cache[id(value)] = value.to(to)
+            copy = cache[id(value)]
+        else:
+            copy = value.to(to)
+        if weight_casts is not None and isinstance(value, torch.nn.Parameter):
+            weight_casts.add(copy.untyped_storage()._cdata)
+        return copy
+
+    class CudaAutocast(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            if name in AUTOCAST_LOWER_OPS:
+                args, kwargs = tree_map(lambda v: cast(v, dtype), (args, kwargs))
+            elif name in AUTOCAST_FP32_OPS:
+                args, kwargs = tree_map(lambda v: cast(v, torch.float32), (args, kwargs))
+            return func(*args, **kwargs)
+
+    token = _AUTOCAST.set(dtype)
+    try:
+        with CudaAutocast():
+            yield cache
+    finally:
+        _AUTOCAST.reset(token)
 
 
 def _tensor_parallel_mode(params: set[int], replicated: set[int]) -> Any:
@@ -381,6 +484,10 @@ def _trace_at(
         }
         mode = _tensor_parallel_mode(params, replicated)
 
+    # Storages of autocast's 16-bit copies of parameters (amp-*): saved like activations, never logits (the LM
+    # head's cast weight, saved transposed by its matmul, ends in the vocabulary).
+    weight_casts: set[int] = set()
+
     def pack(tensor: Any) -> Any:
         storage = tensor.untyped_storage()
         key = storage._cdata
@@ -389,7 +496,7 @@ def _trace_at(
         seen.add(key)
         keep_alive.append(tensor.detach())
         size = storage.nbytes()
-        if vocab and tensor.dim() >= 1 and tensor.shape[-1] == vocab:
+        if vocab and tensor.dim() >= 1 and tensor.shape[-1] == vocab and key not in weight_casts:
             totals["logits"] += size
         elif stack:
             saved[stack[-1]] = saved.get(stack[-1], 0) + size
@@ -420,6 +527,7 @@ def _trace_at(
             tracing(training=True) as trace,
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
             mode,
+            cuda_autocast(options.autocast, weight_casts) if options.autocast is not None else contextlib.nullcontext(),
             _placeholder_checks_off(torch_model),
         ):
             output = torch_model(**kwargs)
