@@ -34,8 +34,10 @@ from hfmem.types import (
     ACCOUNTINGS,
     ATTENTIONS,
     CHECKPOINTINGS,
+    DEFAULT_LOSS_CHUNKS,
     FSDP_STRATEGIES,
     KV_DTYPES,
+    LOSSES,
     METHODS,
     OFFLOADS,
     OPTIMIZERS,
@@ -578,7 +580,40 @@ def _list_catalogue(json_: bool) -> None:
     type=Listed(click.Choice(CHECKPOINTINGS)),
     default="none",
     show_default=True,
-    help="full: keep only each layer's input and recompute it; selective: recompute the attention core.",
+    help="full: keep only each layer's input and recompute it; selective: recompute the attention core (saves "
+    "nothing extra with sdpa/flash, which never keep the scores); ops: torchtitan's op-level policy (keep the "
+    "matmul and attention outputs but every second mm, recompute the rest).",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.INT,
+    default=1,
+    show_default=True,
+    metavar="K",
+    help="With --grad-checkpointing, checkpoint layers 0, K, 2K… (transformers' every_n_layers); the others keep "
+    "everything.",
+)
+@click.option(
+    "--activation-offload",
+    is_flag=True,
+    help="Keep the checkpointed activations in CPU RAM (torchtune's OffloadActivations): the LM head's input and up "
+    "to 5 copies in flight stay on the GPU. Needs --grad-checkpointing.",
+)
+@click.option(
+    "--loss",
+    type=click.Choice(LOSSES),
+    default="hf",
+    show_default=True,
+    help="hf: transformers' cross-entropy on the whole fp32-upcast logits; chunked: torchtune's chunked cross-entropy "
+    "(one chunk upcast at a time); fused: fused linear + cross-entropy (Liger, Cut Cross-Entropy), no full logits.",
+)
+@click.option(
+    "--loss-chunks",
+    type=click.INT,
+    default=DEFAULT_LOSS_CHUNKS,
+    show_default=True,
+    metavar="N",
+    help="Chunks of --loss chunked (torchtune's num_output_chunks).",
 )
 @click.option(
     "--dropout",
@@ -945,6 +980,10 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
             fsdp=o["fsdp"],
         ),
         images_per_sample=o["images_per_sample"],
+        loss=o["loss"],
+        loss_chunks=o["loss_chunks"],
+        checkpoint_every=o["checkpoint_every"],
+        activation_offload=o["activation_offload"],
     )
     serve = None
     if not o["training_only"] and not (is_params and not o["inference_only"]):

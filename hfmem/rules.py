@@ -16,7 +16,7 @@ from typing import Any
 
 from hfmem.errors import InvalidSetupError
 from hfmem.limits import check_setup as check_bounds
-from hfmem.types import FinetuneSettings, InferenceSetup, ParameterInventory, TrainingSetup
+from hfmem.types import DEFAULT_LOSS_CHUNKS, FinetuneSettings, InferenceSetup, ParameterInventory, TrainingSetup
 
 __all__ = [
     "FSDP_ZERO_STAGE",
@@ -25,6 +25,7 @@ __all__ = [
     "planned_stages",
     "check_setup",
     "check_finetune",
+    "check_recompute",
     "check_parallel",
 ]
 
@@ -85,12 +86,41 @@ def check_setup(
     if setup.dropout is not None and not 0.0 <= setup.dropout < MAX_DROPOUT_EXCLUSIVE:
         raise InvalidSetupError(f"--dropout must be in [0, {MAX_DROPOUT_EXCLUSIVE:g}), got {setup.dropout}")
     _check_fragmentation(setup.overheads.fragmentation)
+    check_recompute(setup)
     if training and find_max_batch and setup.gpu is None:
         raise InvalidSetupError("--max-batch needs a GPU to fill: pass --gpu NAME or --gpu-memory SIZE")
     if inference is not None:
         if inference.batch_size < 1 or (inference.prefill_chunk is not None and inference.prefill_chunk < 1):
             raise InvalidSetupError("--batch-size and --prefill-chunk must be at least 1")
         _check_fragmentation(inference.overheads.fragmentation)
+
+
+def check_recompute(setup: TrainingSetup) -> None:
+    """Refuse loss, recompute and offload settings that do not exist, naming the fix.
+
+    Raises:
+        InvalidSetupError: ``--loss-chunks`` or ``--checkpoint-every`` below 1; ``--checkpoint-every`` > 1 or
+            ``--activation-offload`` without checkpointing (torchtune's recipes raise "enable_activation_offloading
+            should only be True when enable_activation_checkpointing is True"; HF's ``offload`` is an argument of
+            ``activation_checkpointing_enable``); ``--loss-chunks`` with a loss that is not chunked.
+    """
+    if setup.loss_chunks < 1:
+        raise InvalidSetupError(f"--loss-chunks must be at least 1, got {setup.loss_chunks}")
+    if setup.checkpoint_every < 1:
+        raise InvalidSetupError(f"--checkpoint-every must be at least 1, got {setup.checkpoint_every}")
+    if setup.grad_checkpointing == "none":
+        if setup.checkpoint_every != 1:
+            raise InvalidSetupError(
+                "--checkpoint-every chooses which layers --grad-checkpointing recomputes; add --grad-checkpointing "
+                "full, selective or ops"
+            )
+        if setup.activation_offload:
+            raise InvalidSetupError(
+                "--activation-offload moves the checkpointed layers' inputs to CPU RAM (torchtune requires "
+                "activation checkpointing with it); add --grad-checkpointing full, selective or ops"
+            )
+    if setup.loss_chunks != DEFAULT_LOSS_CHUNKS and setup.loss != "chunked":
+        raise InvalidSetupError("--loss-chunks sets the chunks of --loss chunked; add --loss chunked")
 
 
 def _check_fragmentation(fraction: float) -> None:

@@ -24,6 +24,9 @@ __all__ = [
     "Optimizer",
     "Offload",
     "Accounting",
+    "Loss",
+    "LOSSES",
+    "DEFAULT_LOSS_CHUNKS",
     "PRECISIONS",
     "OPTIMIZERS",
     "OFFLOADS",
@@ -54,7 +57,8 @@ Optimizer = Literal["adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "
 Offload = Literal["none", "optimizer", "optimizer+params"]
 Accounting = Literal["hfmem", "deepspeed"]
 Attention = Literal["sdpa", "flash", "eager"]
-Checkpointing = Literal["none", "full", "selective"]
+Checkpointing = Literal["none", "full", "selective", "ops"]
+Loss = Literal["hf", "chunked", "fused"]
 PeakPhase = Literal["forward", "backward", "optimizer_step"]
 KvKind = Literal["full", "sliding", "cross", "state"]
 KvDtype = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
@@ -68,7 +72,11 @@ OPTIMIZERS: tuple[Optimizer, ...] = ("adamw", "adamw-8bit", "sgd", "sgd-momentum
 OFFLOADS: tuple[Offload, ...] = ("none", "optimizer", "optimizer+params")
 ACCOUNTINGS: tuple[Accounting, ...] = ("hfmem", "deepspeed")
 ATTENTIONS: tuple[Attention, ...] = ("sdpa", "flash", "eager")
-CHECKPOINTINGS: tuple[Checkpointing, ...] = ("none", "full", "selective")
+CHECKPOINTINGS: tuple[Checkpointing, ...] = ("none", "full", "selective", "ops")
+LOSSES: tuple[Loss, ...] = ("hf", "chunked", "fused")
+#: torchtune ``CEWithChunkedOutputLoss(num_output_chunks: int = 8)`` (modules/loss/ce_chunked_output_loss.py @ bd2a0fc):
+#: the default of ``--loss-chunks``.
+DEFAULT_LOSS_CHUNKS = 8
 METHODS: tuple[Method, ...] = ("full", "lora", "qlora", "freeze")
 PIPELINE_SCHEDULES: tuple[PipelineSchedule, ...] = ("1f1b", "interleaved")
 FSDP_STRATEGIES: tuple[FsdpStrategy, ...] = ("full_shard", "shard_grad_op", "no_shard", "hybrid_shard")
@@ -385,6 +393,14 @@ class TrainingSetup:
     when the setup is made. ``images_per_sample``: images in each sample for a model that takes images
     (`ParameterInventory.image_inputs`): the trace feeds the vision tower that many default images, whose tokens are
     part of ``seq_len``; ignored for text-only models.
+
+    Loss and recompute (issue 13; docs/techniques.md §1–3): ``loss`` is the path the vocabulary-sized tensors take
+    (``hf``: transformers' ``ForCausalLMLoss`` on the whole logits; ``chunked``: torchtune's
+    ``CEWithChunkedOutputLoss`` over ``loss_chunks`` chunks; ``fused``: a fused linear + cross-entropy kernel, Liger's
+    ``LigerFusedLinearCrossEntropy`` or Cut Cross-Entropy, where the full logits never exist). ``checkpoint_every``:
+    with checkpointing, every k-th layer is checkpointed and the others keep everything (transformers'
+    ``every_n_layers``: layers 0, k, 2k…). ``activation_offload``: the saved activations live in CPU RAM (torchtune's
+    ``OffloadActivations``).
     """
 
     precision: Precision = "bf16-mixed"
@@ -404,6 +420,10 @@ class TrainingSetup:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
     images_per_sample: int = 1
+    loss: Loss = "hf"
+    loss_chunks: int = DEFAULT_LOSS_CHUNKS
+    checkpoint_every: int = 1
+    activation_offload: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpu", gpu_target(self.gpu))
@@ -462,12 +482,21 @@ class LayerProfile:
             (everything between a column-parallel and a row-parallel linear); the rest (norms, the linears'
             replicated inputs, residual dropout) is replicated unless sequence parallelism splits it. Measured
             only when asked for (``--tp`` > 1), else 0.
+        ops_saved_bytes: the outputs of the operators torchtitan's op-level selective checkpointing saves inside this
+            layer (``--grad-checkpointing ops``: every matmul but every second ``mm``, attention kernels' outputs),
+            each storage once, parameters and the layer's inputs excluded.
+        ops_reused_bytes: the part of ``saved_bytes`` that is such an output: the recompute in backward takes it
+            from the checkpoint's cache instead of allocating it again.
+        ops_tp_split_bytes: the part of ``ops_saved_bytes`` tensor parallelism splits (``--tp`` > 1 only, else 0).
     """
 
     name: str
     saved_bytes: int
     input_bytes: int
     tp_split_bytes: int = 0
+    ops_saved_bytes: int = 0
+    ops_reused_bytes: int = 0
+    ops_tp_split_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -489,6 +518,11 @@ class ActivationProfile:
         images_per_sample: images each sample fed the vision tower in the trace (0: token ids only).
         image_tokens: the sequence positions one image fills (its features replace those tokens' embeddings).
         images_not_traced: why a model that takes images was traced on token ids only (None: it was not).
+        hidden_size: the LM head's input features h (0: no LM head), which a fused linear + cross-entropy loss
+            keeps the gradient of, ``tokens × h``.
+        head_trainable: the LM head's weight is trained (its ``V × h`` gradient is computed inside a fused loss).
+        head_saved_bytes: of ``other_after_bytes``, what the LM head itself saves (its input): a fused loss does not
+            run the head, and activation offloading leaves it on the GPU.
     """
 
     batch_size: int
@@ -506,6 +540,9 @@ class ActivationProfile:
     images_per_sample: int = 0
     image_tokens: int = 0
     images_not_traced: str | None = None
+    hidden_size: int = 0
+    head_trainable: bool = False
+    head_saved_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -556,6 +593,7 @@ class StageMemory:
     pipeline_stage: int | None = None
     stage_layers: tuple[int, int] | None = None
     stage_holds: tuple[str, ...] = ()
+    activation_offloaded_bytes: int = 0
     total_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:

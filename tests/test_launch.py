@@ -386,7 +386,10 @@ def run_json(runner: CliRunner, args: list[str]) -> dict[str, Any]:
         (
             [TORCHTUNE_3B],
             ["--seq-len", "256"],
-            ["--batch-size", "4", "--grad-checkpointing", "full", "--precision", "bf16", "--seq-len", "256"],
+            [
+                "--batch-size", "4", "--grad-checkpointing", "full", "--precision", "bf16", "--seq-len", "256",
+                "--loss", "chunked",
+            ],
         ),
         # axolotl YAML
         (

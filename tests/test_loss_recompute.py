@@ -1,0 +1,294 @@
+"""Loss paths, op-level checkpointing, every-k-th-layer checkpointing and activation offloading (issue 13).
+
+Every expected number is computed here by hand from the model's config.json (bundled catalogue) and the framework
+source the formulas cite (docs/techniques.md §1–3), never from running hfmem:
+
+* logits: G = T·V·2 (bf16), Λ = T·V·4 (the fp32 log-softmax of transformers' ForCausalLMLoss);
+* torchtune CEWithChunkedOutputLoss (num_output_chunks = N): forward G + Λ + Λ/N, backward Λ + 2Λ/N;
+* Liger LigerFusedLinearCrossEntropy: grad_input T·h·2 + grad_weight V·h·2 kept, one chunk of
+  next_pow2(⌈T / ⌈V/h⌉⌉) tokens' logits and a 4-byte loss per token inside the forward;
+* torchtitan op-level SAC (HEAD SelectiveAC rule): per block, every matmul output but every second ``mm``, plus the
+  attention kernel's output and fp32 log-sum-exp;
+* transformers every_n_layers: layers 0, k, 2k… are checkpointed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import hfmem
+from hfmem.build.trace import profile_activations
+from hfmem.cli import cli
+from hfmem.hub import resolve_model
+from hfmem.memory.activations import estimate_activations, liger_chunk_tokens
+from hfmem.memory.peak import phase_candidates
+from hfmem.types import ActivationProfile, FinetuneSettings, TrainingSetup
+from tests.conftest import CATALOGUE
+
+LLAMA_1B = str(CATALOGUE / "meta-llama__Llama-3.2-1B")
+# meta-llama/Llama-3.2-1B config.json
+H, F, HEADS, KV_HEADS, LAYERS, VOCAB = 2048, 8192, 32, 8, 16, 128256
+KV = KV_HEADS * (H // HEADS)  # 512: k (and v) features per token
+SEQ = 256
+T = SEQ  # batch 1
+
+
+@pytest.fixture(scope="module")
+def llama() -> ActivationProfile:
+    return profile_activations(resolve_model(LLAMA_1B), batch_size=1, seq_len=SEQ, attn="sdpa", dtype="bfloat16")
+
+
+def test_the_profile_knows_the_head(llama: ActivationProfile) -> None:
+    assert llama.hidden_size == H
+    assert llama.head_trainable  # full fine-tuning trains the (tied) head
+    assert llama.head_saved_bytes == T * H * 2  # the LM head's Linear saves its bf16 input
+    assert (llama.logits_bytes, llama.logits_saved_bytes) == (T * VOCAB * 2, T * VOCAB * 4)
+
+
+def test_hf_loss_is_unchanged(llama: ActivationProfile) -> None:
+    est = estimate_activations(llama, "none")
+    assert est.logits_forward_bytes == 10 * T * VOCAB  # G + fp32 copy + Λ = 2 + 4 + 4 bytes per logit
+    assert est.logits_backward_bytes == 14 * T * VOCAB  # G + Λ + two fp32 gradients
+
+
+@pytest.mark.parametrize("chunks", [1, 8, 16])
+def test_chunked_loss(llama: ActivationProfile, chunks: int) -> None:
+    est = estimate_activations(llama, "none", loss="chunked", loss_chunks=chunks)
+    logits, log_softmax = 2 * T * VOCAB, 4 * T * VOCAB
+    chunk = -(-log_softmax // chunks)
+    assert est.logits_saved_bytes == log_softmax
+    assert est.logits_forward_bytes == logits + log_softmax + chunk
+    assert est.logits_backward_bytes == log_softmax + 2 * chunk
+    if chunks == 8:  # 6.5 and 5 bytes per logit
+        assert 2 * est.logits_forward_bytes == 13 * T * VOCAB and est.logits_backward_bytes == 5 * T * VOCAB
+    # The other activations do not change.
+    assert est.saved_bytes == estimate_activations(llama, "none").saved_bytes
+
+
+def test_liger_chunk_size() -> None:
+    # The source's own comment (fused_linear_cross_entropy.py): T = 16384, V = 32000, h = 4096 → 2048.
+    assert liger_chunk_tokens(16384, 32000, 4096) == 2048
+    # Llama-3.2-1B: ⌈128256 / 2048⌉ = 63, ⌈256 / 63⌉ = 5 → 8.
+    assert liger_chunk_tokens(256, VOCAB, H) == 8
+    assert liger_chunk_tokens(3, VOCAB, H) == 1  # ⌈3 / 63⌉ = 1
+
+
+def test_fused_loss(llama: ActivationProfile) -> None:
+    est = estimate_activations(llama, "none", loss="fused")
+    kept = T * H * 2 + VOCAB * H * 2  # grad_input + grad_weight, bf16
+    assert est.logits_saved_bytes == kept
+    assert est.logits_forward_bytes == kept + 8 * VOCAB * 2 + 4 * T  # one chunk of 8 tokens' logits + loss_1d
+    assert est.logits_backward_bytes == kept
+    # The head never runs, so its input (T·h·2) is not saved.
+    assert estimate_activations(llama, "none").saved_bytes - est.saved_bytes == T * H * 2
+
+
+def test_fused_loss_with_a_frozen_head_keeps_no_weight_gradient() -> None:
+    lora = profile_activations(
+        resolve_model(LLAMA_1B),
+        batch_size=1,
+        seq_len=SEQ,
+        attn="sdpa",
+        dtype="bfloat16",
+        finetune=FinetuneSettings(method="lora"),
+    )
+    assert not lora.head_trainable
+    est = estimate_activations(lora, "none", loss="fused")
+    assert est.logits_saved_bytes == T * H * 2
+
+
+def test_ops_checkpointing_saves_the_policy_outputs(llama: ActivationProfile) -> None:
+    # HF Llama block order: q (mm 1, saved), k (mm 2), v (mm 3, saved), attention (output + fp32 lse, saved),
+    # o (mm 4), gate (mm 5, saved), up (mm 6), down (mm 7, saved).
+    per_token = 2 * H + 2 * KV + (2 * H + 4 * HEADS) + 2 * F + 2 * H
+    assert per_token == 29_824
+    assert all(layer.ops_saved_bytes == per_token * T for layer in llama.layers)
+    assert all(0 < layer.ops_reused_bytes <= layer.saved_bytes for layer in llama.layers)
+    ops = estimate_activations(llama, "ops")
+    assert ops.saved_bytes == sum(layer.input_bytes + per_token * T for layer in llama.layers) + llama.other_bytes
+    # Less than no checkpointing, more than full; the recompute reuses the cached outputs.
+    full = estimate_activations(llama, "full")
+    none = estimate_activations(llama, "none")
+    assert full.saved_bytes < ops.saved_bytes < none.saved_bytes
+    assert ops.recompute_bytes == max(layer.saved_bytes - layer.ops_reused_bytes for layer in llama.layers)
+    assert ops.recompute_bytes < full.recompute_bytes
+
+
+def test_ops_checkpointing_always_saves_biased_projections() -> None:
+    # Qwen2.5-0.5B: q, k, v have biases, so they run as addmm, which torchtitan's HEAD policy always saves and does
+    # not count; the mm count then runs o (1, saved), gate (2), up (3, saved), down (4).
+    h, f, heads, kv = 896, 4864, 14, 2 * 64
+    profile = profile_activations(
+        resolve_model(str(CATALOGUE / "Qwen__Qwen2.5-0.5B-Instruct")),
+        batch_size=1,
+        seq_len=64,
+        attn="sdpa",
+        dtype="bfloat16",
+    )
+    per_token = (2 * h + 2 * kv + 2 * kv) + (2 * h + 4 * heads) + 2 * h + 2 * f
+    assert all(layer.ops_saved_bytes == per_token * 64 for layer in profile.layers)
+
+
+@pytest.mark.parametrize("every", [1, 2, 3, 16, 17])
+def test_checkpoint_every_k_layers(llama: ActivationProfile, every: int) -> None:
+    checkpointed = [i for i in range(LAYERS) if i % every == 0]  # transformers: layer_index % every_n_layers == 0
+    assert len(checkpointed) == -(-LAYERS // every)
+    est = estimate_activations(llama, "full", checkpoint_every=every)
+    kept = sum(layer.input_bytes if i in checkpointed else layer.saved_bytes for i, layer in enumerate(llama.layers))
+    assert est.saved_bytes == kept + llama.other_bytes
+    assert est.recompute_bytes == max(llama.layers[i].saved_bytes for i in checkpointed)
+
+
+def test_activation_offload_keeps_the_head_and_the_stash(llama: ActivationProfile) -> None:
+    est = estimate_activations(llama, "full", activation_offload=True)
+    inputs = sum(layer.input_bytes for layer in llama.layers)
+    assert est.saved_bytes == T * H * 2  # only the LM head's input stays (torchtune's NoOpManager)
+    assert est.offloaded_bytes == inputs + llama.other_bytes - T * H * 2
+    largest_input = max(layer.input_bytes for layer in llama.layers)
+    assert est.offload_forward_bytes == 5 * largest_input  # max_fwd_stash_size = 5
+    assert est.offload_backward_bytes == largest_input  # one checkpointed layer's input comes back
+    # With op-level checkpointing the cached op outputs are not saved through autograd's hooks: they stay.
+    ops = estimate_activations(llama, "ops", activation_offload=True)
+    assert ops.saved_bytes == T * H * 2 + sum(layer.ops_saved_bytes for layer in llama.layers)
+    assert ops.offloaded_bytes == est.offloaded_bytes
+
+
+def _plan(**kwargs: Any) -> hfmem.Report:
+    setup = TrainingSetup(batch_size=1, seq_len=SEQ, zero_stages=(0,), **kwargs)
+    return hfmem.estimate(LLAMA_1B, setup=setup, cache=False)
+
+
+def test_the_peak_is_the_largest_phase_and_offload_shows_in_cpu_ram() -> None:
+    for kwargs in (
+        {},
+        {"loss": "chunked"},
+        {"loss": "fused"},
+        {"grad_checkpointing": "ops"},
+        {"grad_checkpointing": "full", "checkpoint_every": 4, "activation_offload": True, "gpus_per_node": 2},
+    ):
+        report = _plan(**kwargs)
+        assert report.training is not None and report.training.profile is not None
+        row = report.training.stages[0]
+        profile = report.training.profile
+        assert profile is not None
+        estimate = estimate_activations(
+            profile,
+            kwargs.get("grad_checkpointing", "none"),
+            loss=kwargs.get("loss", "hf"),
+            checkpoint_every=kwargs.get("checkpoint_every", 1),
+            activation_offload=kwargs.get("activation_offload", False),
+        )
+        phases = phase_candidates(report.inventory, report.training.setup, row, estimate)
+        assert row.total_bytes == max(p.total_bytes for p in phases)
+        assert row.peak_phase == max(phases, key=lambda p: p.total_bytes).peak_phase
+        assert row.activation_offloaded_bytes == estimate.offloaded_bytes
+        if kwargs.get("activation_offload"):
+            assert row.cpu_bytes_per_node == 2 * estimate.offloaded_bytes > 0  # 2 GPUs per node, no ZeRO-Offload
+
+
+def test_fused_loss_at_short_sequences_costs_more_than_it_saves() -> None:
+    # Liger keeps grad_weight, a whole LM-head-sized tensor (V·h·2 = 525 MB here), from forward to backward
+    # (docs/techniques.md §10.3): at 256 tokens that exceeds HF's 14 bytes per logit (459 MB).
+    hf, fused = _plan(), _plan(loss="fused")
+    assert hf.training is not None and fused.training is not None
+    assert hf.training.stages[0].logits_bytes == 14 * T * VOCAB == 459_669_504  # backward, G + 3Λ
+    forward = T * H * 2 + VOCAB * H * 2 + 8 * VOCAB * 2 + 4 * T  # kept + one chunk of logits + loss_1d
+    assert fused.training.stages[0].logits_bytes == forward == 528_438_272
+    assert fused.training.stages[0].peak_phase == "forward"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _json(runner: CliRunner, *args: str) -> dict[str, Any]:
+    result = runner.invoke(
+        cli,
+        [LLAMA_1B, "--seq-len", str(SEQ), "--zero", "0", "--training-only", "--json", *args],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_cli_flags_reach_the_plan_and_the_json(runner: CliRunner) -> None:
+    doc = _json(
+        runner,
+        "--loss",
+        "chunked",
+        "--loss-chunks",
+        "4",
+        "--grad-checkpointing",
+        "full",
+        "--checkpoint-every",
+        "2",
+        "--activation-offload",
+    )
+    settings = doc["training"]["settings"]
+    assert (settings["loss"], settings["loss_chunks"]) == ("chunked", 4)
+    assert (settings["grad_checkpointing"], settings["checkpoint_every"], settings["activation_offload"]) == (
+        "full",
+        2,
+        True,
+    )
+    stage = doc["training"]["stages"][0]
+    assert stage["activation_detail"]["offloaded_bytes"] > 0
+    assert stage["cpu_bytes_per_node"] == stage["activation_detail"]["offloaded_bytes"]
+    # Defaults: the new keys are there, existing ones unchanged.
+    plain = _json(runner)["training"]["settings"]
+    assert (plain["loss"], plain["loss_chunks"], plain["checkpoint_every"], plain["activation_offload"]) == (
+        "hf",
+        None,
+        1,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--checkpoint-every", "0", "--grad-checkpointing", "full"], "--checkpoint-every must be at least 1"),
+        (["--checkpoint-every", "2"], "add --grad-checkpointing"),
+        (["--activation-offload"], "add --grad-checkpointing"),
+        (["--loss", "chunked", "--loss-chunks", "0"], "--loss-chunks must be at least 1"),
+        (["--loss-chunks", "4"], "add --loss chunked"),
+        (["--loss", "softmax"], "'softmax' is not one of"),
+        (["--grad-checkpointing", "layers"], "'layers' is not one of"),
+    ],
+)
+def test_bad_loss_and_recompute_options(runner: CliRunner, args: list[str], fragment: str) -> None:
+    result = runner.invoke(cli, [LLAMA_1B, "--training-only", *args])
+    assert result.exit_code == 2
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1
+
+
+def test_a_torchtune_recipe_with_chunked_loss_gives_the_flags_numbers(runner: CliRunner, tmp_path: Any) -> None:
+    # The keys torchtune's recipes read (recipes/full_finetune_single_device.py): loss._component_ and its
+    # num_output_chunks, enable_activation_checkpointing, enable_activation_offloading.
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "batch_size: 2\n"
+        "loss:\n  _component_: torchtune.modules.loss.CEWithChunkedOutputLoss\n  num_output_chunks: 4\n"
+        "enable_activation_checkpointing: True\nenable_activation_offloading: True\ndtype: bf16\n"
+    )
+    launched = _json(runner, "--launch-config", str(recipe))
+    typed = _json(
+        runner,
+        *("--batch-size", "2", "--loss", "chunked", "--loss-chunks", "4", "--grad-checkpointing", "full"),
+        *("--activation-offload", "--precision", "bf16"),
+    )
+    assert launched["training"] == typed["training"]
+    applied = {a["option"] for a in launched["launch"]["applied"]}
+    assert {"--loss", "--loss-chunks", "--grad-checkpointing", "--activation-offload"} <= applied
+    # And the file's settings matter: the default loss path would give other logits.
+    plain = _json(runner, "--batch-size", "2", "--grad-checkpointing", "full", "--precision", "bf16")
+    stage, plain_stage = launched["training"]["stages"][0], plain["training"]["stages"][0]
+    assert stage["per_gpu_bytes"]["logits"] != plain_stage["per_gpu_bytes"]["logits"]
+    assert stage["activation_detail"]["offloaded_bytes"] > 0 == plain_stage["activation_detail"]["offloaded_bytes"]
