@@ -292,3 +292,12 @@ def test_a_torchtune_recipe_with_chunked_loss_gives_the_flags_numbers(runner: Cl
     stage, plain_stage = launched["training"]["stages"][0], plain["training"]["stages"][0]
     assert stage["per_gpu_bytes"]["logits"] != plain_stage["per_gpu_bytes"]["logits"]
     assert stage["activation_detail"]["offloaded_bytes"] > 0 == plain_stage["activation_detail"]["offloaded_bytes"]
+
+
+def test_selective_with_a_fused_kernel_says_it_saves_nothing(llama: ActivationProfile) -> None:
+    # A fused kernel never keeps the scores that selective recomputation drops: the same bytes as no checkpointing.
+    assert estimate_activations(llama, "selective") == estimate_activations(llama, "none")
+    report = _plan(grad_checkpointing="selective")
+    assert report.training is not None
+    assert any("selective recomputes the attention scores" in note for note in report.training.notes)
+    assert not any("selective" in note for note in (_plan().training.notes or ()))  # type: ignore[union-attr]

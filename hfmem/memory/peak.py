@@ -477,6 +477,12 @@ def bisect_boundary(predicate: Callable[[int], bool], low: int, high: int) -> tu
     return low, high
 
 
+#: The note of `--grad-checkpointing selective` with a fused kernel, which recomputes nothing that kernel keeps.
+SELECTIVE_NOTE = (
+    "--grad-checkpointing selective recomputes the attention scores, which sdpa/flash kernels never keep: it saves "
+    "nothing here (--grad-checkpointing ops or full do)"
+)
+
 #: The note of a plan without an activation profile (``--params``; `hfmem.api` replaces it when a trace failed).
 NO_MODEL_NOTE = "--params has no model to run, so activations and logits are not included"
 
@@ -516,7 +522,14 @@ def plan_training(
     notes = list(base.notes)
     if profile is None:
         notes.append(NO_MODEL_NOTE)
-    elif profile.attention_calls == 0 and profile.attn != "eager" and inventory.attention_modules != 0:
+    elif setup.grad_checkpointing == "selective" and profile.attn != "eager" and profile.attention_calls:
+        notes.append(SELECTIVE_NOTE)
+    if (
+        profile is not None
+        and profile.attention_calls == 0
+        and profile.attn != "eager"
+        and inventory.attention_modules != 0
+    ):
         notes.append(
             "this model does not route attention through transformers' AttentionInterface, so its own (eager) "
             "attention was measured, score matrices included: an over-estimate for a fused kernel"
