@@ -613,7 +613,7 @@ def _list_catalogue(json_: bool) -> None:
     default=DEFAULT_LOSS_CHUNKS,
     show_default=True,
     metavar="N",
-    help="Chunks of --loss chunked (torchtune's num_output_chunks).",
+    help="Chunks of --loss chunked (torchtune's num_output_chunks); other losses ignore it.",
 )
 @click.option(
     "--dropout",

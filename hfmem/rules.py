@@ -16,7 +16,7 @@ from typing import Any
 
 from hfmem.errors import InvalidSetupError
 from hfmem.limits import check_setup as check_bounds
-from hfmem.types import DEFAULT_LOSS_CHUNKS, FinetuneSettings, InferenceSetup, ParameterInventory, TrainingSetup
+from hfmem.types import FinetuneSettings, InferenceSetup, ParameterInventory, TrainingSetup
 
 __all__ = [
     "FSDP_ZERO_STAGE",
@@ -102,7 +102,8 @@ def check_recompute(setup: TrainingSetup) -> None:
         InvalidSetupError: ``--loss-chunks`` or ``--checkpoint-every`` below 1; ``--checkpoint-every`` > 1 or
             ``--activation-offload`` without checkpointing (torchtune's recipes raise "enable_activation_offloading
             should only be True when enable_activation_checkpointing is True"; HF's ``offload`` is an argument of
-            ``activation_checkpointing_enable``); ``--loss-chunks`` with a loss that is not chunked.
+            ``activation_checkpointing_enable``). ``--loss-chunks`` with another loss is ignored, not refused: a
+            torchtune recipe names its chunks even when ``--loss`` typed on the command line overrides its loss.
     """
     if setup.loss_chunks < 1:
         raise InvalidSetupError(f"--loss-chunks must be at least 1, got {setup.loss_chunks}")
@@ -119,8 +120,6 @@ def check_recompute(setup: TrainingSetup) -> None:
                 "--activation-offload moves the checkpointed layers' inputs to CPU RAM (torchtune requires "
                 "activation checkpointing with it); add --grad-checkpointing full, selective or ops"
             )
-    if setup.loss_chunks != DEFAULT_LOSS_CHUNKS and setup.loss != "chunked":
-        raise InvalidSetupError("--loss-chunks sets the chunks of --loss chunked; add --loss chunked")
 
 
 def _check_fragmentation(fraction: float) -> None:

@@ -255,7 +255,6 @@ def test_cli_flags_reach_the_plan_and_the_json(runner: CliRunner) -> None:
         (["--checkpoint-every", "2"], "add --grad-checkpointing"),
         (["--activation-offload"], "add --grad-checkpointing"),
         (["--loss", "chunked", "--loss-chunks", "0"], "--loss-chunks must be at least 1"),
-        (["--loss-chunks", "4"], "add --loss chunked"),
         (["--loss", "softmax"], "'softmax' is not one of"),
         (["--grad-checkpointing", "layers"], "'layers' is not one of"),
     ],
@@ -301,3 +300,11 @@ def test_selective_with_a_fused_kernel_says_it_saves_nothing(llama: ActivationPr
     assert report.training is not None
     assert any("selective recomputes the attention scores" in note for note in report.training.notes)
     assert not any("selective" in note for note in (_plan().training.notes or ()))  # type: ignore[union-attr]
+
+
+def test_a_typed_loss_overrides_a_recipes_chunked_loss(runner: CliRunner, tmp_path: Any) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("loss:\n  _component_: torchtune.modules.loss.CEWithChunkedOutputLoss\n  num_output_chunks: 4\n")
+    launched = _json(runner, "--launch-config", str(recipe), "--loss", "fused")
+    assert launched["training"] == _json(runner, "--loss", "fused")["training"]  # the file's chunks do not matter
+    assert launched["training"]["settings"]["loss_chunks"] is None
