@@ -945,7 +945,7 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
         text += "No checkpointing: every layer's saved tensors stay until backward reaches that layer. "
     if ckpt != "none" and setup.checkpoint_every > 1:
         text += (
-            f"Only every {setup.checkpoint_every}th layer is checkpointed (layers 0, {setup.checkpoint_every}, "
+            f"Only one layer in {setup.checkpoint_every} is checkpointed (layers 0, {setup.checkpoint_every}, "
             f"{2 * setup.checkpoint_every}…, as transformers' every_n_layers counts); the others keep S. "
         )
     if setup.activation_offload:
