@@ -601,7 +601,7 @@ def _list_catalogue(json_: bool) -> None:
 )
 @click.option(
     "--loss",
-    type=click.Choice(LOSSES),
+    type=Listed(click.Choice(LOSSES)),
     default="hf",
     show_default=True,
     help="hf: transformers' cross-entropy on the whole fp32-upcast logits; chunked: torchtune's chunked cross-entropy "
@@ -805,6 +805,7 @@ LIST_OPTIONS = (
     "seq_len",
     "attn",
     "grad_checkpointing",
+    "loss",
     "gpu_name",
     "gpu_memory",
     "context",

@@ -308,3 +308,16 @@ def test_a_typed_loss_overrides_a_recipes_chunked_loss(runner: CliRunner, tmp_pa
     launched = _json(runner, "--launch-config", str(recipe), "--loss", "fused")
     assert launched["training"] == _json(runner, "--loss", "fused")["training"]  # the file's chunks do not matter
     assert launched["training"]["settings"]["loss_chunks"] is None
+
+
+def test_loss_is_a_sweepable_list(runner: CliRunner) -> None:
+    result = runner.invoke(
+        cli, [LLAMA_1B, "--seq-len", str(SEQ), "--zero", "0", "--training-only", "--loss", "hf,chunked"]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "--loss" in result.stdout and "chunked" in result.stdout
+    one = {
+        loss: _json(runner, "--loss", loss)["training"]["stages"][0]["per_gpu_bytes"]["total"]
+        for loss in ("hf", "chunked")
+    }
+    assert one["chunked"] < one["hf"]  # 6.5 against 14 bytes per logit at each one's peak
