@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import hfmem
 from hfmem.build.trace import profile_activations
@@ -26,7 +28,7 @@ from hfmem.cli import cli
 from hfmem.hub import resolve_model
 from hfmem.memory.activations import estimate_activations, liger_chunk_tokens
 from hfmem.memory.peak import phase_candidates
-from hfmem.types import ActivationProfile, FinetuneSettings, TrainingSetup
+from hfmem.types import ActivationProfile, FinetuneSettings, LayerProfile, TrainingSetup
 from tests.conftest import CATALOGUE
 
 LLAMA_1B = str(CATALOGUE / "meta-llama__Llama-3.2-1B")
@@ -321,3 +323,68 @@ def test_loss_is_a_sweepable_list(runner: CliRunner) -> None:
         for loss in ("hf", "chunked")
     }
     assert one["chunked"] < one["hf"]  # 6.5 against 14 bytes per logit at each one's peak
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Laws over any profile
+
+_bytes = st.integers(min_value=0, max_value=2**34)
+
+
+@st.composite
+def _profiles(draw: Any) -> ActivationProfile:
+    layers = []
+    for i in range(draw(st.integers(min_value=1, max_value=12))):
+        inputs = draw(_bytes)
+        ops = draw(_bytes)
+        saved = inputs + ops + draw(_bytes)  # a layer saves at least its input and what the ops policy caches
+        layers.append(LayerProfile(f"l{i}", saved, inputs, 0, ops, draw(st.integers(0, saved))))
+    tokens, vocab = draw(st.integers(1, 4096)), draw(st.integers(2, 300_000))
+    element = draw(st.sampled_from([2, 4]))
+    head = draw(st.integers(0, tokens * 8192))
+    return ActivationProfile(
+        batch_size=1,
+        seq_len=tokens,
+        attn="sdpa",
+        dtype={2: "bfloat16", 4: "float32"}[element],
+        vocab_size=vocab,
+        layers=tuple(layers),
+        fused_layers=tuple(layers),
+        other_bytes=head + draw(_bytes),
+        logits_saved_bytes=tokens * vocab * 4,
+        logits_bytes=tokens * vocab * element,
+        hidden_size=draw(st.integers(1, 16384)),
+        head_trainable=draw(st.booleans()),
+        head_saved_bytes=head,
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(_profiles(), st.integers(1, 64))
+def test_chunking_never_costs_more_than_the_hf_loss(profile: ActivationProfile, chunks: int) -> None:
+    hf = estimate_activations(profile, "none")
+    chunked = estimate_activations(profile, "none", loss="chunked", loss_chunks=chunks)
+    fewer = estimate_activations(profile, "none", loss="chunked", loss_chunks=max(1, chunks // 2))
+    assert chunked.logits_forward_bytes <= hf.logits_forward_bytes
+    assert chunked.logits_backward_bytes <= hf.logits_backward_bytes
+    assert chunked.logits_forward_bytes <= fewer.logits_forward_bytes  # more chunks, smaller transients
+    assert chunked.logits_backward_bytes <= fewer.logits_backward_bytes
+
+
+@settings(max_examples=200, deadline=None)
+@given(_profiles(), st.sampled_from(["full", "selective", "ops"]), st.integers(1, 13))
+def test_offloading_moves_bytes_and_checkpointing_fewer_layers_keeps_more(
+    profile: ActivationProfile, policy: Any, every: int
+) -> None:
+    kept = estimate_activations(profile, policy, checkpoint_every=every)
+    moved = estimate_activations(profile, policy, checkpoint_every=every, activation_offload=True)
+    assert moved.saved_bytes + moved.offloaded_bytes == kept.saved_bytes  # nothing lost, nothing counted twice
+    assert moved.saved_bytes <= kept.saved_bytes and moved.offloaded_bytes >= 0
+    assert moved.offload_forward_bytes <= moved.offloaded_bytes
+    # Checkpointing one layer in 2·every keeps at least what one in every keeps; no checkpointing keeps the most.
+    sparser = estimate_activations(profile, policy, checkpoint_every=2 * every)
+    assert kept.saved_bytes <= sparser.saved_bytes <= estimate_activations(profile, "none").saved_bytes
+    assert (
+        estimate_activations(profile, "full", checkpoint_every=every).saved_bytes
+        <= estimate_activations(profile, "ops", checkpoint_every=every).saved_bytes
+    )
