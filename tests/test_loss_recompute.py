@@ -388,3 +388,15 @@ def test_offloading_moves_bytes_and_checkpointing_fewer_layers_keeps_more(
         estimate_activations(profile, "full", checkpoint_every=every).saved_bytes
         <= estimate_activations(profile, "ops", checkpoint_every=every).saved_bytes
     )
+
+
+def test_a_model_without_a_language_model_head_keeps_its_own_loss() -> None:
+    roberta = str(CATALOGUE / "FacebookAI__roberta-base")  # RobertaModel: no LM head, no logits
+
+    def plan(loss: Any) -> hfmem.Report:
+        return hfmem.estimate(roberta, setup=TrainingSetup(seq_len=64, zero_stages=(0,), loss=loss), cache=False)
+
+    hf, fused = plan("hf"), plan("fused")
+    assert hf.training is not None and fused.training is not None
+    assert fused.training.stages[0].total_bytes == hf.training.stages[0].total_bytes
+    assert any("has no such head" in note for note in fused.training.notes)

@@ -267,9 +267,10 @@ def offload_stash_bytes(largest_input: Value, offloaded: Value) -> Value:
 
 def logits_terms(profile: ActivationProfile, loss: Loss, chunks: Value) -> tuple[Value, Value, Value]:
     """``(saved, forward, backward)`` vocabulary-sized bytes of the loss path (G the logits, Λ the log-softmax the
-    HF loss keeps, both measured). 0 on a pipeline stage without the LM head (no logits)."""
+    HF loss keeps, both measured). 0 on a pipeline stage without the LM head (no logits). A model without a
+    language-model head (``hidden_size`` 0: a classifier) takes the HF path whatever ``loss`` says."""
     logits, log_softmax = profile.logits_bytes, profile.logits_saved_bytes
-    if loss == "hf" or not value_of(logits):
+    if loss == "hf" or not value_of(logits) or not value_of(profile.hidden_size):
         return log_softmax, logits_forward_bytes(logits, log_softmax), logits_backward_bytes(logits, log_softmax)
     if loss == "chunked":
         return (

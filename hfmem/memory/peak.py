@@ -522,8 +522,14 @@ def plan_training(
     notes = list(base.notes)
     if profile is None:
         notes.append(NO_MODEL_NOTE)
-    elif setup.grad_checkpointing == "selective" and profile.attn != "eager" and profile.attention_calls:
-        notes.append(SELECTIVE_NOTE)
+    else:
+        if setup.grad_checkpointing == "selective" and profile.attn != "eager" and profile.attention_calls:
+            notes.append(SELECTIVE_NOTE)
+        if setup.loss != "hf" and not profile.hidden_size:
+            notes.append(
+                f"--loss {setup.loss} replaces a language-model head's cross-entropy, and this model has no such "
+                "head: its own loss was planned"
+            )
     if (
         profile is not None
         and profile.attention_calls == 0
