@@ -27,8 +27,9 @@ from hfmem.build.trace import profile_activations
 from hfmem.cli import cli
 from hfmem.hub import resolve_model
 from hfmem.memory.activations import estimate_activations, liger_chunk_tokens
-from hfmem.memory.peak import phase_candidates
-from hfmem.types import ActivationProfile, FinetuneSettings, LayerProfile, TrainingSetup
+from hfmem.memory.parallel import pipeline_stages
+from hfmem.memory.peak import phase_candidates, stage_activations
+from hfmem.types import ActivationProfile, FinetuneSettings, LayerProfile, ParallelSettings, TrainingSetup
 from tests.conftest import CATALOGUE
 
 LLAMA_1B = str(CATALOGUE / "meta-llama__Llama-3.2-1B")
@@ -118,6 +119,29 @@ def test_ops_checkpointing_saves_the_policy_outputs(llama: ActivationProfile) ->
     assert full.saved_bytes < ops.saved_bytes < none.saved_bytes
     assert ops.recompute_bytes == max(layer.saved_bytes - layer.ops_reused_bytes for layer in llama.layers)
     assert ops.recompute_bytes < full.recompute_bytes
+
+
+def test_ops_checkpointing_under_tensor_parallelism() -> None:
+    # Megatron TP splits what lies between the column-parallel q/k/v, gate/up and the row-parallel o, down: of the
+    # saved outputs q, v, the attention output + lse and gate are split, down's output (after the all-reduce) is
+    # replicated.
+    profile = profile_activations(
+        resolve_model(LLAMA_1B), batch_size=1, seq_len=SEQ, attn="sdpa", dtype="bfloat16", tensor_parallel=True
+    )
+    split = 2 * H + 2 * KV + (2 * H + 4 * HEADS) + 2 * F
+    assert all(layer.ops_tp_split_bytes == split * T for layer in profile.layers)
+    assert all(layer.ops_saved_bytes == (split + 2 * H) * T for layer in profile.layers)
+    setup = TrainingSetup(
+        seq_len=SEQ, gpus_per_node=2, zero_stages=(1,), grad_checkpointing="ops", parallel=ParallelSettings(tp=2)
+    )
+    est = stage_activations(profile, setup, pipeline_stages(LAYERS, setup)[0])
+    assert est is not None
+    # Each layer keeps its (replicated) input and ⌈split / 2⌉ + the replicated rest of the cached outputs.
+    per_layer = [layer.input_bytes + -(-split * T // 2) + 2 * H * T for layer in profile.layers]
+    outside = estimate_activations(profile, "ops").saved_bytes - sum(
+        layer.input_bytes + layer.ops_saved_bytes for layer in profile.layers
+    )
+    assert est.saved_bytes == sum(per_layer) + outside
 
 
 def test_ops_checkpointing_always_saves_biased_projections() -> None:
