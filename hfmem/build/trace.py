@@ -296,21 +296,25 @@ def _ops_policy() -> tuple[frozenset[Any], frozenset[Any]]:
     import torch
 
     aten = torch.ops.aten
-    always = [
-        aten.addmm.default,
-        aten.bmm.default,
-        aten.baddbmm.default,
-        aten.convolution.default,
-        aten.max.default,
-        aten.topk.default,
-        aten._scaled_dot_product_flash_attention.default,
-        aten._scaled_dot_product_efficient_attention.default,
-        aten._scaled_dot_product_cudnn_attention.default,
-        aten._flash_attention_forward.default,
-        aten._efficient_attention_forward.default,
-    ]
-    if hasattr(aten, "_scaled_mm"):
-        always.append(aten._scaled_mm.default)
+    names = (
+        # torch 2.13 get_default_op_list().compute_intensive_ops, mm aside
+        "addmm",
+        "bmm",
+        "convolution",
+        "upsample_bilinear2d",
+        "_scaled_mm",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_flash_attention_forward",
+        "_efficient_attention_forward",
+        # torchtitan's additions
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_attention_math",
+        "_scaled_dot_product_fused_attention_overrideable",
+        "max",
+        "topk",
+    )
+    always = [getattr(aten, name).default for name in names if hasattr(aten, name)]
     return frozenset(always), frozenset({aten.mm.default})
 
 
