@@ -121,6 +121,10 @@ PRECISION_SPECS: dict[Precision, PrecisionSpec] = {
 }
 
 
+#: The training note when ZeRO stages ≥ 1 are planned with nothing to shard them over.
+ONE_GPU_NOTE = "with 1 GPU ZeRO has nothing to shard, so every stage holds the same; pass --gpus / --nodes"
+
+
 def shard_count(count: Value, num_shards: Value) -> Value:
     """Elements held by the GPU with the largest shard: ``ceil(count / num_shards)``."""
     return ceil_div(count, num_shards)
@@ -608,7 +612,7 @@ def compute_training(inventory: ParameterInventory, setup: TrainingSetup) -> Tra
                 f"(largest module: {inventory.largest_module_params:,} parameters)"
             )
     if setup.sharding_degree == 1 and any(s >= 1 for s in zero_stages):
-        notes.append("with 1 GPU ZeRO has nothing to shard, so every stage holds the same; pass --gpus / --nodes")
+        notes.append(ONE_GPU_NOTE)
     if setup.precision == "tf32":
         notes.append(PRECISION_SPECS["tf32"].description)
     return TrainingEstimate(setup=setup, stages=stages, notes=tuple(notes))
