@@ -34,8 +34,9 @@ Techniques (issue 13, item 4; what each one keeps is read from the framework sou
 * ``ckpt-full``: ``activation_checkpointing_enable()`` (transformers 5.24 default ``use_reentrant=False``).
 * ``ckpt-every-2``: the same with ``every_n_layers=2`` (HF counts from 0: layer 0 of 2 is checkpointed).
 * ``ckpt-ops``: torchtitan's op-level selective checkpointing (`torchtitan/distributed/activation_checkpoint.py
-  @1f029641::_apply_op_sac`, save list `torchtitan/models/llama3/parallelize.py@1f029641::_op_sac_save_list`):
-  outputs of mm/linear (every second one recomputed), SDPA and ``max`` kept; everything else recomputed. CPU SDPA
+  @1f029641::_apply_op_sac`, save list `torchtitan/models/llama3/parallelize.py@1f029641::_op_sac_save_list`
+  plus ``b5bcd76``'s ``compute_intensive_ops``): outputs of mm/linear (every second one recomputed), addmm, bmm,
+  SDPA and ``max`` kept; everything else recomputed. CPU SDPA
   runs ``_scaled_dot_product_flash_attention_for_cpu``, which is not in torchtitan's list; it is added as the
   stand-in for the GPU flash op (as in docs/techniques.md, Appendix A ``sac.py``).
 * ``offload+ckpt`` / ``offload``: torchtune ``OffloadActivations`` (`torchtune/training/_activation_offloading.py
@@ -584,7 +585,9 @@ def enable_checkpointing(model: nn.Module, every_n_layers: int = 1, **kwargs: An
 
 
 def torchtitan_op_sac_context() -> Any:
-    """``selective_checkpointing_context_fn`` of torchtitan ``1f029641``: a fresh mm counter per checkpoint call."""
+    """``selective_checkpointing_context_fn`` of torchtitan ``1f029641``: a fresh mm counter per checkpoint call; the
+    save set of ``b5bcd76`` (``SelectiveAC``), which adds torch's ``compute_intensive_ops`` (``addmm``, ``bmm``…,
+    always saved: only ``mm``/``linear`` alternate), as hfmem's trace does (`hfmem.build.trace._ops_policy`)."""
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
     aten = torch.ops.aten
@@ -593,6 +596,14 @@ def torchtitan_op_sac_context() -> Any:
     save_list = {
         aten.mm.default,
         aten.linear.default,
+        # b5bcd76: torch._functorch.partitioners.get_default_op_list().compute_intensive_ops (torch 2.13) and topk.
+        aten.addmm.default,
+        aten.bmm.default,
+        aten.convolution.default,
+        aten._scaled_mm.default,
+        aten._flash_attention_forward.default,
+        aten._efficient_attention_forward.default,
+        aten.topk.default,
         aten._scaled_dot_product_efficient_attention.default,
         aten._scaled_dot_product_flash_attention.default,
         aten._scaled_dot_product_cudnn_attention.default,
@@ -702,37 +713,37 @@ TECHNIQUES = {
         Technique(
             "loss-chunked",
             "torchtune chunked CE (8 chunks, eager)",
-            hfmem="n/a (option not in this hfmem: --loss chunked)",
+            hfmem={"loss": "chunked"},
             decoder_only=True,
         ),
         Technique(
             "loss-fused",
             "Liger fused linear+CE (pure-torch reimplementation)",
-            hfmem="n/a (option not in this hfmem: --loss fused)",
+            hfmem={"loss": "fused"},
             decoder_only=True,
         ),
         Technique("ckpt-full", "HF activation checkpointing, every layer", hfmem={"grad_checkpointing": "full"}),
         Technique(
             "ckpt-every-2",
             "HF checkpointing every_n_layers=2 (layer 0 of 2)",
-            hfmem="n/a (option not in this hfmem: --checkpoint-every 2)",
+            hfmem={"grad_checkpointing": "full", "checkpoint_every": 2},
         ),
         Technique(
             "ckpt-ops",
-            "torchtitan op-level SAC (1f029641 policy)",
-            hfmem="n/a (option not in this hfmem: --grad-checkpointing ops)",
+            "torchtitan op-level SAC (1f029641 rule, b5bcd76 save set)",
+            hfmem={"grad_checkpointing": "ops"},
             decoder_only=True,
         ),
         Technique(
             "offload+ckpt",
             "torchtune OffloadActivations + full checkpointing",
-            hfmem="n/a (option not in this hfmem: --activation-offload)",
+            hfmem={"grad_checkpointing": "full", "activation_offload": True},
             decoder_only=True,
         ),
         Technique(
             "offload",
             "torchtune OffloadActivations, no checkpointing",
-            hfmem="n/a (option not in this hfmem: --activation-offload)",
+            hfmem="n/a (hfmem refuses --activation-offload without checkpointing, as torchtune's recipes do)",
             decoder_only=True,
         ),
         Technique("adamw-fused", "AdamW fused=True", hfmem={"optimizer_impl": "fused"}),
@@ -1095,15 +1106,20 @@ NOTES = (
     "like with like (T5: the SDPA caveat above).",
     "- **Op-level SAC.** CPU SDPA (`_scaled_dot_product_flash_attention_for_cpu`) is added to torchtitan's save "
     "list as the stand-in for the GPU flash/efficient kernels; Qwen2's biased q/k/v projections dispatch to "
-    "`addmm`, which the `1f029641` list neither saves nor counts (torchtitan HEAD saves every `addmm`). What "
-    "`ckpt-ops` keeps beyond `ckpt-full` equals docs/techniques.md's per-token formula exactly on Llama and Qwen2 "
-    "(tests/test_validate_step.py).",
+    "`addmm`, which the `b5bcd76` save set (torch's `compute_intensive_ops`) always saves and does not count, as "
+    "hfmem's trace does. What `ckpt-ops` keeps beyond `ckpt-full` equals docs/techniques.md's per-token formula "
+    "exactly on Llama and Qwen2 (tests/test_validate_step.py); hfmem's `--grad-checkpointing ops` activations "
+    "match the measured ones within 0.01 MiB (the components above).",
     "- **Fused loss.** The re-implementation follows Liger's non-CUDA path, which is also its CUDA path for fp32: "
     "`grad_weight += torch.mm(grad_logits_chunk.t(), input_chunk).float()` allocates a head-sized temporary per "
-    "chunk (bf16 on a GPU with compute capability ≥ 8 uses `addmm(out=grad_weight)` instead).",
+    "chunk (bf16 on a GPU with compute capability ≥ 8 uses `addmm(out=grad_weight)` instead). hfmem's `--loss "
+    "fused` models that bf16 GPU path (no temporary), so it is under the fp32 CPU measurement by about one "
+    "V × h × 4 head (0.5 MiB here).",
     "- **Offload.** The off-device copies are not counted (`offloaded_bytes` in the JSON); copies are synchronous, "
-    "so torchtune's 5-tensor forward stash is not reproduced. What stays: the head's saved tensors, tensors under "
-    "1 KiB and parameters.",
+    "so torchtune's 5-tensor forward stash is not reproduced (hfmem counts it: up to 5 × the largest layer input "
+    "at the end of forward). What stays: the head's saved tensors, tensors under 1 KiB and parameters. hfmem "
+    "refuses `--activation-offload` without checkpointing, as torchtune's recipes do, so `offload` has no "
+    "prediction.",
     "- Not visible to a dispatch mode: scratch memory inside one ATen kernel.",
 )
 

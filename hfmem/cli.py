@@ -34,10 +34,12 @@ from hfmem.types import (
     ACCOUNTINGS,
     ATTENTIONS,
     CHECKPOINTINGS,
+    DEFAULT_LOSS_CHUNKS,
     ENGINE_KV_DTYPES,
     ENGINES,
     FSDP_STRATEGIES,
     KV_DTYPES,
+    LOSSES,
     METHODS,
     OFFLOADS,
     OPTIMIZER_IMPLS,
@@ -881,7 +883,40 @@ def _list_catalogue(json_: bool) -> None:
     type=Listed(click.Choice(CHECKPOINTINGS)),
     default="none",
     show_default=True,
-    help="full: keep only each layer's input and recompute it; selective: recompute the attention core.",
+    help="full: keep only each layer's input and recompute it; selective: recompute the attention core (saves "
+    "nothing extra with sdpa/flash, which never keep the scores); ops: torchtitan's op-level policy (keep the "
+    "matmul and attention outputs but every second mm, recompute the rest).",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.INT,
+    default=1,
+    show_default=True,
+    metavar="K",
+    help="With --grad-checkpointing, checkpoint layers 0, K, 2K… (transformers' every_n_layers); the others keep "
+    "everything.",
+)
+@click.option(
+    "--activation-offload",
+    is_flag=True,
+    help="Keep the checkpointed activations in CPU RAM (torchtune's OffloadActivations): the LM head's input and up "
+    "to 5 copies in flight stay on the GPU. Needs --grad-checkpointing.",
+)
+@click.option(
+    "--loss",
+    type=Listed(click.Choice(LOSSES)),
+    default="hf",
+    show_default=True,
+    help="hf: transformers' cross-entropy on the whole fp32-upcast logits; chunked: torchtune's chunked cross-entropy "
+    "(one chunk upcast at a time); fused: fused linear + cross-entropy (Liger, Cut Cross-Entropy), no full logits.",
+)
+@click.option(
+    "--loss-chunks",
+    type=click.INT,
+    default=DEFAULT_LOSS_CHUNKS,
+    show_default=True,
+    metavar="N",
+    help="Chunks of --loss chunked (torchtune's num_output_chunks); other losses ignore it.",
 )
 @click.option(
     "--dropout",
@@ -1089,6 +1124,7 @@ LIST_OPTIONS = (
     "seq_len",
     "attn",
     "grad_checkpointing",
+    "loss",
     "gpu_name",
     "gpu_memory",
     "context",
@@ -1313,6 +1349,10 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
         images_per_sample=o["images_per_sample"],
         optimizer_in_backward=o["optimizer_in_backward"],
         optimizer_impl=o["optimizer_impl"],
+        loss=o["loss"],
+        loss_chunks=o["loss_chunks"],
+        checkpoint_every=o["checkpoint_every"],
+        activation_offload=o["activation_offload"],
     )
     serve = None
     if not o["training_only"] and not (is_params and not o["inference_only"]):

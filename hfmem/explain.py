@@ -97,6 +97,7 @@ from hfmem.memory.parallel import (
 )
 from hfmem.memory.peak import (
     OverheadInputs,
+    activation_offload_cpu_bytes,
     allocator_buffer_bytes,
     fragmentation_bytes,
     headroom_bytes,
@@ -118,6 +119,7 @@ from hfmem.memory.quantization import (
     weights_total_bytes,
 )
 from hfmem.memory.sources import (
+    SRC_ACT_OFFLOAD,
     SRC_ADAFACTOR,
     SRC_ADAM_FOREACH,
     SRC_ADAM_FUSED,
@@ -131,7 +133,9 @@ from hfmem.memory.sources import (
     SRC_BNB_MATMUL,
     SRC_BNB_PAGED,
     SRC_CAT,
+    SRC_CHUNKED_LOSS,
     SRC_CKPT,
+    SRC_CKPT_EVERY,
     SRC_CUDA,
     SRC_DDP,
     SRC_DORA,
@@ -144,6 +148,7 @@ from hfmem.memory.sources import (
     SRC_FP8,
     SRC_FRAG,
     SRC_FSDP,
+    SRC_FUSED_LOSS,
     SRC_INT8,
     SRC_INVENTORY,
     SRC_KV,
@@ -155,6 +160,7 @@ from hfmem.memory.sources import (
     SRC_MEGATRON_TP,
     SRC_MXFP4,
     SRC_OFFLOAD,
+    SRC_OPS_SAC,
     SRC_OPTIM_IN_BWD,
     SRC_PEAK,
     SRC_PEFT_FP32,
@@ -877,7 +883,16 @@ def _symbolic_profile(prof: ActivationProfile) -> ActivationProfile:
     """The measured profile with its numbers as named operands: one set of symbols per group of alike layers (S, I,
     T; the fused-kernel emulation's S_f, T_f where it differs), O and O_a outside the layers, G and Λ."""
     keys = [
-        (a.saved_bytes, a.input_bytes, a.tp_split_bytes, b.saved_bytes, b.tp_split_bytes)
+        (
+            a.saved_bytes,
+            a.input_bytes,
+            a.tp_split_bytes,
+            b.saved_bytes,
+            b.tp_split_bytes,
+            a.ops_saved_bytes,
+            a.ops_reused_bytes,
+            a.ops_tp_split_bytes,
+        )
         for a, b in zip(prof.layers, prof.fused_layers, strict=True)
     ]
     groups = _groups(keys)
@@ -888,12 +903,17 @@ def _symbolic_profile(prof: ActivationProfile) -> ActivationProfile:
         saved = _v(_sym("S", x), key[0], f"bytes one layer saves for backward (measured){how_many}", SRC_TRACE)
         inputs = _v(_sym("I", x), key[1], f"bytes of one layer's inputs (measured){how_many}", SRC_TRACE)
         split = _v(_sym("T", x), key[2], "the part of S tensor parallelism splits (measured)", SRC_TP_ACT)
-        layer = LayerProfile("", saved, inputs, split)  # type: ignore[arg-type]
+        ops = (
+            _v(_sym("P", x), key[5], "outputs op-level checkpointing saves in one layer (measured)", SRC_OPS_SAC),
+            _v(_sym("P_r", x), key[6], "of S, the part the recompute takes from those outputs (measured)", SRC_OPS_SAC),
+            _v(_sym("T_p", x), key[7], "the part of P tensor parallelism splits", SRC_TP_ACT),
+        )
+        layer = LayerProfile("", saved, inputs, split, *ops)  # type: ignore[arg-type]
         fused = layer
         if (key[3], key[4]) != (key[0], key[2]):
             fused_saved = _v(_sym("S_f", x), key[3], "what it saves with a fused attention kernel (measured)", SRC_CKPT)
             fused_split = _v(_sym("T_f", x), key[4], "the part of S_f tensor parallelism splits", SRC_TP_ACT)
-            fused = LayerProfile("", fused_saved, inputs, fused_split)  # type: ignore[arg-type]
+            fused = LayerProfile("", fused_saved, inputs, fused_split, *ops)  # type: ignore[arg-type]
         symbols[key] = (layer, fused)
     other = _v("O", prof.other_bytes, "bytes saved outside the layers (measured)", SRC_TRACE)
     after = _v("O_a", prof.other_after_bytes, "of O, saved after the layers: final norm, LM head input", SRC_TRACE)
@@ -905,12 +925,19 @@ def _symbolic_profile(prof: ActivationProfile) -> ActivationProfile:
         other_after_bytes=after,  # type: ignore[arg-type]
         logits_bytes=_v("G", prof.logits_bytes, "the logits tensor the model returns (measured)", SRC_TRACE),  # type: ignore[arg-type]
         logits_saved_bytes=_v("Λ", prof.logits_saved_bytes, "the loss's saved fp32 log-softmax (measured)", SRC_LOSS),  # type: ignore[arg-type]
+        hidden_size=_v("h", prof.hidden_size, "the LM head's input features (the model's)", SRC_TRACE),  # type: ignore[arg-type]
+        head_saved_bytes=_v("H", prof.head_saved_bytes, "what the LM head saves: its input (measured)", SRC_TRACE),  # type: ignore[arg-type]
     )
 
 
 def _row_activations(report: Report, row: _Row) -> tuple[Value, Value]:
     """(activations, logits) live at the row's peak: `hfmem.memory.peak.stage_activations` and `phase_bytes` called
     with the measured profile as operands."""
+    return phase_bytes(_row_estimate(report, row), row.memory.peak_phase or "forward")
+
+
+def _row_estimate(report: Report, row: _Row) -> ActivationEstimate | None:
+    """`hfmem.memory.peak.stage_activations` of the row's pipeline stage, with the measured profile as operands."""
     training = report.training
     assert training is not None and training.profile is not None
     setup = training.setup
@@ -923,7 +950,7 @@ def _row_activations(report: Report, row: _Row) -> tuple[Value, Value]:
         t=Var("t", par.tp, "tensor-parallel degree", SRC_TP_ACT) if par.tp > 1 else None,
         factor=Var("f", factor, "micro-batches of activations in flight on this stage") if factor != 1 else None,
     )
-    return phase_bytes(estimate, row.memory.peak_phase or "forward")
+    return estimate
 
 
 def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanation]:
@@ -979,10 +1006,35 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
     elif ckpt == "selective":
         text += (
             "Selective checkpointing recomputes the attention core: what stays is what a fused kernel keeps, and with "
-            "eager attention one layer's score matrices come back during backward. "
+            "eager attention one layer's score matrices come back during backward (with sdpa/flash it saves nothing "
+            "extra: the fused kernel never keeps the scores). "
+        )
+    elif ckpt == "ops":
+        text += (
+            "Op-level selective checkpointing (torchtitan) keeps each layer's input I and the outputs P of the "
+            "operators its policy saves (every matmul but every second mm, the attention kernel's output and "
+            "log-sum-exp), measured per layer; backward re-runs one layer at a time, allocating all it saves but the "
+            "cached outputs it reuses, S − P_r. "
         )
     else:
         text += "No checkpointing: every layer's saved tensors stay until backward reaches that layer. "
+    if ckpt != "none" and setup.checkpoint_every > 1:
+        text += (
+            f"Only one layer in {setup.checkpoint_every} is checkpointed (layers 0, {setup.checkpoint_every}, "
+            f"{2 * setup.checkpoint_every}…, as transformers' every_n_layers counts); the others keep S. "
+        )
+    if setup.activation_offload:
+        text += (
+            "With --activation-offload the tensors saved in forward move to CPU RAM (torchtune's "
+            "OffloadActivations), except the LM head's input H"
+            + (
+                " and the outputs op-level checkpointing caches (they are not saved through autograd's hooks)"
+                if ckpt == "ops"
+                else ""
+            )
+            + "; up to 5 tensors (5 × the largest layer input) are still being copied when forward ends, and in "
+            "backward one layer's saved tensors come back while it runs. "
+        )
     if par.tp > 1:
         text += (
             f"Tensor parallelism (t = {par.tp}) splits the part T of each layer's bytes that lies between the "
@@ -1001,7 +1053,11 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
     text += "Activations are freed before the optimizer step, so a row whose peak is the step counts 0."
     sources = [SRC_TRACE]
     if ckpt != "none":
-        sources.append(SRC_CKPT)
+        sources.append(SRC_OPS_SAC if ckpt == "ops" else SRC_CKPT)
+        if setup.checkpoint_every > 1:
+            sources.append(SRC_CKPT_EVERY)
+    if setup.activation_offload:
+        sources.append(SRC_ACT_OFFLOAD)
     if par.tp > 1:
         sources.append(SRC_TP_ACT)
     if par.pp > 1:
@@ -1012,10 +1068,45 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
     g_bytes = prof.logits_bytes
     elt = profile_logit_element_bytes(prof)
     shape_note = f" (= b × s × V × {elt} = {prof.batch_size} × {prof.seq_len:,} × {vocab:,} × {elt})" if elt else ""
-    upcast = prof.logits_saved_bytes > prof.logits_bytes
     text = (
         f"The model's output scores, one per vocabulary entry per token: G = {g_bytes:,} bytes{shape_note}. "
-        + (
+        + _loss_text(setup, prof)
+        + (f" With tensor parallelism the LM head and loss are vocab-parallel (÷ t = {par.tp})." if par.tp > 1 else "")
+        + (" With pipeline parallelism they live on the last stage only." if par.pp > 1 else "")
+    )
+    loss_sources = {"hf": (SRC_LOSS, SRC_TRACE), "chunked": (SRC_CHUNKED_LOSS, SRC_LOSS, SRC_TRACE)}
+    out.append(
+        Explanation(
+            "training",
+            "Logits",
+            text,
+            tuple(_merge_stages(logit_rows, setup)),
+            loss_sources.get(setup.loss, (SRC_FUSED_LOSS, SRC_TRACE)),
+        )
+    )
+    return out
+
+
+def _loss_text(setup: TrainingSetup, prof: ActivationProfile) -> str:
+    """How the vocabulary-sized tensors live under ``--loss``, in words (the formulas are in the rows)."""
+    upcast = prof.logits_saved_bytes > prof.logits_bytes
+    if setup.loss == "chunked":
+        return (
+            f"With --loss chunked (torchtune's chunked cross-entropy, N = {setup.loss_chunks} chunks) every chunk "
+            "keeps its fp32 log-softmax (Λ in all), but only one chunk is upcast at a time: G + Λ + ⌈Λ / N⌉ at the "
+            "last chunk in forward. The recipe deletes the logits before backward, where one chunk's two fp32 "
+            "gradients exist at a time: Λ + 2 × ⌈Λ / N⌉. Only the moment that is the peak is counted."
+        )
+    if setup.loss == "fused":
+        return (
+            "With --loss fused (Liger's fused linear + cross-entropy) the full logits never exist: the kernel "
+            "computes the logits of C tokens at a time and their gradients in the forward, and keeps the gradient of "
+            "the LM head's input (T × h × e) and, when the head is trained, of its weight (V × h × e) until backward; "
+            "inside the forward one chunk's logits (C × V × e) and a 4-byte loss per token also exist. The head's "
+            "input H is not saved. Cut Cross-Entropy keeps less (a log-sum-exp per token), so this bounds it."
+        )
+    return (
+        (
             f"The loss upcasts them to fp32 and cross_entropy keeps its fp32 log-softmax, Λ = "
             f"{prof.logits_saved_bytes:,} bytes. At the loss in forward, G, the fp32 copy and Λ are live (G + 2Λ); "
             if upcast
@@ -1025,11 +1116,7 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
         + "when backward starts, the loss's gradient and the gradient through the log-softmax are added (G + 3Λ). "
         + "Only the moment that is the peak is counted; when a checkpointed layer's recompute is larger, the "
         "vocabulary-sized tensors are already gone (0)."
-        + (f" With tensor parallelism the LM head and loss are vocab-parallel (÷ t = {par.tp})." if par.tp > 1 else "")
-        + (" With pipeline parallelism they live on the last stage only." if par.pp > 1 else "")
     )
-    out.append(Explanation("training", "Logits", text, tuple(_merge_stages(logit_rows, setup)), (SRC_LOSS, SRC_TRACE)))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1266,6 +1353,30 @@ def _cpu_explanation(report: Report, rows: list[_Row], states: list[StateBytes])
     setup = training.setup
     if not any(r.memory.cpu_bytes_per_node for r in rows):
         return None
+    offload_rows = []
+    for row in rows:
+        estimate = _row_estimate(report, row) if setup.activation_offload and training.profile is not None else None
+        offloaded = estimate.offloaded_bytes if estimate is not None else 0
+        offload_rows.append(
+            activation_offload_cpu_bytes(offloaded, Var("gpus", setup.gpus_per_node, "GPUs per node"))
+            if value_of(offloaded)
+            else 0
+        )
+    activation_text = (
+        " With --activation-offload each GPU's offloaded activations (saved in forward, pinned host memory) add "
+        "× the GPUs per node."
+        if any(value_of(x) for x in offload_rows)
+        else ""
+    )
+    if setup.offload == "none" and setup.accounting != "deepspeed":
+        rows_cpu = [(r.memory.zero_stage, x) for r, x in zip(rows, offload_rows, strict=True)]
+        return Explanation(
+            "training",
+            "CPU RAM per node",
+            activation_text.strip(),
+            tuple(_merge_stages(rows_cpu, setup)),
+            (SRC_ACT_OFFLOAD,),
+        )
     if setup.accounting == "deepspeed":
         text = (
             "DeepSpeed's estimator also gives CPU RAM per node, × 1.5 (additional_buffer_factor): without offload "
@@ -1281,7 +1392,10 @@ def _cpu_explanation(report: Report, rows: list[_Row], states: list[StateBytes])
             + ". Per node: × the GPUs per node."
         )
         sources = (SRC_OFFLOAD,)
-    rows_cpu = [(r.memory.zero_stage, s.cpu_per_node) for r, s in zip(rows, states, strict=True)]
+    if activation_text:
+        text += activation_text
+        sources = (*sources, SRC_ACT_OFFLOAD)
+    rows_cpu = [(r.memory.zero_stage, s.cpu_per_node + x) for r, s, x in zip(rows, states, offload_rows, strict=True)]
     return Explanation("training", "CPU RAM per node", text, tuple(_merge_stages(rows_cpu, setup)), sources)
 
 

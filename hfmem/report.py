@@ -172,6 +172,21 @@ def fit_failures(report: Report) -> list[str]:
     return out
 
 
+def loss_words(setup: TrainingSetup) -> str:
+    """The recompute, offload and loss settings that differ from the defaults, as a phrase to append after
+    ``checkpointing …`` (empty for the defaults)."""
+    words = ""
+    if setup.grad_checkpointing != "none" and setup.checkpoint_every > 1:
+        words += f" every {setup.checkpoint_every} layers"
+    if setup.activation_offload:
+        words += ", activations offloaded to CPU"
+    if setup.loss == "chunked":
+        words += f", loss chunked ({setup.loss_chunks} chunks)"
+    elif setup.loss != "hf":
+        words += f", loss {setup.loss}"
+    return words
+
+
 def _stage_dict(stage: StageMemory, *, measured: bool = True) -> dict[str, Any]:
     """One ZeRO row. Unmeasured activations (the trace failed): activations, logits and total are null and
     ``total_without_activations`` holds the lower bound."""
@@ -204,6 +219,7 @@ def _stage_dict(stage: StageMemory, *, measured: bool = True) -> dict[str, Any]:
             "saved_bytes": stage.activation_saved_bytes,
             "recompute_bytes": stage.activation_recompute_bytes,
             "logits_saved_bytes": stage.logits_saved_bytes,
+            "offloaded_bytes": stage.activation_offloaded_bytes,
         },
         "busiest_gpu": None
         if stage.pipeline_stage is None
@@ -247,6 +263,10 @@ def _settings_extra(setup: TrainingSetup) -> dict[str, Any]:
             "virtual_stages": par.virtual_stages if par.pp_schedule == "interleaved" else None,
             "fsdp": par.fsdp,
         },
+        "loss": setup.loss,
+        "loss_chunks": setup.loss_chunks if setup.loss == "chunked" else None,
+        "checkpoint_every": setup.checkpoint_every,
+        "activation_offload": setup.activation_offload,
     }
 
 
@@ -472,7 +492,7 @@ def _stage_title(report: Report) -> str:
     if training.seq_len is not None:
         title += (
             f"\nmicro-batch {setup.batch_size} × {training.seq_len:,} tokens ({training.seq_len_source}), "
-            f"attention {setup.attn}, checkpointing {setup.grad_checkpointing}"
+            f"attention {setup.attn}, checkpointing {setup.grad_checkpointing}{loss_words(setup)}"
         )
         if setup.dropout is not None:
             title += f", dropout {setup.dropout}"
@@ -1217,7 +1237,7 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
         elif lengths:
             each = " / ".join(f"{length:,}" for _, length in lengths)
             title += f" × {each} tokens (each model's, in column order)"
-        title += f", checkpointing {setup.grad_checkpointing}"
+        title += f", checkpointing {setup.grad_checkpointing}{loss_words(setup)}"
     if gpu is not None:
         title += f"; fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable)"
     notes = [

@@ -27,6 +27,7 @@ __all__ = [
     "stages_alike",
     "check_setup",
     "check_finetune",
+    "check_recompute",
     "check_parallel",
     "check_engine",
     "VLLM_BLOCK_SIZES",
@@ -114,6 +115,7 @@ def check_setup(
     if setup.dropout is not None and not 0.0 <= setup.dropout < MAX_DROPOUT_EXCLUSIVE:
         raise InvalidSetupError(f"--dropout must be in [0, {MAX_DROPOUT_EXCLUSIVE:g}), got {setup.dropout}")
     _check_fragmentation(setup.overheads.fragmentation)
+    check_recompute(setup)
     if training and find_max_batch and setup.gpu is None:
         raise InvalidSetupError("--max-batch needs a GPU to fill: pass --gpu NAME or --gpu-memory SIZE")
     if inference is not None:
@@ -122,6 +124,33 @@ def check_setup(
         if inference.full_context and inference.context is not None:
             raise InvalidSetupError("give either --context N or --context max (the model's whole context), not both")
         _check_fragmentation(inference.overheads.fragmentation)
+
+
+def check_recompute(setup: TrainingSetup) -> None:
+    """Refuse loss, recompute and offload settings that do not exist, naming the fix.
+
+    Raises:
+        InvalidSetupError: ``--loss-chunks`` or ``--checkpoint-every`` below 1; ``--checkpoint-every`` > 1 or
+            ``--activation-offload`` without checkpointing (torchtune's recipes raise "enable_activation_offloading
+            should only be True when enable_activation_checkpointing is True"; HF's ``offload`` is an argument of
+            ``activation_checkpointing_enable``). ``--loss-chunks`` with another loss is ignored, not refused: a
+            torchtune recipe names its chunks even when ``--loss`` typed on the command line overrides its loss.
+    """
+    if setup.loss_chunks < 1:
+        raise InvalidSetupError(f"--loss-chunks must be at least 1, got {setup.loss_chunks}")
+    if setup.checkpoint_every < 1:
+        raise InvalidSetupError(f"--checkpoint-every must be at least 1, got {setup.checkpoint_every}")
+    if setup.grad_checkpointing == "none":
+        if setup.checkpoint_every != 1:
+            raise InvalidSetupError(
+                "--checkpoint-every chooses which layers --grad-checkpointing recomputes; add --grad-checkpointing "
+                "full, selective or ops"
+            )
+        if setup.activation_offload:
+            raise InvalidSetupError(
+                "--activation-offload moves the checkpointed layers' inputs to CPU RAM (torchtune requires "
+                "activation checkpointing with it); add --grad-checkpointing full, selective or ops"
+            )
 
 
 def _check_fragmentation(fraction: float) -> None:

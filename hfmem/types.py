@@ -24,6 +24,9 @@ __all__ = [
     "Optimizer",
     "Offload",
     "Accounting",
+    "Loss",
+    "LOSSES",
+    "DEFAULT_LOSS_CHUNKS",
     "PRECISIONS",
     "OPTIMIZERS",
     "OptimizerImpl",
@@ -64,7 +67,8 @@ OptimizerImpl = Literal["foreach", "fused", "loop"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 Accounting = Literal["hfmem", "deepspeed"]
 Attention = Literal["sdpa", "flash", "eager"]
-Checkpointing = Literal["none", "full", "selective"]
+Checkpointing = Literal["none", "full", "selective", "ops"]
+Loss = Literal["hf", "chunked", "fused"]
 PeakPhase = Literal["forward", "backward", "optimizer_step"]
 KvKind = Literal["full", "sliding", "cross", "state"]
 KvDtype = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
@@ -89,7 +93,11 @@ OPTIMIZER_IMPLS: tuple[OptimizerImpl, ...] = ("foreach", "fused", "loop")
 OFFLOADS: tuple[Offload, ...] = ("none", "optimizer", "optimizer+params")
 ACCOUNTINGS: tuple[Accounting, ...] = ("hfmem", "deepspeed")
 ATTENTIONS: tuple[Attention, ...] = ("sdpa", "flash", "eager")
-CHECKPOINTINGS: tuple[Checkpointing, ...] = ("none", "full", "selective")
+CHECKPOINTINGS: tuple[Checkpointing, ...] = ("none", "full", "selective", "ops")
+LOSSES: tuple[Loss, ...] = ("hf", "chunked", "fused")
+#: torchtune ``CEWithChunkedOutputLoss(num_output_chunks: int = 8)`` (modules/loss/ce_chunked_output_loss.py @ bd2a0fc):
+#: the default of ``--loss-chunks``.
+DEFAULT_LOSS_CHUNKS = 8
 METHODS: tuple[Method, ...] = ("full", "lora", "qlora", "freeze")
 PIPELINE_SCHEDULES: tuple[PipelineSchedule, ...] = ("1f1b", "interleaved")
 FSDP_STRATEGIES: tuple[FsdpStrategy, ...] = ("full_shard", "shard_grad_op", "no_shard", "hybrid_shard")
@@ -415,6 +423,13 @@ class TrainingSetup:
     and the gradient is freed right after (torchtune ``optimizer_in_bwd``), so the gradients are never all live.
     ``optimizer_impl``: torch AdamW's step implementation, which decides the step's temporaries
     (`hfmem.memory.peak.optimizer_step_bytes`); it applies where torch's AdamW runs (ZeRO 0, FSDP).
+    Loss and recompute (issue 13; docs/techniques.md §1–3): ``loss`` is the path the vocabulary-sized tensors take
+    (``hf``: transformers' ``ForCausalLMLoss`` on the whole logits; ``chunked``: torchtune's
+    ``CEWithChunkedOutputLoss`` over ``loss_chunks`` chunks; ``fused``: a fused linear + cross-entropy kernel, Liger's
+    ``LigerFusedLinearCrossEntropy`` or Cut Cross-Entropy, where the full logits never exist). ``checkpoint_every``:
+    with checkpointing, every k-th layer is checkpointed and the others keep everything (transformers'
+    ``every_n_layers``: layers 0, k, 2k…). ``activation_offload``: the saved activations live in CPU RAM (torchtune's
+    ``OffloadActivations``).
     """
 
     precision: Precision = "bf16-mixed"
@@ -436,6 +451,10 @@ class TrainingSetup:
     images_per_sample: int = 1
     optimizer_in_backward: bool = False
     optimizer_impl: OptimizerImpl = "foreach"
+    loss: Loss = "hf"
+    loss_chunks: int = DEFAULT_LOSS_CHUNKS
+    checkpoint_every: int = 1
+    activation_offload: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpu", gpu_target(self.gpu))
@@ -494,12 +513,21 @@ class LayerProfile:
             (everything between a column-parallel and a row-parallel linear); the rest (norms, the linears'
             replicated inputs, residual dropout) is replicated unless sequence parallelism splits it. Measured
             only when asked for (``--tp`` > 1), else 0.
+        ops_saved_bytes: the outputs of the operators torchtitan's op-level selective checkpointing saves inside this
+            layer (``--grad-checkpointing ops``: every matmul but every second ``mm``, attention kernels' outputs),
+            each storage once, parameters and the layer's inputs excluded.
+        ops_reused_bytes: the part of ``saved_bytes`` that is such an output: the recompute in backward takes it
+            from the checkpoint's cache instead of allocating it again.
+        ops_tp_split_bytes: the part of ``ops_saved_bytes`` tensor parallelism splits (``--tp`` > 1 only, else 0).
     """
 
     name: str
     saved_bytes: int
     input_bytes: int
     tp_split_bytes: int = 0
+    ops_saved_bytes: int = 0
+    ops_reused_bytes: int = 0
+    ops_tp_split_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -521,6 +549,11 @@ class ActivationProfile:
         images_per_sample: images each sample fed the vision tower in the trace (0: token ids only).
         image_tokens: the sequence positions one image fills (its features replace those tokens' embeddings).
         images_not_traced: why a model that takes images was traced on token ids only (None: it was not).
+        hidden_size: the LM head's input features h (0: no LM head), which a fused linear + cross-entropy loss
+            keeps the gradient of, ``tokens × h``.
+        head_trainable: the LM head's weight is trained (its ``V × h`` gradient is computed inside a fused loss).
+        head_saved_bytes: of ``other_after_bytes``, what the LM head itself saves (its input): a fused loss does not
+            run the head, and activation offloading leaves it on the GPU.
     """
 
     batch_size: int
@@ -538,6 +571,9 @@ class ActivationProfile:
     images_per_sample: int = 0
     image_tokens: int = 0
     images_not_traced: str | None = None
+    hidden_size: int = 0
+    head_trainable: bool = False
+    head_saved_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -594,6 +630,7 @@ class StageMemory:
     stage_layers: tuple[int, int] | None = None
     stage_holds: tuple[str, ...] = ()
     paged_states_bytes: int = 0
+    activation_offloaded_bytes: int = 0
     total_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:

@@ -389,6 +389,7 @@ def run_json(runner: CliRunner, args: list[str]) -> dict[str, Any]:
             [
                 "--batch-size", "4", "--grad-checkpointing", "full", "--precision", "bf16", "--seq-len", "256",
                 "--optimizer", "paged-adamw-8bit", "--optimizer-in-backward",
+                "--loss", "chunked",
             ],
         ),
         # axolotl YAML

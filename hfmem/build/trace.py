@@ -155,6 +155,9 @@ def profile_activations(
         images_per_sample=fused.images_per_sample,
         image_tokens=fused.image_tokens,
         images_not_traced=fused.images_not_traced,
+        hidden_size=chosen.hidden_size,
+        head_trainable=chosen.head_trainable,
+        head_saved_bytes=chosen.head_saved_bytes,
     )
 
 
@@ -175,6 +178,10 @@ def _register_fused_attention() -> None:
             output = query.new_empty((batch, seq, heads, value.shape[-1]))
             logsumexp = query.new_empty((batch, heads, seq), dtype=torch.float32)
             ctx.save_for_backward(query, key, value, output, logsumexp)
+            trace = _CURRENT_TRACE.get()
+            # A flash kernel's outputs, which op-level selective checkpointing saves.
+            if trace is not None and trace.on_attention is not None:
+                trace.on_attention(output, logsumexp)
             return output
 
         @staticmethod
@@ -196,9 +203,14 @@ def _register_fused_attention() -> None:
 
 @dataclasses.dataclass
 class Trace:
-    """One traced forward: what hfmem's fused-attention stand-in counts while it runs (`tracing`)."""
+    """One traced forward: what hfmem's fused-attention stand-in counts while it runs (`tracing`).
+
+    ``on_attention``: called with the stand-in's outputs (output, log-sum-exp), which a real fused kernel returns and
+    op-level selective checkpointing saves (`_ops_saved_mode`).
+    """
 
     attention_calls: int = 0
+    on_attention: Callable[..., None] | None = None
 
 
 #: The trace the running forward belongs to (None: no trace); set by `tracing`, read by the fused stand-in, which
@@ -374,6 +386,76 @@ def _tensor_parallel_mode(params: set[int], replicated: set[int]) -> Any:
     return TensorParallelMode()
 
 
+def _ops_policy() -> tuple[frozenset[Any], frozenset[Any]]:
+    """``(always saved, alternately saved)`` ATen operators of torchtitan's op-level selective checkpointing.
+
+    torchtitan ``torchtitan/distributed/activation_checkpoint.py`` (HEAD b5bcd76 ``SelectiveAC``; the rule of
+    ``_apply_op_sac._custom_policy`` @ 1f029641): "Save all compute/comm ops, except every second mm/linear". The
+    save set is torch's ``get_default_op_list().compute_intensive_ops`` plus the attention kernels, ``aten.max`` and
+    ``aten.topk``; ``mm`` and ``linear`` alternate (the 1st, 3rd… of a block are saved), ``addmm`` (a biased
+    ``Linear``) and ``bmm`` are always saved. A dispatch mode sees ``aten.mm``, never ``aten.linear`` (it decomposes
+    above the dispatcher), as the policy does.
+    """
+    import torch
+
+    aten = torch.ops.aten
+    names = (
+        # torch 2.13 get_default_op_list().compute_intensive_ops, mm aside
+        "addmm",
+        "bmm",
+        "convolution",
+        "upsample_bilinear2d",
+        "_scaled_mm",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_flash_attention_forward",
+        "_efficient_attention_forward",
+        # torchtitan's additions
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_attention_math",
+        "_scaled_dot_product_fused_attention_overrideable",
+        "max",
+        "topk",
+    )
+    always = [getattr(aten, name).default for name in names if hasattr(aten, name)]
+    return frozenset(always), frozenset({aten.mm.default})
+
+
+def _ops_saved_mode(record: Callable[[Any, bool], None], layer_entered: Callable[[], int]) -> Any:
+    """A TorchDispatchMode that hands ``record(tensor, saved)`` every output of the operators op-level selective
+    checkpointing saves inside a layer (`_ops_policy`); ``layer_entered()`` returns a counter that changes when a new
+    layer starts, so the matmul count restarts per block (torchtitan creates its ``meta`` dict per checkpoint call)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    always, alternate = _ops_policy()
+
+    class OpsSaved(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = -1
+            self.mm_count = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            if func in always or func in alternate:
+                block = layer_entered()
+                if block < 0:
+                    return out
+                if block != self.block:
+                    self.block, self.mm_count = block, 0
+                saved = True
+                if func in alternate:
+                    self.mm_count += 1
+                    saved = self.mm_count % 2 == 1
+                if saved:
+                    for tensor in tree_flatten(out)[0]:
+                        record(tensor, True)
+            return out
+
+    return OpsSaved()
+
+
 def _trace(
     model: ResolvedModel,
     config: PretrainedConfig,
@@ -466,9 +548,47 @@ def _trace_at(
     def post_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         stack.pop()
 
+    # Op-level selective checkpointing: the outputs of the operators its policy saves, per layer.
+    ops_keys: dict[int, str] = {}
+    ops_sizes: dict[str, list[tuple[int, int]]] = {}
+
+    def current_block() -> int:
+        return len(order) - 1 if stack else -1
+
+    def record_op_output(tensor: Any, _saved: bool) -> None:
+        if not isinstance(tensor, torch.Tensor) or not stack:
+            return
+        with contextlib.suppress(Exception):  # tensors without storage are not tracked
+            storage = tensor.untyped_storage()
+            key = storage._cdata
+            if key in params or key in held or key in ops_keys:
+                return
+            ops_keys[key] = stack[-1]
+            keep_alive.append(tensor.detach())
+            ops_sizes.setdefault(stack[-1], []).append((key, storage.nbytes()))
+
+    def on_attention(*outputs: Any) -> None:
+        for tensor in outputs:
+            record_op_output(tensor, True)
+
+    # The LM head: what it saves (its input) is kept apart, for a fused loss (which never runs it) and activation
+    # offloading (which leaves it on the GPU).
+    head = None
+    with contextlib.suppress(Exception):
+        head = torch_model.get_output_embeddings()
+    head_weight = getattr(head, "weight", None)
+    in_head: list[bool] = []
+
+    def head_pre_hook(module: nn.Module, args: Any) -> None:
+        in_head.append(True)
+
+    def head_post_hook(module: nn.Module, args: Any, output: Any) -> None:
+        in_head.pop()
+
     params = {p.untyped_storage()._cdata for p in torch_model.parameters()}
     seen: set[int] = set()
-    totals = {"other": 0, "logits": 0, "other_after": 0}
+    totals = {"other": 0, "logits": 0, "other_after": 0, "head": 0}
+    reused: dict[str, int] = {}
     # Bytes each layer saves inside tensor-parallel split regions.
     split_now: dict[str, int] = {}
     mode: Any = contextlib.nullcontext()
@@ -502,10 +622,14 @@ def _trace_at(
             saved[stack[-1]] = saved.get(stack[-1], 0) + size
             if options.tensor_parallel:
                 split_now[stack[-1]] = split_now.get(stack[-1], 0) + (size if mode.is_split(key) else 0)
+            if ops_keys.get(key) == stack[-1]:
+                reused[stack[-1]] = reused.get(stack[-1], 0) + size
         else:
             totals["other"] += size
             if order:
                 totals["other_after"] += size
+            if in_head:
+                totals["head"] += size
         return tensor.detach()
 
     handles = []
@@ -513,6 +637,9 @@ def _trace_at(
         if id(module) in layer_names:
             handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
+    if head is not None and id(head) not in layer_names:
+        handles.append(head.register_forward_pre_hook(head_pre_hook))
+        handles.append(head.register_forward_hook(head_post_hook))
     ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device="meta")
     accepted = inspect.signature(torch_model.forward).parameters
     kwargs: dict[str, Any] = {"input_ids": ids}
@@ -528,8 +655,10 @@ def _trace_at(
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
             mode,
             cuda_autocast(options.autocast, weight_casts) if options.autocast is not None else contextlib.nullcontext(),
+            _ops_saved_mode(record_op_output, current_block),
             _placeholder_checks_off(torch_model),
         ):
+            trace.on_attention = on_attention
             output = torch_model(**kwargs)
     except Exception as e:
         raise UnsupportedArchitectureError(
@@ -541,9 +670,25 @@ def _trace_at(
             handle.remove()
     logits = getattr(output, "logits", None)
     logits_bytes = logits.untyped_storage().nbytes() if isinstance(logits, torch.Tensor) else 0
+
+    def ops_split(name: str) -> int:
+        if not options.tensor_parallel:
+            return 0
+        return sum(size for key, size in ops_sizes.get(name, ()) if key in mode.split)
+
     layers = tuple(
-        LayerProfile(name, saved.get(name, 0), inputs.get(name, 0), split_now.get(name, 0)) for name in order
+        LayerProfile(
+            name,
+            saved.get(name, 0),
+            inputs.get(name, 0),
+            split_now.get(name, 0),
+            sum(size for _, size in ops_sizes.get(name, ())),
+            reused.get(name, 0),
+            ops_split(name),
+        )
+        for name in order
     )
+    head_shape = tuple(getattr(head_weight, "shape", ()))
     return ActivationProfile(
         batch_size=batch_size,
         seq_len=seq_len,
@@ -559,6 +704,9 @@ def _trace_at(
         other_after_bytes=totals["other_after"],
         images_per_sample=options.images if images else 0,
         image_tokens=image_tokens,
+        hidden_size=int(head_shape[1]) if len(head_shape) == 2 else 0,
+        head_trainable=bool(getattr(head_weight, "requires_grad", False)),
+        head_saved_bytes=totals["head"],
     )
 
 
@@ -727,16 +875,28 @@ def _profile_shape(profile: ActivationProfile) -> Hashable:
 
 
 def _profile_numbers(profile: ActivationProfile) -> tuple[int, ...]:
-    per_layer = (n for layer in profile.layers for n in (layer.saved_bytes, layer.input_bytes, layer.tp_split_bytes))
-    totals = (profile.other_bytes, profile.logits_saved_bytes, profile.logits_bytes, profile.other_after_bytes)
+    per_layer = (n for layer in profile.layers for n in _layer_numbers(layer))
+    totals = (
+        profile.other_bytes,
+        profile.logits_saved_bytes,
+        profile.logits_bytes,
+        profile.other_after_bytes,
+        profile.head_saved_bytes,
+    )
     return (*per_layer, *totals)
+
+
+def _layer_numbers(layer: LayerProfile) -> tuple[int, ...]:
+    """A layer's byte counts, in `LayerProfile`'s field order after the name."""
+    return tuple(getattr(layer, f.name) for f in dataclasses.fields(LayerProfile)[1:])
 
 
 def _profile_with(profile: ActivationProfile, seq_len: int, numbers: tuple[int, ...]) -> ActivationProfile:
     """``profile`` (measured at another length) with the byte counts at ``seq_len``."""
     values = iter(numbers)
-    layers = tuple(LayerProfile(layer.name, next(values), next(values), next(values)) for layer in profile.layers)
-    other, logits_saved, logits, other_after = values
+    width = len(dataclasses.fields(LayerProfile)) - 1
+    layers = tuple(LayerProfile(layer.name, *(next(values) for _ in range(width))) for layer in profile.layers)
+    other, logits_saved, logits, other_after, head = values
     return dataclasses.replace(
         profile,
         seq_len=seq_len,
@@ -746,6 +906,7 @@ def _profile_with(profile: ActivationProfile, seq_len: int, numbers: tuple[int, 
         logits_saved_bytes=logits_saved,
         logits_bytes=logits,
         other_after_bytes=other_after,
+        head_saved_bytes=head,
     )
 
 

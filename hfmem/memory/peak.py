@@ -65,6 +65,7 @@ __all__ = [
     "phase_candidates",
     "stage_activations",
     "phase_bytes",
+    "activation_offload_cpu_bytes",
     "bisect_boundary",
     "MAX_GPUS_SEARCHED",
     "MAX_BATCH_SEARCHED",
@@ -321,13 +322,20 @@ def phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tup
     """``(activations, logits)`` live at ``phase``."""
     if activations is None or phase == "optimizer_step":
         return 0, 0
+    saved = activations.saved_bytes
     if phase == "forward":
-        return activations.saved_bytes, activations.logits_forward_bytes
+        if value_of(activations.offloaded_bytes):  # the offload copies still in flight
+            saved = saved + activations.offload_forward_bytes
+        return saved, activations.logits_forward_bytes
     # Backward: the loss gradients come first; the recompute of a checkpointed layer happens later, when the
-    # vocabulary-sized tensors are gone, so the two do not add up.
-    if value_of(activations.recompute_bytes) > value_of(activations.logits_backward_bytes):
-        return activations.saved_bytes + activations.recompute_bytes, 0
-    return activations.saved_bytes, activations.logits_backward_bytes
+    # vocabulary-sized tensors are gone, so the two do not add up. With offloading, the layer being back-propagated
+    # has its saved tensors back on the GPU then.
+    layer = activations.recompute_bytes
+    if value_of(activations.offloaded_bytes):
+        layer = layer + activations.offload_backward_bytes
+    if value_of(layer) > value_of(activations.logits_backward_bytes):
+        return saved + layer, 0
+    return saved, activations.logits_backward_bytes
 
 
 def _phases(
@@ -376,7 +384,16 @@ def _at_phase(
         activation_saved_bytes=activations.saved_bytes if activations else 0,
         activation_recompute_bytes=activations.recompute_bytes if activations else 0,
         logits_saved_bytes=activations.logits_saved_bytes if activations else 0,
+        activation_offloaded_bytes=activations.offloaded_bytes if activations else 0,
+        cpu_bytes_per_node=states.cpu_bytes_per_node
+        + (activation_offload_cpu_bytes(activations.offloaded_bytes, setup.gpus_per_node) if activations else 0),
     )
+
+
+def activation_offload_cpu_bytes(offloaded: Value, gpus_per_node: Value) -> Value:
+    """CPU RAM per node that offloaded activations take: each GPU's offloaded tensors, in pinned host memory
+    (torchtune ``OffloadActivations(use_pin_memory=True)``), × the GPUs of a node."""
+    return offloaded * gpus_per_node
 
 
 def phase_candidates(
@@ -430,11 +447,22 @@ def stage_activations(
     """
     if profile is None:
         return None
-    estimate = estimate_activations(stage_profile(profile, setup, stage, t=t), setup.grad_checkpointing)
+    estimate = estimate_activations(
+        stage_profile(profile, setup, stage, t=t),
+        setup.grad_checkpointing,
+        loss=setup.loss,
+        loss_chunks=setup.loss_chunks,
+        checkpoint_every=setup.checkpoint_every,
+        activation_offload=setup.activation_offload,
+    )
     if factor is None:
         factor = in_flight_microbatches(setup, stage.index)
     if value_of(factor) != 1:
-        estimate = replace(estimate, saved_bytes=ceil(estimate.saved_bytes * factor))
+        estimate = replace(
+            estimate,
+            saved_bytes=ceil(estimate.saved_bytes * factor),
+            offloaded_bytes=ceil(estimate.offloaded_bytes * factor) if estimate.offloaded_bytes else 0,
+        )
     return estimate
 
 
@@ -567,6 +595,12 @@ def step_notes(setup: TrainingSetup, stages: list[StageMemory]) -> list[str]:
     return notes
 
 
+#: The note of `--grad-checkpointing selective` with a fused kernel, which recomputes nothing that kernel keeps.
+SELECTIVE_NOTE = (
+    "--grad-checkpointing selective recomputes the attention scores, which sdpa/flash kernels never keep: it saves "
+    "nothing here (--grad-checkpointing ops or full do)"
+)
+
 #: The note of a plan without an activation profile (``--params``; `hfmem.api` replaces it when a trace failed).
 NO_MODEL_NOTE = "--params has no model to run, so activations and logits are not included"
 
@@ -606,7 +640,20 @@ def plan_training(
     notes = list(base.notes) + step_notes(setup, stages)
     if profile is None:
         notes.append(NO_MODEL_NOTE)
-    elif profile.attention_calls == 0 and profile.attn != "eager" and inventory.attention_modules != 0:
+    else:
+        if setup.grad_checkpointing == "selective" and profile.attn != "eager" and profile.attention_calls:
+            notes.append(SELECTIVE_NOTE)
+        if setup.loss != "hf" and not profile.hidden_size:
+            notes.append(
+                f"--loss {setup.loss} replaces a language-model head's cross-entropy, and this model has no such "
+                "head: its own loss was planned"
+            )
+    if (
+        profile is not None
+        and profile.attention_calls == 0
+        and profile.attn != "eager"
+        and inventory.attention_modules != 0
+    ):
         notes.append(
             "this model does not route attention through transformers' AttentionInterface, so its own (eager) "
             "attention was measured, score matrices included: an over-estimate for a fused kernel"

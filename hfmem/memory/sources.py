@@ -193,3 +193,31 @@ SRC_AUTOCAST_LISTS = (
     "conv… run in 16-bit; softmax, log_softmax, layer_norm, cross_entropy, exp, pow, rsqrt, sum… in fp32; others in "
     "their inputs' (promoted) dtype"
 )
+SRC_CHUNKED_LOSS = (
+    "torchtune torchtune/modules/loss/ce_chunked_output_loss.py @ bd2a0fc "
+    "CEWithChunkedOutputLoss(num_output_chunks=8): each chunk's logits are upcast "
+    "(logits.float()) and cross_entropy'd on their own, so each keeps its fp32 log-softmax "
+    "but only one chunk's fp32 copy and gradients exist at a time; the recipe deletes the logits before "
+    "backward (recipes/full_finetune_single_device.py @ 1814feb17 _loss_step: 'del logits')"
+)
+SRC_FUSED_LOSS = (
+    "Liger-Kernel src/liger_kernel/ops/fused_linear_cross_entropy.py @ ead96b6 fused_linear_cross_entropy_forward: "
+    "logits per chunk of next_pow2(⌈T / ⌈V / h⌉⌉) tokens, gradients computed in the forward; save_for_backward("
+    "grad_input [T × h], grad_weight [V × h] when the head is trained); loss_1d fp32 per token. Cut Cross-Entropy "
+    "(apple/ml-cross-entropy @ d42911f cce.py) keeps less: an fp32 log-sum-exp per token"
+)
+SRC_OPS_SAC = (
+    "torchtitan torchtitan/distributed/activation_checkpoint.py @ 1f029641 _apply_op_sac._custom_policy and HEAD "
+    "b5bcd76 SelectiveAC: save the outputs of compute-intensive ops (mm, addmm, bmm, attention kernels, max, topk) "
+    "except every second mm/linear, counted per checkpointed block; the block's input is kept as in full AC"
+)
+SRC_CKPT_EVERY = (
+    "transformers modeling_utils.py (5.24.0) _set_gradient_checkpointing: gradient_checkpointing = layer_index % "
+    "every_n_layers == 0, layers counted from 0 (torchtitan/torchtune count from 1: floor(L/k) layers)"
+)
+SRC_ACT_OFFLOAD = (
+    "torchtune torchtune/training/_activation_offloading.py @ bd2a0fc OffloadActivations(max_fwd_stash_size=5, "
+    "min_offload_size=1024): every tensor saved in forward moves to pinned CPU RAM except the output head's "
+    "(NoOpManager around model.output); up to 5 stay on the GPU until their copy ends, and in backward a tensor "
+    "comes back just before the node that needs it"
+)
