@@ -163,3 +163,36 @@ def test_the_pages_total_is_the_clis(server: tuple[str, dict[str, str]], browser
         page.screenshot(path=str(path), full_page=True)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         shutil.rmtree(path.parent)
+
+
+def test_serving_context_and_engine_are_the_clis(server: tuple[str, dict[str, str]], browser: object) -> None:
+    url, env = server
+    page = browser.new_page()  # type: ignore[attr-defined]
+    # A shared link serving the whole context (--context max), then a context typed into the same box.
+    page.goto(f"{url}?model={FIRST}&task=serve&gpu=rtx-4090&context=max")
+    _wait_for_command(page, f"hfmem serve {FIRST} --context max --gpu rtx-4090")
+    context = page.get_by_role("combobox", name="Context (tokens per sequence)")
+    context.click()
+    context.fill("1024")
+    context.press("Enter")
+    args = ["serve", FIRST, "--context", "1024", "--gpu", "rtx-4090"]
+    _wait_for_command(page, "hfmem " + " ".join(args))
+    done = subprocess.run(
+        [sys.executable, "-m", "hfmem", *args, "--json"], env=env, capture_output=True, text=True, check=True
+    )
+    assert _totals(page) == [json.loads(done.stdout)["inference"]["per_gpu_bytes"]["total"]]
+    # vLLM chosen: its start-up accounting is on the page, with the CLI's KV tokens.
+    engine = page.get_by_role("combobox", name="Engine")
+    engine.click()
+    page.get_by_role("option", name="vllm", exact=True).click()
+    args = ["serve", FIRST, "--engine", "vllm", "--context", "1024", "--gpu", "rtx-4090"]
+    _wait_for_command(page, "hfmem " + " ".join(args))
+    done = subprocess.run(
+        [sys.executable, "-m", "hfmem", *args, "--json"], env=env, capture_output=True, text=True, check=True
+    )
+    tokens = json.loads(done.stdout)["engine"]["kv_tokens"]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "want => document.querySelector('#hfmem-summary').innerText.includes(want)",
+        arg=f"{tokens:,} tokens",
+        timeout=180_000,
+    )
