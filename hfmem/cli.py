@@ -15,7 +15,7 @@ import shutil
 import sys
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -302,6 +302,8 @@ class HfmemCommand(click.Command):
 
     #: ``--help`` section overrides of this command (option name → section).
     sections: dict[str, str] = {}
+    #: The options a plan command sets itself (``hfmem train``: ``training_only``); see `plan_options`.
+    plan_defaults: dict[str, Any] = {}
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
@@ -1220,8 +1222,8 @@ def _building_note(model_id: str) -> None:
     click.echo(f"hfmem: building {one_line(redact(model_id, secrets))} on the meta device and tracing it…", err=True)
 
 
-def _report(prepared: Prepared, o: dict[str, Any]) -> Report:
-    """Plan one combination of scalar options on ``prepared``."""
+def _report(prepared: Prepared, o: dict[str, Any], *, spinner: bool = True) -> Report:
+    """Plan one combination of scalar options on ``prepared`` (``spinner``: say so on a terminal's stderr)."""
     setup, serve, training = _setups(o, is_params=prepared.params is not None)
     engine = _engine_setup(o, setup.gpu)
     if engine is not None and engine.engine != "transformers":
@@ -1229,7 +1231,8 @@ def _report(prepared: Prepared, o: dict[str, Any]) -> Report:
             raise click.UsageError(f"--engine {engine.engine} plans serving; drop --training-only")
         training = False
         serve = serve or _setups({**o, "training_only": False, "inference_only": True}, is_params=False)[1]
-    with _spinner(f"building {prepared.resolved.model_id} on the meta device and tracing it"):
+    building = f"building {prepared.resolved.model_id} on the meta device and tracing it"
+    with _spinner(building) if spinner else nullcontext():
         return prepared.report(
             setup,
             training=training,
@@ -1623,12 +1626,9 @@ web = HfmemCommand(
 def _plan_command(plan: str, short_help: str, doc: str, **defaults: Any) -> HfmemCommand:
     """``hfmem train`` / ``hfmem serve``: the options of `cli` that `takes_option` gives ``plan``, the same run."""
     taken = [p for p in cli.params if p.name == "model" or takes_option(plan, p.name)]
-    missing = [p for p in cli.params if p not in taken]
 
     def callback(**opts: Any) -> None:
-        with cli.make_context("hfmem", []) as bare:  # every option of `cli` at its default, as click gives it
-            lacking = {p.name: bare.params[p.name] for p in missing if p.name in bare.params}
-        _run({**lacking, **opts, **defaults})
+        _run(plan_options(command, opts))
 
     command = HfmemCommand(
         plan,
@@ -1639,9 +1639,19 @@ def _plan_command(plan: str, short_help: str, doc: str, **defaults: Any) -> Hfme
         context_settings=cli.context_settings,
         epilog=cli.epilog,
     )
+    command.plan_defaults = defaults
     if plan == "serve":
         command.sections = SERVE_SECTIONS
     return command
+
+
+def plan_options(command: HfmemCommand, opts: dict[str, Any]) -> dict[str, Any]:
+    """The options of a run of ``command`` (``hfmem train`` / ``hfmem serve``): those it takes as given, every other
+    option of `cli` at its default (as click gives it), and the plan the command names (`HfmemCommand.plan_defaults`).
+    """
+    with cli.make_context("hfmem", []) as bare:
+        lacking = {name: value for name, value in bare.params.items() if name not in opts}
+    return {**lacking, **opts, **command.plan_defaults}
 
 
 train = _plan_command(

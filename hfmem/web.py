@@ -35,12 +35,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Answer", "CONTROLS", "TASKS", "answer", "build_app", "command_args", "serve"]
 
-#: The tasks the page plans: the label shown, and the ``hfmem`` options each one means.
-TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "train": ("Train (all parameters)", ("--training-only",)),
-    "lora": ("Fine-tune: LoRA", ("--training-only", "--method", "lora")),
-    "qlora": ("Fine-tune: QLoRA (4-bit base)", ("--training-only", "--method", "qlora")),
-    "serve": ("Serve (inference)", ("--inference-only",)),
+#: The tasks the page plans: the label shown, the ``hfmem`` command that plans it (``hfmem train`` / ``hfmem serve``)
+#: and the options each one means.
+TASKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "train": ("Train (all parameters)", "train", ()),
+    "lora": ("Fine-tune: LoRA", "train", ("--method", "lora")),
+    "qlora": ("Fine-tune: QLoRA (4-bit base)", "train", ("--method", "qlora")),
+    "serve": ("Serve (inference)", "serve", ()),
 }
 TRAINING_TASKS = ("train", "lora", "qlora")
 
@@ -65,6 +66,8 @@ class Control:
 CONTROLS: tuple[Control, ...] = (
     Control("precision", "Precision", TRAINING_TASKS),
     Control("optimizer", "Optimizer", TRAINING_TASKS),
+    Control("optimizer_impl", "Optimizer implementation", TRAINING_TASKS, more=True),
+    Control("optimizer_in_backward", "Optimizer step in the backward", TRAINING_TASKS, more=True),
     Control("lora_rank", "LoRA rank", ("lora", "qlora")),
     Control("zero_stages", "ZeRO stage", TRAINING_TASKS),
     Control("fsdp", "FSDP (instead of DeepSpeed ZeRO)", TRAINING_TASKS, more=True),
@@ -78,8 +81,15 @@ CONTROLS: tuple[Control, ...] = (
     Control("checkpoint_every", "Checkpoint every N layers", TRAINING_TASKS, more=True),
     Control("loss", "Loss", TRAINING_TASKS),
     Control("loss_chunks", "Loss chunks", TRAINING_TASKS, more=True),
+    Control("activation_offload", "Offload activations to CPU", TRAINING_TASKS, more=True),
     Control("attn", "Attention", TRAINING_TASKS, more=True),
-    Control("engine", "Engine", ("serve",)),
+    Control(
+        "engine",
+        "Engine",
+        ("serve",),
+        hint="transformers: generate(); vllm / sglang: the engine's start-up "
+        "accounting (KV budget, concurrency, whether it starts). Needs a GPU",
+    ),
     Control("weights_dtype", "Weights", ("serve",)),
     Control("kv_dtype", "KV cache", ("serve",)),
     Control("context", "Context (tokens per sequence)", ("serve",)),
@@ -89,8 +99,19 @@ CONTROLS: tuple[Control, ...] = (
 
 #: What a choice control shows for "the option not given" (hfmem's default, often read from the model).
 DEFAULT_CHOICE = "default"
-#: `zero_stages` not given: every stage the setup allows, one bar each.
+#: `zero_stages` not given: every stage the setup allows, one bar each (one on one GPU: `hfmem.report.shown_stages`).
 ALL_STAGES = "all"
+
+
+def _context_choices() -> tuple[tuple[str, str], ...]:
+    """The context control's named choices (a token count may be typed too): hfmem's default and ``--context max``."""
+    from hfmem.cli import FULL_CONTEXT
+    from hfmem.memory.activations import DEFAULT_SEQ_LEN_CAP
+
+    return (
+        (f"default: the model's context, at most {DEFAULT_SEQ_LEN_CAP:,} tokens", DEFAULT_CHOICE),
+        (f"{FULL_CONTEXT}: the model's whole context", FULL_CONTEXT),
+    )
 
 
 # --------------------------------------------------------------------------------------------------- the options
@@ -125,7 +146,8 @@ def _default(option: click.Option) -> Any:
 
 @dataclass(frozen=True)
 class Widget:
-    """What a control is on the page: ``kind`` is "choice", "number" or "flag"."""
+    """What a control is on the page: ``kind`` is "choice", "number", "flag" or "tokens" (a count, or a named
+    choice: `_context_choices`)."""
 
     control: Control
     key: str
@@ -137,7 +159,10 @@ class Widget:
 
 
 def widgets(tasks: Iterable[str] | None = None) -> list[Widget]:
-    """The controls this hfmem offers (for ``tasks``, or all), each described by its click option."""
+    """The controls this hfmem offers (for ``tasks``, or all), each described by its click option; a control is
+    left out of a task whose command (``hfmem train`` / ``hfmem serve``) does not take its option."""
+    from hfmem.cli import ContextTokens, takes_option
+
     options = _options()
     wanted = None if tasks is None else set(tasks)
     found = []
@@ -145,10 +170,16 @@ def widgets(tasks: Iterable[str] | None = None) -> list[Widget]:
         option = options.get(control.name)
         if option is None or (wanted is not None and not wanted & set(control.tasks)):
             continue
+        plans = {TASKS[t][1] for t in (wanted & set(control.tasks) if wanted is not None else control.tasks)}
+        if not any(takes_option(plan, control.name) for plan in plans):
+            continue
         kind = _inner(option)
         key = url_key(control.name)
         if option.is_flag:
             found.append(Widget(control, key, "flag", bool(_default(option)), help=option.help))
+        elif isinstance(kind, ContextTokens):  # --context: N tokens, or max
+            choices = tuple(value for _, value in _context_choices())
+            found.append(Widget(control, key, "tokens", DEFAULT_CHOICE, choices, minimum=1, help=option.help))
         elif isinstance(kind, click.Choice):
             default = _default(option)
             choices = tuple(str(c) for c in kind.choices)
@@ -174,7 +205,7 @@ def _given(widget: Widget, value: Any) -> str | None:
         return None
     if widget.kind == "flag":
         return "" if _truthy(value) and not widget.default else None
-    if widget.kind == "choice":
+    if widget.kind == "choice" or (widget.kind == "tokens" and str(value) in widget.choices):
         text = str(value)
         return None if text in (DEFAULT_CHOICE, ALL_STAGES) or text == str(widget.default) else text
     number = value
@@ -190,12 +221,13 @@ def _truthy(value: Any) -> bool:
 
 def command_args(settings: Mapping[str, Any], *, model: str | None = None) -> list[str]:
     """The ``hfmem`` arguments for the page's settings (keys as in the URL: ``model``, ``task``, ``gpu``, and each
-    control's flag without dashes). Defaults are left out; a GPU adds ``--max-batch`` to training, so the page can
-    say the largest micro-batch that fits. ``model`` replaces ``settings["model"]`` (an uploaded config's path).
+    control's flag without dashes): the task's command (``train`` / ``serve``), the model, then the options not at
+    their defaults; a GPU adds ``--max-batch`` to training, so the page can say the largest micro-batch that fits.
+    ``model`` replaces ``settings["model"]`` (an uploaded config's path).
 
     Example:
         >>> command_args({"model": "Qwen/Qwen3-8B", "task": "lora", "gpu": "rtx-4090", "seq-len": "4096"})[:6]
-        ['Qwen/Qwen3-8B', '--training-only', '--method', 'lora', '--seq-len', '4096']
+        ['train', 'Qwen/Qwen3-8B', '--method', 'lora', '--seq-len', '4096']
     """
     task = str(settings.get("task") or DEFAULTS["task"])
     if task not in TASKS:
@@ -203,7 +235,8 @@ def command_args(settings: Mapping[str, Any], *, model: str | None = None) -> li
     chosen = model if model is not None else str(settings.get("model") or "").strip()
     if not chosen:
         raise click.UsageError("give a model: a Hub id (the list offers the bundled catalogue) or a config.json")
-    args = [chosen, *TASKS[task][1]]
+    _, command, task_args = TASKS[task]
+    args = [command, chosen, *task_args]
     done: set[str] = set()
     for widget in widgets([task]):
         if widget.key in done:
@@ -224,7 +257,7 @@ def command_args(settings: Mapping[str, Any], *, model: str | None = None) -> li
 
 def command_line(args: Sequence[str], *, shown_model: str | None = None) -> str:
     """``hfmem …`` as a shell line; ``shown_model`` replaces the model (an upload's temporary path by its name)."""
-    words = [shown_model, *args[1:]] if shown_model is not None else list(args)
+    words = [args[0], shown_model, *args[2:]] if shown_model is not None else list(args)
     return "hfmem " + shlex.join(words)
 
 
@@ -292,30 +325,26 @@ def _prepared(model: str, revision: str | None, on_build: Callable[[str], None] 
 
 
 def _parse(args: Sequence[str]) -> click.Context:
-    """``hfmem ARGS`` parsed by the CLI's own options (types, ranges, choices, messages)."""
-    from hfmem.cli import cli
+    """``hfmem COMMAND ARGS`` parsed by the command's own options (types, ranges, choices, messages)."""
+    from hfmem.cli import SUBCOMMANDS
 
-    return cli.make_context("hfmem", list(args))
+    return SUBCOMMANDS[args[0]].make_context(f"hfmem {args[0]}", list(args[1:]))
 
 
 def _plan(ctx: click.Context, on_build: Callable[[str], None] | None) -> Report:
-    """The CLI's own translation of parsed options into setups, planned on the (memoised) model."""
-    from hfmem.cli import _combinations, _finetune_given, _setups
+    """The CLI's own run of ``hfmem train`` / ``hfmem serve`` on parsed options (their setups, the engine's
+    checks and plan), on the (memoised) model."""
+    from hfmem.cli import _check_engines, _combinations, _finetune_given, _report, plan_options
 
-    opts = dict(ctx.params)
+    opts = plan_options(ctx.command, dict(ctx.params))  # type: ignore[arg-type]
     opts["finetune_given"] = _finetune_given(ctx, None)
-    (_, scalars), *more = _combinations(opts)
-    assert not more, "the page gives one value per option"
-    setup, serve, training = _setups(scalars, is_params=False)
+    opts["token"] = None  # the page never sends a token
+    combos = _combinations(opts)
+    assert len(combos) == 1, "the page gives one value per option"
+    _check_engines(combos, has_model=True)
+    scalars = combos[0][1]
     prepared = _prepared(scalars["model"], scalars["revision"], on_build)
-    return prepared.report(
-        setup,
-        training=training,
-        inference=serve,
-        find_max_batch=scalars["max_batch"],
-        checkpoint=scalars["checkpoint"] and serve is not None,  # as the CLI: the stored tensors, for serving
-        finetune_given=scalars["finetune_given"],
-    )
+    return _report(prepared, scalars, spinner=False)
 
 
 def error_line(error: Exception, ctx: click.Context | None = None) -> str:
@@ -344,9 +373,9 @@ def answer(
     shown = Path(upload).name if upload else None
     try:
         args = command_args(settings, model=upload)
-        if upload is None and _server_path(args[0]):
+        if upload is None and _server_path(args[1]):
             raise click.UsageError(
-                f"{args[0]!r} is a path on the server running the page; give a Hub id, or upload the config.json"
+                f"{args[1]!r} is a path on the server running the page; give a Hub id, or upload the config.json"
             )
     except click.ClickException as e:
         return Answer(args=(), command="", error=error_line(e))
@@ -367,7 +396,10 @@ def answer(
         return Answer(args=tuple(args), command=command, error=message)
     finally:
         NETWORK_BUDGET.reset(budget)
-    notes = tuple(dict.fromkeys([*report.model.notes, *report.notes]))
+    from hfmem.report import training_notes
+
+    training = training_notes(report.training) if report.training is not None else []
+    notes = tuple(dict.fromkeys([*report.model.notes, *report.notes, *training]))
     return Answer(args=tuple(args), command=command, report=report, notes=notes)
 
 
@@ -410,14 +442,15 @@ def _gpu_of(report: Report) -> Any:
 
 
 def bars(report: Report) -> list[Bar]:
-    """The report's plans as bars: one per ZeRO stage (or FSDP strategy) when training, one when serving."""
-    from hfmem.report import inference_parts, stage_parts
+    """The report's plans as bars: one per ZeRO stage (or FSDP strategy) the CLI shows when training
+    (`hfmem.report.shown_stages`: ZeRO-0 alone on one GPU), one when serving."""
+    from hfmem.report import inference_parts, shown_stages, stage_parts
 
     found = []
     training = report.training
     if training is not None:
         fsdp = training.setup.parallel.fsdp
-        for stage in training.stages:
+        for stage in shown_stages(training):
             label = f"FSDP {fsdp}" if fsdp else f"ZeRO-{stage.zero_stage}"
             if stage.pipeline_stage is not None:
                 label += f", pipeline stage {stage.pipeline_stage}"
@@ -446,7 +479,7 @@ def bars(report: Report) -> list[Bar]:
         found.append(
             Bar(
                 key="serve",
-                label="serving",
+                label="serving" if report.engine is None else "transformers",
                 parts=tuple(inference_parts(served)),
                 total_bytes=served.total_bytes,
                 fits=served.fits,
@@ -559,7 +592,23 @@ def render_summary(report: Report) -> str:
     for plan in bars(report):
         peak = ("≥ " if not plan.measured else "") + _gib(plan.total_bytes)
         lines.append(f"| {plan.label} | {peak} | {_verdict(plan)} | {plan.largest or '—'} |")
+    if report.engine is not None:
+        lines += ["", *render_engine(report)]
     return "\n".join(lines) + "\n"
+
+
+def render_engine(report: Report) -> list[str]:
+    """Markdown lines: the serving engine's verdict and its start-up accounting (KV budget, blocks, concurrency),
+    as `hfmem.report` words them for the terminal."""
+    from hfmem.report import engine_rows, engine_verdict_line
+
+    engine = report.engine
+    assert engine is not None
+    lines = [f"**{html.escape(engine_verdict_line(report))}**", "", "| engine start-up | |", "|---|---|"]
+    lines += [
+        f"| {html.escape(what)} | {html.escape(value)} |".replace("\n", " ") for what, value in engine_rows(engine)
+    ]
+    return lines
 
 
 def suggestions(settings: Mapping[str, Any], report: Report) -> list[tuple[str, str]]:
@@ -682,7 +731,7 @@ def build_app() -> gr.Blocks:
                     elem_id="hfmem-upload",
                 )
                 task = gr.Radio(
-                    [(label, key) for key, (label, _) in TASKS.items()],
+                    [(label, key) for key, (label, _, _) in TASKS.items()],
                     value=DEFAULTS["task"],
                     label="Task",
                     elem_id="hfmem-task",
@@ -750,6 +799,8 @@ def build_app() -> gr.Blocks:
                     value = int(raw) if str(raw).strip().lstrip("-").isdigit() else None
                 elif w.kind == "flag":
                     value = _truthy(raw)
+                elif w.kind == "tokens":
+                    value = int(raw) if str(raw).strip().isdigit() else (raw if raw in w.choices else w.default)
                 else:
                     value = raw if raw in w.choices else w.default
                 values.append(gr.update(value=value, visible=task_v in w.control.tasks))
@@ -800,6 +851,8 @@ def _control(gr: Any, w: Widget) -> Any:
     }
     if w.kind == "choice":
         return gr.Dropdown(list(w.choices), value=w.default, **common)
+    if w.kind == "tokens":  # hfmem's default, the whole context, or a count typed in
+        return gr.Dropdown(list(_context_choices()), value=w.default, allow_custom_value=True, **common)
     if w.kind == "flag":
         return gr.Checkbox(value=w.default, **common)
     start = DEFAULTS.get(w.key, w.default)

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 import hfmem
 from hfmem import web
-from hfmem.cli import cli
-from hfmem.types import FinetuneSettings, InferenceSetup, TrainingSetup
+from hfmem.cli import cli, takes_option
+from hfmem.types import EngineSetup, FinetuneSettings, InferenceSetup, TrainingSetup
 
 from .conftest import FIXTURES, TINY_LLAMA, TINY_LLAMA_PARAMS
 
@@ -50,8 +50,8 @@ def cli_error(runner: CliRunner, args: list[str]) -> str:
 def test_the_first_view_is_the_issue_question_as_a_command() -> None:
     # Issue 16's "done when": does Llama-3.1-8B LoRA fit one RTX 4090 at 4k tokens? A GPU adds --max-batch.
     assert web.command_args(web.DEFAULTS) == [
+        "train",
         "meta-llama/Llama-3.1-8B",
-        "--training-only",
         "--method",
         "lora",
         "--seq-len",
@@ -72,16 +72,23 @@ def test_defaults_and_other_tasks_controls_are_left_out() -> None:
         "kv-dtype": "default",
         "tp": 1,  # hfmem's default
     }
-    assert web.command_args(settings) == [MODEL, "--inference-only", "--context", "2048", "--batch-size", "4"]
-    assert (
-        web.command_line(web.command_args(settings)) == f"hfmem {MODEL} --inference-only --context 2048 --batch-size 4"
-    )
+    assert web.command_args(settings) == ["serve", MODEL, "--context", "2048", "--batch-size", "4"]
+    assert web.command_line(web.command_args(settings)) == f"hfmem serve {MODEL} --context 2048 --batch-size 4"
+    # The context's default is hfmem serve's own (no --context); "max" is --context max, the model's whole context.
+    assert web.command_args({**settings, "context": "default"}) == ["serve", MODEL, "--batch-size", "4"]
+    assert web.command_args({**settings, "context": "max"}) == ["serve", MODEL, "--context", "max", "--batch-size", "4"]
 
 
 def test_every_control_is_an_option_of_hfmem_and_a_missing_one_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
     flags = {opt for p in cli.params for opt in getattr(p, "opts", [])}
     shown = web.widgets()
     assert shown and all("--" + w.key in flags for w in shown)
+    # Each task offers only what its command takes: hfmem train has no serving options, hfmem serve no training ones.
+    for task, (_, command, _) in web.TASKS.items():
+        assert all(takes_option(command, w.control.name) for w in web.widgets([task]))
+    assert {"engine", "context", "kv-dtype"} <= {w.key for w in web.widgets(["serve"])}
+    assert not {"precision", "seq-len", "optimizer-impl"} & {w.key for w in web.widgets(["serve"])}
+    assert {"optimizer-impl", "optimizer-in-backward"} <= {w.key for w in web.widgets(["train"])}
     extra = web.Control("no_such_option", "Nothing", web.TRAINING_TASKS)
     monkeypatch.setattr(web, "CONTROLS", (*web.CONTROLS, extra))
     assert [w.key for w in web.widgets()] == [w.key for w in shown]
@@ -127,7 +134,7 @@ def test_lora_answer_is_estimate_and_the_cli_json() -> None:
     # The download is `hfmem … --json` for the command line the page shows.
     assert (
         found.command
-        == f"hfmem {MODEL} --training-only --method lora --lora-rank 16 --batch-size 2 --seq-len 512 --gpu rtx-4090 "
+        == f"hfmem train {MODEL} --method lora --lora-rank 16 --batch-size 2 --seq-len 512 --gpu rtx-4090 "
         "--max-batch"
     )
     doc = json.loads(Path(web.json_file(found.report)).read_text())
@@ -149,6 +156,61 @@ def test_serving_answer_is_estimate() -> None:
     assert "largest context" in web.render_summary(found.report)
     doc = json.loads(Path(web.json_file(found.report)).read_text())
     assert doc == cli_json(CliRunner(), list(found.args))
+
+
+def test_the_serving_context_is_hfmem_serves_default_or_the_whole_context() -> None:
+    # SmolLM2-135M-Instruct's config.json: max_position_embeddings 8192. Issue 14: serving defaults to training's
+    # sequence length, the model's context capped at 4096; --context max serves all of it.
+    for choice, context in (("default", 4096), ("max", 8192)):
+        found = web.answer({"model": MODEL, "task": "serve", "context": choice})
+        assert found.report is not None and found.report.inference is not None
+        assert found.report.inference.context == context
+        expected = hfmem.estimate(
+            MODEL, training=False, inference=InferenceSetup(full_context=choice == "max"), setup=TrainingSetup()
+        )
+        assert found.report.inference == expected.inference
+        assert f"× {context:,} tokens of context" in web.render_summary(found.report)
+        assert json.loads(Path(web.json_file(found.report)).read_text()) == cli_json(CliRunner(), list(found.args))
+
+
+def test_an_engine_shows_its_start_up_accounting() -> None:
+    settings = {"model": MODEL, "task": "serve", "gpu": "rtx-4090", "engine": "vllm"}
+    found = web.answer(settings)
+    assert found.command == f"hfmem serve {MODEL} --engine vllm --gpu rtx-4090"
+    assert found.report is not None and found.report.engine is not None
+    expected = hfmem.estimate(
+        MODEL,
+        training=False,
+        inference=InferenceSetup(gpu="rtx-4090"),
+        setup=TrainingSetup(gpu="rtx-4090"),
+        engine=EngineSetup(engine="vllm", gpu="rtx-4090"),
+    )
+    assert found.report.engine == expected.engine
+    summary = web.render_summary(found.report)
+    engine = expected.engine
+    assert f"{engine.kv_budget_bytes / 2**30:,.2f} GiB" in summary  # vLLM's "Available KV cache memory"
+    assert f"{engine.kv_tokens:,} tokens" in summary and f"{engine.max_concurrency:.2f}x" in summary
+    assert json.loads(Path(web.json_file(found.report)).read_text()) == cli_json(CliRunner(), list(found.args))
+    # An engine plans against a GPU: without one, the CLI's own line.
+    bare = web.answer({**settings, "gpu": ""})
+    assert bare.report is None and bare.error == cli_error(CliRunner(), list(bare.args))
+
+
+def test_one_gpu_shows_one_zero_row_as_the_cli() -> None:
+    # Issue 14: on one GPU without offload or --zero, the stages shard nothing: only ZeRO-0 is shown.
+    found = web.answer({"model": MODEL, "task": "train", "gpu": "rtx-4090", "seq-len": 256, "optimizer-impl": "fused"})
+    report = found.report
+    assert report is not None and report.training is not None and len(report.training.stages) == 4
+    assert found.command == f"hfmem train {MODEL} --optimizer-impl fused --seq-len 256 --gpu rtx-4090 --max-batch"
+    assert report.training.setup.optimizer_impl == "fused"
+    (plan,) = web.bars(report)
+    zero0 = next(stage for stage in report.training.stages if stage.zero_stage == 0)
+    assert plan.label == "ZeRO-0" and plan.total_bytes == zero0.total_bytes
+    assert re.findall(r'data-total-bytes="(\d+)"', web.render_bars(report)) == [str(zero0.total_bytes)]
+    assert any(note.startswith("one GPU: ZeRO has nothing to shard") for note in found.notes)
+    # ZeRO-3 chosen: that row, as `hfmem train … --zero 3` shows it.
+    three = web.answer({"model": MODEL, "task": "train", "seq-len": 256, "zero": "3"}).report
+    assert three is not None and [plan.label for plan in web.bars(three)] == ["ZeRO-3"]
 
 
 def test_the_bars_hold_the_reports_bytes_against_the_gpu_line() -> None:
@@ -183,7 +245,7 @@ def test_an_uploaded_config_is_planned_by_its_contents(tmp_path: Path) -> None:
     found = web.answer({"model": "ignored/when-uploading", "task": "train", "seq-len": 32}, upload=str(upload))
     assert found.report is not None
     assert found.report.inventory.total_params == TINY_LLAMA_PARAMS  # counted by hand in conftest.py
-    assert found.command.startswith("hfmem config.json --training-only")  # the upload's name, not its temp path
+    assert found.command.startswith("hfmem train config.json --seq-len 32")  # the upload's name, not its temp path
 
 
 # ------------------------------------------------------------------------------------- errors are the CLI's line
@@ -300,7 +362,7 @@ def test_the_page_builds_and_its_handler_fills_every_output() -> None:
     outputs = web.page_outputs(settings, web.answer(settings))
     error, summary, chart, advice, command, download, explain, notes, query = outputs
     assert error == "" and MODEL in summary and "hfmem-total" in chart
-    assert command.startswith(f"hfmem {MODEL} --training-only --method lora")
+    assert command.startswith(f"hfmem train {MODEL} --method lora")
     assert json.loads(Path(download).read_text())["model"]["id"] == MODEL
     assert "Weights" in explain or "weights" in explain
     assert query.startswith("model=")
@@ -338,6 +400,6 @@ def test_the_pages_own_handlers_map_controls_to_the_command() -> None:
     assert by_label["Context (tokens per sequence)"] == 2048 and by_label["Concurrent sequences"] == 3
     outputs = compute.fn(*values)
     command = outputs[4]
-    assert command == f"hfmem {MODEL} --inference-only --context 2048 --batch-size 3 --gpu rtx-4090"
+    assert command == f"hfmem serve {MODEL} --context 2048 --batch-size 3 --gpu rtx-4090"
     found = web.answer(web.settings_from_query(Request.query_params))
     assert f'data-total-bytes="{found.report.inference.total_bytes}"' in outputs[2]

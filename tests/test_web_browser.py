@@ -124,7 +124,7 @@ def test_the_pages_total_is_the_clis(server: tuple[str, dict[str, str]], browser
     page.on("request", lambda request: hosts.add(request.url.split("/")[2]))
     # A shared link: the URL's settings fill the page and are planned on load.
     page.goto(f"{url}?model={FIRST}&task=train&seq-len=256")
-    _wait_for_command(page, f"hfmem {FIRST} --training-only --seq-len 256")
+    _wait_for_command(page, f"hfmem train {FIRST} --seq-len 256")
 
     # Choose a catalogue model and a GPU, then change the micro-batch, as a user would.
     model = page.get_by_role("combobox", name="Model")
@@ -137,7 +137,7 @@ def test_the_pages_total_is_the_clis(server: tuple[str, dict[str, str]], browser
     batch = page.get_by_label("Micro-batch per GPU")
     batch.fill("2")
     batch.press("Enter")
-    args = [CHOSEN, "--training-only", "--batch-size", "2", "--seq-len", "256", "--gpu", "a100-40gb-sxm", "--max-batch"]
+    args = ["train", CHOSEN, "--batch-size", "2", "--seq-len", "256", "--gpu", "a100-40gb-sxm", "--max-batch"]
     _wait_for_command(page, "hfmem " + " ".join(args))
     page.wait_for_function("() => window.location.search.includes('batch-size=2')", timeout=30_000)
 
@@ -145,8 +145,10 @@ def test_the_pages_total_is_the_clis(server: tuple[str, dict[str, str]], browser
     done = subprocess.run(
         [sys.executable, "-m", "hfmem", *args, "--json"], env=env, capture_output=True, text=True, check=True
     )
-    expected = [stage["per_gpu_bytes"]["total"] for stage in json.loads(done.stdout)["training"]["stages"]]
-    assert shown == expected
+    training = json.loads(done.stdout)["training"]
+    # The rows the CLI shows: on one GPU, ZeRO-0 alone (issue 14), whose total the page draws.
+    expected = [s["per_gpu_bytes"]["total"] for s in training["stages"] if s["zero_stage"] in training["shown_stages"]]
+    assert training["shown_stages"] == [0] and shown == expected
     # The verdict is on the page, and nothing was fetched from anywhere but the page's own server.
     assert "NVIDIA A100-SXM4-40GB" in page.locator("#hfmem-summary").inner_text()
     assert hosts == {url.split("/")[2]}, hosts
@@ -154,10 +156,43 @@ def test_the_pages_total_is_the_clis(server: tuple[str, dict[str, str]], browser
     shot = os.environ.get("HFMEM_WEB_SCREENSHOT")
     if shot:  # the first view, as a new user sees it: the issue's question, answered
         page.goto(url)
-        _wait_for_command(page, "hfmem meta-llama/Llama-3.1-8B --training-only --method lora --seq-len 4096")
+        _wait_for_command(page, "hfmem train meta-llama/Llama-3.1-8B --method lora --seq-len 4096")
         page.screenshot(path=shot, full_page=True)
     else:
         path = Path(tempfile.mkdtemp()) / "web.png"
         page.screenshot(path=str(path), full_page=True)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         shutil.rmtree(path.parent)
+
+
+def test_serving_context_and_engine_are_the_clis(server: tuple[str, dict[str, str]], browser: object) -> None:
+    url, env = server
+    page = browser.new_page()  # type: ignore[attr-defined]
+    # A shared link serving the whole context (--context max), then a context typed into the same box.
+    page.goto(f"{url}?model={FIRST}&task=serve&gpu=rtx-4090&context=max")
+    _wait_for_command(page, f"hfmem serve {FIRST} --context max --gpu rtx-4090")
+    context = page.get_by_role("combobox", name="Context (tokens per sequence)")
+    context.click()
+    context.fill("1024")
+    context.press("Enter")
+    args = ["serve", FIRST, "--context", "1024", "--gpu", "rtx-4090"]
+    _wait_for_command(page, "hfmem " + " ".join(args))
+    done = subprocess.run(
+        [sys.executable, "-m", "hfmem", *args, "--json"], env=env, capture_output=True, text=True, check=True
+    )
+    assert _totals(page) == [json.loads(done.stdout)["inference"]["per_gpu_bytes"]["total"]]
+    # vLLM chosen: its start-up accounting is on the page, with the CLI's KV tokens.
+    engine = page.get_by_role("combobox", name="Engine")
+    engine.click()
+    page.get_by_role("option", name="vllm", exact=True).click()
+    args = ["serve", FIRST, "--engine", "vllm", "--context", "1024", "--gpu", "rtx-4090"]
+    _wait_for_command(page, "hfmem " + " ".join(args))
+    done = subprocess.run(
+        [sys.executable, "-m", "hfmem", *args, "--json"], env=env, capture_output=True, text=True, check=True
+    )
+    tokens = json.loads(done.stdout)["engine"]["kv_tokens"]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "want => document.querySelector('#hfmem-summary').innerText.includes(want)",
+        arg=f"{tokens:,} tokens",
+        timeout=180_000,
+    )
