@@ -212,11 +212,39 @@ def test_moments_hold_what_the_readme_says() -> None:
     assert (backward.activations_bytes, backward.logits_bytes) == (saved, 256_000 + 3 * 512_000)
     # step: activations are freed.
     assert (step.activations_bytes, step.logits_bytes) == (0, 0)
+    # Weights (2), master (4) and Adam (8) bytes per parameter live throughout; the 2-byte bf16 gradients are freed
+    # after each step (zero_grad(set_to_none=True)) and, with one micro-batch per step, exist only at the step.
+    assert [m.states_bytes for m in (forward, backward, step)] == [14 * PSI, 14 * PSI, 16 * PSI]
+    assert [m.gradients_at_step_bytes for m in (forward, backward, step)] == [2 * PSI] * 3
     for moment in (forward, backward, step):
-        assert moment.states_bytes == 16 * PSI  # model states live throughout
         assert moment.total_bytes == moment.states_bytes + moment.activations_bytes + moment.logits_bytes + sum(
             i.size_bytes for i in moment.overhead_items
         )
+
+
+@pytest.mark.parametrize(
+    ("setup", "persist"),
+    [
+        (TrainingSetup(zero_stages=(0,), grad_accumulation=4), True),  # summed over micro-batches
+        (TrainingSetup(zero_stages=(2,), gpus_per_node=2), False),  # ZeRO-1/2 free them at step
+        (TrainingSetup(zero_stages=(3,), gpus_per_node=2), True),  # grad_partitions_flat_buffer, from init
+        (TrainingSetup(zero_stages=(3,), gpus_per_node=2, grad_accumulation=2), True),
+        (TrainingSetup(zero_stages=(2,), gpus_per_node=2, accounting="deepspeed"), True),  # the estimator's own
+    ],
+)
+def test_which_setups_keep_the_gradients_through_the_step(setup: TrainingSetup, persist: bool) -> None:
+    states = compute_training(model(), setup).stages[0]
+    acts = ActivationEstimate(1_000, 0, 512, 1_280, 1_792)
+    forward, backward, step = phase_candidates(model(), setup, states, acts)
+    assert step.gradients_bytes == states.gradients_bytes > 0
+    expected = states.gradients_bytes if persist else 0
+    assert (forward.gradients_bytes, backward.gradients_bytes) == (expected, expected)
+
+
+def test_pipeline_micro_batches_keep_the_gradients() -> None:
+    setup = TrainingSetup(zero_stages=(0,), gpus_per_node=2, parallel=ParallelSettings(pp=2), seq_len=128)
+    planned = plan_training(model(), setup, profile()).stages[0]
+    assert planned.gradients_bytes == planned.gradients_at_step_bytes > 0
 
 
 def test_recompute_replaces_the_loss_gradients_when_larger() -> None:
