@@ -298,3 +298,52 @@ def test_serving_overhead_lines_by_hand() -> None:
     # REFERENCE.md §5: 10 % of what is allocated while serving (cache, activations, the transients above).
     allocated = served.kv_cache_bytes + served.activations_bytes + layer + 11008 * 4096 * 2
     assert lines["allocator_fragmentation"] == int(allocated * 0.10)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gradients freed after each step (--grad-accumulation 1) against accumulated ones, on a real model
+
+
+def test_llama_full_finetune_without_accumulation_has_no_gradients_before_the_step() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from hfmem.cli import cli
+    from hfmem.types import OverheadSettings
+
+    # Llama-3.2-1B by hand (config: vocab 128,256, hidden 2,048, 16 layers, 32 heads / 8 KV heads of 64, MLP 8,192,
+    # tied embeddings): embeddings + per layer (q, o 2048²; k, v 2048 × 512; gate, up, down 2048 × 8192; 2 norms)
+    # + the final norm.
+    layer = 2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 8192 + 2 * 2048
+    psi = 128_256 * 2048 + 16 * layer + 2048
+    assert psi == 1_235_814_400  # the model card's "1.24B"
+    grads = 2 * psi  # bf16-mixed: 2-byte gradients (ZeRO paper §3.1)
+    args = ["train", "meta-llama/Llama-3.2-1B", "--seq-len", "2048", "--batch-size", "4", "--zero", "0", "--json"]
+    runs = {}
+    for n in (1, 4):
+        result = CliRunner().invoke(cli, [*args, "--grad-accumulation", str(n)], catch_exceptions=False)
+        assert result.exit_code == 0, result.stderr
+        doc = json.loads(result.stdout)
+        assert doc["training"]["settings"]["grad_accumulation"] == n
+        runs[n] = doc["training"]["stages"][0]
+    one, four = runs[1], runs[4]
+    # 4 × 2048 tokens × 128,256 × (2 + 3 × 4) bytes of logits at the loss: both peak as backward starts.
+    assert one["peak_phase"] == four["peak_phase"] == "backward"
+    assert four["per_gpu_bytes"]["gradients"] == four["gradients_at_step_bytes"] == grads  # accumulated: live
+    assert one["per_gpu_bytes"]["gradients"] == 0 and one["gradients_at_step_bytes"] == grads  # freed by zero_grad
+    # The same moment less the gradients: weights 2 + master 4 + Adam 8 bytes per parameter stay.
+    for key in ("weights", "master_weights", "optimizer_states", "activations", "logits"):
+        assert one["per_gpu_bytes"][key] == four["per_gpu_bytes"][key]
+    assert one["per_gpu_bytes"]["weights"] + one["per_gpu_bytes"]["optimizer_states"] == 10 * psi
+
+    def allocated(stage: dict) -> int:  # type: ignore[type-arg]
+        return (
+            stage["per_gpu_bytes"]["total"]
+            - stage["overheads"]["allocator_fragmentation"]
+            - (stage["overheads"]["cuda_context"])
+        )
+
+    assert allocated(one) == allocated(four) - grads
+    phi = OverheadSettings().fragmentation
+    assert one["overheads"]["allocator_fragmentation"] == int(allocated(one) * phi)
