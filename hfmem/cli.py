@@ -875,7 +875,8 @@ def _list_catalogue(json_: bool) -> None:
     default=1,
     show_default=True,
     help="Micro-batches per optimizer step. 1: gradients are freed after each step (zero_grad), so none are live "
-    "in forward or as backward starts; more: they persist between micro-batches.",
+    "in forward or as backward starts; more: they persist between micro-batches (as they do when a loop zeroes "
+    "instead of freeing: zero_grad(set_to_none=False), torch < 2.0's default).",
 )
 @click.option(
     "--seq-len",

@@ -23,8 +23,10 @@ STATES = ("weights", "master_weights", "gradients", "optimizer_states")
 
 
 def states_total(stage: dict) -> int:  # type: ignore[type-arg]
-    """The model-state part of a stage's per-GPU bytes (what the ZeRO paper counts)."""
-    return sum(stage["per_gpu_bytes"][key] for key in STATES)
+    """The model-state part of a stage's per-GPU bytes (what the ZeRO paper counts), the gradients as the step
+    holds them (a row peaking before the step has freed ones absent from per_gpu_bytes)."""
+    parts = {**stage["per_gpu_bytes"], "gradients": stage["gradients_at_step_bytes"]}
+    return sum(parts[key] for key in STATES)
 
 
 def run(runner: CliRunner, *args: str) -> tuple[int, str, str]:

@@ -381,10 +381,11 @@ def _phases(
     """``(phase, activations, logits, gradients, (key, bytes) of the overheads)`` at forward, backward and the
     optimizer step."""
     x = overhead_inputs(inventory, setup)
+    stored = _stored_gradients(states)
     others = states.states_bytes - states.gradients_bytes  # weights, master weights, optimizer states: always live
     for phase in ("forward", "backward", "optimizer_step"):
         acts, logits = phase_bytes(activations, phase)  # type: ignore[arg-type]
-        grads: int = phase_gradient_bytes(setup, states.zero_stage, phase, states.gradients_bytes)  # type: ignore[arg-type, assignment]
+        grads: int = phase_gradient_bytes(setup, states.zero_stage, phase, stored)  # type: ignore[arg-type, assignment]
         terms: list[tuple[str, int]] = overhead_terms(setup, states.zero_stage, phase, x)  # type: ignore[arg-type, assignment]
         # Paged optimizer states are CUDA managed memory: not the caching allocator's, so no slack on them.
         allocated = others + grads - states.paged_states_bytes + acts + logits + allocator_buffer_bytes(terms)
@@ -392,6 +393,11 @@ def _phases(
         if fragmentation:
             terms.append(("allocator_fragmentation", fragmentation))
         yield phase, acts, logits, grads, terms  # type: ignore[misc]
+
+
+def _stored_gradients(states: StageMemory) -> int:
+    """All the gradients of ``states``: its gradients, or, for a row already placed at its peak, those at the step."""
+    return states.gradients_bytes if states.gradients_at_step_bytes is None else states.gradients_at_step_bytes
 
 
 def _items(setup: TrainingSetup, terms: list[tuple[str, int]]) -> tuple[OverheadItem, ...]:
@@ -418,7 +424,7 @@ def _at_phase(
     return replace(
         states,
         gradients_bytes=grads,
-        gradients_at_step_bytes=states.gradients_bytes,
+        gradients_at_step_bytes=_stored_gradients(states),
         activations_bytes=acts,
         logits_bytes=logits,
         overhead_bytes=sum(size for _, size in terms),
