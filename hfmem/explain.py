@@ -935,24 +935,39 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
 
     vocab = prof.vocab_size
     g_bytes = prof.logits_bytes
-    elt = profile_logit_element_bytes(prof)
-    shape_note = f" (= b × s × V × {elt} = {prof.batch_size} × {prof.seq_len:,} × {vocab:,} × {elt})" if elt else ""
-    upcast = prof.logits_saved_bytes > prof.logits_bytes
-    text = (
-        f"The model's output scores, one per vocabulary entry per token: G = {g_bytes:,} bytes{shape_note}. "
-        + (
-            f"The loss upcasts them to fp32 and cross_entropy keeps its fp32 log-softmax, Λ = "
-            f"{prof.logits_saved_bytes:,} bytes. At the loss in forward, G, the fp32 copy and Λ are live (G + 2Λ); "
-            if upcast
-            else f"cross_entropy keeps its log-softmax, Λ = {prof.logits_saved_bytes:,} bytes. At the loss in forward "
-            "G and Λ are live (G + Λ); "
+    if prof.head in ("lm", "seq2seq-lm"):
+        elt = profile_logit_element_bytes(prof)
+        tokens = "b × t × V" if prof.target_len is not None else "b × s × V"
+        length = prof.target_len if prof.target_len is not None else prof.seq_len
+        shape_note = f" (= {tokens} × {elt} = {prof.batch_size} × {length:,} × {vocab:,} × {elt})" if elt else ""
+        upcast = prof.logits_saved_bytes > prof.logits_bytes
+        text = (
+            f"The model's output scores, one per vocabulary entry per token: G = {g_bytes:,} bytes{shape_note}. "
+            + (
+                f"The loss upcasts them to fp32 and cross_entropy keeps its fp32 log-softmax, Λ = "
+                f"{prof.logits_saved_bytes:,} bytes. At the loss in forward, G, the fp32 copy and Λ are live (G + 2Λ); "
+                if upcast
+                else f"cross_entropy keeps its log-softmax, Λ = {prof.logits_saved_bytes:,} bytes. At the loss in "
+                "forward G and Λ are live (G + Λ); "
+            )
+            + "when backward starts, the loss's gradient and the gradient through the log-softmax are added "
+            "(G + 3Λ). Only the moment that is the peak is counted; when a checkpointed layer's recompute is larger, "
+            "the vocabulary-sized tensors are already gone (0)."
+            + (
+                f" With tensor parallelism the LM head and loss are vocab-parallel (÷ t = {par.tp})."
+                if par.tp > 1
+                else ""
+            )
+            + (" With pipeline parallelism they live on the last stage only." if par.pp > 1 else "")
         )
-        + "when backward starts, the loss's gradient and the gradient through the log-softmax are added (G + 3Λ). "
-        + "Only the moment that is the peak is counted; when a checkpointed layer's recompute is larger, the "
-        "vocabulary-sized tensors are already gone (0)."
-        + (f" With tensor parallelism the LM head and loss are vocab-parallel (÷ t = {par.tp})." if par.tp > 1 else "")
-        + (" With pipeline parallelism they live on the last stage only." if par.pp > 1 else "")
-    )
+    else:
+        shape = " × ".join(f"{n:,}" for n in prof.logits_shape) or "nothing"
+        text = (
+            f"The {prof.head.replace('-', ' ')} head returns a few scores per sequence or token, not one per "
+            f"vocabulary entry: G = {g_bytes:,} bytes, a tensor of {shape} ({prof.dtype}), live from the loss until "
+            "backward ends. Its loss keeps tensors of the same small size, counted with the activations (Λ = 0 here)."
+            + (" With pipeline parallelism they live on the last stage only." if par.pp > 1 else "")
+        )
     out.append(Explanation("training", "Logits", text, tuple(_merge_stages(logit_rows, setup)), (SRC_LOSS, SRC_TRACE)))
     return out
 

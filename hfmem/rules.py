@@ -26,6 +26,7 @@ __all__ = [
     "check_setup",
     "check_finetune",
     "check_parallel",
+    "check_target_len",
 ]
 
 #: ``--fsdp`` → the ZeRO stage with the same sharding (torch ``ShardingStrategy`` docstring; REFERENCE §2.5):
@@ -82,6 +83,8 @@ def check_setup(
     check_finetune(setup.finetune, has_model=has_model)
     if setup.batch_size < 1 or (setup.seq_len is not None and setup.seq_len < 1):
         raise InvalidSetupError("--batch-size and --seq-len must be at least 1")
+    if setup.target_len is not None and setup.target_len < 1:
+        raise InvalidSetupError(f"--target-len must be at least 1, got {setup.target_len}")
     if setup.dropout is not None and not 0.0 <= setup.dropout < MAX_DROPOUT_EXCLUSIVE:
         raise InvalidSetupError(f"--dropout must be in [0, {MAX_DROPOUT_EXCLUSIVE:g}), got {setup.dropout}")
     _check_fragmentation(setup.overheads.fragmentation)
@@ -91,6 +94,23 @@ def check_setup(
         if inference.batch_size < 1 or (inference.prefill_chunk is not None and inference.prefill_chunk < 1):
             raise InvalidSetupError("--batch-size and --prefill-chunk must be at least 1")
         _check_fragmentation(inference.overheads.fragmentation)
+
+
+def check_target_len(setup: TrainingSetup, inventory: ParameterInventory) -> None:
+    """Refuse ``--target-len`` for a model without a decoder of its own: only an encoder–decoder model (T5, BART…:
+    ``is_encoder_decoder``) runs decoder tokens apart from the encoder's; a decoder-only or encoder-only model's
+    whole sequence is ``--seq-len``.
+
+    Raises:
+        InvalidSetupError: ``target_len`` given for such a model (or for ``--params``, which has no model).
+    """
+    if setup.target_len is None or inventory.encoder_decoder:
+        return
+    what = f"{inventory.architecture or inventory.model_type} has" if inventory.has_shapes else "--params gives"
+    raise InvalidSetupError(
+        f"--target-len sets the decoder length of an encoder-decoder model (T5, BART…); {what} no separate decoder, "
+        "so drop --target-len and give the whole sequence with --seq-len"
+    )
 
 
 def _check_fragmentation(fraction: float) -> None:

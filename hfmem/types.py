@@ -90,6 +90,9 @@ class ResolvedModel:
             ``target_modules``, ``modules_to_save``, ``use_dora``) when MODEL is such an adapter, else None.
             `hfmem.estimate` plans them unless the caller gives a `FinetuneSettings` (see `adapter_finetune`).
         adapter_origin: where ``adapter`` was read (``<folder>/adapter_config.json`` or ``<repo> adapter_config.json``).
+        architecture_given: the class the caller named (``--architecture``, `hfmem.api.with_architecture`), which
+            ``config["architectures"]`` now names too; building refuses a name transformers does not have rather
+            than fall back to another class.
     """
 
     model_id: str
@@ -100,6 +103,7 @@ class ResolvedModel:
     notes: tuple[str, ...] = ()
     adapter: FinetuneSettings | None = None
     adapter_origin: str | None = None
+    architecture_given: str | None = None
 
     @property
     def model_type(self) -> str | None:
@@ -165,6 +169,8 @@ class ParameterInventory:
     the config class's defaults filled in), None when it has none. ``image_inputs``: the model's forward takes images
     (``pixel_values``) next to token ids, which the traces do not feed it. ``attention_modules``: modules whose class
     is an attention (its name contains ``Attention``); 0 for a recurrent model (Mamba), None when unknown.
+    ``encoder_decoder``: the built config says ``is_encoder_decoder`` (T5, BART…: a decoder of its own, whose length
+    ``--target-len`` sets).
     """
 
     total_params: int
@@ -184,6 +190,7 @@ class ParameterInventory:
     context_tokens: int | None = None
     image_inputs: bool = False
     attention_modules: int | None = None
+    encoder_decoder: bool = False
 
     @property
     def non_embedding_params(self) -> int:
@@ -210,6 +217,7 @@ class ParameterInventory:
         context_tokens: int | None = None,
         image_inputs: bool = False,
         attention_modules: int | None = None,
+        encoder_decoder: bool = False,
     ) -> ParameterInventory:
         """Derive every count from the parameter list.
 
@@ -248,6 +256,7 @@ class ParameterInventory:
             context_tokens=context_tokens,
             image_inputs=image_inputs,
             attention_modules=attention_modules,
+            encoder_decoder=encoder_decoder,
         )
 
     @classmethod
@@ -384,7 +393,9 @@ class TrainingSetup:
     probabilities. ``gpu`` may be given by name (``"h100-sxm"``, any `hfmem.gpus.find_gpu` alias): it is looked up
     when the setup is made. ``images_per_sample``: images in each sample for a model that takes images
     (`ParameterInventory.image_inputs`): the trace feeds the vision tower that many default images, whose tokens are
-    part of ``seq_len``; ignored for text-only models.
+    part of ``seq_len``; ignored for text-only models. ``target_len``: decoder tokens per sample of an
+    encoder–decoder model (T5, BART…), ``seq_len`` being the encoder's; None: the same as ``seq_len``; refused for
+    models without a decoder of their own (`hfmem.rules.check_target_len`).
     """
 
     precision: Precision = "bf16-mixed"
@@ -404,6 +415,7 @@ class TrainingSetup:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
     images_per_sample: int = 1
+    target_len: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpu", gpu_target(self.gpu))
@@ -489,6 +501,13 @@ class ActivationProfile:
         images_per_sample: images each sample fed the vision tower in the trace (0: token ids only).
         image_tokens: the sequence positions one image fills (its features replace those tokens' embeddings).
         images_not_traced: why a model that takes images was traced on token ids only (None: it was not).
+        head: the task head that was traced, with the labels its loss takes (`hfmem.build.trace.HEADS`): ``lm``
+            (causal or masked LM: token labels, vocabulary-sized logits), ``seq2seq-lm`` (decoder labels of
+            ``target_len`` tokens), ``sequence-classification``, ``token-classification``, ``question-answering``,
+            ``multiple-choice``, or ``none`` (a base model: no labels, no loss).
+        logits_shape: the shape of what the head returns (``logits``; question answering: start and end logits,
+            one ``[b, s, 2]`` tensor); () when it returns none. Only an LM head's is vocabulary-sized.
+        target_len: decoder tokens per sample of an encoder–decoder model (None: not one).
     """
 
     batch_size: int
@@ -506,6 +525,9 @@ class ActivationProfile:
     images_per_sample: int = 0
     image_tokens: int = 0
     images_not_traced: str | None = None
+    head: str = "lm"
+    logits_shape: tuple[int, ...] = ()
+    target_len: int | None = None
 
 
 @dataclass(frozen=True)
