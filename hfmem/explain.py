@@ -104,6 +104,8 @@ from hfmem.memory.sources import (
     SRC_FP8,
     SRC_FRAG,
     SRC_FSDP,
+    SRC_FSDP_PP,
+    SRC_FSDP_QLORA,
     SRC_INT8,
     SRC_INVENTORY,
     SRC_KV,
@@ -1001,12 +1003,31 @@ _OVERHEAD_TEXT: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "fsdp_unsharded_unit": (
         "FSDP gathers one unit (one transformer layer, or the root: embeddings, final norm and LM head, if larger) "
-        "whole before computing it, and prefetches the next: 2 units of U parameters at 16 bits.",
-        (SRC_FSDP,),
+        "whole before computing it, and prefetches the next: 2 units of U parameters at 16 bits. Under QLoRA the "
+        "unit's NF4 weights are gathered as FSDP-QLoRA stores them, packed 4-bit codes (B_UQ bytes for U_Q "
+        "weights), not at 16 bits.",
+        (SRC_FSDP, SRC_FSDP_QLORA),
     ),
     "fsdp_unsharded_gradients": (
         "In backward, one unit's gradients exist unsharded until its reduce-scatter.",
         (SRC_FSDP,),
+    ),
+    "fsdp_pp_unsharded_stage": (
+        "Under a pipeline schedule FSDP keeps the stage's parameters gathered from its first forward until the "
+        "step (torchtitan: reshard_after_forward = not pp_enabled; torch pipelining: no reshard after each "
+        "micro-batch's backward): all Ψ parameters of the stage at 16 bits (QLoRA: its NF4 weights as stored, "
+        "packed 4-bit codes).",
+        (SRC_FSDP_PP, SRC_FSDP_QLORA),
+    ),
+    "fsdp_pp_unsharded_gradients": (
+        "Under a pipeline schedule FSDP accumulates the stage's gradients unsharded over the micro-batches, in its "
+        "fp32 reduce dtype, and reduce-scatters them once after the last.",
+        (SRC_FSDP_PP,),
+    ),
+    "fsdp_replicated_quant_state": (
+        "FSDP-QLoRA: the NF4 weights' quant state (absmax) is not a parameter, so FSDP neither shards nor gathers "
+        "it; every GPU keeps all of it, Q, where the weights line counts ⌈Q / N⌉.",
+        (SRC_FSDP_QLORA,),
     ),
     "qlora_dequantized_weight": (
         "bitsandbytes dequantizes a 4-bit weight to 16 bits for each matmul; the largest such weight, n_max "
@@ -1058,6 +1079,11 @@ def _overhead_exprs(row: _Row, setup: TrainingSetup, activ: Expr, logits: Expr) 
         Var("A_b", x.allgather_bucket, "allgather_bucket_size (elements)", SRC_DS_CONFIG),
         Var("P_b", x.prefetch_bucket, "stage3_prefetch_bucket_size (elements)", SRC_DS_CONFIG),
         Var("SG", x.sub_group, "sub_group_size (elements)", SRC_DS_CONFIG),
+        Var("U_Q", x.unit_nf4, "NF4 weights of the largest FSDP unit"),
+        Var("B_UQ", x.unit_nf4_packed, "packed bytes of those NF4 weights (⌈n/2⌉ each)", SRC_FSDP_QLORA),
+        Var("Ψ_Q", x.nf4_params, "NF4 weights on this GPU before sharding"),
+        Var("B_Q", x.nf4_packed, "packed bytes of those NF4 weights (⌈n/2⌉ each)", SRC_FSDP_QLORA),
+        Var("Q", x.quant_state, "quant-state (absmax) bytes of those NF4 weights", SRC_BNB_4BIT),
     )
     terms = dict(overhead_terms(setup, memory.zero_stage, memory.peak_phase or "forward", operands))
     if "allocator_fragmentation" in {item.key for item in memory.overhead_items}:

@@ -244,11 +244,13 @@ def check_parallel(
             raise InvalidSetupError("--pp-schedule interleaved needs --pp 2 or more")
         if par.virtual_stages < 2:
             raise InvalidSetupError("--pp-schedule interleaved needs --virtual-stages 2 or more")
-        if inventory.has_shapes and layers % (par.pp * par.virtual_stages):
+        # Uneven chunks are fine (torch pipelining, torchtitan, Megatron's layouts: `pipeline_stages`); an empty
+        # one is not (torchtitan generate_llm_fqn_per_model_part: "Configuration would result in empty stages").
+        if inventory.has_shapes and layers < par.pp * par.virtual_stages:
             raise InvalidSetupError(
                 f"the interleaved schedule splits the {layers} layers into pp × virtual stages = "
-                f"{par.pp * par.virtual_stages} equal chunks; choose --pp / --virtual-stages whose product "
-                f"divides {layers}"
+                f"{par.pp * par.virtual_stages} chunks of at least one layer; choose --pp / --virtual-stages whose "
+                f"product is at most {layers}"
             )
         if par.microbatches is not None and par.microbatches % par.pp:
             raise InvalidSetupError(
