@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import hfmem
 from hfmem.cli import cli
 from hfmem.errors import InvalidSetupError, NoKvCacheError
-from hfmem.types import ActivationProfile, TrainingSetup
+from hfmem.types import ActivationProfile, ParallelSettings, TrainingSetup
 
 from .conftest import FIXTURES, TINY_LLAMA
 
@@ -251,3 +251,14 @@ def test_encoder_only_serving_alone_is_a_one_line_error(runner: CliRunner) -> No
     assert "Traceback" not in result.output
     with pytest.raises(NoKvCacheError):
         hfmem.estimate("google-bert/bert-base-uncased", training=False, inference=hfmem.InferenceSetup())
+
+
+def test_tensor_parallel_keeps_a_classifier_head_whole(tmp_path: Path) -> None:
+    # Only an LM head is vocab-parallel; a classifier's [b, 3] fp32 scores are on every TP rank whole.
+    folder = _write(tmp_path / "cls", {**TINY_BERT, "architectures": ["BertForSequenceClassification"], **_THREE})
+    setup = TrainingSetup(
+        precision="fp32", batch_size=B, seq_len=S, zero_stages=(0,), gpus_per_node=2, parallel=ParallelSettings(tp=2)
+    )
+    report = hfmem.estimate(folder, setup=setup)
+    (stage,) = report.training.stages  # type: ignore[union-attr]
+    assert stage.logits_bytes == B * 3 * 4

@@ -344,8 +344,8 @@ def stage_profile(
 
     Layers are those the stage holds; saved outside the layers: before them (token ids, embeddings) on the first
     stage, after them (final norm, LM head input) on the last; the logits on the last stage, split ``1/t``
-    (vocab-parallel LM head and cross-entropy). With SP the embeddings' output and the final norm are
-    sequence-parallel too (``1/t``). ``t``: the TP degree as an operand (default: the setup's number).
+    (vocab-parallel LM head and cross-entropy; a task head's are whole). With SP the embeddings' output and the
+    final norm are sequence-parallel too (``1/t``). ``t``: the TP degree as an operand (default: the setup's number).
     """
     par = setup.parallel
     if par.tp == 1 and par.pp == 1:
@@ -363,8 +363,14 @@ def stage_profile(
         tp,
         par.sp,
     )
-    logits = ceil_div(profile.logits_bytes, tp) if stage.holds_head else 0
-    logits_saved = ceil_div(profile.logits_saved_bytes, tp) if stage.holds_head else 0
+    # Only an LM head is vocab-parallel; a task head's few scores (a classifier's b × num_labels) are whole.
+    split: Value = tp if profile.head in ("lm", "seq2seq-lm") else 1
+    logits = (ceil_div(profile.logits_bytes, split) if split != 1 else profile.logits_bytes) if stage.holds_head else 0
+    logits_saved = (
+        (ceil_div(profile.logits_saved_bytes, split) if split != 1 else profile.logits_saved_bytes)
+        if stage.holds_head
+        else 0
+    )
     return replace(
         profile,
         layers=pick(profile.layers),
