@@ -775,8 +775,13 @@ def _profile_with(profile: ActivationProfile, seq_len: int, numbers: tuple[int, 
     values = iter(numbers)
     layers = tuple(LayerProfile(layer.name, next(values), next(values), next(values)) for layer in profile.layers)
     other, logits_saved, logits, other_after = values
+    # Per-token heads return [b, s, …]: their shape follows the length (a seq2seq LM's follows its decoder's).
+    shape = profile.logits_shape
+    if profile.head in ("lm", "token-classification", "question-answering") and len(shape) >= 2:
+        shape = (shape[0], seq_len, *shape[2:])
     return dataclasses.replace(
         profile,
+        logits_shape=shape,
         seq_len=seq_len,
         layers=layers,
         fused_layers=layers,
