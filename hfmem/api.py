@@ -14,9 +14,11 @@ from hfmem.limits import check_config, check_params
 from hfmem.memory.activations import activation_dtype, default_seq_len
 from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, default_context, plan_inference
 from hfmem.memory.peak import NO_MODEL_NOTE, plan_training
-from hfmem.rules import check_parallel, check_setup, check_target_len
+from hfmem.rules import check_engine, check_parallel, check_setup, check_target_len
 from hfmem.types import (
     ActivationProfile,
+    EngineEstimate,
+    EngineSetup,
     FinetuneSettings,
     InferenceEstimate,
     InferenceProfile,
@@ -54,6 +56,7 @@ def estimate(
     inference: InferenceSetup | None = None,
     checkpoint: bool = False,
     cache: bool = True,
+    engine: EngineSetup | None = None,
     architecture: str | None = None,
 ) -> Report:
     """Estimate per-GPU training memory for a model or a hypothetical parameter count.
@@ -76,6 +79,10 @@ def estimate(
         checkpoint: read the checkpoint's safetensors headers (Hub or local folder; no weights) and compare the
             stored tensors with the built model. Skipped with a note offline or for the bundled catalogue.
         cache: read and write the persistent cache of inventories and traces (`hfmem.cache`); off: always build.
+        engine: also reproduce a serving engine's start-up accounting (vLLM 0.11.0 or SGLang 0.4.4: KV budget,
+            blocks, tokens, maximum concurrency, whether it starts; `hfmem.memory.engine`) on ``engine.gpu`` (or
+            ``inference.gpu``). The report's ``inference`` is then transformers' plan for one request of the
+            engine's ``max_model_len``, traced at the engine's batched tokens, and ``engine`` the engine's.
         architecture: build this transformers class instead of the one config.json names (`with_architecture`):
             ``"BertForSequenceClassification"`` for a classifier fine-tuned from ``bert-large-uncased``.
 
@@ -93,6 +100,8 @@ def estimate(
     setup = setup or TrainingSetup()
     # Refused before anything is fetched; `Prepared.report` checks again for callers that come through it.
     check_setup(setup, inference, has_model=model is not None, training=training, find_max_batch=find_max_batch)
+    if engine is not None:
+        check_engine(_engine_gpu(engine, inference), has_model=model is not None)
     if (model is None) == (params is None):
         raise InvalidSetupError("give either a model or a parameter count (--params), not both or neither")
     if params is not None:
@@ -106,8 +115,21 @@ def estimate(
         resolved = with_architecture(resolved, architecture)
     prepared = Prepared(resolved, trust_remote_code=trust_remote_code, cache=cache, params=params)
     return prepared.report(
-        setup, training=training, inference=inference, find_max_batch=find_max_batch, checkpoint=checkpoint, token=token
+        setup,
+        training=training,
+        inference=inference,
+        find_max_batch=find_max_batch,
+        checkpoint=checkpoint,
+        token=token,
+        engine=engine,
     )
+
+
+def _engine_gpu(engine: EngineSetup, inference: InferenceSetup | None) -> EngineSetup:
+    """``engine`` with the inference plan's GPU when it names none itself."""
+    if engine.gpu is None and inference is not None and inference.gpu is not None:
+        return replace(engine, gpu=inference.gpu)
+    return engine
 
 
 def resolve(
@@ -293,6 +315,7 @@ class Prepared:
         checkpoint: bool = False,
         token: str | None = None,
         finetune_given: Collection[str] | None = None,
+        engine: EngineSetup | None = None,
     ) -> Report:
         """Plan ``setup`` (and ``inference``) for this model; see `estimate`. For a PEFT LoRA adapter,
         ``finetune_given`` names the fine-tuning settings the caller chose over the adapter's (`adapter_finetune`).
@@ -303,6 +326,13 @@ class Prepared:
         check_setup(  # the setup rules (`hfmem.rules`), before anything is built
             setup, inference, has_model=resolved.source != "params", training=training, find_max_batch=find_max_batch
         )
+        if engine is not None:
+            engine = _engine_gpu(engine, inference)
+            check_engine(engine, has_model=resolved.source != "params")
+            if engine.engine == "transformers":
+                engine = None
+            else:
+                inference = inference or InferenceSetup()
         inventory = self.inventory(setup.finetune)
         # Serving and the checkpoint concern the base model; peft renames its modules and adds adapters.
         lora = setup.finetune.method in ("lora", "qlora")
@@ -311,6 +341,7 @@ class Prepared:
         notes: list[str] = [adapter_note] if adapter_note else []
         served = None
         unserved = None
+        engine_plan = None
         if inference is not None:
             if resolved.source == "params":
                 if not training:
@@ -322,7 +353,10 @@ class Prepared:
             else:
                 base_inventory = self.inventory(base)
                 try:
-                    served = self._serve(base_inventory, base, inference)
+                    if engine is not None:
+                        served, engine_plan = self._engine(base_inventory, base, inference, engine)
+                    else:
+                        served = self._serve(base_inventory, base, inference)
                 except NoKvCacheError as e:
                     # Encoder-only: nothing to serve with a cache. Next to a training plan that is a note; asked for
                     # alone it is an error (the one question asked has no answer).
@@ -349,6 +383,7 @@ class Prepared:
             inference=served,
             checkpoint=comparison,
             inference_unmeasured=unserved,
+            engine=engine_plan,
         )
 
     def _serve(
@@ -377,6 +412,38 @@ class Prepared:
         served = plan_inference(resolved.config, inventory, profile, setup)
         note = image_note(inventory, profile, setup.images_per_sample, "prefill chunk")
         return replace(served, notes=(*served.notes, note)) if note else served
+
+    def _engine(
+        self, inventory: ParameterInventory, finetune: FinetuneSettings, inference: InferenceSetup, engine: EngineSetup
+    ) -> tuple[InferenceEstimate, EngineEstimate]:
+        """The engine's accounting, from one trace: transformers' plan of one request of the engine's longest length,
+        its prefill traced at the engine's batched tokens (what the engine profiles), then `plan_engine` on it."""
+        from hfmem.memory.engine import engine_batched_tokens, plan_engine, vllm_default_max_model_len
+
+        gpu = engine.gpu
+        assert gpu is not None  # `check_engine`
+        config = self.resolved.config
+        length = engine.max_model_len or engine.context_length or vllm_default_max_model_len(config)
+        served_setup = replace(
+            inference,
+            context=length,
+            batch_size=1,
+            tp=engine.tp,
+            prefill_chunk=engine_batched_tokens(engine, gpu.usable_bytes, gpu.name),
+            gpu=gpu,
+            kv_dtype="fp8" if engine.kv_cache_dtype == "fp8" else None,
+        )
+        served = self._serve(inventory, finetune, served_setup)
+        assert served.profile is not None
+        plan = plan_engine(
+            config,
+            inventory,
+            served.profile,
+            served.weights.scheme,
+            engine,
+            cuda_context_bytes=inference.overheads.cuda_context_bytes,
+        )
+        return served, plan
 
     def _checkpoint(
         self, inventory: ParameterInventory, served: InferenceEstimate | None, *, token: str | None

@@ -34,6 +34,8 @@ from hfmem.types import (
     ACCOUNTINGS,
     ATTENTIONS,
     CHECKPOINTINGS,
+    ENGINE_KV_DTYPES,
+    ENGINES,
     FSDP_STRATEGIES,
     KV_DTYPES,
     METHODS,
@@ -41,6 +43,7 @@ from hfmem.types import (
     OPTIMIZERS,
     PIPELINE_SCHEDULES,
     PRECISIONS,
+    EngineSetup,
     FinetuneSettings,
     GpuTarget,
     InferenceSetup,
@@ -151,8 +154,9 @@ class HfmemCommand(click.Command):
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
-        if argv[:1] == ["compare"] and self is not compare:
-            return compare.main(argv[1:], prog_name=f"{prog_name or 'hfmem'} compare", **extra)
+        sub = {"compare": compare, "web": web}.get(argv[0]) if argv and self is cli else None
+        if sub is not None:
+            return sub.main(argv[1:], prog_name=f"{prog_name or 'hfmem'} {argv[0]}", **extra)
         return super().main(argv, prog_name=prog_name, **extra)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -332,6 +336,104 @@ tp_option = click.option(
     help="Tensor-parallel degree: attention/MLP linears split column-/row-parallel, embeddings and LM head "
     "vocab-parallel (Megatron); activations inside attention/MLP split too. Inference: KV heads split as well.",
 )
+
+
+#: The serving-engine options (issue 15), by the engines' own names, defined once: `engine_options` applies them to a
+#: command. vLLM's take effect with --engine vllm, SGLang's with --engine sglang; `hfmem.rules.check_engine` refuses
+#: the others, and any of them with --engine transformers.
+ENGINE_OPTIONS = (
+    click.option(
+        "--engine",
+        type=click.Choice(ENGINES),
+        default="transformers",
+        show_default=True,
+        help="Serving: transformers (generate() with a DynamicCache, the plan above), or reproduce the start-up memory "
+        "accounting of vllm (0.11.0) or sglang (0.4.4): KV budget, blocks, tokens, maximum concurrency, whether it "
+        "starts. Needs --gpu; plans serving only.",
+    ),
+    click.option(
+        "--gpu-memory-utilization",
+        type=FiniteFloatRange(0.0, 1.0, min_open=True),
+        help="vLLM: fraction of the GPU's total memory the engine may use (default 0.9).",
+    ),
+    click.option(
+        "--max-model-len",
+        type=Listed(click.IntRange(min=1)),
+        help="vLLM: the longest request in tokens (default: the config's, as vLLM derives it).",
+    ),
+    click.option(
+        "--max-num-seqs",
+        type=click.IntRange(min=1),
+        help="vLLM: sequences per step (default 1024 on GPUs of 70 GiB or more other than A100, else 256).",
+    ),
+    click.option(
+        "--max-num-batched-tokens",
+        type=click.IntRange(min=1),
+        help="vLLM: tokens per step, the size of its profiling forward (default 8192 on GPUs of 70 GiB or more "
+        "other than A100, else 2048).",
+    ),
+    click.option(
+        "--block-size",
+        type=click.Choice([str(n) for n in (1, 8, 16, 32, 64, 128)]),
+        help="vLLM: tokens per KV block (default 16; MLA models 64 with FlashMLA, 128 on Blackwell).",
+    ),
+    click.option(
+        "--kv-cache-dtype",
+        type=Listed(click.Choice(ENGINE_KV_DTYPES)),
+        help="vLLM / SGLang: KV cache element type: auto (the model dtype) or fp8 (one byte). Default auto.",
+    ),
+    click.option("--enforce-eager", is_flag=True, help="vLLM: no CUDA graphs."),
+    click.option(
+        "--tensor-parallel-size",
+        type=Listed(click.IntRange(min=1)),
+        help="vLLM / SGLang: GPUs splitting each layer's heads and weights (default --tp, else 1).",
+    ),
+    click.option(
+        "--pipeline-parallel-size",
+        type=click.IntRange(min=1),
+        help="vLLM: GPUs splitting the layers; the tightest rank is reported (default 1).",
+    ),
+    click.option(
+        "--mem-fraction-static",
+        type=FiniteFloatRange(0.0, 1.0, min_open=True),
+        help="SGLang: share of the free memory before the weights that weights + KV pool may use (default by TP "
+        "size: 0.88 at 1 GPU … 0.79 at 16).",
+    ),
+    click.option(
+        "--context-length",
+        type=Listed(click.IntRange(min=1)),
+        help="SGLang: the longest request in tokens (default: the config's).",
+    ),
+    click.option(
+        "--max-running-requests",
+        type=click.IntRange(min=1),
+        help="SGLang: concurrent requests (default from the pool size).",
+    ),
+    click.option(
+        "--chunked-prefill-size",
+        type=click.IntRange(min=1),
+        help="SGLang: prefill tokens per step (default 8192, 2048 below 25,000 MB of GPU memory).",
+    ),
+    click.option(
+        "--page-size",
+        type=click.IntRange(min=1),
+        help="SGLang: tokens per KV page (default 1).",
+    ),
+    click.option(
+        "--min-concurrency",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="With --engine: the deployment must hold N concurrent requests of the longest length; --check exits 3 "
+        "with one line on stderr when it does not (or the engine does not start).",
+    ),
+)
+
+
+def engine_options(command: Any) -> Any:
+    """Apply `ENGINE_OPTIONS` to a click command (in help order)."""
+    for option in reversed(ENGINE_OPTIONS):
+        command = option(command)
+    return command
 
 
 def _list_gpus(json_: bool) -> None:
@@ -670,6 +772,7 @@ def _list_catalogue(json_: bool) -> None:
     help="Models that take images (Llava, Gemma-3): default-size images per training sample and per prefill chunk, "
     "traced through the vision tower; their tokens count in --seq-len / --context. 0: token ids only.",
 )
+@engine_options
 @click.option(
     "--checkpoint/--no-checkpoint",
     default=True,
@@ -740,6 +843,7 @@ def cli(**opts: Any) -> None:
     if model is not None and params is not None:
         raise click.UsageError("give either MODEL or --params, not both")
     combos = _combinations(opts)
+    _check_engines(combos, has_model=model is not None)
     prepared = _prepare(model, params, opts)
     if len(combos) == 1:
         report = _report(prepared, combos[0][1])
@@ -788,6 +892,10 @@ LIST_OPTIONS = (
     "weights_dtype",
     "kv_dtype",
     "prefill_chunk",
+    "max_model_len",
+    "kv_cache_dtype",
+    "tensor_parallel_size",
+    "context_length",
 )
 
 
@@ -879,6 +987,12 @@ def _building_note(model_id: str) -> None:
 def _report(prepared: Prepared, o: dict[str, Any]) -> Report:
     """Plan one combination of scalar options on ``prepared``."""
     setup, serve, training = _setups(o, is_params=prepared.params is not None)
+    engine = _engine_setup(o, setup.gpu)
+    if engine is not None and engine.engine != "transformers":
+        if o["training_only"]:
+            raise click.UsageError(f"--engine {engine.engine} plans serving; drop --training-only")
+        training = False
+        serve = serve or _setups({**o, "training_only": False, "inference_only": True}, is_params=False)[1]
     with _spinner(f"building {prepared.resolved.model_id} on the meta device and tracing it"):
         return prepared.report(
             setup,
@@ -888,7 +1002,44 @@ def _report(prepared: Prepared, o: dict[str, Any]) -> Report:
             checkpoint=o["checkpoint"] and serve is not None,
             token=o["token"],
             finetune_given=o["finetune_given"],
+            engine=engine,
         )
+
+
+def _check_engines(combos: list[tuple[Any, dict[str, Any]]], *, has_model: bool) -> None:
+    """The engine rules (`hfmem.rules.check_engine`) on every combination, before a model is fetched or built."""
+    from hfmem.rules import check_engine
+
+    for _, o in combos:
+        gpu = o["gpu_name"] or (GpuTarget("--gpu-memory", o["gpu_memory"]) if o["gpu_memory"] else None)
+        check_engine(_engine_setup(o, gpu), has_model=has_model)
+
+
+def _engine_setup(o: dict[str, Any], gpu: GpuTarget | str | None) -> EngineSetup:
+    """The engine options → `EngineSetup` (validated by `hfmem.rules.check_engine` in the API)."""
+    engine = o["engine"]
+    tp = o["tensor_parallel_size"]
+    if tp is None and engine != "transformers" and o["tp"] > 1:
+        tp = o["tp"]
+    return EngineSetup(
+        engine=engine,
+        gpu_memory_utilization=o["gpu_memory_utilization"],
+        max_model_len=o["max_model_len"],
+        max_num_seqs=o["max_num_seqs"],
+        max_num_batched_tokens=o["max_num_batched_tokens"],
+        block_size=int(o["block_size"]) if o["block_size"] is not None else None,
+        kv_cache_dtype=o["kv_cache_dtype"],
+        enforce_eager=o["enforce_eager"],
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=o["pipeline_parallel_size"],
+        mem_fraction_static=o["mem_fraction_static"],
+        context_length=o["context_length"],
+        max_running_requests=o["max_running_requests"],
+        chunked_prefill_size=o["chunked_prefill_size"],
+        page_size=o["page_size"],
+        min_concurrency=o["min_concurrency"],
+        gpu=gpu,
+    )
 
 
 def _finetune_given(ctx: click.Context, launch: LaunchOutcome | None) -> frozenset[str]:
@@ -1114,11 +1265,19 @@ def _exit_on_verdict(opts: dict[str, Any], reports: list[Report]) -> None:
     for report in reports:
         if report.training is not None:
             verdicts += [stage.fits for stage in report.training.stages]
-        if report.inference is not None:
+        if report.engine is not None:  # the engine's verdict; its transformers plan only measured the model
+            verdicts.append(report.engine.fits)
+        elif report.inference is not None:
             verdicts.append(report.inference.fits)
     if not opts["check"]:
         return
     if any(verdict is False for verdict in verdicts):
+        from hfmem.report import engine_verdict_line
+
+        for report in reports:
+            if report.engine is not None and not report.engine.fits:
+                click.echo(f"hfmem: --check: {one_line(engine_verdict_line(report))}", err=True)
+                break
         raise click.exceptions.Exit(int(ExitCode.DOES_NOT_FIT))
     for report in reports:
         if report.training is not None and report.training.unmeasured is not None:
@@ -1149,6 +1308,7 @@ def _compare(**opts: Any) -> None:
         raise click.UsageError("compare takes one value per option; sweep one model at a time with lists")
     if opts["explain"]:
         raise click.UsageError("--explain explains one plan; run hfmem MODEL --explain for each model")
+    _check_engines(combos, has_model=True)
     reports = []
     for model in models:
         report = _report(_prepare(model, None, opts), combos[0][1])
@@ -1175,6 +1335,29 @@ compare = HfmemCommand(
     help=_compare.__doc__,
     context_settings=cli.context_settings,
     epilog=cli.epilog,
+)
+
+
+def _web(port: int | None, debug: bool) -> None:
+    """Serve a calculator page on 127.0.0.1 (a Gradio app on the same engine) and print its URL; Ctrl-C stops it.
+    Needs the web extra: pip install 'hfmem[web]'. The page's settings travel in its URL, so a result can be shared.
+    """
+    from hfmem.web import serve
+
+    serve(port=port, echo=click.echo)
+
+
+web = HfmemCommand(
+    "web",
+    callback=_web,
+    params=[
+        click.Option(
+            ["--port"], type=click.IntRange(1, 65535), help="Port on 127.0.0.1 (default: a free one from 7860 up)."
+        ),
+        click.Option(["--debug"], is_flag=True, help="Show tracebacks (also HFMEM_DEBUG=1)."),
+    ],
+    help=_web.__doc__,
+    context_settings=cli.context_settings,
 )
 
 

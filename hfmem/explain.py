@@ -26,6 +26,39 @@ from hfmem.memory.activations import (
     profile_tokens,
     typical_layer_saved_bytes,
 )
+from hfmem.memory.engine import (
+    SRC_SGLANG_BUDGET,
+    SRC_SGLANG_DEFAULTS,
+    SRC_SGLANG_POOL,
+    SRC_VLLM_BLOCKS,
+    SRC_VLLM_BUDGET,
+    SRC_VLLM_DEFAULTS,
+    SRC_VLLM_MAMBA,
+    SRC_VLLM_NON_TORCH,
+    SRC_VLLM_PROFILE,
+    SRC_VLLM_REFUSE,
+    SRC_VLLM_SPEC,
+    SRC_VLLM_WEIGHTS,
+    full_blocks_per_request,
+    hidden_size,
+    hybrid_num_blocks,
+    kv_tokens,
+    max_concurrency,
+    needed_bytes,
+    page_bytes,
+    rotary_dim,
+    sglang_max_num_reqs,
+    sglang_max_total_tokens,
+    sglang_rest_bytes,
+    sliding_blocks_per_request,
+    uniform_num_blocks,
+    vllm_activation_peak_bytes,
+    vllm_available_kv_bytes,
+    vllm_default_max_model_len,
+    vllm_requested_bytes,
+    vllm_rope_cache_bytes,
+    vllm_sampler_bytes,
+)
 from hfmem.memory.expr import (
     Const,
     Expr,
@@ -33,6 +66,7 @@ from hfmem.memory.expr import (
     Value,
     Var,
     lift,
+    minimum,
     total,
     value_of,
 )
@@ -154,6 +188,7 @@ from hfmem.memory.states import (
 )
 from hfmem.types import (
     ActivationProfile,
+    EngineEstimate,
     KvLayer,
     LayerProfile,
     ParameterInfo,
@@ -175,8 +210,10 @@ __all__ = [
     "render_explanation",
 ]
 
-Section = Literal["parameters", "training", "inference"]
-Unit = Literal["bytes", "parameters", "GPUs", "micro-batches", "bytes per parameter"]
+Section = Literal["parameters", "training", "inference", "engine"]
+Unit = Literal[
+    "bytes", "parameters", "GPUs", "micro-batches", "bytes per parameter", "blocks", "tokens", "requests", "x"
+]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1728,6 +1765,286 @@ def _inference(report: Report) -> list[Explanation]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Serving engines (`hfmem.memory.engine`)
+
+
+def _engine_weights(eng: EngineEstimate, config_rotary: tuple[int, int, int] | None) -> Value:
+    """The weights line: the tensors as split over TP, the vocabulary padding and the RoPE cache."""
+    core = eng.weights_bytes - eng.vocab_padding_bytes - eng.rope_cache_bytes
+    parts: list[Value] = [
+        Var(
+            "W_tp",
+            core,
+            "the checkpoint's tensors on this GPU: every ≥ 2-D tensor ⌈bytes / tp⌉, 1-D tensors whole (INFERENCE: "
+            "Weights)",
+            SRC_INVENTORY,
+        )
+    ]
+    if eng.vocab_padding_bytes:
+        parts.append(
+            Var(
+                "pad",
+                eng.vocab_padding_bytes,
+                "embedding / LM-head rows added to pad the vocabulary to 64",
+                SRC_VLLM_WEIGHTS,
+            )
+        )
+    if eng.rope_cache_bytes and config_rotary is not None:
+        positions, rotary, width = config_rotary
+        parts.append(
+            vllm_rope_cache_bytes(
+                Var("P", positions, "RoPE positions (the derived max_model_len)", SRC_VLLM_WEIGHTS),
+                Var("d_rot", rotary, "rotary dimensions per head"),
+                Var("w", width, "bytes per element of the model dtype"),
+            )
+        )
+    elif eng.rope_cache_bytes:
+        parts.append(Var("rope", eng.rope_cache_bytes, "the RoPE cos_sin_cache buffer", SRC_VLLM_WEIGHTS))
+    return total(parts)
+
+
+def _engine(report: Report) -> list[Explanation]:
+    eng = report.engine
+    if eng is None:
+        return []
+    config = report.model.config
+    positions = vllm_default_max_model_len(config) or eng.max_model_len
+    rotary = (positions, rotary_dim(config), eng.logits_element_bytes) if eng.rope_cache_bytes else None
+    weights = _engine_weights(eng, rotary)
+    if value_of(weights) != eng.weights_bytes:
+        weights = Var("W", eng.weights_bytes, "weights per GPU")
+    out: list[Explanation] = []
+    total_var = Var("total", eng.total_bytes, f"memory of {eng.gpu.name} (torch.cuda.mem_get_info total)")
+    bs = Var("bs", eng.block_size, "tokens per block" if eng.engine == "vllm" else "tokens per page")
+    length = Var("len", eng.max_model_len, f"the longest request ({eng.max_model_len_source})")
+    if eng.engine == "sglang":
+        return _sglang_explanations(eng, weights, total_var, bs, length)
+    util = Var("u", eng.gpu_memory_utilization or 0.0, "--gpu-memory-utilization", SRC_VLLM_DEFAULTS)
+    requested = vllm_requested_bytes(total_var, util)
+    out.append(
+        Explanation(
+            "engine",
+            "Memory vLLM may use",
+            f"vLLM {eng.engine_version} takes a fraction u of the GPU's total memory (not of the free memory): the "
+            "CUDA context and NCCL buffers created before its start-up snapshot are outside it.",
+            (Calculation("requested", lift(requested)),),
+            (SRC_VLLM_BUDGET,),
+        )
+    )
+    out.append(
+        Explanation(
+            "engine",
+            'Weights ("Model loading took")',
+            "What the model's layers allocate while loading: the checkpoint's tensors (quantized as stored), split "
+            "over the tensor-parallel GPUs, the vocabulary padded to a multiple of 64, and RoPE's cos/sin cache.",
+            (Calculation("per GPU", lift(weights)),),
+            (SRC_VLLM_WEIGHTS,),
+        )
+    )
+    reqs = Var("r", min(eng.max_num_seqs, eng.batched_tokens), "requests in the profile run, min(max_num_seqs, T)")
+    width = Var("w", eng.logits_element_bytes, "bytes per element of the model dtype")
+    sampler = vllm_sampler_bytes(reqs, Var("V", eng.vocab_size, "vocabulary"), width)
+    activation = vllm_activation_peak_bytes(
+        Var(
+            "A", eng.activation_trace_bytes, "peak of one forward of T tokens (measured by hfmem's trace)", SRC_PREFILL
+        ),
+        Var("T", eng.batched_tokens, "--max-num-batched-tokens"),
+        reqs,
+        Var("H", hidden_size(config), "hidden size"),
+        width,
+        sampler,
+    )
+    out.append(
+        Explanation(
+            "engine",
+            "PyTorch activation peak (profile run)",
+            "vLLM measures the peak of torch-allocated memory during a dummy forward of T tokens and a dummy sampler "
+            "run on one row of logits per request (top-k and top-p set: the PyTorch-native sampler sorts the fp32 "
+            "logits). hfmem takes the larger of its trace of that forward and the sampler's moment, which runs while "
+            "the forward's hidden states are alive.",
+            (Calculation("per GPU", lift(activation)), Calculation("sampler", lift(sampler))),
+            (SRC_VLLM_PROFILE, SRC_PREFILL),
+        )
+    )
+    available = vllm_available_kv_bytes(
+        Var("req", eng.requested_bytes, "what vLLM may use (above)"),
+        Var("W", eng.weights_bytes, "weights (above)"),
+        Var("act", eng.activation_peak_bytes, "activation peak (above)"),
+        Var(
+            "nt",
+            eng.non_torch_bytes,
+            "non-torch memory allocated after the snapshot (cuBLAS, attention workspaces)",
+            SRC_VLLM_NON_TORCH,
+        ),
+    )
+    out.append(
+        Explanation(
+            "engine",
+            '"Available KV cache memory"',
+            f"Everything vLLM may use that the weights, the activation peak and non-torch memory do not take goes to "
+            f"the KV cache. CUDA graphs are captured later, out of the 1 − u left over (vLLM {eng.engine_version} "
+            "does not subtract them).",
+            (Calculation("per GPU", lift(available)),),
+            (SRC_VLLM_BUDGET, SRC_VLLM_NON_TORCH),
+        )
+    )
+    avail_var = Var("avail", eng.kv_budget_bytes, "Available KV cache memory (above)")
+    page_calcs = []
+    pages: list[Value] = []
+    per_request: list[Value] = []
+    needed: list[tuple[Value, Value]] = []
+    batched = Var("T", eng.batched_tokens, "--max-num-batched-tokens")
+    for k, g in enumerate(eng.kv_groups, start=1):
+        x = "" if len(eng.kv_groups) == 1 else str(k)
+        if g.kind == "mamba":
+            page: Value = Var(
+                _sym("page", x), g.page_bytes, "a Mamba state padded to the attention page", SRC_VLLM_MAMBA
+            )
+            blocks: Value = 1
+        else:
+            page = page_bytes(
+                bs,
+                Var(
+                    _sym("e", x), g.elements_per_token, f"elements per token of one {g.kind} layer on this GPU", SRC_KV
+                ),
+                Var(_sym("β", x), g.element_bytes, "bytes per element (--kv-cache-dtype)"),
+            )
+            if g.kind == "sliding":
+                blocks = sliding_blocks_per_request(
+                    Var(_sym("W", x), g.window_tokens or 0, "sliding window", SRC_KV), batched, length, bs
+                )
+            else:
+                blocks = full_blocks_per_request(length, bs)
+        page_calcs.append(Calculation(f"page, {g.layers} × {g.kind}", lift(page)))
+        pages.append(page)
+        per_request.append(g.groups * blocks if g.groups != 1 else blocks)
+        needed += [(blocks, page)] * g.layers
+    out.append(
+        Explanation(
+            "engine",
+            "KV cache spec (one block of one layer)",
+            "vLLM allocates the KV cache in blocks of bs tokens per layer: K and V of this GPU's KV heads (e = 2 × "
+            "heads × head_size; MLA caches one latent of kv_lora_rank + qk_rope_head_dim, no factor 2); a sliding "
+            "layer keeps only its window's blocks, a Mamba layer one state.",
+            tuple(page_calcs),
+            (SRC_VLLM_SPEC,),
+        )
+    )
+    if eng.grouping == "uniform":
+        num_blocks = uniform_num_blocks(avail_var, pages[0], Var("L", eng.kv_groups[0].layers, "layers on this GPU"))
+    elif eng.grouping == "uniform_type":  # one block spans every layer (`UniformTypeKVCacheSpecs`)
+        num_blocks = avail_var // total([g.layers * page for g, page in zip(eng.kv_groups, pages, strict=True)])
+        per_request = per_request[:1]
+    else:
+        num_blocks = hybrid_num_blocks(
+            avail_var, pages[0], Var("n", eng.group_size, "layers per KV-cache group (the fewest of any kind)")
+        )
+    blocks_var = Var("blocks", eng.num_blocks, "blocks per layer (above)")
+    groups = eng.num_groups
+    capacity = [
+        Calculation("blocks", lift(num_blocks), "blocks"),
+        Calculation(
+            '"GPU KV cache size"',
+            lift(kv_tokens(blocks_var, Var("g", groups, "KV-cache groups") if groups > 1 else 1, bs)),
+            "tokens",
+        ),
+        Calculation(
+            f'"Maximum concurrency for {eng.max_model_len:,} tokens per request"',
+            lift(max_concurrency(blocks_var, total(per_request))),
+            "x",
+        ),
+        Calculation(f"KV cache of one {eng.max_model_len:,}-token request", lift(needed_bytes(needed))),
+    ]
+    verdict = "It starts: one request of max_model_len fits." if eng.starts else f"It does not start: {eng.refusal}"
+    out.append(
+        Explanation(
+            "engine",
+            "Blocks, tokens, concurrency",
+            "Every layer gets its own tensor of the same number of blocks (hybrid models: groups of n layers share "
+            "tensors and all groups draw on one pool); the tokens line divides the pool between the groups, the "
+            "concurrency counts the blocks one max_model_len request needs in every group. vLLM refuses to start "
+            f"when that request's KV cache exceeds the budget. {verdict}",
+            tuple(capacity),
+            (SRC_VLLM_BLOCKS, SRC_VLLM_REFUSE),
+        )
+    )
+    return out
+
+
+def _sglang_explanations(
+    eng: EngineEstimate, weights: Value, total_var: Var, page: Var, length: Var
+) -> list[Explanation]:
+    context = Var("C", eng.cuda_context_bytes, "CUDA context + NCCL before the weights (--cuda-context)", SRC_CUDA)
+    free_before = total_var - context
+    rest = sglang_rest_bytes(
+        Var("F", eng.requested_bytes, "free memory before the weights (above)"),
+        Var("W", eng.weights_bytes, "weights (above)"),
+        Var("f", eng.mem_fraction_static or 0.0, "--mem-fraction-static", SRC_SGLANG_DEFAULTS),
+    )
+    cell_terms = [
+        g.layers
+        * (
+            Var(_sym("e", str(k)), g.elements_per_token, f"elements per token of one {g.kind} layer", SRC_KV)
+            * Var(_sym("β", str(k)), g.element_bytes, "bytes per element")
+        )
+        for k, g in enumerate(eng.kv_groups, start=1)
+    ]
+    tokens = sglang_max_total_tokens(
+        Var("rest", eng.kv_budget_bytes, "the KV pool budget (above)"),
+        Var("cell", eng.kv_bytes_per_token, "KV bytes of one token over all layers (above)"),
+        page,
+    )
+    tokens_var = Var("N", eng.kv_tokens, "max_total_num_tokens (above)")
+    return [
+        Explanation(
+            "engine",
+            "Free memory before the weights",
+            "SGLang reads the free memory after NCCL is initialised and before the weights load; mem_fraction_static "
+            "is a share of it.",
+            (Calculation("per GPU", lift(free_before)),),
+            (SRC_SGLANG_BUDGET,),
+        ),
+        Explanation(
+            "engine",
+            "Weights",
+            "The checkpoint's tensors split over the tensor-parallel GPUs (SGLang's layers are vLLM's: padded "
+            "vocabulary, RoPE cache).",
+            (Calculation("per GPU", lift(weights)),),
+            (SRC_VLLM_WEIGHTS,),
+        ),
+        Explanation(
+            "engine",
+            "KV pool budget",
+            "What is free after the weights, less the 1 − f share of the pre-weights memory SGLang keeps for "
+            "activations and CUDA graphs (nothing is profiled).",
+            (Calculation("per GPU", lift(rest)),),
+            (SRC_SGLANG_BUDGET,),
+        ),
+        Explanation(
+            "engine",
+            "Tokens and requests",
+            "The pool holds rest // cell tokens (whole pages); every layer counts as full attention in SGLang "
+            f"{eng.engine_version}. SGLang does not refuse a long context_length: it caps requests at max_req_len.",
+            (
+                Calculation("cell", lift(total(cell_terms))),
+                Calculation("max_total_num_tokens", lift(tokens), "tokens"),
+                Calculation(
+                    "max_num_reqs",
+                    lift(sglang_max_num_reqs(tokens_var, length)),
+                    "requests",
+                ),
+                Calculation(
+                    "concurrent full-length requests",
+                    lift(minimum(tokens_var / length, Var("R", eng.max_running_requests or 0, "max_running_requests"))),
+                    "x",
+                ),
+            ),
+            (SRC_SGLANG_BUDGET, SRC_SGLANG_POOL),
+        ),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Public API
 
 
@@ -1740,7 +2057,9 @@ def explain(report: Report) -> tuple[Explanation, ...]:
         >>> records[0].calculations[0].value  # doctest: +SKIP
         7000000000
     """
-    items = _parameters(report) + _training(report) + _inference(report)
+    # With an engine, the serving story is the engine's (its transformers plan only measured the model).
+    serving = _engine(report) if report.engine is not None else _inference(report)
+    items = _parameters(report) + _training(report) + serving
     return tuple(replace(item, sources=_sources(item)) for item in items)
 
 
@@ -1787,6 +2106,7 @@ _SECTION_TITLES = {
     "parameters": "PARAMETERS",
     "training": "TRAINING — per GPU",
     "inference": "INFERENCE — per GPU",
+    "engine": "SERVING ENGINE — start-up accounting, per GPU",
 }
 
 
@@ -1796,6 +2116,8 @@ def _value_text(calc: Calculation) -> str:
         if abs(value) >= GIB // 100 or value == 0:
             return f"{value:,} B ({value / GIB:,.2f} GiB)"
         return f"{value:,} B ({value / 2**20:,.2f} MiB)"
+    if calc.unit == "x":
+        return f"{value:,.2f}x"
     if isinstance(value, float) and not value.is_integer():
         return f"{value:,.3g} {calc.unit}"
     unit = calc.unit[:-1] if value == 1 and calc.unit in ("GPUs", "parameters", "micro-batches") else calc.unit

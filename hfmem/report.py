@@ -18,6 +18,7 @@ from hfmem.memory.states import PRECISION_SPECS
 from hfmem.types import (
     Accounting,
     CheckpointComparison,
+    EngineEstimate,
     FinetuneSettings,
     InferenceEstimate,
     KvLayer,
@@ -68,6 +69,10 @@ __all__ = [
     "stacked_bar",
     "launch_to_dict",
     "render_launch",
+    "engine_to_dict",
+    "engine_log_lines",
+    "engine_rows",
+    "engine_verdict_line",
 ]
 
 #: Bumped only when a key changes meaning or disappears; new keys keep the version.
@@ -296,6 +301,8 @@ def _state_summary(inference: InferenceEstimate) -> dict[str, Any]:
 def _gpu(report: Report) -> Any:
     if report.training is not None:
         return report.training.setup.gpu
+    if report.engine is not None:
+        return report.engine.gpu
     return report.inference.setup.gpu if report.inference is not None else None
 
 
@@ -335,6 +342,7 @@ def to_dict(report: Report) -> dict[str, Any]:
         "training": _training_dict(report),
         "inference": _inference_dict(report),
         "inference_not_measured": report.inference_unmeasured,
+        "engine": None if report.engine is None else engine_to_dict(report.engine),
         "gpu": None if gpu is None else {"name": gpu.name, "usable_bytes": gpu.usable_bytes},
         "notes": list(dict.fromkeys([*report.model.notes, *report.notes])),  # the model's are in both: once
     }
@@ -767,7 +775,12 @@ def render_table(report: Report, *, color: bool = False, width: int = 100) -> st
             console.print(verdict)
         console.print(_footer(report))
     inference = report.inference
-    if inference is not None:
+    if report.engine is not None:
+        console.print()
+        console.print(Text(_engine_title(report.engine), style="bold"))
+        console.print(_rich_table(["", "per GPU"], [list(row) for row in engine_rows(report.engine)]))
+        console.print(Text("\n".join(_engine_footer(report)), style="dim"))
+    elif inference is not None:
         console.print()
         console.print(Text(_inference_title(inference), style="bold"))
         if inference.setup.gpu is not None:
@@ -822,7 +835,11 @@ def render_markdown(report: Report) -> str:
             out += ["", f"**Fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable by PyTorch)**", ""]
             out.append(markdown_table(*verdict))
         out += ["", *(f"- {line}" for line in _footer_lines(_footer(report)))]
-    if report.inference is not None:
+    if report.engine is not None:
+        out += ["", "**" + _engine_title(report.engine).replace("\n", "; ") + "**", ""]
+        out.append(markdown_table(["", "per GPU"], [list(row) for row in engine_rows(report.engine)]))
+        out += ["", *(f"- {line}" for line in _engine_footer(report) if line)]
+    elif report.inference is not None:
         inference = report.inference
         out += ["", "**" + _inference_title(inference).replace("\n", "; ") + "**", ""]
         out.append(markdown_table(*_inference_rows(inference)))
@@ -849,7 +866,10 @@ def _sweep_rows(rows: list[SweepRow]) -> tuple[list[str], list[list[str]], list[
     stages = sorted({z for planned in by_row for z in planned})
     cpu_stages = [z for z in stages if any(planned.get(z) and planned[z].cpu_bytes_per_node for planned in by_row)]
     headers += [f"ZeRO-{z} peak" for z in stages] + [f"ZeRO-{z} CPU/node" for z in cpu_stages]
-    if first.inference is not None or first.inference_unmeasured is not None:
+    engines = first.engine is not None
+    if engines:
+        headers += ["KV tokens", "max concurrency", "starts"]
+    elif first.inference is not None or first.inference_unmeasured is not None:
         headers.append("serve total")
     table: list[list[str]] = []
     fits: list[list[bool | None]] = []
@@ -865,7 +885,16 @@ def _sweep_rows(rows: list[SweepRow]) -> tuple[list[str], list[list[str]], list[
             stage = planned.get(z)
             row.append("—" if stage is None else _gib(stage.cpu_bytes_per_node))
             marks.append(None)
-        if report.inference is not None:
+        if engines:
+            engine = report.engine
+            if engine is None:
+                row += ["—", "—", NOT_MEASURED if report.inference_unmeasured is not None else "—"]
+                marks += [None, None, None]
+            else:
+                mark = "" if engine.fits else " ✗"
+                row += [f"{engine.kv_tokens:,}", f"{engine.max_concurrency:,.2f}x{mark}", _yes(engine.starts)]
+                marks += [None, engine.fits, engine.starts]
+        elif report.inference is not None:
             row.append(_gib(report.inference.total_bytes) + ("" if report.inference.fits is not False else " ✗"))
             marks.append(report.inference.fits)
         elif report.inference_unmeasured is not None:
@@ -878,6 +907,11 @@ def _sweep_rows(rows: list[SweepRow]) -> tuple[list[str], list[list[str]], list[
 
 def _sweep_title(rows: list[SweepRow]) -> str:
     first = rows[0][1]
+    if first.engine is not None:
+        engine = first.engine
+        title = f"{first.model.model_id}: {len(rows):,} combinations, {_engine_name(engine)} start-up per GPU"
+        wanted = f", at least {engine.setup.min_concurrency}x" if engine.setup.min_concurrency else ""
+        return title + f"; ✗ = does not start{wanted}"
     gpu = (first.training.setup.gpu if first.training else None) or (
         first.inference.setup.gpu if first.inference else None
     )
@@ -928,7 +962,8 @@ def _sweep_missing(rows: list[SweepRow]) -> list[str]:
 
 def sweep_to_dict(rows: list[SweepRow]) -> dict[str, Any]:
     """The model once, then a row per combination: ``{"schema_version", "hfmem_version", "model", "swept":
-    [option], "rows": [{"values": {option: value}, "parameters", "training", "inference", "gpu", "notes"}]}``;
+    [option], "rows": [{"values": {option: value}, "parameters", "training", "inference", "engine", "gpu",
+    "notes"}]}``;
     each row's keys mean what they mean in `to_dict` (``parameters`` without the per-module counts)."""
     first = to_dict(rows[0][1])
     out_rows = []
@@ -936,7 +971,10 @@ def sweep_to_dict(rows: list[SweepRow]) -> dict[str, Any]:
         doc = to_dict(report)
         doc["parameters"].pop("modules", None)
         out_rows.append(
-            {"values": dict(values), **{k: doc[k] for k in ("parameters", "training", "inference", "gpu", "notes")}}
+            {
+                "values": dict(values),
+                **{k: doc[k] for k in ("parameters", "training", "inference", "engine", "gpu", "notes")},
+            }
         )
     return {
         "schema_version": SCHEMA_VERSION,
@@ -993,6 +1031,16 @@ def _compare_rows(reports: list[Report]) -> tuple[list[str], list[list[str]]]:
                 lambda r: "—" if r.inference is None else f"{r.inference.kv_cache_bytes_per_token:,} B",
             )
         )
+    if any(r.engine for r in reports):
+        rows += [
+            line("engine KV budget", lambda r: "—" if r.engine is None else _g(r.engine.kv_budget_bytes)),
+            line("engine KV tokens", lambda r: "—" if r.engine is None else f"{r.engine.kv_tokens:,}"),
+            line(
+                "max concurrency",
+                lambda r: "—" if r.engine is None else _concurrency_cell(r.engine),
+            ),
+            line("engine starts", lambda r: "—" if r.engine is None else _starts_cell(r.engine)),
+        ]
     rows.append(line("verdict", _verdict_words))
     return headers, rows
 
@@ -1010,7 +1058,10 @@ def _verdict_words(report: Report) -> str:
         else:
             fitting = [s.zero_stage for s in report.training.stages if s.fits]
             parts.append(f"trains with ZeRO-{fitting[0]}" if fitting else "does not train here")
-    if report.inference is not None and report.inference.fits is not None:
+    if report.engine is not None:
+        name = report.engine.engine
+        parts.append(f"{name} serves" if report.engine.fits else f"{name} does not serve")
+    elif report.inference is not None and report.inference.fits is not None:
         parts.append("serves" if report.inference.fits else "does not serve")
     return "; ".join(parts) or "—"
 
@@ -1203,3 +1254,285 @@ def render_launch(outcome: LaunchOutcome, *, markdown: bool = False) -> str:
     if markdown:
         return "\n**Settings from launch files**\n\n" + "".join(f"- {line}\n" for line in lines)
     return "\nSettings from launch files\n" + "".join(f"  {line}\n" for line in lines)
+
+
+# --- serving engines: the start-up accounting (`hfmem.memory.engine`) ----------------------------------------------
+
+ENGINE_NAMES = {"vllm": "vLLM", "sglang": "SGLang"}
+
+
+def _engine_name(engine: EngineEstimate) -> str:
+    return f"{ENGINE_NAMES.get(engine.engine, engine.engine)} {engine.engine_version}"
+
+
+def _engine_title(engine: EngineEstimate) -> str:
+    parallel = f", tensor parallel {engine.tp}" if engine.tp > 1 else ""
+    if engine.pp > 1:
+        parallel += f", pipeline parallel {engine.pp} (rank {engine.pp_rank}, the tightest)"
+    return (
+        f"{_engine_name(engine)} start-up on {engine.gpu.name} ({engine.total_bytes / GIB:,.2f} GiB){parallel}\n"
+        f"max_model_len {engine.max_model_len:,} ({engine.max_model_len_source}), KV cache {engine.kv_dtype}"
+    )
+
+
+def _g(num_bytes: int, places: int = 2) -> str:
+    return f"{num_bytes / GIB:,.{places}f} GiB"
+
+
+def _kv_spec_text(engine: EngineEstimate) -> str:
+    words = {"full": "full attention", "mla": "MLA latent", "sliding": "sliding window", "mamba": "Mamba/linear state"}
+    parts = []
+    for g in engine.kv_groups:
+        what = words.get(g.kind, g.kind) + (f" {g.window_tokens:,}" if g.window_tokens else "")
+        if g.kind == "mamba":
+            size = f"{g.state_bytes:,} B state per sequence, padded to a {g.page_bytes:,} B page"
+        else:
+            size = f"{g.elements_per_token:,} elements/token × {g.element_bytes} B, page {g.page_bytes:,} B"
+        parts.append(f"{g.layers} × {what}: {size}")
+    return "; ".join(parts)
+
+
+def engine_rows(engine: EngineEstimate) -> list[tuple[str, str]]:
+    """The engine's start-up accounting, line by line: ``(what, value)``, the engine's own wording in quotes."""
+    if engine.engine == "sglang":
+        return _sglang_rows(engine)
+    rows = [
+        ("GPU total memory", _g(engine.total_bytes)),
+        (
+            f"× gpu_memory_utilization {engine.gpu_memory_utilization:g} = what vLLM may use",
+            _g(engine.requested_bytes),
+        ),
+        ('− weights "Model loading took"', _g(engine.weights_bytes, 4) + _weights_detail(engine)),
+        (
+            "− PyTorch activation peak (profile run)",
+            f"{_g(engine.activation_peak_bytes)} (forward of {engine.batched_tokens:,} tokens "
+            f"{_g(engine.activation_trace_bytes)}; sampler on {min(engine.max_num_seqs, engine.batched_tokens):,} × "
+            f"{engine.vocab_size:,} logits {_g(engine.sampler_bytes)}: the larger moment)",
+        ),
+        ("− non-torch memory", f"{_g(engine.non_torch_bytes)} (published figure; measured by vLLM)"),
+        ('= "Available KV cache memory"', _g(engine.kv_budget_bytes)),
+        ("KV cache spec per layer", _kv_spec_text(engine) + f"; blocks of {engine.block_size} tokens"),
+        (
+            "blocks",
+            f"{engine.num_blocks:,}"
+            + (
+                f" ({engine.num_groups} KV-cache groups of {engine.group_size} layers sharing one pool)"
+                if engine.grouping == "hybrid"
+                else ""
+            ),
+        ),
+        ('"GPU KV cache size"', f"{engine.kv_tokens:,} tokens"),
+        (
+            f'"Maximum concurrency for {engine.max_model_len:,} tokens per request"',
+            f"{engine.max_concurrency:.2f}x ({engine.blocks_per_request:,} blocks per request)",
+        ),
+        (f"KV cache of one {engine.max_model_len:,}-token request", _g(engine.kv_needed_bytes)),
+        (
+            "CUDA graphs",
+            "none (--enforce-eager)"
+            if engine.setup.enforce_eager
+            else f"not subtracted in {engine.engine_version} (captured after the KV cache)",
+        ),
+        ("starts", _starts_cell(engine)),
+    ]
+    if engine.meets_min_concurrency is not None:
+        rows.append((f"holds {engine.setup.min_concurrency:,} concurrent requests", _yes(engine.meets_min_concurrency)))
+    return rows
+
+
+def _weights_detail(engine: EngineEstimate) -> str:
+    parts = [f"RoPE cache {engine.rope_cache_bytes / 2**20:,.0f} MiB"] if engine.rope_cache_bytes else []
+    if engine.vocab_padding_bytes:
+        parts.append(f"vocabulary padded to a multiple of 64: {engine.vocab_padding_bytes / 2**20:,.0f} MiB")
+    return f" (incl. {', '.join(parts)})" if parts else ""
+
+
+def _sglang_rows(engine: EngineEstimate) -> list[tuple[str, str]]:
+    fraction = engine.mem_fraction_static or 0.0
+    rows = [
+        ("GPU total memory", _g(engine.total_bytes)),
+        ('free before the weights ("Load weight begin. avail mem")', _g(engine.requested_bytes)),
+        ('− weights ("mem usage")', _g(engine.weights_bytes) + _weights_detail(engine)),
+        (
+            f"− free before × (1 − mem_fraction_static {fraction:g}), left for activations and CUDA graphs",
+            _g(int(engine.requested_bytes * (1 - fraction))),
+        ),
+        ("= KV pool budget", _g(engine.kv_budget_bytes)),
+        ("KV cache per token (cell size)", f"{engine.kv_bytes_per_token:,} B: {_kv_spec_text(engine)}"),
+        ('"max_total_num_tokens"', f"{engine.kv_tokens:,} tokens (pages of {engine.block_size})"),
+        ('"max_running_requests"', f"{engine.max_running_requests or 0:,}"),
+        (
+            f"concurrent {engine.max_model_len:,}-token requests",
+            f"{engine.max_concurrency:.2f} (max_total_num_tokens / context_len, at most max_running_requests)",
+        ),
+        ("longest request (max_req_len)", f"{engine.max_req_len or 0:,} tokens"),
+        (
+            f"prefill activations ({engine.batched_tokens:,}-token chunk, traced)",
+            f"{_g(engine.activation_peak_bytes)}; head-room left {_g(engine.headroom_bytes)}",
+        ),
+        ("starts", _starts_cell(engine)),
+    ]
+    if engine.meets_min_concurrency is not None:
+        rows.append((f"holds {engine.setup.min_concurrency:,} concurrent requests", _yes(engine.meets_min_concurrency)))
+    return rows
+
+
+def _concurrency_cell(engine: EngineEstimate) -> str:
+    return f"{engine.max_concurrency:,.2f}x at {engine.max_model_len:,}" + ("" if engine.fits else " ✗")
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+def _starts_cell(engine: EngineEstimate) -> str:
+    if engine.starts:
+        return "yes"
+    if engine.largest_max_model_len:
+        return f"NO — the longest max_model_len that fits is {engine.largest_max_model_len:,}"
+    return "NO — no memory left for the KV cache"
+
+
+def engine_log_lines(engine: EngineEstimate) -> list[str]:
+    """The start-up lines the engine logs, in its own wording, with hfmem's numbers."""
+    if engine.engine == "sglang":
+        free_after = engine.requested_bytes - engine.weights_bytes
+        lines = [
+            f"Load weight begin. avail mem={engine.requested_bytes / GIB:.2f} GB",
+            f"Load weight end. avail mem={free_after / GIB:.2f} GB, mem usage={engine.weights_bytes / GIB:.2f} GB.",
+        ]
+        if not engine.starts:
+            return [*lines, f"RuntimeError: {engine.refusal}"]
+        if any(g.kind == "mla" for g in engine.kv_groups):
+            pool = f"KV size: {engine.pool_bytes / GIB:.2f} GB"
+        else:
+            pool = f"K size: {engine.pool_bytes / 2 / GIB:.2f} GB, V size: {engine.pool_bytes / 2 / GIB:.2f} GB"
+        return [
+            *lines,
+            f"KV Cache is allocated. #tokens: {engine.kv_tokens}, {pool}",
+            f"max_total_num_tokens={engine.kv_tokens}, chunked_prefill_size={engine.batched_tokens}, "
+            f"max_running_requests={engine.max_running_requests}, context_len={engine.max_model_len}",
+        ]
+    lines = [
+        f"Model loading took {engine.weights_bytes / GIB:.4f} GiB",
+        f"Available KV cache memory: {engine.kv_budget_bytes / GIB:.2f} GiB",
+    ]
+    if not engine.starts:
+        return [*lines, f"ValueError: {engine.refusal}"]
+    return [
+        *lines,
+        f"GPU KV cache size: {engine.kv_tokens:,} tokens",
+        f"Maximum concurrency for {engine.max_model_len:,} tokens per request: {engine.max_concurrency:.2f}x",
+    ]
+
+
+def engine_verdict_line(report: Report) -> str:
+    """One line saying why a deployment fails its check (or that it passes)."""
+    engine = report.engine
+    assert engine is not None
+    who = f"{_engine_name(engine)} on {engine.gpu.name}"
+    fixes = f"; try {' or '.join(engine.fixes)}" if engine.fixes else ""
+    if not engine.starts:
+        why = (
+            f"one {engine.max_model_len:,}-token request needs {_g(engine.kv_needed_bytes)} of KV cache, "
+            f"{_g(max(engine.kv_budget_bytes, 0))} is available"
+            if engine.kv_budget_bytes > 0
+            else "no memory is left for the KV cache"
+        )
+        return f"{report.model.model_id} does not start with {who}: {why}{fixes}"
+    if engine.meets_min_concurrency is False:
+        return (
+            f"{report.model.model_id} holds {engine.max_concurrency:.2f} concurrent {engine.max_model_len:,}-token "
+            f"requests with {who}, below --min-concurrency {engine.setup.min_concurrency}{fixes}"
+        )
+    return (
+        f"{report.model.model_id} starts with {who}: {engine.max_concurrency:.2f}x at {engine.max_model_len:,} tokens"
+    )
+
+
+def _engine_footer(report: Report) -> list[str]:
+    engine = report.engine
+    assert engine is not None
+    lines = [f"As {ENGINE_NAMES.get(engine.engine, engine.engine)} would log it:"]
+    lines += [f"  {line}" for line in engine_log_lines(engine)]
+    lines.append(f"Verdict: {engine_verdict_line(report)}.")
+    if engine.fixes:
+        lines.append("What would change it: " + "; ".join(engine.fixes) + ".")
+    lines.append(
+        f"Accounting of {_engine_name(engine)}, read from its source (docs/engines.md); the weights and the KV layout "
+        "are exact, the activation peak and non-torch memory are modelled (the engine measures them)."
+    )
+    lines += [f"Note: {note}." for note in engine.notes]
+    lines += [f"Note: {note}." for note in _plan_notes(report)]
+    return lines
+
+
+def engine_to_dict(engine: EngineEstimate) -> dict[str, Any]:
+    """The ``"engine"`` object of the JSON: settings as resolved, bytes per GPU (integers), capacity and verdict."""
+    setup = engine.setup
+    return {
+        "engine": engine.engine,
+        "engine_version": engine.engine_version,
+        "settings": {
+            "gpu_memory_utilization": engine.gpu_memory_utilization,
+            "mem_fraction_static": engine.mem_fraction_static,
+            "max_model_len": engine.max_model_len,
+            "max_model_len_source": engine.max_model_len_source,
+            "max_num_seqs": engine.max_num_seqs,
+            "max_num_batched_tokens": engine.batched_tokens,
+            "block_size": engine.block_size,
+            "kv_cache_dtype": engine.kv_dtype,
+            "enforce_eager": setup.enforce_eager,
+            "tensor_parallel_size": engine.tp,
+            "pipeline_parallel_size": engine.pp,
+            "max_running_requests": engine.max_running_requests,
+            "min_concurrency": setup.min_concurrency,
+        },
+        "per_gpu_bytes": {
+            "total": engine.total_bytes,
+            "requested": engine.requested_bytes,
+            "weights": engine.weights_bytes,
+            "rope_cache": engine.rope_cache_bytes,
+            "vocab_padding": engine.vocab_padding_bytes,
+            "activation_peak": engine.activation_peak_bytes,
+            "activation_forward": engine.activation_trace_bytes,
+            "sampler": engine.sampler_bytes,
+            "non_torch": engine.non_torch_bytes,
+            "cudagraph": engine.cudagraph_bytes,
+            "kv_budget": engine.kv_budget_bytes,
+            "kv_pool": engine.pool_bytes,
+            "kv_needed_per_request": engine.kv_needed_bytes,
+        },
+        "kv_bytes_per_token": engine.kv_bytes_per_token,
+        "kv_cache_groups": [
+            {
+                "kind": g.kind,
+                "layers": g.layers,
+                "elements_per_token": g.elements_per_token,
+                "element_bytes": g.element_bytes,
+                "page_bytes": g.page_bytes,
+                "blocks_per_request": g.blocks_per_request,
+                "groups": g.groups,
+                "window_tokens": g.window_tokens,
+                "state_bytes": g.state_bytes,
+            }
+            for g in engine.kv_groups
+        ],
+        "grouping": engine.grouping,
+        "num_groups": engine.num_groups,
+        "group_size": engine.group_size,
+        "num_blocks": engine.num_blocks,
+        "kv_tokens": engine.kv_tokens,
+        "blocks_per_request": engine.blocks_per_request,
+        "max_concurrency": engine.max_concurrency,
+        "max_req_len": engine.max_req_len,
+        "starts": engine.starts,
+        "refusal": engine.refusal,
+        "largest_max_model_len": engine.largest_max_model_len,
+        "meets_min_concurrency": engine.meets_min_concurrency,
+        "fits": engine.fits,
+        "fixes": list(engine.fixes),
+        "log_lines": engine_log_lines(engine),
+        "pipeline_rank": engine.pp_rank,
+        "notes": list(engine.notes),
+    }

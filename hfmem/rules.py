@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from hfmem.errors import InvalidSetupError
+from hfmem.limits import MAX_BATCH, MAX_DEGREE, MAX_TOKENS
 from hfmem.limits import check_setup as check_bounds
-from hfmem.types import FinetuneSettings, InferenceSetup, ParameterInventory, TrainingSetup
+from hfmem.types import ENGINES, EngineSetup, FinetuneSettings, InferenceSetup, ParameterInventory, TrainingSetup
 
 __all__ = [
     "FSDP_ZERO_STAGE",
@@ -27,6 +28,8 @@ __all__ = [
     "check_finetune",
     "check_parallel",
     "check_target_len",
+    "check_engine",
+    "VLLM_BLOCK_SIZES",
 ]
 
 #: ``--fsdp`` → the ZeRO stage with the same sharding (torch ``ShardingStrategy`` docstring; REFERENCE §2.5):
@@ -284,3 +287,91 @@ def first_int(config: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
             if isinstance(value, int) and value > 0:
                 return value
     return None
+
+
+#: ``--block-size`` values vLLM accepts on CUDA (vLLM 0.11.0 config/cache.py ``BlockSize = Literal[1, 8, 16, 32, 64,
+#: 128]``).
+VLLM_BLOCK_SIZES = (1, 8, 16, 32, 64, 128)
+#: Engine settings by the engine that takes them (their click options are these names, dashed).
+VLLM_ONLY = (
+    "gpu_memory_utilization",
+    "max_model_len",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "block_size",
+    "enforce_eager",
+)
+SGLANG_ONLY = ("mem_fraction_static", "context_length", "max_running_requests", "chunked_prefill_size", "page_size")
+ENGINE_SHARED = ("kv_cache_dtype", "tensor_parallel_size", "pipeline_parallel_size", "min_concurrency")
+
+
+def _flags(setup: EngineSetup, names: tuple[str, ...]) -> list[str]:
+    """The ``--options`` among ``names`` that ``setup`` sets (None / False: not set)."""
+    return ["--" + n.replace("_", "-") for n in names if getattr(setup, n) not in (None, False)]
+
+
+def check_engine(engine: EngineSetup, *, has_model: bool = True) -> None:
+    """Refuse engine settings that cannot exist, each with the option to change (before anything is built).
+
+    ``engine="transformers"`` is the plain transformers plan: it takes no engine setting. vLLM and SGLang take their
+    own names only, and need a model (its KV layout) and a GPU (their budgets are fractions of it).
+
+    Raises:
+        InvalidSetupError: naming the option and the fix.
+    """
+    if engine.engine not in ENGINES:
+        raise InvalidSetupError(f"unknown --engine '{engine.engine}'; choose one of {', '.join(ENGINES)}")
+    if engine.engine == "transformers":
+        given = _flags(engine, VLLM_ONLY + SGLANG_ONLY + ENGINE_SHARED)
+        if given:
+            raise InvalidSetupError(
+                f"{', '.join(given)} configure a serving engine; add --engine vllm or --engine sglang"
+            )
+        return
+    other, other_name = (SGLANG_ONLY, "sglang") if engine.engine == "vllm" else (VLLM_ONLY, "vllm")
+    wrong = _flags(engine, other)
+    if wrong:
+        what = "is an" if len(wrong) == 1 else "are"
+        raise InvalidSetupError(
+            f"{', '.join(wrong)} {what} --engine {other_name} setting{'s' if len(wrong) > 1 else ''}; use "
+            f"--engine {other_name}, or the --engine {engine.engine} names (see --help)"
+        )
+    if not has_model:
+        raise InvalidSetupError(
+            f"--engine {engine.engine} needs the model's KV-cache layout; pass a model, not --params"
+        )
+    if engine.gpu is None:
+        raise InvalidSetupError(f"--engine {engine.engine} needs a GPU: pass --gpu NAME or --gpu-memory SIZE")
+    for name in ("gpu_memory_utilization", "mem_fraction_static"):
+        value = getattr(engine, name)
+        if value is not None and not (math.isfinite(value) and 0.0 < value <= 1.0):
+            raise InvalidSetupError(f"--{name.replace('_', '-')} must be a fraction in (0, 1], got {value}")
+    bounds = {
+        "max_model_len": MAX_TOKENS,
+        "context_length": MAX_TOKENS,
+        "max_num_batched_tokens": MAX_TOKENS,
+        "chunked_prefill_size": MAX_TOKENS,
+        "max_num_seqs": MAX_BATCH,
+        "max_running_requests": MAX_BATCH,
+        "min_concurrency": MAX_BATCH,
+        "page_size": MAX_TOKENS,
+        "tensor_parallel_size": MAX_DEGREE,
+        "pipeline_parallel_size": MAX_DEGREE,
+    }
+    for name, bound in bounds.items():
+        value = getattr(engine, name)
+        if value is not None and not 1 <= value <= bound:
+            raise InvalidSetupError(f"--{name.replace('_', '-')} must be between 1 and {bound:,}, got {value:,}")
+    if engine.block_size is not None and engine.block_size not in VLLM_BLOCK_SIZES:
+        raise InvalidSetupError(
+            f"--block-size {engine.block_size} is not one vLLM takes; choose one of "
+            f"{', '.join(map(str, VLLM_BLOCK_SIZES))}"
+        )
+    if engine.kv_cache_dtype not in (None, "auto", "fp8"):
+        raise InvalidSetupError(f"unknown --kv-cache-dtype '{engine.kv_cache_dtype}'; choose auto or fp8")
+    tokens, seqs = engine.max_num_batched_tokens, engine.max_num_seqs
+    if tokens is not None and seqs is not None and tokens < seqs:
+        raise InvalidSetupError(
+            f"--max-num-batched-tokens {tokens:,} is below --max-num-seqs {seqs:,}, which vLLM refuses; raise it "
+            "or lower --max-num-seqs"
+        )

@@ -45,6 +45,11 @@ __all__ = [
     "InferenceProfile",
     "InferenceSetup",
     "InferenceEstimate",
+    "Engine",
+    "ENGINES",
+    "EngineSetup",
+    "EngineKvGroup",
+    "EngineEstimate",
     "Report",
 ]
 
@@ -72,6 +77,10 @@ CHECKPOINTINGS: tuple[Checkpointing, ...] = ("none", "full", "selective")
 METHODS: tuple[Method, ...] = ("full", "lora", "qlora", "freeze")
 PIPELINE_SCHEDULES: tuple[PipelineSchedule, ...] = ("1f1b", "interleaved")
 FSDP_STRATEGIES: tuple[FsdpStrategy, ...] = ("full_shard", "shard_grad_op", "no_shard", "hybrid_shard")
+Engine = Literal["transformers", "vllm", "sglang"]
+ENGINES: tuple[Engine, ...] = ("transformers", "vllm", "sglang")
+EngineKvDtype = Literal["auto", "fp8"]
+ENGINE_KV_DTYPES: tuple[EngineKvDtype, ...] = ("auto", "fp8")
 
 
 @dataclass(frozen=True)
@@ -745,6 +754,172 @@ class InferenceEstimate:
 
 
 @dataclass(frozen=True)
+class EngineSetup:
+    """A serving engine's start-up settings, by the engine's own names (`hfmem.memory.engine` models them).
+
+    ``None`` means the engine's default for this model and GPU (`hfmem.memory.engine` says which and why).
+    ``engine="transformers"`` is today's `InferenceSetup` plan: it takes none of the engine settings
+    (`hfmem.rules.check_engine` refuses them).
+
+    Attributes:
+        engine: ``vllm`` (V1 engine, 0.11.0 accounting) or ``sglang`` (0.4.x accounting).
+        gpu_memory_utilization: vLLM: the fraction of the GPU's total memory the engine may use (0.9).
+        max_model_len / context_length: the longest request (vLLM / SGLang name); default the config's.
+        max_num_seqs / max_running_requests: concurrent sequences (vLLM / SGLang name).
+        max_num_batched_tokens / chunked_prefill_size: tokens per forward step (vLLM / SGLang name).
+        block_size / page_size: tokens per KV block (vLLM 16; MLA forces 64/128) / per page (SGLang 1).
+        kv_cache_dtype: ``auto`` (the model dtype) or ``fp8`` (one byte per element).
+        enforce_eager: vLLM without CUDA graphs.
+        tensor_parallel_size / pipeline_parallel_size: GPUs per replica splitting heads / layers.
+        mem_fraction_static: SGLang: the share of the free memory before the weights that weights + KV may use.
+        min_concurrency: the number of concurrent ``max_model_len`` requests a deployment must hold (``--check``).
+        gpu: the GPU (a name from the catalogue or a `GpuTarget`); required.
+    """
+
+    engine: Engine = "vllm"
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    block_size: int | None = None
+    kv_cache_dtype: EngineKvDtype | None = None
+    enforce_eager: bool = False
+    tensor_parallel_size: int | None = None
+    pipeline_parallel_size: int | None = None
+    mem_fraction_static: float | None = None
+    context_length: int | None = None
+    max_running_requests: int | None = None
+    chunked_prefill_size: int | None = None
+    page_size: int | None = None
+    min_concurrency: int | None = None
+    gpu: GpuTarget | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpu", gpu_target(self.gpu))
+
+    @property
+    def tp(self) -> int:
+        return self.tensor_parallel_size or 1
+
+    @property
+    def pp(self) -> int:
+        return self.pipeline_parallel_size or 1
+
+
+@dataclass(frozen=True)
+class EngineKvGroup:
+    """One kind of KV-cache layer as the engine allocates it, on the tightest GPU.
+
+    Attributes:
+        kind: ``full`` (full attention), ``mla`` (MLA latent), ``sliding`` (sliding window), ``mamba``
+            (Mamba / linear-attention state).
+        layers: layers of this kind on the GPU.
+        elements_per_token: cached elements per token per layer on this GPU (its share of the KV heads); 0 for a
+            state.
+        element_bytes: bytes per cached element (``--kv-cache-dtype``).
+        page_bytes: one block of one layer (vLLM ``page_size_bytes``); a state's page is padded to the attention page.
+        blocks_per_request: blocks one ``max_model_len`` request needs in one layer of this kind.
+        groups: KV-cache groups of this kind (vLLM's hybrid allocator; 1 for a uniform model).
+        window_tokens: the sliding window, for ``sliding``.
+        state_bytes: one sequence's state before padding, for ``mamba``.
+    """
+
+    kind: str
+    layers: int
+    elements_per_token: int
+    element_bytes: int
+    page_bytes: int
+    blocks_per_request: int
+    groups: int = 1
+    window_tokens: int | None = None
+    state_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class EngineEstimate:
+    """A serving engine's start-up accounting on one GPU (the tightest one), as `hfmem.memory.engine` models it.
+
+    Bytes are per GPU. vLLM: ``kv_budget_bytes = requested_bytes − (weights + activation peak + non-torch)``;
+    SGLang: ``kv_budget_bytes = free after the weights − free before × (1 − mem_fraction_static)``.
+
+    Attributes:
+        engine / engine_version: the engine and the release whose accounting is modelled.
+        total_bytes: the GPU's memory as the engine reads it (``torch.cuda.mem_get_info()[1]``).
+        requested_bytes: vLLM ``gpu_memory_utilization × total``; SGLang the free memory before the weights.
+        activation_trace_bytes / sampler_bytes: the traced forward of ``batched_tokens`` tokens and the sampler's
+            peak on one logit row per request (vLLM's profile run); ``activation_peak_bytes`` is the larger moment
+            (`hfmem.memory.engine.vllm_activation_peak_bytes`). SGLang: the traced prefill chunk (not subtracted).
+        kv_groups: the per-kind KV-cache specs; ``group_size`` layers share a block table (vLLM).
+        num_blocks / kv_tokens: blocks per layer and the tokens the engine reports ("GPU KV cache size").
+        max_concurrency: ``max_model_len`` requests the cache holds at once.
+        kv_needed_bytes: the KV cache of one ``max_model_len`` request (vLLM refuses to start when it exceeds the
+            budget); ``largest_max_model_len``: the longest that fits.
+        starts: whether the engine starts; ``refusal``: its error message when not.
+        meets_min_concurrency: ``max_concurrency ≥ setup.min_concurrency`` (None without one).
+        fixes: settings that would make it start or meet the concurrency, each checked by replanning.
+        kv_bytes_per_token: one token's KV cache over the GPU's layers (SGLang's ``cell_size``).
+        pool_bytes: SGLang's KV buffers as allocated (``(tokens + page) × cell``); vLLM: ``num_blocks`` × pages.
+        grouping / num_groups: how vLLM groups the layers (``uniform``: one spec; ``uniform_type``: one kind of
+            several shapes, one group; ``hybrid``: several kinds of one page size) and its KV-cache groups.
+    """
+
+    setup: EngineSetup
+    engine: str
+    engine_version: str
+    gpu: GpuTarget
+    tp: int
+    pp: int
+    pp_rank: int
+    total_bytes: int
+    requested_bytes: int
+    weights_bytes: int
+    rope_cache_bytes: int
+    vocab_padding_bytes: int
+    activation_trace_bytes: int
+    sampler_bytes: int
+    activation_peak_bytes: int
+    non_torch_bytes: int
+    cudagraph_bytes: int
+    kv_budget_bytes: int
+    kv_dtype: str
+    block_size: int
+    kv_groups: tuple[EngineKvGroup, ...]
+    group_size: int
+    num_blocks: int
+    kv_tokens: int
+    max_model_len: int
+    max_model_len_source: str
+    max_num_seqs: int
+    batched_tokens: int
+    blocks_per_request: int
+    max_concurrency: float
+    kv_needed_bytes: int
+    starts: bool
+    refusal: str | None = None
+    largest_max_model_len: int | None = None
+    vocab_size: int = 0
+    logits_element_bytes: int = 2
+    headroom_bytes: int = 0
+    cuda_context_bytes: int = 0
+    mem_fraction_static: float | None = None
+    gpu_memory_utilization: float | None = None
+    max_running_requests: int | None = None
+    max_req_len: int | None = None
+    meets_min_concurrency: bool | None = None
+    fixes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    kv_bytes_per_token: int = 0
+    pool_bytes: int = 0
+    grouping: str = "uniform"
+    num_groups: int = 1
+
+    @property
+    def fits(self) -> bool:
+        """Starts, and holds ``min_concurrency`` requests when one is asked for."""
+        return self.starts and self.meets_min_concurrency is not False
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything `hfmem.estimate` found: the model, its inventory and the training memory.
 
@@ -767,6 +942,7 @@ class Report:
     inference: InferenceEstimate | None = None
     checkpoint: CheckpointComparison | None = None
     inference_unmeasured: str | None = None
+    engine: EngineEstimate | None = None
 
     # --- display: every form is the one table renderer (`hfmem.report.render_table`), the model's notes above it ---
 
