@@ -1202,8 +1202,8 @@ def render_markdown(rows: list[Row], env: dict[str, str], elapsed_s: float) -> s
         summary = [
             "## Under hfmem's conventions",
             "",
-            "Rows that keep the outputs across backward, compared with the gradients counted as live (the *error, "
-            "grads live* column): "
+            "Rows that keep the outputs across backward (hfmem's convention for the logits; with --grad-accumulation "
+            "1 it counts no gradient before the step, as the real step, so *error* and *error, grads live* agree): "
             + ", ".join(f"{row.model} {row.technique} {row.grads_adjusted_error_pct:+.3f} %" for row in kept)
             + ". T5's SDPA rows differ by what CPU SDPA's math kernel saves (below); its `eager+kept` row runs the "
             "same kernel on both sides.",
