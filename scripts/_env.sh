@@ -68,7 +68,7 @@ ensure_env() {
   _say "installing into $HFMEM_VENV (pyproject.toml or the set-up changed, or first run)"
   "$HFMEM_PY" -m pip install --quiet --upgrade "pip>=25.1"
   local have
-  have="$("$HFMEM_PY" -m pip show torch 2>/dev/null | sed -n 's/^Version: //p')"
+  have="$("$HFMEM_PY" -m pip show torch 2>/dev/null | sed -n 's/^Version: //p')" || true  # exit 1: none yet
   if [[ "${have%%+*}" != "$TORCH_VERSION" ]]; then
     _choose_torch
     _say "installing torch $TORCH_VERSION, $TORCH_BUILD"

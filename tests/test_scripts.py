@@ -27,7 +27,7 @@ def test_script_is_valid_bash(script: Path) -> None:
 
 
 def _fake_env(tmp_path: Path, *, gpu: bool) -> tuple[dict[str, str], Path]:
-    """A venv whose python logs each call; `-m pip` only logs (a --dry-run finds no local wheel: exit 1)."""
+    """A venv whose python logs each call; `-m pip` only logs, with the exit status pip would give."""
     venv, log, bin_ = tmp_path / "venv", tmp_path / "calls.log", tmp_path / "bin"
     (venv / "bin").mkdir(parents=True)
     bin_.mkdir()
@@ -35,7 +35,9 @@ def _fake_env(tmp_path: Path, *, gpu: bool) -> tuple[dict[str, str], Path]:
     python.write_text(
         "#!/usr/bin/env bash\n"
         f'printf "%s\\n" "$*" >> {shlex.quote(str(log))}\n'
-        'if [[ "$1 $2" == "-m pip" ]]; then [[ "$*" != *--dry-run* ]]; exit; fi\n'
+        # as pip answers: `show torch` exits 1 when torch is not installed, a --dry-run finds no local wheel
+        'if [[ "$1 $2 $3" == "-m pip show" || "$*" == *--dry-run* ]]; then exit 1; fi\n'
+        'if [[ "$1 $2" == "-m pip" ]]; then exit 0; fi\n'
         f'exec {shlex.quote(sys.executable)} "$@"\n'
     )
     python.chmod(0o755)
