@@ -66,19 +66,19 @@ ensure_env() {
     return 0
   fi
   _say "installing into $HFMEM_VENV (pyproject.toml or the set-up changed, or first run)"
-  "$HFMEM_PY" -m pip install --quiet --upgrade "pip>=25.1"
+  "$HFMEM_PY" -m pip install --quiet --upgrade "pip>=25.1" >&2
   local have
   have="$("$HFMEM_PY" -m pip show torch 2>/dev/null | sed -n 's/^Version: //p')" || true  # exit 1: none yet
   if [[ "${have%%+*}" != "$TORCH_VERSION" ]]; then
     _choose_torch
     _say "installing torch $TORCH_VERSION, $TORCH_BUILD"
-    "$HFMEM_PY" -m pip install "${TORCH_ARGS[@]}"
+    "$HFMEM_PY" -m pip install "${TORCH_ARGS[@]}" >&2
   fi
   if [[ "$profile" == dev ]]; then
-    "$HFMEM_PY" -m pip install --quiet -e "$HFMEM_ROOT" --group "$HFMEM_ROOT/pyproject.toml:dev"
+    "$HFMEM_PY" -m pip install --quiet -e "$HFMEM_ROOT" --group "$HFMEM_ROOT/pyproject.toml:dev" >&2
     _stamp_text tool >"$HFMEM_VENV/.hfmem-tool.stamp"
   else
-    "$HFMEM_PY" -m pip install --quiet -e "$HFMEM_ROOT"
+    "$HFMEM_PY" -m pip install --quiet -e "$HFMEM_ROOT" >&2
   fi
   printf '%s\n' "$want" >"$stamp"
 }

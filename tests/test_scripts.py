@@ -37,7 +37,7 @@ def _fake_env(tmp_path: Path, *, gpu: bool) -> tuple[dict[str, str], Path]:
         f'printf "%s\\n" "$*" >> {shlex.quote(str(log))}\n'
         # as pip answers: `show torch` exits 1 when torch is not installed, a --dry-run finds no local wheel
         'if [[ "$1 $2 $3" == "-m pip show" || "$*" == *--dry-run* ]]; then exit 1; fi\n'
-        'if [[ "$1 $2" == "-m pip" ]]; then exit 0; fi\n'
+        'if [[ "$1 $2" == "-m pip" ]]; then echo "Collecting torch"; exit 0; fi\n'  # pip talks on stdout
         f'exec {shlex.quote(sys.executable)} "$@"\n'
     )
     python.chmod(0o755)
@@ -77,7 +77,8 @@ def test_a_cuda_gpu_gets_the_default_torch_build(tmp_path: Path) -> None:
     env, log = _fake_env(tmp_path, gpu=True)
     run = subprocess.run([str(ROOT / "scripts" / "hfmem"), "--help"], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith("Usage: ")  # hfmem --help ran
+    assert run.stdout.startswith("Usage: ")  # hfmem --help ran, and pip's talk went to stderr (--json stays JSON)
+    assert "Collecting torch" in run.stderr
     calls = _pip_calls(log)
     assert "-m pip install torch==2.13.0" in calls
     assert not any("--index-url" in call for call in calls)
