@@ -34,8 +34,9 @@ Techniques (issue 13, item 4; what each one keeps is read from the framework sou
 * ``ckpt-full``: ``activation_checkpointing_enable()`` (transformers 5.24 default ``use_reentrant=False``).
 * ``ckpt-every-2``: the same with ``every_n_layers=2`` (HF counts from 0: layer 0 of 2 is checkpointed).
 * ``ckpt-ops``: torchtitan's op-level selective checkpointing (`torchtitan/distributed/activation_checkpoint.py
-  @1f029641::_apply_op_sac`, save list `torchtitan/models/llama3/parallelize.py@1f029641::_op_sac_save_list`):
-  outputs of mm/linear (every second one recomputed), SDPA and ``max`` kept; everything else recomputed. CPU SDPA
+  @1f029641::_apply_op_sac`, save list `torchtitan/models/llama3/parallelize.py@1f029641::_op_sac_save_list`
+  plus ``b5bcd76``'s ``compute_intensive_ops``): outputs of mm/linear (every second one recomputed), addmm, bmm,
+  SDPA and ``max`` kept; everything else recomputed. CPU SDPA
   runs ``_scaled_dot_product_flash_attention_for_cpu``, which is not in torchtitan's list; it is added as the
   stand-in for the GPU flash op (as in docs/techniques.md, Appendix A ``sac.py``).
 * ``offload+ckpt`` / ``offload``: torchtune ``OffloadActivations`` (`torchtune/training/_activation_offloading.py
@@ -53,6 +54,8 @@ Techniques (issue 13, item 4; what each one keeps is read from the framework sou
   fp32 model, as accelerate does for the Trainer's ``bf16=True``. CPU autocast's op lists differ from CUDA's
   (`docs/source/amp.md`: on CUDA softmax, layer_norm, log_softmax… run in fp32; on the CPU softmax and layer_norm
   run in bf16, docs/techniques.md §5): the bf16/fp32 split of what is saved is the CPU's, not a GPU's.
+* ``amp-ckpt``: ``amp-bf16`` with full checkpointing: autocast's cached bf16 weight copies live to the end of the
+  forward though no checkpointed layer saves them (hfmem's ``autocast_weight_cache`` line).
 * ``bf16``: the whole model and AdamW in bf16 (hfmem's ``--precision bf16``).
 
 hfmem's prediction (``hfmem.estimate`` on the same config folder, ``training=True``, cache off, ZeRO 0, dropout 0,
@@ -582,7 +585,9 @@ def enable_checkpointing(model: nn.Module, every_n_layers: int = 1, **kwargs: An
 
 
 def torchtitan_op_sac_context() -> Any:
-    """``selective_checkpointing_context_fn`` of torchtitan ``1f029641``: a fresh mm counter per checkpoint call."""
+    """``selective_checkpointing_context_fn`` of torchtitan ``1f029641``: a fresh mm counter per checkpoint call; the
+    save set of ``b5bcd76`` (``SelectiveAC``), which adds torch's ``compute_intensive_ops`` (``addmm``, ``bmm``…,
+    always saved: only ``mm``/``linear`` alternate), as hfmem's trace does (`hfmem.build.trace._ops_policy`)."""
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
     aten = torch.ops.aten
@@ -591,6 +596,14 @@ def torchtitan_op_sac_context() -> Any:
     save_list = {
         aten.mm.default,
         aten.linear.default,
+        # b5bcd76: torch._functorch.partitioners.get_default_op_list().compute_intensive_ops (torch 2.13) and topk.
+        aten.addmm.default,
+        aten.bmm.default,
+        aten.convolution.default,
+        aten._scaled_mm.default,
+        aten._flash_attention_forward.default,
+        aten._efficient_attention_forward.default,
+        aten.topk.default,
         aten._scaled_dot_product_efficient_attention.default,
         aten._scaled_dot_product_flash_attention.default,
         aten._scaled_dot_product_cudnn_attention.default,
@@ -700,50 +713,56 @@ TECHNIQUES = {
         Technique(
             "loss-chunked",
             "torchtune chunked CE (8 chunks, eager)",
-            hfmem="n/a (option not in this hfmem: --loss chunked)",
+            hfmem={"loss": "chunked"},
             decoder_only=True,
         ),
         Technique(
             "loss-fused",
             "Liger fused linear+CE (pure-torch reimplementation)",
-            hfmem="n/a (option not in this hfmem: --loss fused)",
+            hfmem={"loss": "fused"},
             decoder_only=True,
         ),
         Technique("ckpt-full", "HF activation checkpointing, every layer", hfmem={"grad_checkpointing": "full"}),
         Technique(
             "ckpt-every-2",
             "HF checkpointing every_n_layers=2 (layer 0 of 2)",
-            hfmem="n/a (option not in this hfmem: --checkpoint-every 2)",
+            hfmem={"grad_checkpointing": "full", "checkpoint_every": 2},
         ),
         Technique(
             "ckpt-ops",
-            "torchtitan op-level SAC (1f029641 policy)",
-            hfmem="n/a (option not in this hfmem: --grad-checkpointing ops)",
+            "torchtitan op-level SAC (1f029641 rule, b5bcd76 save set)",
+            hfmem={"grad_checkpointing": "ops"},
             decoder_only=True,
         ),
         Technique(
             "offload+ckpt",
             "torchtune OffloadActivations + full checkpointing",
-            hfmem="n/a (option not in this hfmem: --activation-offload)",
+            hfmem={"grad_checkpointing": "full", "activation_offload": True},
             decoder_only=True,
         ),
         Technique(
             "offload",
             "torchtune OffloadActivations, no checkpointing",
-            hfmem="n/a (option not in this hfmem: --activation-offload)",
+            hfmem="n/a (hfmem refuses --activation-offload without checkpointing, as torchtune's recipes do)",
             decoder_only=True,
         ),
-        Technique("adamw-fused", "AdamW fused=True", hfmem="n/a (option not in this hfmem: --optimizer-impl fused)"),
-        Technique("adamw-loop", "AdamW foreach=False", hfmem="n/a (option not in this hfmem: --optimizer-impl loop)"),
+        Technique("adamw-fused", "AdamW fused=True", hfmem={"optimizer_impl": "fused"}),
+        Technique("adamw-loop", "AdamW foreach=False", hfmem={"optimizer_impl": "loop"}),
         Technique(
             "optim-in-bwd",
             "per-parameter AdamW in post-accumulate-grad hooks",
-            hfmem="n/a (option not in this hfmem: --optimizer-in-backward)",
+            hfmem={"optimizer_in_backward": True},
+        ),
+        Technique("amp-bf16", "torch.autocast('cpu', bfloat16) on fp32 weights", hfmem={"precision": "amp-bf16"}),
+        Technique(
+            "amp-bf16+kept",
+            "amp-bf16, outputs kept across backward",
+            hfmem={"precision": "amp-bf16"},
         ),
         Technique(
-            "amp-bf16",
-            "torch.autocast('cpu', bfloat16) on fp32 weights",
-            hfmem="n/a (option not in this hfmem: --precision amp-bf16)",
+            "amp-ckpt",
+            "amp-bf16 with HF activation checkpointing (the weight-cast cache lives to the end of the forward)",
+            hfmem={"precision": "amp-bf16", "grad_checkpointing": "full"},
         ),
         Technique("bf16", "pure bf16 model and AdamW", dtype=torch.bfloat16, hfmem={"precision": "bf16"}),
         Technique("ckpt-full+kept", "ckpt-full, outputs kept across backward", hfmem={"grad_checkpointing": "full"}),
@@ -779,7 +798,7 @@ def build_step(case: ModelCase, technique: Technique, folder: Path) -> Step:
     elif name == "adamw-loop":
         adamw = {"lr": 1e-4, "foreach": False}
 
-    if name in ("ckpt-full", "offload+ckpt"):
+    if name in ("ckpt-full", "offload+ckpt", "amp-ckpt"):
         enable_checkpointing(model)
     elif name == "ckpt-every-2":
         enable_checkpointing(model, every_n_layers=2)
@@ -793,11 +812,16 @@ def build_step(case: ModelCase, technique: Technique, folder: Path) -> Step:
         loss_fn = partial(fused_loss, model, inputs)
     elif name in ("offload", "offload+ckpt"):
         loss_fn = offload_loss(lambda: step_holder[0], model, inputs)
-    elif name == "amp-bf16":
+    elif name in ("amp-bf16", "amp-ckpt"):
 
         def loss_fn(tracker: LiveTensorTracker | None) -> torch.Tensor:
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                return hf_loss(model, inputs, tracker)
+                if not keep_outputs:
+                    return hf_loss(model, inputs, tracker)
+                with head_tags_loss(model, tracker):
+                    outputs = model(**inputs)
+            step_holder[0].kept.append(outputs)
+            return outputs.loss
 
     elif keep_outputs:
 
@@ -1058,10 +1082,16 @@ NOTES = (
     "- **Optimizer step.** The `foreach` step temporary is one state-sized list of all parameters "
     "(`_foreach_sqrt`); `fused` has none; the for-loop keeps 2 × one parameter plus the previous parameter's "
     "`denom`, still bound to the loop variable of `_single_tensor_adam` (largest at the biggest parameter: "
-    "tests/test_validate_step.py). hfmem has no step temporary, so its step phase matches `adamw-fused`. "
-    "With these small models and large vocabularies the step "
-    "never holds the overall peak (the logits do), so the step temporaries show only in the step column; at 7B "
-    "scale the step peaks (issue 13, §3).",
+    "tests/test_validate_step.py). hfmem's `--optimizer-impl` lines (`adamw_foreach_temporary`, "
+    "`adamw_loop_temporary`, none for `fused`) give its step phase within a few KiB of each measured step column. "
+    "With these small models and large vocabularies the step never holds the overall peak (the logits do), so "
+    "the step temporaries show only in the step column; at 7B scale the step peaks (issue 13, §3; "
+    "tests/test_optim.py against fms-acceleration's published 7B peak).",
+    "- **Optimizer in backward.** Each gradient is freed by its own step in backward, so the measured step column "
+    "holds the states only; hfmem counts the largest gradient (and the backward line of one parameter's foreach "
+    "temporary) as live at every moment, which puts its step phase one embedding gradient above the "
+    "measurement. The backward peak does not fall in these runs: it sits where backward starts at the loss, "
+    "before any gradient exists.",
     "- **T5.** 4 of T5's 6 attention calls (the self-attentions, whose relative position bias needs a gradient; all "
     "6 under checkpointing, which makes the cross-attention's zero bias require a gradient too) take "
     "CPU SDPA's math kernel (`_safe_softmax` + matmuls) and save the s × s probabilities, which a GPU's "
@@ -1071,18 +1101,25 @@ NOTES = (
     "which expects `(b,)`, so it fails (issue 13, item 6); the measurement uses `(b,)` labels.",
     "- **Autocast.** CPU autocast (`amp-bf16`) runs softmax and layer norm in bf16 where CUDA autocast runs them in "
     "fp32, so the activation bytes are the CPU's; the weight-cast cache (`weight_casts`: `_to_copy` of a "
-    "parameter) is the same mechanism on both.",
+    "parameter) is the same mechanism on both. hfmem's `--precision amp-bf16` emulates CUDA's lists; for Llama, "
+    "Mistral and Qwen2 the ops they run are on the same side of both lists, so the `amp-bf16+kept` rows compare "
+    "like with like (T5: the SDPA caveat above).",
     "- **Op-level SAC.** CPU SDPA (`_scaled_dot_product_flash_attention_for_cpu`) is added to torchtitan's save "
     "list as the stand-in for the GPU flash/efficient kernels; Qwen2's biased q/k/v projections dispatch to "
-    "`addmm`, which the `1f029641` list neither saves nor counts (torchtitan HEAD saves every `addmm`). What "
-    "`ckpt-ops` keeps beyond `ckpt-full` equals docs/techniques.md's per-token formula exactly on Llama and Qwen2 "
-    "(tests/test_validate_step.py).",
+    "`addmm`, which the `b5bcd76` save set (torch's `compute_intensive_ops`) always saves and does not count, as "
+    "hfmem's trace does. What `ckpt-ops` keeps beyond `ckpt-full` equals docs/techniques.md's per-token formula "
+    "exactly on Llama and Qwen2 (tests/test_validate_step.py); hfmem's `--grad-checkpointing ops` activations "
+    "match the measured ones within 0.01 MiB (the components above).",
     "- **Fused loss.** The re-implementation follows Liger's non-CUDA path, which is also its CUDA path for fp32: "
     "`grad_weight += torch.mm(grad_logits_chunk.t(), input_chunk).float()` allocates a head-sized temporary per "
-    "chunk (bf16 on a GPU with compute capability ≥ 8 uses `addmm(out=grad_weight)` instead).",
+    "chunk (bf16 on a GPU with compute capability ≥ 8 uses `addmm(out=grad_weight)` instead). hfmem's `--loss "
+    "fused` models that bf16 GPU path (no temporary), so it is under the fp32 CPU measurement by about one "
+    "V × h × 4 head (0.5 MiB here).",
     "- **Offload.** The off-device copies are not counted (`offloaded_bytes` in the JSON); copies are synchronous, "
-    "so torchtune's 5-tensor forward stash is not reproduced. What stays: the head's saved tensors, tensors under "
-    "1 KiB and parameters.",
+    "so torchtune's 5-tensor forward stash is not reproduced (hfmem counts it: up to 5 × the largest layer input "
+    "at the end of forward). What stays: the head's saved tensors, tensors under 1 KiB and parameters. hfmem "
+    "refuses `--activation-offload` without checkpointing, as torchtune's recipes do, so `offload` has no "
+    "prediction.",
     "- Not visible to a dispatch mode: scratch memory inside one ATen kernel.",
 )
 

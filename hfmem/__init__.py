@@ -3,6 +3,8 @@
 from hfmem.api import estimate, hfmem_version
 from hfmem.errors import ExitCode, HfmemError
 from hfmem.types import (
+    EngineEstimate,
+    EngineSetup,
     InferenceEstimate,
     InferenceSetup,
     ParameterInfo,
@@ -20,6 +22,8 @@ __all__ = [
     "estimate",
     "ExitCode",
     "HfmemError",
+    "EngineEstimate",
+    "EngineSetup",
     "InferenceEstimate",
     "InferenceSetup",
     "ResolvedModel",

@@ -12,11 +12,14 @@ from hfmem.cache import ProfileCache, cache_key
 from hfmem.errors import InvalidSetupError, UnsupportedArchitectureError
 from hfmem.limits import check_config, check_params
 from hfmem.memory.activations import activation_dtype, default_seq_len
-from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, default_context, plan_inference
+from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, plan_inference, serving_context
 from hfmem.memory.peak import NO_MODEL_NOTE, plan_training
-from hfmem.rules import check_parallel, check_setup
+from hfmem.memory.states import PRECISION_SPECS
+from hfmem.rules import check_engine, check_parallel, check_setup
 from hfmem.types import (
     ActivationProfile,
+    EngineEstimate,
+    EngineSetup,
     FinetuneSettings,
     InferenceEstimate,
     InferenceProfile,
@@ -54,6 +57,7 @@ def estimate(
     inference: InferenceSetup | None = None,
     checkpoint: bool = False,
     cache: bool = True,
+    engine: EngineSetup | None = None,
 ) -> Report:
     """Estimate per-GPU training memory for a model or a hypothetical parameter count.
 
@@ -75,6 +79,10 @@ def estimate(
         checkpoint: read the checkpoint's safetensors headers (Hub or local folder; no weights) and compare the
             stored tensors with the built model. Skipped with a note offline or for the bundled catalogue.
         cache: read and write the persistent cache of inventories and traces (`hfmem.cache`); off: always build.
+        engine: also reproduce a serving engine's start-up accounting (vLLM 0.11.0 or SGLang 0.4.4: KV budget,
+            blocks, tokens, maximum concurrency, whether it starts; `hfmem.memory.engine`) on ``engine.gpu`` (or
+            ``inference.gpu``). The report's ``inference`` is then transformers' plan for one request of the
+            engine's ``max_model_len``, traced at the engine's batched tokens, and ``engine`` the engine's.
 
     Returns:
         A `Report` with the resolved model, its exact parameter inventory and per-GPU peak memory per stage.
@@ -90,6 +98,8 @@ def estimate(
     setup = setup or TrainingSetup()
     # Refused before anything is fetched; `Prepared.report` checks again for callers that come through it.
     check_setup(setup, inference, has_model=model is not None, training=training, find_max_batch=find_max_batch)
+    if engine is not None:
+        check_engine(_engine_gpu(engine, inference), has_model=model is not None)
     if (model is None) == (params is None):
         raise InvalidSetupError("give either a model or a parameter count (--params), not both or neither")
     if params is not None:
@@ -102,8 +112,21 @@ def estimate(
         resolved = resolve(model, revision=revision, token=token, trust_remote_code=trust_remote_code)
     prepared = Prepared(resolved, trust_remote_code=trust_remote_code, cache=cache, params=params)
     return prepared.report(
-        setup, training=training, inference=inference, find_max_batch=find_max_batch, checkpoint=checkpoint, token=token
+        setup,
+        training=training,
+        inference=inference,
+        find_max_batch=find_max_batch,
+        checkpoint=checkpoint,
+        token=token,
+        engine=engine,
     )
+
+
+def _engine_gpu(engine: EngineSetup, inference: InferenceSetup | None) -> EngineSetup:
+    """``engine`` with the inference plan's GPU when it names none itself."""
+    if engine.gpu is None and inference is not None and inference.gpu is not None:
+        return replace(engine, gpu=inference.gpu)
+    return engine
 
 
 def resolve(
@@ -266,6 +289,7 @@ class Prepared:
         checkpoint: bool = False,
         token: str | None = None,
         finetune_given: Collection[str] | None = None,
+        engine: EngineSetup | None = None,
     ) -> Report:
         """Plan ``setup`` (and ``inference``) for this model; see `estimate`. For a PEFT LoRA adapter,
         ``finetune_given`` names the fine-tuning settings the caller chose over the adapter's (`adapter_finetune`).
@@ -276,6 +300,13 @@ class Prepared:
         check_setup(  # the setup rules (`hfmem.rules`), before anything is built
             setup, inference, has_model=resolved.source != "params", training=training, find_max_batch=find_max_batch
         )
+        if engine is not None:
+            engine = _engine_gpu(engine, inference)
+            check_engine(engine, has_model=resolved.source != "params")
+            if engine.engine == "transformers":
+                engine = None
+            else:
+                inference = inference or InferenceSetup()
         inventory = self.inventory(setup.finetune)
         # Serving and the checkpoint concern the base model; peft renames its modules and adds adapters.
         lora = setup.finetune.method in ("lora", "qlora")
@@ -284,6 +315,7 @@ class Prepared:
         notes: list[str] = [adapter_note] if adapter_note else []
         served = None
         unserved = None
+        engine_plan = None
         if inference is not None:
             if resolved.source == "params":
                 if not training:
@@ -295,7 +327,10 @@ class Prepared:
             else:
                 base_inventory = self.inventory(base)
                 try:
-                    served = self._serve(base_inventory, base, inference)
+                    if engine is not None:
+                        served, engine_plan = self._engine(base_inventory, base, inference, engine)
+                    else:
+                        served = self._serve(base_inventory, base, inference)
                 except UnsupportedArchitectureError as e:  # built and counted, but it cannot run with a cache
                     unserved = str(e)
                 if lora and served is not None:
@@ -316,6 +351,7 @@ class Prepared:
             inference=served,
             checkpoint=comparison,
             inference_unmeasured=unserved,
+            engine=engine_plan,
         )
 
     def _serve(
@@ -325,7 +361,7 @@ class Prepared:
         resolved = self.resolved
         scheme, _ = choose_scheme(resolved.config, setup, inventory)
         built = inventory.context_tokens
-        context = setup.context if setup.context is not None else default_context(resolved.config, built)[0]
+        context = serving_context(resolved.config, setup, built)[0]
         chunk = setup.prefill_chunk if setup.prefill_chunk is not None else min(context, DEFAULT_PREFILL_CHUNK)
         args: dict[str, Any] = {
             "batch_size": setup.batch_size,
@@ -344,6 +380,38 @@ class Prepared:
         served = plan_inference(resolved.config, inventory, profile, setup)
         note = image_note(inventory, profile, setup.images_per_sample, "prefill chunk")
         return replace(served, notes=(*served.notes, note)) if note else served
+
+    def _engine(
+        self, inventory: ParameterInventory, finetune: FinetuneSettings, inference: InferenceSetup, engine: EngineSetup
+    ) -> tuple[InferenceEstimate, EngineEstimate]:
+        """The engine's accounting, from one trace: transformers' plan of one request of the engine's longest length,
+        its prefill traced at the engine's batched tokens (what the engine profiles), then `plan_engine` on it."""
+        from hfmem.memory.engine import engine_batched_tokens, plan_engine, vllm_default_max_model_len
+
+        gpu = engine.gpu
+        assert gpu is not None  # `check_engine`
+        config = self.resolved.config
+        length = engine.max_model_len or engine.context_length or vllm_default_max_model_len(config)
+        served_setup = replace(
+            inference,
+            context=length,
+            batch_size=1,
+            tp=engine.tp,
+            prefill_chunk=engine_batched_tokens(engine, gpu.usable_bytes, gpu.name),
+            gpu=gpu,
+            kv_dtype="fp8" if engine.kv_cache_dtype == "fp8" else None,
+        )
+        served = self._serve(inventory, finetune, served_setup)
+        assert served.profile is not None
+        plan = plan_engine(
+            config,
+            inventory,
+            served.profile,
+            served.weights.scheme,
+            engine,
+            cuda_context_bytes=inference.overheads.cuda_context_bytes,
+        )
+        return served, plan
 
     def _checkpoint(
         self, inventory: ParameterInventory, served: InferenceEstimate | None, *, token: str | None
@@ -396,6 +464,9 @@ class Prepared:
             }
             if inventory.image_inputs:
                 args["images_per_sample"] = setup.images_per_sample
+            autocast = PRECISION_SPECS[setup.precision].autocast
+            if autocast is not None:  # amp-*: the fp32 model traced under CUDA autocast to this dtype
+                args["autocast"] = autocast.torch_name
 
             def build() -> ActivationProfile:
                 from hfmem.build.trace import profile_activations

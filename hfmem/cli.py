@@ -15,7 +15,7 @@ import shutil
 import sys
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -34,13 +34,19 @@ from hfmem.types import (
     ACCOUNTINGS,
     ATTENTIONS,
     CHECKPOINTINGS,
+    DEFAULT_LOSS_CHUNKS,
+    ENGINE_KV_DTYPES,
+    ENGINES,
     FSDP_STRATEGIES,
     KV_DTYPES,
+    LOSSES,
     METHODS,
     OFFLOADS,
+    OPTIMIZER_IMPLS,
     OPTIMIZERS,
     PIPELINE_SCHEDULES,
     PRECISIONS,
+    EngineSetup,
     FinetuneSettings,
     GpuTarget,
     InferenceSetup,
@@ -144,16 +150,182 @@ def _translate(ctx: click.Context, error: Exception) -> click.ClickException:
     return internal
 
 
+#: ``--help``'s sections, in order. Options go to a section by `OPTION_GROUPS`; any option missing there is listed
+#: under `OTHER` (never dropped), so a new option shows up before it is filed.
+MODEL, PRECISION, SHARDING, FINETUNING, ACTIVATIONS, SERVING, GPU_FIT, OUTPUT, TOOL, OTHER = (
+    "Model",
+    "Precision & optimizer",
+    "Sharding & parallelism",
+    "Fine-tuning",
+    "Activations & loss",
+    "Serving",
+    "GPU fit",
+    "Output",
+    "Lists, cache & help",
+    "Other",
+)
+GROUP_ORDER = (MODEL, PRECISION, SHARDING, FINETUNING, ACTIVATIONS, SERVING, GPU_FIT, OUTPUT, TOOL, OTHER)
+
+#: Option (click parameter name) → its ``--help`` section. Adding an option to hfmem is one line here.
+OPTION_GROUPS: dict[str, str] = {
+    "revision": MODEL,
+    "token": MODEL,
+    "timeout": MODEL,
+    "trust_remote_code": MODEL,
+    "params": MODEL,
+    "launch_configs": MODEL,
+    "checkpoint": MODEL,
+    "cache": MODEL,
+    "precision": PRECISION,
+    "optimizer": PRECISION,
+    "optimizer_in_backward": PRECISION,
+    "optimizer_impl": PRECISION,
+    "accounting": PRECISION,
+    "zero_stages": SHARDING,
+    "gpus_per_node": SHARDING,
+    "nodes": SHARDING,
+    "tp": SHARDING,
+    "pp": SHARDING,
+    "cp": SHARDING,
+    "ep": SHARDING,
+    "sp": SHARDING,
+    "pp_schedule": SHARDING,
+    "microbatches": SHARDING,
+    "virtual_stages": SHARDING,
+    "fsdp": SHARDING,
+    "offload": SHARDING,
+    "method": FINETUNING,
+    "lora_rank": FINETUNING,
+    "lora_alpha": FINETUNING,
+    "lora_targets": FINETUNING,
+    "modules_to_save": FINETUNING,
+    "dora": FINETUNING,
+    "double_quant": FINETUNING,
+    "train_modules": FINETUNING,
+    "batch_size": ACTIVATIONS,
+    "seq_len": ACTIVATIONS,
+    "target_len": ACTIVATIONS,
+    "attn": ACTIVATIONS,
+    "grad_checkpointing": ACTIVATIONS,
+    "checkpoint_every": ACTIVATIONS,
+    "activation_offload": ACTIVATIONS,
+    "loss": ACTIVATIONS,
+    "loss_chunks": ACTIVATIONS,
+    "dropout": ACTIVATIONS,
+    "images_per_sample": ACTIVATIONS,
+    "context": SERVING,
+    "weights_dtype": SERVING,
+    "group_size": SERVING,
+    "kv_dtype": SERVING,
+    "prefill_chunk": SERVING,
+    "engine": SERVING,  # issue 15's engine flags (vLLM, SGLang): serving only
+    "gpu_memory_utilization": SERVING,
+    "max_model_len": SERVING,
+    "max_num_seqs": SERVING,
+    "max_num_batched_tokens": SERVING,
+    "block_size": SERVING,
+    "kv_cache_dtype": SERVING,
+    "enforce_eager": SERVING,
+    "tensor_parallel_size": SERVING,
+    "pipeline_parallel_size": SERVING,
+    "mem_fraction_static": SERVING,
+    "context_length": SERVING,
+    "max_running_requests": SERVING,
+    "chunked_prefill_size": SERVING,
+    "page_size": SERVING,
+    "min_concurrency": GPU_FIT,
+    "gpu_name": GPU_FIT,
+    "gpu_memory": GPU_FIT,
+    "max_batch": GPU_FIT,
+    "check": GPU_FIT,
+    "cuda_context": GPU_FIT,
+    "fragmentation": GPU_FIT,
+    "format_": OUTPUT,
+    "json_": OUTPUT,
+    "explain": OUTPUT,
+    "verbose": OUTPUT,
+    "training_only": OUTPUT,
+    "inference_only": OUTPUT,
+    "clear_cache": TOOL,
+    "list_catalogue": TOOL,
+    "list_gpus": TOOL,
+    "debug": TOOL,
+    "version": TOOL,
+    "help": TOOL,
+}
+
+#: Which command takes an option, by section: ``hfmem train`` has no serving options, ``hfmem serve`` none of the
+#: training ones; `PLAN_EXCEPTIONS` names the options of a section that go elsewhere. ``hfmem MODEL`` takes all.
+SECTION_PLANS: dict[str, frozenset[str]] = {
+    PRECISION: frozenset({"train"}),
+    SHARDING: frozenset({"train"}),
+    FINETUNING: frozenset({"train"}),
+    ACTIVATIONS: frozenset({"train"}),
+    SERVING: frozenset({"serve"}),
+    TOOL: frozenset(),
+}
+PLAN_EXCEPTIONS: dict[str, frozenset[str]] = {
+    "tp": frozenset({"train", "serve"}),  # serving splits the KV heads and weights too
+    "batch_size": frozenset({"train", "serve"}),  # sequences per GPU in both plans
+    "images_per_sample": frozenset({"train", "serve"}),
+    "double_quant": frozenset({"train", "serve"}),  # NF4 base (qlora) or NF4 served weights
+    "checkpoint": frozenset({"serve"}),  # the safetensors cross-check is printed with the serving plan
+    "max_batch": frozenset({"train"}),  # serving's largest batch is always reported with a GPU
+    "training_only": frozenset(),  # the command names its plan
+    "inference_only": frozenset(),
+    "version": frozenset(),
+    "debug": frozenset({"train", "serve"}),
+    "min_concurrency": frozenset({"serve"}),  # issue 15: --check gates a deployment's concurrency
+}
+#: Sections per command, for ``hfmem serve --help`` (where --batch-size and --tp are serving settings).
+SERVE_SECTIONS = {"batch_size": SERVING, "tp": SERVING, "images_per_sample": SERVING, "double_quant": SERVING}
+
+
+def option_section(name: str | None, overrides: dict[str, str] | None = None) -> str:
+    """The ``--help`` section of option ``name``: `OPTION_GROUPS`, or `OTHER` for one not filed yet."""
+    if name is None:
+        return OTHER
+    return (overrides or {}).get(name) or OPTION_GROUPS.get(name, OTHER)
+
+
+def takes_option(plan: str, name: str | None) -> bool:
+    """Whether the command of ``plan`` (``train`` / ``serve``) takes option ``name``."""
+    if name in PLAN_EXCEPTIONS:
+        return plan in PLAN_EXCEPTIONS[name]
+    return plan in SECTION_PLANS.get(option_section(name), frozenset({"train", "serve"}))
+
+
 class HfmemCommand(click.Command):
-    """Translates errors inside click, so `CliRunner` sees exactly what users see; ``hfmem compare …`` goes to the
-    `compare` command (a model cannot be named ``compare``: Hub ids have an owner, local paths can be ``./compare``).
-    """
+    """Translates errors inside click, so `CliRunner` sees exactly what users see; ``hfmem train|serve|compare …``
+    goes to that command (a model cannot be named so: Hub ids have an owner, local paths can be ``./train``).
+    ``--help`` lists the options in sections (`OPTION_GROUPS`), and the root lists the commands."""
+
+    #: ``--help`` section overrides of this command (option name → section).
+    sections: dict[str, str] = {}
+    #: The options a plan command sets itself (``hfmem train``: ``training_only``); see `plan_options`.
+    plan_defaults: dict[str, Any] = {}
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
-        if argv[:1] == ["compare"] and self is not compare:
-            return compare.main(argv[1:], prog_name=f"{prog_name or 'hfmem'} compare", **extra)
+        if self is cli and argv[:1] and argv[0] in SUBCOMMANDS:
+            command = SUBCOMMANDS[argv[0]]
+            return command.main(argv[1:], prog_name=f"{prog_name or 'hfmem'} {argv[0]}", **extra)
         return super().main(argv, prog_name=prog_name, **extra)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self is cli:
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, command.get_short_help_str(80)) for name, command in SUBCOMMANDS.items()])
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            if record is not None:
+                name = "help" if param is self.get_help_option(ctx) else param.name
+                sections.setdefault(option_section(name, self.sections), []).append(record)
+        for title in (*GROUP_ORDER, *sorted(set(sections) - set(GROUP_ORDER))):
+            if sections.get(title):
+                with formatter.section(title):
+                    formatter.write_dl(sections[title])
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
@@ -303,6 +475,24 @@ class MemorySize(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class ContextTokens(click.ParamType):
+    """``--context``: a token count (≥ 1), or ``max`` for the model's whole context length."""
+
+    name = "tokens"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return "N|max"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, str) and value.strip().lower() == FULL_CONTEXT:
+            return FULL_CONTEXT
+        return int(click.IntRange(min=1).convert(value, param, ctx))
+
+
+#: ``--context max``: serve the model's whole context length (`InferenceSetup.full_context`).
+FULL_CONTEXT = "max"
+
+
 def _clear_cache(fmt: str) -> None:
     from hfmem.cache import clear_cache
 
@@ -332,6 +522,104 @@ tp_option = click.option(
     help="Tensor-parallel degree: attention/MLP linears split column-/row-parallel, embeddings and LM head "
     "vocab-parallel (Megatron); activations inside attention/MLP split too. Inference: KV heads split as well.",
 )
+
+
+#: The serving-engine options (issue 15), by the engines' own names, defined once: `engine_options` applies them to a
+#: command. vLLM's take effect with --engine vllm, SGLang's with --engine sglang; `hfmem.rules.check_engine` refuses
+#: the others, and any of them with --engine transformers.
+ENGINE_OPTIONS = (
+    click.option(
+        "--engine",
+        type=click.Choice(ENGINES),
+        default="transformers",
+        show_default=True,
+        help="Serving: transformers (generate() with a DynamicCache, the plan above), or reproduce the start-up memory "
+        "accounting of vllm (0.11.0) or sglang (0.4.4): KV budget, blocks, tokens, maximum concurrency, whether it "
+        "starts. Needs --gpu; plans serving only.",
+    ),
+    click.option(
+        "--gpu-memory-utilization",
+        type=FiniteFloatRange(0.0, 1.0, min_open=True),
+        help="vLLM: fraction of the GPU's total memory the engine may use (default 0.9).",
+    ),
+    click.option(
+        "--max-model-len",
+        type=Listed(click.IntRange(min=1)),
+        help="vLLM: the longest request in tokens (default: the config's, as vLLM derives it).",
+    ),
+    click.option(
+        "--max-num-seqs",
+        type=click.IntRange(min=1),
+        help="vLLM: sequences per step (default 1024 on GPUs of 70 GiB or more other than A100, else 256).",
+    ),
+    click.option(
+        "--max-num-batched-tokens",
+        type=click.IntRange(min=1),
+        help="vLLM: tokens per step, the size of its profiling forward (default 8192 on GPUs of 70 GiB or more "
+        "other than A100, else 2048).",
+    ),
+    click.option(
+        "--block-size",
+        type=click.Choice([str(n) for n in (1, 8, 16, 32, 64, 128)]),
+        help="vLLM: tokens per KV block (default 16; MLA models 64 with FlashMLA, 128 on Blackwell).",
+    ),
+    click.option(
+        "--kv-cache-dtype",
+        type=Listed(click.Choice(ENGINE_KV_DTYPES)),
+        help="vLLM / SGLang: KV cache element type: auto (the model dtype) or fp8 (one byte). Default auto.",
+    ),
+    click.option("--enforce-eager", is_flag=True, help="vLLM: no CUDA graphs."),
+    click.option(
+        "--tensor-parallel-size",
+        type=Listed(click.IntRange(min=1)),
+        help="vLLM / SGLang: GPUs splitting each layer's heads and weights (default --tp, else 1).",
+    ),
+    click.option(
+        "--pipeline-parallel-size",
+        type=click.IntRange(min=1),
+        help="vLLM: GPUs splitting the layers; the tightest rank is reported (default 1).",
+    ),
+    click.option(
+        "--mem-fraction-static",
+        type=FiniteFloatRange(0.0, 1.0, min_open=True),
+        help="SGLang: share of the free memory before the weights that weights + KV pool may use (default by TP "
+        "size: 0.88 at 1 GPU … 0.79 at 16).",
+    ),
+    click.option(
+        "--context-length",
+        type=Listed(click.IntRange(min=1)),
+        help="SGLang: the longest request in tokens (default: the config's).",
+    ),
+    click.option(
+        "--max-running-requests",
+        type=click.IntRange(min=1),
+        help="SGLang: concurrent requests (default from the pool size).",
+    ),
+    click.option(
+        "--chunked-prefill-size",
+        type=click.IntRange(min=1),
+        help="SGLang: prefill tokens per step (default 8192, 2048 below 25,000 MB of GPU memory).",
+    ),
+    click.option(
+        "--page-size",
+        type=click.IntRange(min=1),
+        help="SGLang: tokens per KV page (default 1).",
+    ),
+    click.option(
+        "--min-concurrency",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="With --engine: the deployment must hold N concurrent requests of the longest length; --check exits 3 "
+        "with one line on stderr when it does not (or the engine does not start).",
+    ),
+)
+
+
+def engine_options(command: Any) -> Any:
+    """Apply `ENGINE_OPTIONS` to a click command (in help order)."""
+    for option in reversed(ENGINE_OPTIONS):
+        command = option(command)
+    return command
 
 
 def _list_gpus(json_: bool) -> None:
@@ -419,14 +707,33 @@ def _list_catalogue(json_: bool) -> None:
     default="bf16-mixed",
     show_default=True,
     help="fp32 | tf32 (fp32 storage, TF32 matmuls) | bf16-mixed / fp16-mixed (16-bit weights and gradients, "
-    "fp32 master weights and optimizer states) | bf16 / fp16 (everything 16-bit).",
+    "fp32 master weights and optimizer states) | bf16 / fp16 (everything 16-bit) | amp-bf16 / amp-fp16 (torch "
+    "autocast on an fp32 model, the HF Trainer's bf16=True / fp16=True: fp32 weights, gradients and states, "
+    "16-bit matmuls on cached weight copies; traced under an emulation of CUDA autocast).",
 )
 @click.option(
     "--optimizer",
     type=Listed(click.Choice(OPTIMIZERS)),
     default="adamw",
     show_default=True,
-    help="adamw-8bit is bitsandbytes' block-wise 8-bit AdamW; adafactor is HF's factored Adafactor.",
+    help="adamw-8bit is bitsandbytes' block-wise 8-bit AdamW; adafactor is HF's factored Adafactor; paged-adamw / "
+    "paged-adamw-8bit are bitsandbytes' paged AdamW (fp32 / 8-bit states), whose states of tensors with ≥ 100,000 "
+    "elements live in CUDA managed memory: reported as their own line (allocator peak vs device total).",
+)
+@click.option(
+    "--optimizer-impl",
+    type=click.Choice(OPTIMIZER_IMPLS),
+    default="foreach",
+    show_default=True,
+    help="torch AdamW's step: foreach (torch's CUDA default; a state-sized temporary of all parameters), fused "
+    "(none; the HF Trainer's adamw_torch_fused) or loop (2 × the largest parameter). Applies at ZeRO 0 and with "
+    "--fsdp; DeepSpeed's ZeRO ≥ 1 steps its own optimizer.",
+)
+@click.option(
+    "--optimizer-in-backward",
+    is_flag=True,
+    help="Step each parameter in backward and free its gradient (torchtune optimizer_in_bwd): one gradient live, "
+    "no separate step peak. ZeRO 0 or --fsdp; no --pp.",
 )
 @click.option(
     "--zero",
@@ -578,7 +885,40 @@ def _list_catalogue(json_: bool) -> None:
     type=Listed(click.Choice(CHECKPOINTINGS)),
     default="none",
     show_default=True,
-    help="full: keep only each layer's input and recompute it; selective: recompute the attention core.",
+    help="full: keep only each layer's input and recompute it; selective: recompute the attention core (saves "
+    "nothing extra with sdpa/flash, which never keep the scores); ops: torchtitan's op-level policy (keep the "
+    "matmul and attention outputs but every second mm, recompute the rest).",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.INT,
+    default=1,
+    show_default=True,
+    metavar="K",
+    help="With --grad-checkpointing, checkpoint layers 0, K, 2K… (transformers' every_n_layers); the others keep "
+    "everything.",
+)
+@click.option(
+    "--activation-offload",
+    is_flag=True,
+    help="Keep the checkpointed activations in CPU RAM (torchtune's OffloadActivations): the LM head's input and up "
+    "to 5 copies in flight stay on the GPU. Needs --grad-checkpointing.",
+)
+@click.option(
+    "--loss",
+    type=Listed(click.Choice(LOSSES)),
+    default="hf",
+    show_default=True,
+    help="hf: transformers' cross-entropy on the whole fp32-upcast logits; chunked: torchtune's chunked cross-entropy "
+    "(one chunk upcast at a time); fused: fused linear + cross-entropy (Liger, Cut Cross-Entropy), no full logits.",
+)
+@click.option(
+    "--loss-chunks",
+    type=click.INT,
+    default=DEFAULT_LOSS_CHUNKS,
+    show_default=True,
+    metavar="N",
+    help="Chunks of --loss chunked (torchtune's num_output_chunks); other losses ignore it.",
 )
 @click.option(
     "--dropout",
@@ -602,8 +942,9 @@ def _list_catalogue(json_: bool) -> None:
 @click.option(
     "--check",
     is_flag=True,
-    help="Make the verdict the exit code: 0 when every reported plan fits the GPU, 3 when one does not "
-    "(pass --zero N for the stage you will launch, --training-only or --inference-only for one plan).",
+    help="Make the verdict the exit code: 0 when every plan shown fits the GPU, 3 when one does not, with a line "
+    "on stderr naming it and by how much. hfmem train / hfmem serve check their own plan; hfmem MODEL checks both "
+    "(or --training-only / --inference-only); pass --zero N for the stage you will launch.",
 )
 @click.option(
     "--cuda-context",
@@ -622,9 +963,9 @@ def _list_catalogue(json_: bool) -> None:
 @click.option("--inference-only", is_flag=True, help="Plan inference only: weights + KV cache + prefill + overhead.")
 @click.option(
     "--context",
-    type=Listed(click.IntRange(min=1)),
-    help="Inference: tokens per sequence held in the KV cache, prompt + generated (default: the model's context "
-    "length).",
+    type=Listed(ContextTokens()),
+    help="Inference: tokens per sequence held in the KV cache, prompt + generated (default: the same as --seq-len's, "
+    "the model's context length capped at 4096); max: the model's whole context length.",
 )
 @click.option(
     "--weights-dtype",
@@ -658,6 +999,7 @@ def _list_catalogue(json_: bool) -> None:
     help="Models that take images (Llava, Gemma-3): default-size images per training sample and per prefill chunk, "
     "traced through the vision tower; their tokens count in --seq-len / --context. 0: token ids only.",
 )
+@engine_options
 @click.option(
     "--checkpoint/--no-checkpoint",
     default=True,
@@ -692,6 +1034,13 @@ def _list_catalogue(json_: bool) -> None:
     "of its constants, per component. With --json: an 'explanation' list in the JSON.",
 )
 @click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Also print the reference under each table: what the precision, optimizer and accounting convention keep, "
+    "each overhead item, the model's modules.",
+)
+@click.option(
     "--list-catalogue",
     is_flag=True,
     help="List the models bundled for offline use, with their exact parameter counts, and exit.",
@@ -701,15 +1050,21 @@ def _list_catalogue(json_: bool) -> None:
 @click.version_option(hfmem_version(), "--version", prog_name="hfmem")
 def cli(**opts: Any) -> None:
     """Exact parameters, peak per-GPU training memory and serving memory of a Hugging Face model, without
-    downloading weights.
+    downloading weights: hfmem MODEL plans both; hfmem train MODEL or hfmem serve MODEL plans one.
 
     MODEL is a Hub repo id (meta-llama/Llama-2-7b-hf), a local folder holding config.json or a PEFT
     adapter_config.json, or a path to a config.json. When the Hub cannot answer, hfmem uses the HF cache, then
     its bundled catalogue (--list-catalogue), and says so on stderr.
 
-    Options marked LIST take comma lists (--batch-size 1,2,4 --seq-len 2048,4096): one table, a row per
-    combination. To compare models under the same settings: hfmem compare MODEL MODEL ... [OPTIONS].
+    Options whose value ends in [,…] take comma lists (--batch-size 1,2,4 --seq-len 2048,4096): one table, a row
+    per combination.
     """
+    _run(opts)
+
+
+def _run(opts: dict[str, Any]) -> None:
+    """``hfmem MODEL``, ``hfmem train`` and ``hfmem serve``: the options of the command (every option of ``cli``,
+    those a command lacks at their defaults) → plan(s) → output → exit code."""
     fmt = _output_format(opts)
     if opts["clear_cache"]:
         _clear_cache(fmt)
@@ -728,10 +1083,11 @@ def cli(**opts: Any) -> None:
     if model is not None and params is not None:
         raise click.UsageError("give either MODEL or --params, not both")
     combos = _combinations(opts)
+    _check_engines(combos, has_model=model is not None)
     prepared = _prepare(model, params, opts)
     if len(combos) == 1:
         report = _report(prepared, combos[0][1])
-        _emit_report(report, fmt, explain=opts["explain"], launch=launch)
+        _emit_report(report, fmt, explain=opts["explain"], verbose=opts["verbose"], launch=launch)
         _exit_on_verdict(opts, [report])
         return
     if opts["explain"]:
@@ -750,7 +1106,7 @@ def cli(**opts: Any) -> None:
     else:
         click.echo(render_sweep(rows, markdown=fmt == "markdown", **_console()), nl=False)
         _echo_launch(launch, fmt)
-    _exit_on_verdict(opts, [r for _, r in rows])
+    _exit_on_verdict(opts, [r for _, r in rows], [" ".join(f"{k} {v}" for k, v in values) for values, _ in rows])
 
 
 #: Options that take comma lists; a sweep is the product of every one given more than one value.
@@ -770,12 +1126,17 @@ LIST_OPTIONS = (
     "seq_len",
     "attn",
     "grad_checkpointing",
+    "loss",
     "gpu_name",
     "gpu_memory",
     "context",
     "weights_dtype",
     "kv_dtype",
     "prefill_chunk",
+    "max_model_len",
+    "kv_cache_dtype",
+    "tensor_parallel_size",
+    "context_length",
 )
 
 
@@ -861,10 +1222,17 @@ def _building_note(model_id: str) -> None:
     click.echo(f"hfmem: building {one_line(redact(model_id, secrets))} on the meta device and tracing it…", err=True)
 
 
-def _report(prepared: Prepared, o: dict[str, Any]) -> Report:
-    """Plan one combination of scalar options on ``prepared``."""
+def _report(prepared: Prepared, o: dict[str, Any], *, spinner: bool = True) -> Report:
+    """Plan one combination of scalar options on ``prepared`` (``spinner``: say so on a terminal's stderr)."""
     setup, serve, training = _setups(o, is_params=prepared.params is not None)
-    with _spinner(f"building {prepared.resolved.model_id} on the meta device and tracing it"):
+    engine = _engine_setup(o, setup.gpu)
+    if engine is not None and engine.engine != "transformers":
+        if o["training_only"]:
+            raise click.UsageError(f"--engine {engine.engine} plans serving; drop --training-only")
+        training = False
+        serve = serve or _setups({**o, "training_only": False, "inference_only": True}, is_params=False)[1]
+    building = f"building {prepared.resolved.model_id} on the meta device and tracing it"
+    with _spinner(building) if spinner else nullcontext():
         return prepared.report(
             setup,
             training=training,
@@ -873,7 +1241,44 @@ def _report(prepared: Prepared, o: dict[str, Any]) -> Report:
             checkpoint=o["checkpoint"] and serve is not None,
             token=o["token"],
             finetune_given=o["finetune_given"],
+            engine=engine,
         )
+
+
+def _check_engines(combos: list[tuple[Any, dict[str, Any]]], *, has_model: bool) -> None:
+    """The engine rules (`hfmem.rules.check_engine`) on every combination, before a model is fetched or built."""
+    from hfmem.rules import check_engine
+
+    for _, o in combos:
+        gpu = o["gpu_name"] or (GpuTarget("--gpu-memory", o["gpu_memory"]) if o["gpu_memory"] else None)
+        check_engine(_engine_setup(o, gpu), has_model=has_model)
+
+
+def _engine_setup(o: dict[str, Any], gpu: GpuTarget | str | None) -> EngineSetup:
+    """The engine options → `EngineSetup` (validated by `hfmem.rules.check_engine` in the API)."""
+    engine = o["engine"]
+    tp = o["tensor_parallel_size"]
+    if tp is None and engine != "transformers" and o["tp"] > 1:
+        tp = o["tp"]
+    return EngineSetup(
+        engine=engine,
+        gpu_memory_utilization=o["gpu_memory_utilization"],
+        max_model_len=o["max_model_len"],
+        max_num_seqs=o["max_num_seqs"],
+        max_num_batched_tokens=o["max_num_batched_tokens"],
+        block_size=int(o["block_size"]) if o["block_size"] is not None else None,
+        kv_cache_dtype=o["kv_cache_dtype"],
+        enforce_eager=o["enforce_eager"],
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=o["pipeline_parallel_size"],
+        mem_fraction_static=o["mem_fraction_static"],
+        context_length=o["context_length"],
+        max_running_requests=o["max_running_requests"],
+        chunked_prefill_size=o["chunked_prefill_size"],
+        page_size=o["page_size"],
+        min_concurrency=o["min_concurrency"],
+        gpu=gpu,
+    )
 
 
 def _finetune_given(ctx: click.Context, launch: LaunchOutcome | None) -> frozenset[str]:
@@ -945,6 +1350,12 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
             fsdp=o["fsdp"],
         ),
         images_per_sample=o["images_per_sample"],
+        optimizer_in_backward=o["optimizer_in_backward"],
+        optimizer_impl=o["optimizer_impl"],
+        loss=o["loss"],
+        loss_chunks=o["loss_chunks"],
+        checkpoint_every=o["checkpoint_every"],
+        activation_offload=o["activation_offload"],
     )
     serve = None
     if not o["training_only"] and not (is_params and not o["inference_only"]):
@@ -953,13 +1364,14 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
             group_size=o["group_size"],
             double_quant=o["double_quant"],
             kv_dtype=o["kv_dtype"],
-            context=o["context"],
+            context=None if o["context"] == FULL_CONTEXT else o["context"],
             batch_size=o["batch_size"],
             tp=o["tp"],
             prefill_chunk=o["prefill_chunk"],
             images_per_sample=o["images_per_sample"],
             overheads=overheads,
             gpu=gpu,
+            full_context=o["context"] == FULL_CONTEXT,
         )
     return setup, serve, not o["inference_only"]
 
@@ -992,7 +1404,11 @@ def _apply_launch_configs(ctx: click.Context, opts: dict[str, Any]) -> LaunchOut
             overridden.append({**entry, "flag_value": _typed_value(typed_value)})
         elif setting.unmodelled or param is None or not _accepts(param, setting.value):
             why = setting.unmodelled or (
-                "not an option of this hfmem yet" if param is None else "not a choice of this hfmem yet"
+                "not a choice of this hfmem yet"
+                if param is not None
+                else f"not planned by hfmem {ctx.command.name} (hfmem MODEL plans it)"
+                if any(p.name == setting.option for p in cli.params)
+                else "not an option of this hfmem yet"
             )
             unmodelled.append({**entry, "reason": why})
         else:
@@ -1061,7 +1477,9 @@ def _sweep_json(doc: dict[str, Any]) -> str:
     return json.dumps(head, indent=2)[:-2] + ',\n  "rows": [\n' + rows + "\n  ]\n}"
 
 
-def _emit_report(report: Report, fmt: str, *, explain: bool = False, launch: LaunchOutcome | None = None) -> None:
+def _emit_report(
+    report: Report, fmt: str, *, explain: bool = False, verbose: bool = False, launch: LaunchOutcome | None = None
+) -> None:
     from hfmem.report import render_markdown, render_table, to_dict
 
     secrets = _secrets(click.get_current_context())
@@ -1075,14 +1493,14 @@ def _emit_report(report: Report, fmt: str, *, explain: bool = False, launch: Lau
             doc["explanation"] = explanation_records(report)
         click.echo(json.dumps(_with_launch(doc, launch), indent=2))
     elif fmt == "markdown":
-        click.echo(render_markdown(report), nl=False)
+        click.echo(render_markdown(report, verbose=verbose), nl=False)
         if explain:
             from hfmem.explain import render_explanation
 
             click.echo("\n```text\n" + render_explanation(report, width=100) + "```\n", nl=False)
     else:
         console = _console()
-        click.echo(render_table(report, **console), nl=False)
+        click.echo(render_table(report, verbose=verbose, **console), nl=False)
         if explain:
             from hfmem.explain import render_explanation
 
@@ -1091,18 +1509,32 @@ def _emit_report(report: Report, fmt: str, *, explain: bool = False, launch: Lau
         _echo_launch(launch, fmt)
 
 
-def _exit_on_verdict(opts: dict[str, Any], reports: list[Report]) -> None:
-    """--check: exit 3 when any reported plan does not fit; else 5 (`NotMeasuredError`) when a plan could not be
-    measured (its fit is unknown)."""
-    verdicts: list[bool | None] = []
-    for report in reports:
-        if report.training is not None:
-            verdicts += [stage.fits for stage in report.training.stages]
-        if report.inference is not None:
-            verdicts.append(report.inference.fits)
+def _exit_on_verdict(opts: dict[str, Any], reports: list[Report], labels: list[str] | None = None) -> None:
+    """--check: exit 3 when a plan the command shows does not fit (the training rows of `shown_stages`, serving),
+    after one line on stderr naming each plan and stage and by how much (`fit_failures`; ``labels`` name each
+    report: a sweep's combination, compare's model); else 5 (`NotMeasuredError`) when a plan could not be measured
+    (its fit is unknown)."""
     if not opts["check"]:
         return
+    from hfmem.report import fit_failures, shown_stages
+
+    verdicts: list[bool | None] = []
+    failures: list[str] = []
+    for i, report in enumerate(reports):
+        if report.training is not None:
+            verdicts += [stage.fits for stage in shown_stages(report.training)]
+        if report.engine is not None:  # the engine's verdict; its transformers plan only measured the model
+            verdicts.append(report.engine.fits)
+        elif report.inference is not None:
+            verdicts.append(report.inference.fits)
+        label = f"{labels[i]}: " if labels else ""
+        failures += [label + line for line in fit_failures(report)]
     if any(verdict is False for verdict in verdicts):
+        shown = failures[:MAX_FAILURES_SAID]
+        more = len(failures) - len(shown)
+        said = "; ".join(shown) + (f"; and {more:,} more" if more else "")
+        secrets = _secrets(click.get_current_context())
+        click.echo(f"hfmem: does not fit: {one_line(redact(said, secrets))}", err=True)
         raise click.exceptions.Exit(int(ExitCode.DOES_NOT_FIT))
     for report in reports:
         if report.training is not None and report.training.unmeasured is not None:
@@ -1111,6 +1543,10 @@ def _exit_on_verdict(opts: dict[str, Any], reports: list[Report]) -> None:
             raise NotMeasuredError(report.model.model_id, "serving memory", report.inference_unmeasured)
     if not all(verdicts):
         raise click.exceptions.Exit(int(ExitCode.DOES_NOT_FIT))
+
+
+#: --check names at most this many failing plans on its stderr line (a sweep can have thousands), then a count.
+MAX_FAILURES_SAID = 4
 
 
 def _compare(**opts: Any) -> None:
@@ -1133,6 +1569,7 @@ def _compare(**opts: Any) -> None:
         raise click.UsageError("compare takes one value per option; sweep one model at a time with lists")
     if opts["explain"]:
         raise click.UsageError("--explain explains one plan; run hfmem MODEL --explain for each model")
+    _check_engines(combos, has_model=True)
     reports = []
     for model in models:
         report = _report(_prepare(model, None, opts), combos[0][1])
@@ -1147,7 +1584,7 @@ def _compare(**opts: Any) -> None:
     else:
         click.echo(render_compare(reports, markdown=fmt == "markdown", **_console()), nl=False)
         _echo_launch(launch, fmt)
-    _exit_on_verdict(opts, reports)
+    _exit_on_verdict(opts, reports, [r.model.model_id for r in reports])
 
 
 _NOT_FOR_COMPARE = {"model", "params", "list_catalogue", "list_gpus", "clear_cache"}
@@ -1157,9 +1594,88 @@ compare = HfmemCommand(
     params=[click.Argument(["models"], nargs=-1, required=True)]
     + [_one_value(p) for p in cli.params if p.name not in _NOT_FOR_COMPARE],
     help=_compare.__doc__,
+    short_help="Several models under the same settings, side by side.",
     context_settings=cli.context_settings,
     epilog=cli.epilog,
 )
+
+
+def _web(port: int | None, debug: bool) -> None:
+    """Serve a calculator page on 127.0.0.1 (a Gradio app on the same engine) and print its URL; Ctrl-C stops it.
+    Needs the web extra: pip install 'hfmem[web]'. The page's settings travel in its URL, so a result can be shared.
+    """
+    from hfmem.web import serve
+
+    serve(port=port, echo=click.echo)
+
+
+web = HfmemCommand(
+    "web",
+    callback=_web,
+    params=[
+        click.Option(
+            ["--port"], type=click.IntRange(1, 65535), help="Port on 127.0.0.1 (default: a free one from 7860 up)."
+        ),
+        click.Option(["--debug"], is_flag=True, help="Show tracebacks (also HFMEM_DEBUG=1)."),
+    ],
+    help=_web.__doc__,
+    context_settings=cli.context_settings,
+)
+
+
+def _plan_command(plan: str, short_help: str, doc: str, **defaults: Any) -> HfmemCommand:
+    """``hfmem train`` / ``hfmem serve``: the options of `cli` that `takes_option` gives ``plan``, the same run."""
+    taken = [p for p in cli.params if p.name == "model" or takes_option(plan, p.name)]
+
+    def callback(**opts: Any) -> None:
+        _run(plan_options(command, opts))
+
+    command = HfmemCommand(
+        plan,
+        callback=callback,
+        params=taken,
+        help=doc,
+        short_help=short_help,
+        context_settings=cli.context_settings,
+        epilog=cli.epilog,
+    )
+    command.plan_defaults = defaults
+    if plan == "serve":
+        command.sections = SERVE_SECTIONS
+    return command
+
+
+def plan_options(command: HfmemCommand, opts: dict[str, Any]) -> dict[str, Any]:
+    """The options of a run of ``command`` (``hfmem train`` / ``hfmem serve``): those it takes as given, every other
+    option of `cli` at its default (as click gives it), and the plan the command names (`HfmemCommand.plan_defaults`).
+    """
+    with cli.make_context("hfmem", []) as bare:
+        lacking = {name: value for name, value in bare.params.items() if name not in opts}
+    return {**lacking, **opts, **command.plan_defaults}
+
+
+train = _plan_command(
+    "train",
+    "Plan training only: peak memory per GPU per ZeRO stage; --check gates on it.",
+    """The training plan of MODEL: exact parameters and the peak memory per GPU for each ZeRO stage, and whether
+    it fits a GPU. --check gates on training only.
+
+    Example: hfmem train meta-llama/Llama-3.1-8B --method qlora --gpu rtx-4090 --seq-len 2048 --check
+    """,
+    training_only=True,
+)
+serve = _plan_command(
+    "serve",
+    "Plan serving only: weights, KV cache, prefill and overheads per GPU; --check gates on it.",
+    """The serving plan of MODEL: weights, KV cache, a prefill chunk and overheads per GPU, and whether it fits a
+    GPU. --check gates on serving only.
+
+    Example: hfmem serve meta-llama/Llama-3.1-8B --gpu l4 --context max
+    """,
+    inference_only=True,
+)
+#: ``hfmem NAME …`` commands beside ``hfmem MODEL …``.
+SUBCOMMANDS: dict[str, HfmemCommand] = {"train": train, "serve": serve, "compare": compare, "web": web}
 
 
 def main() -> None:

@@ -30,6 +30,8 @@ __all__ = [
     "LaunchConfigError",
     "CacheFolderError",
     "UnknownDtypeError",
+    "WebExtraMissingError",
+    "WebPortError",
 ]
 
 
@@ -260,3 +262,28 @@ class UnknownDtypeError(HfmemError, ValueError):
             f"unknown dtype {shown!r}; use one of {', '.join(known)} (or a torch name like 'bfloat16', "
             "'torch.bfloat16', or a safetensors name like 'BF16')"
         )
+
+
+class WebExtraMissingError(HfmemError, ImportError):
+    """``hfmem web`` without Gradio, which the optional ``web`` extra installs."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self) -> None:
+        super().__init__("hfmem web needs Gradio, which is not installed; install it with: pip install 'hfmem[web]'")
+
+
+class WebPortError(HfmemError, OSError):
+    """``hfmem web`` found no port to listen on: the one asked for is taken, or none is free in Gradio's range.
+
+    Attributes:
+        port: the port asked for (None: any free one).
+    """
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, port: int | None, reason: str) -> None:
+        self.port = port
+        where = f"port {port} on 127.0.0.1 is not free" if port else "no free port on 127.0.0.1 from 7860 up"
+        fix = "pass another --port, or none for a free one" if port else "pass a free one with --port"
+        super().__init__(f"{where} ({reason}); {fix}")

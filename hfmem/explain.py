@@ -26,6 +26,39 @@ from hfmem.memory.activations import (
     profile_tokens,
     typical_layer_saved_bytes,
 )
+from hfmem.memory.engine import (
+    SRC_SGLANG_BUDGET,
+    SRC_SGLANG_DEFAULTS,
+    SRC_SGLANG_POOL,
+    SRC_VLLM_BLOCKS,
+    SRC_VLLM_BUDGET,
+    SRC_VLLM_DEFAULTS,
+    SRC_VLLM_MAMBA,
+    SRC_VLLM_NON_TORCH,
+    SRC_VLLM_PROFILE,
+    SRC_VLLM_REFUSE,
+    SRC_VLLM_SPEC,
+    SRC_VLLM_WEIGHTS,
+    full_blocks_per_request,
+    hidden_size,
+    hybrid_num_blocks,
+    kv_tokens,
+    max_concurrency,
+    needed_bytes,
+    page_bytes,
+    rotary_dim,
+    sglang_max_num_reqs,
+    sglang_max_total_tokens,
+    sglang_rest_bytes,
+    sliding_blocks_per_request,
+    uniform_num_blocks,
+    vllm_activation_peak_bytes,
+    vllm_available_kv_bytes,
+    vllm_default_max_model_len,
+    vllm_requested_bytes,
+    vllm_rope_cache_bytes,
+    vllm_sampler_bytes,
+)
 from hfmem.memory.expr import (
     Const,
     Expr,
@@ -33,6 +66,7 @@ from hfmem.memory.expr import (
     Value,
     Var,
     lift,
+    minimum,
     total,
     value_of,
 )
@@ -63,6 +97,7 @@ from hfmem.memory.parallel import (
 )
 from hfmem.memory.peak import (
     OverheadInputs,
+    activation_offload_cpu_bytes,
     allocator_buffer_bytes,
     fragmentation_bytes,
     headroom_bytes,
@@ -84,14 +119,23 @@ from hfmem.memory.quantization import (
     weights_total_bytes,
 )
 from hfmem.memory.sources import (
+    SRC_ACT_OFFLOAD,
     SRC_ADAFACTOR,
+    SRC_ADAM_FOREACH,
+    SRC_ADAM_FUSED,
+    SRC_ADAM_LOOP,
     SRC_ADAMW,
+    SRC_AUTOCAST_CACHE,
+    SRC_AUTOCAST_LISTS,
     SRC_AWQ,
     SRC_BNB_4BIT,
     SRC_BNB_8BIT,
     SRC_BNB_MATMUL,
+    SRC_BNB_PAGED,
     SRC_CAT,
+    SRC_CHUNKED_LOSS,
     SRC_CKPT,
+    SRC_CKPT_EVERY,
     SRC_CUDA,
     SRC_DDP,
     SRC_DORA,
@@ -104,6 +148,7 @@ from hfmem.memory.sources import (
     SRC_FP8,
     SRC_FRAG,
     SRC_FSDP,
+    SRC_FUSED_LOSS,
     SRC_INT8,
     SRC_INVENTORY,
     SRC_KV,
@@ -115,6 +160,8 @@ from hfmem.memory.sources import (
     SRC_MEGATRON_TP,
     SRC_MXFP4,
     SRC_OFFLOAD,
+    SRC_OPS_SAC,
+    SRC_OPTIM_IN_BWD,
     SRC_PEAK,
     SRC_PEFT_FP32,
     SRC_PP_1F1B,
@@ -134,6 +181,7 @@ from hfmem.memory.sources import (
 from hfmem.memory.states import (
     BNB_BLOCKSIZE,
     BNB_MIN_8BIT_SIZE,
+    BNB_MIN_PAGED_SIZE,
     PER_ELEMENT_STATES,
     PRECISION_SPECS,
     StateBytes,
@@ -144,6 +192,7 @@ from hfmem.memory.states import (
     count_tensors,
     deepspeed_state_bytes,
     group_state_bytes,
+    paged_state_bytes,
     per_element_state_bytes,
     split_group,
     state_groups,
@@ -152,6 +201,7 @@ from hfmem.memory.states import (
 )
 from hfmem.types import (
     ActivationProfile,
+    EngineEstimate,
     KvLayer,
     LayerProfile,
     ParameterInfo,
@@ -173,8 +223,10 @@ __all__ = [
     "render_explanation",
 ]
 
-Section = Literal["parameters", "training", "inference"]
-Unit = Literal["bytes", "parameters", "GPUs", "micro-batches", "bytes per parameter"]
+Section = Literal["parameters", "training", "inference", "engine"]
+Unit = Literal[
+    "bytes", "parameters", "GPUs", "micro-batches", "bytes per parameter", "blocks", "tokens", "requests", "x"
+]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -468,6 +520,8 @@ def _tensor_counts(params: Sequence[ParameterInfo], setup: TrainingSetup, psi_t:
         _v(_sym("ΣR", s), c.factored_rows, "Σ rows of the ≥ 2-D trained tensors (exp_avg_sq_row)"),  # type: ignore[arg-type]
         _v(_sym("ΣC", s), c.factored_cols, "Σ columns of the ≥ 2-D trained tensors (exp_avg_sq_col)"),  # type: ignore[arg-type]
         _v(_sym("Ψ_1D", s), c.elements_1d, "elements of 1-D trained tensors (full exp_avg_sq)"),  # type: ignore[arg-type]
+        _v(_sym("Ψ_P", s), c.elements_paged, f"trained elements in tensors of ≥ {BNB_MIN_PAGED_SIZE:,} (paged)"),  # type: ignore[arg-type]
+        _v(_sym("n_max", s), c.largest, "elements of the largest trained tensor", SRC_OPTIM_IN_BWD),  # type: ignore[arg-type]
     )
 
 
@@ -514,9 +568,14 @@ def _state_inputs(
         frozen = frozen_bytes(setup.finetune, _frozen_counts(params, setup, s), w_base)
     w_source = SRC_PEFT_FP32 if setup.finetune.uses_peft else SRC_TM101 if spec.weight_bytes == 4 else SRC_ZERO
     states: Value = 0
-    if zero == 0:
+    paged: Value = 0
+    largest: Value = 0
+    if zero == 0 or setup.optimizer_in_backward:
         counts = _tensor_counts(params, setup, psi_t, s) if params is not None else _flat_counts(inv, psi_t, s)
-        states = tensor_state_bytes(setup.optimizer, counts, _state_var(setup))
+        largest = counts.largest
+        if zero == 0:
+            states = tensor_state_bytes(setup.optimizer, counts, _state_var(setup))
+            paged = paged_state_bytes(setup.optimizer, counts)
     return StateInputs(
         psi_t,
         _v(_sym("Ψ_F", s), frozen_count, "frozen parameters"),
@@ -536,6 +595,8 @@ def _state_inputs(
         w_base,
         states,
         Var("gpus", setup.gpus_per_node, "GPUs per node"),
+        paged,
+        largest,
     )
 
 
@@ -555,6 +616,8 @@ def _flat_counts(inv: ParameterInventory, psi_t: Value, s: str) -> TensorCounts:
         blocks,
         psi_t if c.elements_32bit else 0,
         elements_1d=psi_t,
+        elements_paged=psi_t if c.elements_paged else 0,
+        largest=psi_t,
     )
 
 
@@ -743,7 +806,16 @@ def _model_state_explanations(report: Report, rows: list[_Row], states: list[Sta
     )
     if setup.offload != "none":
         text += " With --offload, stages 2 and 3 stream the reduced partitions to the CPU."
-    out.append(Explanation("training", "Gradients", text, calcs("gradients"), (SRC_ZERO, SRC_ZERO_STAGES)))
+    grad_sources: tuple[str, ...] = (SRC_ZERO, SRC_ZERO_STAGES)
+    if setup.optimizer_in_backward:
+        text = (
+            f"One gradient per trained weight (g = {tspec.grad_bytes} bytes), but with --optimizer-in-backward each "
+            "parameter steps as soon as its gradient is complete and the gradient is freed (set to None) right "
+            "after, so one is live at a time: the largest, n_max elements"
+            + (" (its shard under FSDP)." if fsdp and fsdp != "no_shard" else ".")
+        )
+        grad_sources = (SRC_OPTIM_IN_BWD,)
+    out.append(Explanation("training", "Gradients", text, calcs("gradients"), grad_sources))
 
     # Optimizer states
     opt = setup.optimizer
@@ -764,6 +836,13 @@ def _model_state_explanations(report: Report, rows: list[_Row], states: list[Sta
         "adafactor": "Adafactor (beta1=None) keeps, for each ≥ 2-D tensor, fp32 row and column second-moment "
         "factors (rows + columns values instead of rows × columns), and a full fp32 second moment for 1-D tensors.",
         "lion": f"Lion keeps one momentum per trained parameter (s = {tspec.state_bytes}).",
+        "paged-adamw": "bitsandbytes' paged 32-bit AdamW keeps both moments in fp32 (8 bytes per element, whatever "
+        f"the parameter dtype); those of tensors with ≥ {BNB_MIN_PAGED_SIZE:,} elements live in CUDA managed memory, "
+        "outside PyTorch's allocator statistics (the report's paged line).",
+        "paged-adamw-8bit": "bitsandbytes' paged 8-bit AdamW keeps both moments as one byte per element plus one fp32 "
+        f"absmax per block of {BNB_BLOCKSIZE}; the moments of tensors with ≥ {BNB_MIN_PAGED_SIZE:,} elements live in "
+        "CUDA managed memory, outside PyTorch's allocator statistics (the report's paged line); the absmax and "
+        f"tensors under {BNB_MIN_8BIT_SIZE:,} elements (fp32 moments) stay in the allocator.",
     }[opt]
     if not fsdp:
         opt_text += (
@@ -771,7 +850,7 @@ def _model_state_explanations(report: Report, rows: list[_Row], states: list[Sta
             "⌈Ψ_T / N⌉ elements"
             + (
                 " (so 8-bit Adam has no small-tensor exception there and Adafactor cannot factor it)"
-                if opt in ("adamw-8bit", "adafactor")
+                if opt in ("adamw-8bit", "paged-adamw-8bit", "adafactor")
                 else ""
             )
             + "."
@@ -787,6 +866,8 @@ def _model_state_explanations(report: Report, rows: list[_Row], states: list[Sta
         "sgd-momentum": [SRC_SGD, SRC_TORCH_STATES],
         "adafactor": [SRC_ADAFACTOR],
         "lion": [SRC_LION, SRC_TORCH_STATES],
+        "paged-adamw": [SRC_ADAMW, SRC_BNB_PAGED],
+        "paged-adamw-8bit": [SRC_BNB_8BIT, SRC_BNB_PAGED],
     }[opt]
     out.append(
         Explanation("training", "Optimizer states", opt_text, calcs("optimizer"), tuple(opt_sources + [SRC_DS_FLAT]))
@@ -802,7 +883,16 @@ def _symbolic_profile(prof: ActivationProfile) -> ActivationProfile:
     """The measured profile with its numbers as named operands: one set of symbols per group of alike layers (S, I,
     T; the fused-kernel emulation's S_f, T_f where it differs), O and O_a outside the layers, G and Λ."""
     keys = [
-        (a.saved_bytes, a.input_bytes, a.tp_split_bytes, b.saved_bytes, b.tp_split_bytes)
+        (
+            a.saved_bytes,
+            a.input_bytes,
+            a.tp_split_bytes,
+            b.saved_bytes,
+            b.tp_split_bytes,
+            a.ops_saved_bytes,
+            a.ops_reused_bytes,
+            a.ops_tp_split_bytes,
+        )
         for a, b in zip(prof.layers, prof.fused_layers, strict=True)
     ]
     groups = _groups(keys)
@@ -813,12 +903,17 @@ def _symbolic_profile(prof: ActivationProfile) -> ActivationProfile:
         saved = _v(_sym("S", x), key[0], f"bytes one layer saves for backward (measured){how_many}", SRC_TRACE)
         inputs = _v(_sym("I", x), key[1], f"bytes of one layer's inputs (measured){how_many}", SRC_TRACE)
         split = _v(_sym("T", x), key[2], "the part of S tensor parallelism splits (measured)", SRC_TP_ACT)
-        layer = LayerProfile("", saved, inputs, split)  # type: ignore[arg-type]
+        ops = (
+            _v(_sym("P", x), key[5], "outputs op-level checkpointing saves in one layer (measured)", SRC_OPS_SAC),
+            _v(_sym("P_r", x), key[6], "of S, the part the recompute takes from those outputs (measured)", SRC_OPS_SAC),
+            _v(_sym("T_p", x), key[7], "the part of P tensor parallelism splits", SRC_TP_ACT),
+        )
+        layer = LayerProfile("", saved, inputs, split, *ops)  # type: ignore[arg-type]
         fused = layer
         if (key[3], key[4]) != (key[0], key[2]):
             fused_saved = _v(_sym("S_f", x), key[3], "what it saves with a fused attention kernel (measured)", SRC_CKPT)
             fused_split = _v(_sym("T_f", x), key[4], "the part of S_f tensor parallelism splits", SRC_TP_ACT)
-            fused = LayerProfile("", fused_saved, inputs, fused_split)  # type: ignore[arg-type]
+            fused = LayerProfile("", fused_saved, inputs, fused_split, *ops)  # type: ignore[arg-type]
         symbols[key] = (layer, fused)
     other = _v("O", prof.other_bytes, "bytes saved outside the layers (measured)", SRC_TRACE)
     after = _v("O_a", prof.other_after_bytes, "of O, saved after the layers: final norm, LM head input", SRC_TRACE)
@@ -830,12 +925,19 @@ def _symbolic_profile(prof: ActivationProfile) -> ActivationProfile:
         other_after_bytes=after,  # type: ignore[arg-type]
         logits_bytes=_v("G", prof.logits_bytes, "the logits tensor the model returns (measured)", SRC_TRACE),  # type: ignore[arg-type]
         logits_saved_bytes=_v("Λ", prof.logits_saved_bytes, "the loss's saved fp32 log-softmax (measured)", SRC_LOSS),  # type: ignore[arg-type]
+        hidden_size=_v("h", prof.hidden_size, "the LM head's input features (the model's)", SRC_TRACE),  # type: ignore[arg-type]
+        head_saved_bytes=_v("H", prof.head_saved_bytes, "what the LM head saves: its input (measured)", SRC_TRACE),  # type: ignore[arg-type]
     )
 
 
 def _row_activations(report: Report, row: _Row) -> tuple[Value, Value]:
     """(activations, logits) live at the row's peak: `hfmem.memory.peak.stage_activations` and `phase_bytes` called
     with the measured profile as operands."""
+    return phase_bytes(_row_estimate(report, row), row.memory.peak_phase or "forward")
+
+
+def _row_estimate(report: Report, row: _Row) -> ActivationEstimate | None:
+    """`hfmem.memory.peak.stage_activations` of the row's pipeline stage, with the measured profile as operands."""
     training = report.training
     assert training is not None and training.profile is not None
     setup = training.setup
@@ -848,7 +950,7 @@ def _row_activations(report: Report, row: _Row) -> tuple[Value, Value]:
         t=Var("t", par.tp, "tensor-parallel degree", SRC_TP_ACT) if par.tp > 1 else None,
         factor=Var("f", factor, "micro-batches of activations in flight on this stage") if factor != 1 else None,
     )
-    return phase_bytes(estimate, row.memory.peak_phase or "forward")
+    return estimate
 
 
 def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanation]:
@@ -904,10 +1006,35 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
     elif ckpt == "selective":
         text += (
             "Selective checkpointing recomputes the attention core: what stays is what a fused kernel keeps, and with "
-            "eager attention one layer's score matrices come back during backward. "
+            "eager attention one layer's score matrices come back during backward (with sdpa/flash it saves nothing "
+            "extra: the fused kernel never keeps the scores). "
+        )
+    elif ckpt == "ops":
+        text += (
+            "Op-level selective checkpointing (torchtitan) keeps each layer's input I and the outputs P of the "
+            "operators its policy saves (every matmul but every second mm, the attention kernel's output and "
+            "log-sum-exp), measured per layer; backward re-runs one layer at a time, allocating all it saves but the "
+            "cached outputs it reuses, S − P_r. "
         )
     else:
         text += "No checkpointing: every layer's saved tensors stay until backward reaches that layer. "
+    if ckpt != "none" and setup.checkpoint_every > 1:
+        text += (
+            f"Only one layer in {setup.checkpoint_every} is checkpointed (layers 0, {setup.checkpoint_every}, "
+            f"{2 * setup.checkpoint_every}…, as transformers' every_n_layers counts); the others keep S. "
+        )
+    if setup.activation_offload:
+        text += (
+            "With --activation-offload the tensors saved in forward move to CPU RAM (torchtune's "
+            "OffloadActivations), except the LM head's input H"
+            + (
+                " and the outputs op-level checkpointing caches (they are not saved through autograd's hooks)"
+                if ckpt == "ops"
+                else ""
+            )
+            + "; up to 5 tensors (5 × the largest layer input) are still being copied when forward ends, and in "
+            "backward one layer's saved tensors come back while it runs. "
+        )
     if par.tp > 1:
         text += (
             f"Tensor parallelism (t = {par.tp}) splits the part T of each layer's bytes that lies between the "
@@ -926,7 +1053,11 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
     text += "Activations are freed before the optimizer step, so a row whose peak is the step counts 0."
     sources = [SRC_TRACE]
     if ckpt != "none":
-        sources.append(SRC_CKPT)
+        sources.append(SRC_OPS_SAC if ckpt == "ops" else SRC_CKPT)
+        if setup.checkpoint_every > 1:
+            sources.append(SRC_CKPT_EVERY)
+    if setup.activation_offload:
+        sources.append(SRC_ACT_OFFLOAD)
     if par.tp > 1:
         sources.append(SRC_TP_ACT)
     if par.pp > 1:
@@ -937,10 +1068,45 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
     g_bytes = prof.logits_bytes
     elt = profile_logit_element_bytes(prof)
     shape_note = f" (= b × s × V × {elt} = {prof.batch_size} × {prof.seq_len:,} × {vocab:,} × {elt})" if elt else ""
-    upcast = prof.logits_saved_bytes > prof.logits_bytes
     text = (
         f"The model's output scores, one per vocabulary entry per token: G = {g_bytes:,} bytes{shape_note}. "
-        + (
+        + _loss_text(setup, prof)
+        + (f" With tensor parallelism the LM head and loss are vocab-parallel (÷ t = {par.tp})." if par.tp > 1 else "")
+        + (" With pipeline parallelism they live on the last stage only." if par.pp > 1 else "")
+    )
+    loss_sources = {"hf": (SRC_LOSS, SRC_TRACE), "chunked": (SRC_CHUNKED_LOSS, SRC_LOSS, SRC_TRACE)}
+    out.append(
+        Explanation(
+            "training",
+            "Logits",
+            text,
+            tuple(_merge_stages(logit_rows, setup)),
+            loss_sources.get(setup.loss, (SRC_FUSED_LOSS, SRC_TRACE)),
+        )
+    )
+    return out
+
+
+def _loss_text(setup: TrainingSetup, prof: ActivationProfile) -> str:
+    """How the vocabulary-sized tensors live under ``--loss``, in words (the formulas are in the rows)."""
+    upcast = prof.logits_saved_bytes > prof.logits_bytes
+    if setup.loss == "chunked":
+        return (
+            f"With --loss chunked (torchtune's chunked cross-entropy, N = {setup.loss_chunks} chunks) every chunk "
+            "keeps its fp32 log-softmax (Λ in all), but only one chunk is upcast at a time: G + Λ + ⌈Λ / N⌉ at the "
+            "last chunk in forward. The recipe deletes the logits before backward, where one chunk's two fp32 "
+            "gradients exist at a time: Λ + 2 × ⌈Λ / N⌉. Only the moment that is the peak is counted."
+        )
+    if setup.loss == "fused":
+        return (
+            "With --loss fused (Liger's fused linear + cross-entropy) the full logits never exist: the kernel "
+            "computes the logits of C tokens at a time and their gradients in the forward, and keeps the gradient of "
+            "the LM head's input (T × h × e) and, when the head is trained, of its weight (V × h × e) until backward; "
+            "inside the forward one chunk's logits (C × V × e) and a 4-byte loss per token also exist. The head's "
+            "input H is not saved. Cut Cross-Entropy keeps less (a log-sum-exp per token), so this bounds it."
+        )
+    return (
+        (
             f"The loss upcasts them to fp32 and cross_entropy keeps its fp32 log-softmax, Λ = "
             f"{prof.logits_saved_bytes:,} bytes. At the loss in forward, G, the fp32 copy and Λ are live (G + 2Λ); "
             if upcast
@@ -950,11 +1116,7 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
         + "when backward starts, the loss's gradient and the gradient through the log-softmax are added (G + 3Λ). "
         + "Only the moment that is the peak is counted; when a checkpointed layer's recompute is larger, the "
         "vocabulary-sized tensors are already gone (0)."
-        + (f" With tensor parallelism the LM head and loss are vocab-parallel (÷ t = {par.tp})." if par.tp > 1 else "")
-        + (" With pipeline parallelism they live on the last stage only." if par.pp > 1 else "")
     )
-    out.append(Explanation("training", "Logits", text, tuple(_merge_stages(logit_rows, setup)), (SRC_LOSS, SRC_TRACE)))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1012,6 +1174,25 @@ _OVERHEAD_TEXT: dict[str, tuple[str, tuple[str, ...]]] = {
         "Adafactor's step upcasts each 16-bit parameter (or, under ZeRO, the flat partition) to fp32, one at a time.",
         (SRC_ADAFACTOR,),
     ),
+    "adamw_foreach_temporary": (
+        "torch's foreach AdamW (its CUDA default, --optimizer-impl foreach) takes the square root of every exp_avg_sq "
+        "of the group at once (torch._foreach_sqrt): one state-sized tensor per parameter, all live until step() "
+        "returns. Under FSDP each GPU steps its shards; with the optimizer in backward the list is one parameter. "
+        "--optimizer-impl fused (torch._fused_adamw_, the HF Trainer's adamw_torch_fused) allocates none.",
+        (SRC_ADAM_FOREACH, SRC_ADAM_FUSED),
+    ),
+    "adamw_loop_temporary": (
+        "torch's for-loop AdamW (foreach=False) computes denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps) "
+        "one parameter at a time: the sqrt() result and the division's coexist, 2 × the largest parameter's state.",
+        (SRC_ADAM_LOOP,),
+    ),
+    "autocast_weight_cache": (
+        "Under torch.autocast every trainable fp32 weight a 16-bit op uses (the linears, their biases) is cast once "
+        "per forward and the copy is cached until autocast exits at the end of the forward. With checkpointed "
+        "layers nothing else holds those copies, so they are counted here at the loss (without checkpointing the "
+        "linears save them for backward and the traced activations hold them).",
+        (SRC_AUTOCAST_CACHE, SRC_AUTOCAST_LISTS),
+    ),
 }
 
 
@@ -1043,6 +1224,10 @@ def _overhead_exprs(row: _Row, setup: TrainingSetup, activ: Expr, logits: Expr) 
         Var("A_b", x.allgather_bucket, "allgather_bucket_size (elements)", SRC_DS_CONFIG),
         Var("P_b", x.prefetch_bucket, "stage3_prefetch_bucket_size (elements)", SRC_DS_CONFIG),
         Var("SG", x.sub_group, "sub_group_size (elements)", SRC_DS_CONFIG),
+        Var("s", x.state_bytes, "bytes per optimizer-state element"),
+        Var("n_max", x.largest_tensor, "elements of the largest trained tensor"),
+        Var("Ψ_A", x.cast_params, "trainable layer elements autocast casts to 16-bit", SRC_AUTOCAST_CACHE),
+        Var("a", x.cast_bytes, "bytes per autocast element", SRC_AUTOCAST_LISTS),
     )
     terms = dict(overhead_terms(setup, memory.zero_stage, memory.peak_phase or "forward", operands))
     if "allocator_fragmentation" in {item.key for item in memory.overhead_items}:
@@ -1052,7 +1237,11 @@ def _overhead_exprs(row: _Row, setup: TrainingSetup, activ: Expr, logits: Expr) 
                 Var("weights", memory.weights_bytes, "weights"),
                 Var("master", memory.master_weights_bytes, "master weights"),
                 Var("grads", memory.gradients_bytes, "gradients"),
-                Var("optim", memory.optimizer_states_bytes, "optimizer states"),
+                Var(
+                    "optim",
+                    memory.optimizer_states_bytes - memory.paged_states_bytes,
+                    "optimizer states in PyTorch's allocator (paged states excluded)",
+                ),
                 Var("activ", activ.value(), "activations at this moment"),
                 Var("logits", logits.value(), "logits at this moment"),
                 Var("buffers", buffers, "the overhead lines above, CUDA context excluded"),
@@ -1130,9 +1319,9 @@ def _overhead_and_peak(report: Report, rows: list[_Row], acts: list[Explanation]
         "step and reports the largest. At the loss in forward: the model states, every saved activation and the "
         "logits with the loss's fp32 copies. As backward starts: the loss gradients (or, with checkpointing, a "
         "re-materialised layer, whichever is larger). At the optimizer step: activations are gone and the step's "
-        "buffers are live. Model states and the CUDA context are live throughout. Per row: "
-        + "; ".join(phase_notes)
-        + "."
+        "buffers are live (torch AdamW's foreach or for-loop temporaries, DeepSpeed's fp32 gradient partition…; with "
+        "--optimizer-in-backward each parameter steps in backward instead, so there is no separate step peak). "
+        "Model states and the CUDA context are live throughout. Per row: " + "; ".join(phase_notes) + "."
     )
     out.append(Explanation("training", "Peak per GPU", text, tuple(_merge_stages(peak_rows, setup)), (SRC_PEAK,)))
     if setup.gpu is not None and training.unmeasured is None:  # unmeasured activations: the headroom is unknown
@@ -1164,6 +1353,30 @@ def _cpu_explanation(report: Report, rows: list[_Row], states: list[StateBytes])
     setup = training.setup
     if not any(r.memory.cpu_bytes_per_node for r in rows):
         return None
+    offload_rows = []
+    for row in rows:
+        estimate = _row_estimate(report, row) if setup.activation_offload and training.profile is not None else None
+        offloaded = estimate.offloaded_bytes if estimate is not None else 0
+        offload_rows.append(
+            activation_offload_cpu_bytes(offloaded, Var("gpus", setup.gpus_per_node, "GPUs per node"))
+            if value_of(offloaded)
+            else 0
+        )
+    activation_text = (
+        " With --activation-offload each GPU's offloaded activations (saved in forward, pinned host memory) add "
+        "× the GPUs per node."
+        if any(value_of(x) for x in offload_rows)
+        else ""
+    )
+    if setup.offload == "none" and setup.accounting != "deepspeed":
+        rows_cpu = [(r.memory.zero_stage, x) for r, x in zip(rows, offload_rows, strict=True)]
+        return Explanation(
+            "training",
+            "CPU RAM per node",
+            activation_text.strip(),
+            tuple(_merge_stages(rows_cpu, setup)),
+            (SRC_ACT_OFFLOAD,),
+        )
     if setup.accounting == "deepspeed":
         text = (
             "DeepSpeed's estimator also gives CPU RAM per node, × 1.5 (additional_buffer_factor): without offload "
@@ -1179,7 +1392,10 @@ def _cpu_explanation(report: Report, rows: list[_Row], states: list[StateBytes])
             + ". Per node: × the GPUs per node."
         )
         sources = (SRC_OFFLOAD,)
-    rows_cpu = [(r.memory.zero_stage, s.cpu_per_node) for r, s in zip(rows, states, strict=True)]
+    if activation_text:
+        text += activation_text
+        sources = (*sources, SRC_ACT_OFFLOAD)
+    rows_cpu = [(r.memory.zero_stage, s.cpu_per_node + x) for r, s, x in zip(rows, states, offload_rows, strict=True)]
     return Explanation("training", "CPU RAM per node", text, tuple(_merge_stages(rows_cpu, setup)), sources)
 
 
@@ -1687,6 +1903,286 @@ def _inference(report: Report) -> list[Explanation]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Serving engines (`hfmem.memory.engine`)
+
+
+def _engine_weights(eng: EngineEstimate, config_rotary: tuple[int, int, int] | None) -> Value:
+    """The weights line: the tensors as split over TP, the vocabulary padding and the RoPE cache."""
+    core = eng.weights_bytes - eng.vocab_padding_bytes - eng.rope_cache_bytes
+    parts: list[Value] = [
+        Var(
+            "W_tp",
+            core,
+            "the checkpoint's tensors on this GPU: every ≥ 2-D tensor ⌈bytes / tp⌉, 1-D tensors whole (INFERENCE: "
+            "Weights)",
+            SRC_INVENTORY,
+        )
+    ]
+    if eng.vocab_padding_bytes:
+        parts.append(
+            Var(
+                "pad",
+                eng.vocab_padding_bytes,
+                "embedding / LM-head rows added to pad the vocabulary to 64",
+                SRC_VLLM_WEIGHTS,
+            )
+        )
+    if eng.rope_cache_bytes and config_rotary is not None:
+        positions, rotary, width = config_rotary
+        parts.append(
+            vllm_rope_cache_bytes(
+                Var("P", positions, "RoPE positions (the derived max_model_len)", SRC_VLLM_WEIGHTS),
+                Var("d_rot", rotary, "rotary dimensions per head"),
+                Var("w", width, "bytes per element of the model dtype"),
+            )
+        )
+    elif eng.rope_cache_bytes:
+        parts.append(Var("rope", eng.rope_cache_bytes, "the RoPE cos_sin_cache buffer", SRC_VLLM_WEIGHTS))
+    return total(parts)
+
+
+def _engine(report: Report) -> list[Explanation]:
+    eng = report.engine
+    if eng is None:
+        return []
+    config = report.model.config
+    positions = vllm_default_max_model_len(config) or eng.max_model_len
+    rotary = (positions, rotary_dim(config), eng.logits_element_bytes) if eng.rope_cache_bytes else None
+    weights = _engine_weights(eng, rotary)
+    if value_of(weights) != eng.weights_bytes:
+        weights = Var("W", eng.weights_bytes, "weights per GPU")
+    out: list[Explanation] = []
+    total_var = Var("total", eng.total_bytes, f"memory of {eng.gpu.name} (torch.cuda.mem_get_info total)")
+    bs = Var("bs", eng.block_size, "tokens per block" if eng.engine == "vllm" else "tokens per page")
+    length = Var("len", eng.max_model_len, f"the longest request ({eng.max_model_len_source})")
+    if eng.engine == "sglang":
+        return _sglang_explanations(eng, weights, total_var, bs, length)
+    util = Var("u", eng.gpu_memory_utilization or 0.0, "--gpu-memory-utilization", SRC_VLLM_DEFAULTS)
+    requested = vllm_requested_bytes(total_var, util)
+    out.append(
+        Explanation(
+            "engine",
+            "Memory vLLM may use",
+            f"vLLM {eng.engine_version} takes a fraction u of the GPU's total memory (not of the free memory): the "
+            "CUDA context and NCCL buffers created before its start-up snapshot are outside it.",
+            (Calculation("requested", lift(requested)),),
+            (SRC_VLLM_BUDGET,),
+        )
+    )
+    out.append(
+        Explanation(
+            "engine",
+            'Weights ("Model loading took")',
+            "What the model's layers allocate while loading: the checkpoint's tensors (quantized as stored), split "
+            "over the tensor-parallel GPUs, the vocabulary padded to a multiple of 64, and RoPE's cos/sin cache.",
+            (Calculation("per GPU", lift(weights)),),
+            (SRC_VLLM_WEIGHTS,),
+        )
+    )
+    reqs = Var("r", min(eng.max_num_seqs, eng.batched_tokens), "requests in the profile run, min(max_num_seqs, T)")
+    width = Var("w", eng.logits_element_bytes, "bytes per element of the model dtype")
+    sampler = vllm_sampler_bytes(reqs, Var("V", eng.vocab_size, "vocabulary"), width)
+    activation = vllm_activation_peak_bytes(
+        Var(
+            "A", eng.activation_trace_bytes, "peak of one forward of T tokens (measured by hfmem's trace)", SRC_PREFILL
+        ),
+        Var("T", eng.batched_tokens, "--max-num-batched-tokens"),
+        reqs,
+        Var("H", hidden_size(config), "hidden size"),
+        width,
+        sampler,
+    )
+    out.append(
+        Explanation(
+            "engine",
+            "PyTorch activation peak (profile run)",
+            "vLLM measures the peak of torch-allocated memory during a dummy forward of T tokens and a dummy sampler "
+            "run on one row of logits per request (top-k and top-p set: the PyTorch-native sampler sorts the fp32 "
+            "logits). hfmem takes the larger of its trace of that forward and the sampler's moment, which runs while "
+            "the forward's hidden states are alive.",
+            (Calculation("per GPU", lift(activation)), Calculation("sampler", lift(sampler))),
+            (SRC_VLLM_PROFILE, SRC_PREFILL),
+        )
+    )
+    available = vllm_available_kv_bytes(
+        Var("req", eng.requested_bytes, "what vLLM may use (above)"),
+        Var("W", eng.weights_bytes, "weights (above)"),
+        Var("act", eng.activation_peak_bytes, "activation peak (above)"),
+        Var(
+            "nt",
+            eng.non_torch_bytes,
+            "non-torch memory allocated after the snapshot (cuBLAS, attention workspaces)",
+            SRC_VLLM_NON_TORCH,
+        ),
+    )
+    out.append(
+        Explanation(
+            "engine",
+            '"Available KV cache memory"',
+            f"Everything vLLM may use that the weights, the activation peak and non-torch memory do not take goes to "
+            f"the KV cache. CUDA graphs are captured later, out of the 1 − u left over (vLLM {eng.engine_version} "
+            "does not subtract them).",
+            (Calculation("per GPU", lift(available)),),
+            (SRC_VLLM_BUDGET, SRC_VLLM_NON_TORCH),
+        )
+    )
+    avail_var = Var("avail", eng.kv_budget_bytes, "Available KV cache memory (above)")
+    page_calcs = []
+    pages: list[Value] = []
+    per_request: list[Value] = []
+    needed: list[tuple[Value, Value]] = []
+    batched = Var("T", eng.batched_tokens, "--max-num-batched-tokens")
+    for k, g in enumerate(eng.kv_groups, start=1):
+        x = "" if len(eng.kv_groups) == 1 else str(k)
+        if g.kind == "mamba":
+            page: Value = Var(
+                _sym("page", x), g.page_bytes, "a Mamba state padded to the attention page", SRC_VLLM_MAMBA
+            )
+            blocks: Value = 1
+        else:
+            page = page_bytes(
+                bs,
+                Var(
+                    _sym("e", x), g.elements_per_token, f"elements per token of one {g.kind} layer on this GPU", SRC_KV
+                ),
+                Var(_sym("β", x), g.element_bytes, "bytes per element (--kv-cache-dtype)"),
+            )
+            if g.kind == "sliding":
+                blocks = sliding_blocks_per_request(
+                    Var(_sym("W", x), g.window_tokens or 0, "sliding window", SRC_KV), batched, length, bs
+                )
+            else:
+                blocks = full_blocks_per_request(length, bs)
+        page_calcs.append(Calculation(f"page, {g.layers} × {g.kind}", lift(page)))
+        pages.append(page)
+        per_request.append(g.groups * blocks if g.groups != 1 else blocks)
+        needed += [(blocks, page)] * g.layers
+    out.append(
+        Explanation(
+            "engine",
+            "KV cache spec (one block of one layer)",
+            "vLLM allocates the KV cache in blocks of bs tokens per layer: K and V of this GPU's KV heads (e = 2 × "
+            "heads × head_size; MLA caches one latent of kv_lora_rank + qk_rope_head_dim, no factor 2); a sliding "
+            "layer keeps only its window's blocks, a Mamba layer one state.",
+            tuple(page_calcs),
+            (SRC_VLLM_SPEC,),
+        )
+    )
+    if eng.grouping == "uniform":
+        num_blocks = uniform_num_blocks(avail_var, pages[0], Var("L", eng.kv_groups[0].layers, "layers on this GPU"))
+    elif eng.grouping == "uniform_type":  # one block spans every layer (`UniformTypeKVCacheSpecs`)
+        num_blocks = avail_var // total([g.layers * page for g, page in zip(eng.kv_groups, pages, strict=True)])
+        per_request = per_request[:1]
+    else:
+        num_blocks = hybrid_num_blocks(
+            avail_var, pages[0], Var("n", eng.group_size, "layers per KV-cache group (the fewest of any kind)")
+        )
+    blocks_var = Var("blocks", eng.num_blocks, "blocks per layer (above)")
+    groups = eng.num_groups
+    capacity = [
+        Calculation("blocks", lift(num_blocks), "blocks"),
+        Calculation(
+            '"GPU KV cache size"',
+            lift(kv_tokens(blocks_var, Var("g", groups, "KV-cache groups") if groups > 1 else 1, bs)),
+            "tokens",
+        ),
+        Calculation(
+            f'"Maximum concurrency for {eng.max_model_len:,} tokens per request"',
+            lift(max_concurrency(blocks_var, total(per_request))),
+            "x",
+        ),
+        Calculation(f"KV cache of one {eng.max_model_len:,}-token request", lift(needed_bytes(needed))),
+    ]
+    verdict = "It starts: one request of max_model_len fits." if eng.starts else f"It does not start: {eng.refusal}"
+    out.append(
+        Explanation(
+            "engine",
+            "Blocks, tokens, concurrency",
+            "Every layer gets its own tensor of the same number of blocks (hybrid models: groups of n layers share "
+            "tensors and all groups draw on one pool); the tokens line divides the pool between the groups, the "
+            "concurrency counts the blocks one max_model_len request needs in every group. vLLM refuses to start "
+            f"when that request's KV cache exceeds the budget. {verdict}",
+            tuple(capacity),
+            (SRC_VLLM_BLOCKS, SRC_VLLM_REFUSE),
+        )
+    )
+    return out
+
+
+def _sglang_explanations(
+    eng: EngineEstimate, weights: Value, total_var: Var, page: Var, length: Var
+) -> list[Explanation]:
+    context = Var("C", eng.cuda_context_bytes, "CUDA context + NCCL before the weights (--cuda-context)", SRC_CUDA)
+    free_before = total_var - context
+    rest = sglang_rest_bytes(
+        Var("F", eng.requested_bytes, "free memory before the weights (above)"),
+        Var("W", eng.weights_bytes, "weights (above)"),
+        Var("f", eng.mem_fraction_static or 0.0, "--mem-fraction-static", SRC_SGLANG_DEFAULTS),
+    )
+    cell_terms = [
+        g.layers
+        * (
+            Var(_sym("e", str(k)), g.elements_per_token, f"elements per token of one {g.kind} layer", SRC_KV)
+            * Var(_sym("β", str(k)), g.element_bytes, "bytes per element")
+        )
+        for k, g in enumerate(eng.kv_groups, start=1)
+    ]
+    tokens = sglang_max_total_tokens(
+        Var("rest", eng.kv_budget_bytes, "the KV pool budget (above)"),
+        Var("cell", eng.kv_bytes_per_token, "KV bytes of one token over all layers (above)"),
+        page,
+    )
+    tokens_var = Var("N", eng.kv_tokens, "max_total_num_tokens (above)")
+    return [
+        Explanation(
+            "engine",
+            "Free memory before the weights",
+            "SGLang reads the free memory after NCCL is initialised and before the weights load; mem_fraction_static "
+            "is a share of it.",
+            (Calculation("per GPU", lift(free_before)),),
+            (SRC_SGLANG_BUDGET,),
+        ),
+        Explanation(
+            "engine",
+            "Weights",
+            "The checkpoint's tensors split over the tensor-parallel GPUs (SGLang's layers are vLLM's: padded "
+            "vocabulary, RoPE cache).",
+            (Calculation("per GPU", lift(weights)),),
+            (SRC_VLLM_WEIGHTS,),
+        ),
+        Explanation(
+            "engine",
+            "KV pool budget",
+            "What is free after the weights, less the 1 − f share of the pre-weights memory SGLang keeps for "
+            "activations and CUDA graphs (nothing is profiled).",
+            (Calculation("per GPU", lift(rest)),),
+            (SRC_SGLANG_BUDGET,),
+        ),
+        Explanation(
+            "engine",
+            "Tokens and requests",
+            "The pool holds rest // cell tokens (whole pages); every layer counts as full attention in SGLang "
+            f"{eng.engine_version}. SGLang does not refuse a long context_length: it caps requests at max_req_len.",
+            (
+                Calculation("cell", lift(total(cell_terms))),
+                Calculation("max_total_num_tokens", lift(tokens), "tokens"),
+                Calculation(
+                    "max_num_reqs",
+                    lift(sglang_max_num_reqs(tokens_var, length)),
+                    "requests",
+                ),
+                Calculation(
+                    "concurrent full-length requests",
+                    lift(minimum(tokens_var / length, Var("R", eng.max_running_requests or 0, "max_running_requests"))),
+                    "x",
+                ),
+            ),
+            (SRC_SGLANG_BUDGET, SRC_SGLANG_POOL),
+        ),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Public API
 
 
@@ -1699,7 +2195,9 @@ def explain(report: Report) -> tuple[Explanation, ...]:
         >>> records[0].calculations[0].value  # doctest: +SKIP
         7000000000
     """
-    items = _parameters(report) + _training(report) + _inference(report)
+    # With an engine, the serving story is the engine's (its transformers plan only measured the model).
+    serving = _engine(report) if report.engine is not None else _inference(report)
+    items = _parameters(report) + _training(report) + serving
     return tuple(replace(item, sources=_sources(item)) for item in items)
 
 
@@ -1746,6 +2244,7 @@ _SECTION_TITLES = {
     "parameters": "PARAMETERS",
     "training": "TRAINING — per GPU",
     "inference": "INFERENCE — per GPU",
+    "engine": "SERVING ENGINE — start-up accounting, per GPU",
 }
 
 
@@ -1755,6 +2254,8 @@ def _value_text(calc: Calculation) -> str:
         if abs(value) >= GIB // 100 or value == 0:
             return f"{value:,} B ({value / GIB:,.2f} GiB)"
         return f"{value:,} B ({value / 2**20:,.2f} MiB)"
+    if calc.unit == "x":
+        return f"{value:,.2f}x"
     if isinstance(value, float) and not value.is_integer():
         return f"{value:,.3g} {calc.unit}"
     unit = calc.unit[:-1] if value == 1 and calc.unit in ("GPUs", "parameters", "micro-batches") else calc.unit

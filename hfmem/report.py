@@ -8,16 +8,19 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from hfmem.launch import LaunchOutcome
 from hfmem.memory.parallel import in_flight_microbatches
-from hfmem.memory.states import PRECISION_SPECS
+from hfmem.memory.peak import step_notes
+from hfmem.memory.states import ONE_GPU_NOTE, PRECISION_SPECS
+from hfmem.rules import stages_alike
 from hfmem.types import (
     Accounting,
     CheckpointComparison,
+    EngineEstimate,
     FinetuneSettings,
     InferenceEstimate,
     KvLayer,
@@ -25,6 +28,7 @@ from hfmem.types import (
     OverheadItem,
     Report,
     StageMemory,
+    TrainingEstimate,
     TrainingSetup,
 )
 from hfmem.units import GIB, format_count_short, format_gib
@@ -52,6 +56,10 @@ OPTIMIZER_DESCRIPTIONS: dict[Optimizer, str] = {
     "adafactor": "HF Adafactor (beta1=None): fp32 row + column second-moment factors for >=2-D tensors, "
     "a full fp32 second moment for 1-D tensors",
     "lion": "Lion: one momentum per parameter (Chen et al. 2023)",
+    "paged-adamw": "bitsandbytes PagedAdamW: 2 fp32 states per parameter; those of tensors with >= 100,000 elements "
+    "in CUDA managed memory (outside PyTorch's allocator)",
+    "paged-adamw-8bit": "bitsandbytes PagedAdamW8bit: 2 uint8 states + one fp32 absmax per 256-element block; the "
+    "uint8 states of tensors with >= 100,000 elements in CUDA managed memory (outside PyTorch's allocator)",
 }
 
 __all__ = [
@@ -64,9 +72,16 @@ __all__ = [
     "render_compare",
     "compare_to_dict",
     "describe_source",
+    "legend",
     "stacked_bar",
     "launch_to_dict",
     "render_launch",
+    "engine_to_dict",
+    "engine_log_lines",
+    "engine_rows",
+    "engine_verdict_line",
+    "shown_stages",
+    "fit_failures",
 ]
 
 #: Bumped only when a key changes meaning or disappears; new keys keep the version.
@@ -100,6 +115,78 @@ def describe_source(report: Report) -> str:
 NOT_MEASURED = "not measured"
 
 
+def shown_stages(training: TrainingEstimate) -> tuple[StageMemory, ...]:
+    """The ZeRO rows the table shows and ``--check`` gates on: ZeRO-0 alone when the stages cannot differ in what
+    they shard (`hfmem.rules.stages_alike`: one GPU, no offload, no --zero), else every stage planned."""
+    if stages_alike(training.setup):
+        plain = tuple(stage for stage in training.stages if stage.zero_stage == 0)
+        return plain or training.stages
+    return training.stages
+
+
+def _one_row_note(training: TrainingEstimate) -> str | None:
+    """The line that says why the table has one ZeRO row (None when it shows every stage)."""
+    if len(shown_stages(training)) == len(training.stages):
+        return None
+    return (
+        "one GPU: ZeRO has nothing to shard, so ZeRO-0 (plain data parallel) is shown; --zero 1|2|3 adds DeepSpeed's "
+        "buffers, --gpus / --nodes shard"
+    )
+
+
+def training_notes(training: TrainingEstimate) -> list[str]:
+    """The training plan's notes as the table says them: with one ZeRO row, why (in place of the note that every
+    stage holds the same)."""
+    one_row = _one_row_note(training)
+    if one_row is None:
+        return list(training.notes)
+    # The step notes of the row shown, not of the stages it stands for.
+    every_step_note = step_notes(training.setup, list(training.stages))
+    kept = [note for note in training.notes if note != ONE_GPU_NOTE and note not in every_step_note]
+    return [one_row, *kept, *step_notes(training.setup, list(shown_stages(training)))]
+
+
+def fit_failures(report: Report) -> list[str]:
+    """What does not fit the GPU, one phrase per plan and stage: ``training ZeRO-0 needs 27.30 GiB, NVIDIA GeForce
+    RTX 4090 has 23.64 GiB usable (3.66 GiB over)``; the stages are `shown_stages` (what ``--check`` gates on)."""
+    out = []
+    training, inference = report.training, report.inference
+    if training is not None and training.setup.gpu is not None:
+        gpu = training.setup.gpu
+        for stage in shown_stages(training):
+            if stage.fits is False:
+                needs = "needs" if training.unmeasured is None else "needs at least"
+                out.append(
+                    f"training ZeRO-{stage.zero_stage} {needs} {format_gib(stage.total_bytes)}, {gpu.name} has "
+                    f"{format_gib(gpu.usable_bytes)} usable ({format_gib(-(stage.headroom_bytes or 0))} over)"
+                )
+    if report.engine is not None:
+        if report.engine.fits is False:
+            out.append(engine_verdict_line(report))
+    elif inference is not None and inference.fits is False and inference.setup.gpu is not None:
+        gpu = inference.setup.gpu
+        out.append(
+            f"serving {inference.context:,} tokens of context needs {format_gib(inference.total_bytes)}, {gpu.name} "
+            f"has {format_gib(gpu.usable_bytes)} usable ({format_gib(-(inference.headroom_bytes or 0))} over)"
+        )
+    return out
+
+
+def loss_words(setup: TrainingSetup) -> str:
+    """The recompute, offload and loss settings that differ from the defaults, as a phrase to append after
+    ``checkpointing …`` (empty for the defaults)."""
+    words = ""
+    if setup.grad_checkpointing != "none" and setup.checkpoint_every > 1:
+        words += f" every {setup.checkpoint_every} layers"
+    if setup.activation_offload:
+        words += ", activations offloaded to CPU"
+    if setup.loss == "chunked":
+        words += f", loss chunked ({setup.loss_chunks} chunks)"
+    elif setup.loss != "hf":
+        words += f", loss {setup.loss}"
+    return words
+
+
 def _stage_dict(stage: StageMemory, *, measured: bool = True) -> dict[str, Any]:
     """One ZeRO row. Unmeasured activations (the trace failed): activations, logits and total are null and
     ``total_without_activations`` holds the lower bound."""
@@ -116,6 +203,10 @@ def _stage_dict(stage: StageMemory, *, measured: bool = True) -> dict[str, Any]:
             "total": stage.total_bytes if measured else None,
             **({} if measured else {"total_without_activations": stage.total_bytes}),
         },
+        # bitsandbytes paged states (CUDA managed memory; part of optimizer_states) and what PyTorch's allocator
+        # holds at the peak (the total less the paged states and the CUDA context); total is the device total
+        "paged_optimizer_states_bytes": stage.paged_states_bytes,
+        "allocator_peak_bytes": stage.allocator_bytes if measured else None,
         "cpu_bytes_per_node": stage.cpu_bytes_per_node,
         "peak_phase": stage.peak_phase,
         "fits": stage.fits,
@@ -128,6 +219,7 @@ def _stage_dict(stage: StageMemory, *, measured: bool = True) -> dict[str, Any]:
             "saved_bytes": stage.activation_saved_bytes,
             "recompute_bytes": stage.activation_recompute_bytes,
             "logits_saved_bytes": stage.logits_saved_bytes,
+            "offloaded_bytes": stage.activation_offloaded_bytes,
         },
         "busiest_gpu": None
         if stage.pipeline_stage is None
@@ -155,6 +247,8 @@ def _settings_extra(setup: TrainingSetup) -> dict[str, Any]:
             "double_quant": ft.double_quant,
         },
         "train_modules": list(ft.train_modules),
+        "optimizer_impl": setup.optimizer_impl,
+        "optimizer_in_backward": setup.optimizer_in_backward,
         "parallel": {
             "tp": par.tp,
             "pp": par.pp,
@@ -169,6 +263,10 @@ def _settings_extra(setup: TrainingSetup) -> dict[str, Any]:
             "virtual_stages": par.virtual_stages if par.pp_schedule == "interleaved" else None,
             "fsdp": par.fsdp,
         },
+        "loss": setup.loss,
+        "loss_chunks": setup.loss_chunks if setup.loss == "chunked" else None,
+        "checkpoint_every": setup.checkpoint_every,
+        "activation_offload": setup.activation_offload,
     }
 
 
@@ -197,6 +295,7 @@ def _training_dict(report: Report) -> dict[str, Any] | None:
         },
         "convention": CONVENTIONS[training.setup.accounting],
         "stages": [_stage_dict(s, measured=training.unmeasured is None) for s in training.stages],
+        "shown_stages": [s.zero_stage for s in shown_stages(training)],
         "overhead_labels": overhead_labels(s.overhead_items for s in training.stages),
         "activations_not_measured": training.unmeasured,
         "notes": list(training.notes),
@@ -285,6 +384,8 @@ def _state_summary(inference: InferenceEstimate) -> dict[str, Any]:
 def _gpu(report: Report) -> Any:
     if report.training is not None:
         return report.training.setup.gpu
+    if report.engine is not None:
+        return report.engine.gpu
     return report.inference.setup.gpu if report.inference is not None else None
 
 
@@ -324,12 +425,13 @@ def to_dict(report: Report) -> dict[str, Any]:
         "training": _training_dict(report),
         "inference": _inference_dict(report),
         "inference_not_measured": report.inference_unmeasured,
+        "engine": None if report.engine is None else engine_to_dict(report.engine),
         "gpu": None if gpu is None else {"name": gpu.name, "usable_bytes": gpu.usable_bytes},
         "notes": list(dict.fromkeys([*report.model.notes, *report.notes])),  # the model's are in both: once
     }
 
 
-def _summary(report: Report) -> Table:
+def _summary(report: Report, *, verbose: bool = False) -> Table:
     inv = report.inventory
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -354,8 +456,9 @@ def _summary(report: Report) -> Table:
                 f"{inv.active_params_per_token:,} ({format_count_short(inv.active_params_per_token)}) — "
                 f"{inv.moe.experts_per_token} of {inv.moe.num_experts} routed experts + shared/dense parts",
             )
-        grid.add_row("Largest module", f"{inv.largest_module_name} {inv.largest_module_params:,}")
-        grid.add_row("Modules", " · ".join(f"{name} {count:,}" for name, count in inv.module_params))
+        if verbose:
+            grid.add_row("Largest module", f"{inv.largest_module_name} {inv.largest_module_params:,}")
+            grid.add_row("Modules", " · ".join(f"{name} {count:,}" for name, count in inv.module_params))
     return grid
 
 
@@ -389,7 +492,7 @@ def _stage_title(report: Report) -> str:
     if training.seq_len is not None:
         title += (
             f"\nmicro-batch {setup.batch_size} × {training.seq_len:,} tokens ({training.seq_len_source}), "
-            f"attention {setup.attn}, checkpointing {setup.grad_checkpointing}"
+            f"attention {setup.attn}, checkpointing {setup.grad_checkpointing}{loss_words(setup)}"
         )
         if setup.dropout is not None:
             title += f", dropout {setup.dropout}"
@@ -473,23 +576,16 @@ def stacked_bar(parts: list[tuple[str, int]], full_bytes: int, *, capacity_bytes
     return text
 
 
-def bar_legend(labels: list[str], full_bytes: int, *, gpu: bool = False) -> str:
-    letters = {label: letter for label, letter, _ in BAR_PARTS}
-    keys = " ".join(f"{letters[label]}={label}" for label in labels)
-    mark = "; | marks the GPU's usable memory" if gpu else ""
-    return f"Bar: where the memory goes, {keys}; full width {full_bytes / GIB:,.2f} GiB{mark}."
-
-
 def _stage_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     training = report.training
     assert training is not None
     headers = ["ZeRO", "weights", "master", "grads", "optim", "activ", "logits", "overhead", "peak", "at"]
-    show_stage = any(s.pipeline_stage is not None for s in training.stages)
-    show_cpu = any(s.cpu_bytes_per_node for s in training.stages)
+    show_stage = any(s.pipeline_stage is not None for s in shown_stages(training))
+    show_cpu = any(s.cpu_bytes_per_node for s in shown_stages(training))
     headers += ["busiest"] * show_stage + ["CPU/node"] * show_cpu
     rows = []
     measured = training.unmeasured is None
-    for stage in training.stages:
+    for stage in shown_stages(training):
         row = [
             str(stage.zero_stage),
             _gib(stage.weights_bytes),
@@ -514,8 +610,8 @@ def _bar_scale(totals: list[int], gpu_bytes: int | None) -> int:
     return max([*totals, gpu_bytes or 0, 1])
 
 
-def _rich_table(headers: list[str], rows: list[list[Any]], *, bold: str | None = None) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+def _plain_table(headers: list[str], rows: list[list[Any]], *, bold: str | None = None, compact: bool = False) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0) if compact else (0, 1))
     for name in headers:
         left = name in ("at", "fits") or not name
         table.add_column(
@@ -524,6 +620,52 @@ def _rich_table(headers: list[str], rows: list[list[Any]], *, bold: str | None =
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def _turned(headers: list[str], rows: list[list[Any]], *, bold: str | None = None) -> Table:
+    """``rows`` as columns: a column of the headers, then one column per row (a narrow table's first fallback)."""
+    table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 2, 0, 0))
+    table.add_column(justify="left", no_wrap=True)
+    for _ in rows:
+        table.add_column(justify="right", no_wrap=True)
+    for i, name in enumerate(headers):
+        table.add_row(name, *(row[i] for row in rows), style="bold" if name == bold else None)
+    return table
+
+
+def _natural_width(renderable: Any) -> int:
+    """The columns ``renderable`` takes when nothing constrains it."""
+    console = Console(width=10_000, file=io.StringIO())
+    return console.measure(renderable).maximum
+
+
+#: Shorter column names for a narrow terminal (`_rich_table`), tried before the table is turned.
+SHORT_HEADERS = {
+    "smallest GPU count": "min GPUs",
+    "largest micro-batch": "max batch",
+    "max context": "max ctx",
+    "headroom": "room",
+}
+
+
+def _rich_table(headers: list[str], rows: list[list[Any]], *, bold: str | None = None, width: int | None = None) -> Any:
+    """A table that never wraps a number: as is when it fits ``width`` columns; else compact (`SHORT_HEADERS`, one
+    space between columns); else turned (a column per row); else stacked (each row on its own, a line per column)."""
+    table = _plain_table(headers, rows, bold=bold)
+    if width is None or _natural_width(table) <= width:
+        return table
+    short = [SHORT_HEADERS.get(name, name) for name in headers]
+    bold = SHORT_HEADERS.get(bold, bold) if bold else None
+    table = _plain_table(short, rows, bold=bold, compact=True)
+    if _natural_width(table) <= width:
+        return table
+    turned = _turned(short, rows, bold=bold)
+    if _natural_width(turned) <= width:
+        return Group(Text(""), turned, Text(""))
+    blocks: list[Any] = [Text("")]
+    for row in rows:
+        blocks += [_turned(short, [row], bold=bold), Text("")]
+    return Group(*blocks)
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -544,8 +686,8 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _stage_table(report: Report) -> Table:
-    return _rich_table(*_stage_rows(report), bold="peak")
+def _stage_table(report: Report, width: int | None = None) -> Any:
+    return _rich_table(*_stage_rows(report), bold="peak", width=width)
 
 
 def _bar_block(labels: list[str], parts: list[list[tuple[str, int]]], capacity_bytes: int | None) -> Table:
@@ -566,7 +708,7 @@ def _verdict_rows(report: Report) -> tuple[list[str], list[list[str]]] | None:
         return None
     headers = ["ZeRO", "fits", "headroom", "smallest GPU count", "largest micro-batch"]
     rows = []
-    for stage in report.training.stages:
+    for stage in shown_stages(report.training):
         rows.append(
             [
                 str(stage.zero_stage),
@@ -579,28 +721,38 @@ def _verdict_rows(report: Report) -> tuple[list[str], list[list[str]]] | None:
     return headers, rows
 
 
-def _verdict_table(report: Report) -> Table | None:
+def _verdict_table(report: Report, width: int | None = None) -> Any:
     verdict = _verdict_rows(report)
-    return None if verdict is None else _rich_table(*verdict)
+    return None if verdict is None else _rich_table(*verdict, width=width)
 
 
-def _footer(report: Report) -> Text:
+def _optimizer_step_words(setup: TrainingSetup) -> str:
+    """How the step runs, when it is not torch's default (foreach, after backward)."""
+    words = []
+    if setup.optimizer_impl != "foreach":
+        words.append(f"torch {setup.optimizer_impl} step")
+    if setup.optimizer_in_backward:
+        words.append("stepped in backward, one gradient live at a time")
+    return "; " + ", ".join(words) if words else ""
+
+
+def _footer(report: Report, *, verbose: bool = False) -> Text:
+    """The lines under the training table: what answers the question (the method, the busiest pipeline stage, why
+    one row, what was not measured, notes); with ``verbose`` also the reference (precision, optimizer, accounting
+    convention, each overhead item)."""
     assert report.training is not None
-    setup = report.training.setup
-    lines = [
-        f"Precision: {PRECISION_SPECS[setup.precision].description}.",
-        f"Optimizer: {OPTIMIZER_DESCRIPTIONS[setup.optimizer]}.",
-        f"Convention: {CONVENTIONS[setup.accounting]}.",
-        *([f"Method: {describe_finetune(setup.finetune)}."] if setup.method != "full" else []),
-        "peak = weights + master + grads + optim + activations + logits + overhead at the phase in 'at'; "
-        "GiB = 2^30 bytes.",
-        bar_legend(
-            ["weights", "master", "grads", "optim", "activ", "logits", "overhead"],
-            _bar_scale([s.total_bytes for s in report.training.stages], setup.gpu.usable_bytes if setup.gpu else None),
-            gpu=setup.gpu is not None,
-        ),
-    ]
-    for stage in report.training.stages:
+    training = report.training
+    setup = training.setup
+    lines = []
+    if verbose:
+        lines += [
+            f"Precision: {PRECISION_SPECS[setup.precision].description}.",
+            f"Optimizer: {OPTIMIZER_DESCRIPTIONS[setup.optimizer]}{_optimizer_step_words(setup)}.",
+            f"Convention: {CONVENTIONS[setup.accounting]}.",
+        ]
+    if setup.method != "full":
+        lines.append(f"Method: {describe_finetune(setup.finetune)}.")
+    for stage in shown_stages(training):
         if stage.pipeline_stage is not None:
             first, last = stage.stage_layers or (0, -1)
             holds = f" + {', '.join(stage.stage_holds)}" if stage.stage_holds else ""
@@ -610,16 +762,40 @@ def _footer(report: Report) -> Text:
                 f"(layers {first}–{last}{holds}), {in_flight:g} micro-batches of activations in flight "
                 f"({setup.parallel.pp_schedule})."
             )
-        if stage.overhead_items:
+        if verbose and stage.overhead_items:
             parts = " · ".join(f"{name} {size / GIB:,.2f}" for name, size in stage.overhead_items)
             lines.append(f"Overhead, ZeRO-{stage.zero_stage}: {parts}.")
-    if report.training.unmeasured is not None:
+        if stage.paged_states_bytes:
+            lines.append(
+                f"Paged optimizer states, ZeRO-{stage.zero_stage}: {stage.paged_states_bytes / GIB:,.2f} GiB of "
+                "'optim' in CUDA managed memory, outside PyTorch's allocator statistics: allocator peak "
+                f"{stage.allocator_bytes / GIB:,.2f} GiB, device total (peak) {stage.total_bytes / GIB:,.2f} GiB."
+            )
+    if training.unmeasured is not None:
         lines.append(
-            f"Activations and logits not measured: {report.training.unmeasured.rstrip('.')}; each peak is the model "
+            f"Activations and logits not measured: {training.unmeasured.rstrip('.')}; each peak is the model "
             "states and overheads only (a lower bound), and a fit is 'unknown' unless the states alone do not fit."
         )
-    lines += [f"Note: {note}." for note in report.training.notes]
+    lines += [f"Note: {note}." for note in training_notes(training)]
     return Text("\n".join(lines), style="dim")
+
+
+def legend(report: Report, *, bars: bool = True) -> str:
+    """The conventions of a report's tables, said once after them: units, what a peak and a total sum, the bar
+    letters of the parts shown, and where the reference is."""
+    parts = ["GiB = 2^30 bytes", "a peak or total is its row's parts summed (training: at the phase in 'at')"]
+    labels: list[str] = []
+    if report.training is not None:
+        labels += ["weights", "master", "grads", "optim", "activ", "logits"]
+    if report.inference is not None:
+        labels += ["weights", "KV cache"] + (["state"] if report.inference.recurrent_state_bytes else [])
+    if bars and labels:
+        letters = {label: letter for label, letter, _ in BAR_PARTS}
+        keys = " ".join(f"{letters[label]}={label}" for label in dict.fromkeys([*labels, "activ", "overhead"]))
+        mark = ", | = the GPU's usable memory" if _gpu(report) is not None else ""
+        parts.append(f"bars: {keys}{mark}")
+    parts.append("-v: conventions and overheads; --explain: every formula")
+    return "; ".join(parts) + "."
 
 
 def _inference_title(inference: InferenceEstimate) -> str:
@@ -647,8 +823,8 @@ def _inference_rows(inference: InferenceEstimate) -> tuple[list[str], list[list[
     return headers, [row]
 
 
-def _inference_table(inference: InferenceEstimate) -> Table:
-    return _rich_table(*_inference_rows(inference), bold="total")
+def _inference_table(inference: InferenceEstimate, width: int | None = None) -> Any:
+    return _rich_table(*_inference_rows(inference), bold="total", width=width)
 
 
 def _kv_phrase(group: dict[str, Any]) -> str:
@@ -691,7 +867,7 @@ def _state_lines(inference: InferenceEstimate) -> list[str]:
     ]
 
 
-def _inference_footer(report: Report, inference: InferenceEstimate) -> Text:
+def _inference_footer(report: Report, inference: InferenceEstimate, *, verbose: bool = False) -> Text:
     weights = inference.weights
     lines = [
         "Weights: "
@@ -707,14 +883,10 @@ def _inference_footer(report: Report, inference: InferenceEstimate) -> Text:
         + ".",
         _kv_line(inference),
         *_state_lines(inference),
-        "Overhead: " + " · ".join(f"{name} {size / GIB:,.2f}" for name, size in inference.overhead_items) + ".",
-        "total = weights + KV cache"
-        + (" + recurrent state" if inference.recurrent_state_bytes else "")
-        + " + activations of one prefill chunk + overhead; GiB = 2^30 bytes.",
-        bar_legend(
-            [label for label, _ in inference_parts(inference)],
-            _bar_scale([inference.total_bytes], inference.setup.gpu.usable_bytes if inference.setup.gpu else None),
-            gpu=inference.setup.gpu is not None,
+        *(
+            ["Overhead: " + " · ".join(f"{name} {size / GIB:,.2f}" for name, size in inference.overhead_items) + "."]
+            if verbose
+            else []
         ),
     ]
     lines += [f"Note: {note}." for note in inference.notes]
@@ -724,19 +896,21 @@ def _inference_footer(report: Report, inference: InferenceEstimate) -> Text:
     return Text("\n".join(lines), style="dim")
 
 
-def render_table(report: Report, *, color: bool = False, width: int = 100) -> str:
-    """The human report: model summary, one row per ZeRO stage, the inference plan, then the conventions used."""
+def render_table(report: Report, *, color: bool = False, width: int = 100, verbose: bool = False) -> str:
+    """The human report: model summary, the training plan (a row per ZeRO stage that differs), the serving plan,
+    then one legend. Tables adapt to ``width`` (turned or stacked, `_rich_table`) so that no number wraps;
+    ``verbose`` adds the reference lines (conventions, overhead items, modules)."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
-    console.print(_summary(report))
+    console.print(_summary(report, verbose=verbose))
     if report.training is not None:
         console.print()
         console.print(Text(_stage_title(report), style="bold"))
-        console.print(_stage_table(report))
+        console.print(_stage_table(report, width))
         gpu_bytes = report.training.setup.gpu.usable_bytes if report.training.setup.gpu else None
-        stages = report.training.stages
+        stages = shown_stages(report.training)
         console.print(_bar_block([f"ZeRO-{s.zero_stage}" for s in stages], [stage_parts(s) for s in stages], gpu_bytes))
-        verdict = _verdict_table(report)
+        verdict = _verdict_table(report, width)
         if verdict is not None:
             gpu = report.training.setup.gpu
             assert gpu is not None
@@ -744,23 +918,32 @@ def render_table(report: Report, *, color: bool = False, width: int = 100) -> st
                 Text(f"Fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable by PyTorch)", style="bold")
             )
             console.print(verdict)
-        console.print(_footer(report))
+        footer = _footer(report, verbose=verbose)
+        if footer.plain:
+            console.print(footer)
     inference = report.inference
-    if inference is not None:
+    if report.engine is not None:
+        console.print()
+        console.print(Text(_engine_title(report.engine), style="bold"))
+        console.print(_rich_table(["", "per GPU"], [list(row) for row in engine_rows(report.engine)]))
+        console.print(Text("\n".join(_engine_footer(report)), style="dim"))
+    elif inference is not None:
         console.print()
         console.print(Text(_inference_title(inference), style="bold"))
         if inference.setup.gpu is not None:
             gpu = inference.setup.gpu
             console.print(Text(f"on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable by PyTorch)"))
-        console.print(_inference_table(inference))
+        console.print(_inference_table(inference, width))
         gpu_bytes = inference.setup.gpu.usable_bytes if inference.setup.gpu else None
         console.print(_bar_block(["serve"], [inference_parts(inference)], gpu_bytes))
         console.print()
-        console.print(_inference_footer(report, inference))
+        console.print(_inference_footer(report, inference, verbose=verbose))
     else:
         lines = _unmeasured_inference_lines(report) + [f"Note: {note}." for note in _plan_notes(report)]
         if lines:
             console.print(Text("\n".join(lines), style="dim"))
+    console.print()
+    console.print(Text(legend(report), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 
@@ -776,10 +959,10 @@ def _unmeasured_inference_lines(report: Report) -> list[str]:
 
 
 def _footer_lines(text: Text) -> list[str]:
-    return [line for line in text.plain.splitlines() if not line.startswith("Bar:")]
+    return text.plain.splitlines()
 
 
-def render_markdown(report: Report) -> str:
+def render_markdown(report: Report, *, verbose: bool = False) -> str:
     """The report as GitHub-flavoured Markdown (for PR comments and issues): the same tables and notes, no bars."""
     inv = report.inventory
     out = [f"### {report.model.model_id}", ""]
@@ -800,16 +983,21 @@ def render_markdown(report: Report) -> str:
         if verdict is not None and gpu is not None:
             out += ["", f"**Fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable by PyTorch)**", ""]
             out.append(markdown_table(*verdict))
-        out += ["", *(f"- {line}" for line in _footer_lines(_footer(report)))]
-    if report.inference is not None:
+        out += ["", *(f"- {line}" for line in _footer_lines(_footer(report, verbose=verbose)))]
+    if report.engine is not None:
+        out += ["", "**" + _engine_title(report.engine).replace("\n", "; ") + "**", ""]
+        out.append(markdown_table(["", "per GPU"], [list(row) for row in engine_rows(report.engine)]))
+        out += ["", *(f"- {line}" for line in _engine_footer(report) if line)]
+    elif report.inference is not None:
         inference = report.inference
         out += ["", "**" + _inference_title(inference).replace("\n", "; ") + "**", ""]
         out.append(markdown_table(*_inference_rows(inference)))
-        out += ["", *(f"- {line}" for line in _footer_lines(_inference_footer(report, inference)))]
+        out += ["", *(f"- {line}" for line in _footer_lines(_inference_footer(report, inference, verbose=verbose)))]
     else:
         lines = _unmeasured_inference_lines(report) + [f"Note: {note}." for note in _plan_notes(report)]
         if lines:
             out += ["", *(f"- {line}" for line in lines)]
+    out += ["", f"- {legend(report, bars=False)}"]
     return "\n".join(out) + "\n"
 
 
@@ -824,11 +1012,14 @@ def _sweep_rows(rows: list[SweepRow]) -> tuple[list[str], list[list[str]], list[
     offloads in any row, as in the single report."""
     first = rows[0][1]
     headers = [name for name, _ in rows[0][0]]
-    by_row = [{s.zero_stage: s for s in report.training.stages} if report.training else {} for _, report in rows]
+    by_row = [{s.zero_stage: s for s in shown_stages(report.training)} if report.training else {} for _, report in rows]
     stages = sorted({z for planned in by_row for z in planned})
     cpu_stages = [z for z in stages if any(planned.get(z) and planned[z].cpu_bytes_per_node for planned in by_row)]
     headers += [f"ZeRO-{z} peak" for z in stages] + [f"ZeRO-{z} CPU/node" for z in cpu_stages]
-    if first.inference is not None or first.inference_unmeasured is not None:
+    engines = first.engine is not None
+    if engines:
+        headers += ["KV tokens", "max concurrency", "starts"]
+    elif first.inference is not None or first.inference_unmeasured is not None:
         headers.append("serve total")
     table: list[list[str]] = []
     fits: list[list[bool | None]] = []
@@ -844,7 +1035,16 @@ def _sweep_rows(rows: list[SweepRow]) -> tuple[list[str], list[list[str]], list[
             stage = planned.get(z)
             row.append("—" if stage is None else _gib(stage.cpu_bytes_per_node))
             marks.append(None)
-        if report.inference is not None:
+        if engines:
+            engine = report.engine
+            if engine is None:
+                row += ["—", "—", NOT_MEASURED if report.inference_unmeasured is not None else "—"]
+                marks += [None, None, None]
+            else:
+                mark = "" if engine.fits else " ✗"
+                row += [f"{engine.kv_tokens:,}", f"{engine.max_concurrency:,.2f}x{mark}", _yes(engine.starts)]
+                marks += [None, engine.fits, engine.starts]
+        elif report.inference is not None:
             row.append(_gib(report.inference.total_bytes) + ("" if report.inference.fits is not False else " ✗"))
             marks.append(report.inference.fits)
         elif report.inference_unmeasured is not None:
@@ -857,6 +1057,11 @@ def _sweep_rows(rows: list[SweepRow]) -> tuple[list[str], list[list[str]], list[
 
 def _sweep_title(rows: list[SweepRow]) -> str:
     first = rows[0][1]
+    if first.engine is not None:
+        engine = first.engine
+        title = f"{first.model.model_id}: {len(rows):,} combinations, {_engine_name(engine)} start-up per GPU"
+        wanted = f", at least {engine.setup.min_concurrency}x" if engine.setup.min_concurrency else ""
+        return title + f"; ✗ = does not start{wanted}"
     gpu = (first.training.setup.gpu if first.training else None) or (
         first.inference.setup.gpu if first.inference else None
     )
@@ -888,7 +1093,7 @@ def render_sweep(rows: list[SweepRow], *, color: bool = False, width: int = 100,
         ]
         for row, marks in zip(table, fits, strict=True)
     ]
-    console.print(_rich_table(headers, styled))
+    console.print(_rich_table(headers, styled, width=width))
     if missing:
         console.print(Text("\n".join(f"Note: {line}" for line in missing), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()).rstrip("\n") + "\n"
@@ -898,6 +1103,8 @@ def _sweep_missing(rows: list[SweepRow]) -> list[str]:
     """Why a sweep's peaks are lower bounds (``≥``) or its serving totals are missing, each reason once."""
     lines: dict[str, None] = {}
     for _, report in rows:
+        if report.training is not None and len(shown_stages(report.training)) < len(report.training.stages):
+            lines["—: " + (_one_row_note(report.training) or "") + "."] = None
         if report.training is not None and report.training.unmeasured is not None:
             lines[f"≥: activations and logits not measured ({report.training.unmeasured.rstrip('.')})."] = None
         if report.inference_unmeasured is not None:
@@ -907,7 +1114,8 @@ def _sweep_missing(rows: list[SweepRow]) -> list[str]:
 
 def sweep_to_dict(rows: list[SweepRow]) -> dict[str, Any]:
     """The model once, then a row per combination: ``{"schema_version", "hfmem_version", "model", "swept":
-    [option], "rows": [{"values": {option: value}, "parameters", "training", "inference", "gpu", "notes"}]}``;
+    [option], "rows": [{"values": {option: value}, "parameters", "training", "inference", "engine", "gpu",
+    "notes"}]}``;
     each row's keys mean what they mean in `to_dict` (``parameters`` without the per-module counts)."""
     first = to_dict(rows[0][1])
     out_rows = []
@@ -915,7 +1123,10 @@ def sweep_to_dict(rows: list[SweepRow]) -> dict[str, Any]:
         doc = to_dict(report)
         doc["parameters"].pop("modules", None)
         out_rows.append(
-            {"values": dict(values), **{k: doc[k] for k in ("parameters", "training", "inference", "gpu", "notes")}}
+            {
+                "values": dict(values),
+                **{k: doc[k] for k in ("parameters", "training", "inference", "engine", "gpu", "notes")},
+            }
         )
     return {
         "schema_version": SCHEMA_VERSION,
@@ -942,11 +1153,11 @@ def _compare_rows(reports: list[Report]) -> tuple[list[str], list[list[str]]]:
         line("trainable", lambda r: f"{r.inventory.trainable_params:,}"),
         line("architecture", lambda r: r.inventory.architecture or "—"),
     ]
-    stages = sorted({s.zero_stage for r in reports if r.training for s in r.training.stages})
+    stages = sorted({s.zero_stage for r in reports if r.training for s in shown_stages(r.training)})
     for z in stages:
 
         def peak(r: Report, z: int = z) -> str:
-            stage = next((s for s in r.training.stages if s.zero_stage == z), None) if r.training else None
+            stage = next((s for s in shown_stages(r.training) if s.zero_stage == z), None) if r.training else None
             if stage is None:
                 return "—"
             mark = {True: " fits", False: " ✗", None: ""}[stage.fits]
@@ -972,6 +1183,16 @@ def _compare_rows(reports: list[Report]) -> tuple[list[str], list[list[str]]]:
                 lambda r: "—" if r.inference is None else f"{r.inference.kv_cache_bytes_per_token:,} B",
             )
         )
+    if any(r.engine for r in reports):
+        rows += [
+            line("engine KV budget", lambda r: "—" if r.engine is None else _g(r.engine.kv_budget_bytes)),
+            line("engine KV tokens", lambda r: "—" if r.engine is None else f"{r.engine.kv_tokens:,}"),
+            line(
+                "max concurrency",
+                lambda r: "—" if r.engine is None else _concurrency_cell(r.engine),
+            ),
+            line("engine starts", lambda r: "—" if r.engine is None else _starts_cell(r.engine)),
+        ]
     rows.append(line("verdict", _verdict_words))
     return headers, rows
 
@@ -980,16 +1201,19 @@ def _verdict_words(report: Report) -> str:
     """What fits, in a few words: the least-sharded ZeRO stage that fits, and serving."""
     parts = []
     if report.training is not None and report.training.unmeasured is not None:
-        fails = any(s.fits is False for s in report.training.stages)
+        fails = any(s.fits is False for s in shown_stages(report.training))
         parts.append("does not train here" if fails else "training not measured")
     elif report.training is not None:
         if report.training.setup.gpu is None:
-            best = min(report.training.stages, key=lambda s: s.total_bytes)
+            best = min(shown_stages(report.training), key=lambda s: s.total_bytes)
             parts.append(f"lowest peak ZeRO-{best.zero_stage}")
         else:
-            fitting = [s.zero_stage for s in report.training.stages if s.fits]
+            fitting = [s.zero_stage for s in shown_stages(report.training) if s.fits]
             parts.append(f"trains with ZeRO-{fitting[0]}" if fitting else "does not train here")
-    if report.inference is not None and report.inference.fits is not None:
+    if report.engine is not None:
+        name = report.engine.engine
+        parts.append(f"{name} serves" if report.engine.fits else f"{name} does not serve")
+    elif report.inference is not None and report.inference.fits is not None:
         parts.append("serves" if report.inference.fits else "does not serve")
     return "; ".join(parts) or "—"
 
@@ -1013,14 +1237,14 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
         elif lengths:
             each = " / ".join(f"{length:,}" for _, length in lengths)
             title += f" × {each} tokens (each model's, in column order)"
-        title += f", checkpointing {setup.grad_checkpointing}"
+        title += f", checkpointing {setup.grad_checkpointing}{loss_words(setup)}"
     if gpu is not None:
         title += f"; fit on {gpu.name} ({gpu.usable_bytes / GIB:,.2f} GiB usable)"
     notes = [
         f"{r.model.model_id}: {n}"
         for r in reports
         for n in (
-            *(r.training.notes if r.training else ()),
+            *(training_notes(r.training) if r.training else ()),
             *(
                 [f"activations not measured: {r.training.unmeasured.rstrip('.')}"]
                 if r.training and r.training.unmeasured
@@ -1041,7 +1265,7 @@ def render_compare(reports: list[Report], *, color: bool = False, width: int = 1
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
     console.print(Text(title, style="bold"))
-    console.print(_rich_table(headers, rows))
+    console.print(_rich_table(headers, rows, width=width))
     if notes:
         console.print(Text("\n".join(f"Note: {n}." for n in notes), style="dim"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
@@ -1182,3 +1406,285 @@ def render_launch(outcome: LaunchOutcome, *, markdown: bool = False) -> str:
     if markdown:
         return "\n**Settings from launch files**\n\n" + "".join(f"- {line}\n" for line in lines)
     return "\nSettings from launch files\n" + "".join(f"  {line}\n" for line in lines)
+
+
+# --- serving engines: the start-up accounting (`hfmem.memory.engine`) ----------------------------------------------
+
+ENGINE_NAMES = {"vllm": "vLLM", "sglang": "SGLang"}
+
+
+def _engine_name(engine: EngineEstimate) -> str:
+    return f"{ENGINE_NAMES.get(engine.engine, engine.engine)} {engine.engine_version}"
+
+
+def _engine_title(engine: EngineEstimate) -> str:
+    parallel = f", tensor parallel {engine.tp}" if engine.tp > 1 else ""
+    if engine.pp > 1:
+        parallel += f", pipeline parallel {engine.pp} (rank {engine.pp_rank}, the tightest)"
+    return (
+        f"{_engine_name(engine)} start-up on {engine.gpu.name} ({engine.total_bytes / GIB:,.2f} GiB){parallel}\n"
+        f"max_model_len {engine.max_model_len:,} ({engine.max_model_len_source}), KV cache {engine.kv_dtype}"
+    )
+
+
+def _g(num_bytes: int, places: int = 2) -> str:
+    return f"{num_bytes / GIB:,.{places}f} GiB"
+
+
+def _kv_spec_text(engine: EngineEstimate) -> str:
+    words = {"full": "full attention", "mla": "MLA latent", "sliding": "sliding window", "mamba": "Mamba/linear state"}
+    parts = []
+    for g in engine.kv_groups:
+        what = words.get(g.kind, g.kind) + (f" {g.window_tokens:,}" if g.window_tokens else "")
+        if g.kind == "mamba":
+            size = f"{g.state_bytes:,} B state per sequence, padded to a {g.page_bytes:,} B page"
+        else:
+            size = f"{g.elements_per_token:,} elements/token × {g.element_bytes} B, page {g.page_bytes:,} B"
+        parts.append(f"{g.layers} × {what}: {size}")
+    return "; ".join(parts)
+
+
+def engine_rows(engine: EngineEstimate) -> list[tuple[str, str]]:
+    """The engine's start-up accounting, line by line: ``(what, value)``, the engine's own wording in quotes."""
+    if engine.engine == "sglang":
+        return _sglang_rows(engine)
+    rows = [
+        ("GPU total memory", _g(engine.total_bytes)),
+        (
+            f"× gpu_memory_utilization {engine.gpu_memory_utilization:g} = what vLLM may use",
+            _g(engine.requested_bytes),
+        ),
+        ('− weights "Model loading took"', _g(engine.weights_bytes, 4) + _weights_detail(engine)),
+        (
+            "− PyTorch activation peak (profile run)",
+            f"{_g(engine.activation_peak_bytes)} (forward of {engine.batched_tokens:,} tokens "
+            f"{_g(engine.activation_trace_bytes)}; sampler on {min(engine.max_num_seqs, engine.batched_tokens):,} × "
+            f"{engine.vocab_size:,} logits {_g(engine.sampler_bytes)}: the larger moment)",
+        ),
+        ("− non-torch memory", f"{_g(engine.non_torch_bytes)} (published figure; measured by vLLM)"),
+        ('= "Available KV cache memory"', _g(engine.kv_budget_bytes)),
+        ("KV cache spec per layer", _kv_spec_text(engine) + f"; blocks of {engine.block_size} tokens"),
+        (
+            "blocks",
+            f"{engine.num_blocks:,}"
+            + (
+                f" ({engine.num_groups} KV-cache groups of {engine.group_size} layers sharing one pool)"
+                if engine.grouping == "hybrid"
+                else ""
+            ),
+        ),
+        ('"GPU KV cache size"', f"{engine.kv_tokens:,} tokens"),
+        (
+            f'"Maximum concurrency for {engine.max_model_len:,} tokens per request"',
+            f"{engine.max_concurrency:.2f}x ({engine.blocks_per_request:,} blocks per request)",
+        ),
+        (f"KV cache of one {engine.max_model_len:,}-token request", _g(engine.kv_needed_bytes)),
+        (
+            "CUDA graphs",
+            "none (--enforce-eager)"
+            if engine.setup.enforce_eager
+            else f"not subtracted in {engine.engine_version} (captured after the KV cache)",
+        ),
+        ("starts", _starts_cell(engine)),
+    ]
+    if engine.meets_min_concurrency is not None:
+        rows.append((f"holds {engine.setup.min_concurrency:,} concurrent requests", _yes(engine.meets_min_concurrency)))
+    return rows
+
+
+def _weights_detail(engine: EngineEstimate) -> str:
+    parts = [f"RoPE cache {engine.rope_cache_bytes / 2**20:,.0f} MiB"] if engine.rope_cache_bytes else []
+    if engine.vocab_padding_bytes:
+        parts.append(f"vocabulary padded to a multiple of 64: {engine.vocab_padding_bytes / 2**20:,.0f} MiB")
+    return f" (incl. {', '.join(parts)})" if parts else ""
+
+
+def _sglang_rows(engine: EngineEstimate) -> list[tuple[str, str]]:
+    fraction = engine.mem_fraction_static or 0.0
+    rows = [
+        ("GPU total memory", _g(engine.total_bytes)),
+        ('free before the weights ("Load weight begin. avail mem")', _g(engine.requested_bytes)),
+        ('− weights ("mem usage")', _g(engine.weights_bytes) + _weights_detail(engine)),
+        (
+            f"− free before × (1 − mem_fraction_static {fraction:g}), left for activations and CUDA graphs",
+            _g(int(engine.requested_bytes * (1 - fraction))),
+        ),
+        ("= KV pool budget", _g(engine.kv_budget_bytes)),
+        ("KV cache per token (cell size)", f"{engine.kv_bytes_per_token:,} B: {_kv_spec_text(engine)}"),
+        ('"max_total_num_tokens"', f"{engine.kv_tokens:,} tokens (pages of {engine.block_size})"),
+        ('"max_running_requests"', f"{engine.max_running_requests or 0:,}"),
+        (
+            f"concurrent {engine.max_model_len:,}-token requests",
+            f"{engine.max_concurrency:.2f} (max_total_num_tokens / context_len, at most max_running_requests)",
+        ),
+        ("longest request (max_req_len)", f"{engine.max_req_len or 0:,} tokens"),
+        (
+            f"prefill activations ({engine.batched_tokens:,}-token chunk, traced)",
+            f"{_g(engine.activation_peak_bytes)}; head-room left {_g(engine.headroom_bytes)}",
+        ),
+        ("starts", _starts_cell(engine)),
+    ]
+    if engine.meets_min_concurrency is not None:
+        rows.append((f"holds {engine.setup.min_concurrency:,} concurrent requests", _yes(engine.meets_min_concurrency)))
+    return rows
+
+
+def _concurrency_cell(engine: EngineEstimate) -> str:
+    return f"{engine.max_concurrency:,.2f}x at {engine.max_model_len:,}" + ("" if engine.fits else " ✗")
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+def _starts_cell(engine: EngineEstimate) -> str:
+    if engine.starts:
+        return "yes"
+    if engine.largest_max_model_len:
+        return f"NO — the longest max_model_len that fits is {engine.largest_max_model_len:,}"
+    return "NO — no memory left for the KV cache"
+
+
+def engine_log_lines(engine: EngineEstimate) -> list[str]:
+    """The start-up lines the engine logs, in its own wording, with hfmem's numbers."""
+    if engine.engine == "sglang":
+        free_after = engine.requested_bytes - engine.weights_bytes
+        lines = [
+            f"Load weight begin. avail mem={engine.requested_bytes / GIB:.2f} GB",
+            f"Load weight end. avail mem={free_after / GIB:.2f} GB, mem usage={engine.weights_bytes / GIB:.2f} GB.",
+        ]
+        if not engine.starts:
+            return [*lines, f"RuntimeError: {engine.refusal}"]
+        if any(g.kind == "mla" for g in engine.kv_groups):
+            pool = f"KV size: {engine.pool_bytes / GIB:.2f} GB"
+        else:
+            pool = f"K size: {engine.pool_bytes / 2 / GIB:.2f} GB, V size: {engine.pool_bytes / 2 / GIB:.2f} GB"
+        return [
+            *lines,
+            f"KV Cache is allocated. #tokens: {engine.kv_tokens}, {pool}",
+            f"max_total_num_tokens={engine.kv_tokens}, chunked_prefill_size={engine.batched_tokens}, "
+            f"max_running_requests={engine.max_running_requests}, context_len={engine.max_model_len}",
+        ]
+    lines = [
+        f"Model loading took {engine.weights_bytes / GIB:.4f} GiB",
+        f"Available KV cache memory: {engine.kv_budget_bytes / GIB:.2f} GiB",
+    ]
+    if not engine.starts:
+        return [*lines, f"ValueError: {engine.refusal}"]
+    return [
+        *lines,
+        f"GPU KV cache size: {engine.kv_tokens:,} tokens",
+        f"Maximum concurrency for {engine.max_model_len:,} tokens per request: {engine.max_concurrency:.2f}x",
+    ]
+
+
+def engine_verdict_line(report: Report) -> str:
+    """One line saying why a deployment fails its check (or that it passes)."""
+    engine = report.engine
+    assert engine is not None
+    who = f"{_engine_name(engine)} on {engine.gpu.name}"
+    fixes = f"; try {' or '.join(engine.fixes)}" if engine.fixes else ""
+    if not engine.starts:
+        why = (
+            f"one {engine.max_model_len:,}-token request needs {_g(engine.kv_needed_bytes)} of KV cache, "
+            f"{_g(max(engine.kv_budget_bytes, 0))} is available"
+            if engine.kv_budget_bytes > 0
+            else "no memory is left for the KV cache"
+        )
+        return f"{report.model.model_id} does not start with {who}: {why}{fixes}"
+    if engine.meets_min_concurrency is False:
+        return (
+            f"{report.model.model_id} holds {engine.max_concurrency:.2f} concurrent {engine.max_model_len:,}-token "
+            f"requests with {who}, below --min-concurrency {engine.setup.min_concurrency}{fixes}"
+        )
+    return (
+        f"{report.model.model_id} starts with {who}: {engine.max_concurrency:.2f}x at {engine.max_model_len:,} tokens"
+    )
+
+
+def _engine_footer(report: Report) -> list[str]:
+    engine = report.engine
+    assert engine is not None
+    lines = [f"As {ENGINE_NAMES.get(engine.engine, engine.engine)} would log it:"]
+    lines += [f"  {line}" for line in engine_log_lines(engine)]
+    lines.append(f"Verdict: {engine_verdict_line(report)}.")
+    if engine.fixes:
+        lines.append("What would change it: " + "; ".join(engine.fixes) + ".")
+    lines.append(
+        f"Accounting of {_engine_name(engine)}, read from its source (docs/engines.md); the weights and the KV layout "
+        "are exact, the activation peak and non-torch memory are modelled (the engine measures them)."
+    )
+    lines += [f"Note: {note}." for note in engine.notes]
+    lines += [f"Note: {note}." for note in _plan_notes(report)]
+    return lines
+
+
+def engine_to_dict(engine: EngineEstimate) -> dict[str, Any]:
+    """The ``"engine"`` object of the JSON: settings as resolved, bytes per GPU (integers), capacity and verdict."""
+    setup = engine.setup
+    return {
+        "engine": engine.engine,
+        "engine_version": engine.engine_version,
+        "settings": {
+            "gpu_memory_utilization": engine.gpu_memory_utilization,
+            "mem_fraction_static": engine.mem_fraction_static,
+            "max_model_len": engine.max_model_len,
+            "max_model_len_source": engine.max_model_len_source,
+            "max_num_seqs": engine.max_num_seqs,
+            "max_num_batched_tokens": engine.batched_tokens,
+            "block_size": engine.block_size,
+            "kv_cache_dtype": engine.kv_dtype,
+            "enforce_eager": setup.enforce_eager,
+            "tensor_parallel_size": engine.tp,
+            "pipeline_parallel_size": engine.pp,
+            "max_running_requests": engine.max_running_requests,
+            "min_concurrency": setup.min_concurrency,
+        },
+        "per_gpu_bytes": {
+            "total": engine.total_bytes,
+            "requested": engine.requested_bytes,
+            "weights": engine.weights_bytes,
+            "rope_cache": engine.rope_cache_bytes,
+            "vocab_padding": engine.vocab_padding_bytes,
+            "activation_peak": engine.activation_peak_bytes,
+            "activation_forward": engine.activation_trace_bytes,
+            "sampler": engine.sampler_bytes,
+            "non_torch": engine.non_torch_bytes,
+            "cudagraph": engine.cudagraph_bytes,
+            "kv_budget": engine.kv_budget_bytes,
+            "kv_pool": engine.pool_bytes,
+            "kv_needed_per_request": engine.kv_needed_bytes,
+        },
+        "kv_bytes_per_token": engine.kv_bytes_per_token,
+        "kv_cache_groups": [
+            {
+                "kind": g.kind,
+                "layers": g.layers,
+                "elements_per_token": g.elements_per_token,
+                "element_bytes": g.element_bytes,
+                "page_bytes": g.page_bytes,
+                "blocks_per_request": g.blocks_per_request,
+                "groups": g.groups,
+                "window_tokens": g.window_tokens,
+                "state_bytes": g.state_bytes,
+            }
+            for g in engine.kv_groups
+        ],
+        "grouping": engine.grouping,
+        "num_groups": engine.num_groups,
+        "group_size": engine.group_size,
+        "num_blocks": engine.num_blocks,
+        "kv_tokens": engine.kv_tokens,
+        "blocks_per_request": engine.blocks_per_request,
+        "max_concurrency": engine.max_concurrency,
+        "max_req_len": engine.max_req_len,
+        "starts": engine.starts,
+        "refusal": engine.refusal,
+        "largest_max_model_len": engine.largest_max_model_len,
+        "meets_min_concurrency": engine.meets_min_concurrency,
+        "fits": engine.fits,
+        "fixes": list(engine.fixes),
+        "log_lines": engine_log_lines(engine),
+        "pipeline_rank": engine.pp_rank,
+        "notes": list(engine.notes),
+    }

@@ -24,8 +24,13 @@ __all__ = [
     "Optimizer",
     "Offload",
     "Accounting",
+    "Loss",
+    "LOSSES",
+    "DEFAULT_LOSS_CHUNKS",
     "PRECISIONS",
     "OPTIMIZERS",
+    "OptimizerImpl",
+    "OPTIMIZER_IMPLS",
     "OFFLOADS",
     "ACCOUNTINGS",
     "ResolvedModel",
@@ -45,16 +50,25 @@ __all__ = [
     "InferenceProfile",
     "InferenceSetup",
     "InferenceEstimate",
+    "Engine",
+    "ENGINES",
+    "EngineSetup",
+    "EngineKvGroup",
+    "EngineEstimate",
     "Report",
 ]
 
 ModelSource = Literal["hub", "local", "catalogue", "params"]
-Precision = Literal["fp32", "tf32", "bf16-mixed", "fp16-mixed", "bf16", "fp16"]
-Optimizer = Literal["adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion"]
+Precision = Literal["fp32", "tf32", "bf16-mixed", "fp16-mixed", "bf16", "fp16", "amp-bf16", "amp-fp16"]
+Optimizer = Literal[
+    "adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion", "paged-adamw", "paged-adamw-8bit"
+]
+OptimizerImpl = Literal["foreach", "fused", "loop"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 Accounting = Literal["hfmem", "deepspeed"]
 Attention = Literal["sdpa", "flash", "eager"]
-Checkpointing = Literal["none", "full", "selective"]
+Checkpointing = Literal["none", "full", "selective", "ops"]
+Loss = Literal["hf", "chunked", "fused"]
 PeakPhase = Literal["forward", "backward", "optimizer_step"]
 KvKind = Literal["full", "sliding", "cross", "state"]
 KvDtype = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
@@ -63,15 +77,34 @@ Method = Literal["full", "lora", "qlora", "freeze"]
 PipelineSchedule = Literal["1f1b", "interleaved"]
 FsdpStrategy = Literal["full_shard", "shard_grad_op", "no_shard", "hybrid_shard"]
 
-PRECISIONS: tuple[Precision, ...] = ("fp32", "tf32", "bf16-mixed", "fp16-mixed", "bf16", "fp16")
-OPTIMIZERS: tuple[Optimizer, ...] = ("adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion")
+PRECISIONS: tuple[Precision, ...] = ("fp32", "tf32", "bf16-mixed", "fp16-mixed", "bf16", "fp16", "amp-bf16", "amp-fp16")
+OPTIMIZERS: tuple[Optimizer, ...] = (
+    "adamw",
+    "adamw-8bit",
+    "sgd",
+    "sgd-momentum",
+    "adafactor",
+    "lion",
+    "paged-adamw",
+    "paged-adamw-8bit",
+)
+#: torch AdamW's step implementations (``torch/optim/adam.py``: ``foreach``, ``fused``, the for-loop).
+OPTIMIZER_IMPLS: tuple[OptimizerImpl, ...] = ("foreach", "fused", "loop")
 OFFLOADS: tuple[Offload, ...] = ("none", "optimizer", "optimizer+params")
 ACCOUNTINGS: tuple[Accounting, ...] = ("hfmem", "deepspeed")
 ATTENTIONS: tuple[Attention, ...] = ("sdpa", "flash", "eager")
-CHECKPOINTINGS: tuple[Checkpointing, ...] = ("none", "full", "selective")
+CHECKPOINTINGS: tuple[Checkpointing, ...] = ("none", "full", "selective", "ops")
+LOSSES: tuple[Loss, ...] = ("hf", "chunked", "fused")
+#: torchtune ``CEWithChunkedOutputLoss(num_output_chunks: int = 8)`` (modules/loss/ce_chunked_output_loss.py @ bd2a0fc):
+#: the default of ``--loss-chunks``.
+DEFAULT_LOSS_CHUNKS = 8
 METHODS: tuple[Method, ...] = ("full", "lora", "qlora", "freeze")
 PIPELINE_SCHEDULES: tuple[PipelineSchedule, ...] = ("1f1b", "interleaved")
 FSDP_STRATEGIES: tuple[FsdpStrategy, ...] = ("full_shard", "shard_grad_op", "no_shard", "hybrid_shard")
+Engine = Literal["transformers", "vllm", "sglang"]
+ENGINES: tuple[Engine, ...] = ("transformers", "vllm", "sglang")
+EngineKvDtype = Literal["auto", "fp8"]
+ENGINE_KV_DTYPES: tuple[EngineKvDtype, ...] = ("auto", "fp8")
 
 
 @dataclass(frozen=True)
@@ -385,6 +418,18 @@ class TrainingSetup:
     when the setup is made. ``images_per_sample``: images in each sample for a model that takes images
     (`ParameterInventory.image_inputs`): the trace feeds the vision tower that many default images, whose tokens are
     part of ``seq_len``; ignored for text-only models.
+
+    ``optimizer_in_backward``: each parameter's optimizer step runs in backward as soon as its gradient is complete,
+    and the gradient is freed right after (torchtune ``optimizer_in_bwd``), so the gradients are never all live.
+    ``optimizer_impl``: torch AdamW's step implementation, which decides the step's temporaries
+    (`hfmem.memory.peak.optimizer_step_bytes`); it applies where torch's AdamW runs (ZeRO 0, FSDP).
+    Loss and recompute (issue 13; docs/techniques.md §1–3): ``loss`` is the path the vocabulary-sized tensors take
+    (``hf``: transformers' ``ForCausalLMLoss`` on the whole logits; ``chunked``: torchtune's
+    ``CEWithChunkedOutputLoss`` over ``loss_chunks`` chunks; ``fused``: a fused linear + cross-entropy kernel, Liger's
+    ``LigerFusedLinearCrossEntropy`` or Cut Cross-Entropy, where the full logits never exist). ``checkpoint_every``:
+    with checkpointing, every k-th layer is checkpointed and the others keep everything (transformers'
+    ``every_n_layers``: layers 0, k, 2k…). ``activation_offload``: the saved activations live in CPU RAM (torchtune's
+    ``OffloadActivations``).
     """
 
     precision: Precision = "bf16-mixed"
@@ -404,6 +449,12 @@ class TrainingSetup:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
     images_per_sample: int = 1
+    optimizer_in_backward: bool = False
+    optimizer_impl: OptimizerImpl = "foreach"
+    loss: Loss = "hf"
+    loss_chunks: int = DEFAULT_LOSS_CHUNKS
+    checkpoint_every: int = 1
+    activation_offload: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpu", gpu_target(self.gpu))
@@ -462,12 +513,21 @@ class LayerProfile:
             (everything between a column-parallel and a row-parallel linear); the rest (norms, the linears'
             replicated inputs, residual dropout) is replicated unless sequence parallelism splits it. Measured
             only when asked for (``--tp`` > 1), else 0.
+        ops_saved_bytes: the outputs of the operators torchtitan's op-level selective checkpointing saves inside this
+            layer (``--grad-checkpointing ops``: every matmul but every second ``mm``, attention kernels' outputs),
+            each storage once, parameters and the layer's inputs excluded.
+        ops_reused_bytes: the part of ``saved_bytes`` that is such an output: the recompute in backward takes it
+            from the checkpoint's cache instead of allocating it again.
+        ops_tp_split_bytes: the part of ``ops_saved_bytes`` tensor parallelism splits (``--tp`` > 1 only, else 0).
     """
 
     name: str
     saved_bytes: int
     input_bytes: int
     tp_split_bytes: int = 0
+    ops_saved_bytes: int = 0
+    ops_reused_bytes: int = 0
+    ops_tp_split_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -489,6 +549,11 @@ class ActivationProfile:
         images_per_sample: images each sample fed the vision tower in the trace (0: token ids only).
         image_tokens: the sequence positions one image fills (its features replace those tokens' embeddings).
         images_not_traced: why a model that takes images was traced on token ids only (None: it was not).
+        hidden_size: the LM head's input features h (0: no LM head), which a fused linear + cross-entropy loss
+            keeps the gradient of, ``tokens × h``.
+        head_trainable: the LM head's weight is trained (its ``V × h`` gradient is computed inside a fused loss).
+        head_saved_bytes: of ``other_after_bytes``, what the LM head itself saves (its input): a fused loss does not
+            run the head, and activation offloading leaves it on the GPU.
     """
 
     batch_size: int
@@ -506,6 +571,9 @@ class ActivationProfile:
     images_per_sample: int = 0
     image_tokens: int = 0
     images_not_traced: str | None = None
+    hidden_size: int = 0
+    head_trainable: bool = False
+    head_saved_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -532,7 +600,12 @@ class StageMemory:
     (``stage_layers``, first and last index, inclusive) and what else (``stage_holds``: embeddings, LM head).
 
     The four model-state components are always live. ``activations``, ``logits`` and ``overhead`` are those
-    live at ``peak_phase``; ``total_bytes`` is their sum: the predicted peak per GPU.
+    live at ``peak_phase``; ``total_bytes`` is their sum: the predicted peak per GPU (the device total).
+
+    ``paged_states_bytes``: the part of ``optimizer_states_bytes`` a bitsandbytes paged optimizer keeps in CUDA
+    managed memory (``cudaMallocManaged``), which PyTorch's allocator statistics do not see; ``allocator_bytes``
+    is the peak PyTorch's allocator reports (``torch.cuda.max_memory_reserved``-like: the total less the paged
+    states and the CUDA context).
     """
 
     zero_stage: int
@@ -556,6 +629,8 @@ class StageMemory:
     pipeline_stage: int | None = None
     stage_layers: tuple[int, int] | None = None
     stage_holds: tuple[str, ...] = ()
+    paged_states_bytes: int = 0
+    activation_offloaded_bytes: int = 0
     total_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -573,6 +648,13 @@ class StageMemory:
     @property
     def states_bytes(self) -> int:
         return self.weights_bytes + self.master_weights_bytes + self.gradients_bytes + self.optimizer_states_bytes
+
+    @property
+    def allocator_bytes(self) -> int:
+        """What PyTorch's caching allocator holds at the peak: the total less the paged optimizer states (managed
+        memory) and the CUDA context (not allocator memory)."""
+        context = sum(item.size_bytes for item in self.overhead_items if item.key == "cuda_context")
+        return self.total_bytes - self.paged_states_bytes - context
 
 
 @dataclass(frozen=True)
@@ -654,7 +736,8 @@ class InferenceSetup:
     """What the user plans to serve.
 
     ``weights_dtype=None`` uses the checkpoint: its ``quantization_config`` if it has one, else its dtype.
-    ``kv_dtype=None`` caches in the compute dtype. ``context=None`` means the model's context length.
+    ``kv_dtype=None`` caches in the compute dtype. ``context=None`` means the training default (the model's context
+    length capped at 4096, `hfmem.memory.inference.default_context`), or the whole context with ``full_context``.
     ``prefill_chunk=None`` means min(context, 2048) tokens per sequence. ``images_per_sample``: images in each
     sequence's prefill chunk, for a model that takes images (the vision tower runs in the prefill).
     """
@@ -670,6 +753,7 @@ class InferenceSetup:
     overheads: OverheadSettings = field(default_factory=OverheadSettings)
     gpu: GpuTarget | None = None
     images_per_sample: int = 1
+    full_context: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpu", gpu_target(self.gpu))
@@ -723,6 +807,172 @@ class InferenceEstimate:
 
 
 @dataclass(frozen=True)
+class EngineSetup:
+    """A serving engine's start-up settings, by the engine's own names (`hfmem.memory.engine` models them).
+
+    ``None`` means the engine's default for this model and GPU (`hfmem.memory.engine` says which and why).
+    ``engine="transformers"`` is today's `InferenceSetup` plan: it takes none of the engine settings
+    (`hfmem.rules.check_engine` refuses them).
+
+    Attributes:
+        engine: ``vllm`` (V1 engine, 0.11.0 accounting) or ``sglang`` (0.4.x accounting).
+        gpu_memory_utilization: vLLM: the fraction of the GPU's total memory the engine may use (0.9).
+        max_model_len / context_length: the longest request (vLLM / SGLang name); default the config's.
+        max_num_seqs / max_running_requests: concurrent sequences (vLLM / SGLang name).
+        max_num_batched_tokens / chunked_prefill_size: tokens per forward step (vLLM / SGLang name).
+        block_size / page_size: tokens per KV block (vLLM 16; MLA forces 64/128) / per page (SGLang 1).
+        kv_cache_dtype: ``auto`` (the model dtype) or ``fp8`` (one byte per element).
+        enforce_eager: vLLM without CUDA graphs.
+        tensor_parallel_size / pipeline_parallel_size: GPUs per replica splitting heads / layers.
+        mem_fraction_static: SGLang: the share of the free memory before the weights that weights + KV may use.
+        min_concurrency: the number of concurrent ``max_model_len`` requests a deployment must hold (``--check``).
+        gpu: the GPU (a name from the catalogue or a `GpuTarget`); required.
+    """
+
+    engine: Engine = "vllm"
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    block_size: int | None = None
+    kv_cache_dtype: EngineKvDtype | None = None
+    enforce_eager: bool = False
+    tensor_parallel_size: int | None = None
+    pipeline_parallel_size: int | None = None
+    mem_fraction_static: float | None = None
+    context_length: int | None = None
+    max_running_requests: int | None = None
+    chunked_prefill_size: int | None = None
+    page_size: int | None = None
+    min_concurrency: int | None = None
+    gpu: GpuTarget | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpu", gpu_target(self.gpu))
+
+    @property
+    def tp(self) -> int:
+        return self.tensor_parallel_size or 1
+
+    @property
+    def pp(self) -> int:
+        return self.pipeline_parallel_size or 1
+
+
+@dataclass(frozen=True)
+class EngineKvGroup:
+    """One kind of KV-cache layer as the engine allocates it, on the tightest GPU.
+
+    Attributes:
+        kind: ``full`` (full attention), ``mla`` (MLA latent), ``sliding`` (sliding window), ``mamba``
+            (Mamba / linear-attention state).
+        layers: layers of this kind on the GPU.
+        elements_per_token: cached elements per token per layer on this GPU (its share of the KV heads); 0 for a
+            state.
+        element_bytes: bytes per cached element (``--kv-cache-dtype``).
+        page_bytes: one block of one layer (vLLM ``page_size_bytes``); a state's page is padded to the attention page.
+        blocks_per_request: blocks one ``max_model_len`` request needs in one layer of this kind.
+        groups: KV-cache groups of this kind (vLLM's hybrid allocator; 1 for a uniform model).
+        window_tokens: the sliding window, for ``sliding``.
+        state_bytes: one sequence's state before padding, for ``mamba``.
+    """
+
+    kind: str
+    layers: int
+    elements_per_token: int
+    element_bytes: int
+    page_bytes: int
+    blocks_per_request: int
+    groups: int = 1
+    window_tokens: int | None = None
+    state_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class EngineEstimate:
+    """A serving engine's start-up accounting on one GPU (the tightest one), as `hfmem.memory.engine` models it.
+
+    Bytes are per GPU. vLLM: ``kv_budget_bytes = requested_bytes − (weights + activation peak + non-torch)``;
+    SGLang: ``kv_budget_bytes = free after the weights − free before × (1 − mem_fraction_static)``.
+
+    Attributes:
+        engine / engine_version: the engine and the release whose accounting is modelled.
+        total_bytes: the GPU's memory as the engine reads it (``torch.cuda.mem_get_info()[1]``).
+        requested_bytes: vLLM ``gpu_memory_utilization × total``; SGLang the free memory before the weights.
+        activation_trace_bytes / sampler_bytes: the traced forward of ``batched_tokens`` tokens and the sampler's
+            peak on one logit row per request (vLLM's profile run); ``activation_peak_bytes`` is the larger moment
+            (`hfmem.memory.engine.vllm_activation_peak_bytes`). SGLang: the traced prefill chunk (not subtracted).
+        kv_groups: the per-kind KV-cache specs; ``group_size`` layers share a block table (vLLM).
+        num_blocks / kv_tokens: blocks per layer and the tokens the engine reports ("GPU KV cache size").
+        max_concurrency: ``max_model_len`` requests the cache holds at once.
+        kv_needed_bytes: the KV cache of one ``max_model_len`` request (vLLM refuses to start when it exceeds the
+            budget); ``largest_max_model_len``: the longest that fits.
+        starts: whether the engine starts; ``refusal``: its error message when not.
+        meets_min_concurrency: ``max_concurrency ≥ setup.min_concurrency`` (None without one).
+        fixes: settings that would make it start or meet the concurrency, each checked by replanning.
+        kv_bytes_per_token: one token's KV cache over the GPU's layers (SGLang's ``cell_size``).
+        pool_bytes: SGLang's KV buffers as allocated (``(tokens + page) × cell``); vLLM: ``num_blocks`` × pages.
+        grouping / num_groups: how vLLM groups the layers (``uniform``: one spec; ``uniform_type``: one kind of
+            several shapes, one group; ``hybrid``: several kinds of one page size) and its KV-cache groups.
+    """
+
+    setup: EngineSetup
+    engine: str
+    engine_version: str
+    gpu: GpuTarget
+    tp: int
+    pp: int
+    pp_rank: int
+    total_bytes: int
+    requested_bytes: int
+    weights_bytes: int
+    rope_cache_bytes: int
+    vocab_padding_bytes: int
+    activation_trace_bytes: int
+    sampler_bytes: int
+    activation_peak_bytes: int
+    non_torch_bytes: int
+    cudagraph_bytes: int
+    kv_budget_bytes: int
+    kv_dtype: str
+    block_size: int
+    kv_groups: tuple[EngineKvGroup, ...]
+    group_size: int
+    num_blocks: int
+    kv_tokens: int
+    max_model_len: int
+    max_model_len_source: str
+    max_num_seqs: int
+    batched_tokens: int
+    blocks_per_request: int
+    max_concurrency: float
+    kv_needed_bytes: int
+    starts: bool
+    refusal: str | None = None
+    largest_max_model_len: int | None = None
+    vocab_size: int = 0
+    logits_element_bytes: int = 2
+    headroom_bytes: int = 0
+    cuda_context_bytes: int = 0
+    mem_fraction_static: float | None = None
+    gpu_memory_utilization: float | None = None
+    max_running_requests: int | None = None
+    max_req_len: int | None = None
+    meets_min_concurrency: bool | None = None
+    fixes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    kv_bytes_per_token: int = 0
+    pool_bytes: int = 0
+    grouping: str = "uniform"
+    num_groups: int = 1
+
+    @property
+    def fits(self) -> bool:
+        """Starts, and holds ``min_concurrency`` requests when one is asked for."""
+        return self.starts and self.meets_min_concurrency is not False
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything `hfmem.estimate` found: the model, its inventory and the training memory.
 
@@ -745,6 +995,7 @@ class Report:
     inference: InferenceEstimate | None = None
     checkpoint: CheckpointComparison | None = None
     inference_unmeasured: str | None = None
+    engine: EngineEstimate | None = None
 
     # --- display: every form is the one table renderer (`hfmem.report.render_table`), the model's notes above it ---
 

@@ -48,7 +48,7 @@ print(sys.argv[3], sys.version.split()[0], *(hashlib.sha256(open(p, "rb").read()
 PY
 }
 
-# ensure_env tool|dev — tool: torch + hfmem; dev: also the test tools ([dependency-groups] dev).
+# ensure_env tool|dev — tool: torch + hfmem; dev: also the web extra (tests/test_web.py) and the test tools.
 ensure_env() {
   local profile="$1" stamp want
   if [[ ! -x "$HFMEM_PY" ]]; then
@@ -75,7 +75,7 @@ ensure_env() {
     "$HFMEM_PY" -m pip install "${TORCH_ARGS[@]}" >&2
   fi
   if [[ "$profile" == dev ]]; then
-    "$HFMEM_PY" -m pip install --quiet -e "$HFMEM_ROOT" --group "$HFMEM_ROOT/pyproject.toml:dev" >&2
+    "$HFMEM_PY" -m pip install --quiet -e "${HFMEM_ROOT}[web]" --group "$HFMEM_ROOT/pyproject.toml:dev" >&2
     _stamp_text tool >"$HFMEM_VENV/.hfmem-tool.stamp"
   else
     "$HFMEM_PY" -m pip install --quiet -e "$HFMEM_ROOT" >&2

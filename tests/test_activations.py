@@ -238,7 +238,8 @@ def test_remote_code_model_is_traced_too(tmp_path: object, monkeypatch: pytest.M
     report = hfmem.estimate(str(folder), trust_remote_code=True, setup=TrainingSetup(zero_stages=(0,), seq_len=16))
     # modeling_tiny.py: embedding → 2 linears → head; no labels argument, so no loss and no saved logits.
     stage = report.training.stages[0]
-    assert stage.activations_bytes > 0
+    # what the trace saved (the tiny model peaks at the optimizer step, where no activation is live)
+    assert stage.activation_saved_bytes > 0
 
 
 def catalogue_trace_cases() -> list[object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,8 @@ def test_table_golden(runner: CliRunner) -> None:
     # 4·P = 25.10, 8·P = 50.21 (stage 0), 12·ceil(P/8) split 3.14 + 6.28 (stages 1-3); activations in
     # tests/test_activations.py (22.89 GiB = 32 layers × 4096 tokens × 186,504 B + the final norm); logits
     # 14 B × 4096 × 32000 = 1.71 GiB. Inference: fp16 weights 2·P = 12.55 GiB, KV cache 524,288 B/token
-    # (REFERENCE.md §4.2) × 4,096 tokens = 2.00 GiB.
+    # (REFERENCE.md §4.2) × 4,096 tokens = 2.00 GiB. ZeRO-0 peaks at the optimizer step: torch's default foreach
+    # AdamW adds one fp32 state-sized temporary, 4·P = 25.10 GiB (docs/techniques.md §4.1), beside the DDP bucket.
     code, out, err = run(runner, "meta-llama/Llama-2-7b-hf", "--gpus", "8")
     assert code == 0, err
     assert out == (GOLDEN / "llama2_7b_gpus8.txt").read_text()
@@ -84,6 +86,9 @@ def test_json_contract(runner: CliRunner) -> None:
         assert parts["total"] == sum(v for k, v in parts.items() if k != "total")
         assert parts["overhead"] == sum(s["overhead_items"].values())
         assert s["cpu_bytes_per_node"] == 0
+        # no paged optimizer: PyTorch's allocator holds everything but the CUDA context
+        assert s["paged_optimizer_states_bytes"] == 0
+        assert s["allocator_peak_bytes"] == parts["total"] - s["overheads"]["cuda_context"]
         assert s["peak_phase"] in ("forward", "backward", "optimizer_step")
         assert s["fits"] is None and s["headroom_bytes"] is None
 
@@ -216,3 +221,126 @@ def test_help_does_not_import_torch() -> None:
 def test_python_dash_m() -> None:
     done = subprocess.run([sys.executable, "-m", "hfmem", "--version"], check=True, capture_output=True, text=True)
     assert done.stdout.startswith("hfmem, version ")
+
+
+# --- issue 14: commands shaped like the tasks, --check on what the command plans, one default context -----------
+
+RTX_4090_USABLE = "23.64 GiB"  # hfmem/gpus.py: 24,146,608,128 B nvidia-smi total less the CUDA reserve, as cited there
+
+
+def test_train_and_serve_each_plan_one_part(runner: CliRunner) -> None:
+    code, out, err = run(runner, "train", "meta-llama/Llama-2-7b-hf", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["inference"] is None and [s["zero_stage"] for s in doc["training"]["stages"]] == [0, 1, 2, 3]
+    code, out, err = run(runner, "serve", "meta-llama/Llama-2-7b-hf", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["training"] is None
+    # fp16 weights 2·P and the KV cache 524,288 B/token (REFERENCE.md §4.2) × 4,096 tokens = 2 GiB.
+    assert doc["inference"]["per_gpu_bytes"]["weights"] == 2 * LLAMA2_7B
+    assert doc["inference"]["per_gpu_bytes"]["kv_cache"] == 524_288 * 4096
+    # Each command takes only its own options: a usage error names the option.
+    code, _, err = run(runner, "train", "meta-llama/Llama-2-7b-hf", "--context", "1024")
+    assert code == 2 and "--context" in err
+    code, _, err = run(runner, "serve", "meta-llama/Llama-2-7b-hf", "--zero", "3")
+    assert code == 2 and "--zero" in err
+
+
+def test_check_gates_on_the_plan_of_the_command_and_says_which_failed(runner: CliRunner) -> None:
+    model = "meta-llama/Llama-2-7b-hf"
+    # Full fine-tuning on one 24 GB card: 16 bytes per parameter of states alone (ZeRO paper) = 100.4 GiB > 23.64.
+    code, out, err = run(runner, "train", model, "--gpu", "rtx-4090", "--check")
+    assert code == 3
+    said = [line for line in err.splitlines() if line.startswith("hfmem: does not fit:")]
+    assert len(said) == 1
+    assert "training ZeRO-0 needs " in said[0] and f"NVIDIA GeForce RTX 4090 has {RTX_4090_USABLE} usable" in said[0]
+    assert "serving" not in said[0] and "ZeRO-1" not in said[0]  # one GPU: ZeRO-0 is the row shown and checked
+    doc = json.loads(run(runner, "train", model, "--gpu", "rtx-4090", "--json")[1])
+    stage = doc["training"]["stages"][0]
+    over = f"({-stage['headroom_bytes'] / 2**30:,.2f} GiB over)"
+    assert f"needs {stage['per_gpu_bytes']['total'] / 2**30:,.2f} GiB" in said[0] and over in said[0]
+    # Serving the same model: 2·P = 12.55 GiB of fp16 weights + a 2 GiB KV cache fit the card: exit 0.
+    code, _, err = run(runner, "serve", model, "--gpu", "rtx-4090", "--check")
+    assert code == 0, err
+    # Both plans (hfmem MODEL): training fails, and the line names training only.
+    code, _, err = run(runner, model, "--gpu", "rtx-4090", "--check")
+    assert code == 3 and "does not fit: training ZeRO-0" in err and "serving" not in err
+    # Serving at --context max on Llama-3.1-8B: 131,072 B/token (REFERENCE.md §4.2) × 131,072
+    # tokens = 16 GiB of KV cache beside 2 × 8,030,261,248 B = 14.96 GiB of bf16 weights: over 23.64 GiB.
+    code, _, err = run(runner, "serve", "meta-llama/Llama-3.1-8B", "--gpu", "rtx-4090", "--context", "max", "--check")
+    assert code == 3 and "does not fit: serving 131,072 tokens of context needs" in err
+
+
+def test_the_issue_example_is_gated_on_training(runner: CliRunner) -> None:
+    # Issue 14: QLoRA on one RTX 4090 at 2,048 tokens fits; the serving plan at the model's full 131k context used
+    # to fail --check. Now serving defaults to training's context (4,096) and `hfmem train` ignores serving.
+    args = ["meta-llama/Llama-3.1-8B", "--method", "qlora", "--gpu", "rtx-4090", "--seq-len", "2048", "--zero", "0"]
+    code, _, err = run(runner, "train", *args, "--check")
+    assert code == 0, err
+    code, _, err = run(runner, *args, "--check")
+    assert code == 0, err
+
+
+def test_one_default_context_and_context_max(runner: CliRunner, tmp_path: Path) -> None:
+    from tests.conftest import TINY_LLAMA
+
+    folder = tmp_path / "long"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**TINY_LLAMA, "max_position_embeddings": 8192}))
+    code, out, err = run(runner, str(folder), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    # Training caps the context at 4,096 (activations.DEFAULT_SEQ_LEN_CAP); serving uses the same by default.
+    assert doc["training"]["settings"]["seq_len"] == doc["inference"]["settings"]["context"] == 4096
+    assert "--context max serves all 8,192" in doc["inference"]["settings"]["context_source"]
+    code, out, err = run(runner, "serve", str(folder), "--context", "max", "--json")
+    assert code == 0, err
+    assert json.loads(out)["inference"]["settings"]["context"] == 8192
+    code, _, err = run(runner, "serve", str(folder), "--context", "most")
+    assert code == 2 and "--context" in err
+
+
+def test_help_is_grouped_and_lists_the_commands(runner: CliRunner) -> None:
+    import click
+
+    from hfmem.cli import OPTION_GROUPS, OTHER, HfmemCommand, serve, train
+
+    root = runner.invoke(cli, ["--help"]).stdout
+    assert "Commands:" in root and all(f"  {name} " in root for name in ("train", "serve", "compare"))
+    train_help = runner.invoke(cli, ["train", "--help"]).stdout
+    for section in ("Model:", "Precision & optimizer:", "Sharding & parallelism:", "Fine-tuning:"):
+        assert section in train_help
+    for section in ("Activations & loss:", "GPU fit:", "Output:"):
+        assert section in train_help
+
+    def listed(text: str, option: str) -> bool:  # an option's own help entry (not a mention in another's help)
+        return re.search(rf"^  (-\w, )?{option}\b", text, re.MULTILINE) is not None
+
+    assert not listed(train_help, "--context") and not listed(train_help, "--weights-dtype")
+    assert "Serving:" not in train_help and listed(train_help, "--zero")
+    serve_help = runner.invoke(cli, ["serve", "--help"]).stdout
+    assert "Serving:" in serve_help and listed(serve_help, "--kv-dtype") and listed(serve_help, "--batch-size")
+    assert not any(listed(serve_help, o) for o in ("--zero", "--method", "--seq-len"))
+    # Every option of hfmem MODEL is filed in a section; one not filed yet is listed under "Other", not dropped.
+    assert {p.name for p in cli.params if isinstance(p, click.Option)} <= set(OPTION_GROUPS)
+    # Every planning option reaches train or serve (the root-only ones list, clear or pick a plan).
+    root_only = {"clear_cache", "list_catalogue", "list_gpus", "training_only", "inference_only", "version"}
+    planned = {p.name for p in (*train.params, *serve.params)}
+    assert {p.name for p in cli.params} - planned == root_only
+    extra = HfmemCommand("x", params=[click.Option(["--brand-new"], is_flag=True, help="Not filed.")])
+    assert f"{OTHER}:\n  --brand-new" in runner.invoke(extra, ["--help"]).stdout
+
+
+def test_serve_reports_training_settings_of_a_launch_file_as_not_planned(runner: CliRunner, tmp_path: Path) -> None:
+    from tests.conftest import TINY_LLAMA
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(TINY_LLAMA))
+    launch = tmp_path / "ds_config.json"
+    launch.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    code, out, err = run(runner, "serve", str(folder), "--launch-config", str(launch), "--json")
+    assert code == 0, err
+    skipped = json.loads(out)["launch"]["recognised_not_modelled"]
+    assert [entry["reason"] for entry in skipped] == ["not planned by hfmem serve (hfmem MODEL plans it)"]

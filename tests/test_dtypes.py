@@ -230,8 +230,15 @@ def test_precision_specs_refer_to_dtypes() -> None:
     expected = {
         "fp32": (4, 0, 4, 4), "tf32": (4, 0, 4, 4), "bf16-mixed": (2, 4, 2, 4), "fp16-mixed": (2, 4, 2, 4),
         "bf16": (2, 0, 2, 2), "fp16": (2, 0, 2, 2),
+        # autocast on an fp32 model (docs/techniques.md §5): the model stays fp32, autograd accumulates fp32
+        # gradients, AdamW's zeros_like states are fp32; only the matmuls run on 16-bit copies.
+        "amp-bf16": (4, 0, 4, 4), "amp-fp16": (4, 0, 4, 4),
     }  # fmt: skip
     assert set(PRECISION_SPECS) == set(PRECISIONS) == set(expected)
+    assert {p: s.autocast for p, s in PRECISION_SPECS.items() if s.autocast} == {
+        "amp-bf16": dtypes.BF16,
+        "amp-fp16": dtypes.FP16,
+    }
     for precision, spec in PRECISION_SPECS.items():
         assert (spec.weight_bytes, spec.master_bytes, spec.grad_bytes, spec.state_bytes) == expected[precision]
         for dtype in (spec.weights, spec.grads, spec.states, spec.master):

@@ -483,6 +483,18 @@ TRAINING_SETUPS = {
     ),
     "full-checkpointing-gpu": _t(grad_checkpointing="full", gpu=GpuTarget("H100", 80 * 2**30), zero_stages=(0,)),
     "selective-eager": _t(grad_checkpointing="selective", attn="eager", zero_stages=(1,), gpus_per_node=2),
+    # issue 13: loss paths, op-level and every-k-th-layer checkpointing, activation offloading
+    "loss-chunked": _t(zero_stages=(0,), loss="chunked", loss_chunks=4),
+    "loss-fused": _t(zero_stages=(0,), loss="fused"),
+    "loss-fused-lora": _t(zero_stages=(0,), loss="fused", finetune=FinetuneSettings("lora")),
+    "ops-checkpointing": _t(zero_stages=(0,), grad_checkpointing="ops"),
+    "ops-tp2-pp2": _t(gpus_per_node=4, zero_stages=(1,), grad_checkpointing="ops", parallel=_p(tp=2, pp=2)),
+    "every-3-offload": _t(
+        zero_stages=(1,), gpus_per_node=2, grad_checkpointing="full", checkpoint_every=3, activation_offload=True
+    ),
+    "ops-offload-zero-offload": _t(
+        zero_stages=(2,), gpus_per_node=2, grad_checkpointing="ops", activation_offload=True, offload="optimizer"
+    ),
 }
 
 

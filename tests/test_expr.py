@@ -72,6 +72,7 @@ from hfmem.memory.states import (
     deepspeed_state_bytes,
     flat_partition_state_bytes,
     group_state_bytes,
+    paged_state_bytes,
     tensor_state_bytes,
 )
 from hfmem.types import (
@@ -87,7 +88,7 @@ from hfmem.types import (
 )
 from tests.test_explain import _evaluate
 
-OPTIMIZERS = ("adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion")
+OPTIMIZERS = ("adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion", "paged-adamw", "paged-adamw-8bit")
 COUNTS = st.integers(min_value=0, max_value=10**12)
 POSITIVE = st.integers(min_value=1, max_value=4096)
 BYTES = st.sampled_from((1, 2, 4))
@@ -175,7 +176,15 @@ def test_nodes_evaluate_as_python_does(a: int, b: int, c: int, f: float) -> None
 # Every formula: integer path == symbolic path evaluated
 
 
-def _setup(optimizer: str, offload: str, stage: int, fsdp: str | None = None, method: str = "full") -> TrainingSetup:
+def _setup(
+    optimizer: str,
+    offload: str,
+    stage: int,
+    fsdp: str | None = None,
+    method: str = "full",
+    in_backward: bool = False,
+    impl: str = "foreach",
+) -> TrainingSetup:
     finetune = FinetuneSettings(method) if method == "full" else FinetuneSettings(method)  # type: ignore[arg-type]
     return TrainingSetup(
         optimizer=optimizer,  # type: ignore[arg-type]
@@ -183,10 +192,12 @@ def _setup(optimizer: str, offload: str, stage: int, fsdp: str | None = None, me
         zero_stages=(stage,),
         parallel=ParallelSettings(fsdp=fsdp),  # type: ignore[arg-type]
         finetune=finetune,
+        optimizer_in_backward=in_backward,
+        optimizer_impl=impl,  # type: ignore[arg-type]
     )
 
 
-tensor_counts = st.builds(TensorCounts, COUNTS, COUNTS, COUNTS, COUNTS, COUNTS, COUNTS, COUNTS)
+tensor_counts = st.builds(TensorCounts, COUNTS, COUNTS, COUNTS, COUNTS, COUNTS, COUNTS, COUNTS, COUNTS, COUNTS)
 
 
 @settings(max_examples=100, deadline=None)
@@ -196,10 +207,24 @@ def test_optimizer_formulas(optimizer: str, counts: TensorCounts, state: int, fl
     same(tensor_state_bytes(optimizer, counts, state), tensor_state_bytes(optimizer, symbolic(counts), s))  # type: ignore[arg-type]
     n = Var("n", flat, "") if flat else 0
     same(flat_partition_state_bytes(optimizer, flat, state), flat_partition_state_bytes(optimizer, n, s))  # type: ignore[arg-type]
+    same(paged_state_bytes(optimizer, counts), paged_state_bytes(optimizer, symbolic(counts)))  # type: ignore[arg-type]
 
 
 state_inputs = st.builds(
-    StateInputs, COUNTS, COUNTS, COUNTS, POSITIVE, BYTES, st.sampled_from((0, 4)), BYTES, BYTES, BYTES, COUNTS, POSITIVE
+    StateInputs,
+    COUNTS,
+    COUNTS,
+    COUNTS,
+    POSITIVE,
+    BYTES,
+    st.sampled_from((0, 4)),
+    BYTES,
+    BYTES,
+    BYTES,
+    COUNTS,
+    POSITIVE,
+    COUNTS,
+    COUNTS,
 )
 
 
@@ -209,9 +234,10 @@ state_inputs = st.builds(
     offload=st.sampled_from(("none", "optimizer", "optimizer+params")),
     stage=st.sampled_from((0, 1, 2, 3)),
     x=state_inputs,
+    in_backward=st.booleans(),
 )
-def test_model_state_formulas(optimizer: str, offload: str, stage: int, x: StateInputs) -> None:
-    setup = _setup(optimizer, offload, stage)
+def test_model_state_formulas(optimizer: str, offload: str, stage: int, x: StateInputs, in_backward: bool) -> None:
+    setup = _setup(optimizer, offload, stage, in_backward=in_backward)
     plain, sym = group_state_bytes(setup, stage, x), group_state_bytes(setup, stage, symbolic(x))
     same(plain, sym)
     same(plain.gpu_bytes, sym.gpu_bytes)
@@ -271,6 +297,10 @@ overhead_inputs = st.builds(
     COUNTS,
     COUNTS,
     COUNTS,
+    BYTES,
+    COUNTS,
+    COUNTS,
+    BYTES,
 )
 
 
@@ -282,9 +312,25 @@ overhead_inputs = st.builds(
     fsdp=st.sampled_from((None, "full_shard", "shard_grad_op", "hybrid_shard", "no_shard")),
     method=st.sampled_from(("full", "lora", "qlora")),
     x=overhead_inputs,
+    in_backward=st.booleans(),
+    impl=st.sampled_from(("foreach", "fused", "loop")),
+    checkpointing=st.sampled_from(("none", "full")),
 )
-def test_overhead_formulas(optimizer: str, stage: int, phase: str, fsdp: str | None, method: str, x: Any) -> None:
-    setup = _setup(optimizer, "none", stage, fsdp, method)
+def test_overhead_formulas(
+    optimizer: str,
+    stage: int,
+    phase: str,
+    fsdp: str | None,
+    method: str,
+    x: Any,
+    in_backward: bool,
+    impl: str,
+    checkpointing: str,
+) -> None:
+    setup = dataclasses.replace(
+        _setup(optimizer, "none", stage, fsdp, method, in_backward=in_backward, impl=impl),
+        grad_checkpointing=checkpointing,  # type: ignore[arg-type]
+    )
     plain = overhead_terms(setup, stage, phase, x)  # type: ignore[arg-type]
     tree = overhead_terms(setup, stage, phase, symbolic(x))  # type: ignore[arg-type]
     assert [k for k, _ in plain] == [k for k, _ in tree]

@@ -470,14 +470,23 @@ def test_context_length_comes_from_the_built_config(tmp_path: Path) -> None:
     report = estimate(str(tmp_path), inference=InferenceSetup(), setup=TrainingSetup(zero_stages=(0,)))
     assert report.inventory.context_tokens == 131_072
     assert report.inference is not None and report.training is not None
+    # One default for both plans (issue 14): serving holds the tokens training trains on, and says how to get all.
     assert (report.inference.context, report.inference.context_source) == (
-        131_072,
-        "the model's context length 131,072",
+        4096,
+        "the model's context 131,072 capped at 4096; --context max serves all 131,072",
     )
     assert (report.training.seq_len, report.training.seq_len_source) == (
         4096,
         "the model's context 131,072 capped at 4096",
     )
+    full = estimate(str(tmp_path), training=False, inference=InferenceSetup(full_context=True))
+    assert full.inference is not None
+    assert (full.inference.context, full.inference.context_source) == (
+        131_072,
+        "--context max: the model's context length 131,072",
+    )
+    with pytest.raises(InvalidSetupError, match="--context max"):
+        estimate(str(tmp_path), training=False, inference=InferenceSetup(context=8, full_context=True))
 
 
 def test_jamba_v0_1_holds_28_mamba_states(tmp_path: Path) -> None:

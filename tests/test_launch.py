@@ -386,7 +386,11 @@ def run_json(runner: CliRunner, args: list[str]) -> dict[str, Any]:
         (
             [TORCHTUNE_3B],
             ["--seq-len", "256"],
-            ["--batch-size", "4", "--grad-checkpointing", "full", "--precision", "bf16", "--seq-len", "256"],
+            [
+                "--batch-size", "4", "--grad-checkpointing", "full", "--precision", "bf16", "--seq-len", "256",
+                "--optimizer", "paged-adamw-8bit", "--optimizer-in-backward",
+                "--loss", "chunked",
+            ],
         ),
         # axolotl YAML
         (
@@ -413,6 +417,34 @@ def test_a_launch_file_gives_the_same_numbers_as_its_flags(
     applied = {a["option"] for a in launched["launch"]["applied"]}
     typed_options = {f for f in flags if f.startswith("--")} - {a.split("=")[0] for a in extra}
     assert typed_options <= applied
+
+
+@pytest.mark.parametrize(
+    ("args", "flags"),
+    [
+        # transformers 5.24 training_args.py OptimizerNames / trainer_optimizer.py: adamw_torch_fused passes
+        # fused=True; adamw_torch is torch's default (foreach); the paged bitsandbytes names set is_paged.
+        ({"optim": "adamw_torch_fused"}, ["--optimizer", "adamw", "--optimizer-impl", "fused"]),
+        ({"optim": "adamw_torch"}, ["--optimizer", "adamw", "--optimizer-impl", "foreach"]),
+        ({"optim": "paged_adamw_8bit"}, ["--optimizer", "paged-adamw-8bit"]),
+        ({"optim": "paged_adamw_32bit"}, ["--optimizer", "paged-adamw"]),
+        # bf16=True on a model loaded in fp32 is autocast over fp32 weights (docs/techniques.md §5)
+        ({"bf16": True, "torch_dtype": "float32"}, ["--precision", "amp-bf16"]),
+        ({"fp16": True, "torch_dtype": "float32"}, ["--precision", "amp-fp16"]),
+    ],
+    ids=["fused", "foreach", "paged-8bit", "paged-32bit", "amp-bf16", "amp-fp16"],
+)
+def test_training_arguments_optimizer_and_precision_give_the_flags_numbers(
+    runner: CliRunner, tiny: str, tmp_path: Path, args: dict[str, Any], flags: list[str]
+) -> None:
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"per_device_train_batch_size": 2, "max_length": 64, **args}))
+    common = ["--zero", "0", "--seq-len", "64"]
+    launched = run_json(runner, [tiny, "--launch-config", str(path), *common])
+    typed = run_json(runner, [tiny, "--batch-size", "2", *flags, *common])
+    assert launched["training"] == typed["training"]
+    applied = {a["option"] for a in launched["launch"]["applied"]}
+    assert {f for f in flags if f.startswith("--")} <= applied
 
 
 def test_flags_typed_override_the_files(runner: CliRunner, tiny: str) -> None:

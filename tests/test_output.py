@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -124,9 +125,13 @@ def test_compare_equals_each_model_alone(tiny: Path, tiny3: Path) -> None:
 
 
 def test_compare_table_and_markdown(tiny: Path, tiny3: Path) -> None:
-    code, out, err = invoke("compare", str(tiny), str(tiny3), "--seq-len", "16", "--gpu", "h100-sxm")
+    code, out, err = invoke("compare", str(tiny), str(tiny3), "--seq-len", "16", "--gpu", "h100-sxm", "--gpus", "2")
     assert code == 0, err
     assert "train peak ZeRO-3" in out and "verdict" in out and "trains with ZeRO-0" in out
+    # One GPU: ZeRO has nothing to shard, so only ZeRO-0 is compared (issue 14: say each thing once).
+    code, out, err = invoke("compare", str(tiny), str(tiny3), "--seq-len", "16", "--gpu", "h100-sxm")
+    assert code == 0, err
+    assert "train peak ZeRO-0" in out and "ZeRO-1" not in out and "trains with ZeRO-0" in out
     code, out, err = invoke("compare", str(tiny), str(tiny3), "--seq-len", "16", "--format", "markdown")
     assert code == 0, err
     table = [line for line in out.splitlines() if line.startswith("|")]
@@ -175,7 +180,9 @@ def test_colour_only_on_a_terminal_without_no_color(monkeypatch: pytest.MonkeyPa
 
 def test_table_has_no_escape_codes_off_a_terminal(tiny: Path) -> None:
     code, out, _ = invoke(str(tiny), "--seq-len", "16")
-    assert code == 0 and "\x1b[" not in out and "Bar: where the memory goes" in out
+    assert code == 0
+    assert "\x1b[" not in out
+    assert "w=weights" in out  # the bar legend, once
 
 
 def test_stacked_bar_cells_are_proportional() -> None:
@@ -204,3 +211,89 @@ def test_gpu_target_in_sweep_labels(tiny: Path) -> None:
     assert [r["values"]["--gpu-memory"] for r in rows] == ["24.00 GiB", "80.00 GiB"]
     assert [r["gpu"]["usable_bytes"] for r in rows] == [24 * 2**30, 80 * 2**30]
     assert GpuTarget  # the type the rows were built with
+
+
+# --- issue 14: one ZeRO row when sharding cannot differ; numbers never wrap ---------------------------------------
+
+
+def test_one_gpu_shows_one_zero_row_and_json_keeps_every_stage(tiny: Path) -> None:
+    code, out, err = invoke(str(tiny), "--seq-len", "16")
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines() if line.strip()[:2] in ("0 ", "1 ", "2 ", "3 ")]
+    assert [row[0] for row in rows] == ["0"]  # ZeRO-0 alone; the serving table has no such rows
+    assert "one GPU: ZeRO has nothing to shard" in " ".join(out.split())
+    assert "every stage holds the same" not in " ".join(out.split())  # said once, not twice
+    doc = json.loads(invoke(str(tiny), "--seq-len", "16", "--json")[1])
+    assert [s["zero_stage"] for s in doc["training"]["stages"]] == [0, 1, 2, 3]
+    assert doc["training"]["shown_stages"] == [0]
+    # Two GPUs shard: every stage differs and is shown; --zero asks for stages explicitly and gets them.
+    doc = json.loads(invoke(str(tiny), "--seq-len", "16", "--gpus", "2", "--json")[1])
+    assert doc["training"]["shown_stages"] == [0, 1, 2, 3]
+    doc = json.loads(invoke(str(tiny), "--seq-len", "16", "--zero", "3", "--json")[1])
+    assert doc["training"]["shown_stages"] == [3]
+
+
+#: A number as the tables print it: 6,738,415,616 · 151.82 · +63.58 · 4,096.
+NUMBER = re.compile(r"[+-]?\d[\d,]*(?:\.\d+)?")
+SHAPES = {
+    "report": ["meta-llama/Llama-2-7b-hf", "--gpus", "8", "--gpu", "h100-sxm"],
+    "sweep": [
+        "meta-llama/Llama-2-7b-hf",
+        "--gpus",
+        "8",
+        "--gpu",
+        "h100-sxm",
+        "--batch-size",
+        "1,2",
+        "--seq-len",
+        "1024,2048",
+    ],
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_numbers_never_wrap_at_60_80_120_columns(shape: str) -> None:
+    args = SHAPES[shape]
+    runner = CliRunner()
+    wide = runner.invoke(cli, args, env={"COLUMNS": "1000"}).stdout
+    doc = json.loads(runner.invoke(cli, [*args, "--json"]).stdout)
+    reports = doc["rows"] if shape == "sweep" else [doc]
+    totals = [
+        f"{part['per_gpu_bytes']['total'] / 2**30:,.2f}"
+        for report in reports
+        for part in (*report["training"]["stages"], report["inference"])
+    ]
+    for columns in (60, 80, 120):
+        out = runner.invoke(cli, args, env={"COLUMNS": str(columns)}).stdout
+        lines = out.splitlines()
+        assert max(len(line) for line in lines) <= columns, columns
+        # No number is cut: every number printed is one the unconstrained output prints whole.
+        assert set(NUMBER.findall(out)) <= set(NUMBER.findall(wide)), columns
+        # Every row's total is there, whole.
+        printed = set(NUMBER.findall(out))
+        assert all(total in printed for total in totals), columns
+
+
+def test_check_names_each_failing_model_and_plan_in_compare(tiny: Path, tiny3: Path) -> None:
+    # 1 MiB cannot hold even the weights of either model (TINY_LLAMA: 210,240 bf16 parameters = 420,480 B, plus
+    # the 512 MiB CUDA context of OverheadSettings): every plan fails, and the line says which. Serving holds 2,048
+    # tokens: transformers' LlamaConfig default max_position_embeddings (under the 4,096 cap), as training does.
+    code, _, err = invoke("compare", str(tiny), str(tiny3), "--seq-len", "16", "--gpu-memory", "1MiB", "--check")
+    assert code == 3
+    (said,) = [line for line in err.splitlines() if line.startswith("hfmem: does not fit: ")]
+    for folder in (tiny, tiny3):
+        assert f"{folder}: training ZeRO-0 needs " in said and f"{folder}: serving 16 tokens" not in said
+        assert f"{folder}: serving 2,048 tokens of context needs " in said
+    assert said.count(" usable (") == 4
+
+
+def test_reference_lines_only_with_verbose(tiny: Path) -> None:
+    reference = ("Precision:", "Optimizer:", "Convention:", "Overhead, ZeRO-0:", "Overhead: CUDA context", "Modules")
+    code, out, err = invoke(str(tiny), "--seq-len", "16")
+    assert code == 0, err
+    assert not any(line in out for line in reference)
+    assert out.count("GiB = 2^30 bytes") == 1  # the legend, once per output
+    code, out, err = invoke(str(tiny), "--seq-len", "16", "--verbose")
+    assert code == 0, err
+    assert all(line in out for line in reference)
+    assert out.count("GiB = 2^30 bytes") == 1

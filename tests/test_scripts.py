@@ -63,7 +63,7 @@ def test_first_run_installs_cpu_torch_then_hfmem_and_the_second_run_installs_not
     calls = _pip_calls(log)
     assert calls[0] == "-m pip install --quiet --upgrade pip>=25.1"
     assert f"-m pip install torch==2.13.0 --index-url {CPU_INDEX}" in calls
-    assert calls[-1] == f"-m pip install --quiet -e {ROOT} --group {ROOT}/pyproject.toml:dev"
+    assert calls[-1] == f"-m pip install --quiet -e {ROOT}[web] --group {ROOT}/pyproject.toml:dev"
     assert "CPU build" in first.stderr
     log.unlink()
     for script in ("test", "hfmem"):  # the test install covers the tool's too

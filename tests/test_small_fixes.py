@@ -162,7 +162,9 @@ def test_catalogue_fallback_note_is_on_the_result_and_printed_once(runner: CliRu
 
 
 def test_report_renders_in_a_notebook_as_the_table_shows_it(tmp_path: Path) -> None:
-    report = hfmem.estimate(_tiny(tmp_path / "m"), setup=TrainingSetup(seq_len=64, gpu="h100-sxm"))
+    # Two GPUs: the ZeRO stages differ, so the table shows each (on one GPU it shows ZeRO-0 alone).
+    setup = TrainingSetup(seq_len=64, gpu="h100-sxm", gpus_per_node=2)
+    report = hfmem.estimate(_tiny(tmp_path / "m"), setup=setup)
     html = report._repr_html_()
     assert html.startswith("<pre") and "<html" not in html
     # By hand (conftest): embeddings + untied head 2·1000·64 + 2 layers × (4·64² + 3·64·128 + 2·64) + norm 64.

@@ -105,11 +105,14 @@ def test_llama_baseline_step_against_hfmem(validate_step) -> None:  # noqa: ANN0
     hfmem keeps the logits alive across backward (`outputs-kept`: a loop doing ``out = model(...)``,
     ``out.loss.backward()``) and counts all gradients as live from the start of backward ("conservative by at most
     the gradient term", hfmem/memory/peak.py), while at the start of the real backward no gradient exists yet.
-    So the measured backward peak + the gradient bytes must equal hfmem's backward peak within 1 %, and the
-    measured step without the foreach temporary (fused AdamW, which hfmem's step matches) its step within 1 %.
+    So the measured backward peak + the gradient bytes must equal hfmem's backward peak within 1 %, and each AdamW
+    implementation's measured step (foreach: the baseline, whose outputs are gone by the step; fused; for-loop)
+    hfmem's step phase with that --optimizer-impl within 1 %.
     """
-    rows = validate_step.run(["llama"], ["outputs-kept", "adamw-fused"], True, lambda line: None)
-    kept, fused = rows
+    rows = validate_step.run(
+        ["llama"], ["outputs-kept", "baseline", "adamw-fused", "adamw-loop"], True, lambda line: None
+    )
+    kept, foreach, fused, loop = rows
     assert isinstance(kept.prediction, dict) and "phases" in kept.prediction, kept.prediction
     grads_bytes = kept.prediction["components"]["gradients"]
     # by hand: embeddings + untied head 2·2048·64, 2 layers × (q,o 2·64² + k,v 2·64·32 + MLP 3·64·176 + 2 norms
@@ -120,8 +123,38 @@ def test_llama_baseline_step_against_hfmem(validate_step) -> None:  # noqa: ANN0
     assert predicted_backward == kept.prediction["phases"]["backward"]
     measured_backward = kept.result.phases["backward"]["peak_bytes"] + grads_bytes
     assert abs(predicted_backward - measured_backward) / measured_backward <= 0.01
-    measured_step = fused.result.phases["step"]["peak_bytes"] - LOSS_BYTES
-    assert abs(kept.prediction["phases"]["step"] - measured_step) / measured_step <= 0.01
+    for row in (foreach, fused, loop):
+        assert isinstance(row.prediction, dict), row.prediction
+        measured_step = row.result.phases["step"]["peak_bytes"] - LOSS_BYTES
+        assert abs(row.prediction["phases"]["step"] - measured_step) / measured_step <= 0.01, row.technique
+    # the three steps differ by what docs/techniques.md §4.1 says: foreach − fused = one fp32 state of every
+    # parameter (4 B × the parameter count above); loop − fused = 2 × the largest parameter's (2 × 4 × 2048 × 64)
+    params = grads_bytes // FP32
+    assert foreach.prediction["phases"]["step"] - fused.prediction["phases"]["step"] == FP32 * params
+    assert loop.prediction["phases"]["step"] - fused.prediction["phases"]["step"] == 2 * FP32 * 2048 * 64
+
+
+def test_recompute_options_predict_the_measured_activations(validate_step) -> None:  # noqa: ANN001
+    """hfmem's activations under ``--grad-checkpointing full``, ``--checkpoint-every 2`` and ``--grad-checkpointing
+    ops`` against what a real CPU step keeps alive after its forward (HF's ``every_n_layers=2``; torchtitan's op
+    policy through ``create_selective_checkpoint_contexts``), tiny Llama: within 8 KiB (the loss's scalars and the
+    labels' shift, which the measurement tags as the loss's), and ordered full < ops < every-2 on both sides; and
+    with the chunked loss the peak within 1 % once the gradients hfmem counts as live are added."""
+    techniques = ["ckpt-full", "ckpt-every-2", "ckpt-ops", "loss-chunked"]
+    rows = {row.technique: row for row in validate_step.run(["llama"], techniques, True, lambda line: None)}
+    acts = {}
+    for name in techniques[:3]:
+        row = rows[name]
+        assert isinstance(row.prediction, dict), row.prediction
+        measured = row.result.boundaries["after_forward"]["components"]["activations"]
+        predicted = row.prediction["components"]["activations"]
+        assert abs(predicted - measured) <= 8 * 1024, (name, predicted, measured)
+        acts[name] = (predicted, measured)
+    assert acts["ckpt-full"][0] < acts["ckpt-ops"][0] < acts["ckpt-every-2"][0]
+    assert acts["ckpt-full"][1] < acts["ckpt-ops"][1] < acts["ckpt-every-2"][1]
+    chunked = rows["loss-chunked"]
+    assert chunked.prediction["peak_phase"] == chunked.result.peak_phase == "forward"
+    assert abs(chunked.grads_adjusted_error_pct) <= 1.0
 
 
 def test_fused_and_chunked_losses_compute_the_hf_loss(validate_step, tmp_path: Path) -> None:  # noqa: ANN001
@@ -173,13 +206,14 @@ def test_adamw_step_temporaries_follow_the_torch_source(validate_step) -> None: 
 
 
 def test_op_level_sac_keeps_what_torchtitans_policy_saves(validate_step) -> None:  # noqa: ANN001
-    """Beyond full checkpointing, torchtitan's op-level policy (`1f029641`) keeps the outputs of every odd-numbered
-    ``mm`` of a block (counted per block) and of SDPA (output + fp32 logsumexp per head), docs/techniques.md §2.2.
+    """Beyond full checkpointing, torchtitan's op-level policy (`1f029641` rule) keeps the outputs of every
+    odd-numbered ``mm`` of a block (counted per block) and of SDPA (output + fp32 logsumexp per head), and (the
+    `b5bcd76` save set, torch's ``compute_intensive_ops``) every ``addmm``/``bmm``, docs/techniques.md §2.2.
 
     Llama block, in call order q, k, v, o, gate, up, down = mm 1..7: q (h), v (kv), gate (f), down (h) + SDPA out
     (h) + lse (n_heads), fp32: ``4(3h + kv + f) + 4·n_heads`` bytes per token and layer. Qwen2's q/k/v have a bias
-    and dispatch to ``addmm``, which that list neither saves nor counts: o, gate, up, down are mm 1..4, so o (h)
-    and up (f) are kept: ``4(2h + f) + 4·n_heads``.
+    and dispatch to ``addmm``, saved but not counted: q (h), k (kv), v (kv) kept; o, gate, up, down are mm 1..4, so
+    o (h) and up (f) are kept: ``4(h + 2kv) + 4(2h + f) + 4·n_heads``.
     """
     rows = validate_step.run(["llama", "qwen2"], ["ckpt-full", "ckpt-ops"], False, print)
     kept = {}
@@ -190,7 +224,7 @@ def test_op_level_sac_keeps_what_torchtitans_policy_saves(validate_step) -> None
     tokens_times_layers = 2 * 128 * 2  # batch 2 × seq 128 × 2 layers
     h, n_heads = 64, 4
     llama = (4 * (3 * h + 2 * 16 + 176) + 4 * n_heads) * tokens_times_layers  # kv = 2 heads × 16, f = 176
-    qwen2 = (4 * (2 * h + 192) + 4 * n_heads) * tokens_times_layers  # f = 192
+    qwen2 = (4 * (h + 2 * 2 * 16) + 4 * (2 * h + 192) + 4 * n_heads) * tokens_times_layers  # kv = 2 × 16, f = 192
     assert kept["llama"]["ckpt-ops"] - kept["llama"]["ckpt-full"] == llama
     assert kept["qwen2"]["ckpt-ops"] - kept["qwen2"]["ckpt-full"] == qwen2
 
@@ -202,3 +236,15 @@ def test_fused_loss_keeps_two_gradients_and_no_logits(validate_step) -> None:  #
     (row,) = validate_step.run(["llama"], ["loss-fused"], False, print)
     loss_bytes = row.result.boundaries["after_forward"]["components"]["logits_loss"]
     assert loss_bytes == FP32 * (2 * 128 * 64 + 2048 * 64) + FP32
+
+
+def test_amp_weight_cast_cache_under_checkpointing(validate_step) -> None:  # noqa: ANN001
+    """CPU autocast with full checkpointing: at the forward's peak the live bf16 weight copies are the cache of every
+    layer linear (no checkpointed layer saves them) plus the LM head's copy (saved by its matmul). By hand for the
+    tiny Llama: per layer q 64·64 + k, v 32·64 + o 64·64 + gate/up/down 3·176·64 = 46,080 elements, 2 layers, and
+    the 2048 × 64 head, 2 bytes each. hfmem's autocast_weight_cache line is the layers' part (tests/test_optim.py);
+    the head's copy is in its traced activations."""
+    (row,) = validate_step.run(["llama"], ["amp-ckpt"], True, lambda line: None)
+    casts = row.result.phases["forward"]["components"]["weight_casts"]
+    assert casts == 2 * (2 * 46_080 + 2048 * 64)
+    assert isinstance(row.prediction, dict) and row.prediction["phases"]["forward"] > 0

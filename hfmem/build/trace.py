@@ -31,7 +31,17 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PretrainedConfig
 
-__all__ = ["profile_activations", "cuda_style_dropout", "full_length_traces", "Trace", "tracing", "FUSED_ATTENTION"]
+__all__ = [
+    "profile_activations",
+    "cuda_style_dropout",
+    "full_length_traces",
+    "Trace",
+    "tracing",
+    "FUSED_ATTENTION",
+    "cuda_autocast",
+    "AUTOCAST_LOWER_OPS",
+    "AUTOCAST_FP32_OPS",
+]
 
 
 #: The name hfmem registers in transformers' AttentionInterface for its fused-kernel emulation.
@@ -50,6 +60,7 @@ def profile_activations(
     finetune: FinetuneSettings | None = None,
     tensor_parallel: bool = False,
     images_per_sample: int = 0,
+    autocast: str | None = None,
 ) -> ActivationProfile:
     """Measure what one training micro-batch saves for backward, by running the model on the meta device.
 
@@ -76,6 +87,9 @@ def profile_activations(
         images_per_sample: for a model that takes images, feed each sample this many default images
             (`_image_inputs`); when the model cannot be traced with them, it is traced on token ids only and the
             profile says why (``images_not_traced``).
+        autocast: run the forward under CUDA autocast to this 16-bit dtype name (``bfloat16``, ``float16``) over
+            the ``dtype`` (fp32) model: `cuda_autocast` applies CUDA's op lists and weight cache, since
+            ``torch.autocast`` does nothing on meta tensors.
 
     Raises:
         UnsupportedArchitectureError: the model cannot run forward on the meta device.
@@ -85,7 +99,14 @@ def profile_activations(
     torch_dtype = getattr(torch, dtype)
     with _quiet_transformers():
         config = build_transformers_config(model, trust_remote_code=trust_remote_code)
-        options = _TraceOptions(dropout, trust_remote_code, finetune, tensor_parallel, images_per_sample)
+        options = _TraceOptions(
+            dropout,
+            trust_remote_code,
+            finetune,
+            tensor_parallel,
+            images_per_sample,
+            getattr(torch, autocast) if autocast else None,
+        )
         text_only = dataclasses.replace(options, images=0)
         # With images first (a model that takes none ignores them), then on token ids only; each with the fused
         # stand-in, then the model's own attention. Only a failure of the fused-kernel stand-in is fixed by the
@@ -134,6 +155,9 @@ def profile_activations(
         images_per_sample=fused.images_per_sample,
         image_tokens=fused.image_tokens,
         images_not_traced=fused.images_not_traced,
+        hidden_size=chosen.hidden_size,
+        head_trainable=chosen.head_trainable,
+        head_saved_bytes=chosen.head_saved_bytes,
     )
 
 
@@ -154,6 +178,10 @@ def _register_fused_attention() -> None:
             output = query.new_empty((batch, seq, heads, value.shape[-1]))
             logsumexp = query.new_empty((batch, heads, seq), dtype=torch.float32)
             ctx.save_for_backward(query, key, value, output, logsumexp)
+            trace = _CURRENT_TRACE.get()
+            # A flash kernel's outputs, which op-level selective checkpointing saves.
+            if trace is not None and trace.on_attention is not None:
+                trace.on_attention(output, logsumexp)
             return output
 
         @staticmethod
@@ -165,6 +193,9 @@ def _register_fused_attention() -> None:
         trace = _CURRENT_TRACE.get()
         if trace is not None:  # forwards outside a trace (the serving cache's probes) count nowhere
             trace.attention_calls += 1
+        lower = _AUTOCAST.get()
+        if lower is not None:  # SDPA is on CUDA autocast's 16-bit list: the kernel runs on (and saves) 16-bit q, k, v
+            query, key, value = (t.to(lower) if t.dtype != lower else t for t in (query, key, value))
         return FusedAttention.apply(query, key, value), None
 
     AttentionInterface.register(FUSED_ATTENTION, fused_attention)
@@ -172,9 +203,14 @@ def _register_fused_attention() -> None:
 
 @dataclasses.dataclass
 class Trace:
-    """One traced forward: what hfmem's fused-attention stand-in counts while it runs (`tracing`)."""
+    """One traced forward: what hfmem's fused-attention stand-in counts while it runs (`tracing`).
+
+    ``on_attention``: called with the stand-in's outputs (output, log-sum-exp), which a real fused kernel returns and
+    op-level selective checkpointing saves (`_ops_saved_mode`).
+    """
 
     attention_calls: int = 0
+    on_attention: Callable[..., None] | None = None
 
 
 #: The trace the running forward belongs to (None: no trace); set by `tracing`, read by the fused stand-in, which
@@ -206,6 +242,85 @@ class _TraceOptions:
     finetune: FinetuneSettings | None
     tensor_parallel: bool
     images: int = 0
+    autocast: Any = None
+
+
+#: CUDA autocast's float16/bfloat16 list (PyTorch ``docs/source/amp.md``@4e0ff98, "CUDA Ops that can autocast to
+#: float16"; ``scaled_dot_product_attention`` from ``aten/src/ATen/autocast_mode.cpp``), by the name a
+#: ``TorchFunctionMode`` sees (functions, ``Tensor`` methods and operators).
+AUTOCAST_LOWER_OPS = frozenset(
+    {
+        "__matmul__", "__rmatmul__", "addbmm", "addmm", "addmv", "addr", "baddbmm", "bmm", "chain_matmul",
+        "multi_dot", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+        "conv_tbc", "GRUCell", "linear", "LSTMCell", "matmul", "mm", "mv", "prelu", "RNNCell",
+        "scaled_dot_product_attention",
+    }
+)  # fmt: skip
+#: CUDA autocast's float32 list (same page, "CUDA Ops that can autocast to float32").
+AUTOCAST_FP32_OPS = frozenset(
+    {
+        "__pow__", "__rdiv__", "__rpow__", "__rtruediv__", "acos", "asin", "binary_cross_entropy_with_logits", "cosh",
+        "cosine_embedding_loss", "cdist", "cosine_similarity", "cross_entropy", "cumprod", "cumsum", "dist", "erfinv",
+        "exp", "expm1", "group_norm", "hinge_embedding_loss", "kl_div", "l1_loss", "layer_norm", "log", "log_softmax",
+        "log10", "log1p", "log2", "margin_ranking_loss", "mse_loss", "multilabel_margin_loss", "multi_margin_loss",
+        "nll_loss", "norm", "normalize", "pdist", "poisson_nll_loss", "pow", "prod", "reciprocal", "rsqrt", "sinh",
+        "smooth_l1_loss", "soft_margin_loss", "softmax", "softmin", "softplus", "sum", "renorm", "tan",
+        "triplet_margin_loss",
+    }
+)  # fmt: skip
+
+#: The 16-bit dtype of the `cuda_autocast` running now (None: none); the fused-attention stand-in reads it.
+_AUTOCAST: contextvars.ContextVar[Any] = contextvars.ContextVar("hfmem_autocast", default=None)
+
+
+@contextlib.contextmanager
+def cuda_autocast(dtype: Any, weight_casts: set[int] | None = None) -> Iterator[dict[int, Any]]:
+    """CUDA ``torch.autocast(dtype=dtype)`` as a ``TorchFunctionMode``, for meta tensors (where autocast is a no-op:
+    its per-device table has no dtype for Meta) and on a CPU-only build (where ``autocast("cuda")`` disables itself).
+
+    It sits above autograd, like autocast's dispatch key: an op on `AUTOCAST_LOWER_OPS` gets its floating inputs
+    cast to ``dtype``, one on `AUTOCAST_FP32_OPS` to fp32, any other op runs on its inputs as they are (type
+    promotion decides). The casts are ordinary autograd ops, so the op saves the cast copy for backward, as on a GPU.
+    Weight cache (``autocast_mode.cpp::cached_cast``): an fp32 leaf that requires grad is cast once per forward and
+    the copy is kept until autocast exits; the dict yielded holds those copies (by the parameter's id). Frozen
+    weights are cast at every use, as autocast does. ``weight_casts`` collects the storage keys (``_cdata``) of every
+    cast copy of a parameter, cached or not, so a trace can tell them from activations.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_map
+
+    cache: dict[int, Any] = {}
+
+    def cast(value: Any, to: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dtype in (to, torch.float64):
+            return value
+        if to is dtype and value.dtype == torch.float32 and value.is_leaf and value.requires_grad:
+            if id(value) not in cache:
+                cache[id(value)] = value.to(to)
+            copy = cache[id(value)]
+        else:
+            copy = value.to(to)
+        if weight_casts is not None and isinstance(value, torch.nn.Parameter):
+            weight_casts.add(copy.untyped_storage()._cdata)
+        return copy
+
+    class CudaAutocast(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            if name in AUTOCAST_LOWER_OPS:
+                args, kwargs = tree_map(lambda v: cast(v, dtype), (args, kwargs))
+            elif name in AUTOCAST_FP32_OPS:
+                args, kwargs = tree_map(lambda v: cast(v, torch.float32), (args, kwargs))
+            return func(*args, **kwargs)
+
+    token = _AUTOCAST.set(dtype)
+    try:
+        with CudaAutocast():
+            yield cache
+    finally:
+        _AUTOCAST.reset(token)
 
 
 def _tensor_parallel_mode(params: set[int], replicated: set[int]) -> Any:
@@ -269,6 +384,76 @@ def _tensor_parallel_mode(params: set[int], replicated: set[int]) -> Any:
             return key in self.split if key in self.known else self.op_split_in
 
     return TensorParallelMode()
+
+
+def _ops_policy() -> tuple[frozenset[Any], frozenset[Any]]:
+    """``(always saved, alternately saved)`` ATen operators of torchtitan's op-level selective checkpointing.
+
+    torchtitan ``torchtitan/distributed/activation_checkpoint.py`` (HEAD b5bcd76 ``SelectiveAC``; the rule of
+    ``_apply_op_sac._custom_policy`` @ 1f029641): "Save all compute/comm ops, except every second mm/linear". The
+    save set is torch's ``get_default_op_list().compute_intensive_ops`` plus the attention kernels, ``aten.max`` and
+    ``aten.topk``; ``mm`` and ``linear`` alternate (the 1st, 3rd… of a block are saved), ``addmm`` (a biased
+    ``Linear``) and ``bmm`` are always saved. A dispatch mode sees ``aten.mm``, never ``aten.linear`` (it decomposes
+    above the dispatcher), as the policy does.
+    """
+    import torch
+
+    aten = torch.ops.aten
+    names = (
+        # torch 2.13 get_default_op_list().compute_intensive_ops, mm aside
+        "addmm",
+        "bmm",
+        "convolution",
+        "upsample_bilinear2d",
+        "_scaled_mm",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_flash_attention_forward",
+        "_efficient_attention_forward",
+        # torchtitan's additions
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_attention_math",
+        "_scaled_dot_product_fused_attention_overrideable",
+        "max",
+        "topk",
+    )
+    always = [getattr(aten, name).default for name in names if hasattr(aten, name)]
+    return frozenset(always), frozenset({aten.mm.default})
+
+
+def _ops_saved_mode(record: Callable[[Any, bool], None], layer_entered: Callable[[], int]) -> Any:
+    """A TorchDispatchMode that hands ``record(tensor, saved)`` every output of the operators op-level selective
+    checkpointing saves inside a layer (`_ops_policy`); ``layer_entered()`` returns a counter that changes when a new
+    layer starts, so the matmul count restarts per block (torchtitan creates its ``meta`` dict per checkpoint call)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    always, alternate = _ops_policy()
+
+    class OpsSaved(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = -1
+            self.mm_count = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            if func in always or func in alternate:
+                block = layer_entered()
+                if block < 0:
+                    return out
+                if block != self.block:
+                    self.block, self.mm_count = block, 0
+                saved = True
+                if func in alternate:
+                    self.mm_count += 1
+                    saved = self.mm_count % 2 == 1
+                if saved:
+                    for tensor in tree_flatten(out)[0]:
+                        record(tensor, True)
+            return out
+
+    return OpsSaved()
 
 
 def _trace(
@@ -363,9 +548,47 @@ def _trace_at(
     def post_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         stack.pop()
 
+    # Op-level selective checkpointing: the outputs of the operators its policy saves, per layer.
+    ops_keys: dict[int, str] = {}
+    ops_sizes: dict[str, list[tuple[int, int]]] = {}
+
+    def current_block() -> int:
+        return len(order) - 1 if stack else -1
+
+    def record_op_output(tensor: Any, _saved: bool) -> None:
+        if not isinstance(tensor, torch.Tensor) or not stack:
+            return
+        with contextlib.suppress(Exception):  # tensors without storage are not tracked
+            storage = tensor.untyped_storage()
+            key = storage._cdata
+            if key in params or key in held or key in ops_keys:
+                return
+            ops_keys[key] = stack[-1]
+            keep_alive.append(tensor.detach())
+            ops_sizes.setdefault(stack[-1], []).append((key, storage.nbytes()))
+
+    def on_attention(*outputs: Any) -> None:
+        for tensor in outputs:
+            record_op_output(tensor, True)
+
+    # The LM head: what it saves (its input) is kept apart, for a fused loss (which never runs it) and activation
+    # offloading (which leaves it on the GPU).
+    head = None
+    with contextlib.suppress(Exception):
+        head = torch_model.get_output_embeddings()
+    head_weight = getattr(head, "weight", None)
+    in_head: list[bool] = []
+
+    def head_pre_hook(module: nn.Module, args: Any) -> None:
+        in_head.append(True)
+
+    def head_post_hook(module: nn.Module, args: Any, output: Any) -> None:
+        in_head.pop()
+
     params = {p.untyped_storage()._cdata for p in torch_model.parameters()}
     seen: set[int] = set()
-    totals = {"other": 0, "logits": 0, "other_after": 0}
+    totals = {"other": 0, "logits": 0, "other_after": 0, "head": 0}
+    reused: dict[str, int] = {}
     # Bytes each layer saves inside tensor-parallel split regions.
     split_now: dict[str, int] = {}
     mode: Any = contextlib.nullcontext()
@@ -381,6 +604,10 @@ def _trace_at(
         }
         mode = _tensor_parallel_mode(params, replicated)
 
+    # Storages of autocast's 16-bit copies of parameters (amp-*): saved like activations, never logits (the LM
+    # head's cast weight, saved transposed by its matmul, ends in the vocabulary).
+    weight_casts: set[int] = set()
+
     def pack(tensor: Any) -> Any:
         storage = tensor.untyped_storage()
         key = storage._cdata
@@ -389,16 +616,20 @@ def _trace_at(
         seen.add(key)
         keep_alive.append(tensor.detach())
         size = storage.nbytes()
-        if vocab and tensor.dim() >= 1 and tensor.shape[-1] == vocab:
+        if vocab and tensor.dim() >= 1 and tensor.shape[-1] == vocab and key not in weight_casts:
             totals["logits"] += size
         elif stack:
             saved[stack[-1]] = saved.get(stack[-1], 0) + size
             if options.tensor_parallel:
                 split_now[stack[-1]] = split_now.get(stack[-1], 0) + (size if mode.is_split(key) else 0)
+            if ops_keys.get(key) == stack[-1]:
+                reused[stack[-1]] = reused.get(stack[-1], 0) + size
         else:
             totals["other"] += size
             if order:
                 totals["other_after"] += size
+            if in_head:
+                totals["head"] += size
         return tensor.detach()
 
     handles = []
@@ -406,6 +637,9 @@ def _trace_at(
         if id(module) in layer_names:
             handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
+    if head is not None and id(head) not in layer_names:
+        handles.append(head.register_forward_pre_hook(head_pre_hook))
+        handles.append(head.register_forward_hook(head_post_hook))
     ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device="meta")
     accepted = inspect.signature(torch_model.forward).parameters
     kwargs: dict[str, Any] = {"input_ids": ids}
@@ -420,8 +654,11 @@ def _trace_at(
             tracing(training=True) as trace,
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
             mode,
+            cuda_autocast(options.autocast, weight_casts) if options.autocast is not None else contextlib.nullcontext(),
+            _ops_saved_mode(record_op_output, current_block),
             _placeholder_checks_off(torch_model),
         ):
+            trace.on_attention = on_attention
             output = torch_model(**kwargs)
     except Exception as e:
         raise UnsupportedArchitectureError(
@@ -433,9 +670,25 @@ def _trace_at(
             handle.remove()
     logits = getattr(output, "logits", None)
     logits_bytes = logits.untyped_storage().nbytes() if isinstance(logits, torch.Tensor) else 0
+
+    def ops_split(name: str) -> int:
+        if not options.tensor_parallel:
+            return 0
+        return sum(size for key, size in ops_sizes.get(name, ()) if key in mode.split)
+
     layers = tuple(
-        LayerProfile(name, saved.get(name, 0), inputs.get(name, 0), split_now.get(name, 0)) for name in order
+        LayerProfile(
+            name,
+            saved.get(name, 0),
+            inputs.get(name, 0),
+            split_now.get(name, 0),
+            sum(size for _, size in ops_sizes.get(name, ())),
+            reused.get(name, 0),
+            ops_split(name),
+        )
+        for name in order
     )
+    head_shape = tuple(getattr(head_weight, "shape", ()))
     return ActivationProfile(
         batch_size=batch_size,
         seq_len=seq_len,
@@ -451,6 +704,9 @@ def _trace_at(
         other_after_bytes=totals["other_after"],
         images_per_sample=options.images if images else 0,
         image_tokens=image_tokens,
+        hidden_size=int(head_shape[1]) if len(head_shape) == 2 else 0,
+        head_trainable=bool(getattr(head_weight, "requires_grad", False)),
+        head_saved_bytes=totals["head"],
     )
 
 
@@ -619,16 +875,28 @@ def _profile_shape(profile: ActivationProfile) -> Hashable:
 
 
 def _profile_numbers(profile: ActivationProfile) -> tuple[int, ...]:
-    per_layer = (n for layer in profile.layers for n in (layer.saved_bytes, layer.input_bytes, layer.tp_split_bytes))
-    totals = (profile.other_bytes, profile.logits_saved_bytes, profile.logits_bytes, profile.other_after_bytes)
+    per_layer = (n for layer in profile.layers for n in _layer_numbers(layer))
+    totals = (
+        profile.other_bytes,
+        profile.logits_saved_bytes,
+        profile.logits_bytes,
+        profile.other_after_bytes,
+        profile.head_saved_bytes,
+    )
     return (*per_layer, *totals)
+
+
+def _layer_numbers(layer: LayerProfile) -> tuple[int, ...]:
+    """A layer's byte counts, in `LayerProfile`'s field order after the name."""
+    return tuple(getattr(layer, f.name) for f in dataclasses.fields(LayerProfile)[1:])
 
 
 def _profile_with(profile: ActivationProfile, seq_len: int, numbers: tuple[int, ...]) -> ActivationProfile:
     """``profile`` (measured at another length) with the byte counts at ``seq_len``."""
     values = iter(numbers)
-    layers = tuple(LayerProfile(layer.name, next(values), next(values), next(values)) for layer in profile.layers)
-    other, logits_saved, logits, other_after = values
+    width = len(dataclasses.fields(LayerProfile)) - 1
+    layers = tuple(LayerProfile(layer.name, *(next(values) for _ in range(width))) for layer in profile.layers)
+    other, logits_saved, logits, other_after, head = values
     return dataclasses.replace(
         profile,
         seq_len=seq_len,
@@ -638,6 +906,7 @@ def _profile_with(profile: ActivationProfile, seq_len: int, numbers: tuple[int, 
         logits_saved_bytes=logits_saved,
         logits_bytes=logits,
         other_after_bytes=other_after,
+        head_saved_bytes=head,
     )
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from hfmem.dtypes import ALIASES, BF16, FP16, FP32, parse_dtype
 from hfmem.errors import InvalidSetupError
-from hfmem.memory.activations import context_length
+from hfmem.memory.activations import context_length, default_seq_len
 from hfmem.memory.expr import Value, ceil_div, cite, floor_div, maximum, minimum, total, value_of
 from hfmem.memory.peak import allocator_buffer_bytes, bisect_boundary, fragmentation_bytes, headroom_bytes
 from hfmem.memory.quantization import (
@@ -59,6 +59,7 @@ __all__ = [
     "choose_scheme",
     "compute_dtype",
     "default_context",
+    "serving_context",
     "kv_layer_bytes",
     "kv_cache_bytes",
     "kv_cache_bytes_per_token",
@@ -80,7 +81,7 @@ KV_DTYPE_BYTES: dict[str, int] = {name: parse_dtype(name).bits // 8 for name in 
 #: budget (vLLM's ``max_num_batched_tokens`` is tuned around 2048 for interactive serving). HF ``generate()``
 #: prefills the whole prompt in one forward: pass the prompt length.
 DEFAULT_PREFILL_CHUNK = 2048
-#: `--context` default when the config states no context length (T5's relative positions).
+#: `--context max` when the config states no context length (T5's relative positions).
 FALLBACK_CONTEXT = 2048
 MAX_BATCH_SEARCHED = 1 << 20
 
@@ -141,12 +142,29 @@ def compute_dtype(scheme: QuantScheme, inventory: ParameterInventory) -> str:
     return (FP16 if scheme.name == FP16.name else BF16).torch_name  # type: ignore[return-value]
 
 
-def default_context(config: Mapping[str, Any], built: int | None = None) -> tuple[int, str]:
-    """``(context, why)``: the model's context length (see `context_length`), or 2048 when the config states none."""
+def default_context(config: Mapping[str, Any], built: int | None = None, *, full: bool = False) -> tuple[int, str]:
+    """``(context, why)``: the serving context when ``--context`` is not given.
+
+    By default the same tokens per sequence as training (`hfmem.memory.activations.default_seq_len`: the model's
+    context length capped at 4096), so that the two plans of one query agree; ``full`` (``--context max``) is the
+    model's whole context length (see `context_length`), or `FALLBACK_CONTEXT` when the config states none.
+    """
     context = context_length(config, built)
+    if not full:
+        tokens, why = default_seq_len(config, built)
+        if context is not None and context > tokens:
+            why += f"; --context max serves all {context:,}"
+        return tokens, why
     if context is None:
-        return FALLBACK_CONTEXT, f"default {FALLBACK_CONTEXT}: the config states no context length"
-    return context, f"the model's context length {context:,}"
+        return FALLBACK_CONTEXT, f"--context max; default {FALLBACK_CONTEXT}: the config states no context length"
+    return context, f"--context max: the model's context length {context:,}"
+
+
+def serving_context(config: Mapping[str, Any], setup: InferenceSetup, built: int | None = None) -> tuple[int, str]:
+    """``(context, why)`` of a serving plan: ``--context N``, else `default_context` (``--context max``: full)."""
+    if setup.context is not None:
+        return setup.context, "--context"
+    return default_context(config, built, full=setup.full_context)
 
 
 def kv_element_bytes(layer: KvLayer, kv_dtype: str | None) -> int:
@@ -294,10 +312,7 @@ def plan_inference(
         raise InvalidSetupError(f"unknown --kv-dtype '{setup.kv_dtype}'; choose one of {', '.join(KV_DTYPE_BYTES)}")
     check_tp(config, setup.tp)
     scheme, notes = choose_scheme(config, setup, inventory)
-    if setup.context is not None:
-        context, context_source = setup.context, "--context"
-    else:
-        context, context_source = default_context(config, inventory.context_tokens)
+    context, context_source = serving_context(config, setup, inventory.context_tokens)
     model_context = context_length(config, inventory.context_tokens)
     if model_context is not None and context > model_context:
         notes.append(f"--context {context:,} is beyond the model's context length {model_context:,}")

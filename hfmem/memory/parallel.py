@@ -292,6 +292,11 @@ def tensor_parallel_layer(layer: LayerProfile, tp: Value, sp: bool) -> LayerProf
         tp_saved_bytes(layer.saved_bytes, layer.tp_split_bytes, tp, sp),  # type: ignore[arg-type]
         tp_input_bytes(layer.input_bytes, tp, sp),  # type: ignore[arg-type]
         ceil_div(layer.tp_split_bytes, tp),  # type: ignore[arg-type]
+        tp_saved_bytes(layer.ops_saved_bytes, layer.ops_tp_split_bytes, tp, sp),  # type: ignore[arg-type]
+        # The recompute's reuse of the cache: its split part is taken as large as it can be (the least reuse, so
+        # the recompute is never under-counted).
+        tp_saved_bytes(layer.ops_reused_bytes, minimum(layer.ops_reused_bytes, layer.ops_tp_split_bytes), tp, sp),  # type: ignore[arg-type]
+        ceil_div(layer.ops_tp_split_bytes, tp),  # type: ignore[arg-type]
     )
 
 
@@ -369,4 +374,7 @@ def stage_profile(
         other_after_bytes=profile.other_after_bytes if stage.holds_head else 0,
         logits_bytes=logits,
         logits_saved_bytes=logits_saved,
+        head_saved_bytes=(ceil_div(profile.head_saved_bytes, tp) if par.sp else profile.head_saved_bytes)
+        if stage.holds_head
+        else 0,
     )

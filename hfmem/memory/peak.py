@@ -5,11 +5,14 @@ Three moments of a training step are compared (README: "Peak, not a sum"):
 * ``forward``: at the loss. States, every saved activation, the logits with the loss's fp32 copies.
 * ``backward``: as backward starts at the loss, with the loss gradients, or (checkpointing) while a layer is
   re-materialised; communication buffers are live.
-* ``optimizer_step``: activations are gone; the step's transients (DeepSpeed's fp32 gradient copy, the
-  parameter all-gather bucket, Adafactor's fp32 upcast) are live.
+* ``optimizer_step``: activations are gone; the step's transients (torch AdamW's foreach / for-loop
+  temporaries, DeepSpeed's fp32 gradient copy, the parameter all-gather bucket, Adafactor's fp32 upcast) are live.
+  With the optimizer in backward there is no separate step: each parameter steps in backward, so its (one
+  parameter's) temporaries are a backward line and the step moment holds the model states only.
 
 Gradients are counted as live at every moment. That is exact with gradient accumulation (they persist between
-micro-batches) and conservative by at most the gradient term otherwise.
+micro-batches) and conservative by at most the gradient term otherwise. With the optimizer in backward only the
+largest gradient is (`hfmem.memory.states`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ from hfmem.memory.parallel import (
     pipeline_stages,
     stage_profile,
 )
-from hfmem.memory.sources import SRC_ADAFACTOR, SRC_BNB_MATMUL, SRC_DS_FP32_GRAD, SRC_FSDP
+from hfmem.memory.sources import (
+    SRC_ADAFACTOR,
+    SRC_ADAM_FOREACH,
+    SRC_ADAM_LOOP,
+    SRC_BNB_MATMUL,
+    SRC_DS_FP32_GRAD,
+    SRC_FSDP,
+)
 from hfmem.memory.states import PRECISION_SPECS, compute_training, shard_count, trainable_spec
 from hfmem.types import (
     ActivationProfile,
@@ -46,6 +56,8 @@ __all__ = [
     "overhead_terms",
     "overhead_inputs",
     "OverheadInputs",
+    "optimizer_step_bytes",
+    "autocast_cast_params",
     "OVERHEAD_LABELS",
     "fragmentation_bytes",
     "headroom_bytes",
@@ -53,6 +65,7 @@ __all__ = [
     "phase_candidates",
     "stage_activations",
     "phase_bytes",
+    "activation_offload_cpu_bytes",
     "bisect_boundary",
     "MAX_GPUS_SEARCHED",
     "MAX_BATCH_SEARCHED",
@@ -77,6 +90,21 @@ def fsdp_unit_params(inventory: ParameterInventory) -> tuple[int, int]:
     return largest[0], largest[1]
 
 
+def autocast_cast_params(inventory: ParameterInventory) -> int:
+    """Trainable elements inside the transformer layers that autocast casts to 16-bit and caches: the weights of
+    the linears (and routed experts) and the linears' biases (``F.linear`` is on the 16-bit list and casts every
+    floating argument; aten ``cached_cast`` caches fp32 leaves that require grad). Parameters outside the layers
+    (embeddings, LM head) belong to modules that are never checkpointed: their cast copies are saved activations."""
+    linear_modules = {p.name.rsplit(".", 1)[0] for p in inventory.parameters if p.quantizable}
+    return sum(
+        p.numel
+        for p in inventory.parameters
+        if p.trainable
+        and p.layer_index is not None
+        and (p.quantizable or (p.name.endswith(".bias") and p.name.rsplit(".", 1)[0] in linear_modules))
+    )
+
+
 @dataclass(slots=True)
 class OverheadInputs:
     """The operands of the training overhead formulas (ints, or symbols for ``--explain``).
@@ -90,6 +118,10 @@ class OverheadInputs:
             unit (`fsdp_unit_params`). nf4_largest: the largest NF4 weight (QLoRA). largest_trained: the largest
             trained tensor (Adafactor's upcast at ZeRO-0).
         reduce_bucket, allgather_bucket, prefetch_bucket, sub_group: DeepSpeed's bucket sizes (elements).
+        state_bytes: s, bytes per optimizer-state element of the trained tensors (AdamW's temporaries are
+            state-sized). largest_tensor: n_max, the largest trained tensor (AdamW's for-loop, the optimizer in
+            backward). cast_params: Ψ_A, the trainable layer elements autocast caches (`autocast_cast_params`).
+            cast_bytes: a, bytes of one autocast element (2).
     """
 
     cuda_context: Value
@@ -109,6 +141,10 @@ class OverheadInputs:
     allgather_bucket: Value
     prefetch_bucket: Value
     sub_group: Value
+    state_bytes: Value = 0
+    largest_tensor: Value = 0
+    cast_params: Value = 0
+    cast_bytes: Value = 0
 
 
 #: Stable keys and labels of the training overhead lines (`hfmem.types.OverheadItem`).
@@ -123,8 +159,36 @@ OVERHEAD_LABELS = {
     "fp32_gradient_partition": "fp32 gradient partition at step",
     "param_allgather_bucket": "parameter all-gather bucket",
     "adafactor_fp32_upcast": "Adafactor fp32 upcast of one tensor",
+    "adamw_foreach_temporary": "AdamW foreach step temporary (_foreach_sqrt)",
+    "adamw_loop_temporary": "AdamW for-loop step temporary (one parameter)",
+    "autocast_weight_cache": "autocast's cached 16-bit weight copies",
     "allocator_fragmentation": "allocator fragmentation",
 }
+
+
+def optimizer_step_bytes(setup: TrainingSetup, stage: int, x: OverheadInputs) -> tuple[str, Value] | None:
+    """``(key, bytes)`` of torch AdamW's step temporaries (`TrainingSetup.optimizer_impl`), or None.
+
+    * ``foreach`` (torch's CUDA default): ``_foreach_sqrt`` of the whole group's ``exp_avg_sq``, one state-sized
+      tensor per parameter, all live until the step returns: ``s × Ψ_T`` (under FSDP each GPU steps its shards:
+      ``s × ⌈Ψ_T / N⌉``; in backward, one parameter's list: ``s × n_max``).
+    * ``fused`` (``torch._fused_adamw_``; the HF Trainer's ``adamw_torch_fused``, its default with torch ≥ 2.8): none.
+    * ``loop`` (``foreach=False``): ``sqrt()`` and the division coexist for one parameter: ``2 × s × n_max``.
+
+    Torch's AdamW steps at ZeRO 0 (DDP) and under FSDP. DeepSpeed's ZeRO ≥ 1 steps its own optimizer on flat fp32
+    partitions (FusedAdam / CPU-Adam), so no term there; nor for the other optimizers (bitsandbytes' kernels update in
+    place; Adafactor has its own line).
+    """
+    if setup.optimizer != "adamw" or setup.offload != "none" or (stage >= 1 and setup.parallel.fsdp is None):
+        return None
+    sharded = setup.parallel.fsdp is not None
+    largest = shard_count(x.largest_tensor, x.n) if sharded else x.largest_tensor
+    if setup.optimizer_impl == "foreach":
+        elements = largest if setup.optimizer_in_backward else shard_count(x.trainable, x.n) if sharded else x.trainable
+        return "adamw_foreach_temporary", cite(1, SRC_ADAM_FOREACH, elements) * x.state_bytes * elements
+    if setup.optimizer_impl == "loop":
+        return "adamw_loop_temporary", cite(2, SRC_ADAM_LOOP, largest) * x.state_bytes * largest
+    return None
 
 
 def overhead_terms(setup: TrainingSetup, stage: int, phase: PeakPhase, x: OverheadInputs) -> list[tuple[str, Value]]:
@@ -139,7 +203,10 @@ def overhead_terms(setup: TrainingSetup, stage: int, phase: PeakPhase, x: Overhe
     own buffers replace DeepSpeed's: the unsharded 16-bit unit being computed and the next one prefetched
     (torch ``FullyShardedDataParallel`` ``forward_prefetch`` / ``backward_prefetch=BACKWARD_PRE``; REFERENCE §2.5),
     plus that unit's unsharded gradients before the reduce-scatter. QLoRA: bitsandbytes' dequantized 16-bit copy of
-    the largest 4-bit weight during its matmul.
+    the largest 4-bit weight during its matmul. torch AdamW's step temporaries (`optimizer_step_bytes`) at the step,
+    or in backward with the optimizer in backward. Autocast with checkpointed layers: the 16-bit weight copies
+    autocast caches until the forward ends, ``a × Ψ_A`` at the loss (without checkpointing the linears save the same
+    copies, so the traced activations hold them; once the forward's autocast exits only saved ones stay).
     """
     fsdp = setup.parallel.fsdp
     sharded = value_of(x.n) > 1
@@ -159,6 +226,9 @@ def overhead_terms(setup: TrainingSetup, stage: int, phase: PeakPhase, x: Overhe
             per_param = x.base_weight_bytes + x.base_grad_bytes if setup.method == "full" else x.base_weight_bytes
             gathered = x.largest_module * per_param + minimum(x.prefetch_bucket, x.total) * x.base_weight_bytes
             items.append(("zero3_gathered_params", gathered))
+    if phase == "forward" and value_of(x.cast_params) and setup.grad_checkpointing not in ("none", "selective"):
+        cache = x.cast_bytes * x.cast_params
+        items.append(("autocast_weight_cache", cache))
     if phase in ("forward", "backward") and setup.method == "qlora":
         compute_bytes = cite(QLORA_COMPUTE_BYTES, SRC_BNB_MATMUL, x.trainable)
         items.append(("qlora_dequantized_weight", compute_bytes * x.nf4_largest))
@@ -174,6 +244,10 @@ def overhead_terms(setup: TrainingSetup, stage: int, phase: PeakPhase, x: Overhe
         if setup.optimizer == "adafactor":
             largest_tensor = shard_count(x.trainable, x.n) if stage >= 1 else x.largest_trained
             items.append(("adafactor_fp32_upcast", cite(FP32_BYTES, SRC_ADAFACTOR, x.trainable) * largest_tensor))
+    if phase == ("backward" if setup.optimizer_in_backward else "optimizer_step"):
+        step = optimizer_step_bytes(setup, stage, x)
+        if step is not None:
+            items.append(step)
     return [(key, size) for key, size in items if size]
 
 
@@ -204,6 +278,12 @@ def overhead_inputs(inventory: ParameterInventory, setup: TrainingSetup) -> Over
     largest_trained = (
         max((p.numel for p in inventory.parameters if p.trainable), default=0) if setup.optimizer == "adafactor" else 0
     )
+    largest_tensor = 0
+    if setup.optimizer == "adamw" and (setup.optimizer_impl == "loop" or setup.optimizer_in_backward):
+        # Without shapes (--params) the model is one tensor.
+        largest_tensor = max((p.numel for p in inventory.parameters if p.trainable), default=inventory.trainable_params)
+    autocast = spec.autocast
+    cast_params = autocast_cast_params(inventory) if autocast is not None else 0
     return OverheadInputs(
         settings.cuda_context_bytes,
         inventory.trainable_params,
@@ -222,6 +302,10 @@ def overhead_inputs(inventory: ParameterInventory, setup: TrainingSetup) -> Over
         settings.allgather_bucket_elements,
         settings.prefetch_bucket_elements,
         settings.sub_group_elements,
+        tspec.state_bytes,
+        largest_tensor,
+        cast_params,
+        autocast.bits // 8 if autocast is not None else 0,
     )
 
 
@@ -238,13 +322,20 @@ def phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tup
     """``(activations, logits)`` live at ``phase``."""
     if activations is None or phase == "optimizer_step":
         return 0, 0
+    saved = activations.saved_bytes
     if phase == "forward":
-        return activations.saved_bytes, activations.logits_forward_bytes
+        if value_of(activations.offloaded_bytes):  # the offload copies still in flight
+            saved = saved + activations.offload_forward_bytes
+        return saved, activations.logits_forward_bytes
     # Backward: the loss gradients come first; the recompute of a checkpointed layer happens later, when the
-    # vocabulary-sized tensors are gone, so the two do not add up.
-    if value_of(activations.recompute_bytes) > value_of(activations.logits_backward_bytes):
-        return activations.saved_bytes + activations.recompute_bytes, 0
-    return activations.saved_bytes, activations.logits_backward_bytes
+    # vocabulary-sized tensors are gone, so the two do not add up. With offloading, the layer being back-propagated
+    # has its saved tensors back on the GPU then.
+    layer = activations.recompute_bytes
+    if value_of(activations.offloaded_bytes):
+        layer = layer + activations.offload_backward_bytes
+    if value_of(layer) > value_of(activations.logits_backward_bytes):
+        return saved + layer, 0
+    return saved, activations.logits_backward_bytes
 
 
 def _phases(
@@ -255,7 +346,8 @@ def _phases(
     for phase in ("forward", "backward", "optimizer_step"):
         acts, logits = phase_bytes(activations, phase)  # type: ignore[arg-type]
         terms: list[tuple[str, int]] = overhead_terms(setup, states.zero_stage, phase, x)  # type: ignore[arg-type, assignment]
-        allocated = states.states_bytes + acts + logits + allocator_buffer_bytes(terms)
+        # Paged optimizer states are CUDA managed memory: not the caching allocator's, so no slack on them.
+        allocated = states.states_bytes - states.paged_states_bytes + acts + logits + allocator_buffer_bytes(terms)
         fragmentation: int = fragmentation_bytes(allocated, setup.overheads.fragmentation)  # type: ignore[assignment]
         if fragmentation:
             terms.append(("allocator_fragmentation", fragmentation))
@@ -292,7 +384,16 @@ def _at_phase(
         activation_saved_bytes=activations.saved_bytes if activations else 0,
         activation_recompute_bytes=activations.recompute_bytes if activations else 0,
         logits_saved_bytes=activations.logits_saved_bytes if activations else 0,
+        activation_offloaded_bytes=activations.offloaded_bytes if activations else 0,
+        cpu_bytes_per_node=states.cpu_bytes_per_node
+        + (activation_offload_cpu_bytes(activations.offloaded_bytes, setup.gpus_per_node) if activations else 0),
     )
+
+
+def activation_offload_cpu_bytes(offloaded: Value, gpus_per_node: Value) -> Value:
+    """CPU RAM per node that offloaded activations take: each GPU's offloaded tensors, in pinned host memory
+    (torchtune ``OffloadActivations(use_pin_memory=True)``), × the GPUs of a node."""
+    return offloaded * gpus_per_node
 
 
 def phase_candidates(
@@ -346,11 +447,22 @@ def stage_activations(
     """
     if profile is None:
         return None
-    estimate = estimate_activations(stage_profile(profile, setup, stage, t=t), setup.grad_checkpointing)
+    estimate = estimate_activations(
+        stage_profile(profile, setup, stage, t=t),
+        setup.grad_checkpointing,
+        loss=setup.loss,
+        loss_chunks=setup.loss_chunks,
+        checkpoint_every=setup.checkpoint_every,
+        activation_offload=setup.activation_offload,
+    )
     if factor is None:
         factor = in_flight_microbatches(setup, stage.index)
     if value_of(factor) != 1:
-        estimate = replace(estimate, saved_bytes=ceil(estimate.saved_bytes * factor))
+        estimate = replace(
+            estimate,
+            saved_bytes=ceil(estimate.saved_bytes * factor),
+            offloaded_bytes=ceil(estimate.offloaded_bytes * factor) if estimate.offloaded_bytes else 0,
+        )
     return estimate
 
 
@@ -449,6 +561,46 @@ def bisect_boundary(predicate: Callable[[int], bool], low: int, high: int) -> tu
     return low, high
 
 
+#: Overhead lines that belong to the optimizer step (what makes a row peak there), largest first when named.
+_STEP_KEYS = (
+    "adamw_foreach_temporary",
+    "adamw_loop_temporary",
+    "fp32_gradient_partition",
+    "param_allgather_bucket",
+    "adafactor_fp32_upcast",
+)
+
+
+def step_notes(setup: TrainingSetup, stages: list[StageMemory]) -> list[str]:
+    """Why a row peaks at the optimizer step (its largest step line), and how the optimizer in backward moves it."""
+    notes = []
+    groups: dict[str, list[StageMemory]] = {}  # the rows at the step, by the step line that is largest in each
+    for stage in stages:
+        items = [i for i in stage.overhead_items if i.key in _STEP_KEYS] if stage.peak_phase == "optimizer_step" else []
+        if items:
+            groups.setdefault(max(items, key=lambda i: i.size_bytes).key, []).append(stage)
+    for key, at_step in groups.items():
+        largest = next(i for i in at_step[0].overhead_items if i.key == key)
+        rows = ", ".join(f"ZeRO-{s.zero_stage}" for s in at_step)
+        why = f"{rows} peak{'s' if len(at_step) == 1 else ''} at the optimizer step, where the activations are "
+        why += f"gone but the {largest.label} ({largest.size_bytes / 2**30:,.2f} GiB) is live"
+        if key == "adamw_foreach_temporary":
+            why += " (--optimizer-impl fused, the HF Trainer's adamw_torch_fused, allocates none)"
+        notes.append(why)
+    if setup.optimizer_in_backward:
+        notes.append(
+            "--optimizer-in-backward: each parameter steps in backward as soon as its gradient is complete, so one "
+            "gradient is live at a time and there is no separate step peak"
+        )
+    return notes
+
+
+#: The note of `--grad-checkpointing selective` with a fused kernel, which recomputes nothing that kernel keeps.
+SELECTIVE_NOTE = (
+    "--grad-checkpointing selective recomputes the attention scores, which sdpa/flash kernels never keep: it saves "
+    "nothing here (--grad-checkpointing ops or full do)"
+)
+
 #: The note of a plan without an activation profile (``--params``; `hfmem.api` replaces it when a trace failed).
 NO_MODEL_NOTE = "--params has no model to run, so activations and logits are not included"
 
@@ -485,10 +637,23 @@ def plan_training(
                 else None,
             )
         stages.append(stage)
-    notes = list(base.notes)
+    notes = list(base.notes) + step_notes(setup, stages)
     if profile is None:
         notes.append(NO_MODEL_NOTE)
-    elif profile.attention_calls == 0 and profile.attn != "eager" and inventory.attention_modules != 0:
+    else:
+        if setup.grad_checkpointing == "selective" and profile.attn != "eager" and profile.attention_calls:
+            notes.append(SELECTIVE_NOTE)
+        if setup.loss != "hf" and not profile.hidden_size:
+            notes.append(
+                f"--loss {setup.loss} replaces a language-model head's cross-entropy, and this model has no such "
+                "head: its own loss was planned"
+            )
+    if (
+        profile is not None
+        and profile.attention_calls == 0
+        and profile.attn != "eager"
+        and inventory.attention_modules != 0
+    ):
         notes.append(
             "this model does not route attention through transformers' AttentionInterface, so its own (eager) "
             "attention was measured, score matrices included: an over-estimate for a fused kernel"

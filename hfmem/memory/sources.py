@@ -158,3 +158,66 @@ SRC_QUANT_SKIP = (
     "in 16 bits"
 )
 SRC_FP32 = "IEEE 754 binary32 (fp32): 4 bytes per element; CPU-Adam keeps fp32 parameters, gradients and states"
+SRC_ADAM_FOREACH = (
+    "torch 2.13.0 torch/optim/adam.py _multi_tensor_adam: exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs) "
+    "allocates one state-sized tensor per parameter of the (device, dtype) group, all live until the step returns "
+    "(docs/techniques.md §4.1; measured on CPU: 1.000 × all parameter bytes)"
+)
+SRC_ADAM_FUSED = (
+    "torch 2.13.0 torch/optim/adam.py _fused_adam → torch._fused_adamw_: the whole update in one kernel, in place; no "
+    "temporaries besides 0-d step counters (docs/techniques.md §4.1)"
+)
+SRC_ADAM_LOOP = (
+    "torch 2.13.0 torch/optim/adam.py _single_tensor_adam: denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt)"
+    ".add_(eps): the sqrt() result and the division's result coexist for one parameter (docs/techniques.md §4.1; "
+    "measured on CPU: 2.000 × the largest parameter)"
+)
+SRC_OPTIM_IN_BWD = (
+    "torchtune training/memory.py@bd2a0fc register_optim_in_bwd_hooks: one optimizer per parameter, stepped and "
+    "zero_grad()-ed (set_to_none) in register_post_accumulate_grad_hook, so each gradient is freed right after its "
+    "own step; recipes refuse gradient accumulation and clipping with it (full_finetune_distributed.py@015b39c)"
+)
+SRC_BNB_PAGED = (
+    "bitsandbytes bitsandbytes/optim/optimizer.py@95f9af3 Optimizer8bit.get_state_buffer: with is_paged, the states "
+    "of tensors with ≥ 1e5 elements come from F.get_paged → cudaMallocManaged (CUDA managed memory, outside PyTorch's "
+    "allocator statistics); smaller tensors' states and the 8-bit absmax are ordinary CUDA tensors; "
+    "Optimizer2State.init_state: optim_bits=32 states are torch.float32 whatever the parameter dtype"
+)
+SRC_AUTOCAST_CACHE = (
+    "PyTorch aten/src/ATen/autocast_mode.cpp@008ec6b cached_cast: the 16-bit casts of fp32 leaf weights that require "
+    "grad are cached until autocast exits at the end of the forward (torch.is_autocast_cache_enabled() is True by "
+    "default); docs/techniques.md §5"
+)
+SRC_AUTOCAST_LISTS = (
+    "PyTorch docs/source/amp.md@4e0ff98 'CUDA Ops that can autocast to float16 / float32': matmul, linear, bmm, "
+    "conv… run in 16-bit; softmax, log_softmax, layer_norm, cross_entropy, exp, pow, rsqrt, sum… in fp32; others in "
+    "their inputs' (promoted) dtype"
+)
+SRC_CHUNKED_LOSS = (
+    "torchtune torchtune/modules/loss/ce_chunked_output_loss.py @ bd2a0fc "
+    "CEWithChunkedOutputLoss(num_output_chunks=8): each chunk's logits are upcast "
+    "(logits.float()) and cross_entropy'd on their own, so each keeps its fp32 log-softmax "
+    "but only one chunk's fp32 copy and gradients exist at a time; the recipe deletes the logits before "
+    "backward (recipes/full_finetune_single_device.py @ 1814feb17 _loss_step: 'del logits')"
+)
+SRC_FUSED_LOSS = (
+    "Liger-Kernel src/liger_kernel/ops/fused_linear_cross_entropy.py @ ead96b6 fused_linear_cross_entropy_forward: "
+    "logits per chunk of next_pow2(⌈T / ⌈V / h⌉⌉) tokens, gradients computed in the forward; save_for_backward("
+    "grad_input [T × h], grad_weight [V × h] when the head is trained); loss_1d fp32 per token. Cut Cross-Entropy "
+    "(apple/ml-cross-entropy @ d42911f cce.py) keeps less: an fp32 log-sum-exp per token"
+)
+SRC_OPS_SAC = (
+    "torchtitan torchtitan/distributed/activation_checkpoint.py @ 1f029641 _apply_op_sac._custom_policy and HEAD "
+    "b5bcd76 SelectiveAC: save the outputs of compute-intensive ops (mm, addmm, bmm, attention kernels, max, topk) "
+    "except every second mm/linear, counted per checkpointed block; the block's input is kept as in full AC"
+)
+SRC_CKPT_EVERY = (
+    "transformers modeling_utils.py (5.24.0) _set_gradient_checkpointing: gradient_checkpointing = layer_index % "
+    "every_n_layers == 0, layers counted from 0 (torchtitan/torchtune count from 1: floor(L/k) layers)"
+)
+SRC_ACT_OFFLOAD = (
+    "torchtune torchtune/training/_activation_offloading.py @ bd2a0fc OffloadActivations(max_fwd_stash_size=5, "
+    "min_offload_size=1024): every tensor saved in forward moves to pinned CPU RAM except the output head's "
+    "(NoOpManager around model.output); up to 5 stay on the GPU until their copy ends, and in backward a tensor "
+    "comes back just before the node that needs it"
+)

@@ -23,7 +23,15 @@ from hfmem.errors import InvalidSetupError
 from hfmem.memory.expr import Value, ceil_div, cite, maximum, trunc, value_of
 from hfmem.memory.memo import IdentityMemo
 from hfmem.memory.methods import ADAPTER_DTYPE, FrozenCounts, count_frozen, frozen_bytes
-from hfmem.memory.sources import SRC_ADAFACTOR, SRC_ADAMW, SRC_BNB_8BIT, SRC_DS_EST2, SRC_FP32, SRC_OFFLOAD
+from hfmem.memory.sources import (
+    SRC_ADAFACTOR,
+    SRC_ADAMW,
+    SRC_BNB_8BIT,
+    SRC_BNB_PAGED,
+    SRC_DS_EST2,
+    SRC_FP32,
+    SRC_OFFLOAD,
+)
 from hfmem.rules import planned_stages
 from hfmem.types import (
     Optimizer,
@@ -40,6 +48,9 @@ __all__ = [
     "PRECISION_SPECS",
     "BNB_BLOCKSIZE",
     "BNB_MIN_8BIT_SIZE",
+    "BNB_MIN_PAGED_SIZE",
+    "PAGED_OPTIMIZERS",
+    "paged_state_bytes",
     "optimizer_state_bytes",
     "model_optimizer_state_bytes",
     "flat_partition_state_bytes",
@@ -57,6 +68,12 @@ __all__ = [
 BNB_BLOCKSIZE = 256
 #: Tensors with fewer elements keep 32-bit states (``min_8bit_size=4096``, same file, L414).
 BNB_MIN_8BIT_SIZE = 4096
+#: bitsandbytes pages the states of tensors with at least this many elements (``get_state_buffer``: ``if not
+#: self.is_paged or p.numel() < 1e5: return torch.zeros_like(...)``, bitsandbytes/optim/optimizer.py @ 95f9af3).
+BNB_MIN_PAGED_SIZE = 100_000
+#: The bitsandbytes paged optimizers and the unpaged optimizer whose states they keep (``PagedAdamW`` = AdamW with
+#: ``optim_bits=32, is_paged=True``; ``PagedAdamW8bit`` = ``optim_bits=8, is_paged=True``).
+PAGED_OPTIMIZERS: dict[Optimizer, Optimizer] = {"paged-adamw": "adamw", "paged-adamw-8bit": "adamw-8bit"}
 FP32_BYTES = 4
 #: DeepSpeed's estimators multiply CPU memory by ``additional_buffer_factor=1.5`` (stage_1_and_2.py, stage3.py).
 DEEPSPEED_CPU_BUFFER_FACTOR = 1.5
@@ -71,6 +88,7 @@ class PrecisionSpec:
         master: a separate master copy held by the optimizer (None if the weights are the master).
         grads: gradients as stored.
         states: one optimizer-state element (Adam's m or v, a momentum).
+        autocast: the 16-bit dtype ``torch.autocast`` computes matmuls in over these (fp32) weights, or None.
     """
 
     weights: Dtype
@@ -78,6 +96,7 @@ class PrecisionSpec:
     grads: Dtype
     states: Dtype
     description: str
+    autocast: Dtype | None = None
 
     @property
     def weight_bytes(self) -> int:
@@ -118,7 +137,30 @@ PRECISION_SPECS: dict[Precision, PrecisionSpec] = {
     "fp16": PrecisionSpec(
         FP16, None, FP16, FP16, "everything fp16: weights, gradients and optimizer states; no master copy"
     ),
+    # The HF Trainer's bf16=True / fp16=True on an fp32 model: accelerate wraps the forward in torch.autocast, the
+    # model stays fp32, so gradients (autograd accumulates into the leaf's dtype) and AdamW states are fp32; the
+    # matmuls run on cached 16-bit copies of the weights (aten autocast_mode.cpp cached_cast; docs/techniques.md §5).
+    "amp-bf16": PrecisionSpec(
+        FP32,
+        None,
+        FP32,
+        FP32,
+        "autocast bf16 on an fp32 model: fp32 weights, gradients and optimizer states; bf16 matmuls on cached copies",
+        autocast=BF16,
+    ),
+    "amp-fp16": PrecisionSpec(
+        FP32,
+        None,
+        FP32,
+        FP32,
+        "autocast fp16 on an fp32 model: fp32 weights, gradients and optimizer states; fp16 matmuls on cached copies",
+        autocast=FP16,
+    ),
 }
+
+
+#: The training note when ZeRO stages ≥ 1 are planned with nothing to shard them over.
+ONE_GPU_NOTE = "with 1 GPU ZeRO has nothing to shard, so every stage holds the same; pass --gpus / --nodes"
 
 
 def shard_count(count: Value, num_shards: Value) -> Value:
@@ -138,6 +180,8 @@ class TensorCounts:
         factored_rows: Σ rows (numel / last dim) of the ≥ 2-D tensors (Adafactor's exp_avg_sq_row).
         factored_cols: Σ columns (numel / second-to-last dim) of the ≥ 2-D tensors (exp_avg_sq_col).
         elements_1d: elements of the 1-D tensors (Adafactor's full exp_avg_sq).
+        elements_paged: elements of tensors with at least `BNB_MIN_PAGED_SIZE` elements (paged optimizers page them).
+        largest: elements of the largest tensor (the one gradient live with the optimizer in backward).
     """
 
     elements: Value
@@ -147,16 +191,21 @@ class TensorCounts:
     factored_rows: Value = 0
     factored_cols: Value = 0
     elements_1d: Value = 0
+    elements_paged: Value = 0
+    largest: Value = 0
 
 
 def count_tensors(shapes: Iterable[tuple[int, ...]]) -> TensorCounts:
     """The `TensorCounts` of tensors of these shapes (a flat tensor is one 1-D shape)."""
-    elements = e8 = b8 = e32 = rows = cols = ones = 0
+    elements = e8 = b8 = e32 = rows = cols = ones = paged = largest = 0
     for shape in shapes:
         numel = 1
         for dim in shape:
             numel *= dim
         elements += numel
+        largest = max(largest, numel)
+        if numel >= BNB_MIN_PAGED_SIZE:
+            paged += numel
         if numel < BNB_MIN_8BIT_SIZE:
             e32 += numel
         else:
@@ -167,7 +216,7 @@ def count_tensors(shapes: Iterable[tuple[int, ...]]) -> TensorCounts:
             cols += numel // shape[-2]
         else:
             ones += numel
-    return TensorCounts(elements, e8, b8, e32, rows, cols, ones)
+    return TensorCounts(elements, e8, b8, e32, rows, cols, ones, paged, largest)
 
 
 #: Optimizers whose states are whole tensors like the parameter: how many per element (torch/optim/adamw.py:
@@ -196,6 +245,9 @@ def tensor_state_bytes(optimizer: Optimizer, counts: TensorCounts, state_bytes: 
     shape[:-2] + shape[-1:].
     """
     c = counts
+    if optimizer == "paged-adamw":  # bitsandbytes 32-bit states are fp32 whatever the parameter dtype
+        return per_element_state_bytes("adamw", c.elements, cite(FP32_BYTES, SRC_BNB_PAGED, c.elements))
+    optimizer = PAGED_OPTIMIZERS.get(optimizer, optimizer)
     if optimizer in PER_ELEMENT_STATES:
         return per_element_state_bytes(optimizer, c.elements, state_bytes)
     fp32 = cite(FP32_BYTES, SRC_FP32, c.elements)
@@ -208,6 +260,25 @@ def tensor_state_bytes(optimizer: Optimizer, counts: TensorCounts, state_bytes: 
     if optimizer == "adafactor":
         return (c.factored_rows + c.factored_cols + c.elements_1d) * cite(FP32_BYTES, SRC_ADAFACTOR, c.elements)
     raise InvalidSetupError(f"unknown optimizer '{optimizer}'")
+
+
+def paged_state_bytes(optimizer: Optimizer, counts: TensorCounts) -> Value:
+    """The part of `tensor_state_bytes` a bitsandbytes paged optimizer keeps in CUDA managed memory (0 for others).
+
+    ``state1``/``state2`` of every tensor with ≥ `BNB_MIN_PAGED_SIZE` elements are paged (``get_state_buffer``):
+    fp32 (4 + 4 bytes per element) for ``paged-adamw``, uint8 (1 + 1) for ``paged-adamw-8bit`` (a paged tensor is
+    far above ``min_8bit_size``, so it is always quantized). The fp32 absmax of the 8-bit blocks and the states of
+    smaller tensors are ordinary CUDA tensors, inside PyTorch's allocator statistics.
+
+    Example:
+        >>> paged_state_bytes("paged-adamw-8bit", count_tensors([(4096, 4096), (4096,)]))  # 2 × 16,777,216
+        33554432
+    """
+    n = counts.elements_paged
+    if optimizer not in PAGED_OPTIMIZERS or not value_of(n):
+        return 0
+    per_state = cite(FP32_BYTES, SRC_BNB_PAGED, n) if optimizer == "paged-adamw" else cite(1, SRC_BNB_PAGED, n)
+    return cite(2, SRC_ADAMW, n) * n * per_state
 
 
 def optimizer_state_bytes(optimizer: Optimizer, shape: tuple[int, ...], state_bytes: int) -> int:
@@ -257,17 +328,25 @@ def flat_partition_state_bytes(optimizer: Optimizer, partition_params: Value, st
     Adafactor cannot factor it, and 8-bit Adam quantizes it block by block with no small-tensor exception.
     """
     n = partition_params
-    if optimizer in PER_ELEMENT_STATES:
-        return per_element_state_bytes(optimizer, n, state_bytes)
+    if optimizer in PER_ELEMENT_STATES or optimizer == "paged-adamw":
+        return tensor_state_bytes(optimizer, TensorCounts(n), state_bytes)
     count = value_of(n)
     if count == 0:
         return 0
-    if optimizer == "adamw-8bit":
+    if PAGED_OPTIMIZERS.get(optimizer, optimizer) == "adamw-8bit":
         if count < BNB_MIN_8BIT_SIZE:
             return tensor_state_bytes(optimizer, TensorCounts(n, elements_32bit=n), state_bytes)
         blocks = ceil_div(n, cite(BNB_BLOCKSIZE, SRC_BNB_8BIT, n))
         return tensor_state_bytes(optimizer, TensorCounts(n, elements_8bit=n, blocks_8bit=blocks), state_bytes)
     return tensor_state_bytes(optimizer, TensorCounts(n, elements_1d=n), state_bytes)
+
+
+def flat_partition_paged_bytes(optimizer: Optimizer, partition_params: Value) -> Value:
+    """`paged_state_bytes` of one flat 1-D ZeRO partition (paged whole when it has ≥ 1e5 elements)."""
+    n = partition_params
+    if optimizer not in PAGED_OPTIMIZERS or value_of(n) < BNB_MIN_PAGED_SIZE:
+        return 0
+    return paged_state_bytes(optimizer, TensorCounts(n, elements_paged=n))
 
 
 def trainable_spec(setup: TrainingSetup) -> PrecisionSpec:
@@ -300,6 +379,8 @@ class StateInputs:
         frozen_weight_bytes: bytes per frozen weight in the working precision (offloaded with optimizer+params).
         tensor_states: optimizer states with every tensor in its own shape (`tensor_state_bytes`; ZeRO-0).
         gpus_per_node: GPUs per node (CPU RAM is per node).
+        tensor_paged: the part of ``tensor_states`` a paged optimizer keeps in managed memory (`paged_state_bytes`).
+        largest: elements of the largest trained tensor (the one gradient live with the optimizer in backward).
     """
 
     trainable: Value
@@ -313,6 +394,8 @@ class StateInputs:
     frozen_weight_bytes: Value
     tensor_states: Value
     gpus_per_node: Value
+    tensor_paged: Value = 0
+    largest: Value = 0
 
 
 @dataclass(slots=True)
@@ -324,6 +407,8 @@ class StateBytes:
     gradients: Value
     optimizer: Value
     cpu_per_node: Value = 0
+    #: the part of ``optimizer`` in CUDA managed memory (bitsandbytes paged optimizers)
+    paged: Value = 0
 
     @property
     def gpu_bytes(self) -> Value:
@@ -334,12 +419,15 @@ class StateBytes:
 def group_state_bytes(setup: TrainingSetup, zero_stage: int, x: StateInputs) -> StateBytes:
     """Model states of one group of parameters at one ZeRO stage (the table of `stage_memory`)."""
     shard = shard_count(x.trainable, x.n)
+    if setup.optimizer_in_backward:
+        return _in_backward_state_bytes(setup, zero_stage, x, shard)
     if zero_stage == 0:
         return StateBytes(
             x.frozen_bytes + x.weight_bytes * x.trainable,
             x.master_bytes * x.trainable,
             x.grad_bytes * x.trainable,
             x.tensor_states,
+            paged=x.tensor_paged,
         )
     if zero_stage == 3:
         weights = shard_count(x.frozen_bytes, x.n) + x.weight_bytes * shard
@@ -352,6 +440,7 @@ def group_state_bytes(setup: TrainingSetup, zero_stage: int, x: StateInputs) -> 
             x.master_bytes * shard,
             gradients,
             flat_partition_state_bytes(setup.optimizer, shard, x.state_bytes),
+            paged=flat_partition_paged_bytes(setup.optimizer, shard),
         )
     # CPU side of one GPU's shard: fp32 params + fp32 grads + fp32 optimizer states (CPU-Adam).
     fp32 = cite(FP32_BYTES, SRC_OFFLOAD, shard)
@@ -362,6 +451,34 @@ def group_state_bytes(setup: TrainingSetup, zero_stage: int, x: StateInputs) -> 
         cpu_per_gpu = cpu_per_gpu + x.frozen_weight_bytes * shard_count(x.frozen_params, x.n) + x.weight_bytes * shard
         weights = 0
     return StateBytes(weights, 0, gradients, 0, cpu_per_gpu * x.gpus_per_node)
+
+
+def _in_backward_state_bytes(setup: TrainingSetup, zero_stage: int, x: StateInputs, shard: Value) -> StateBytes:
+    """Model states with the optimizer in backward (`hfmem.rules` allows it at ZeRO 0 and under FSDP only).
+
+    Each parameter's optimizer steps as soon as its gradient is complete and sets the gradient to None (torchtune
+    ``register_optim_in_bwd_hooks``), so one gradient is live at a time: the largest trained tensor's, ``g × n_max``
+    (under FSDP its shard, ``g × ⌈n_max / N⌉``; FSDP's unsharded gradients of one unit are an overhead line). The
+    optimizer states are the same as with a separate step: one optimizer per parameter keeps that parameter's.
+    """
+    largest = x.largest if value_of(x.largest) else x.trainable  # n_max (explain: SRC_OPTIM_IN_BWD)
+    if zero_stage == 0:
+        weights = x.frozen_bytes + x.weight_bytes * x.trainable
+        return StateBytes(
+            weights, x.master_bytes * x.trainable, x.grad_bytes * largest, x.tensor_states, paged=x.tensor_paged
+        )
+    if zero_stage == 3:
+        weights = shard_count(x.frozen_bytes, x.n) + x.weight_bytes * shard
+    else:
+        weights = x.frozen_bytes + x.weight_bytes * x.trainable
+    # FSDP gives each GPU's optimizer the shards of every parameter (torch fully_shard: Shard(0) per parameter).
+    return StateBytes(
+        weights,
+        x.master_bytes * shard,
+        x.grad_bytes * shard_count(largest, x.n),
+        flat_partition_state_bytes(setup.optimizer, shard, x.state_bytes),
+        paged=flat_partition_paged_bytes(setup.optimizer, shard),
+    )
 
 
 def add_state_bytes(parts: Iterable[StateBytes]) -> StateBytes:
@@ -377,6 +494,7 @@ def add_state_bytes(parts: Iterable[StateBytes]) -> StateBytes:
             out.gradients + p.gradients,
             out.optimizer + p.optimizer,
             out.cpu_per_node + p.cpu_per_node,
+            out.paged + p.paged,
         )
     return out
 
@@ -453,9 +571,14 @@ def _group_inputs(
             trained_inventory, trainable, frozen_params, counts = split_group(inventory, params, setup)
             frozen = frozen_bytes(setup.finetune, counts, spec.weight_bytes)
         tensor_states: Value = 0
-        if zero_stage == 0:
+        tensor_paged: Value = 0
+        largest: Value = 0
+        if zero_stage == 0 or setup.optimizer_in_backward:
             counts_t = trained_tensor_counts(trained_inventory, setup.optimizer)
-            tensor_states = tensor_state_bytes(setup.optimizer, counts_t, tspec.state_bytes)
+            largest = counts_t.largest
+            if zero_stage == 0:
+                tensor_states = tensor_state_bytes(setup.optimizer, counts_t, tspec.state_bytes)
+                tensor_paged = paged_state_bytes(setup.optimizer, counts_t)
         return (
             trainable,
             frozen_params,
@@ -466,13 +589,15 @@ def _group_inputs(
             tspec.state_bytes,
             spec.weight_bytes,
             tensor_states,
+            tensor_paged,
+            largest,
         )
 
     group = (len(params), params[0].name, params[-1].name) if params else (0, None, None)
     # The fine-tuning settings are compared by identity (`replace` keeps the object; hashing it costs more).
-    key = (group, setup.precision, setup.optimizer, zero_stage == 0)
-    t, f, fb, w, m, g, s, wb, ts = _OPERANDS.get((inventory, setup.finetune), key, compute)
-    return StateInputs(t, f, fb, n, w, m, g, s, wb, ts, setup.gpus_per_node)
+    key = (group, setup.precision, setup.optimizer, zero_stage == 0, setup.optimizer_in_backward)
+    t, f, fb, w, m, g, s, wb, ts, tp, largest = _OPERANDS.get((inventory, setup.finetune), key, compute)
+    return StateInputs(t, f, fb, n, w, m, g, s, wb, ts, setup.gpus_per_node, tp, largest)
 
 
 def stage_memory(inventory: ParameterInventory, setup: TrainingSetup, zero_stage: int) -> StageMemory:
@@ -515,6 +640,7 @@ def stage_memory(inventory: ParameterInventory, setup: TrainingSetup, zero_stage
         total_.gradients,  # type: ignore[arg-type]
         total_.optimizer,  # type: ignore[arg-type]
         cpu_bytes_per_node=total_.cpu_per_node,  # type: ignore[arg-type]
+        paged_states_bytes=total_.paged,  # type: ignore[arg-type]
     )
 
 
@@ -608,7 +734,12 @@ def compute_training(inventory: ParameterInventory, setup: TrainingSetup) -> Tra
                 f"(largest module: {inventory.largest_module_params:,} parameters)"
             )
     if setup.sharding_degree == 1 and any(s >= 1 for s in zero_stages):
-        notes.append("with 1 GPU ZeRO has nothing to shard, so every stage holds the same; pass --gpus / --nodes")
+        notes.append(ONE_GPU_NOTE)
     if setup.precision == "tf32":
         notes.append(PRECISION_SPECS["tf32"].description)
+    if setup.optimizer_in_backward and not inventory.has_shapes:
+        notes.append(
+            "--params has no tensor shapes, so with --optimizer-in-backward the model is one tensor and all its "
+            "gradient is counted live (an upper bound)"
+        )
     return TrainingEstimate(setup=setup, stages=stages, notes=tuple(notes))
