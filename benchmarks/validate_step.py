@@ -873,8 +873,15 @@ def hfmem_setup_fields(case: ModelCase, technique: Technique) -> dict[str, Any] 
     """The TrainingSetup fields of one prediction, or why hfmem cannot make it."""
     if isinstance(technique.hfmem, str):
         return technique.hfmem
+    import dataclasses
+
+    import hfmem
+
+    target: dict[str, Any] = {}
     if case.target_len is not None and case.target_len != case.seq_len:
-        return "n/a (option not in this hfmem: --target-len)"
+        if "target_len" not in {f.name for f in dataclasses.fields(hfmem.TrainingSetup)}:
+            return "n/a (option not in this hfmem: --target-len)"
+        target = {"target_len": case.target_len}
     return {
         "precision": "fp32",
         "optimizer": "adamw",
@@ -884,6 +891,7 @@ def hfmem_setup_fields(case: ModelCase, technique: Technique) -> dict[str, Any] 
         "attn": "sdpa",
         "grad_checkpointing": "none",
         "dropout": 0.0,
+        **target,
         **technique.hfmem,
     }
 
@@ -1097,8 +1105,9 @@ NOTES = (
     "CPU SDPA's math kernel (`_safe_softmax` + matmuls) and save the s × s probabilities, which a GPU's "
     "memory-efficient kernel does not: the measured activations exceed hfmem's there (same caveat as "
     "`docs/validation.md`). T5's loss does not upcast (no fp32 copy of the logits).",
-    "- **BERT classifier.** This hfmem's trace passes token labels `(b, s)` to `BertForSequenceClassification`, "
-    "which expects `(b,)`, so it fails (issue 13, item 6); the measurement uses `(b,)` labels.",
+    "- **BERT classifier.** Both sides pass one label per sequence `(b,)` (hfmem's trace builds the labels each "
+    "head's loss takes); the head's logits are `b × num_labels` scores, so the logits columns are ~0. hfmem counts "
+    "gradients at every moment (exact with gradient accumulation), which the first step's forward does not hold.",
     "- **Autocast.** CPU autocast (`amp-bf16`) runs softmax and layer norm in bf16 where CUDA autocast runs them in "
     "fp32, so the activation bytes are the CPU's; the weight-cast cache (`weight_casts`: `_to_copy` of a "
     "parameter) is the same mechanism on both. hfmem's `--precision amp-bf16` emulates CUDA's lists; for Llama, "

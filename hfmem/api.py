@@ -9,13 +9,13 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
 from hfmem.cache import ProfileCache, cache_key
-from hfmem.errors import InvalidSetupError, UnsupportedArchitectureError
+from hfmem.errors import InvalidSetupError, NoKvCacheError, UnsupportedArchitectureError
 from hfmem.limits import check_config, check_params
 from hfmem.memory.activations import activation_dtype, default_seq_len
 from hfmem.memory.inference import DEFAULT_PREFILL_CHUNK, choose_scheme, compute_dtype, plan_inference, serving_context
 from hfmem.memory.peak import NO_MODEL_NOTE, plan_training
 from hfmem.memory.states import PRECISION_SPECS
-from hfmem.rules import check_engine, check_parallel, check_setup
+from hfmem.rules import check_engine, check_parallel, check_setup, check_target_len
 from hfmem.types import (
     ActivationProfile,
     EngineEstimate,
@@ -31,7 +31,7 @@ from hfmem.types import (
     TrainingSetup,
 )
 
-__all__ = ["estimate", "resolve", "Prepared", "hfmem_version", "adapter_finetune"]
+__all__ = ["estimate", "resolve", "with_architecture", "Prepared", "hfmem_version", "adapter_finetune"]
 
 T = TypeVar("T")
 
@@ -58,6 +58,7 @@ def estimate(
     checkpoint: bool = False,
     cache: bool = True,
     engine: EngineSetup | None = None,
+    architecture: str | None = None,
 ) -> Report:
     """Estimate per-GPU training memory for a model or a hypothetical parameter count.
 
@@ -83,6 +84,8 @@ def estimate(
             blocks, tokens, maximum concurrency, whether it starts; `hfmem.memory.engine`) on ``engine.gpu`` (or
             ``inference.gpu``). The report's ``inference`` is then transformers' plan for one request of the
             engine's ``max_model_len``, traced at the engine's batched tokens, and ``engine`` the engine's.
+        architecture: build this transformers class instead of the one config.json names (`with_architecture`):
+            ``"BertForSequenceClassification"`` for a classifier fine-tuned from ``bert-large-uncased``.
 
     Returns:
         A `Report` with the resolved model, its exact parameter inventory and per-GPU peak memory per stage.
@@ -110,6 +113,7 @@ def estimate(
     else:
         assert model is not None
         resolved = resolve(model, revision=revision, token=token, trust_remote_code=trust_remote_code)
+        resolved = with_architecture(resolved, architecture)
     prepared = Prepared(resolved, trust_remote_code=trust_remote_code, cache=cache, params=params)
     return prepared.report(
         setup,
@@ -139,6 +143,29 @@ def resolve(
     if trust_remote_code:
         resolved = fetch_remote_code(resolved, token=token)
     return resolved
+
+
+def with_architecture(resolved: ResolvedModel, architecture: str | None) -> ResolvedModel:
+    """``resolved`` built as ``architecture``, a transformers class (``--architecture``), with a note; None: as is.
+
+    Which class hfmem builds: the first name in config.json's ``architectures`` when transformers has it, else the
+    model type's causal-LM, seq2seq-LM, masked-LM and base classes (`hfmem.build.classes._native_classes`). A
+    checkpoint's config names the class it was saved from (``bert-large-uncased``: ``BertForMaskedLM``), not the
+    head a fine-tune puts on it (``AutoModelForSequenceClassification``); naming the class here builds and traces
+    that head. A name transformers does not have is refused when the model is built.
+    """
+    if architecture is None:
+        return resolved
+    if resolved.source == "params":
+        raise InvalidSetupError("--architecture names the class to build from a config; --params has none")
+    named = resolved.architecture
+    note = f"built as {architecture} (--architecture); config.json names {named or 'no class'}"
+    return replace(
+        resolved,
+        config={**resolved.config, "architectures": [architecture]},
+        notes=(*resolved.notes, note) if named != architecture else resolved.notes,
+        architecture_given=architecture,
+    )
 
 
 _FINETUNE_FIELDS = tuple(f.name for f in fields(FinetuneSettings))
@@ -331,6 +358,12 @@ class Prepared:
                         served, engine_plan = self._engine(base_inventory, base, inference, engine)
                     else:
                         served = self._serve(base_inventory, base, inference)
+                except NoKvCacheError as e:
+                    # Encoder-only: nothing to serve with a cache. Next to a training plan that is a note; asked for
+                    # alone it is an error (the one question asked has no answer).
+                    if not training:
+                        raise
+                    notes.append(f"serving plan skipped: {e.reason} (pass --training-only to skip it silently)")
                 except UnsupportedArchitectureError as e:  # built and counted, but it cannot run with a cache
                     unserved = str(e)
                 if lora and served is not None:
@@ -439,6 +472,7 @@ class Prepared:
     def _plan(self, inventory: ParameterInventory, setup: TrainingSetup, *, find_max_batch: bool) -> TrainingEstimate:
         """Measure the activations (a model only) and plan the peak of every stage."""
         resolved = self.resolved
+        check_target_len(setup, inventory)
         if resolved.source == "params":
             # A count has no model to trace: activations and logits are unknown, so no "fits" beyond "the states
             # alone do not fit" (the same plan as a model that could not be traced).
@@ -467,6 +501,8 @@ class Prepared:
             autocast = PRECISION_SPECS[setup.precision].autocast
             if autocast is not None:  # amp-*: the fp32 model traced under CUDA autocast to this dtype
                 args["autocast"] = autocast.torch_name
+            if setup.target_len is not None:
+                args["target_len"] = setup.target_len
 
             def build() -> ActivationProfile:
                 from hfmem.build.trace import profile_activations
@@ -485,8 +521,9 @@ class Prepared:
         if find_max_batch:
             pair = (profile(1), profile(2))
         plan = plan_training(inventory, setup, measured, batch_profiles=pair, seq_len=seq_len, seq_len_source=why)
-        note = image_note(inventory, measured, setup.images_per_sample, "sample")
-        return replace(plan, notes=(*plan.notes, note)) if note else plan
+        notes = [image_note(inventory, measured, setup.images_per_sample, "sample"), head_note(measured)]
+        added = tuple(note for note in notes if note)
+        return replace(plan, notes=(*plan.notes, *added)) if added else plan
 
 
 def _states_only(
@@ -514,6 +551,28 @@ def _states_only(
     )
     notes = tuple(note for note in plan.notes if note != NO_MODEL_NOTE)
     return replace(plan, stages=stages, notes=notes, unmeasured=reason)
+
+
+def head_note(profile: ActivationProfile) -> str | None:
+    """What a task head other than an LM head was traced with (its labels; how --batch-size maps), else None."""
+    from hfmem.build.trace import MULTIPLE_CHOICE_CHOICES  # a constant; torch is imported lazily inside trace
+
+    if profile.head == "multiple-choice":
+        return (
+            f"multiple-choice head: each of the {profile.batch_size} question(s) (--batch-size) runs "
+            f"{MULTIPLE_CHOICE_CHOICES} choices (SWAG's, transformers' multiple-choice guide), so the encoder sees "
+            f"{profile.batch_size * MULTIPLE_CHOICE_CHOICES} sequences of {profile.seq_len:,} tokens"
+        )
+    labels = {
+        "sequence-classification": "one label per sequence",
+        "token-classification": "one label per token",
+        "question-answering": "start and end positions per sequence",
+    }.get(profile.head)
+    if profile.head == "none":
+        return "traced without labels: the class has no task head or loss (--architecture names one to train)"
+    if labels is None:
+        return None
+    return f"{profile.head.replace('-', ' ')} head traced with {labels}; its logits are the head's few scores"
 
 
 def image_note(

@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from hfmem import catalogue
-from hfmem.api import Prepared, hfmem_version, resolve
+from hfmem.api import Prepared, hfmem_version, resolve, with_architecture
 from hfmem.environment import check_environment, prepare_cli_environment, switched_on
 from hfmem.errors import ExitCode, HfmemError, LaunchConfigError, NotMeasuredError
 from hfmem.gpus import GPUS, parse_memory
@@ -173,6 +173,7 @@ OPTION_GROUPS: dict[str, str] = {
     "timeout": MODEL,
     "trust_remote_code": MODEL,
     "params": MODEL,
+    "architecture": MODEL,
     "launch_configs": MODEL,
     "checkpoint": MODEL,
     "cache": MODEL,
@@ -683,6 +684,12 @@ def _list_catalogue(json_: bool) -> None:
     help="Allow a repo's own Python modelling code to run on this machine. Off by default, never implied.",
 )
 @click.option(
+    "--architecture",
+    metavar="CLASS",
+    help="Build this transformers class instead of the one config.json names, e.g. BertForSequenceClassification "
+    "to fine-tune a classifier from bert-large-uncased (its config names BertForMaskedLM).",
+)
+@click.option(
     "--params",
     "params",
     metavar="COUNT",
@@ -872,6 +879,12 @@ def _list_catalogue(json_: bool) -> None:
     "--seq-len",
     type=Listed(click.IntRange(min=1)),
     help="Tokens per sequence (default: the model's context length capped at 4096; the output says which).",
+)
+@click.option(
+    "--target-len",
+    type=click.IntRange(min=1),
+    help="Encoder-decoder models (T5, BART…): decoder tokens per sample (the labels), --seq-len being the "
+    "encoder's (default: the same as --seq-len).",
 )
 @click.option(
     "--attn",
@@ -1204,13 +1217,16 @@ def _spinner(message: str) -> Iterator[None]:
 def _prepare(model: str | None, params: int | None, opts: dict[str, Any]) -> Prepared:
     """Resolve the model once; every combination is planned on it (one inventory, one trace per shape)."""
     if params is not None:
-        resolved = ResolvedModel(model_id=f"{params:,} parameters", source="params", config={})
+        resolved = with_architecture(  # refuses --architecture: a count has no class to build
+            ResolvedModel(model_id=f"{params:,} parameters", source="params", config={}), opts["architecture"]
+        )
         return Prepared(resolved, cache=False, params=params)
     assert model is not None
     with _spinner(f"fetching the config of {model}"):
         resolved = resolve(
             model, revision=opts["revision"], token=opts["token"], trust_remote_code=opts["trust_remote_code"]
         )
+    resolved = with_architecture(resolved, opts["architecture"])
     return Prepared(resolved, trust_remote_code=opts["trust_remote_code"], cache=opts["cache"], on_build=_building_note)
 
 
@@ -1323,6 +1339,7 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
         accounting=o["accounting"],
         batch_size=o["batch_size"],
         seq_len=o["seq_len"],
+        target_len=o["target_len"],
         attn=o["attn"],
         grad_checkpointing=o["grad_checkpointing"],
         dropout=o["dropout"],

@@ -21,6 +21,7 @@ __all__ = [
     "InvalidConfigError",
     "UnsupportedArchitectureError",
     "RemoteCodeRequiredError",
+    "NoKvCacheError",
     "InvalidSetupError",
     "EnvironmentVariableError",
     "AdapterCycleError",
@@ -138,6 +139,23 @@ class InvalidConfigError(HfmemError):
 
 class UnsupportedArchitectureError(HfmemError):
     exit_code = ExitCode.CONFIG
+
+
+class NoKvCacheError(UnsupportedArchitectureError):
+    """The model keeps no KV cache (``use_cache=True`` returns none): an encoder-only model (BERT, RoBERTa,
+    DeBERTa…) reads its whole input in one forward and generates nothing, so hfmem's serving plan (weights + the KV
+    cache of generation) does not apply. The default plan skips serving with a note (``reason``); asked for alone
+    (``--inference-only``) it is a usage error."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, architecture: str) -> None:
+        self.architecture = architecture
+        self.reason = (
+            f"{architecture} keeps no KV cache (use_cache=True returns none: an encoder-only model reads its whole "
+            "input in one forward and generates nothing), so there is no serving plan"
+        )
+        super().__init__(f"{self.reason}; drop --inference-only to plan its training")
 
 
 class RemoteCodeRequiredError(HfmemError):

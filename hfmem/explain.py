@@ -148,6 +148,8 @@ from hfmem.memory.sources import (
     SRC_FP8,
     SRC_FRAG,
     SRC_FSDP,
+    SRC_FSDP_PP,
+    SRC_FSDP_QLORA,
     SRC_FUSED_LOSS,
     SRC_INT8,
     SRC_INVENTORY,
@@ -1066,24 +1068,33 @@ def _activation_explanations(report: Report, rows: list[_Row]) -> list[Explanati
 
     vocab = prof.vocab_size
     g_bytes = prof.logits_bytes
-    elt = profile_logit_element_bytes(prof)
-    shape_note = f" (= b × s × V × {elt} = {prof.batch_size} × {prof.seq_len:,} × {vocab:,} × {elt})" if elt else ""
-    text = (
-        f"The model's output scores, one per vocabulary entry per token: G = {g_bytes:,} bytes{shape_note}. "
-        + _loss_text(setup, prof)
-        + (f" With tensor parallelism the LM head and loss are vocab-parallel (÷ t = {par.tp})." if par.tp > 1 else "")
-        + (" With pipeline parallelism they live on the last stage only." if par.pp > 1 else "")
-    )
     loss_sources = {"hf": (SRC_LOSS, SRC_TRACE), "chunked": (SRC_CHUNKED_LOSS, SRC_LOSS, SRC_TRACE)}
-    out.append(
-        Explanation(
-            "training",
-            "Logits",
-            text,
-            tuple(_merge_stages(logit_rows, setup)),
-            loss_sources.get(setup.loss, (SRC_FUSED_LOSS, SRC_TRACE)),
+    if prof.head in ("lm", "seq2seq-lm"):
+        elt = profile_logit_element_bytes(prof)
+        tokens = "b × t × V" if prof.target_len is not None else "b × s × V"
+        length = prof.target_len if prof.target_len is not None else prof.seq_len
+        shape_note = f" (= {tokens} × {elt} = {prof.batch_size} × {length:,} × {vocab:,} × {elt})" if elt else ""
+        text = (
+            f"The model's output scores, one per vocabulary entry per token: G = {g_bytes:,} bytes{shape_note}. "
+            + _loss_text(setup, prof)
+            + (
+                f" With tensor parallelism the LM head and loss are vocab-parallel (÷ t = {par.tp})."
+                if par.tp > 1
+                else ""
+            )
+            + (" With pipeline parallelism they live on the last stage only." if par.pp > 1 else "")
         )
-    )
+        sources = loss_sources.get(setup.loss, (SRC_FUSED_LOSS, SRC_TRACE))
+    else:
+        shape = " × ".join(f"{n:,}" for n in prof.logits_shape) or "nothing"
+        text = (
+            f"The {prof.head.replace('-', ' ')} head returns a few scores per sequence or token, not one per "
+            f"vocabulary entry: G = {g_bytes:,} bytes, a tensor of {shape} ({prof.dtype}), live from the loss until "
+            "backward ends. Its loss keeps tensors of the same small size, counted with the activations (Λ = 0 here)."
+            + (" With pipeline parallelism they live on the last stage only." if par.pp > 1 else "")
+        )
+        sources = (SRC_LOSS, SRC_TRACE)
+    out.append(Explanation("training", "Logits", text, tuple(_merge_stages(logit_rows, setup)), sources))
     return out
 
 
@@ -1148,12 +1159,31 @@ _OVERHEAD_TEXT: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "fsdp_unsharded_unit": (
         "FSDP gathers one unit (one transformer layer, or the root: embeddings, final norm and LM head, if larger) "
-        "whole before computing it, and prefetches the next: 2 units of U parameters at 16 bits.",
-        (SRC_FSDP,),
+        "whole before computing it, and prefetches the next: 2 units of U parameters at 16 bits. Under QLoRA the "
+        "unit's NF4 weights are gathered as FSDP-QLoRA stores them, packed 4-bit codes (B_UQ bytes for U_Q "
+        "weights), not at 16 bits.",
+        (SRC_FSDP, SRC_FSDP_QLORA),
     ),
     "fsdp_unsharded_gradients": (
         "In backward, one unit's gradients exist unsharded until its reduce-scatter.",
         (SRC_FSDP,),
+    ),
+    "fsdp_pp_unsharded_stage": (
+        "Under a pipeline schedule FSDP keeps the stage's parameters gathered from its first forward until the "
+        "step (torchtitan: reshard_after_forward = not pp_enabled; torch pipelining: no reshard after each "
+        "micro-batch's backward): all Ψ parameters of the stage at 16 bits (QLoRA: its NF4 weights as stored, "
+        "packed 4-bit codes).",
+        (SRC_FSDP_PP, SRC_FSDP_QLORA),
+    ),
+    "fsdp_pp_unsharded_gradients": (
+        "Under a pipeline schedule FSDP accumulates the stage's gradients unsharded over the micro-batches, in its "
+        "fp32 reduce dtype, and reduce-scatters them once after the last.",
+        (SRC_FSDP_PP,),
+    ),
+    "fsdp_replicated_quant_state": (
+        "FSDP-QLoRA: the NF4 weights' quant state (absmax) is not a parameter, so FSDP neither shards nor gathers "
+        "it; every GPU keeps all of it, Q, where the weights line counts ⌈Q / N⌉.",
+        (SRC_FSDP_QLORA,),
     ),
     "qlora_dequantized_weight": (
         "bitsandbytes dequantizes a 4-bit weight to 16 bits for each matmul; the largest such weight, n_max "
@@ -1228,6 +1258,11 @@ def _overhead_exprs(row: _Row, setup: TrainingSetup, activ: Expr, logits: Expr) 
         Var("n_max", x.largest_tensor, "elements of the largest trained tensor"),
         Var("Ψ_A", x.cast_params, "trainable layer elements autocast casts to 16-bit", SRC_AUTOCAST_CACHE),
         Var("a", x.cast_bytes, "bytes per autocast element", SRC_AUTOCAST_LISTS),
+        Var("U_Q", x.unit_nf4, "NF4 weights of the largest FSDP unit"),
+        Var("B_UQ", x.unit_nf4_packed, "packed bytes of those NF4 weights (⌈n/2⌉ each)", SRC_FSDP_QLORA),
+        Var("Ψ_Q", x.nf4_params, "NF4 weights on this GPU before sharding"),
+        Var("B_Q", x.nf4_packed, "packed bytes of those NF4 weights (⌈n/2⌉ each)", SRC_FSDP_QLORA),
+        Var("Q", x.quant_state, "quant-state (absmax) bytes of those NF4 weights", SRC_BNB_4BIT),
     )
     terms = dict(overhead_terms(setup, memory.zero_stage, memory.peak_phase or "forward", operands))
     if "allocator_fragmentation" in {item.key for item in memory.overhead_items}:

@@ -163,6 +163,7 @@ _SetupGetter = Callable[[TrainingSetup, "InferenceSetup | None"], "int | None"]
 _SETUP_LIMITS: tuple[tuple[str, _SetupGetter, int, str], ...] = (
     ("--batch-size", lambda t, i: max(t.batch_size, i.batch_size if i else 0), MAX_BATCH, "sequences"),
     ("--seq-len", lambda t, i: t.seq_len, MAX_TOKENS, "tokens"),
+    ("--target-len", lambda t, i: t.target_len, MAX_TOKENS, "tokens"),
     ("--context", lambda t, i: i.context if i else None, MAX_TOKENS, "tokens"),
     ("--prefill-chunk", lambda t, i: i.prefill_chunk if i else None, MAX_TOKENS, "tokens"),
     ("--gpus × --nodes", lambda t, i: t.gpus_per_node * t.nodes, MAX_DEGREE, "GPUs"),

@@ -270,6 +270,15 @@ def _settings_extra(setup: TrainingSetup) -> dict[str, Any]:
     }
 
 
+def _head_settings(training: TrainingEstimate) -> dict[str, Any]:
+    """The task head traced and the decoder length of an encoder-decoder model (new keys; None when not traced)."""
+    profile = training.profile
+    return {
+        "head": profile.head if profile is not None else None,
+        "target_len": profile.target_len if profile is not None else training.setup.target_len,
+    }
+
+
 def _training_dict(report: Report) -> dict[str, Any] | None:
     training = report.training
     if training is None:
@@ -292,6 +301,7 @@ def _training_dict(report: Report) -> dict[str, Any] | None:
             "cuda_context_bytes": setup.overheads.cuda_context_bytes,
             "fragmentation": setup.overheads.fragmentation,
             **_settings_extra(setup),
+            **_head_settings(training),
         },
         "convention": CONVENTIONS[training.setup.accounting],
         "stages": [_stage_dict(s, measured=training.unmeasured is None) for s in training.stages],
@@ -492,11 +502,21 @@ def _stage_title(report: Report) -> str:
     if training.seq_len is not None:
         title += (
             f"\nmicro-batch {setup.batch_size} × {training.seq_len:,} tokens ({training.seq_len_source}), "
-            f"attention {setup.attn}, checkpointing {setup.grad_checkpointing}{loss_words(setup)}"
+            + _decoder_tokens(training)
+            + f"attention {setup.attn}, checkpointing {setup.grad_checkpointing}{loss_words(setup)}"
         )
         if setup.dropout is not None:
             title += f", dropout {setup.dropout}"
     return title
+
+
+def _decoder_tokens(training: TrainingEstimate) -> str:
+    """``decoder t tokens (--target-len), `` for an encoder-decoder model's trace, else nothing."""
+    profile = training.profile
+    if profile is None or profile.target_len is None:
+        return ""
+    why = "--target-len" if training.setup.target_len is not None else "as --seq-len"
+    return f"decoder {profile.target_len:,} tokens ({why}), "
 
 
 def _gib(num_bytes: int) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "check_finetune",
     "check_recompute",
     "check_parallel",
+    "check_target_len",
     "check_engine",
     "VLLM_BLOCK_SIZES",
 ]
@@ -112,6 +113,8 @@ def check_setup(
     check_finetune(setup.finetune, has_model=has_model)
     if setup.batch_size < 1 or (setup.seq_len is not None and setup.seq_len < 1):
         raise InvalidSetupError("--batch-size and --seq-len must be at least 1")
+    if setup.target_len is not None and setup.target_len < 1:
+        raise InvalidSetupError(f"--target-len must be at least 1, got {setup.target_len}")
     if setup.dropout is not None and not 0.0 <= setup.dropout < MAX_DROPOUT_EXCLUSIVE:
         raise InvalidSetupError(f"--dropout must be in [0, {MAX_DROPOUT_EXCLUSIVE:g}), got {setup.dropout}")
     _check_fragmentation(setup.overheads.fragmentation)
@@ -151,6 +154,23 @@ def check_recompute(setup: TrainingSetup) -> None:
                 "--activation-offload moves the checkpointed layers' inputs to CPU RAM (torchtune requires "
                 "activation checkpointing with it); add --grad-checkpointing full, selective or ops"
             )
+
+
+def check_target_len(setup: TrainingSetup, inventory: ParameterInventory) -> None:
+    """Refuse ``--target-len`` for a model without a decoder of its own: only an encoder–decoder model (T5, BART…:
+    ``is_encoder_decoder``) runs decoder tokens apart from the encoder's; a decoder-only or encoder-only model's
+    whole sequence is ``--seq-len``.
+
+    Raises:
+        InvalidSetupError: ``target_len`` given for such a model (or for ``--params``, which has no model).
+    """
+    if setup.target_len is None or inventory.encoder_decoder:
+        return
+    what = f"{inventory.architecture or inventory.model_type} has" if inventory.has_shapes else "--params gives"
+    raise InvalidSetupError(
+        f"--target-len sets the decoder length of an encoder-decoder model (T5, BART…); {what} no separate decoder, "
+        "so drop --target-len and give the whole sequence with --seq-len"
+    )
 
 
 def _check_fragmentation(fraction: float) -> None:
@@ -312,11 +332,13 @@ def check_parallel(
             raise InvalidSetupError("--pp-schedule interleaved needs --pp 2 or more")
         if par.virtual_stages < 2:
             raise InvalidSetupError("--pp-schedule interleaved needs --virtual-stages 2 or more")
-        if inventory.has_shapes and layers % (par.pp * par.virtual_stages):
+        # Uneven chunks are fine (torch pipelining, torchtitan, Megatron's layouts: `pipeline_stages`); an empty
+        # one is not (torchtitan generate_llm_fqn_per_model_part: "Configuration would result in empty stages").
+        if inventory.has_shapes and layers < par.pp * par.virtual_stages:
             raise InvalidSetupError(
                 f"the interleaved schedule splits the {layers} layers into pp × virtual stages = "
-                f"{par.pp * par.virtual_stages} equal chunks; choose --pp / --virtual-stages whose product "
-                f"divides {layers}"
+                f"{par.pp * par.virtual_stages} chunks of at least one layer; choose --pp / --virtual-stages whose "
+                f"product is at most {layers}"
             )
         if par.microbatches is not None and par.microbatches % par.pp:
             raise InvalidSetupError(

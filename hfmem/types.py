@@ -123,6 +123,9 @@ class ResolvedModel:
             ``target_modules``, ``modules_to_save``, ``use_dora``) when MODEL is such an adapter, else None.
             `hfmem.estimate` plans them unless the caller gives a `FinetuneSettings` (see `adapter_finetune`).
         adapter_origin: where ``adapter`` was read (``<folder>/adapter_config.json`` or ``<repo> adapter_config.json``).
+        architecture_given: the class the caller named (``--architecture``, `hfmem.api.with_architecture`), which
+            ``config["architectures"]`` now names too; building refuses a name transformers does not have rather
+            than fall back to another class.
     """
 
     model_id: str
@@ -133,6 +136,7 @@ class ResolvedModel:
     notes: tuple[str, ...] = ()
     adapter: FinetuneSettings | None = None
     adapter_origin: str | None = None
+    architecture_given: str | None = None
 
     @property
     def model_type(self) -> str | None:
@@ -198,6 +202,8 @@ class ParameterInventory:
     the config class's defaults filled in), None when it has none. ``image_inputs``: the model's forward takes images
     (``pixel_values``) next to token ids, which the traces do not feed it. ``attention_modules``: modules whose class
     is an attention (its name contains ``Attention``); 0 for a recurrent model (Mamba), None when unknown.
+    ``encoder_decoder``: the built config says ``is_encoder_decoder`` (T5, BART…: a decoder of its own, whose length
+    ``--target-len`` sets).
     """
 
     total_params: int
@@ -217,6 +223,7 @@ class ParameterInventory:
     context_tokens: int | None = None
     image_inputs: bool = False
     attention_modules: int | None = None
+    encoder_decoder: bool = False
 
     @property
     def non_embedding_params(self) -> int:
@@ -243,6 +250,7 @@ class ParameterInventory:
         context_tokens: int | None = None,
         image_inputs: bool = False,
         attention_modules: int | None = None,
+        encoder_decoder: bool = False,
     ) -> ParameterInventory:
         """Derive every count from the parameter list.
 
@@ -281,6 +289,7 @@ class ParameterInventory:
             context_tokens=context_tokens,
             image_inputs=image_inputs,
             attention_modules=attention_modules,
+            encoder_decoder=encoder_decoder,
         )
 
     @classmethod
@@ -430,6 +439,9 @@ class TrainingSetup:
     with checkpointing, every k-th layer is checkpointed and the others keep everything (transformers'
     ``every_n_layers``: layers 0, k, 2k…). ``activation_offload``: the saved activations live in CPU RAM (torchtune's
     ``OffloadActivations``).
+    part of ``seq_len``; ignored for text-only models. ``target_len``: decoder tokens per sample of an
+    encoder–decoder model (T5, BART…), ``seq_len`` being the encoder's; None: the same as ``seq_len``; refused for
+    models without a decoder of their own (`hfmem.rules.check_target_len`).
     """
 
     precision: Precision = "bf16-mixed"
@@ -455,6 +467,7 @@ class TrainingSetup:
     loss_chunks: int = DEFAULT_LOSS_CHUNKS
     checkpoint_every: int = 1
     activation_offload: bool = False
+    target_len: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpu", gpu_target(self.gpu))
@@ -554,6 +567,13 @@ class ActivationProfile:
         head_trainable: the LM head's weight is trained (its ``V × h`` gradient is computed inside a fused loss).
         head_saved_bytes: of ``other_after_bytes``, what the LM head itself saves (its input): a fused loss does not
             run the head, and activation offloading leaves it on the GPU.
+        head: the task head that was traced, with the labels its loss takes (`hfmem.build.trace.HEADS`): ``lm``
+            (causal or masked LM: token labels, vocabulary-sized logits), ``seq2seq-lm`` (decoder labels of
+            ``target_len`` tokens), ``sequence-classification``, ``token-classification``, ``question-answering``,
+            ``multiple-choice``, or ``none`` (a base model: no labels, no loss).
+        logits_shape: the shape of what the head returns (``logits``; question answering: start and end logits,
+            one ``[b, s, 2]`` tensor); () when it returns none. Only an LM head's is vocabulary-sized.
+        target_len: decoder tokens per sample of an encoder–decoder model (None: not one).
     """
 
     batch_size: int
@@ -574,6 +594,9 @@ class ActivationProfile:
     hidden_size: int = 0
     head_trainable: bool = False
     head_saved_bytes: int = 0
+    head: str = "lm"
+    logits_shape: tuple[int, ...] = ()
+    target_len: int | None = None
 
 
 @dataclass(frozen=True)

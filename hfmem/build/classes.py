@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from hfmem.build._util import _first_line
 from hfmem.errors import (
+    InvalidSetupError,
     RemoteCodeRequiredError,
     UnsupportedArchitectureError,
 )
@@ -163,6 +164,11 @@ def _native_classes(model: ResolvedModel, config: PretrainedConfig, arch: str | 
 
     if arch and hasattr(transformers, arch):
         return [(getattr(transformers, arch), arch)]
+    if model.architecture_given is not None:
+        raise InvalidSetupError(
+            f"transformers {transformers.__version__} has no class named {model.architecture_given!r} "
+            "(--architecture); name one it has, such as BertForSequenceClassification, or drop --architecture"
+        )
     others = sorted(
         name
         for name in dir(modeling_auto)

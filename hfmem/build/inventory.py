@@ -136,4 +136,5 @@ def _inventory(model: nn.Module, config: PretrainedConfig, arch: str) -> Paramet
         context_tokens=_context_tokens(config),
         image_inputs="pixel_values" in inspect.signature(model.forward).parameters,
         attention_modules=sum("Attention" in type(m).__name__ for m in model.modules()),
+        encoder_decoder=bool(getattr(config, "is_encoder_decoder", False)),
     )

@@ -20,7 +20,7 @@ from hfmem.build.trace import (
     _sample_lengths,
     tracing,
 )
-from hfmem.errors import UnsupportedArchitectureError
+from hfmem.errors import NoKvCacheError, UnsupportedArchitectureError
 from hfmem.types import (
     InferenceProfile,
     KvLayer,
@@ -147,10 +147,7 @@ def _forward_with_cache(
         output = torch_model(**kwargs)
     cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
     if cache is None:
-        raise UnsupportedArchitectureError(
-            f"{type(torch_model).__name__} returned no KV cache with use_cache=True, so hfmem cannot size it; "
-            "pass --training-only"
-        )
+        raise NoKvCacheError(type(torch_model).__name__)
     return output, cache
 
 

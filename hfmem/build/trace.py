@@ -61,6 +61,7 @@ def profile_activations(
     tensor_parallel: bool = False,
     images_per_sample: int = 0,
     autocast: str | None = None,
+    target_len: int | None = None,
 ) -> ActivationProfile:
     """Measure what one training micro-batch saves for backward, by running the model on the meta device.
 
@@ -74,7 +75,7 @@ def profile_activations(
 
     Args:
         batch_size: micro-batch per GPU.
-        seq_len: tokens per sequence (encoder–decoder models: both the encoder and the decoder length).
+        seq_len: tokens per sequence (encoder–decoder models: the encoder's).
         attn: ``sdpa`` and ``flash`` use the fused stand-in; ``eager`` the model's eager attention.
         dtype: activation dtype name (``bfloat16``, ``float16``, ``float32``).
         dropout: override every dropout probability (None: keep the config's).
@@ -90,6 +91,10 @@ def profile_activations(
         autocast: run the forward under CUDA autocast to this 16-bit dtype name (``bfloat16``, ``float16``) over
             the ``dtype`` (fp32) model: `cuda_autocast` applies CUDA's op lists and weight cache, since
             ``torch.autocast`` does nothing on meta tensors.
+        target_len: decoder tokens per sample of an encoder–decoder LM (its labels, `_task_inputs`); None: ``seq_len``.
+
+    The model runs with the labels its head's loss takes (`_task_inputs`): token labels for an LM head, one label
+    per sequence for a sequence classifier, start and end positions for question answering, and so on.
 
     Raises:
         UnsupportedArchitectureError: the model cannot run forward on the meta device.
@@ -106,6 +111,7 @@ def profile_activations(
             tensor_parallel,
             images_per_sample,
             getattr(torch, autocast) if autocast else None,
+            target_len,
         )
         text_only = dataclasses.replace(options, images=0)
         # With images first (a model that takes none ignores them), then on token ids only; each with the fused
@@ -158,6 +164,9 @@ def profile_activations(
         hidden_size=chosen.hidden_size,
         head_trainable=chosen.head_trainable,
         head_saved_bytes=chosen.head_saved_bytes,
+        head=chosen.head,
+        logits_shape=chosen.logits_shape,
+        target_len=chosen.target_len,
     )
 
 
@@ -243,6 +252,7 @@ class _TraceOptions:
     tensor_parallel: bool
     images: int = 0
     autocast: Any = None
+    target_len: int | None = None
 
 
 #: CUDA autocast's float16/bfloat16 list (PyTorch ``docs/source/amp.md``@4e0ff98, "CUDA Ops that can autocast to
@@ -516,7 +526,9 @@ def _trace_at(
     import torch
 
     text_config = _text_config(config)
-    vocab = int(getattr(text_config, "vocab_size", 0) or 0)
+    # Only an LM head's logits (and the loss's log-softmax of them) are vocabulary-sized; a task head's are a few
+    # numbers per sequence or token, saved with the rest (`other_bytes`).
+    vocab = int(getattr(text_config, "vocab_size", 0) or 0) if _head_kind(torch_model, config) in _LM_HEADS else 0
 
     # Outermost transformer layers, in forward order.
     layer_names = layer_modules(torch_model)
@@ -640,13 +652,7 @@ def _trace_at(
     if head is not None and id(head) not in layer_names:
         handles.append(head.register_forward_pre_hook(head_pre_hook))
         handles.append(head.register_forward_hook(head_post_hook))
-    ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device="meta")
-    accepted = inspect.signature(torch_model.forward).parameters
-    kwargs: dict[str, Any] = {"input_ids": ids}
-    if "labels" in accepted:
-        kwargs["labels"] = ids
-    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in accepted:
-        kwargs["decoder_input_ids"] = ids
+    kwargs, head_kind = _task_inputs(torch_model, config, batch_size, seq_len, options.target_len, dtype)
     images, image_tokens = _image_inputs(torch_model, config, batch_size, seq_len, options.images, dtype)
     kwargs.update(images)
     try:
@@ -668,14 +674,13 @@ def _trace_at(
     finally:
         for handle in handles:
             handle.remove()
-    logits = getattr(output, "logits", None)
-    logits_bytes = logits.untyped_storage().nbytes() if isinstance(logits, torch.Tensor) else 0
 
     def ops_split(name: str) -> int:
         if not options.tensor_parallel:
             return 0
         return sum(size for key, size in ops_sizes.get(name, ()) if key in mode.split)
 
+    logits_bytes, logits_shape = _head_outputs(output)
     layers = tuple(
         LayerProfile(
             name,
@@ -707,7 +712,149 @@ def _trace_at(
         hidden_size=int(head_shape[1]) if len(head_shape) == 2 else 0,
         head_trainable=bool(getattr(head_weight, "requires_grad", False)),
         head_saved_bytes=totals["head"],
+        head=head_kind,
+        logits_shape=logits_shape,
+        target_len=_decoder_len(config, seq_len, options.target_len),
     )
+
+
+#: Heads whose logits are one score per vocabulary entry per token (their loss's log-softmax too): the `logits`
+#: component. Every other head returns a few numbers per sequence or token.
+_LM_HEADS = frozenset({"lm", "seq2seq-lm"})
+
+#: Task heads by the class name's suffix, transformers' naming for its auto classes
+#: (``AutoModelForSequenceClassification`` → ``BertForSequenceClassification``…).
+_HEAD_SUFFIXES = (
+    ("ForSequenceClassification", "sequence-classification"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForMultipleChoice", "multiple-choice"),
+)
+
+#: Every head the trace knows, in `ActivationProfile.head`.
+HEADS = (
+    "lm",
+    "seq2seq-lm",
+    "sequence-classification",
+    "token-classification",
+    "question-answering",
+    "multiple-choice",
+    "none",
+)
+
+#: Choices per question of a multiple-choice head: SWAG's four endings, the data set of transformers' multiple-choice
+#: guide (docs/source/en/tasks/multiple_choice.md: ``ending0`` … ``ending3``). ``--batch-size`` counts questions, as
+#: the Trainer's ``per_device_train_batch_size`` does, so the encoder runs ``4 × b`` sequences.
+MULTIPLE_CHOICE_CHOICES = 4
+
+
+def _unwrapped(torch_model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper (``PeftModel.get_base_model``), else the model itself."""
+    base = getattr(torch_model, "get_base_model", None)
+    return base() if callable(base) else torch_model
+
+
+def _head_kind(torch_model: nn.Module, config: PretrainedConfig) -> str:
+    """Which task head ``torch_model`` has (`HEADS`): from its class name, else from the labels its forward takes.
+
+    A forward that takes no labels (``BertModel``) has no loss: ``none``. An encoder–decoder model's LM head is
+    ``seq2seq-lm`` (its labels are the decoder's tokens); any other class that takes ``labels`` gets token labels.
+    """
+    model = _unwrapped(torch_model)
+    name = type(model).__name__
+    accepted = inspect.signature(model.forward).parameters
+    if "labels" not in accepted and "start_positions" not in accepted:
+        return "none"
+    for suffix, kind in _HEAD_SUFFIXES:
+        if name.endswith(suffix):
+            return kind
+    if "start_positions" in accepted:
+        return "question-answering"
+    return "seq2seq-lm" if getattr(config, "is_encoder_decoder", False) else "lm"
+
+
+def _decoder_len(config: PretrainedConfig, seq_len: int, target_len: int | None) -> int | None:
+    """Decoder tokens per sample: ``target_len`` (default ``seq_len``) for an encoder–decoder model, else None."""
+    if not getattr(config, "is_encoder_decoder", False):
+        return None
+    return target_len if target_len is not None else seq_len
+
+
+def _task_inputs(
+    torch_model: nn.Module,
+    config: PretrainedConfig,
+    batch_size: int,
+    seq_len: int,
+    target_len: int | None,
+    dtype: Any,
+) -> tuple[dict[str, Any], str]:
+    """The inputs and labels the head's loss takes (transformers 5.24.0; docs/techniques.md §6), and the head.
+
+    * ``lm``: ``labels`` = the token ids ``[b, s]`` (the model shifts them: ``ForCausalLMLoss``).
+    * ``seq2seq-lm``: ``labels`` and ``decoder_input_ids`` ``[b, t]``, ``t = target_len`` (T5 builds the decoder
+      ids from the labels with ``_shift_right``: a tensor of its own, as here).
+    * ``sequence-classification``: one label per sequence ``[b]``, int64 for ``single_label_classification``;
+      ``problem_type`` ``regression`` (or none with ``num_labels == 1``: ``BertForSequenceClassification``
+      decides so) takes float labels ``[b]`` (``[b, num_labels]`` when there are several),
+      ``multi_label_classification`` float ``[b, num_labels]`` (``BCEWithLogitsLoss``).
+    * ``token-classification``: ``labels [b, s]`` int64.
+    * ``question-answering``: ``start_positions`` and ``end_positions`` ``[b]`` int64.
+    * ``multiple-choice``: ``input_ids [b, 4, s]`` (`MULTIPLE_CHOICE_CHOICES`), ``labels [b]`` int64.
+    * ``none``: token ids only.
+    """
+    import torch
+
+    def ids(*shape: int) -> Any:
+        return torch.zeros(shape, dtype=torch.long, device="meta")
+
+    model = _unwrapped(torch_model)
+    head = _head_kind(torch_model, config)
+    accepted = inspect.signature(model.forward).parameters
+    tokens = ids(batch_size, seq_len)
+    kwargs: dict[str, Any] = {"input_ids": tokens}
+    decoder_len = _decoder_len(config, seq_len, target_len)
+    if head == "lm":
+        kwargs["labels"] = tokens
+    elif head == "seq2seq-lm":
+        assert decoder_len is not None
+        kwargs["labels"] = ids(batch_size, decoder_len)
+    elif head == "sequence-classification":
+        labels_count = int(getattr(model.config, "num_labels", 2) or 2)
+        problem = getattr(model.config, "problem_type", None)
+        if problem == "regression" or (problem is None and labels_count == 1):
+            shape = (batch_size,) if labels_count == 1 else (batch_size, labels_count)
+            kwargs["labels"] = torch.zeros(shape, dtype=dtype, device="meta")
+        elif problem == "multi_label_classification":
+            kwargs["labels"] = torch.zeros((batch_size, labels_count), dtype=dtype, device="meta")
+        else:
+            kwargs["labels"] = ids(batch_size)
+    elif head == "token-classification":
+        kwargs["labels"] = ids(batch_size, seq_len)
+    elif head == "question-answering":
+        kwargs["start_positions"] = ids(batch_size)
+        kwargs["end_positions"] = ids(batch_size)
+    elif head == "multiple-choice":
+        kwargs["input_ids"] = ids(batch_size, MULTIPLE_CHOICE_CHOICES, seq_len)
+        kwargs["labels"] = ids(batch_size)
+    if decoder_len is not None and "decoder_input_ids" in accepted:
+        kwargs["decoder_input_ids"] = ids(batch_size, decoder_len)
+    return kwargs, head
+
+
+def _head_outputs(output: Any) -> tuple[int, tuple[int, ...]]:
+    """Bytes and shape of what the head returns: ``logits``, or question answering's start and end logits (two
+    ``[b, s]`` tensors, shown as ``[b, s, 2]``); ``(0, ())`` for none. Each storage counts once."""
+    import torch
+
+    found = [getattr(output, name, None) for name in ("logits", "start_logits", "end_logits")]
+    tensors = [t for t in found if isinstance(t, torch.Tensor)]
+    if not tensors:
+        return 0, ()
+    storages = {t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in tensors}
+    shape = tuple(tensors[0].shape)
+    if len(tensors) > 1 and all(tuple(t.shape) == shape for t in tensors):
+        shape = (*shape, len(tensors))
+    return sum(storages.values()), shape
 
 
 #: Cache layer types transformers gives layers that keep a recurrent or convolution state instead of keys and values
@@ -897,8 +1044,13 @@ def _profile_with(profile: ActivationProfile, seq_len: int, numbers: tuple[int, 
     width = len(dataclasses.fields(LayerProfile)) - 1
     layers = tuple(LayerProfile(layer.name, *(next(values) for _ in range(width))) for layer in profile.layers)
     other, logits_saved, logits, other_after, head = values
+    # Per-token heads return [b, s, …]: their shape follows the length (a seq2seq LM's follows its decoder's).
+    shape = profile.logits_shape
+    if profile.head in ("lm", "token-classification", "question-answering") and len(shape) >= 2:
+        shape = (shape[0], seq_len, *shape[2:])
     return dataclasses.replace(
         profile,
+        logits_shape=shape,
         seq_len=seq_len,
         layers=layers,
         fused_layers=layers,

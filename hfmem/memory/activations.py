@@ -108,8 +108,10 @@ def logit_element_bytes(logits_bytes: Value, tokens: Value, vocab: Value) -> Val
 
 def profile_logit_element_bytes(profile: ActivationProfile) -> int:
     """Bytes per logit of the traced micro-batch, or 0 when the logits are not exactly b × s × V elements of one
-    width (no vocabulary, or a tensor of another shape)."""
-    tokens, vocab = profile_tokens(profile), profile.vocab_size
+    width (no vocabulary, or a tensor of another shape). An encoder–decoder LM's logits are the decoder's,
+    b × t × V (t = ``target_len``)."""
+    length = profile.target_len if profile.target_len is not None else profile.seq_len
+    tokens, vocab = micro_batch_tokens(profile.batch_size, length), profile.vocab_size
     if not vocab or not tokens:
         return 0
     elt: int = logit_element_bytes(profile.logits_bytes, tokens, vocab)  # type: ignore[assignment]
@@ -382,4 +384,5 @@ def extrapolate_profile(one: ActivationProfile, two: ActivationProfile, batch_si
         logits_saved_bytes=line(one.logits_saved_bytes, two.logits_saved_bytes),
         logits_bytes=line(one.logits_bytes, two.logits_bytes),
         head_saved_bytes=line(one.head_saved_bytes, two.head_saved_bytes),
+        logits_shape=(batch_size, *one.logits_shape[1:]) if one.logits_shape else (),
     )

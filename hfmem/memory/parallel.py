@@ -156,8 +156,13 @@ def pipeline_stages(num_layers: int, setup: TrainingSetup) -> tuple[PipelineStag
     """The layers each pipeline rank holds.
 
     1F1B: stage ``k`` holds layers ``floor(k·L/p) … floor((k+1)·L/p) − 1`` (earlier stages get the smaller share
-    when ``p`` does not divide ``L``). Interleaved: ``p·v`` equal chunks, chunk ``c`` on rank ``c mod p`` (Megatron's
-    virtual pipeline).
+    when ``p`` does not divide ``L``). Interleaved: ``C = p·v`` chunks split the same way, chunk ``c`` holding
+    layers ``floor(c·L/C) … floor((c+1)·L/C) − 1``, on rank ``c mod p`` (Megatron's virtual pipeline). ``C`` need not
+    divide ``L``: torch.distributed.pipelining runs whatever stage modules it is given (torch 2.13
+    ``schedules.py`` ``ScheduleInterleaved1F1B``), torchtitan splits uneven layer counts as evenly as it can
+    (``pipeline_parallel.py`` ``generate_llm_fqn_per_model_part``: ``num_effective_layers % num_stages`` stages get
+    one more), and Megatron takes any ``--pipeline-model-parallel-layout``; every chunk needs one layer at least
+    (`hfmem.rules.check_parallel`). Chunks then differ by one layer at most.
 
     Example:
         >>> [s.layers for s in pipeline_stages(5, TrainingSetup())]
@@ -169,10 +174,9 @@ def pipeline_stages(num_layers: int, setup: TrainingSetup) -> tuple[PipelineStag
         return (PipelineStage(0, tuple(range(num_layers)), True, True),)
     if par.pp_schedule == "interleaved":
         chunks = p * par.virtual_stages
-        size = num_layers // chunks
         layers: list[list[int]] = [[] for _ in range(p)]
         for chunk in range(chunks):
-            layers[chunk % p].extend(range(chunk * size, (chunk + 1) * size))
+            layers[chunk % p].extend(range(chunk * num_layers // chunks, (chunk + 1) * num_layers // chunks))
         return tuple(PipelineStage(k, tuple(layers[k]), k == 0, k == p - 1) for k in range(p))
     return tuple(
         PipelineStage(k, tuple(range(k * num_layers // p, (k + 1) * num_layers // p)), k == 0, k == p - 1)
@@ -345,8 +349,8 @@ def stage_profile(
 
     Layers are those the stage holds; saved outside the layers: before them (token ids, embeddings) on the first
     stage, after them (final norm, LM head input) on the last; the logits on the last stage, split ``1/t``
-    (vocab-parallel LM head and cross-entropy). With SP the embeddings' output and the final norm are
-    sequence-parallel too (``1/t``). ``t``: the TP degree as an operand (default: the setup's number).
+    (vocab-parallel LM head and cross-entropy; a task head's are whole). With SP the embeddings' output and the
+    final norm are sequence-parallel too (``1/t``). ``t``: the TP degree as an operand (default: the setup's number).
     """
     par = setup.parallel
     if par.tp == 1 and par.pp == 1:
@@ -364,8 +368,14 @@ def stage_profile(
         tp,
         par.sp,
     )
-    logits = ceil_div(profile.logits_bytes, tp) if stage.holds_head else 0
-    logits_saved = ceil_div(profile.logits_saved_bytes, tp) if stage.holds_head else 0
+    # Only an LM head is vocab-parallel; a task head's few scores (a classifier's b × num_labels) are whole.
+    split: Value = tp if profile.head in ("lm", "seq2seq-lm") else 1
+    logits = (ceil_div(profile.logits_bytes, split) if split != 1 else profile.logits_bytes) if stage.holds_head else 0
+    logits_saved = (
+        (ceil_div(profile.logits_saved_bytes, split) if split != 1 else profile.logits_saved_bytes)
+        if stage.holds_head
+        else 0
+    )
     return replace(
         profile,
         layers=pick(profile.layers),

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from hfmem.memory.activations import ActivationEstimate, estimate_activations, extrapolate_profile
 from hfmem.memory.expr import Value, ceil, cite, minimum, trunc, value_of
 from hfmem.memory.memo import IdentityMemo
-from hfmem.memory.methods import QLORA_COMPUTE_BYTES, qlora_largest_nf4_params
+from hfmem.memory.methods import QLORA_COMPUTE_BYTES, is_qlora_quantized, qlora_largest_nf4_params
 from hfmem.memory.parallel import (
     PipelineStage,
     in_flight_microbatches,
@@ -31,6 +31,7 @@ from hfmem.memory.parallel import (
     pipeline_stages,
     stage_profile,
 )
+from hfmem.memory.quantization import QuantCounts, bnb_4bit_counts, bnb_4bit_metadata, sum_counts
 from hfmem.memory.sources import (
     SRC_ADAFACTOR,
     SRC_ADAM_FOREACH,
@@ -38,6 +39,7 @@ from hfmem.memory.sources import (
     SRC_BNB_MATMUL,
     SRC_DS_FP32_GRAD,
     SRC_FSDP,
+    SRC_FSDP_PP,
 )
 from hfmem.memory.states import PRECISION_SPECS, compute_training, shard_count, trainable_spec
 from hfmem.types import (
@@ -60,6 +62,9 @@ __all__ = [
     "autocast_cast_params",
     "OVERHEAD_LABELS",
     "fragmentation_bytes",
+    "fsdp_unit_params",
+    "fsdp_gathered_bytes",
+    "fsdp_replicated_quant_state_bytes",
     "headroom_bytes",
     "allocator_buffer_bytes",
     "phase_candidates",
@@ -76,18 +81,47 @@ MAX_BATCH_SEARCHED = 1 << 20
 FP32_BYTES = 4
 
 
-def fsdp_unit_params(inventory: ParameterInventory) -> tuple[int, int]:
-    """``(params, trainable params)`` of the largest FSDP unit: one transformer layer (the usual
-    ``transformer_auto_wrap_policy``), or the root unit (embeddings, final norm, LM head) if larger."""
+def fsdp_unit_params(inventory: ParameterInventory, *, qlora: bool = False) -> tuple[int, int, int, int]:
+    """``(params, trainable params, NF4 params, NF4 packed bytes)`` of the largest FSDP unit: one transformer layer
+    (the usual ``transformer_auto_wrap_policy``), or the root unit (embeddings, final norm, LM head) if larger.
+
+    Under QLoRA "largest" is by the bytes FSDP gathers (`fsdp_gathered_bytes` at 16 bits): a layer's NF4 weights
+    gather ⌈n/2⌉ bytes each, so the 16-bit root unit is often the largest. Without QLoRA the NF4 counts are 0.
+    """
     if not inventory.has_shapes:
-        return 0, 0
+        return 0, 0, 0, 0
     units: dict[int | None, list[int]] = {}
     for p in inventory.parameters:
-        unit = units.setdefault(p.layer_index, [0, 0])
+        unit = units.setdefault(p.layer_index, [0, 0, 0, 0])
         unit[0] += p.numel
         unit[1] += p.numel if p.trainable else 0
-    largest = max(units.values(), key=lambda u: u[0], default=[0, 0])
-    return largest[0], largest[1]
+        if qlora and is_qlora_quantized(p):
+            unit[2] += p.numel
+            unit[3] += bnb_4bit_counts(p.numel).packed_bytes  # type: ignore[operator]
+    largest = max(
+        units.values(), key=lambda u: fsdp_gathered_bytes(u[0], u[2], u[3], QLORA_COMPUTE_BYTES), default=[0, 0, 0, 0]
+    )
+    return largest[0], largest[1], largest[2], largest[3]
+
+
+def fsdp_gathered_bytes(params: Value, nf4_params: Value, nf4_packed: Value, weight_bytes: Value) -> Value:
+    """Bytes FSDP all-gathers for ``params`` parameters of which ``nf4_params`` are QLoRA's NF4 weights:
+    ``(P − P_Q) × w + B_Q``, ``B_Q`` the NF4 weights' packed bytes (Σ⌈n/2⌉).
+
+    FSDP-QLoRA stores the packed 4-bit codes in a float tensor (``bnb_4bit_quant_storage=torch.bfloat16``) so FSDP
+    can flatten and shard them with the 16-bit weights, and gathers those bytes as they are stored (bitsandbytes
+    docs ``fsdp_qlora.md``, "Quantized data storage"; PR #970). The quant state (absmax) is not a parameter: it
+    stays on each ``Linear4bit`` module, whole on every GPU (bitsandbytes ``nn/modules.py``
+    ``fix_4bit_weight_quant_state_from_module``), and is never gathered (`fsdp_replicated_quant_state_bytes`).
+    """
+    return (params - nf4_params) * weight_bytes + nf4_packed
+
+
+def fsdp_replicated_quant_state_bytes(quant_state: Value, n: Value) -> Value:
+    """The part of QLoRA's quant state that FSDP does not shard: ``Q − ⌈Q / N⌉``. hfmem's weights shard every
+    frozen byte over the N GPUs (`hfmem.memory.states`); the absmax blocks stay whole on every GPU
+    (`fsdp_gathered_bytes`)."""
+    return quant_state - shard_count(quant_state, n)
 
 
 def autocast_cast_params(inventory: ParameterInventory) -> int:
@@ -122,6 +156,9 @@ class OverheadInputs:
             state-sized). largest_tensor: n_max, the largest trained tensor (AdamW's for-loop, the optimizer in
             backward). cast_params: Ψ_A, the trainable layer elements autocast caches (`autocast_cast_params`).
             cast_bytes: a, bytes of one autocast element (2).
+        unit_nf4, unit_nf4_packed: U_Q and B_UQ, the NF4 weights of that FSDP unit and their packed bytes (QLoRA).
+        nf4_params, nf4_packed: Ψ_Q and B_Q, the NF4 weights on this GPU before sharding and their packed bytes.
+        quant_state: Q, their quant-state (absmax) bytes (`hfmem.memory.quantization.bnb_4bit_metadata`).
     """
 
     cuda_context: Value
@@ -145,6 +182,11 @@ class OverheadInputs:
     largest_tensor: Value = 0
     cast_params: Value = 0
     cast_bytes: Value = 0
+    unit_nf4: Value = 0
+    unit_nf4_packed: Value = 0
+    nf4_params: Value = 0
+    nf4_packed: Value = 0
+    quant_state: Value = 0
 
 
 #: Stable keys and labels of the training overhead lines (`hfmem.types.OverheadItem`).
@@ -152,6 +194,9 @@ OVERHEAD_LABELS = {
     "cuda_context": "CUDA context + cuBLAS workspace",
     "fsdp_unsharded_unit": "FSDP unsharded unit + prefetched unit (16-bit)",
     "fsdp_unsharded_gradients": "FSDP unsharded gradients of one unit",
+    "fsdp_pp_unsharded_stage": "FSDP + pipeline: the stage's unsharded parameters",
+    "fsdp_pp_unsharded_gradients": "FSDP + pipeline: the stage's unsharded fp32 gradients",
+    "fsdp_replicated_quant_state": "FSDP-QLoRA quant state kept whole",
     "ddp_gradient_buckets": "DDP gradient buckets",
     "deepspeed_reduce_bucket": "DeepSpeed reduce bucket",
     "zero3_gathered_params": "ZeRO-3 gathered parameters + prefetch",
@@ -213,10 +258,33 @@ def overhead_terms(setup: TrainingSetup, stage: int, phase: PeakPhase, x: Overhe
     hfmem_accounting = setup.accounting == "hfmem"
     items: list[tuple[str, Value]] = [("cuda_context", x.cuda_context)]
     if fsdp is not None:
-        if phase in ("forward", "backward") and fsdp in ("full_shard", "hybrid_shard") and sharded:
-            items.append(("fsdp_unsharded_unit", cite(2, SRC_FSDP, x.unit) * x.unit * x.base_weight_bytes))
-        if phase == "backward" and sharded and fsdp != "no_shard":
-            items.append(("fsdp_unsharded_gradients", x.unit_trainable * x.grad_bytes))
+        qlora = setup.method == "qlora"
+        gathers = fsdp in ("full_shard", "hybrid_shard") and sharded
+        if setup.parallel.pp > 1 and sharded and fsdp != "no_shard":
+            # Under a pipeline schedule a stage keeps its parameters gathered and its gradients unsharded across
+            # the step's micro-batches, reduce-scattering once after the last (`SRC_FSDP_PP`).
+            if phase in ("forward", "backward") and gathers:
+                stage = (
+                    fsdp_gathered_bytes(x.total, x.nf4_params, x.nf4_packed, x.base_weight_bytes)
+                    if qlora
+                    else x.total * x.base_weight_bytes
+                )
+                items.append(("fsdp_pp_unsharded_stage", stage))
+            if phase == "backward":
+                fp32_reduce = cite(FP32_BYTES, SRC_FSDP_PP, x.trainable)
+                items.append(("fsdp_pp_unsharded_gradients", x.trainable * fp32_reduce))
+        else:
+            if phase in ("forward", "backward") and gathers:
+                unit = (
+                    fsdp_gathered_bytes(x.unit, x.unit_nf4, x.unit_nf4_packed, x.base_weight_bytes)
+                    if qlora
+                    else x.unit * x.base_weight_bytes
+                )
+                items.append(("fsdp_unsharded_unit", cite(2, SRC_FSDP, x.unit) * unit))
+            if phase == "backward" and sharded and fsdp != "no_shard":
+                items.append(("fsdp_unsharded_gradients", x.unit_trainable * x.grad_bytes))
+        if qlora and gathers:
+            items.append(("fsdp_replicated_quant_state", fsdp_replicated_quant_state_bytes(x.quant_state, x.n)))
     else:
         if stage == 0 and sharded:
             items.append(("ddp_gradient_buckets", x.grad_bytes * x.trainable))
@@ -273,8 +341,13 @@ def overhead_inputs(inventory: ParameterInventory, setup: TrainingSetup) -> Over
     spec = PRECISION_SPECS[setup.precision]
     tspec = trainable_spec(setup)
     settings = setup.overheads
-    unit, unit_trainable = fsdp_unit_params(inventory) if setup.parallel.fsdp is not None else (0, 0)
-    nf4 = qlora_largest_nf4_params(inventory) if setup.method == "qlora" else 0
+    qlora = setup.method == "qlora"
+    fsdp = setup.parallel.fsdp is not None
+    unit, unit_trainable, unit_nf4, unit_nf4_packed = fsdp_unit_params(inventory, qlora=qlora) if fsdp else (0, 0, 0, 0)
+    nf4 = QuantCounts(0, 0, 0)
+    if fsdp and qlora:
+        nf4 = sum_counts(bnb_4bit_counts(p.numel) for p in inventory.parameters if is_qlora_quantized(p))
+    nf4_largest = qlora_largest_nf4_params(inventory) if qlora else 0
     largest_trained = (
         max((p.numel for p in inventory.parameters if p.trainable), default=0) if setup.optimizer == "adafactor" else 0
     )
@@ -296,7 +369,7 @@ def overhead_inputs(inventory: ParameterInventory, setup: TrainingSetup) -> Over
         inventory.largest_module_params,
         unit,
         unit_trainable,
-        nf4,
+        nf4_largest,
         largest_trained,
         settings.reduce_bucket_elements,
         settings.allgather_bucket_elements,
@@ -306,6 +379,11 @@ def overhead_inputs(inventory: ParameterInventory, setup: TrainingSetup) -> Over
         largest_tensor,
         cast_params,
         autocast.bits // 8 if autocast is not None else 0,
+        unit_nf4,
+        unit_nf4_packed,
+        nf4.elements,
+        nf4.packed_bytes,
+        bnb_4bit_metadata(nf4, double_quant=setup.finetune.double_quant) if nf4.tensors else 0,
     )
 
 

@@ -124,6 +124,19 @@ SRC_FSDP = (
     "torch FullyShardedDataParallel: forward_prefetch / backward_prefetch=BACKWARD_PRE keep the next unit gathered; "
     "the unit's gradients are unsharded until its reduce-scatter"
 )
+SRC_FSDP_PP = (
+    "torch 2.13 torch/distributed/pipelining/stage.py backward_maybe_with_nosync: an FSDPModule stage runs each "
+    "micro-batch's backward with set_reshard_after_backward(False) and set_requires_gradient_sync(False), and "
+    "perform_reduce_grad reduce-scatters once after the last; fsdp/_fully_shard/_fsdp_param.py "
+    "to_accumulated_grad_if_needed keeps the unsharded gradients in reduce_dtype (torchtitan's default "
+    "mixed_precision_reduce = float32); torchtitan models/llama3/infra/parallelize.py apply_fsdp: "
+    "reshard_after_forward = not pp_enabled (the 'default' policy)"
+)
+SRC_FSDP_QLORA = (
+    "bitsandbytes docs fsdp_qlora.md ('Quantized data storage': bnb_4bit_quant_storage packs the 4-bit codes in a "
+    "float tensor FSDP shards and gathers as stored) and nn/modules.py fix_4bit_weight_quant_state_from_module "
+    "(the quant state is kept on the Linear4bit module, outside FSDP's parameters)"
+)
 SRC_BNB_MATMUL = (
     "bitsandbytes MatMul4Bit.forward: F.dequantize_4bit(B, quant_state).to(A.dtype), a 16-bit copy of the weight "
     "for each matmul"
