@@ -45,7 +45,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The tiny custom-code model whose code the key must follow (shared with tests/test_cache.py).
-REMOTE_CODE = ROOT / "tests" / "fixtures" / "remote_code_counted"
+REMOTE_CODE = ROOT / "fixtures" / "remote_code_counted"
 #: A process still running after this long counts as a hang (the issue's bar: no hang over 60 s).
 HANG_S = 60
 ENTRY = re.compile(r"[0-9a-f]{64}\.json")

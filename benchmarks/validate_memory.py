@@ -43,7 +43,8 @@ optimizer step) on the CPU per memory technique of issue 13, its peak live tenso
 allocated peak (``benchmarks/results/step_cpu.md``).
 
 Usage:
-    HF_HUB_OFFLINE=1 python benchmarks/validate_memory.py [--quick] [--models ID ...] [--markdown docs/validation.md]
+    HF_HUB_OFFLINE=1 python benchmarks/validate_memory.py [--quick] [--models ID ...]
+                                                          [--markdown benchmarks/results/memory_cpu.md]
                                                           [--precisions fp32 bf16-mixed] [--measure-only] [--cuda]
                                                           [--cuda-only] [--cuda-layers N] [--cuda-shapes BxS ...]
                                                           [--cuda-json PATH]

@@ -356,6 +356,12 @@ class HfmemCommand(click.Command):
             raise _interrupted() from None
         except (click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:
+            # The reader went away (`hfmem --list-catalogue | head`): nothing to say and no one to say it to. Python's
+            # recipe (docs.python.org, signal: "Note on SIGPIPE"): point stdout at devnull so the interpreter's final
+            # flush cannot fail again; exit as a process killed by SIGPIPE would (128 + 13).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(int(ExitCode.OUTPUT_CLOSED)) from None
         except Exception as e:
             if "PYTEST_CURRENT_TEST" in os.environ and not isinstance(e, (HfmemError, click.ClickException)):
                 raise  # tests see the exception itself
@@ -662,7 +668,8 @@ def _list_catalogue(json_: bool) -> None:
     cls=HfmemCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Exit codes: 0 ok, 1 internal error, 2 bad usage, 3 does not fit (--check), 4 model unavailable "
-    "(Hub, cache, catalogue), 5 config cannot be built or traced, 130 interrupted. Docs: README.md.",
+    "(Hub, cache, catalogue), 5 config cannot be built or traced, 130 interrupted, 141 output pipe closed. "
+    "Docs: README.md, docs/.",
 )
 @click.argument("model", required=False)
 @click.option("--revision", help="Hub branch, tag or commit sha (default: main).")

@@ -46,6 +46,7 @@ class ExitCode(IntEnum):
     MODEL_UNAVAILABLE = 4  # the Hub or the disk could not give us a config.json
     CONFIG = 5  # a config.json was found but cannot be turned into a model
     INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + signal 2, the shells' convention
+    OUTPUT_CLOSED = 141  # the reader of stdout went away (SIGPIPE): 128 + signal 13
 
 
 class HfmemError(Exception):

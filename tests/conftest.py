@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"  # top level, beside tests/ (the design's layout)
 CATALOGUE = Path(__file__).parent.parent / "hfmem" / "catalogue"
 
 #: A tiny Llama config for fake Hub repos.

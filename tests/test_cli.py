@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -349,3 +350,27 @@ def test_serve_reports_training_settings_of_a_launch_file_as_not_planned(runner:
     assert code == 0, err
     skipped = json.loads(out)["launch"]["recognised_not_modelled"]
     assert [entry["reason"] for entry in skipped] == ["not planned by hfmem serve (hfmem MODEL plans it)"]
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    # `hfmem --list-catalogue | head -1`: the reader is gone before hfmem writes (its end of the pipe is closed first,
+    # so this does not race); hfmem says nothing and exits as a process SIGPIPE ends (128 + 13), not with an
+    # internal error.
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        writer = subprocess.run(
+            [sys.executable, "-m", "hfmem", "--list-catalogue"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert writer.stderr == ""
+    assert writer.returncode == 141
