@@ -99,6 +99,7 @@ def test_tracker_counts_a_storage_once_and_releases_it(validate_step) -> None:  
     del b, c
 
 
+@pytest.mark.slow  # a real CPU training step against hfmem (CI runs the slow marks)
 def test_llama_baseline_step_against_hfmem(validate_step) -> None:  # noqa: ANN001
     """Tiny Llama, HF loss, fp32 AdamW: hfmem's allocated peak vs the measured one, under hfmem's conventions.
 
@@ -135,6 +136,7 @@ def test_llama_baseline_step_against_hfmem(validate_step) -> None:  # noqa: ANN0
     assert loop.prediction["phases"]["step"] - fused.prediction["phases"]["step"] == 2 * FP32 * 2048 * 64
 
 
+@pytest.mark.slow  # a real CPU training step against hfmem (CI runs the slow marks)
 def test_recompute_options_predict_the_measured_activations(validate_step) -> None:  # noqa: ANN001
     """hfmem's activations under ``--grad-checkpointing full``, ``--checkpoint-every 2`` and ``--grad-checkpointing
     ops`` against what a real CPU step keeps alive after its forward (HF's ``every_n_layers=2``; torchtitan's op
@@ -206,6 +208,7 @@ def test_adamw_step_temporaries_follow_the_torch_source(validate_step) -> None: 
     assert in_bwd.boundaries["after_backward"]["components"]["optimizer_states"] >= 2 * all_params_bytes
 
 
+@pytest.mark.slow  # a real CPU training step against hfmem (CI runs the slow marks)
 def test_op_level_sac_keeps_what_torchtitans_policy_saves(validate_step) -> None:  # noqa: ANN001
     """Beyond full checkpointing, torchtitan's op-level policy (`1f029641` rule) keeps the outputs of every
     odd-numbered ``mm`` of a block (counted per block) and of SDPA (output + fp32 logsumexp per head), and (the
@@ -239,6 +242,7 @@ def test_fused_loss_keeps_two_gradients_and_no_logits(validate_step) -> None:  #
     assert loss_bytes == FP32 * (2 * 128 * 64 + 2048 * 64) + FP32
 
 
+@pytest.mark.slow  # a real CPU training step against hfmem (CI runs the slow marks)
 def test_amp_weight_cast_cache_under_checkpointing(validate_step) -> None:  # noqa: ANN001
     """CPU autocast with full checkpointing: at the forward's peak the live bf16 weight copies are the cache of every
     layer linear (no checkpointed layer saves them) plus the LM head's copy (saved by its matmul). By hand for the
