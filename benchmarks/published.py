@@ -136,6 +136,17 @@ def _bert(batch: int, *, amp: bool, optimizer: str, ckpt: bool) -> tuple[Flag, .
                 "(accumulation does not change activations)"
             ),
         ),
+        F(
+            "--grad-accumulation",
+            "4" if batch == 1 else "2",
+            _G
+            + (
+                "gradient_accumulation_steps=4"
+                if batch == 1
+                else "no accumulation, but the 2022 Trainer's model.zero_grad() zeroed the gradients in place "
+                "(torch 1.x set_to_none=False), so they persist between steps as with accumulation > 1"
+            ),
+        ),
         F("--seq-len", "512", _G + "random input_ids of shape (512, 512)"),
         F("--attn", "eager", _G + "2022 BERT had only eager attention (dropout 0.1 on the probabilities)"),
     ]

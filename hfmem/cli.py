@@ -204,6 +204,7 @@ OPTION_GROUPS: dict[str, str] = {
     "double_quant": FINETUNING,
     "train_modules": FINETUNING,
     "batch_size": ACTIVATIONS,
+    "grad_accumulation": ACTIVATIONS,
     "seq_len": ACTIVATIONS,
     "target_len": ACTIVATIONS,
     "attn": ACTIVATIONS,
@@ -883,6 +884,15 @@ def _list_catalogue(json_: bool) -> None:
     help="Micro-batch per GPU. Gradient accumulation does not change activations: pass the micro-batch only.",
 )
 @click.option(
+    "--grad-accumulation",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Micro-batches per optimizer step. 1: gradients are freed after each step (zero_grad), so none are live "
+    "in forward or as backward starts; more: they persist between micro-batches (as they do when a loop zeroes "
+    "instead of freeing: zero_grad(set_to_none=False), torch < 2.0's default).",
+)
+@click.option(
     "--seq-len",
     type=Listed(click.IntRange(min=1)),
     help="Tokens per sequence (default: the model's context length capped at 4096; the output says which).",
@@ -1380,6 +1390,7 @@ def _setups(o: dict[str, Any], *, is_params: bool) -> tuple[TrainingSetup, Infer
         loss_chunks=o["loss_chunks"],
         checkpoint_every=o["checkpoint_every"],
         activation_offload=o["activation_offload"],
+        grad_accumulation=o["grad_accumulation"],
     )
     serve = None
     if not o["training_only"] and not (is_params and not o["inference_only"]):

@@ -100,11 +100,13 @@ from hfmem.memory.peak import (
     activation_offload_cpu_bytes,
     allocator_buffer_bytes,
     fragmentation_bytes,
+    gradients_persist,
     headroom_bytes,
     overhead_inputs,
     overhead_terms,
     phase_bytes,
     phase_candidates,
+    phase_gradient_bytes,
     stage_activations,
 )
 from hfmem.memory.quantization import (
@@ -151,6 +153,9 @@ from hfmem.memory.sources import (
     SRC_FSDP_PP,
     SRC_FSDP_QLORA,
     SRC_FUSED_LOSS,
+    SRC_GRAD_FREED,
+    SRC_GRAD_ORDER,
+    SRC_GRAD_PERSIST,
     SRC_INT8,
     SRC_INVENTORY,
     SRC_KV,
@@ -696,9 +701,13 @@ def _model_state_explanations(report: Report, rows: list[_Row], states: list[Sta
     out: list[Explanation] = []
 
     def calcs(key: str) -> tuple[Calculation, ...]:
-        return tuple(
-            _merge_stages([(r.memory.zero_stage, getattr(s, key)) for r, s in zip(rows, states, strict=True)], setup)
-        )
+        values = [(r.memory.zero_stage, getattr(s, key)) for r, s in zip(rows, states, strict=True)]
+        if key == "gradients":  # those live at the row's peak moment (`phase_gradient_bytes`)
+            values = [
+                (zero, phase_gradient_bytes(setup, zero, r.memory.peak_phase or "optimizer_step", value))
+                for r, (zero, value) in zip(rows, values, strict=True)
+            ]
+        return tuple(_merge_stages(values, setup))
 
     if deepspeed:
         text = (
@@ -804,11 +813,23 @@ def _model_state_explanations(report: Report, rows: list[_Row], states: list[Sta
             if not fsdp
             else ("FSDP reduce-scatters each unit's gradients, keeping 1/N. " if fsdp != "no_shard" else "")
         )
-        + "They are counted as live at every moment: exact with gradient accumulation."
     )
+    if any(not gradients_persist(setup, r.memory.zero_stage) for r in rows):
+        text += (
+            "With one micro-batch per step (--grad-accumulation 1) the training loop frees them after every step "
+            "(zero_grad(set_to_none=True): torch's default, the HF Trainer, torchtune; DeepSpeed ZeRO-1/2 at its "
+            "step), so none exist in forward, none yet as backward starts at the loss (autograd runs the loss's "
+            "nodes before the first parameter gradient), and all of them at the optimizer step; a row whose peak is "
+            "before the step counts 0 × grads. "
+        )
+    if any(gradients_persist(setup, r.memory.zero_stage) for r in rows) and not setup.optimizer_in_backward:
+        text += (
+            "They are live at every moment where they persist through the step: gradient accumulation (> 1), a "
+            "pipeline schedule's micro-batches, DeepSpeed ZeRO-3's flat gradient buffer (allocated once at init)."
+        )
     if setup.offload != "none":
         text += " With --offload, stages 2 and 3 stream the reduced partitions to the CPU."
-    grad_sources: tuple[str, ...] = (SRC_ZERO, SRC_ZERO_STAGES)
+    grad_sources: tuple[str, ...] = (SRC_ZERO, SRC_ZERO_STAGES, SRC_GRAD_FREED, SRC_GRAD_ORDER, SRC_GRAD_PERSIST)
     if setup.optimizer_in_backward:
         text = (
             f"One gradient per trained weight (g = {tspec.grad_bytes} bytes), but with --optimizer-in-backward each "
@@ -1334,7 +1355,7 @@ def _overhead_and_peak(report: Report, rows: list[_Row], acts: list[Explanation]
             [
                 Var("weights", m.weights_bytes, "weights"),
                 Var("master", m.master_weights_bytes, "master weights"),
-                Var("grads", m.gradients_bytes, "gradients"),
+                Var("grads", m.gradients_bytes, "gradients live at the peak"),
                 Var("optim", m.optimizer_states_bytes, "optimizer states"),
                 Var("activ", m.activations_bytes, "activations live at the peak"),
                 Var("logits", m.logits_bytes, "logits live at the peak"),
@@ -1345,15 +1366,22 @@ def _overhead_and_peak(report: Report, rows: list[_Row], acts: list[Explanation]
         states = compute_training(row.inventory, replace(setup, zero_stages=(m.zero_stage,))).stages[0]
         totals = phase_candidates(row.inventory, setup, states, row.activations)
         label = _stage_label([m.zero_stage], setup)
+        grads = (
+            "gradients live throughout"
+            if totals[0].gradients_bytes == totals[2].gradients_bytes
+            else "gradients only at the step"
+        )
         phase_notes.append(
             f"{label}: forward {_gib(totals[0].total_bytes)}, backward {_gib(totals[1].total_bytes)}, "
-            f"step {_gib(totals[2].total_bytes)} → {_phase_words(m.peak_phase)}"
+            f"step {_gib(totals[2].total_bytes)} ({grads}) → {_phase_words(m.peak_phase)}"
         )
     text = (
         "The predicted peak per GPU is not a blind sum of everything: hfmem compares three moments of a training "
         "step and reports the largest. At the loss in forward: the model states, every saved activation and the "
         "logits with the loss's fp32 copies. As backward starts: the loss gradients (or, with checkpointing, a "
-        "re-materialised layer, whichever is larger). At the optimizer step: activations are gone and the step's "
+        "re-materialised layer, whichever is larger). Gradients freed after each step (--grad-accumulation 1) "
+        "exist only at the step; mid-backward, earlier layers' activations and later layers' gradients coexist, so "
+        "the backward-start and step moments bound it. At the optimizer step: activations are gone and the step's "
         "buffers are live (torch AdamW's foreach or for-loop temporaries, DeepSpeed's fp32 gradient partition…; with "
         "--optimizer-in-backward each parameter steps in backward instead, so there is no separate step peak). "
         "Model states and the CUDA context are live throughout. Per row: " + "; ".join(phase_notes) + "."

@@ -392,7 +392,7 @@ _TRAINER_NO_EFFECT = (
     "max_grad_norm num_train_epochs max_steps lr_scheduler_type lr_scheduler_kwargs warmup_ratio warmup_steps "
     "log_level log_level_replica logging_dir logging_strategy logging_first_step logging_steps save_strategy "
     "save_steps save_total_limit save_only_model save_safetensors seed data_seed report_to run_name hub_model_id "
-    "hub_strategy hub_private_repo push_to_hub gradient_accumulation_steps dataloader_num_workers "
+    "hub_strategy hub_private_repo push_to_hub dataloader_num_workers "
     "dataloader_pin_memory dataloader_drop_last remove_unused_columns label_names load_best_model_at_end "
     "metric_for_best_model greater_is_better ddp_timeout ddp_find_unused_parameters bf16_full_eval fp16_full_eval "
     "tf32 chat_template dataset_mixture dataset_name dataset_config dataset_num_proc dataset_text_field "
@@ -409,7 +409,7 @@ _FSDP_NO_EFFECT = "state_dict_type sync_module_states cpu_ram_efficient_loading 
 
 _AXOLOTL_NO_EFFECT = (
     "datasets test_datasets dataset_prepared_path val_set_size output_dir wandb_project wandb_entity wandb_watch "
-    "wandb_name wandb_log_model gradient_accumulation_steps num_epochs max_steps lr_scheduler learning_rate "
+    "wandb_name wandb_log_model num_epochs max_steps lr_scheduler learning_rate "
     "warmup_ratio warmup_steps evals_per_epoch saves_per_epoch eval_steps save_steps weight_decay max_grad_norm "
     "special_tokens tokens chat_template logging_steps resume_from_checkpoint hub_model_id loss_watchdog_threshold "
     "loss_watchdog_patience eval_sample_packing sample_packing pad_to_sequence_len lora_model_dir strict seed "
@@ -418,13 +418,13 @@ _AXOLOTL_NO_EFFECT = (
 
 _TORCHTUNE_NO_EFFECT = (
     "checkpointer metric_logger output_dir seed shuffle epochs max_steps_per_epoch resume_from_checkpoint device "
-    "log_every_n_steps log_peak_memory_stats log_level lr_scheduler clip_grad_norm gradient_accumulation_steps "
+    "log_every_n_steps log_peak_memory_stats log_level lr_scheduler clip_grad_norm "
     "optimizer.lr optimizer.weight_decay optimizer.betas optimizer.eps tokenizer._component_ tokenizer.path "
     "dataset._component_ dataset.source dataset.split dataset.data_files dataset.column_map"
 ).split()
 
 _DEEPSPEED_NO_EFFECT = (
-    "gradient_accumulation_steps gradient_clipping train_batch_size steps_per_print wall_clock_breakdown scheduler "
+    "gradient_clipping train_batch_size steps_per_print wall_clock_breakdown scheduler "
     "optimizer.params.lr optimizer.params.betas optimizer.params.eps optimizer.params.weight_decay "
     "optimizer.params.adam_w_mode zero_allow_untested_optimizer fp16.loss_scale fp16.loss_scale_window "
     "fp16.initial_scale_power fp16.hysteresis fp16.min_loss_scale fp16.auto_cast zero_optimization.overlap_comm "
@@ -445,6 +445,7 @@ class _Run:
         self.docs: list[_Doc] = []
         self.deepspeed: list[_Doc] = []
         self.batch: tuple[int, str] | None = None  # the Trainer's per-device batch: fills DeepSpeed "auto"
+        self.accumulation: tuple[int, str] | None = None  # gradient_accumulation_steps outside DeepSpeed: fills "auto"
         self.mixed: tuple[str, str] | None = None  # "bf16"/"fp16"/"no" and where (Trainer bf16/fp16, accelerate)
         self.loaded: tuple[str, str] | None = None  # the dtype the model is loaded in, and where
         self.fsdp = False
@@ -457,7 +458,6 @@ class _Run:
         out = self.out
         doc.ignore(
             *_ACCELERATE_NO_EFFECT,
-            "deepspeed_config.gradient_accumulation_steps",
             "deepspeed_config.gradient_clipping",
             "deepspeed_config.zero3_init_flag",
             "deepspeed_config.zero3_save_16bit_model",
@@ -502,6 +502,7 @@ class _Run:
 
     def _deepspeed_inline(self, doc: _Doc) -> None:
         out = self.out
+        self._accumulation(doc, "deepspeed_config.gradient_accumulation_steps")
         stage = doc.get("deepspeed_config.zero_stage")
         if stage is not None:
             out.set("zero_stages", stage, doc.at("deepspeed_config.zero_stage"))
@@ -577,10 +578,33 @@ class _Run:
         if checkpointing is True:  # false only means "not through FSDP": the Trainer's own may still be on
             self.out.set("grad_checkpointing", "full", doc.at(ckpt_key))
 
+    def _accumulation(self, doc: _Doc, key: str, *, deepspeed: bool = False) -> None:
+        """``gradient_accumulation_steps`` → --grad-accumulation (the same name in the HF Trainer / TRL, axolotl,
+        torchtune, DeepSpeed and accelerate's ``deepspeed_config``). DeepSpeed's ``"auto"`` is what the HF Trainer
+        fills in from its own ``gradient_accumulation_steps`` (transformers ``integrations/deepspeed.py``
+        ``trainer_config_process``), so it takes that of another file or is reported."""
+        steps = doc.get(key)
+        if steps is None:
+            return
+        if steps == "auto" and deepspeed:
+            if self.accumulation is not None:
+                self.out.set(
+                    "grad_accumulation", self.accumulation[0], f"{doc.at(key)} = auto ← {self.accumulation[1]}"
+                )
+            else:
+                self.out.unresolved_key(
+                    "grad_accumulation", doc.at(key), "auto: the HF Trainer fills it from gradient_accumulation_steps"
+                )
+            return
+        self.out.set("grad_accumulation", steps, doc.at(key))
+        if not deepspeed and isinstance(steps, int):
+            self.accumulation = (steps, doc.at(key))
+
     # DeepSpeed -------------------------------------------------------------------------------------------------
     def deepspeed_config(self, doc: _Doc) -> None:
         out = self.out
         doc.ignore(*_DEEPSPEED_NO_EFFECT)
+        self._accumulation(doc, "gradient_accumulation_steps", deepspeed=True)
         stage = doc.get("zero_optimization.stage")
         if stage == "auto":
             out.unresolved_key("zero_stages", doc.at("zero_optimization.stage"), "auto: no file gives the stage")
@@ -678,6 +702,7 @@ class _Run:
         if batch is not None:
             out.set("batch_size", batch, doc.at("per_device_train_batch_size"))
             self.batch = (batch, doc.at("per_device_train_batch_size"))
+        self._accumulation(doc, "gradient_accumulation_steps")
         for key in ("activation_checkpointing", "gradient_checkpointing"):
             if doc.get(key) is not None:
                 out.set("grad_checkpointing", "full" if doc.get(key) else "none", doc.at(key))
@@ -864,6 +889,7 @@ class _Run:
         if doc.get("micro_batch_size") is not None:
             out.set("batch_size", doc.get("micro_batch_size"), doc.at("micro_batch_size"))
             self.batch = (doc.get("micro_batch_size"), doc.at("micro_batch_size"))
+        self._accumulation(doc, "gradient_accumulation_steps")
         ckpt = doc.get("gradient_checkpointing")
         if ckpt is not None:
             out.set("grad_checkpointing", "full" if ckpt else "none", doc.at("gradient_checkpointing"))
@@ -927,6 +953,7 @@ class _Run:
         doc.ignore(*_TORCHTUNE_NO_EFFECT)
         if doc.get("batch_size") is not None:
             out.set("batch_size", doc.get("batch_size"), doc.at("batch_size"))
+        self._accumulation(doc, "gradient_accumulation_steps")
         ckpt = doc.get("enable_activation_checkpointing")
         if ckpt is not None:
             out.set("grad_checkpointing", "full" if ckpt else "none", doc.at("enable_activation_checkpointing"))

@@ -209,6 +209,9 @@ def _stage_dict(stage: StageMemory, *, measured: bool = True) -> dict[str, Any]:
         "allocator_peak_bytes": stage.allocator_bytes if measured else None,
         "cpu_bytes_per_node": stage.cpu_bytes_per_node,
         "peak_phase": stage.peak_phase,
+        # all the gradients, live at the step; per_gpu_bytes.gradients is what is live at the peak (none before
+        # the step when they are freed after each step: --grad-accumulation 1)
+        "gradients_at_step_bytes": stage.gradients_at_step_bytes,
         "fits": stage.fits,
         "headroom_bytes": stage.headroom_bytes,
         "min_gpus": stage.min_gpus,
@@ -267,6 +270,7 @@ def _settings_extra(setup: TrainingSetup) -> dict[str, Any]:
         "loss_chunks": setup.loss_chunks if setup.loss == "chunked" else None,
         "checkpoint_every": setup.checkpoint_every,
         "activation_offload": setup.activation_offload,
+        "grad_accumulation": setup.grad_accumulation,
     }
 
 
@@ -503,6 +507,7 @@ def _stage_title(report: Report) -> str:
         title += (
             f"\nmicro-batch {setup.batch_size} × {training.seq_len:,} tokens ({training.seq_len_source}), "
             + _decoder_tokens(training)
+            + (f"{setup.grad_accumulation} micro-batches accumulated, " if setup.grad_accumulation > 1 else "")
             + f"attention {setup.attn}, checkpointing {setup.grad_checkpointing}{loss_words(setup)}"
         )
         if setup.dropout is not None:

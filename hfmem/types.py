@@ -441,7 +441,10 @@ class TrainingSetup:
     ``OffloadActivations``).
     part of ``seq_len``; ignored for text-only models. ``target_len``: decoder tokens per sample of an
     encoder–decoder model (T5, BART…), ``seq_len`` being the encoder's; None: the same as ``seq_len``; refused for
-    models without a decoder of their own (`hfmem.rules.check_target_len`).
+    models without a decoder of their own (`hfmem.rules.check_target_len`). ``grad_accumulation``: micro-batches
+    whose gradients are summed before each optimizer step. With 1, the gradients freed after each step
+    (``zero_grad(set_to_none=True)``) are absent in forward and as backward starts; with more they persist between
+    micro-batches (`hfmem.memory.peak.phase_gradient_bytes`).
     """
 
     precision: Precision = "bf16-mixed"
@@ -468,6 +471,7 @@ class TrainingSetup:
     checkpoint_every: int = 1
     activation_offload: bool = False
     target_len: int | None = None
+    grad_accumulation: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpu", gpu_target(self.gpu))
@@ -622,8 +626,11 @@ class StageMemory:
     With pipeline parallelism the row is the busiest GPU: ``pipeline_stage`` (0-based), the layers it holds
     (``stage_layers``, first and last index, inclusive) and what else (``stage_holds``: embeddings, LM head).
 
-    The four model-state components are always live. ``activations``, ``logits`` and ``overhead`` are those
-    live at ``peak_phase``; ``total_bytes`` is their sum: the predicted peak per GPU (the device total).
+    Weights, master weights and optimizer states are always live. ``gradients``, ``activations``, ``logits`` and
+    ``overhead`` are those live at ``peak_phase`` (gradients freed after each step are absent in forward and as
+    backward starts: `hfmem.memory.peak.phase_gradient_bytes`); ``gradients_at_step_bytes`` is what the gradients
+    take at the optimizer step (all of them). ``total_bytes`` is the sum: the predicted peak per GPU (the device
+    total).
 
     ``paged_states_bytes``: the part of ``optimizer_states_bytes`` a bitsandbytes paged optimizer keeps in CUDA
     managed memory (``cudaMallocManaged``), which PyTorch's allocator statistics do not see; ``allocator_bytes``
@@ -654,6 +661,7 @@ class StageMemory:
     stage_holds: tuple[str, ...] = ()
     paged_states_bytes: int = 0
     activation_offloaded_bytes: int = 0
+    gradients_at_step_bytes: int | None = None
     total_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:

@@ -390,11 +390,13 @@ def test_llava_traces_its_vision_tower(tmp_path: Path) -> None:
     """One 28 px image in 14 px patches: (28 / 14)² = 4 patch tokens; Llava's default vision_feature_select_strategy
     drops CLIP's class token (transformers models/llava/modeling_llava.py ``get_image_features``)."""
     folder = write_config(tmp_path / "llava", TINY_LLAVA)
-    setup = hfmem.TrainingSetup(zero_stages=(0,), seq_len=64)
+    # Gradient accumulation keeps the gradients live at the loss, so this tiny model peaks where the activations
+    # are (without it, freed gradients put the peak at the step, which holds no activations).
+    setup = hfmem.TrainingSetup(zero_stages=(0,), seq_len=64, grad_accumulation=4)
     with_image = hfmem.estimate(folder, setup=setup, inference=hfmem.InferenceSetup(prefill_chunk=64))
     text_only = hfmem.estimate(
         folder,
-        setup=hfmem.TrainingSetup(zero_stages=(0,), seq_len=64, images_per_sample=0),
+        setup=hfmem.TrainingSetup(zero_stages=(0,), seq_len=64, images_per_sample=0, grad_accumulation=4),
         inference=hfmem.InferenceSetup(prefill_chunk=64, images_per_sample=0),
     )
     assert with_image.inventory.image_inputs

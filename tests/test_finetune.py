@@ -134,9 +134,9 @@ def test_lora_states_freeze_the_base_and_keep_fp32_adapters() -> None:
     base = 6_738_415_616
     stage = report.training.stages[0]
     # Frozen base in bf16 (2 B), adapters fp32 (4 B, peft autocast_adapter_dtype): their own master, fp32 grads,
-    # AdamW 2 × fp32 states.
+    # AdamW 2 × fp32 states. The gradients: all of them at the step (the peak is before it, where they are freed).
     assert stage.weights_bytes == 2 * base + 4 * adapters
-    assert (stage.master_weights_bytes, stage.gradients_bytes, stage.optimizer_states_bytes) == (
+    assert (stage.master_weights_bytes, stage.gradients_at_step_bytes, stage.optimizer_states_bytes) == (
         0,
         4 * adapters,
         8 * adapters,

@@ -73,7 +73,8 @@ def test_bert_large_classifier_cli_json_names_the_head(runner: CliRunner) -> Non
         cli,
         [BERT_LARGE, "--architecture", "BertForSequenceClassification", "--seq-len", "128", "--batch-size", "4"]
         + ["--precision", "fp32", "--zero", "0", "--training-only", "--json"]
-        + ["--optimizer-impl", "fused"],  # no step temporary: the row peaks at the loss, where the logits are
+        + ["--optimizer-impl", "fused"]  # no step temporary: the row peaks at the loss, where the logits are,
+        + ["--grad-accumulation", "4"],  # and the gradients stay live there
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
@@ -238,7 +239,8 @@ def test_architecture_with_params_is_refused(runner: CliRunner) -> None:
 
 def test_encoder_only_default_plan_skips_serving_with_a_note(runner: CliRunner) -> None:
     args = ["google-bert/bert-base-uncased", "--seq-len", "16", "--zero", "0", "--json", "--optimizer-impl", "fused"]
-    result = runner.invoke(cli, args)  # fused AdamW: the row peaks in backward, with the activations
+    args += ["--grad-accumulation", "4"]  # gradients live at the loss: the row peaks in backward, with the activations
+    result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["inference"] is None and data["inference_not_measured"] is None
@@ -265,7 +267,8 @@ def test_tensor_parallel_keeps_a_classifier_head_whole(tmp_path: Path) -> None:
         zero_stages=(0,),
         gpus_per_node=2,
         parallel=ParallelSettings(tp=2),
-        optimizer_impl="fused",  # no step temporary: the row peaks at the loss, where the logits are
+        optimizer_impl="fused",  # no step temporary: the row peaks at the loss, where the logits are,
+        grad_accumulation=4,  # and the gradients stay live there
     )
     report = hfmem.estimate(folder, setup=setup)
     (stage,) = report.training.stages  # type: ignore[union-attr]

@@ -77,6 +77,7 @@ def test_deepspeed_zero2_offload() -> None:
     # masters), AdamW with torch_adam (offloaded: no GPU step, no --optimizer-impl), micro-batch "auto".
     found = read_launch_files([DS_ZERO2])
     assert settings_of(DS_ZERO2) == {
+        "grad_accumulation": 1,  # gradient_accumulation_steps: 1
         "zero_stages": 2,
         "offload": "optimizer",
         "optimizer": "adamw",
@@ -94,6 +95,7 @@ def test_deepspeed_zero2_offload() -> None:
 
 def test_deepspeed_zero3_offloads_parameters_too() -> None:
     assert settings_of(DS_ZERO3) == {
+        "grad_accumulation": 1,  # gradient_accumulation_steps: 1
         "zero_stages": 3,
         "offload": "optimizer+params",
         "optimizer": "adamw",
@@ -129,6 +131,7 @@ def test_trl_qlora_config() -> None:
     assert settings_of(TRL_QLORA) == {
         "model": "mistralai/Mistral-7B-v0.1",
         "batch_size": 4,
+        "grad_accumulation": 2,  # gradient_accumulation_steps: 2
         "grad_checkpointing": "full",
         "seq_len": 2048,
         "attn": "flash",
@@ -145,6 +148,7 @@ def test_torchtune_recipe() -> None:
     found = read_launch_files([TORCHTUNE_3B])
     assert settings_of(TORCHTUNE_3B) == {
         "batch_size": 4,
+        "grad_accumulation": 1,  # gradient_accumulation_steps: 1
         "grad_checkpointing": "full",
         "optimizer": "paged-adamw-8bit",
         "optimizer_in_backward": True,
@@ -191,6 +195,7 @@ def test_axolotl_qlora() -> None:
         "lora_targets": "gate_proj,down_proj,up_proj,q_proj,v_proj,k_proj,o_proj",
         "seq_len": 2048,
         "batch_size": 2,
+        "grad_accumulation": 4,  # gradient_accumulation_steps: 4
         "grad_checkpointing": "full",
         "optimizer": "adamw-8bit",
         "attn": "flash",
@@ -204,6 +209,7 @@ def test_axolotl_liger_fsdp() -> None:
         "model": "NousResearch/Meta-Llama-3.1-8B",
         "seq_len": 4096,
         "batch_size": 2,
+        "grad_accumulation": 4,  # gradient_accumulation_steps: 4
         "grad_checkpointing": "full",
         "optimizer": "adamw",
         "optimizer_impl": "fused",
@@ -368,7 +374,10 @@ def run_json(runner: CliRunner, args: list[str]) -> dict[str, Any]:
         (
             [DS_ZERO2],
             [],
-            ["--zero", "2", "--offload", "optimizer", "--optimizer", "adamw", "--precision", "fp16-mixed"],
+            [
+                "--zero", "2", "--offload", "optimizer", "--optimizer", "adamw", "--precision", "fp16-mixed",
+                "--grad-accumulation", "1",
+            ],
         ),
         # accelerate YAML
         ([ACCELERATE_FSDP], [], ["--fsdp", "full_shard", "--gpus", "2", "--precision", "bf16-mixed"]),
@@ -377,7 +386,8 @@ def run_json(runner: CliRunner, args: list[str]) -> dict[str, Any]:
             [TRL_QLORA],
             [],
             [
-                "--batch-size", "4", "--grad-checkpointing", "full", "--seq-len", "2048", "--attn", "flash",
+                "--batch-size", "4", "--grad-accumulation", "2", "--grad-checkpointing", "full", "--seq-len", "2048",
+                "--attn", "flash",
                 "--method", "qlora", "--lora-rank", "16", "--lora-alpha", "16",
                 "--lora-targets", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "--precision", "bf16",
             ],
@@ -387,7 +397,8 @@ def run_json(runner: CliRunner, args: list[str]) -> dict[str, Any]:
             [TORCHTUNE_3B],
             ["--seq-len", "256"],
             [
-                "--batch-size", "4", "--grad-checkpointing", "full", "--precision", "bf16", "--seq-len", "256",
+                "--batch-size", "4", "--grad-accumulation", "1", "--grad-checkpointing", "full", "--precision", "bf16",
+                "--seq-len", "256",
                 "--optimizer", "paged-adamw-8bit", "--optimizer-in-backward",
                 "--loss", "chunked",
             ],
@@ -399,7 +410,8 @@ def run_json(runner: CliRunner, args: list[str]) -> dict[str, Any]:
             [
                 "--method", "qlora", "--lora-rank", "32", "--lora-alpha", "16",
                 "--lora-targets", "gate_proj,down_proj,up_proj,q_proj,v_proj,k_proj,o_proj", "--seq-len", "2048",
-                "--batch-size", "2", "--grad-checkpointing", "full", "--optimizer", "adamw-8bit", "--attn", "flash",
+                "--batch-size", "2", "--grad-accumulation", "4", "--grad-checkpointing", "full",
+                "--optimizer", "adamw-8bit", "--attn", "flash",
                 "--precision", "bf16",
             ],
         ),
@@ -453,7 +465,12 @@ def test_flags_typed_override_the_files(runner: CliRunner, tiny: str) -> None:
     launch = doc["launch"]
     overridden = {o["option"]: (o["value"], o["flag_value"]) for o in launch["overridden_by_flags"]}
     assert overridden == {"--zero": (2, "3"), "--batch-size": ("auto", "2")}
-    assert {a["option"] for a in launch["applied"]} == {"--offload", "--optimizer", "--precision"}
+    assert {a["option"] for a in launch["applied"]} == {
+        "--offload",
+        "--optimizer",
+        "--precision",
+        "--grad-accumulation",
+    }
     assert launch["unresolved"] == []  # the "auto" micro-batch was resolved by --batch-size
     assert doc["training"]["settings"]["batch_size"] == 2
     assert doc["training"]["settings"]["offload"] == "optimizer"  # from the file
@@ -568,3 +585,21 @@ def test_nesting_beyond_the_limit_is_an_error(tmp_path: Path) -> None:
     deep.write_text(json.dumps({"per_device_train_batch_size": 1, "extra": nested}))
     with pytest.raises(LaunchConfigError, match="more than 32 deep"):
         read_launch_files([deep])
+
+
+def test_gradient_accumulation_steps_from_every_format_and_deepspeed_auto(tmp_path: Path) -> None:
+    # The HF Trainer fills DeepSpeed's "auto" gradient_accumulation_steps from its own (transformers
+    # integrations/deepspeed.py trainer_config_process); alone, the "auto" is reported, not guessed.
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": "auto"}))
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"per_device_train_batch_size": 1, "gradient_accumulation_steps": 8}))
+    found = read_launch_files([ds, args])
+    accumulation = next(s for s in found.settings if s.option == "grad_accumulation")
+    assert accumulation.value == 8 and accumulation.origin == "args.json: gradient_accumulation_steps"
+    assert [u.option for u in found.unresolved if u.option == "grad_accumulation"] == []
+    alone = read_launch_files([ds])
+    assert [(u.option, u.value) for u in alone.unresolved if u.option == "grad_accumulation"] == [
+        ("grad_accumulation", "auto")
+    ]
+    assert "grad_accumulation" not in {s.option for s in alone.settings}

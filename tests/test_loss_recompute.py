@@ -185,8 +185,11 @@ def test_activation_offload_keeps_the_head_and_the_stash(llama: ActivationProfil
 
 def _plan(**kwargs: Any) -> hfmem.Report:
     # The fused AdamW step allocates no temporary, so these rows peak where the activations and logits are (with
-    # torch's foreach default a 1B full fine-tune peaks at the step: docs/techniques.md §4.1).
+    # torch's foreach default a 1B full fine-tune peaks at the step: docs/techniques.md §4.1), and gradient
+    # accumulation keeps the gradients live at the loss (without it they are freed after each step and these short
+    # rows would peak at the step, where all the gradients are).
     kwargs.setdefault("optimizer_impl", "fused")
+    kwargs.setdefault("grad_accumulation", 4)
     setup = TrainingSetup(batch_size=1, seq_len=SEQ, zero_stages=(0,), **kwargs)
     return hfmem.estimate(LLAMA_1B, setup=setup, cache=False)
 
@@ -247,6 +250,8 @@ def _json(runner: CliRunner, *args: str) -> dict[str, Any]:
             "--json",
             "--optimizer-impl",
             "fused",
+            "--grad-accumulation",  # the gradients live at the loss, as in `_plan`
+            "4",
             *args,
         ],
         catch_exceptions=False,

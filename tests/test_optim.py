@@ -109,7 +109,8 @@ def test_each_impl_allocates_its_own_step_temporary(impl: str, expected: dict[st
     by_phase = phases(small_model(), setup)
     states = 16 * SMALL  # fp32 weights, gradients and two AdamW states
     assert by_phase["optimizer_step"] == {"total": states + sum(expected.values()), **expected}
-    assert by_phase["forward"] == by_phase["backward"] == {"total": states}
+    # No accumulation: the 4-byte gradients are freed after each step, absent in forward and as backward starts.
+    assert by_phase["forward"] == by_phase["backward"] == {"total": states - 4 * SMALL}
 
 
 def test_deepspeed_zero_steps_its_own_optimizer_so_no_torch_temporary() -> None:
@@ -242,8 +243,12 @@ def test_amp_keeps_fp32_states_and_caches_weight_copies_through_a_checkpointed_f
     report = hfmem.estimate(str(tiny_llama), setup=setup, training=True, cache=False)
     params = report.inventory.total_params
     stage = report.training.stages[0]
-    # fp32 weights, fp32 gradients, fp32 AdamW states, no master copy: 16 bytes per parameter
-    assert (stage.weights_bytes, stage.master_weights_bytes, stage.gradients_bytes) == (4 * params, 0, 4 * params)
+    # fp32 weights, fp32 gradients (at the step), fp32 AdamW states, no master copy: 16 bytes per parameter
+    assert (stage.weights_bytes, stage.master_weights_bytes, stage.gradients_at_step_bytes) == (
+        4 * params,
+        0,
+        4 * params,
+    )
     assert stage.optimizer_states_bytes == 8 * params
     # The cache at the loss: a bf16 copy of every layer linear, per layer q 64×64 + k 32×64 + v 32×64 + o 64×64
     # + gate/up/down 3 × 176×64 = 46,080 elements, two layers.

@@ -212,11 +212,39 @@ def test_moments_hold_what_the_readme_says() -> None:
     assert (backward.activations_bytes, backward.logits_bytes) == (saved, 256_000 + 3 * 512_000)
     # step: activations are freed.
     assert (step.activations_bytes, step.logits_bytes) == (0, 0)
+    # Weights (2), master (4) and Adam (8) bytes per parameter live throughout; the 2-byte bf16 gradients are freed
+    # after each step (zero_grad(set_to_none=True)) and, with one micro-batch per step, exist only at the step.
+    assert [m.states_bytes for m in (forward, backward, step)] == [14 * PSI, 14 * PSI, 16 * PSI]
+    assert [m.gradients_at_step_bytes for m in (forward, backward, step)] == [2 * PSI] * 3
     for moment in (forward, backward, step):
-        assert moment.states_bytes == 16 * PSI  # model states live throughout
         assert moment.total_bytes == moment.states_bytes + moment.activations_bytes + moment.logits_bytes + sum(
             i.size_bytes for i in moment.overhead_items
         )
+
+
+@pytest.mark.parametrize(
+    ("setup", "persist"),
+    [
+        (TrainingSetup(zero_stages=(0,), grad_accumulation=4), True),  # summed over micro-batches
+        (TrainingSetup(zero_stages=(2,), gpus_per_node=2), False),  # ZeRO-1/2 free them at step
+        (TrainingSetup(zero_stages=(3,), gpus_per_node=2), True),  # grad_partitions_flat_buffer, from init
+        (TrainingSetup(zero_stages=(3,), gpus_per_node=2, grad_accumulation=2), True),
+        (TrainingSetup(zero_stages=(2,), gpus_per_node=2, accounting="deepspeed"), True),  # the estimator's own
+    ],
+)
+def test_which_setups_keep_the_gradients_through_the_step(setup: TrainingSetup, persist: bool) -> None:
+    states = compute_training(model(), setup).stages[0]
+    acts = ActivationEstimate(1_000, 0, 512, 1_280, 1_792)
+    forward, backward, step = phase_candidates(model(), setup, states, acts)
+    assert step.gradients_bytes == states.gradients_bytes > 0
+    expected = states.gradients_bytes if persist else 0
+    assert (forward.gradients_bytes, backward.gradients_bytes) == (expected, expected)
+
+
+def test_pipeline_micro_batches_keep_the_gradients() -> None:
+    setup = TrainingSetup(zero_stages=(0,), gpus_per_node=2, parallel=ParallelSettings(pp=2), seq_len=128)
+    planned = plan_training(model(), setup, profile()).stages[0]
+    assert planned.gradients_bytes == planned.gradients_at_step_bytes > 0
 
 
 def test_recompute_replaces_the_loss_gradients_when_larger() -> None:
@@ -270,3 +298,52 @@ def test_serving_overhead_lines_by_hand() -> None:
     # REFERENCE.md §5: 10 % of what is allocated while serving (cache, activations, the transients above).
     allocated = served.kv_cache_bytes + served.activations_bytes + layer + 11008 * 4096 * 2
     assert lines["allocator_fragmentation"] == int(allocated * 0.10)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gradients freed after each step (--grad-accumulation 1) against accumulated ones, on a real model
+
+
+def test_llama_full_finetune_without_accumulation_has_no_gradients_before_the_step() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from hfmem.cli import cli
+    from hfmem.types import OverheadSettings
+
+    # Llama-3.2-1B by hand (config: vocab 128,256, hidden 2,048, 16 layers, 32 heads / 8 KV heads of 64, MLP 8,192,
+    # tied embeddings): embeddings + per layer (q, o 2048²; k, v 2048 × 512; gate, up, down 2048 × 8192; 2 norms)
+    # + the final norm.
+    layer = 2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 8192 + 2 * 2048
+    psi = 128_256 * 2048 + 16 * layer + 2048
+    assert psi == 1_235_814_400  # the model card's "1.24B"
+    grads = 2 * psi  # bf16-mixed: 2-byte gradients (ZeRO paper §3.1)
+    args = ["train", "meta-llama/Llama-3.2-1B", "--seq-len", "2048", "--batch-size", "4", "--zero", "0", "--json"]
+    runs = {}
+    for n in (1, 4):
+        result = CliRunner().invoke(cli, [*args, "--grad-accumulation", str(n)], catch_exceptions=False)
+        assert result.exit_code == 0, result.stderr
+        doc = json.loads(result.stdout)
+        assert doc["training"]["settings"]["grad_accumulation"] == n
+        runs[n] = doc["training"]["stages"][0]
+    one, four = runs[1], runs[4]
+    # 4 × 2048 tokens × 128,256 × (2 + 3 × 4) bytes of logits at the loss: both peak as backward starts.
+    assert one["peak_phase"] == four["peak_phase"] == "backward"
+    assert four["per_gpu_bytes"]["gradients"] == four["gradients_at_step_bytes"] == grads  # accumulated: live
+    assert one["per_gpu_bytes"]["gradients"] == 0 and one["gradients_at_step_bytes"] == grads  # freed by zero_grad
+    # The same moment less the gradients: weights 2 + master 4 + Adam 8 bytes per parameter stay.
+    for key in ("weights", "master_weights", "optimizer_states", "activations", "logits"):
+        assert one["per_gpu_bytes"][key] == four["per_gpu_bytes"][key]
+    assert one["per_gpu_bytes"]["weights"] + one["per_gpu_bytes"]["optimizer_states"] == 10 * psi
+
+    def allocated(stage: dict) -> int:  # type: ignore[type-arg]
+        return (
+            stage["per_gpu_bytes"]["total"]
+            - stage["overheads"]["allocator_fragmentation"]
+            - (stage["overheads"]["cuda_context"])
+        )
+
+    assert allocated(one) == allocated(four) - grads
+    phi = OverheadSettings().fragmentation
+    assert one["overheads"]["allocator_fragmentation"] == int(allocated(one) * phi)

@@ -10,9 +10,14 @@ Three moments of a training step are compared (README: "Peak, not a sum"):
   With the optimizer in backward there is no separate step: each parameter steps in backward, so its (one
   parameter's) temporaries are a backward line and the step moment holds the model states only.
 
-Gradients are counted as live at every moment. That is exact with gradient accumulation (they persist between
-micro-batches) and conservative by at most the gradient term otherwise. With the optimizer in backward only the
-largest gradient is (`hfmem.memory.states`).
+Gradients (`phase_gradient_bytes`): with one micro-batch per step (``--grad-accumulation 1``) the loops free them
+after each step (``zero_grad(set_to_none=True)``), so none exist in forward, none yet as backward starts at the loss
+(autograd runs the loss's nodes before the first parameter's gradient), and all of them at the step. They persist
+through the whole step with gradient accumulation (> 1), a pipeline schedule's micro-batches, and DeepSpeed ZeRO-3's
+flat gradient buffer (allocated once); DeepSpeed's estimator (``--accounting deepspeed``) keeps its own formula.
+Mid-backward, earlier layers' activations and later layers' gradients coexist, both roughly linear in the layer
+index, so the backward-start moment (all activations) and the step (all gradients) bound it. With the optimizer in
+backward only the largest gradient is live at any time (`hfmem.memory.states`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from hfmem.memory.sources import (
     SRC_DS_FP32_GRAD,
     SRC_FSDP,
     SRC_FSDP_PP,
+    SRC_GRAD_FREED,
+    SRC_GRAD_ORDER,
 )
 from hfmem.memory.states import PRECISION_SPECS, compute_training, shard_count, trainable_spec
 from hfmem.types import (
@@ -70,6 +77,8 @@ __all__ = [
     "phase_candidates",
     "stage_activations",
     "phase_bytes",
+    "phase_gradient_bytes",
+    "gradients_persist",
     "activation_offload_cpu_bytes",
     "bisect_boundary",
     "MAX_GPUS_SEARCHED",
@@ -396,6 +405,34 @@ def overhead_items(
     return list(_items(setup, terms))  # type: ignore[arg-type]
 
 
+def gradients_persist(setup: TrainingSetup, zero_stage: int) -> bool:
+    """Whether every gradient is live at every moment of the step (sources: `SRC_GRAD_PERSIST`): gradient
+    accumulation over more than one micro-batch, a pipeline schedule (it accumulates its micro-batches), DeepSpeed
+    ZeRO-3 (``grad_partitions_flat_buffer`` is allocated once, at init), the optimizer in backward (the states
+    already hold its one live gradient) and DeepSpeed's estimator (its own formula)."""
+    return (
+        setup.grad_accumulation > 1
+        or setup.parallel.pp > 1
+        or setup.optimizer_in_backward
+        or setup.accounting != "hfmem"
+        or (zero_stage == 3 and setup.parallel.fsdp is None)
+    )
+
+
+def phase_gradient_bytes(setup: TrainingSetup, zero_stage: int, phase: PeakPhase, gradients: Value) -> Value:
+    """Gradient bytes live at ``phase``, of the ``gradients`` the model states hold at the step.
+
+    With one micro-batch per step the gradients are freed after each step (``zero_grad(set_to_none=True)``:
+    torch's default, the HF Trainer, torchtune; DeepSpeed ZeRO-1/2 free theirs at step): ``0 × grads`` in forward,
+    and ``0 × grads`` as backward starts, because autograd runs every node of the loss before the LM head's
+    backward creates the first parameter gradient (a fused loss's head gradient is made in forward and is already
+    in its saved bytes). At the step, and whenever they persist (`gradients_persist`), all of them.
+    """
+    if phase == "optimizer_step" or gradients_persist(setup, zero_stage):
+        return gradients
+    return cite(0, SRC_GRAD_FREED if phase == "forward" else SRC_GRAD_ORDER, gradients) * gradients
+
+
 def phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tuple[Value, Value]:
     """``(activations, logits)`` live at ``phase``."""
     if activations is None or phase == "optimizer_step":
@@ -418,18 +455,27 @@ def phase_bytes(activations: ActivationEstimate | None, phase: PeakPhase) -> tup
 
 def _phases(
     inventory: ParameterInventory, setup: TrainingSetup, states: StageMemory, activations: ActivationEstimate | None
-) -> Iterator[tuple[PeakPhase, int, int, list[tuple[str, int]]]]:
-    """``(phase, activations, logits, (key, bytes) of the overheads)`` at forward, backward and the optimizer step."""
+) -> Iterator[tuple[PeakPhase, int, int, int, list[tuple[str, int]]]]:
+    """``(phase, activations, logits, gradients, (key, bytes) of the overheads)`` at forward, backward and the
+    optimizer step."""
     x = overhead_inputs(inventory, setup)
+    stored = _stored_gradients(states)
+    others = states.states_bytes - states.gradients_bytes  # weights, master weights, optimizer states: always live
     for phase in ("forward", "backward", "optimizer_step"):
         acts, logits = phase_bytes(activations, phase)  # type: ignore[arg-type]
+        grads: int = phase_gradient_bytes(setup, states.zero_stage, phase, stored)  # type: ignore[arg-type, assignment]
         terms: list[tuple[str, int]] = overhead_terms(setup, states.zero_stage, phase, x)  # type: ignore[arg-type, assignment]
         # Paged optimizer states are CUDA managed memory: not the caching allocator's, so no slack on them.
-        allocated = states.states_bytes - states.paged_states_bytes + acts + logits + allocator_buffer_bytes(terms)
+        allocated = others + grads - states.paged_states_bytes + acts + logits + allocator_buffer_bytes(terms)
         fragmentation: int = fragmentation_bytes(allocated, setup.overheads.fragmentation)  # type: ignore[assignment]
         if fragmentation:
             terms.append(("allocator_fragmentation", fragmentation))
-        yield phase, acts, logits, terms  # type: ignore[misc]
+        yield phase, acts, logits, grads, terms  # type: ignore[misc]
+
+
+def _stored_gradients(states: StageMemory) -> int:
+    """All the gradients of ``states``: its gradients, or, for a row already placed at its peak, those at the step."""
+    return states.gradients_bytes if states.gradients_at_step_bytes is None else states.gradients_at_step_bytes
 
 
 def _items(setup: TrainingSetup, terms: list[tuple[str, int]]) -> tuple[OverheadItem, ...]:
@@ -450,10 +496,13 @@ def _at_phase(
     phase: PeakPhase,
     acts: int,
     logits: int,
+    grads: int,
     terms: list[tuple[str, int]],
 ) -> StageMemory:
     return replace(
         states,
+        gradients_bytes=grads,
+        gradients_at_step_bytes=_stored_gradients(states),
         activations_bytes=acts,
         logits_bytes=logits,
         overhead_bytes=sum(size for _, size in terms),
@@ -491,7 +540,7 @@ def _peak(
     # three: sweeps and the GPU-count bisection call this thousands of times.
     chosen = max(
         _phases(inventory, setup, states, activations),
-        key=lambda parts: states.states_bytes + parts[1] + parts[2] + sum(size for _, size in parts[3]),
+        key=lambda parts: states.states_bytes - states.gradients_bytes + sum(parts[1:4]) + sum(s for _, s in parts[4]),
     )
     best = _at_phase(setup, states, activations, *chosen)
     if setup.gpu is not None:
@@ -679,6 +728,12 @@ SELECTIVE_NOTE = (
     "nothing here (--grad-checkpointing ops or full do)"
 )
 
+#: The note of a row whose peak is before the step with the gradients freed (`phase_gradient_bytes`).
+GRADS_FREED_NOTE = (
+    "gradients are freed after each optimizer step (zero_grad(set_to_none=True)) and re-created in backward, so the "
+    "peak before the step holds none; --grad-accumulation N (N > 1) keeps them between micro-batches"
+)
+
 #: The note of a plan without an activation profile (``--params``; `hfmem.api` replaces it when a trace failed).
 NO_MODEL_NOTE = "--params has no model to run, so activations and logits are not included"
 
@@ -716,6 +771,8 @@ def plan_training(
             )
         stages.append(stage)
     notes = list(base.notes) + step_notes(setup, stages)
+    if any(s.peak_phase != "optimizer_step" and s.gradients_bytes != s.gradients_at_step_bytes for s in stages):
+        notes.append(GRADS_FREED_NOTE)
     if profile is None:
         notes.append(NO_MODEL_NOTE)
     else:

@@ -144,6 +144,24 @@ SRC_BNB_MATMUL = (
 SRC_PEAK = (
     "hfmem.memory.peak: the forward, backward and optimizer-step moments are compared (README: 'Peak, not a blind sum')"
 )
+SRC_GRAD_FREED = (
+    "torch 2.13.0 Optimizer.zero_grad / nn.Module.zero_grad(set_to_none=True), the default since torch 2.0: "
+    "gradients are set to None after each step and re-created by autograd in the next backward; the loops call "
+    "it after every optimizer step (transformers 5.24.0 Trainer._inner_training_loop model.zero_grad(); torchtune "
+    "recipes/full_finetune_single_device.py@bd2a0fc optimizer.zero_grad(set_to_none=True)); DeepSpeed ZeRO-1/2 "
+    "free the 16-bit gradients at step (stage_1_and_2.py free_grad_in_param_list, averaged_gradients[i] = None, "
+    "v0.19.6); FSDP's sharded gradients are the flat parameter's .grad, freed the same way"
+)
+SRC_GRAD_ORDER = (
+    "torch autograd engine: ready nodes run newest first (sequence number), so every node of the loss (cross-entropy,"
+    " the fp32 upcast, each chunk) runs before the LM head's matmul backward creates the first parameter gradient "
+    "(checked on CPU with torch 2.13.0: all chunk logit gradients precede the head's AccumulateGrad)"
+)
+SRC_GRAD_PERSIST = (
+    "gradients that persist through the step: gradient accumulation sums micro-batches into .grad; a pipeline "
+    "schedule accumulates its micro-batches; DeepSpeed ZeRO-3 allocates grad_partitions_flat_buffer once at init "
+    "(stage3.py, v0.19.6, torch.zeros of every partition's numel)"
+)
 SRC_KV = (
     "measured: hfmem.build.serve.profile_inference runs the model's own forward with transformers' DynamicCache on the "
     "meta device and reads every cached tensor (elements per token, heads, sliding windows)"
