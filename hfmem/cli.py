@@ -122,7 +122,8 @@ def _fallback(exit_code: int) -> click.ClickException:
 
 
 def _interrupted() -> click.exceptions.Exit:
-    """Ctrl-C: one line on stderr and exit 130 (128 + SIGINT), not click's "Aborted!" and 1 (a bug, per the README)."""
+    """Ctrl-C: one line on stderr and exit 130 (128 + SIGINT), not click's "Aborted!" and 1 (a bug, per
+    docs/errors.md)."""
     try:
         click.echo("hfmem: interrupted", err=True)
     except Exception:  # stderr closed: the exit code still says it

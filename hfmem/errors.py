@@ -37,7 +37,7 @@ __all__ = [
 
 
 class ExitCode(IntEnum):
-    """Process exit codes, documented in the README."""
+    """Process exit codes, documented in the README and docs/errors.md."""
 
     OK = 0
     INTERNAL = 1  # a bug in hfmem: rerun with --debug and report it

@@ -2273,7 +2273,7 @@ def _sources(item: Explanation) -> tuple[str, ...]:
 
 
 def explanation_records(report: Report) -> list[dict[str, Any]]:
-    """The ``explanation`` list of ``--json --explain``: one record per component (README: JSON output)."""
+    """The ``explanation`` list of ``--json --explain``: one record per component (docs/json.md)."""
     records = []
     for item in explain(report):
         records.append(

@@ -404,7 +404,7 @@ def _gpu(report: Report) -> Any:
 
 
 def to_dict(report: Report) -> dict[str, Any]:
-    """The ``--json`` document. Keys documented in the README are never renamed; later versions only add keys."""
+    """The ``--json`` document. Keys documented in docs/json.md are never renamed; later versions only add keys."""
     inv = report.inventory
     moe = inv.moe
     gpu = _gpu(report)

@@ -310,7 +310,8 @@ class ParameterInventory:
 
 @dataclass(frozen=True)
 class OverheadSettings:
-    """Memory that is neither a model state nor an activation, with hfmem's defaults (README: Overheads).
+    """Memory that is neither a model state nor an activation, with hfmem's defaults
+    (docs/formulas.md: "Peak memory: activations, logits, overheads").
 
     Attributes:
         cuda_context_bytes: CUDA context + cuBLAS/cuBLASLt workspaces, created on first use; not seen by

@@ -6,7 +6,7 @@ The KV cache layout and the prefill working set come from the model's own code, 
 (`hfmem.memory.quantization`). Everything here is arithmetic on those, so a sweep over contexts or batches costs
 microseconds.
 
-What is modelled (README: "Inference"):
+What is modelled (docs/formulas.md: "Inference: weights, KV cache, a prefill chunk, overheads"):
 
 * **KV cache** as transformers' ``DynamicCache`` holds it after ``context`` tokens: a full layer keeps every token,
   a sliding layer at most its window (it keeps ``window − 1`` between steps and appends one, so ``window`` during

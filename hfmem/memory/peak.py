@@ -1,6 +1,6 @@
 """Peak memory per GPU: model states + activations + logits + overheads at the moment that is largest; pure.
 
-Three moments of a training step are compared (README: "Peak, not a sum"):
+Three moments of a training step are compared (docs/formulas.md: "Peak memory: activations, logits, overheads"):
 
 * ``forward``: at the loss. States, every saved activation, the logits with the loss's fp32 copies.
 * ``backward``: as backward starts at the loss, with the loss gradients, or (checkpointing) while a layer is

@@ -142,7 +142,8 @@ SRC_BNB_MATMUL = (
     "for each matmul"
 )
 SRC_PEAK = (
-    "hfmem.memory.peak: the forward, backward and optimizer-step moments are compared (README: 'Peak, not a blind sum')"
+    "hfmem.memory.peak: the forward, backward and optimizer-step moments are compared "
+    "(docs/formulas.md: 'Peak memory: activations, logits, overheads')"
 )
 SRC_GRAD_FREED = (
     "torch 2.13.0 Optimizer.zero_grad / nn.Module.zero_grad(set_to_none=True), the default since torch 2.0: "

@@ -2,7 +2,7 @@
 
 Pure functions over `ParameterInventory` and `TrainingSetup`; no torch, no I/O. Every constant names its source.
 
-Conventions (the README explains them at length):
+Conventions (docs/formulas.md explains them at length):
 
 * ``hfmem`` accounting follows the ZeRO paper (Rajbhandari et al. 2020, arXiv 1910.02054, §3.1 and Fig. 1):
   mixed precision keeps 16-bit working weights and gradients (2Ψ + 2Ψ) and an fp32 master copy plus the
