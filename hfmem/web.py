@@ -77,6 +77,8 @@ CONTROLS: tuple[Control, ...] = (
     Control("tp", "Tensor parallel", (*TRAINING_TASKS, "serve")),
     Control("batch_size", "Micro-batch per GPU", TRAINING_TASKS),
     Control("seq_len", "Sequence length (tokens)", TRAINING_TASKS),
+    Control("target_len", "Decoder tokens (encoder-decoder models)", TRAINING_TASKS, more=True),
+    Control("grad_accumulation", "Gradient accumulation steps", TRAINING_TASKS, more=True),
     Control("grad_checkpointing", "Activation checkpointing", TRAINING_TASKS),
     Control("checkpoint_every", "Checkpoint every N layers", TRAINING_TASKS, more=True),
     Control("loss", "Loss", TRAINING_TASKS),
@@ -94,7 +96,6 @@ CONTROLS: tuple[Control, ...] = (
     Control("kv_dtype", "KV cache", ("serve",)),
     Control("context", "Context (tokens per sequence)", ("serve",)),
     Control("batch_size", "Concurrent sequences", ("serve",), hint="Sequences served at once, each with its KV cache"),
-    Control("concurrency", "Concurrent sequences", ("serve",)),
 )
 
 #: What a choice control shows for "the option not given" (hfmem's default, often read from the model).
