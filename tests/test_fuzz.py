@@ -24,6 +24,9 @@ from hfmem.errors import ExitCode
 from tests.conftest import TINY_LLAMA
 from tests.fuzzing import CHEAP_RUNS, ConfigCase, Outcome, command_lines, mutated_configs, run_cli
 
+#: Hypothesis fuzzing of configs and command lines: slow marks, which the default suite deselects and CI runs.
+pytestmark = pytest.mark.slow
+
 FUZZ = settings(
     max_examples=300,
     deadline=None,

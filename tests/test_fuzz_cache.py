@@ -12,6 +12,9 @@ import pytest
 
 from benchmarks.fuzz_cache import Case, cases, run_case
 
+#: The cache reproducers (67 processes): slow marks, which the default suite deselects and CI runs.
+pytestmark = pytest.mark.slow
+
 FAST = [case for case in cases() if case.fast]
 
 
