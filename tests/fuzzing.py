@@ -33,10 +33,10 @@ from click.testing import CliRunner
 from hypothesis import strategies as st
 
 from hfmem.cli import cli
+from tests.conftest import FIXTURES
 
 ROOT = Path(__file__).parent.parent
 CATALOGUE = ROOT / "hfmem" / "catalogue"
-FIXTURES = Path(__file__).parent.parent / "fixtures"  # top level, beside tests/ (the design's layout)
 
 #: Keys that count layers: shrinking them keeps a real config cheap to build (mutations may still make them huge).
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers", "n_layers")
